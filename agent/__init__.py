@@ -1,0 +1,1 @@
+"""The edgefleet device agent. It never imports the coordinator."""

@@ -1,0 +1,1 @@
+"""The edgefleet coordinator: registry, state in Redis, admin and device gRPC services."""

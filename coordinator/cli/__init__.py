@@ -1,0 +1,1 @@
+"""The ``edgefleet`` operator CLI."""
