@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         stale = _stale_files(Path(tmp))
         if args.check:
             if stale:
-                print("generated stubs are stale; run: python scripts/gen_protos.py", file=sys.stderr)
+                print(
+                    "generated stubs are stale; run: python scripts/gen_protos.py", file=sys.stderr
+                )
                 for name in stale:
                     print(f"  {name}", file=sys.stderr)
                 return 1

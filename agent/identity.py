@@ -1,0 +1,76 @@
+"""The agent's identity, kept in its state dir so a restart is the same device.
+
+Written atomically (temp file, fsync, rename) with mode 0600: a crash mid-write
+leaves the previous identity, never a torn file, and the credential is readable
+only by the agent's user. The ``instance_key`` is created before the first
+Register call, so a retry after a lost reply re-enrols the same device instead
+of creating a twin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+IDENTITY_FILE = "identity.json"
+
+
+class IdentityError(RuntimeError):
+    """The identity file exists but cannot be used."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    instance_key: str
+    coordinator: str
+    device_id: str = ""
+    credential: str = ""
+
+    @property
+    def enrolled(self) -> bool:
+        return bool(self.device_id and self.credential)
+
+
+def new_instance_key() -> str:
+    return secrets.token_hex(16)
+
+
+def load_identity(state_dir: Path) -> Identity | None:
+    path = state_dir / IDENTITY_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return Identity(
+            instance_key=str(data["instance_key"]),
+            coordinator=str(data.get("coordinator", "")),
+            device_id=str(data.get("device_id", "")),
+            credential=str(data.get("credential", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IdentityError(f"{path} is unreadable ({exc}); move it away to re-enrol") from exc
+
+
+def save_identity(state_dir: Path, identity: Identity) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / IDENTITY_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(identity), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    dir_fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

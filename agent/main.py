@@ -1,0 +1,123 @@
+"""``edgefleet-agent``: the process that runs on each device.
+
+Usage: ``edgefleet-agent --coordinator HOST:PORT --token T --profile NAME|auto --state-dir S``.
+Exits 0 after SIGTERM/SIGINT (having told the coordinator it is going),
+2 on a condition that retrying cannot fix (bad token, invalid profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from agent.identity import IdentityError
+from agent.session import AgentConfig, AgentSession, FatalAgentError
+from edgefleet import __version__
+from edgefleet.catalog import CATALOG, UnknownProfileError, get_profile
+from edgefleet.hostdetect import detect_host_profile
+from edgefleet.profiles import DeviceProfile
+
+COORDINATOR_ENV = "EDGEFLEET_COORDINATOR"
+ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
+
+
+def _parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"edgefleet-agent: --label expects KEY=VALUE, got {item!r}")
+        labels[key] = value
+    return labels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet-agent",
+        description="Run the edgefleet device agent: enrol with a coordinator and keep heartbeating.",
+    )
+    parser.add_argument(
+        "--coordinator",
+        default=os.environ.get(COORDINATOR_ENV, "127.0.0.1:50051"),
+        help=f"coordinator HOST:PORT (env {COORDINATOR_ENV}; default %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(ENROLL_TOKEN_ENV, ""),
+        help=f"enrollment token, needed only for the first registration (env {ENROLL_TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--profile",
+        default="auto",
+        help=f"device profile: auto (detect this host) or one of {', '.join(CATALOG)}",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("~/.edgefleet-agent").expanduser(),
+        help="where the agent keeps its identity (default %(default)s)",
+    )
+    parser.add_argument("--name", default=None, help="device name (default: host name)")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="device label (repeat)"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
+    return parser
+
+
+def resolve_profile(name: str, state_dir: Path) -> DeviceProfile:
+    if name == "auto":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return detect_host_profile(state_dir)
+    return get_profile(name)
+
+
+async def _run(config: AgentConfig) -> None:
+    session = AgentSession(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await session.run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log = logging.getLogger("edgefleet.agent")
+    try:
+        profile = resolve_profile(args.profile, args.state_dir)
+        config = AgentConfig(
+            coordinator=args.coordinator,
+            profile=profile,
+            state_dir=args.state_dir,
+            name=args.name or socket.gethostname(),
+            enroll_token=args.token,
+            labels=_parse_labels(args.label),
+        )
+        asyncio.run(_run(config))
+    except UnknownProfileError as err:
+        print(f"edgefleet-agent: {err}", file=sys.stderr)
+        return 2
+    except (FatalAgentError, IdentityError) as err:
+        log.error("%s", err)
+        return 2
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

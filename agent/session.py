@@ -1,0 +1,193 @@
+"""The agent's conversation with the coordinator: enrol once, then heartbeat.
+
+Level-triggered like a Kubernetes kubelet: every heartbeat reply carries the
+whole desired state, so a lost message is repaired by the next one and the
+agent never has to replay anything. When the coordinator is away the agent
+retries with exponential backoff and full jitter; when the coordinator has
+forgotten the device (removed, or its state wiped) the agent re-enrols under
+its instance key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+
+from agent.backoff import Backoff
+from agent.identity import Identity, load_identity, new_instance_key, save_identity
+from edgefleet import __version__
+from edgefleet.profiles import DeviceProfile
+from edgefleet.v1 import device_pb2, device_pb2_grpc
+from edgefleet.wire import profile_to_proto
+
+log = logging.getLogger("edgefleet.agent")
+
+# Let gRPC's own reconnection keep pace with ours; its default ceiling is 120 s,
+# which would leave a device dark for minutes after a coordinator restart.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+RPC_TIMEOUT_SECONDS = 10.0
+
+
+class FatalAgentError(RuntimeError):
+    """A condition retrying cannot fix (rejected enrollment token, invalid profile)."""
+
+
+@dataclass
+class AgentConfig:
+    coordinator: str
+    profile: DeviceProfile
+    state_dir: Path
+    name: str
+    enroll_token: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass
+class DesiredView:
+    """The last desired state the coordinator sent (what later features reconcile toward)."""
+
+    generation: int = 0
+    variant_id: str = ""
+
+
+class AgentSession:
+    """Runs until ``stop`` is set; returns normally after a clean goodbye."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.desired = DesiredView()
+        self.heartbeats_sent = 0
+        self._started = time.monotonic()
+        self._interval = 5.0
+        self._identity = self._load_or_create_identity()
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    def _load_or_create_identity(self) -> Identity:
+        identity = load_identity(self.config.state_dir)
+        if identity is None:
+            identity = Identity(
+                instance_key=new_instance_key(), coordinator=self.config.coordinator
+            )
+            save_identity(self.config.state_dir, identity)
+        return identity
+
+    def _forget_enrollment(self, why: str) -> None:
+        log.warning("%s; enrolling again as instance %s", why, self._identity.instance_key[:8])
+        self._identity = replace(self._identity, device_id="", credential="")
+        save_identity(self.config.state_dir, self._identity)
+
+    async def _register(self, stub: device_pb2_grpc.DeviceServiceStub) -> None:
+        if not self.config.enroll_token:
+            raise FatalAgentError(
+                "this agent is not enrolled and has no enrollment token "
+                "(pass --token or set EDGEFLEET_ENROLL_TOKEN)"
+            )
+        request = device_pb2.RegisterRequest(
+            instance_key=self._identity.instance_key,
+            name=self.config.name,
+            profile=profile_to_proto(self.config.profile),
+            agent_version=__version__,
+            labels=self.config.labels,
+        )
+        try:
+            reply = await stub.Register(
+                request,
+                metadata=(("authorization", f"Bearer {self.config.enroll_token}"),),
+                timeout=RPC_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                raise FatalAgentError(f"registration refused: {err.details()}") from err
+            raise
+        self._identity = replace(
+            self._identity,
+            device_id=reply.device_id,
+            credential=reply.credential,
+            coordinator=self.config.coordinator,
+        )
+        save_identity(self.config.state_dir, self._identity)
+        self._interval = reply.heartbeat_interval_seconds or self._interval
+        log.info("registered as %s (profile %s)", reply.device_id, self.config.profile.name)
+
+    async def _heartbeat(
+        self, stub: device_pb2_grpc.DeviceServiceStub, state: int, timeout: float
+    ) -> None:
+        self.heartbeats_sent += 1
+        reply = await stub.Heartbeat(
+            device_pb2.HeartbeatRequest(
+                device_id=self._identity.device_id,
+                state=state,  # type: ignore[arg-type]
+                sequence=self.heartbeats_sent,
+                uptime_seconds=time.monotonic() - self._started,
+                active_variant="",
+            ),
+            metadata=(("authorization", f"Bearer {self._identity.credential}"),),
+            timeout=timeout,
+        )
+        self._interval = reply.heartbeat_interval_seconds or self._interval
+        desired = DesiredView(reply.desired.generation, reply.desired.variant_id)
+        if desired != self.desired:
+            log.info("desired state generation %d: %s", desired.generation, desired)
+            self.desired = desired
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with grpc.aio.insecure_channel(
+            self.config.coordinator, options=CHANNEL_OPTIONS
+        ) as channel:
+            stub = device_pb2_grpc.DeviceServiceStub(channel)
+            state = device_pb2.AGENT_STATE_STARTING
+            while not stop.is_set():
+                try:
+                    if not self._identity.enrolled:
+                        await self._register(stub)
+                    await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
+                    state = device_pb2.AGENT_STATE_READY
+                    if self.config.backoff.attempt:
+                        log.info("coordinator reachable again at %s", self.config.coordinator)
+                    self.config.backoff.reset()
+                    delay = self._interval
+                except grpc.aio.AioRpcError as err:
+                    code = err.code()
+                    if code == grpc.StatusCode.NOT_FOUND:
+                        self._forget_enrollment("coordinator does not know this device")
+                        continue
+                    if code == grpc.StatusCode.UNAUTHENTICATED:
+                        self._forget_enrollment("coordinator rejected this device's credential")
+                        continue
+                    if code == grpc.StatusCode.INVALID_ARGUMENT:
+                        raise FatalAgentError(
+                            f"coordinator refused a heartbeat: {err.details()}"
+                        ) from err
+                    delay = self.config.backoff.next_delay()
+                    log.warning(
+                        "coordinator %s unreachable (%s); retrying in %.1fs",
+                        self.config.coordinator,
+                        code.name,
+                        delay,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            await self._say_goodbye(stub)
+
+    async def _say_goodbye(self, stub: device_pb2_grpc.DeviceServiceStub) -> None:
+        """Tell the coordinator we are going, so the device shows offline at once (best effort)."""
+        if not self._identity.enrolled:
+            return
+        try:
+            await self._heartbeat(stub, device_pb2.AGENT_STATE_STOPPING, timeout=2.0)
+        except grpc.aio.AioRpcError as err:
+            log.info("could not say goodbye to the coordinator (%s)", err.code().name)

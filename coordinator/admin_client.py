@@ -1,0 +1,91 @@
+"""A small synchronous client of the admin service, for the CLI and scripts.
+
+It turns every gRPC failure into ``AdminClientError`` with one line a person
+can act on ("cannot reach the coordinator at ..."), so the CLI never prints a
+traceback for a dead coordinator or a wrong token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from edgefleet.v1 import admin_pb2, admin_pb2_grpc
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 10.0
+
+
+class AdminClientError(RuntimeError):
+    """A failed admin call; ``str()`` is one line for the operator."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AdminClient:
+    def __init__(self, address: str, token: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not token:
+            raise AdminClientError(
+                "no admin token: set EDGEFLEET_ADMIN_TOKEN or pass --admin-token "
+                "(the coordinator prints where it keeps its token)"
+            )
+        self.address = address
+        self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._channel = grpc.insecure_channel(address)
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: object) -> T:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as err:
+            code: grpc.StatusCode = err.code()
+            details: str = err.details() or ""
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if "store unavailable" in details:
+                    raise AdminClientError(
+                        f"coordinator at {self.address}: {details}", code
+                    ) from None
+                raise AdminClientError(
+                    f"cannot reach the coordinator at {self.address} (is it running? "
+                    "set --coordinator or EDGEFLEET_COORDINATOR)",
+                    code,
+                ) from None
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise AdminClientError(
+                    f"the coordinator rejected the admin token ({details})", code
+                ) from None
+            raise AdminClientError(details or code.name.lower(), code) from None
+
+    def list_devices(
+        self, profile: str = "", status: int = admin_pb2.DEVICE_STATUS_UNSPECIFIED
+    ) -> list[admin_pb2.Device]:
+        request = admin_pb2.ListDevicesRequest(profile=profile, status=status)  # type: ignore[arg-type]
+        return list(self._call(self._stub.ListDevices, request).devices)
+
+    def get_device(self, device_id: str) -> admin_pb2.Device:
+        reply = self._call(self._stub.GetDevice, admin_pb2.GetDeviceRequest(device_id=device_id))
+        device: admin_pb2.Device = reply.device
+        return device
+
+    def remove_device(self, device_id: str) -> None:
+        self._call(self._stub.RemoveDevice, admin_pb2.RemoveDeviceRequest(device_id=device_id))
+
+    def fleet_summary(self) -> admin_pb2.GetFleetSummaryResponse:
+        reply: admin_pb2.GetFleetSummaryResponse = self._call(
+            self._stub.GetFleetSummary, admin_pb2.GetFleetSummaryRequest()
+        )
+        return reply

@@ -1,0 +1,403 @@
+"""``edgefleet``: the operator CLI.
+
+Every command that talks to a coordinator finds it from ``--coordinator`` or
+``EDGEFLEET_COORDINATOR`` and authenticates with ``--admin-token`` or
+``EDGEFLEET_ADMIN_TOKEN``. Every listing command has ``--json`` for scripts.
+Failures print one line on stderr and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from coordinator.admin_client import AdminClient, AdminClientError
+from coordinator.cli import render
+from coordinator.errors import CoordinatorError
+from edgefleet.catalog import CATALOG, UnknownProfileError
+from edgefleet.v1 import admin_pb2
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Deploy compressed deep-learning models to fleets of small devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+devices_app = typer.Typer(help="Inspect and manage registered devices.", no_args_is_help=True)
+fleet_app = typer.Typer(help="Fleet-wide views.", no_args_is_help=True)
+profiles_app = typer.Typer(help="The catalog of device profiles.", no_args_is_help=True)
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(devices_app, name="devices")
+app.add_typer(fleet_app, name="fleet")
+app.add_typer(profiles_app, name="profiles")
+
+def _console(stderr: bool = False) -> Console:
+    """Rich assumes 80 columns when output is piped; tables of ids need more."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    return Console(stderr=stderr, width=wide)
+
+
+out = _console()
+err_console = _console(stderr=True)
+
+CoordinatorOpt = Annotated[
+    str,
+    typer.Option("--coordinator", envvar="EDGEFLEET_COORDINATOR", help="coordinator HOST:PORT"),
+]
+AdminTokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--admin-token",
+        envvar="EDGEFLEET_ADMIN_TOKEN",
+        help="admin token (printed location at coordinator start)",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Report known failures as one line and a non-zero exit instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (AdminClientError, CoordinatorError, UnknownProfileError, ValueError, OSError) as e:
+            raise fail(str(e)) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# --- coordinator -------------------------------------------------------------------------
+
+
+@coordinator_app.command("start")
+@one_line_errors
+def coordinator_start(
+    port: Annotated[int, typer.Option(help="gRPC port (0 picks a free one)")] = 50051,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    data_dir: Annotated[
+        Path, typer.Option(envvar="EDGEFLEET_DATA_DIR", help="where state and tokens live")
+    ] = Path(".edgefleet"),
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEFLEET_REDIS_URL",
+            help="use this Redis (redis://, rediss://, unix://) instead of the embedded one",
+        ),
+    ] = None,
+    offline_after: Annotated[
+        float, typer.Option(help="seconds without a heartbeat before a device is offline")
+    ] = 15.0,
+    heartbeat_interval: Annotated[
+        float, typer.Option(help="seconds between heartbeats, told to agents")
+    ] = 5.0,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+) -> None:
+    """Start the coordinator (gRPC on HOST:PORT, state in Redis) and serve until Ctrl-C."""
+    from coordinator.registry import RegistrySettings
+    from coordinator.server import Coordinator, CoordinatorConfig, run_until_signalled
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = CoordinatorConfig(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        redis_url=redis_url or None,
+        settings=RegistrySettings(
+            offline_after=offline_after, heartbeat_interval=heartbeat_interval
+        ),
+    )
+
+    def ready(c: Coordinator) -> None:
+        err_console.print(
+            f"edgefleet coordinator listening on {c.address}\n"
+            f"  state: {c.redis_description}\n"
+            f"  admin token: {c.tokens.admin_source}\n"
+            f"  enrollment token: {c.tokens.enroll_source}",
+            highlight=False,
+        )
+
+    asyncio.run(run_until_signalled(config, on_ready=ready))
+
+
+# --- devices -----------------------------------------------------------------------------
+
+
+def _client(coordinator: str, admin_token: str) -> AdminClient:
+    return AdminClient(coordinator or DEFAULT_COORDINATOR, admin_token)
+
+
+_STATUS_FILTER = {
+    "": admin_pb2.DEVICE_STATUS_UNSPECIFIED,
+    "online": admin_pb2.DEVICE_STATUS_ONLINE,
+    "offline": admin_pb2.DEVICE_STATUS_OFFLINE,
+}
+
+
+@devices_app.command("ls")
+@one_line_errors
+def devices_ls(
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    admin_token: AdminTokenOpt = "",
+    profile: Annotated[str, typer.Option(help="only devices with this profile")] = "",
+    status: Annotated[str, typer.Option(help="only 'online' or 'offline' devices")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """List registered devices."""
+    if status not in _STATUS_FILTER:
+        raise fail("--status must be 'online' or 'offline'")
+    with _client(coordinator, admin_token) as client:
+        devices = client.list_devices(profile, _STATUS_FILTER[status])
+    if as_json:
+        print_json([render.device_to_dict(d) for d in devices])
+    else:
+        out.print(render.devices_table(devices))
+
+
+@devices_app.command("show")
+@one_line_errors
+def devices_show(
+    device_id: Annotated[str, typer.Argument(help="device id (dev-...)")],
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    admin_token: AdminTokenOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one device: identity, status and resources."""
+    with _client(coordinator, admin_token) as client:
+        device = client.get_device(device_id)
+    data = render.device_to_dict(device, with_profile=True)
+    if as_json:
+        print_json(data)
+        return
+    for key, value in data.items():
+        if key == "resources":
+            out.print("resources:")
+            for rk, rv in value.items():
+                shown = render.human_bytes(rv) if rk.endswith("_bytes") else rv
+                out.print(f"  {rk}: {shown}", highlight=False)
+        else:
+            out.print(f"{key}: {value}", highlight=False)
+
+
+@devices_app.command("rm")
+@one_line_errors
+def devices_rm(
+    device_id: Annotated[str, typer.Argument(help="device id (dev-...)")],
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    admin_token: AdminTokenOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Forget a device. A still-running agent will enrol again as a new device."""
+    with _client(coordinator, admin_token) as client:
+        client.remove_device(device_id)
+    if as_json:
+        print_json({"removed": device_id})
+    else:
+        out.print(f"removed {device_id}")
+
+
+# --- fleet -------------------------------------------------------------------------------
+
+
+@fleet_app.command("summary")
+@one_line_errors
+def fleet_summary(
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    admin_token: AdminTokenOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Devices online and offline, per profile."""
+    with _client(coordinator, admin_token) as client:
+        summary = client.fleet_summary()
+    if as_json:
+        print_json(render.summary_to_dict(summary))
+    else:
+        out.print(render.summary_table(summary))
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+
+@profiles_app.command("ls")
+def profiles_ls(as_json: JsonOpt = False) -> None:
+    """List the device profiles agents can take with --profile."""
+    if as_json:
+        print_json([p.model_dump(mode="json") for p in CATALOG.values()])
+        return
+    from rich.table import Table
+
+    table = Table(title="device profiles (plus 'auto' to detect the host)", title_justify="left")
+    for col in ("NAME", "CLASS", "CPU", "RAM", "STORAGE", "PRECISIONS", "RUNTIMES"):
+        table.add_column(col)
+    for p in CATALOG.values():
+        table.add_row(
+            p.name,
+            p.device_class.value,
+            p.cpu,
+            render.human_bytes(p.ram_bytes),
+            render.human_bytes(p.storage_bytes),
+            ",".join(p.precisions),
+            ",".join(p.runtimes),
+        )
+    out.print(table)
+
+
+# --- simulate ----------------------------------------------------------------------------
+
+
+def wait_until_online(
+    client: AdminClient, names: set[str], timeout: float, label: str = "devices online"
+) -> list[admin_pb2.Device]:
+    """Poll the coordinator until every named device is online; show a progress bar."""
+    from rich.progress import Progress
+
+    deadline = time.monotonic() + timeout
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task(label, total=len(names))
+        while True:
+            devices = [d for d in client.list_devices() if d.name in names]
+            online = [d for d in devices if d.status == admin_pb2.DEVICE_STATUS_ONLINE]
+            progress.update(task, completed=len({d.name for d in online}))
+            if {d.name for d in online} >= names:
+                return devices
+            if time.monotonic() > deadline:
+                missing = sorted(names - {d.name for d in online})
+                raise AdminClientError(
+                    f"{len(missing)} device(s) not online after {timeout:.0f}s: "
+                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+                )
+            time.sleep(0.25)
+
+
+@app.command("simulate")
+@one_line_errors
+def simulate(
+    devices: Annotated[int, typer.Option("--devices", "-n", help="number of agents")] = 6,
+    profiles: Annotated[
+        str, typer.Option(help="comma-separated profiles, assigned round-robin")
+    ] = "phone-flagship,phone-budget,rpi4,rpi-zero2w,jetson-nano,cortex-m7",
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    token: Annotated[
+        str, typer.Option(envvar="EDGEFLEET_ENROLL_TOKEN", help="enrollment token")
+    ] = "",
+    admin_token: AdminTokenOpt = "",
+    state_dir: Annotated[Path, typer.Option(help="parent of the agents' state dirs")] = Path(
+        ".edgefleet/sim"
+    ),
+    duration: Annotated[
+        float, typer.Option(help="seconds to run after all are online; 0 = until Ctrl-C")
+    ] = 0.0,
+    timeout: Annotated[
+        float, typer.Option(help="seconds to wait for the fleet to come online")
+    ] = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start N local agent processes against a coordinator, then stop them cleanly."""
+    from coordinator.simulate import SimulatedFleet
+
+    if not token:
+        raise fail("an enrollment token is needed: --token or EDGEFLEET_ENROLL_TOKEN")
+    names = [p.strip() for p in profiles.split(",") if p.strip()]
+    fleet = SimulatedFleet.start(
+        coordinator=coordinator,
+        enroll_token=token,
+        profiles=names,
+        count=devices,
+        state_root=state_dir,
+    )
+    err_console.print(
+        f"started {devices} agents ({', '.join(names)}); logs in {state_dir}/*/agent.log"
+    )
+    try:
+        if admin_token:
+            with _client(coordinator, admin_token) as client:
+                listed = wait_until_online(client, {a.name for a in fleet.agents}, timeout)
+            if as_json:
+                print_json([render.device_to_dict(d) for d in listed])
+            else:
+                out.print(render.devices_table(listed))
+        if duration > 0:
+            time.sleep(duration)
+        else:
+            err_console.print("running; press Ctrl-C to stop the fleet")
+            while not fleet.exited():
+                time.sleep(0.5)
+            raise fail(f"agent {fleet.exited()[0].name} exited; see its agent.log")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        report = fleet.stop()
+        err_console.print(
+            f"stopped {len(fleet.agents)} agents: {report.clean} clean"
+            + (f", failed: {report.failed}" if report.failed else "")
+            + (f", killed: {report.killed}" if report.killed else "")
+        )
+
+
+def _register_optional_apps() -> None:
+    """Mount command groups that live in their own modules (and may need extras)."""
+    try:
+        from coordinator.cli.models import models_app  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError as exc:
+        if exc.name != "coordinator.cli.models":
+            raise
+        return
+    app.add_typer(models_app, name="models", help="Build and inspect compressed model variants.")
+
+
+_register_optional_apps()
+
+
+@app.command("demo")
+@one_line_errors
+def demo(
+    devices: Annotated[int, typer.Option("--devices", "-n", help="fleet size")] = 8,
+    data_dir: Annotated[Path, typer.Option(help="demo state (wiped first)")] = Path(
+        ".edgefleet/demo"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the end-to-end demo: a coordinator and a simulated mixed fleet."""
+    from coordinator.demo import run_demo
+
+    run_demo(
+        devices=devices, data_dir=data_dir, console=out, err_console=err_console, as_json=as_json
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Errors of the coordinator's core logic, each mapping to one gRPC status code.
+
+Core logic raises these with a message meant for the caller; the servicers
+translate them (UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE) at the edge.
+"""
+
+from __future__ import annotations
+
+
+class CoordinatorError(Exception):
+    """Base class: ``str(err)`` is the message returned to the client."""
+
+
+class Unauthenticated(CoordinatorError):
+    """Missing or wrong token or credential."""
+
+
+class InvalidArgument(CoordinatorError):
+    """A request field is malformed; the message names the field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+class NotFound(CoordinatorError):
+    """An id that the coordinator does not know."""
+
+
+class Unavailable(CoordinatorError):
+    """A dependency (Redis) is away; the client should retry later."""

@@ -1,0 +1,247 @@
+"""The device registry: enrolment, heartbeats, liveness and fleet views.
+
+Core logic only: it takes and returns plain objects, raises ``coordinator.errors``
+and reaches state through ``FleetStore``, so it can be tested without gRPC.
+
+Liveness is derived, not stored: a device is ``online`` while its last heartbeat
+is younger than ``offline_after`` and its last report was not a clean shutdown.
+Deriving it on read (level-triggered) means no sweeper has to run for the
+status to be right, and a coordinator restart cannot leave a stale status.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from coordinator.errors import InvalidArgument, NotFound, Unauthenticated
+from coordinator.store import DeviceRecord, FleetStore
+from coordinator.tokens import Tokens, new_secret, secrets_match, sha256_hex
+from edgefleet.profiles import DeviceProfile
+
+DEVICE_ID_RE = re.compile(r"^dev-[0-9a-f]{12}$")
+_INSTANCE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+_LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62}[a-z0-9])?$")
+_MAX_LABELS = 32
+_MAX_LABEL_VALUE = 256
+
+
+class DeviceStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+AGENT_STATES = ("starting", "ready", "degraded", "stopping")
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    offline_after: float = 15.0
+    heartbeat_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat interval must be > 0")
+        if self.offline_after <= self.heartbeat_interval:
+            raise ValueError(
+                f"offline-after ({self.offline_after}s) must exceed the heartbeat interval "
+                f"({self.heartbeat_interval}s), or healthy devices would flap offline"
+            )
+
+
+@dataclass(frozen=True)
+class Registration:
+    instance_key: str
+    name: str
+    profile: DeviceProfile
+    agent_version: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    device_id: str
+    credential: str
+    created: bool
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True)
+class HeartbeatReport:
+    state: str
+    sequence: int
+    uptime_seconds: float = 0.0
+    active_variant: str = ""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    generation: int = 0
+    variant_id: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """A device as operators see it: the record plus derived status."""
+
+    record: DeviceRecord
+    status: DeviceStatus
+
+
+@dataclass(frozen=True)
+class ProfileCount:
+    profile: str
+    online: int
+    offline: int
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    total: int
+    online: int
+    offline: int
+    by_profile: list[ProfileCount]
+    offline_after: float
+
+
+def validate_device_id(device_id: str) -> None:
+    if not device_id:
+        raise InvalidArgument("device_id", "required")
+    if not DEVICE_ID_RE.match(device_id):
+        raise InvalidArgument(
+            "device_id", f"malformed id {device_id[:80]!r} (expected dev-<12 hex>)"
+        )
+
+
+def _validate_registration(reg: Registration) -> None:
+    if not _INSTANCE_KEY_RE.match(reg.instance_key):
+        raise InvalidArgument("instance_key", "must be 8-128 characters of [A-Za-z0-9_-]")
+    if not reg.name or len(reg.name) > 64 or not reg.name.isprintable():
+        raise InvalidArgument("name", "must be 1-64 printable characters")
+    if len(reg.agent_version) > 64:
+        raise InvalidArgument("agent_version", "longer than 64 characters")
+    if len(reg.labels) > _MAX_LABELS:
+        raise InvalidArgument("labels", f"at most {_MAX_LABELS} labels")
+    for key, value in reg.labels.items():
+        if not _LABEL_KEY_RE.match(key):
+            raise InvalidArgument(f"labels[{key[:40]!r}]", "key must be lowercase [a-z0-9._/-]")
+        if len(value) > _MAX_LABEL_VALUE or not value.isprintable():
+            raise InvalidArgument(f"labels[{key}]", "value must be <= 256 printable characters")
+
+
+class Registry:
+    """Enrols devices, records heartbeats, and answers fleet queries."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        tokens: Tokens,
+        settings: RegistrySettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self.settings = settings or RegistrySettings()
+        self._clock = clock
+
+    async def register(self, enroll_token: str, reg: Registration) -> Enrollment:
+        self._tokens.check_enroll(enroll_token)
+        _validate_registration(reg)
+        now = self._clock()
+        credential = new_secret()
+        record = DeviceRecord(
+            id=f"dev-{uuid.uuid4().hex[:12]}",
+            name=reg.name,
+            profile=reg.profile,
+            instance_key=reg.instance_key,
+            credential_sha256=sha256_hex(credential),
+            registered_at=now,
+            last_seen=now,
+            agent_version=reg.agent_version,
+            labels=dict(reg.labels),
+        )
+        device_id, created = await self._store.register(record)
+        return Enrollment(device_id, credential, created, self.settings.heartbeat_interval)
+
+    async def _authenticate_device(self, device_id: str, credential: str) -> DeviceRecord:
+        validate_device_id(device_id)
+        record = await self._store.get(device_id)
+        if record is None:
+            raise NotFound(f"device {device_id} is not registered")
+        if not credential or not secrets_match(sha256_hex(credential), record.credential_sha256):
+            raise Unauthenticated(f"credential rejected for device {device_id}")
+        return record
+
+    async def heartbeat(
+        self, device_id: str, credential: str, report: HeartbeatReport
+    ) -> DesiredState:
+        if report.state not in AGENT_STATES:
+            raise InvalidArgument("state", f"must be one of {', '.join(AGENT_STATES)}")
+        if report.uptime_seconds < 0:
+            raise InvalidArgument("uptime_seconds", "must be >= 0")
+        if len(report.active_variant) > 128:
+            raise InvalidArgument("active_variant", "longer than 128 characters")
+        record = await self._authenticate_device(device_id, credential)
+        found = await self._store.record_heartbeat(
+            device_id,
+            now=self._clock(),
+            state=report.state,
+            sequence=report.sequence,
+            uptime_seconds=report.uptime_seconds,
+            active_variant=report.active_variant,
+        )
+        if not found:  # removed between the two calls
+            raise NotFound(f"device {device_id} is not registered")
+        return DesiredState(record.desired_generation, record.desired_variant)
+
+    def status_of(self, record: DeviceRecord, now: float | None = None) -> DeviceStatus:
+        now = self._clock() if now is None else now
+        fresh = now - record.last_seen < self.settings.offline_after
+        alive = fresh and record.reported_state != "stopping"
+        return DeviceStatus.ONLINE if alive else DeviceStatus.OFFLINE
+
+    async def list_devices(
+        self, *, profile: str | None = None, status: DeviceStatus | None = None
+    ) -> list[DeviceView]:
+        records = await self._store.get_many(await self._store.list_ids(profile))
+        now = self._clock()
+        views = [DeviceView(r, self.status_of(r, now)) for r in records]
+        if status is not None:
+            views = [v for v in views if v.status is status]
+        return sorted(views, key=lambda v: (v.record.profile.name, v.record.name, v.record.id))
+
+    async def get_device(self, device_id: str) -> DeviceView:
+        validate_device_id(device_id)
+        record = await self._store.get(device_id)
+        if record is None:
+            raise NotFound(f"device {device_id} is not registered")
+        return DeviceView(record, self.status_of(record))
+
+    async def remove_device(self, device_id: str) -> None:
+        validate_device_id(device_id)
+        if not await self._store.remove(device_id):
+            raise NotFound(f"device {device_id} is not registered")
+
+    async def fleet_summary(self) -> FleetSummary:
+        views = await self.list_devices()
+        counts: Counter[tuple[str, DeviceStatus]] = Counter(
+            (v.record.profile.name, v.status) for v in views
+        )
+        profiles = sorted({p for p, _ in counts})
+        by_profile = [
+            ProfileCount(p, counts[(p, DeviceStatus.ONLINE)], counts[(p, DeviceStatus.OFFLINE)])
+            for p in profiles
+        ]
+        online = sum(pc.online for pc in by_profile)
+        return FleetSummary(
+            total=len(views),
+            online=online,
+            offline=len(views) - online,
+            by_profile=by_profile,
+            offline_after=self.settings.offline_after,
+        )

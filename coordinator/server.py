@@ -1,0 +1,174 @@
+"""Start and stop the coordinator: Redis, the gRPC server, health and reflection.
+
+The server binds to 127.0.0.1 by default; serving other interfaces is an
+explicit choice (``--host``). The standard health and reflection services are
+served next to ours so ``grpcurl`` and load balancers work without our protos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from coordinator.embedded_redis import EmbeddedRedis
+from coordinator.registry import Registry, RegistrySettings
+from coordinator.servicers import AdminServicer, DeviceServicer
+from coordinator.store import FleetStore
+from coordinator.tokens import Tokens
+from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+REDIS_URL_ENV = "EDGEFLEET_REDIS_URL"
+SERVICE_NAMES = (
+    device_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    redis_url: str | None = None
+    settings: RegistrySettings = field(default_factory=RegistrySettings)
+
+
+class Coordinator:
+    """A running coordinator. Use ``await Coordinator.start(config)`` then ``await stop()``."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        server: grpc.aio.Server,
+        store: FleetStore,
+        embedded: EmbeddedRedis | None,
+        tokens: Tokens,
+        port: int,
+        health_servicer: health.aio.HealthServicer,
+    ) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.port = port
+        self._server = server
+        self._store = store
+        self._embedded = embedded
+        self._health = health_servicer
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def redis_description(self) -> str:
+        if self._embedded is not None:
+            return f"embedded redis at {self._embedded.url} (data in {self._embedded.data_dir})"
+        return f"redis at {_redact(self.config.redis_url or '')}"
+
+    @classmethod
+    async def start(cls, config: CoordinatorConfig) -> Coordinator:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        tokens = Tokens.load(config.data_dir)
+        embedded = None
+        url = config.redis_url
+        if not url:
+            embedded = await asyncio.to_thread(EmbeddedRedis.start, config.data_dir)
+            url = embedded.url
+        client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        store = FleetStore(client)
+        try:
+            await store.check()
+        except Exception:
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            raise
+        registry = Registry(store, tokens, config.settings)
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(registry), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, tokens), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(f"{config.host}:{config.port}")
+        except RuntimeError as exc:
+            port = 0
+            error: Exception | None = exc
+        else:
+            error = None
+        if port == 0:
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            raise OSError(f"cannot listen on {config.host}:{config.port}: {error or 'port in use'}")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        coordinator = cls(config, server, store, embedded, tokens, port, health_servicer)
+        coordinator._write_info_file()
+        return coordinator
+
+    def _write_info_file(self) -> None:
+        """Tell local tools (simulate, demo) where this coordinator listens."""
+        info = {"address": self.address, "pid": os.getpid()}
+        tmp = self.config.data_dir / "coordinator.json.tmp"
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self.config.data_dir / "coordinator.json")
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        await self._store.close()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+        (self.config.data_dir / "coordinator.json").unlink(missing_ok=True)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a redis URL before printing it."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+async def run_until_signalled(
+    config: CoordinatorConfig, on_ready: Callable[[Coordinator], None] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain in-flight calls and stop Redis cleanly."""
+    coordinator = await Coordinator.start(config)
+    if on_ready is not None:
+        on_ready(coordinator)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await coordinator.stop()

@@ -1,0 +1,239 @@
+"""gRPC servicers: the only coordinator code that touches wire types.
+
+Each method reads the bearer secret from metadata, converts the request to
+plain objects (validating it), calls the registry, and converts back. Core
+errors become status codes here, so every failure reaches the client as a
+status with a message naming the problem, never as an internal error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coordinator.errors import (
+    CoordinatorError,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from coordinator.registry import (
+    AGENT_STATES,
+    DeviceStatus,
+    DeviceView,
+    HeartbeatReport,
+    Registration,
+    Registry,
+)
+from coordinator.tokens import Tokens
+from edgefleet.profiles import ProfileError
+from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+from edgefleet.wire import profile_from_proto, profile_to_proto
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_STATE_FROM_WIRE = {
+    device_pb2.AGENT_STATE_STARTING: "starting",
+    device_pb2.AGENT_STATE_READY: "ready",
+    device_pb2.AGENT_STATE_DEGRADED: "degraded",
+    device_pb2.AGENT_STATE_STOPPING: "stopping",
+}
+_STATE_TO_WIRE = {v: k for k, v in _STATE_FROM_WIRE.items()}
+_STATUS_TO_WIRE = {
+    DeviceStatus.ONLINE: admin_pb2.DEVICE_STATUS_ONLINE,
+    DeviceStatus.OFFLINE: admin_pb2.DEVICE_STATUS_OFFLINE,
+}
+_STATUS_FROM_WIRE = {v: k for k, v in _STATUS_TO_WIRE.items()}
+assert set(_STATE_TO_WIRE) == set(AGENT_STATES)
+
+_CODES: list[tuple[type[CoordinatorError], grpc.StatusCode]] = [
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The secret from ``authorization: Bearer <secret>`` metadata, or ""."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ").strip()
+    return ""
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: CoordinatorError) -> NoReturn:
+    for kind, code in _CODES:
+        if isinstance(err, kind):
+            await context.abort(code, str(err))
+    await context.abort(grpc.StatusCode.INTERNAL, str(err))
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+async def _guard(context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except ProfileError as err:
+        await _abort(context, InvalidArgument(f"profile.{err.field}", err.reason))
+    except CoordinatorError as err:
+        await _abort(context, err)
+
+
+def _timestamp(unix: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(unix * 1e9))
+    return ts
+
+
+def device_to_proto(view: DeviceView) -> admin_pb2.Device:
+    r = view.record
+    return admin_pb2.Device(
+        id=r.id,
+        name=r.name,
+        profile=profile_to_proto(r.profile),
+        status=_STATUS_TO_WIRE[view.status],
+        registered_at=_timestamp(r.registered_at),
+        last_seen=_timestamp(r.last_seen),
+        agent_version=r.agent_version,
+        labels=r.labels,
+        reported_state=_STATE_TO_WIRE.get(r.reported_state, device_pb2.AGENT_STATE_UNSPECIFIED),
+        uptime_seconds=r.uptime_seconds,
+        active_variant=r.active_variant,
+        desired=device_pb2.DesiredState(
+            generation=r.desired_generation, variant_id=r.desired_variant
+        ),
+    )
+
+
+class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[misc]
+    """Register and Heartbeat, called by agents."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    async def Register(
+        self, request: device_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> device_pb2.RegisterResponse:
+        async def call() -> device_pb2.RegisterResponse:
+            if not request.HasField("profile"):
+                raise InvalidArgument("profile", "required")
+            reg = Registration(
+                instance_key=request.instance_key,
+                name=request.name,
+                profile=profile_from_proto(request.profile),
+                agent_version=request.agent_version,
+                labels=dict(request.labels),
+            )
+            enrolled = await self._registry.register(bearer_token(context), reg)
+            log.info(
+                "%s device %s (%s, %s)",
+                "registered" if enrolled.created else "re-registered",
+                enrolled.device_id,
+                reg.name,
+                reg.profile.name,
+            )
+            return device_pb2.RegisterResponse(
+                device_id=enrolled.device_id,
+                credential=enrolled.credential,
+                heartbeat_interval_seconds=enrolled.heartbeat_interval,
+            )
+
+        return await _guard(context, call)
+
+    async def Heartbeat(
+        self, request: device_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> device_pb2.HeartbeatResponse:
+        async def call() -> device_pb2.HeartbeatResponse:
+            state = _STATE_FROM_WIRE.get(request.state)
+            if state is None:
+                raise InvalidArgument("state", f"unknown agent state {request.state}")
+            report = HeartbeatReport(
+                state=state,
+                sequence=request.sequence,
+                uptime_seconds=request.uptime_seconds,
+                active_variant=request.active_variant,
+            )
+            desired = await self._registry.heartbeat(
+                request.device_id, bearer_token(context), report
+            )
+            return device_pb2.HeartbeatResponse(
+                desired=device_pb2.DesiredState(
+                    generation=desired.generation, variant_id=desired.variant_id
+                ),
+                heartbeat_interval_seconds=self._registry.settings.heartbeat_interval,
+                server_time_unix=time.time(),
+            )
+
+        return await _guard(context, call)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
+    """Fleet queries and changes for the CLI; every call needs the admin token."""
+
+    def __init__(self, registry: Registry, tokens: Tokens) -> None:
+        self._registry = registry
+        self._tokens = tokens
+
+    async def ListDevices(
+        self, request: admin_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListDevicesResponse:
+        async def call() -> admin_pb2.ListDevicesResponse:
+            self._tokens.check_admin(bearer_token(context))
+            status = None
+            if request.status != admin_pb2.DEVICE_STATUS_UNSPECIFIED:
+                status = _STATUS_FROM_WIRE.get(request.status)
+                if status is None:
+                    raise InvalidArgument("status", f"unknown status {request.status}")
+            views = await self._registry.list_devices(
+                profile=request.profile or None, status=status
+            )
+            return admin_pb2.ListDevicesResponse(devices=[device_to_proto(v) for v in views])
+
+        return await _guard(context, call)
+
+    async def GetDevice(
+        self, request: admin_pb2.GetDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetDeviceResponse:
+        async def call() -> admin_pb2.GetDeviceResponse:
+            self._tokens.check_admin(bearer_token(context))
+            view = await self._registry.get_device(request.device_id)
+            return admin_pb2.GetDeviceResponse(device=device_to_proto(view))
+
+        return await _guard(context, call)
+
+    async def RemoveDevice(
+        self, request: admin_pb2.RemoveDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.RemoveDeviceResponse:
+        async def call() -> admin_pb2.RemoveDeviceResponse:
+            self._tokens.check_admin(bearer_token(context))
+            await self._registry.remove_device(request.device_id)
+            log.info("removed device %s", request.device_id)
+            return admin_pb2.RemoveDeviceResponse()
+
+        return await _guard(context, call)
+
+    async def GetFleetSummary(
+        self, request: admin_pb2.GetFleetSummaryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetFleetSummaryResponse:
+        async def call() -> admin_pb2.GetFleetSummaryResponse:
+            self._tokens.check_admin(bearer_token(context))
+            s = await self._registry.fleet_summary()
+            return admin_pb2.GetFleetSummaryResponse(
+                total=s.total,
+                online=s.online,
+                offline=s.offline,
+                by_profile=[
+                    admin_pb2.ProfileCount(profile=p.profile, online=p.online, offline=p.offline)
+                    for p in s.by_profile
+                ],
+                offline_after_seconds=s.offline_after,
+            )
+
+        return await _guard(context, call)

@@ -1,0 +1,323 @@
+"""Every Redis key and every multi-key update of the coordinator lives here.
+
+Why one module: the coordinator is stateless beyond Redis, so several replicas
+may update the same device at once. Keeping every key name and every
+multi-key write in one place (each write a single Lua script, atomic on the
+server) is what guarantees that state never tears: a device is either fully
+registered (hash + liveness index + profile index + enrollment key) or absent.
+Callers get plain ``DeviceRecord`` objects and never see Redis types.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis.asyncio as aioredis
+
+from coordinator.errors import Unavailable
+from edgefleet.profiles import DeviceProfile
+
+DEFAULT_PREFIX = "edgefleet:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names of every key the coordinator uses, under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def device(self, device_id: str) -> str:
+        """Hash with the device's record (see ``DeviceRecord``)."""
+        return f"{self.prefix}device:{device_id}"
+
+    @property
+    def last_seen(self) -> str:
+        """Sorted set: member = device id, score = unix time of the last heartbeat."""
+        return f"{self.prefix}devices:last_seen"
+
+    def enrollment(self, instance_key: str) -> str:
+        """String: the device id an agent instance key was enrolled as (makes Register idempotent)."""
+        return f"{self.prefix}enrollment:{instance_key}"
+
+    def profile_members(self, profile: str) -> str:
+        """Set of device ids with a given profile name."""
+        return f"{self.prefix}profile:{profile}:devices"
+
+    @property
+    def schema_version(self) -> str:
+        return f"{self.prefix}schema"
+
+
+SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A device as stored: identity, resources, and the last thing it reported."""
+
+    id: str
+    name: str
+    profile: DeviceProfile
+    instance_key: str
+    credential_sha256: str
+    registered_at: float
+    last_seen: float
+    agent_version: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    reported_state: str = "starting"
+    uptime_seconds: float = 0.0
+    active_variant: str = ""
+    last_sequence: int = 0
+    desired_generation: int = 0
+    desired_variant: str = ""
+
+
+# KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile
+# ARGV: device id (used only when new), then field/value pairs of the record.
+# The enrollment key decides: an instance key already enrolled as a live device
+# re-registers that device (fresh credential, profile and name) instead of
+# creating a twin. Returns {device id, 1 if created else 0}.
+_REGISTER = """
+local existing = redis.call('GET', KEYS[3])
+local id = ARGV[1]
+local created = 1
+local device_key = KEYS[1]
+if existing and redis.call('EXISTS', ARGV[2] .. existing) == 1 then
+  id = existing
+  created = 0
+  device_key = ARGV[2] .. existing
+  local old_profile = redis.call('HGET', device_key, 'profile_name')
+  if old_profile then
+    redis.call('SREM', ARGV[3] .. old_profile .. ':devices', id)
+  end
+end
+local keep = {id = true, registered_at = true, desired_generation = true, desired_variant = true}
+local fields = {}
+for i = 5, #ARGV, 2 do
+  -- a re-registration keeps what identifies the device over time and what
+  -- the operator wants of it; everything the agent reports is overwritten
+  if created == 1 or not keep[ARGV[i]] then
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+  end
+end
+redis.call('HSET', device_key, unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[4], id)
+redis.call('SET', KEYS[3], id)
+redis.call('SADD', KEYS[4], id)
+return {id, created}
+"""
+
+# KEYS: device hash, last_seen zset. ARGV: device id, now, then field/value pairs.
+# Returns 0 when the device is unknown (removed), so a heartbeat never resurrects
+# a half-record.
+_HEARTBEAT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: device hash, last_seen zset. ARGV: device id, enrollment prefix, profile prefix.
+_REMOVE = """
+local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'profile_name')
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if rec[1] then
+  local enrolled = ARGV[2] .. rec[1]
+  if redis.call('GET', enrolled) == ARGV[1] then redis.call('DEL', enrolled) end
+end
+if rec[2] then redis.call('SREM', ARGV[3] .. rec[2] .. ':devices', ARGV[1]) end
+return 1
+"""
+
+
+def _flatten(mapping: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in mapping.items():
+        out += [k, v]
+    return out
+
+
+def _record_fields(record: DeviceRecord) -> dict[str, str]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "profile_name": record.profile.name,
+        "profile": record.profile.model_dump_json(),
+        "instance_key": record.instance_key,
+        "credential_sha256": record.credential_sha256,
+        "registered_at": repr(record.registered_at),
+        "last_seen": repr(record.last_seen),
+        "agent_version": record.agent_version,
+        "labels": json.dumps(record.labels, sort_keys=True),
+        "reported_state": record.reported_state,
+        "uptime_seconds": repr(record.uptime_seconds),
+        "active_variant": record.active_variant,
+        "last_sequence": str(record.last_sequence),
+        "desired_generation": str(record.desired_generation),
+        "desired_variant": record.desired_variant,
+    }
+
+
+def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
+    return DeviceRecord(
+        id=raw["id"],
+        name=raw["name"],
+        profile=DeviceProfile.model_validate_json(raw["profile"]),
+        instance_key=raw.get("instance_key", ""),
+        credential_sha256=raw.get("credential_sha256", ""),
+        registered_at=float(raw["registered_at"]),
+        last_seen=float(raw["last_seen"]),
+        agent_version=raw.get("agent_version", ""),
+        labels=json.loads(raw.get("labels") or "{}"),
+        reported_state=raw.get("reported_state", "starting"),
+        uptime_seconds=float(raw.get("uptime_seconds") or 0.0),
+        active_variant=raw.get("active_variant", ""),
+        last_sequence=int(raw.get("last_sequence") or 0),
+        desired_generation=int(raw.get("desired_generation") or 0),
+        desired_variant=raw.get("desired_variant", ""),
+    )
+
+
+class StoreError(Unavailable):
+    """Redis is unreachable or holds data this version cannot read."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable_on_redis_error(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Turn a lost Redis connection into ``StoreError`` so callers answer UNAVAILABLE."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except aioredis.RedisError as exc:
+            raise StoreError(f"state store unavailable: {exc}") from exc
+
+    return wrapper
+
+
+class FleetStore:
+    """Async access to fleet state in Redis. The only code that talks to Redis."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
+        """``client`` must be created with ``decode_responses=True`` (we store text only)."""
+        self._redis = client
+        self.keys = keys or Keys()
+        self._register = client.register_script(_REGISTER)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._remove = client.register_script(_REMOVE)
+
+    async def check(self) -> None:
+        """Fail early, with a clear error, if Redis is away or written by an incompatible version."""
+        try:
+            await self._redis.ping()
+            found = await self._redis.get(self.keys.schema_version)
+        except aioredis.RedisError as exc:
+            raise StoreError(f"cannot reach Redis: {exc}") from exc
+        if found is None:
+            await self._redis.set(self.keys.schema_version, SCHEMA_VERSION)
+        elif found != SCHEMA_VERSION:
+            raise StoreError(
+                f"Redis holds edgefleet schema {found!s}, this build reads {SCHEMA_VERSION}"
+            )
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    @_unavailable_on_redis_error
+    async def register(self, record: DeviceRecord) -> tuple[str, bool]:
+        """Store a new device, or re-register the device already enrolled with its instance key.
+
+        Returns the device id that holds the record and whether it was created.
+        """
+        k = self.keys
+        result = await self._register(
+            keys=[
+                k.device(record.id),
+                k.last_seen,
+                k.enrollment(record.instance_key),
+                k.profile_members(record.profile.name),
+            ],
+            args=[
+                record.id,
+                k.device(""),
+                f"{k.prefix}profile:",
+                repr(record.last_seen),
+                *_flatten(_record_fields(record)),
+            ],
+        )
+        device_id, created = cast(Sequence[Any], result)
+        return str(device_id), bool(int(created))
+
+    @_unavailable_on_redis_error
+    async def record_heartbeat(
+        self,
+        device_id: str,
+        *,
+        now: float,
+        state: str,
+        sequence: int,
+        uptime_seconds: float,
+        active_variant: str,
+    ) -> bool:
+        """Update liveness and reported status atomically. False if the device is unknown."""
+        fields = {
+            "last_seen": repr(now),
+            "reported_state": state,
+            "last_sequence": str(sequence),
+            "uptime_seconds": repr(uptime_seconds),
+            "active_variant": active_variant,
+        }
+        done = await self._heartbeat(
+            keys=[self.keys.device(device_id), self.keys.last_seen],
+            args=[device_id, repr(now), *_flatten(fields)],
+        )
+        return bool(int(cast(int, done)))
+
+    @_unavailable_on_redis_error
+    async def get(self, device_id: str) -> DeviceRecord | None:
+        raw = cast(dict[str, str], await self._redis.hgetall(self.keys.device(device_id)))
+        return _record_from_hash(raw) if raw else None
+
+    @_unavailable_on_redis_error
+    async def list_ids(self, profile: str | None = None) -> list[str]:
+        """Device ids, most recently seen first."""
+        if profile:
+            members = await self._redis.smembers(self.keys.profile_members(profile))
+            return sorted(cast(set[str], members))
+        return cast(list[str], await self._redis.zrevrange(self.keys.last_seen, 0, -1))
+
+    @_unavailable_on_redis_error
+    async def get_many(self, device_ids: Sequence[str]) -> list[DeviceRecord]:
+        """Records for the given ids in one round trip; ids removed meanwhile are skipped."""
+        if not device_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for device_id in device_ids:
+                pipe.hgetall(self.keys.device(device_id))
+            raws = await pipe.execute()
+        return [_record_from_hash(raw) for raw in raws if raw]
+
+    @_unavailable_on_redis_error
+    async def remove(self, device_id: str) -> bool:
+        """Delete a device and every index entry pointing at it. False if it was not there."""
+        k = self.keys
+        done = await self._remove(
+            keys=[k.device(device_id), k.last_seen],
+            args=[device_id, k.enrollment(""), f"{k.prefix}profile:"],
+        )
+        return bool(int(cast(int, done)))

@@ -1,0 +1,104 @@
+"""Device profiles: the resources a device class offers, validated.
+
+Why a typed, validated model: selection (which variant fits which device) will
+compare these numbers against measured variant sizes, so a profile with a
+negative RAM size or an unknown precision must be refused at the boundary with
+a message naming the field, not discovered later as a wrong deployment.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Precision = Literal["fp32", "fp16", "int8"]
+Runtime = Literal["torch", "onnxruntime", "mcu-sim"]
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "mcu-sim")
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+# Upper bounds that no edge device reaches; a value above them is a unit mistake.
+_MAX_BYTES = 1 << 50  # 1 PiB
+_MAX_CORES = 1024
+_MAX_MHZ = 10_000
+
+
+class DeviceClass(StrEnum):
+    """What kind of hardware a profile describes (mirrors ``edgefleet.v1.DeviceClass``)."""
+
+    PHONE = "phone"
+    SBC = "sbc"
+    ACCELERATOR = "accelerator"
+    MCU = "mcu"
+    SERVER = "server"
+
+
+class ProfileError(ValueError):
+    """A profile failed validation. ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"profile.{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class DeviceProfile(BaseModel):
+    """Resources of one device class. On an MCU, ``ram_bytes`` is SRAM and ``storage_bytes`` flash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    device_class: DeviceClass
+    arch: str = Field(min_length=1, max_length=32)
+    cpu: str = Field(default="", max_length=128)
+    cpu_cores: int = Field(ge=1, le=_MAX_CORES)
+    cpu_mhz: int = Field(ge=1, le=_MAX_MHZ)
+    ram_bytes: int = Field(ge=1, le=_MAX_BYTES)
+    storage_bytes: int = Field(ge=1, le=_MAX_BYTES)
+    accelerators: tuple[str, ...] = ()
+    precisions: tuple[Precision, ...] = Field(min_length=1)
+    runtimes: tuple[Runtime, ...] = ()
+    battery_mah: int = Field(default=0, ge=0, le=1_000_000)
+    link_kbps: int = Field(default=0, ge=0, le=1_000_000_000)
+    simulated: bool = False
+
+    @model_validator(mode="after")
+    def _mcu_is_integer_only(self) -> DeviceProfile:
+        """A microcontroller has no FPU budget for float inference: int8 and mcu-sim only."""
+        if self.device_class is DeviceClass.MCU:
+            if set(self.precisions) != {"int8"}:
+                raise ValueError("precisions: an mcu profile supports only int8")
+            if set(self.runtimes) - {"mcu-sim"}:
+                raise ValueError("runtimes: an mcu profile runs only the mcu-sim runtime")
+        elif "mcu-sim" in self.runtimes:
+            raise ValueError("runtimes: mcu-sim is only for mcu profiles")
+        return self
+
+    @property
+    def is_mcu(self) -> bool:
+        return self.device_class is DeviceClass.MCU
+
+
+def validate_profile(data: dict[str, object]) -> DeviceProfile:
+    """Build a profile from plain data, turning pydantic's report into a ``ProfileError``.
+
+    The first failing field is named, because operators and agents need one
+    actionable line (e.g. ``profile.ram_bytes: must be >= 1``), not a dump.
+    """
+    try:
+        return DeviceProfile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        msg = str(err["msg"])
+        if not loc and ":" in msg:  # model-level validators name the field themselves
+            head, _, rest = msg.removeprefix("Value error, ").partition(":")
+            raise ProfileError(head.strip(), rest.strip()) from None
+        field = ".".join(loc) or "profile"
+        raise ProfileError(field, msg) from None
