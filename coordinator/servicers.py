@@ -77,7 +77,9 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: CoordinatorEr
     raise AssertionError("unreachable")  # context.abort always raises
 
 
-async def _guard(context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
+async def _guard(
+    context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]
+) -> T:
     try:
         return await call()
     except ProfileError as err:

@@ -46,6 +46,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(profiles_app, name="profiles")
 
+
 def _console(stderr: bool = False) -> Console:
     """Rich assumes 80 columns when output is piped; tables of ids need more."""
     stream = sys.stderr if stderr else sys.stdout
