@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -25,8 +26,10 @@ from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, free_port
 
 @pytest.fixture(scope="module")
 def coordinator(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = redis_server.rsplit("/", 1)[0] + "/1"  # a database of its own: other tests flush db 0
+    redis.Redis.from_url(url).flushdb()
     data_dir = Path(tmp_path_factory.mktemp("api")) / "coord"
-    c = CoordinatorProc(data_dir, free_port(), ["--redis-url", redis_server]).start()
+    c = CoordinatorProc(data_dir, free_port(), ["--redis-url", url]).start()
     yield c.address
     c.stop()
 
