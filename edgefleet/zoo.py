@@ -1,0 +1,493 @@
+"""Model zoo: small architectures that can be rebuilt exactly from a bundle manifest.
+
+This module is torch-only (the agent's torch runtime and the coordinator's compression
+stack import it; the light agent path never does).
+
+Why explicit channel lists instead of only a width multiplier: structured pruning and
+distillation change layer widths, and a device must rebuild the *exact* pruned network
+from the manifest alone. So every architecture is constructed from a plain JSON-able
+``config`` (per-layer channel counts), ``width`` is only a convenience that fills that
+config, and :func:`architecture_of` reads the config back from a (possibly pruned) module.
+Low-rank factorization is recorded the same way, as ``{module name: rank}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchitectureError",
+    "ArchitectureSpec",
+    "CheckpointMismatchError",
+    "DSCNN",
+    "MLP",
+    "LowRankConv1x1",
+    "LowRankLinear",
+    "ResNet8",
+    "architecture_of",
+    "build_model",
+    "load_state_dict_strict",
+]
+
+JSON = dict[str, Any]
+
+
+class ArchitectureError(ValueError):
+    """An architecture name, config or import path that cannot be built."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not fit the architecture it was registered with."""
+
+
+def _scaled(channels: int, width: float) -> int:
+    """Scale a channel count by ``width``, keeping at least 4 channels (tiny nets collapse below)."""
+    return max(4, round(channels * width))
+
+
+class DSCNN(nn.Module):
+    """Depthwise-separable CNN (DS-CNN / MobileNet-v1 style, as in MLPerf Tiny KWS).
+
+    A 3x3 stem, then blocks of depthwise 3x3 + pointwise 1x1 (each with BatchNorm + ReLU),
+    global average pooling and one linear classifier. ``channels[0]`` is the stem width;
+    ``channels[i]`` (i >= 1) is the output width of block i.
+    """
+
+    def __init__(
+        self,
+        channels: list[int],
+        strides: list[int],
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(strides) != len(channels) - 1:
+            raise ArchitectureError("ds-cnn: need one stride per block (len(channels) - 1)")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(),
+        )
+        blocks: list[nn.Module] = []
+        for c_in, c_out, stride in zip(channels[:-1], channels[1:], strides, strict=True):
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False),
+                    nn.BatchNorm2d(c_in),
+                    nn.ReLU(),
+                    nn.Conv2d(c_in, c_out, 1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(),
+                )
+            )
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels[-1], num_classes)
+        self.strides = list(strides)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+    def config(self) -> JSON:
+        """Constructor kwargs read from the live layers (valid after channel pruning)."""
+        stem = self.stem[0]
+        assert isinstance(stem, nn.Conv2d)
+        channels = [stem.out_channels]
+        for block in self.blocks:
+            assert isinstance(block, nn.Sequential)
+            channels.append(_out_channels(block[3]))
+        return {
+            "channels": channels,
+            "strides": self.strides,
+            "num_classes": self.classifier.out_features,
+            "in_channels": stem.in_channels,
+        }
+
+    @staticmethod
+    def default_config(width: float, num_classes: int, in_channels: int) -> JSON:
+        """MobileNet-v1-like widths (doubling at the stride), 4 blocks, sized for 8x8 inputs.
+
+        Wide enough that the 1x1 convolutions dominate the weights and the compute, as in
+        real DS-CNNs; with narrower layers per-channel quantisation metadata and per-op
+        overhead would dominate instead.
+        """
+        base = [64, 128, 128, 256, 256]
+        return {
+            "channels": [_scaled(c, width) for c in base],
+            "strides": [1, 2, 1, 1],
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+        }
+
+
+class _ResidualBlock(nn.Module):
+    """Two 3x3 convs with a residual; a 1x1 projection when the shape changes."""
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_mid, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_mid)
+        self.conv2 = nn.Conv2d(c_mid, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """ResNet-8 as in the MLPerf Tiny image-classification benchmark (3 stages, 1 block each).
+
+    ``stage_channels`` are the residual-stream widths (tied by the additions);
+    ``mid_channels`` are the inner widths of each block, which pruning can cut independently.
+    """
+
+    def __init__(
+        self,
+        stem_channels: int,
+        stage_channels: list[int],
+        mid_channels: list[int],
+        strides: list[int],
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        if not len(stage_channels) == len(mid_channels) == len(strides):
+            raise ArchitectureError("resnet-8: stage_channels, mid_channels, strides must align")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_channels),
+            nn.ReLU(),
+        )
+        stages: list[nn.Module] = []
+        c_in = stem_channels
+        for c_out, c_mid, stride in zip(stage_channels, mid_channels, strides, strict=True):
+            stages.append(_ResidualBlock(c_in, c_mid, c_out, stride))
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+    def config(self) -> JSON:
+        stem = self.stem[0]
+        assert isinstance(stem, nn.Conv2d)
+        blocks = [b for b in self.stages if isinstance(b, _ResidualBlock)]
+        return {
+            "stem_channels": stem.out_channels,
+            "stage_channels": [_out_channels(b.conv2) for b in blocks],
+            "mid_channels": [_out_channels(b.conv1) for b in blocks],
+            "strides": [b.stride for b in blocks],
+            "num_classes": self.classifier.out_features,
+            "in_channels": stem.in_channels,
+        }
+
+    @staticmethod
+    def default_config(width: float, num_classes: int, in_channels: int) -> JSON:
+        stages = [_scaled(c, width) for c in (16, 32, 64)]
+        return {
+            "stem_channels": _scaled(16, width),
+            "stage_channels": stages,
+            "mid_channels": list(stages),
+            "strides": [1, 2, 2],
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+        }
+
+
+class MLP(nn.Module):
+    """A small multi-layer perceptron on the flattened input (the MCU-friendliest baseline)."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = in_features
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(prev, num_classes)
+        self.in_features = in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def config(self) -> JSON:
+        hidden = [_out_channels(m) for m in self.features if _is_factorizable(m)]
+        return {
+            "in_features": self.in_features,
+            "hidden": hidden,
+            "num_classes": self.classifier.out_features,
+        }
+
+    @staticmethod
+    def default_config(width: float, num_classes: int, in_features: int) -> JSON:
+        return {
+            "in_features": in_features,
+            "hidden": [_scaled(128, width), _scaled(64, width)],
+            "num_classes": num_classes,
+        }
+
+
+class LowRankLinear(nn.Module):
+    """``Linear(in, out)`` replaced by ``Linear(in, r, bias=False) -> Linear(r, out)``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
+        super().__init__()
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    @property
+    def out_features(self) -> int:
+        return self.up.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class LowRankConv1x1(nn.Module):
+    """A 1x1 ``Conv2d`` replaced by two 1x1 convs through ``rank`` channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, rank: int, bias: bool) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(in_channels, rank, 1, bias=False)
+        self.up = nn.Conv2d(rank, out_channels, 1, bias=bias)
+
+    @property
+    def out_channels(self) -> int:
+        return self.up.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+def _out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d | LowRankConv1x1):
+        return module.out_channels
+    if isinstance(module, nn.Linear | LowRankLinear):
+        return module.out_features
+    raise ArchitectureError(f"not a conv/linear layer: {type(module).__name__}")
+
+
+def _is_factorizable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear | LowRankLinear)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    cls: type[nn.Module]
+    default_config: Callable[[float, int, int], JSON]
+    #: Whether the third default_config argument is the input channel count (conv nets)
+    #: or the flattened feature count (MLP).
+    flat_input: bool
+
+
+ARCHITECTURES: Mapping[str, _Entry] = {
+    "ds-cnn": _Entry(DSCNN, DSCNN.default_config, flat_input=False),
+    "resnet-8": _Entry(ResNet8, ResNet8.default_config, flat_input=False),
+    "mlp": _Entry(MLP, MLP.default_config, flat_input=True),
+}
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Everything needed to rebuild a network; serialised verbatim into bundle manifests.
+
+    ``name`` is a zoo name or ``"custom"``; custom models carry ``import_path`` as
+    ``"package.module:Factory"`` where ``Factory(**config)`` returns an ``nn.Module``.
+    """
+
+    name: str
+    config: JSON
+    input_shape: tuple[int, ...]
+    import_path: str | None = None
+    low_rank: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            "name": self.name,
+            "config": self.config,
+            "input_shape": list(self.input_shape),
+            "import_path": self.import_path,
+            "low_rank": dict(self.low_rank),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ArchitectureSpec:
+        try:
+            return cls(
+                name=str(data["name"]),
+                config=dict(data["config"]),
+                input_shape=tuple(int(d) for d in data["input_shape"]),
+                import_path=data.get("import_path"),
+                low_rank={str(k): int(v) for k, v in dict(data.get("low_rank") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchitectureError(f"malformed architecture spec: {exc}") from exc
+
+    @classmethod
+    def zoo(
+        cls,
+        name: str,
+        *,
+        width: float = 1.0,
+        num_classes: int = 10,
+        input_shape: tuple[int, ...] = (1, 8, 8),
+    ) -> ArchitectureSpec:
+        """The spec of a zoo architecture at a given width multiplier."""
+        entry = ARCHITECTURES.get(name)
+        if entry is None:
+            known = ", ".join(sorted(ARCHITECTURES))
+            raise ArchitectureError(f"unknown architecture {name!r} (known: {known})")
+        if not 0.0 < width <= 4.0:
+            raise ArchitectureError(f"width multiplier must be in (0, 4], got {width}")
+        third = _numel(input_shape) if entry.flat_input else input_shape[0]
+        return cls(name, entry.default_config(width, num_classes, third), tuple(input_shape))
+
+    @classmethod
+    def custom(
+        cls, import_path: str, config: JSON, input_shape: tuple[int, ...]
+    ) -> ArchitectureSpec:
+        """A user's own ``nn.Module`` factory, addressed by ``module:attribute``."""
+        return cls("custom", dict(config), tuple(input_shape), import_path=import_path)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _import_factory(import_path: str) -> Callable[..., nn.Module]:
+    module_name, sep, attr = import_path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ArchitectureError(f"import path must look like 'package.module:Factory': {import_path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ArchitectureError(f"cannot import {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ArchitectureError(f"{import_path!r} is not a callable in {module_name!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def build_model(spec: ArchitectureSpec) -> nn.Module:
+    """Construct an (untrained) network exactly as ``spec`` describes it, in eval mode."""
+    if spec.name == "custom":
+        if spec.import_path is None:
+            raise ArchitectureError("custom architecture needs an import_path")
+        model = _import_factory(spec.import_path)(**spec.config)
+        if not isinstance(model, nn.Module):
+            raise ArchitectureError(f"{spec.import_path!r} did not return an nn.Module")
+    else:
+        entry = ARCHITECTURES.get(spec.name)
+        if entry is None:
+            raise ArchitectureError(f"unknown architecture {spec.name!r}")
+        try:
+            model = entry.cls(**spec.config)
+        except TypeError as exc:
+            raise ArchitectureError(f"bad config for {spec.name!r}: {exc}") from exc
+    if spec.low_rank:
+        apply_low_rank_structure(model, spec.low_rank)
+    return model.eval()
+
+
+def architecture_of(model: nn.Module, template: ArchitectureSpec) -> ArchitectureSpec:
+    """Read the spec back from a live module (after pruning or factorisation).
+
+    Zoo modules report their own layer widths; custom modules keep the template's config
+    (structured changes to custom models are refused by the compression stack for that reason).
+    """
+    config_fn = getattr(model, "config", None)
+    config = config_fn() if template.name != "custom" and callable(config_fn) else template.config
+    low_rank = {
+        name: m.down.out_features if isinstance(m, LowRankLinear) else m.down.out_channels
+        for name, m in model.named_modules()
+        if isinstance(m, LowRankLinear | LowRankConv1x1)
+    }
+    return ArchitectureSpec(template.name, config, template.input_shape, template.import_path, low_rank)
+
+
+def apply_low_rank_structure(model: nn.Module, ranks: Mapping[str, int]) -> None:
+    """Replace the named Linear / 1x1 Conv2d layers with (uninitialised) rank-``r`` pairs."""
+    for name, rank in ranks.items():
+        parent_name, _, child = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+            layer = parent.get_submodule(child)
+        except AttributeError as exc:
+            raise ArchitectureError(f"low-rank layer {name!r} not in model") from exc
+        setattr(parent, child, _low_rank_twin(layer, rank, name))
+
+
+def _low_rank_twin(layer: nn.Module, rank: int, name: str) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return LowRankLinear(layer.in_features, layer.out_features, rank, layer.bias is not None)
+    if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1:
+        if layer.stride != (1, 1):
+            raise ArchitectureError(f"low-rank: strided 1x1 conv {name!r} is not supported")
+        return LowRankConv1x1(layer.in_channels, layer.out_channels, rank, layer.bias is not None)
+    raise ArchitectureError(f"low-rank: {name!r} is not a Linear or 1x1 Conv2d")
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a checkpoint, turning key or shape mismatches into one clear error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            parts.append(f"shape mismatch {wrong[:2]}{'...' if len(wrong) > 2 else ''}")
+        raise CheckpointMismatchError("checkpoint does not match architecture: " + "; ".join(parts))
+    model.load_state_dict(dict(state), strict=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Read a user checkpoint (safetensors, or a weights-only torch file) into a flat state dict."""
+    if not path.exists():
+        raise CheckpointMismatchError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path)))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{path} is not a state dict of tensors")
+    return {str(k): v for k, v in obj.items()}
