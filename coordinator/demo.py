@@ -55,6 +55,8 @@ def start_coordinator_process(
             "0",
             "--data-dir",
             str(data_dir),
+            "--metrics-port",
+            "0",
             *(extra_args or []),
         ],
         stdout=log,

@@ -12,16 +12,21 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from coordinator.embedded_redis import EmbeddedRedis
+from coordinator.errors import Unavailable
+from coordinator.metrics import CoordinatorMetrics, MetricsInterceptor
 from coordinator.registry import Registry, RegistrySettings
 from coordinator.servicers import AdminServicer, DeviceServicer
 from coordinator.store import FleetStore
@@ -45,6 +50,8 @@ class CoordinatorConfig:
     port: int = 50051
     redis_url: str | None = None
     settings: RegistrySettings = field(default_factory=RegistrySettings)
+    metrics_port: int = 9464  # 0 = any free port, -1 = no metrics endpoint
+    metrics_refresh: float = 5.0  # seconds between reads of the fleet gauges from Redis
 
 
 class Coordinator:
@@ -59,14 +66,62 @@ class Coordinator:
         tokens: Tokens,
         port: int,
         health_servicer: health.aio.HealthServicer,
+        registry: Registry,
+        metrics: CoordinatorMetrics,
     ) -> None:
         self.config = config
         self.tokens = tokens
         self.port = port
+        self.metrics = metrics
+        self.metrics_port: int | None = None
         self._server = server
         self._store = store
         self._embedded = embedded
         self._health = health_servicer
+        self._registry = registry
+        self._metrics_http: WSGIServer | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+
+    @property
+    def metrics_address(self) -> str | None:
+        return None if self.metrics_port is None else f"{self.config.host}:{self.metrics_port}"
+
+    def _start_metrics(self) -> None:
+        if self.config.metrics_port < 0:
+            return
+        try:
+            http, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {self.config.host}:{self.config.metrics_port}: {exc} "
+                "(choose another --metrics-port, 0 for any, -1 for none)"
+            ) from exc
+        self._metrics_http = http
+        self.metrics_port = int(http.server_port)
+        self._refresh_task = asyncio.create_task(self._refresh_fleet_gauges())
+
+    async def refresh_fleet_gauges(self) -> None:
+        """Read the fleet from Redis into the device gauges (also called by tests)."""
+        start = time.perf_counter()
+        try:
+            summary = await self._registry.fleet_summary()
+        except Unavailable:
+            self.metrics.state_store_up.set(0)
+            return
+        counts: dict[tuple[str, str], int] = {}
+        for p in summary.by_profile:
+            counts[("online", p.profile)] = p.online
+            counts[("offline", p.profile)] = p.offline
+        self.metrics.set_fleet(counts)
+        self.metrics.state_store_up.set(1)
+        self.metrics.fleet_refresh_seconds.set(time.perf_counter() - start)
+
+    async def _refresh_fleet_gauges(self) -> None:
+        while True:
+            await self.refresh_fleet_gauges()
+            await asyncio.sleep(self.config.metrics_refresh)
 
     @property
     def address(self) -> str:
@@ -98,14 +153,18 @@ class Coordinator:
             raise
         registry = Registry(store, tokens, config.settings)
 
+        metrics = CoordinatorMetrics()
         server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(metrics)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(registry), server)
+        device_pb2_grpc.add_DeviceServiceServicer_to_server(
+            DeviceServicer(registry, metrics), server
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, tokens), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -127,13 +186,24 @@ class Coordinator:
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        coordinator = cls(config, server, store, embedded, tokens, port, health_servicer)
+        coordinator = cls(
+            config, server, store, embedded, tokens, port, health_servicer, registry, metrics
+        )
+        try:
+            coordinator._start_metrics()
+        except OSError:
+            await coordinator.stop(grace=0)
+            raise
         coordinator._write_info_file()
         return coordinator
 
     def _write_info_file(self) -> None:
         """Tell local tools (simulate, demo) where this coordinator listens."""
-        info = {"address": self.address, "pid": os.getpid()}
+        info = {
+            "address": self.address,
+            "metrics_address": self.metrics_address,
+            "pid": os.getpid(),
+        }
         tmp = self.config.data_dir / "coordinator.json.tmp"
         tmp.write_text(json.dumps(info))
         tmp.replace(self.config.data_dir / "coordinator.json")
@@ -142,6 +212,11 @@ class Coordinator:
         await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
         await self._store.close()

@@ -23,6 +23,7 @@ from coordinator.errors import (
     Unauthenticated,
     Unavailable,
 )
+from coordinator.metrics import CoordinatorMetrics, profile_label
 from coordinator.registry import (
     AGENT_STATES,
     DeviceStatus,
@@ -117,8 +118,9 @@ def device_to_proto(view: DeviceView) -> admin_pb2.Device:
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[misc]
     """Register and Heartbeat, called by agents."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, metrics: CoordinatorMetrics) -> None:
         self._registry = registry
+        self._metrics = metrics
 
     async def Register(
         self, request: device_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -134,6 +136,9 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 labels=dict(request.labels),
             )
             enrolled = await self._registry.register(bearer_token(context), reg)
+            self._metrics.registrations.labels(
+                "created" if enrolled.created else "reregistered", profile_label(reg.profile.name)
+            ).inc()
             log.info(
                 "%s device %s (%s, %s)",
                 "registered" if enrolled.created else "re-registered",
@@ -147,7 +152,12 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 heartbeat_interval_seconds=enrolled.heartbeat_interval,
             )
 
-        return await _guard(context, call)
+        try:
+            return await _guard(context, call)
+        except BaseException:
+            profile = profile_label(request.profile.name)
+            self._metrics.registrations.labels("rejected", profile).inc()
+            raise
 
     async def Heartbeat(
         self, request: device_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -173,7 +183,15 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 server_time_unix=time.time(),
             )
 
-        return await _guard(context, call)
+        try:
+            reply = await _guard(context, call)
+        except BaseException:
+            code = context.code()
+            outcome = code.name.lower() if isinstance(code, grpc.StatusCode) else "unknown"
+            self._metrics.heartbeats.labels(outcome).inc()
+            raise
+        self._metrics.heartbeats.labels("ok").inc()
+        return reply
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]

@@ -127,6 +127,13 @@ class CoordinatorProc:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        import json
+
+        info = json.loads((self.data_dir / "coordinator.json").read_text())
+        return f"http://{info['metrics_address']}/metrics"
+
     def start(self) -> CoordinatorProc:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

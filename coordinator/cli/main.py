@@ -120,6 +120,10 @@ def coordinator_start(
     heartbeat_interval: Annotated[
         float, typer.Option(help="seconds between heartbeats, told to agents")
     ] = 5.0,
+    metrics_port: Annotated[
+        int,
+        typer.Option(help="Prometheus /metrics port on --host (0 = any free port, -1 = off)"),
+    ] = 9464,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Start the coordinator (gRPC on HOST:PORT, state in Redis) and serve until Ctrl-C."""
@@ -137,11 +141,13 @@ def coordinator_start(
         settings=RegistrySettings(
             offline_after=offline_after, heartbeat_interval=heartbeat_interval
         ),
+        metrics_port=metrics_port,
     )
 
     def ready(c: Coordinator) -> None:
         err_console.print(
             f"edgefleet coordinator listening on {c.address}\n"
+            f"  metrics: {f'http://{c.metrics_address}/metrics' if c.metrics_address else 'off'}\n"
             f"  state: {c.redis_description}\n"
             f"  admin token: {c.tokens.admin_source}\n"
             f"  enrollment token: {c.tokens.enroll_source}",
