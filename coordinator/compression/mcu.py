@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from coordinator.compression.onnx_export import static_shapes
+
 __all__ = ["MCU_FORMAT", "McuExport", "McuExportError", "export_mcu", "quantize_multiplier"]
 
 MCU_FORMAT = "edgefleet-mcu"
@@ -82,7 +84,7 @@ class _Graph:
         for n in model.graph.node:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
-        self.shapes = _infer_shapes(model)
+        self.shapes = static_shapes(model)
 
     def const(self, name: str) -> np.ndarray:
         if name not in self.consts:
@@ -132,24 +134,6 @@ class _Graph:
         if self.const(q.input[2]).dtype != np.int8:
             raise McuExportError("activations must be int8")
         return scale, zp
-
-
-def _infer_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Static shapes at batch 1 (the graph is exported with a symbolic batch)."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for inp in fixed.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_param")
-            dims[0].dim_value = 1
-    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
-    shapes: dict[str, list[int]] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = [int(d.dim_value) for d in dims]
-    return shapes
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -238,7 +222,11 @@ def _dense_op(
     s_in, _ = g.qparams(x)
     s_out, zp_out = g.qparams(y)
     if node.op_type == "Gemm":
-        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        if (
+            attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
             raise McuExportError(f"{node.name}: only Gemm(x, W^T) + b is supported")
         if not attrs.get("transB", 0):
             w = w.T

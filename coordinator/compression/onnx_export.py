@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "strip_metadata"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "static_shapes", "strip_metadata"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -74,3 +74,21 @@ def _quiet(logger_name: str) -> object:
         yield None
     finally:
         logger.setLevel(level)
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Static shapes at batch 1 (the graph is exported with a symbolic batch)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for inp in fixed.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(fixed, strict_mode=False, data_prop=True)
+    shapes: dict[str, list[int]] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [int(d.dim_value) for d in dims]
+    return shapes

@@ -32,8 +32,15 @@ __all__ = ["drop_zero_zero_points", "to_fp16", "to_int8_dynamic", "to_int8_stati
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    # The converter edits its argument in place; the caller's float graph must survive.
+    converted = convert_float_to_float16(_copy(model), keep_io_types=True, disable_shape_infer=True)
     return strip_metadata(converted)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
 
 
 def to_int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -41,7 +48,7 @@ def to_int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(model, out, per_channel=True, weight_type=QuantType.QInt8)
+        quantize_dynamic(_copy(model), out, per_channel=True, weight_type=QuantType.QInt8)
         return strip_metadata(onnx.load(str(out)))
 
 

@@ -83,6 +83,8 @@ class StepKind:
     doc: str
     params: Mapping[str, ParamSpec]
     terminal: bool
+    #: Parameters printed in labels even at their default (the ones a reader compares).
+    always_show: tuple[str, ...] = ()
 
 
 def _fraction(default: float) -> ParamSpec:
@@ -133,6 +135,7 @@ STEP_KINDS: Mapping[str, StepKind] = {
                 "alpha": ParamSpec(0.7, 0.0, 1.0),
             },
             terminal=False,
+            always_show=("width",),
         ),
         StepKind(
             "low-rank",
@@ -153,7 +156,9 @@ class Step:
     def label(self) -> str:
         spec = STEP_KINDS[self.kind]
         changed = [
-            f"{k}={_fmt(v)}" for k, v in sorted(self.params.items()) if v != spec.params[k].default
+            f"{k}={_fmt(v)}"
+            for k, v in sorted(self.params.items())
+            if v != spec.params[k].default or k in spec.always_show
         ]
         return ":".join([self.kind, *changed])
 

@@ -83,9 +83,13 @@ def train(
                 with torch.no_grad():
                     soft = F.softmax(teacher(x[idx]) / config.kd_temperature, dim=1)
                 kd = F.kl_div(
-                    F.log_softmax(logits / config.kd_temperature, dim=1), soft, reduction="batchmean"
+                    F.log_softmax(logits / config.kd_temperature, dim=1),
+                    soft,
+                    reduction="batchmean",
                 )
-                loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd * config.kd_temperature**2
+                loss = (
+                    1 - config.kd_alpha
+                ) * loss + config.kd_alpha * kd * config.kd_temperature**2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
