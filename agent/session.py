@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+import psutil
 
 from agent.backoff import Backoff
 from agent.identity import Identity, load_identity, new_instance_key, save_identity
+from agent.telemetry import BufferedRecord, TelemetryBuffer
 from edgefleet import __version__
 from edgefleet.profiles import DeviceProfile
 from edgefleet.v1 import device_pb2, device_pb2_grpc
@@ -36,6 +38,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 5000),
 ]
 RPC_TIMEOUT_SECONDS = 10.0
+TELEMETRY_BATCH = 200
 
 
 class FatalAgentError(RuntimeError):
@@ -51,6 +54,7 @@ class AgentConfig:
     enroll_token: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     backoff: Backoff = field(default_factory=Backoff)
+    telemetry_max_records: int = 10_000
 
 
 @dataclass
@@ -71,6 +75,9 @@ class AgentSession:
         self._started = time.monotonic()
         self._interval = 5.0
         self._identity = self._load_or_create_identity()
+        self.telemetry = TelemetryBuffer(config.state_dir, config.telemetry_max_records)
+        self.telemetry.event("agent_started", f"profile {config.profile.name}")
+        self._process = psutil.Process()
 
     @property
     def identity(self) -> Identity:
@@ -122,6 +129,7 @@ class AgentSession:
         save_identity(self.config.state_dir, self._identity)
         self._interval = reply.heartbeat_interval_seconds or self._interval
         log.info("registered as %s (profile %s)", reply.device_id, self.config.profile.name)
+        self.telemetry.event("registered", reply.device_id)
 
     async def _heartbeat(
         self, stub: device_pb2_grpc.DeviceServiceStub, state: int, timeout: float
@@ -142,7 +150,30 @@ class AgentSession:
         desired = DesiredView(reply.desired.generation, reply.desired.variant_id)
         if desired != self.desired:
             log.info("desired state generation %d: %s", desired.generation, desired)
+            self.telemetry.event("desired_state_changed", f"generation {desired.generation}")
             self.desired = desired
+
+    def _sample(self) -> None:
+        """Buffer this interval's measurements of the agent itself."""
+        self.telemetry.metric("agent_rss_bytes", self._process.memory_info().rss)
+        self.telemetry.metric("agent_uptime_seconds", time.monotonic() - self._started)
+        self.telemetry.metric("telemetry_dropped_records", self.telemetry.dropped())
+
+    async def _flush_telemetry(
+        self, stub: device_pb2_grpc.DeviceServiceStub, timeout: float
+    ) -> None:
+        """Send buffered records oldest first; delete each batch once acknowledged."""
+        while batch := self.telemetry.peek(TELEMETRY_BATCH):
+            reply = await stub.ReportTelemetry(
+                device_pb2.ReportTelemetryRequest(
+                    device_id=self._identity.device_id,
+                    records=[_record_to_proto(r) for r in batch],
+                ),
+                metadata=(("authorization", f"Bearer {self._identity.credential}"),),
+                timeout=timeout,
+            )
+            if self.telemetry.ack(reply.acked_sequence) == 0:
+                break  # the coordinator holds less than we sent; retry next interval
 
     async def run(self, stop: asyncio.Event) -> None:
         async with grpc.aio.insecure_channel(
@@ -156,6 +187,8 @@ class AgentSession:
                         await self._register(stub)
                     await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
                     state = device_pb2.AGENT_STATE_READY
+                    self._sample()
+                    await self._flush_telemetry(stub, RPC_TIMEOUT_SECONDS)
                     if self.config.backoff.attempt:
                         log.info("coordinator reachable again at %s", self.config.coordinator)
                     self.config.backoff.reset()
@@ -182,12 +215,29 @@ class AgentSession:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
             await self._say_goodbye(stub)
+        self.telemetry.close()
 
     async def _say_goodbye(self, stub: device_pb2_grpc.DeviceServiceStub) -> None:
         """Tell the coordinator we are going, so the device shows offline at once (best effort)."""
         if not self._identity.enrolled:
             return
         try:
+            self.telemetry.event("agent_stopping")
+            await self._flush_telemetry(stub, timeout=2.0)
             await self._heartbeat(stub, device_pb2.AGENT_STATE_STOPPING, timeout=2.0)
         except grpc.aio.AioRpcError as err:
             log.info("could not say goodbye to the coordinator (%s)", err.code().name)
+
+
+def _record_to_proto(r: BufferedRecord) -> device_pb2.TelemetryRecord:
+    if r.kind == "metric":
+        return device_pb2.TelemetryRecord(
+            sequence=r.sequence,
+            time_unix=r.time_unix,
+            metric=device_pb2.Metric(name=r.name, value=r.value or 0.0, labels=r.labels),
+        )
+    return device_pb2.TelemetryRecord(
+        sequence=r.sequence,
+        time_unix=r.time_unix,
+        event=device_pb2.Event(kind=r.name, message=r.message, attributes=r.labels),
+    )

@@ -70,6 +70,12 @@ class CoordinatorMetrics:
             ["outcome"],
             registry=r,
         )
+        self.telemetry_records = Counter(
+            "edgefleet_telemetry_records_total",
+            "Telemetry records received from agents: accepted (new) or duplicate (a resend).",
+            ["outcome"],
+            registry=r,
+        )
         self.rpcs = Counter(
             "edgefleet_grpc_server_handled_total",
             "gRPC calls completed, by service, method and status code.",
@@ -88,6 +94,8 @@ class CoordinatorMetrics:
         for outcome in ("created", "reregistered", "rejected"):
             self.registrations.labels(outcome, "custom")
         self.heartbeats.labels("ok")
+        for outcome in ("accepted", "duplicate"):
+            self.telemetry_records.labels(outcome)
         self.state_store_up.set(0)
 
     def set_fleet(self, counts: dict[tuple[str, str], int]) -> None:

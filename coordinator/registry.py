@@ -11,6 +11,7 @@ status to be right, and a coordinator restart cannot leave a stale status.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from coordinator.errors import InvalidArgument, NotFound, Unauthenticated
-from coordinator.store import DeviceRecord, FleetStore
+from coordinator.store import DeviceRecord, FleetStore, TelemetryIn, TelemetryOutcome
 from coordinator.tokens import Tokens, new_secret, secrets_match, sha256_hex
 from edgefleet.profiles import DeviceProfile
 
@@ -29,6 +30,10 @@ _INSTANCE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 _LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62}[a-z0-9])?$")
 _MAX_LABELS = 32
 _MAX_LABEL_VALUE = 256
+_METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+MAX_TELEMETRY_BATCH = 500
+_MAX_TELEMETRY_LABELS = 8
+_MAX_EVENT_MESSAGE = 1024
 
 
 class DeviceStatus(StrEnum):
@@ -91,6 +96,7 @@ class DeviceView:
 
     record: DeviceRecord
     status: DeviceStatus
+    latest_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,30 @@ def _validate_registration(reg: Registration) -> None:
             raise InvalidArgument(f"labels[{key[:40]!r}]", "key must be lowercase [a-z0-9._/-]")
         if len(value) > _MAX_LABEL_VALUE or not value.isprintable():
             raise InvalidArgument(f"labels[{key}]", "value must be <= 256 printable characters")
+
+
+def _validate_telemetry(records: list[TelemetryIn]) -> None:
+    if len(records) > MAX_TELEMETRY_BATCH:
+        raise InvalidArgument("records", f"at most {MAX_TELEMETRY_BATCH} records per call")
+    previous = 0
+    for i, r in enumerate(records):
+        where = f"records[{i}]"
+        if r.sequence <= previous:
+            raise InvalidArgument(f"{where}.sequence", "must be > 0 and strictly ascending")
+        previous = r.sequence
+        if not _METRIC_NAME_RE.match(r.name):
+            raise InvalidArgument(f"{where}.name", "must match [a-z][a-z0-9_]{0,62}")
+        if r.value is not None and not math.isfinite(r.value):
+            raise InvalidArgument(f"{where}.value", "must be a finite number")
+        if not math.isfinite(r.time_unix) or r.time_unix < 0:
+            raise InvalidArgument(f"{where}.time_unix", "must be a finite time")
+        if len(r.message) > _MAX_EVENT_MESSAGE:
+            raise InvalidArgument(f"{where}.message", f"longer than {_MAX_EVENT_MESSAGE}")
+        if len(r.labels) > _MAX_TELEMETRY_LABELS:
+            raise InvalidArgument(f"{where}.labels", f"at most {_MAX_TELEMETRY_LABELS} labels")
+        for key, value in r.labels.items():
+            if not _LABEL_KEY_RE.match(key) or len(value) > _MAX_LABEL_VALUE:
+                raise InvalidArgument(f"{where}.labels", f"bad label {key[:40]!r}")
 
 
 class Registry:
@@ -199,6 +229,17 @@ class Registry:
             raise NotFound(f"device {device_id} is not registered")
         return DesiredState(record.desired_generation, record.desired_variant)
 
+    async def report_telemetry(
+        self, device_id: str, credential: str, records: list[TelemetryIn]
+    ) -> TelemetryOutcome:
+        """Apply a batch of telemetry exactly once per (device, sequence); resends are no-ops."""
+        _validate_telemetry(records)
+        await self._authenticate_device(device_id, credential)
+        outcome = await self._store.record_telemetry(device_id, records)
+        if outcome is None:  # removed between the two calls
+            raise NotFound(f"device {device_id} is not registered")
+        return outcome
+
     def status_of(self, record: DeviceRecord, now: float | None = None) -> DeviceStatus:
         now = self._clock() if now is None else now
         fresh = now - record.last_seen < self.settings.offline_after
@@ -220,7 +261,8 @@ class Registry:
         record = await self._store.get(device_id)
         if record is None:
             raise NotFound(f"device {device_id} is not registered")
-        return DeviceView(record, self.status_of(record))
+        metrics = await self._store.latest_metrics(device_id)
+        return DeviceView(record, self.status_of(record), metrics)
 
     async def remove_device(self, device_id: str) -> None:
         validate_device_id(device_id)

@@ -32,6 +32,7 @@ from coordinator.registry import (
     Registration,
     Registry,
 )
+from coordinator.store import TelemetryIn
 from coordinator.tokens import Tokens
 from edgefleet.profiles import ProfileError
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -112,11 +113,14 @@ def device_to_proto(view: DeviceView) -> admin_pb2.Device:
         desired=device_pb2.DesiredState(
             generation=r.desired_generation, variant_id=r.desired_variant
         ),
+        telemetry_records=r.telemetry_records,
+        telemetry_sequence=r.telemetry_sequence,
+        latest_metrics=view.latest_metrics,
     )
 
 
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[misc]
-    """Register and Heartbeat, called by agents."""
+    """Register, Heartbeat and ReportTelemetry, called by agents."""
 
     def __init__(self, registry: Registry, metrics: CoordinatorMetrics) -> None:
         self._registry = registry
@@ -192,6 +196,47 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
             raise
         self._metrics.heartbeats.labels("ok").inc()
         return reply
+
+    async def ReportTelemetry(
+        self,
+        request: device_pb2.ReportTelemetryRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> device_pb2.ReportTelemetryResponse:
+        async def call() -> device_pb2.ReportTelemetryResponse:
+            records = [telemetry_from_proto(r) for r in request.records]
+            outcome = await self._registry.report_telemetry(
+                request.device_id, bearer_token(context), records
+            )
+            self._metrics.telemetry_records.labels("accepted").inc(outcome.accepted)
+            self._metrics.telemetry_records.labels("duplicate").inc(outcome.duplicates)
+            return device_pb2.ReportTelemetryResponse(
+                acked_sequence=outcome.acked_sequence,
+                accepted=outcome.accepted,
+                duplicates=outcome.duplicates,
+            )
+
+        return await _guard(context, call)
+
+
+def telemetry_from_proto(msg: device_pb2.TelemetryRecord) -> TelemetryIn:
+    body = msg.WhichOneof("body")
+    if body == "metric":
+        return TelemetryIn(
+            sequence=msg.sequence,
+            time_unix=msg.time_unix,
+            name=msg.metric.name,
+            value=msg.metric.value,
+            labels=dict(msg.metric.labels),
+        )
+    if body == "event":
+        return TelemetryIn(
+            sequence=msg.sequence,
+            time_unix=msg.time_unix,
+            name=msg.event.kind,
+            message=msg.event.message,
+            labels=dict(msg.event.attributes),
+        )
+    raise InvalidArgument(f"records[seq={msg.sequence}]", "needs a metric or an event")
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]

@@ -47,6 +47,15 @@ class Keys:
         """Set of device ids with a given profile name."""
         return f"{self.prefix}profile:{profile}:devices"
 
+    def device_metrics(self, device_id: str) -> str:
+        """Hash: metric name -> last value the device reported."""
+        return f"{self.prefix}device:{device_id}:metrics"
+
+    @property
+    def events(self) -> str:
+        """Stream of device events (capped), newest last."""
+        return f"{self.prefix}events"
+
     @property
     def schema_version(self) -> str:
         return f"{self.prefix}schema"
@@ -74,6 +83,8 @@ class DeviceRecord:
     last_sequence: int = 0
     desired_generation: int = 0
     desired_variant: str = ""
+    telemetry_records: int = 0
+    telemetry_sequence: int = 0
 
 
 # KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile
@@ -124,11 +135,12 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: device hash, last_seen zset. ARGV: device id, enrollment prefix, profile prefix.
+# KEYS: device hash, last_seen zset, device metrics hash.
+# ARGV: device id, enrollment prefix, profile prefix.
 _REMOVE = """
 local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'profile_name')
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if rec[1] then
   local enrolled = ARGV[2] .. rec[1]
@@ -137,6 +149,64 @@ end
 if rec[2] then redis.call('SREM', ARGV[3] .. rec[2] .. ':devices', ARGV[1]) end
 return 1
 """
+
+
+# KEYS: device hash, device metrics hash, events stream.
+# ARGV: device id, max events kept, then 6 values per record:
+#   sequence, time, kind ("m" metric | "e" event), name, value or message, labels JSON.
+# Deduplication by (device, sequence) happens here, atomically with applying
+# the records: a record at or below the device's high-water mark is a resend
+# and is counted as a duplicate, never applied twice. Returns
+# {high-water mark, accepted, duplicates}, or {-1, 0, 0} for an unknown device.
+_TELEMETRY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0} end
+local hw = tonumber(redis.call('HGET', KEYS[1], 'telemetry_sequence') or '0')
+local accepted, duplicates = 0, 0
+for i = 3, #ARGV, 6 do
+  local seq = tonumber(ARGV[i])
+  if seq <= hw then
+    duplicates = duplicates + 1
+  else
+    hw = seq
+    accepted = accepted + 1
+    if ARGV[i + 2] == 'm' then
+      redis.call('HSET', KEYS[2], ARGV[i + 3], ARGV[i + 4])
+    else
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
+        'device', ARGV[1], 'sequence', ARGV[i], 'time', ARGV[i + 1],
+        'kind', ARGV[i + 3], 'message', ARGV[i + 4], 'attributes', ARGV[i + 5])
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'telemetry_sequence', string.format('%d', hw))
+redis.call('HINCRBY', KEYS[1], 'telemetry_records', accepted)
+return {hw, accepted, duplicates}
+"""
+
+MAX_EVENTS = 100_000
+
+
+@dataclass(frozen=True)
+class TelemetryIn:
+    """One validated telemetry record: a metric (value) or an event (message)."""
+
+    sequence: int
+    time_unix: float
+    name: str  # metric name or event kind
+    value: float | None = None  # set for metrics
+    message: str = ""  # set for events
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_metric(self) -> bool:
+        return self.value is not None
+
+
+@dataclass(frozen=True)
+class TelemetryOutcome:
+    acked_sequence: int
+    accepted: int
+    duplicates: int
 
 
 def _flatten(mapping: dict[str, str]) -> list[str]:
@@ -184,6 +254,8 @@ def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
         last_sequence=int(raw.get("last_sequence") or 0),
         desired_generation=int(raw.get("desired_generation") or 0),
         desired_variant=raw.get("desired_variant", ""),
+        telemetry_records=int(raw.get("telemetry_records") or 0),
+        telemetry_sequence=int(raw.get("telemetry_sequence") or 0),
     )
 
 
@@ -220,6 +292,7 @@ class FleetStore:
         self._register = client.register_script(_REGISTER)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._remove = client.register_script(_REMOVE)
+        self._telemetry = client.register_script(_TELEMETRY)
 
     async def check(self) -> None:
         """Fail early, with a clear error, if Redis is away or written by an incompatible version."""
@@ -317,7 +390,37 @@ class FleetStore:
         """Delete a device and every index entry pointing at it. False if it was not there."""
         k = self.keys
         done = await self._remove(
-            keys=[k.device(device_id), k.last_seen],
+            keys=[k.device(device_id), k.last_seen, k.device_metrics(device_id)],
             args=[device_id, k.enrollment(""), f"{k.prefix}profile:"],
         )
         return bool(int(cast(int, done)))
+
+    @_unavailable_on_redis_error
+    async def record_telemetry(
+        self, device_id: str, records: Sequence[TelemetryIn]
+    ) -> TelemetryOutcome | None:
+        """Apply new records and skip resent ones, atomically. None if the device is unknown."""
+        k = self.keys
+        args: list[str] = [device_id, str(MAX_EVENTS)]
+        for r in records:
+            kind, payload = ("m", repr(r.value)) if r.value is not None else ("e", r.message)
+            args += [
+                str(r.sequence),
+                repr(r.time_unix),
+                kind,
+                r.name,
+                payload,
+                json.dumps(r.labels, sort_keys=True),
+            ]
+        result = await self._telemetry(
+            keys=[k.device(device_id), k.device_metrics(device_id), k.events], args=args
+        )
+        hw, accepted, duplicates = (int(x) for x in cast(Sequence[Any], result))
+        if hw < 0:
+            return None
+        return TelemetryOutcome(hw, accepted, duplicates)
+
+    @_unavailable_on_redis_error
+    async def latest_metrics(self, device_id: str) -> dict[str, float]:
+        raw = cast(dict[str, str], await self._redis.hgetall(self.keys.device_metrics(device_id)))
+        return {name: float(v) for name, v in raw.items()}

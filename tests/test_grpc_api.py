@@ -87,7 +87,7 @@ def test_reflection_describes_methods(coordinator: str) -> None:
 
         pool = DescriptorPool(db)
         service = pool.FindServiceByName("edgefleet.v1.DeviceService")
-        assert {m.name for m in service.methods} == {"Register", "Heartbeat"}
+        assert {m.name for m in service.methods} == {"Register", "Heartbeat", "ReportTelemetry"}
 
 
 def test_health_reports_serving_per_service(coordinator: str) -> None:

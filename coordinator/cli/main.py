@@ -207,10 +207,10 @@ def devices_show(
         print_json(data)
         return
     for key, value in data.items():
-        if key == "resources":
-            out.print("resources:")
+        if isinstance(value, dict) and key in ("resources", "latest_metrics"):
+            out.print(f"{key}:")
             for rk, rv in value.items():
-                shown = render.human_bytes(rv) if rk.endswith("_bytes") else rv
+                shown = render.human_bytes(int(rv)) if rk.endswith("_bytes") else rv
                 out.print(f"  {rk}: {shown}", highlight=False)
         else:
             out.print(f"{key}: {value}", highlight=False)

@@ -61,9 +61,11 @@ def device_to_dict(d: admin_pb2.Device, *, with_profile: bool = False) -> dict[s
         "active_variant": d.active_variant,
         "desired": {"generation": d.desired.generation, "variant_id": d.desired.variant_id},
         "labels": dict(d.labels),
+        "telemetry": {"records": d.telemetry_records, "sequence": d.telemetry_sequence},
     }
     if with_profile:
         out["resources"] = profile_to_dict(d.profile)
+        out["latest_metrics"] = dict(sorted(d.latest_metrics.items()))
     return out
 
 

@@ -22,7 +22,7 @@ DEVICE_STATUS_ONLINE: DeviceStatus
 DEVICE_STATUS_OFFLINE: DeviceStatus
 
 class Device(_message.Message):
-    __slots__ = ("id", "name", "profile", "status", "registered_at", "last_seen", "agent_version", "labels", "reported_state", "uptime_seconds", "active_variant", "desired")
+    __slots__ = ("id", "name", "profile", "status", "registered_at", "last_seen", "agent_version", "labels", "reported_state", "uptime_seconds", "active_variant", "desired", "telemetry_records", "telemetry_sequence", "latest_metrics")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,13 @@ class Device(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LatestMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +49,9 @@ class Device(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_VARIANT_FIELD_NUMBER: _ClassVar[int]
     DESIRED_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LATEST_METRICS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     profile: _profile_pb2.DeviceProfile
@@ -54,7 +64,10 @@ class Device(_message.Message):
     uptime_seconds: float
     active_variant: str
     desired: _device_pb2.DesiredState
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., reported_state: _Optional[_Union[_device_pb2.AgentState, str]] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ..., desired: _Optional[_Union[_device_pb2.DesiredState, _Mapping]] = ...) -> None: ...
+    telemetry_records: int
+    telemetry_sequence: int
+    latest_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., reported_state: _Optional[_Union[_device_pb2.AgentState, str]] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ..., desired: _Optional[_Union[_device_pb2.DesiredState, _Mapping]] = ..., telemetry_records: _Optional[int] = ..., telemetry_sequence: _Optional[int] = ..., latest_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("profile", "status")

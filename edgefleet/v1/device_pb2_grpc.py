@@ -44,6 +44,11 @@ class DeviceServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_device__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_device__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.ReportTelemetry = channel.unary_unary(
+                '/edgefleet.v1.DeviceService/ReportTelemetry',
+                request_serializer=edgefleet_dot_v1_dot_device__pb2.ReportTelemetryRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_device__pb2.ReportTelemetryResponse.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -65,6 +70,14 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTelemetry(self, request, context):
+        """Upload buffered telemetry. At-least-once from the agent, deduplicated
+        here by (device id, sequence): resending a batch is always safe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=edgefleet_dot_v1_dot_device__pb2.HeartbeatRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_device__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'ReportTelemetry': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTelemetry,
+                    request_deserializer=edgefleet_dot_v1_dot_device__pb2.ReportTelemetryRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_device__pb2.ReportTelemetryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +151,33 @@ class DeviceService:
             '/edgefleet.v1.DeviceService/Heartbeat',
             edgefleet_dot_v1_dot_device__pb2.HeartbeatRequest.SerializeToString,
             edgefleet_dot_v1_dot_device__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTelemetry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.DeviceService/ReportTelemetry',
+            edgefleet_dot_v1_dot_device__pb2.ReportTelemetryRequest.SerializeToString,
+            edgefleet_dot_v1_dot_device__pb2.ReportTelemetryResponse.FromString,
             options,
             channel_credentials,
             insecure,
