@@ -216,18 +216,23 @@ class Registry:
             raise InvalidArgument("uptime_seconds", "must be >= 0")
         if len(report.active_variant) > 128:
             raise InvalidArgument("active_variant", "longer than 128 characters")
-        record = await self._authenticate_device(device_id, credential)
-        found = await self._store.record_heartbeat(
+        validate_device_id(device_id)
+        if not credential:
+            raise Unauthenticated(f"credential missing for device {device_id}")
+        outcome = await self._store.record_heartbeat(
             device_id,
             now=self._clock(),
             state=report.state,
             sequence=report.sequence,
             uptime_seconds=report.uptime_seconds,
             active_variant=report.active_variant,
+            credential_sha256=sha256_hex(credential),
         )
-        if not found:  # removed between the two calls
+        if not outcome.found:
             raise NotFound(f"device {device_id} is not registered")
-        return DesiredState(record.desired_generation, record.desired_variant)
+        if not outcome.authorized:
+            raise Unauthenticated(f"credential rejected for device {device_id}")
+        return DesiredState(outcome.desired_generation, outcome.desired_variant)
 
     async def report_telemetry(
         self, device_id: str, credential: str, records: list[TelemetryIn]

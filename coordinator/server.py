@@ -41,6 +41,8 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+REDIS_MAX_CONNECTIONS = 64
+REDIS_POOL_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,16 @@ class Coordinator:
         if not url:
             embedded = await asyncio.to_thread(EmbeddedRedis.start, config.data_dir)
             url = embedded.url
-        client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        # A waiting pool: under a burst, calls queue for a connection instead of
+        # failing with "Too many connections" (redis-py's default pool refuses).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_POOL_TIMEOUT_SECONDS,
+        )
+        client = aioredis.Redis.from_pool(pool)
         store = FleetStore(client)
         try:
             await store.check()

@@ -123,16 +123,20 @@ redis.call('SADD', KEYS[4], id)
 return {id, created}
 """
 
-# KEYS: device hash, last_seen zset. ARGV: device id, now, then field/value pairs.
-# Returns 0 when the device is unknown (removed), so a heartbeat never resurrects
-# a half-record.
+# KEYS: device hash, last_seen zset. ARGV: device id, now, credential sha256,
+# then field/value pairs. Checks the credential and records the heartbeat in one
+# round trip (the hot path of a large fleet). Returns {0} for an unknown device
+# (so a heartbeat never resurrects a half-record), {-1} for a wrong credential,
+# else {1, desired generation, desired variant}.
 _HEARTBEAT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local rec = redis.call('HMGET', KEYS[1], 'credential_sha256', 'desired_generation', 'desired_variant')
+if not rec[1] then return {0} end
+if rec[1] ~= ARGV[3] then return {-1} end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return 1
+return {1, rec[2] or '0', rec[3] or ''}
 """
 
 # KEYS: device hash, last_seen zset, device metrics hash.
@@ -200,6 +204,14 @@ class TelemetryIn:
     @property
     def is_metric(self) -> bool:
         return self.value is not None
+
+
+@dataclass(frozen=True)
+class HeartbeatOutcome:
+    found: bool
+    authorized: bool
+    desired_generation: int = 0
+    desired_variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -346,8 +358,9 @@ class FleetStore:
         sequence: int,
         uptime_seconds: float,
         active_variant: str,
-    ) -> bool:
-        """Update liveness and reported status atomically. False if the device is unknown."""
+        credential_sha256: str,
+    ) -> HeartbeatOutcome:
+        """Check the credential, then update liveness and reported status, atomically."""
         fields = {
             "last_seen": repr(now),
             "reported_state": state,
@@ -355,11 +368,17 @@ class FleetStore:
             "uptime_seconds": repr(uptime_seconds),
             "active_variant": active_variant,
         }
-        done = await self._heartbeat(
-            keys=[self.keys.device(device_id), self.keys.last_seen],
-            args=[device_id, repr(now), *_flatten(fields)],
+        result = cast(
+            Sequence[Any],
+            await self._heartbeat(
+                keys=[self.keys.device(device_id), self.keys.last_seen],
+                args=[device_id, repr(now), credential_sha256, *_flatten(fields)],
+            ),
         )
-        return bool(int(cast(int, done)))
+        status = int(result[0])
+        if status <= 0:
+            return HeartbeatOutcome(found=status < 0, authorized=False)
+        return HeartbeatOutcome(True, True, int(result[1]), str(result[2]))
 
     @_unavailable_on_redis_error
     async def get(self, device_id: str) -> DeviceRecord | None:
