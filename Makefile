@@ -34,7 +34,7 @@ protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 bench: $(STAMP)
-	$(PY) benchmarks/fleet_load.py
+	$(PY) -m benchmarks.fleet_load
 
 clean:
 	rm -rf $(VENV) .edgefleet .pytest_cache .mypy_cache .ruff_cache
