@@ -24,11 +24,11 @@ from torch import nn
 
 __all__ = [
     "ARCHITECTURES",
+    "DSCNN",
+    "MLP",
     "ArchitectureError",
     "ArchitectureSpec",
     "CheckpointMismatchError",
-    "DSCNN",
-    "MLP",
     "LowRankConv1x1",
     "LowRankLinear",
     "ResNet8",
@@ -95,7 +95,8 @@ class DSCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
-        return self.classifier(torch.flatten(self.pool(x), 1))
+        out: torch.Tensor = self.classifier(torch.flatten(self.pool(x), 1))
+        return out
 
     def config(self) -> JSON:
         """Constructor kwargs read from the live layers (valid after channel pruning)."""
@@ -149,7 +150,8 @@ class _ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return self.relu(y + self.shortcut(x))
+        out: torch.Tensor = self.relu(y + self.shortcut(x))
+        return out
 
 
 class ResNet8(nn.Module):
@@ -187,7 +189,8 @@ class ResNet8(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
-        return self.classifier(torch.flatten(self.pool(x), 1))
+        out: torch.Tensor = self.classifier(torch.flatten(self.pool(x), 1))
+        return out
 
     def config(self) -> JSON:
         stem = self.stem[0]
@@ -230,7 +233,8 @@ class MLP(nn.Module):
         self.in_features = in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
 
     def config(self) -> JSON:
         hidden = [_out_channels(m) for m in self.features if _is_factorizable(m)]
@@ -262,7 +266,8 @@ class LowRankLinear(nn.Module):
         return self.up.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
+        out: torch.Tensor = self.up(self.down(x))
+        return out
 
 
 class LowRankConv1x1(nn.Module):
@@ -278,7 +283,8 @@ class LowRankConv1x1(nn.Module):
         return self.up.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
+        out: torch.Tensor = self.up(self.down(x))
+        return out
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -382,7 +388,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 def _import_factory(import_path: str) -> Callable[..., nn.Module]:
     module_name, sep, attr = import_path.partition(":")
     if not sep or not module_name or not attr:
-        raise ArchitectureError(f"import path must look like 'package.module:Factory': {import_path!r}")
+        raise ArchitectureError(
+            f"import path must look like 'package.module:Factory': {import_path!r}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -427,7 +435,9 @@ def architecture_of(model: nn.Module, template: ArchitectureSpec) -> Architectur
         for name, m in model.named_modules()
         if isinstance(m, LowRankLinear | LowRankConv1x1)
     }
-    return ArchitectureSpec(template.name, config, template.input_shape, template.import_path, low_rank)
+    return ArchitectureSpec(
+        template.name, config, template.input_shape, template.import_path, low_rank
+    )
 
 
 def apply_low_rank_structure(model: nn.Module, ranks: Mapping[str, int]) -> None:

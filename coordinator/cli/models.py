@@ -117,7 +117,9 @@ def _progress_bar(total: int) -> tuple[Any, Callable[[str, str], None]]:
 def add(
     name: Annotated[str, typer.Argument(help="a name for the model")],
     arch: Annotated[str, typer.Option(help="ds-cnn | resnet-8 | mlp | custom")] = "ds-cnn",
-    dataset: Annotated[str, typer.Option(help="training/validation/test data (offline)")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(help="training/validation/test data (offline)")
+    ] = "digits",
     width: Annotated[float, typer.Option(help="width multiplier of zoo architectures")] = 1.0,
     epochs: Annotated[int, typer.Option(help="training epochs for the base model")] = 30,
     checkpoint: Annotated[
@@ -162,7 +164,13 @@ def add(
     bar, update = _progress_bar(1)
     with bar:
         entry = register_model(
-            store, name, spec, dataset, epochs=epochs, checkpoint=checkpoint, options=options,
+            store,
+            name,
+            spec,
+            dataset,
+            epochs=epochs,
+            checkpoint=checkpoint,
+            options=options,
             progress=update,
         )
     row = _rows(store, name)[0]
@@ -235,14 +243,30 @@ def variants(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(
-        "id", "recipe", "bytes", "weight B", "params", "MACs", "peak mem", "acc", "ms p50", "ms p95",
+        "id",
+        "recipe",
+        "bytes",
+        "weight B",
+        "params",
+        "MACs",
+        "peak mem",
+        "acc",
+        "ms p50",
+        "ms p95",
         title=f"{name}: variants (accuracy on the test split, onnxruntime, batch 1)",
     )
     for r in rows:
         table.add_row(
-            r["id"][:12], r["recipe"], f"{r['bytes']:,}", f"{r['weight_bytes']:,}",
-            f"{r['params']:,}", f"{r['macs']:,}", f"{r['peak_memory_bytes']:,}",
-            f"{100 * r['accuracy']:.2f}%", f"{r['latency_ms']:.4f}", f"{r['latency_ms_p95']:.4f}",
+            r["id"][:12],
+            r["recipe"],
+            f"{r['bytes']:,}",
+            f"{r['weight_bytes']:,}",
+            f"{r['params']:,}",
+            f"{r['macs']:,}",
+            f"{r['peak_memory_bytes']:,}",
+            f"{100 * r['accuracy']:.2f}%",
+            f"{r['latency_ms']:.4f}",
+            f"{r['latency_ms_p95']:.4f}",
         )
     _out.print(table)
 

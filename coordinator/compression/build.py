@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -124,9 +123,9 @@ def make_variant(
     elif precision == "int8-dynamic":
         deploy = to_int8_dynamic(float_graph)
     else:
-        params = recipe.steps[-1].params
-        calib = data.x_train[: int(params["calibration"])]
-        deploy = to_int8_static(float_graph, calib, str(params["method"]))
+        step = recipe.steps[-1].params
+        calib = data.x_train[: int(step["calibration"])]
+        deploy = to_int8_static(float_graph, calib, str(step["method"]))
         try:
             mcu = export_mcu(deploy)
         except McuExportError as exc:

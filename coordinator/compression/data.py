@@ -60,8 +60,8 @@ def load_dataset(name: str) -> Dataset:
     """Load a named dataset with its fixed 60/20/20 stratified split."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+    from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 
     digits = load_digits()
     scale = 1.0 / 16.0  # pixel values are 0..16

@@ -229,8 +229,7 @@ def _dense_op(
         ):
             raise McuExportError(f"{node.name}: only Gemm(x, W^T) + b is supported")
         if not attrs.get("transB", 0):
-            w = w.T
-            w_scale = w_scale if w_scale.size == 1 else w_scale
+            w = w.T  # per-channel scales stay per output feature
         kind: dict[str, Any] = {"op": "fully_connected"}
     else:
         groups = int(attrs.get("group", 1))
@@ -282,7 +281,8 @@ def _int32_bias(g: _Graph, name: str, bias_scale: np.ndarray) -> np.ndarray:
     q = np.round(real / bias_scale)
     if np.abs(q).max(initial=0) >= 2**31:
         raise McuExportError(f"bias {name!r} overflows int32")
-    return q.astype(np.int32)
+    out: np.ndarray = q.astype(np.int32)
+    return out
 
 
 def _requant_op(

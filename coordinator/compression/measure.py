@@ -21,8 +21,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from coordinator.compression.onnx_export import static_shapes
-from coordinator.compression.onnx_export import INPUT_NAME
+from coordinator.compression.onnx_export import INPUT_NAME, static_shapes
 
 __all__ = [
     "LatencyConfig",
@@ -120,7 +119,7 @@ def measure_onnxruntime(
     model_bytes: bytes, x: np.ndarray, y: np.ndarray, cfg: LatencyConfig
 ) -> RuntimeResult:
     """Accuracy and single-thread batch-1 latency in onnxruntime's CPU provider."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1

@@ -77,8 +77,8 @@ def plan_memory(model: onnx.ModelProto, bytes_per_element: int) -> MemoryPlan:
     for index, node in enumerate(model.graph.node):
         data_inputs = [i for i in node.input if i and i not in consts]
         for i in data_inputs:
-            b = buf(i)
-            last[b] = max(last.get(b, index), index)
+            owner = buf(i)
+            last[owner] = max(last.get(owner, index), index)
         src = data_inputs[0] if data_inputs else None
         aliased = node.op_type in _ALIAS_OPS or (
             node.op_type in _INPLACE_OPS and src is not None and consumers.get(src, 0) == 1

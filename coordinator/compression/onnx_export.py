@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 
 import onnx
 import torch
@@ -66,12 +67,12 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelPro
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str) -> object:
+def _quiet(logger_name: str) -> Iterator[None]:
     logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield None
+        yield
     finally:
         logger.setLevel(level)
 

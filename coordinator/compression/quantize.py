@@ -30,7 +30,9 @@ __all__ = ["drop_zero_zero_points", "to_fp16", "to_int8_dynamic", "to_int8_stati
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import (  # type: ignore[import-untyped]
+        convert_float_to_float16,
+    )
 
     # The converter edits its argument in place; the caller's float graph must survive.
     converted = convert_float_to_float16(_copy(model), keep_io_types=True, disable_shape_infer=True)
@@ -44,7 +46,10 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (  # type: ignore[import-untyped]
+        QuantType,
+        quantize_dynamic,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "int8.onnx"
@@ -78,7 +83,9 @@ def to_int8_static(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.shape_inference import (  # type: ignore[import-untyped]
+        quant_pre_process,
+    )
 
     methods = {
         "minmax": CalibrationMethod.MinMax,

@@ -8,6 +8,7 @@ labels, since SVG is text and needs no font rasteriser.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import zlib
@@ -96,7 +97,7 @@ def _png(points: Sequence[Point], log_x: bool) -> bytes:
     line(_M, _M, _M, _H - _M, (0, 0, 0))
     fx, fy = _scale(points, log_x)
     front = pareto_front(points)
-    for a, b in zip(front, front[1:], strict=False):
+    for a, b in itertools.pairwise(front):
         line(fx(a.cost), fy(a.accuracy), fx(b.cost), fy(b.accuracy), (220, 60, 40))
     on_front = {id(p) for p in front}
     for p in points:
@@ -158,10 +159,10 @@ def _matplotlib_png(points: Sequence[Point], log_x: bool, x_label: str, title: s
     try:
         import io
 
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return None
     front = pareto_front(points)
@@ -169,7 +170,9 @@ def _matplotlib_png(points: Sequence[Point], log_x: bool, x_label: str, title: s
     ax.scatter([p.cost for p in points], [p.accuracy for p in points], color="#285ac8")
     ax.plot([p.cost for p in front], [p.accuracy for p in front], color="#dc3c28", marker="o")
     for p in points:
-        ax.annotate(p.label, (p.cost, p.accuracy), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            p.label, (p.cost, p.accuracy), fontsize=7, xytext=(4, 4), textcoords="offset points"
+        )
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x_label)

@@ -91,7 +91,7 @@ def train(
                     1 - config.kd_alpha
                 ) * loss + config.kd_alpha * kd * config.kd_temperature**2
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             if after_step is not None:

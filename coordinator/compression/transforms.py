@@ -58,7 +58,7 @@ def prune_unstructured(
     if epochs:
         train(model, data, TrainConfig(epochs=epochs, lr=1e-3, seed=seed))
     for layer, name in targets:
-        prune.remove(layer, name)
+        prune.remove(layer, name)  # type: ignore[no-untyped-call]
     return model.eval(), spec
 
 
@@ -76,7 +76,7 @@ def prune_channels(
             "prune-channels changes layer widths, which a device can only rebuild for zoo "
             "architectures; use prune-unstructured for custom models"
         )
-    import torch_pruning as tp
+    import torch_pruning as tp  # type: ignore[import-untyped]
 
     model = copy.deepcopy(model).eval()
     example = torch.zeros(1, *spec.input_shape)

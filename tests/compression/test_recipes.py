@@ -51,6 +51,10 @@ def test_bad_recipes_name_the_problem(text: str, message: str) -> None:
 
 def test_comma_separated_list() -> None:
     recipes = parse_recipes("fp16, int8-static ,prune-channels:ratio=0.3+int8-static")
-    assert [r.label for r in recipes] == ["fp16", "int8-static", "prune-channels:ratio=0.3+int8-static"]
+    assert [r.label for r in recipes] == [
+        "fp16",
+        "int8-static",
+        "prune-channels:ratio=0.3+int8-static",
+    ]
     with pytest.raises(RecipeError):
         parse_recipes(" , ")

@@ -116,7 +116,9 @@ def test_signing_key_is_private(built: BuiltModel) -> None:
     assert mode == 0o600
 
 
-def test_tampered_variant_is_refused_by_the_store(store_copy: VariantStore, built: BuiltModel) -> None:
+def test_tampered_variant_is_refused_by_the_store(
+    store_copy: VariantStore, built: BuiltModel
+) -> None:
     path = store_copy.variants_dir / built.ids["int8"] / "model.onnx"
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
@@ -165,7 +167,11 @@ def _run_mcu(graph: dict[str, Any], t: dict[str, np.ndarray], x: np.ndarray) -> 
                 for gi in range(g):
                     xg = xp[0, gi * ig : (gi + 1) * ig]
                     cols = np.stack(
-                        [xg[:, i : i + sh * ho : sh, j : j + sw * wo : sw] for i in range(kh) for j in range(kw)],
+                        [
+                            xg[:, i : i + sh * ho : sh, j : j + sw * wo : sw]
+                            for i in range(kh)
+                            for j in range(kw)
+                        ],
                         1,
                     ).reshape(ig * kh * kw, ho, wo)
                     wg = w[gi * per : (gi + 1) * per].reshape(per, -1)
@@ -177,15 +183,23 @@ def _run_mcu(graph: dict[str, Any], t: dict[str, np.ndarray], x: np.ndarray) -> 
             acc = x_q - op["input_zero_point"]
             if op["op"] == "global_average_pool":
                 acc = acc.sum(axis=(2, 3))
-            y = np.clip(_requant(acc, op["multiplier"], op["shift"]) + op["output_zero_point"], -128, 127)
+            y = np.clip(
+                _requant(acc, op["multiplier"], op["shift"]) + op["output_zero_point"], -128, 127
+            )
         elif op["op"] == "add":
             a, b = (
                 _requant((vals[n] - z) << op["left_shift"], m, s)
                 for n, z, m, s in zip(
-                    op["inputs"], op["input_zero_points"], op["input_multipliers"], op["input_shifts"], strict=True
+                    op["inputs"],
+                    op["input_zero_points"],
+                    op["input_multipliers"],
+                    op["input_shifts"],
+                    strict=True,
                 )
             )
-            y = np.clip(_requant(a + b, op["multiplier"], op["shift"]) + op["output_zero_point"], -128, 127)
+            y = np.clip(
+                _requant(a + b, op["multiplier"], op["shift"]) + op["output_zero_point"], -128, 127
+            )
         else:
             raise AssertionError(f"unexpected op {op['op']}")
         vals[op["output"]] = y.reshape(meta[op["output"]]["shape"])

@@ -73,6 +73,6 @@ def test_custom_module_by_import_path(tmp_path: Path, monkeypatch: pytest.Monkey
     assert torch.equal(model(x), again(x))
     with pytest.raises(ArchitectureError, match="cannot import"):
         build_model(ArchitectureSpec.custom("no_such_module_xyz:make", {}, (1, 8, 8)))
-    with pytest.raises(ArchitectureError, match="package.module:Factory"):
+    with pytest.raises(ArchitectureError, match=r"package\.module:Factory"):
         build_model(ArchitectureSpec.custom("user_models", {}, (1, 8, 8)))
     sys.modules.pop("user_models", None)
