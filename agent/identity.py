@@ -29,6 +29,7 @@ class Identity:
     coordinator: str
     device_id: str = ""
     credential: str = ""
+    bundle_public_keys: tuple[str, ...] = ()
 
     @property
     def enrolled(self) -> bool:
@@ -50,6 +51,7 @@ def load_identity(state_dir: Path) -> Identity | None:
             coordinator=str(data.get("coordinator", "")),
             device_id=str(data.get("device_id", "")),
             credential=str(data.get("credential", "")),
+            bundle_public_keys=tuple(str(k) for k in data.get("bundle_public_keys", ())),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IdentityError(f"{path} is unreadable ({exc}); move it away to re-enrol") from exc

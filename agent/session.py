@@ -125,6 +125,7 @@ class AgentSession:
             device_id=reply.device_id,
             credential=reply.credential,
             coordinator=self.config.coordinator,
+            bundle_public_keys=tuple(reply.bundle_public_keys),
         )
         save_identity(self.config.state_dir, self._identity)
         self._interval = reply.heartbeat_interval_seconds or self._interval

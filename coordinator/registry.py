@@ -198,7 +198,8 @@ class Registry:
         device_id, created = await self._store.register(record)
         return Enrollment(device_id, credential, created, self.settings.heartbeat_interval)
 
-    async def _authenticate_device(self, device_id: str, credential: str) -> DeviceRecord:
+    async def authenticate_device(self, device_id: str, credential: str) -> DeviceRecord:
+        """The device's record if ``credential`` is its current one; for every device-facing RPC."""
         validate_device_id(device_id)
         record = await self._store.get(device_id)
         if record is None:
@@ -239,7 +240,7 @@ class Registry:
     ) -> TelemetryOutcome:
         """Apply a batch of telemetry exactly once per (device, sequence); resends are no-ops."""
         _validate_telemetry(records)
-        await self._authenticate_device(device_id, credential)
+        await self.authenticate_device(device_id, credential)
         outcome = await self._store.record_telemetry(device_id, records)
         if outcome is None:  # removed between the two calls
             raise NotFound(f"device {device_id} is not registered")

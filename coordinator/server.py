@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from coordinator.compression.variant_store import VariantStore
 from coordinator.embedded_redis import EmbeddedRedis
 from coordinator.errors import Unavailable
 from coordinator.metrics import CoordinatorMetrics, MetricsInterceptor
@@ -31,6 +32,7 @@ from coordinator.registry import Registry, RegistrySettings
 from coordinator.servicers import AdminServicer, DeviceServicer
 from coordinator.store import FleetStore
 from coordinator.tokens import Tokens
+from edgefleet.bundle import public_key_hex
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -173,8 +175,10 @@ class Coordinator:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        variants = VariantStore(config.data_dir)
+        bundle_keys = (public_key_hex(variants.public_key()),)
         device_pb2_grpc.add_DeviceServiceServicer_to_server(
-            DeviceServicer(registry, metrics), server
+            DeviceServicer(registry, metrics, bundle_keys), server
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, tokens), server)
         health_servicer = health.aio.HealthServicer()

@@ -122,9 +122,15 @@ def device_to_proto(view: DeviceView) -> admin_pb2.Device:
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[misc]
     """Register, Heartbeat and ReportTelemetry, called by agents."""
 
-    def __init__(self, registry: Registry, metrics: CoordinatorMetrics) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        metrics: CoordinatorMetrics,
+        bundle_public_keys: tuple[str, ...] = (),
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._bundle_keys = list(bundle_public_keys)
 
     async def Register(
         self, request: device_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -154,6 +160,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 device_id=enrolled.device_id,
                 credential=enrolled.credential,
                 heartbeat_interval_seconds=enrolled.heartbeat_interval,
+                bundle_public_keys=self._bundle_keys,
             )
 
         try:

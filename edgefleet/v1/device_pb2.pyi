@@ -22,7 +22,7 @@ AGENT_STATE_DEGRADED: AgentState
 AGENT_STATE_STOPPING: AgentState
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("instance_key", "name", "profile", "agent_version", "labels")
+    __slots__ = ("instance_key", "name", "profile", "agent_version", "labels", "benchmark")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,44 +35,70 @@ class RegisterRequest(_message.Message):
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     instance_key: str
     name: str
     profile: _profile_pb2.DeviceProfile
     agent_version: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, instance_key: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    benchmark: DeviceBenchmark
+    def __init__(self, instance_key: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., benchmark: _Optional[_Union[DeviceBenchmark, _Mapping]] = ...) -> None: ...
+
+class DeviceBenchmark(_message.Message):
+    __slots__ = ("macs_per_second", "method")
+    MACS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    macs_per_second: float
+    method: str
+    def __init__(self, macs_per_second: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("device_id", "credential", "heartbeat_interval_seconds")
+    __slots__ = ("device_id", "credential", "heartbeat_interval_seconds", "bundle_public_keys")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     credential: str
     heartbeat_interval_seconds: float
-    def __init__(self, device_id: _Optional[str] = ..., credential: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+    bundle_public_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., credential: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., bundle_public_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("device_id", "state", "sequence", "uptime_seconds", "active_variant")
+    __slots__ = ("device_id", "state", "sequence", "uptime_seconds", "active_variant", "previous_variant", "failed_variant", "failure_reason")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    FAILED_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     state: AgentState
     sequence: int
     uptime_seconds: float
     active_variant: str
-    def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., sequence: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ...) -> None: ...
+    previous_variant: str
+    failed_variant: str
+    failure_reason: str
+    def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., sequence: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ..., previous_variant: _Optional[str] = ..., failed_variant: _Optional[str] = ..., failure_reason: _Optional[str] = ...) -> None: ...
 
 class DesiredState(_message.Message):
-    __slots__ = ("generation", "variant_id")
+    __slots__ = ("generation", "variant_id", "model", "variant_bytes", "rollout_id", "runtime")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     generation: int
     variant_id: str
-    def __init__(self, generation: _Optional[int] = ..., variant_id: _Optional[str] = ...) -> None: ...
+    model: str
+    variant_bytes: int
+    rollout_id: str
+    runtime: str
+    def __init__(self, generation: _Optional[int] = ..., variant_id: _Optional[str] = ..., model: _Optional[str] = ..., variant_bytes: _Optional[int] = ..., rollout_id: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("desired", "heartbeat_interval_seconds", "server_time_unix")
