@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,8 @@ def make_variant(
         "latency_ms": measured["onnxruntime"]["latency_ms_p50"],
         "latency_ms_p95": measured["onnxruntime"]["latency_ms_p95"],
         "bytes": len(onnx_bytes),
+        # What a sparse model saves once compressed for transfer or flash (zlib, level 9).
+        "gzip_bytes": len(zlib.compress(onnx_bytes, 9)),
         "weight_bytes": weight_bytes(deploy),
         "params": int(params),
         "sparsity": round(sparsity(model), 6),
@@ -303,6 +306,7 @@ def manifest_summary(bundle: Bundle) -> dict[str, Any]:
         "recipe": m["recipe_label"],
         "precision": m["precision"],
         "bytes": metrics["bytes"],
+        "gzip_bytes": metrics.get("gzip_bytes"),
         "weight_bytes": metrics["weight_bytes"],
         "params": metrics["params"],
         "macs": metrics["macs"],

@@ -30,7 +30,7 @@ __all__ = ["drop_zero_zero_points", "to_fp16", "to_int8_dynamic", "to_int8_stati
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import (  # type: ignore[import-untyped]
+    from onnxruntime.transformers.float16 import (  # type: ignore[import-untyped, unused-ignore]
         convert_float_to_float16,
     )
 
@@ -46,14 +46,19 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def to_int8_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.quantization import (  # type: ignore[import-untyped]
+    from onnxruntime.quantization import (  # type: ignore[import-untyped, unused-ignore]
         QuantType,
         quantize_dynamic,
     )
+    from onnxruntime.quantization.shape_inference import (  # type: ignore[import-untyped, unused-ignore]
+        quant_pre_process,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(_copy(model), out, per_channel=True, weight_type=QuantType.QInt8)
+        src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(model, str(src))
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
         return strip_metadata(onnx.load(str(out)))
 
 
@@ -83,7 +88,7 @@ def to_int8_static(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import (  # type: ignore[import-untyped]
+    from onnxruntime.quantization.shape_inference import (  # type: ignore[import-untyped, unused-ignore]
         quant_pre_process,
     )
 
