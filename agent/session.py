@@ -24,6 +24,7 @@ from agent.backoff import Backoff
 from agent.identity import Identity, load_identity, new_instance_key, save_identity
 from agent.telemetry import BufferedRecord, TelemetryBuffer
 from edgefleet import __version__
+from edgefleet.perf import device_benchmark
 from edgefleet.profiles import DeviceProfile
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
@@ -78,6 +79,7 @@ class AgentSession:
         self.telemetry = TelemetryBuffer(config.state_dir, config.telemetry_max_records)
         self.telemetry.event("agent_started", f"profile {config.profile.name}")
         self._process = psutil.Process()
+        self.benchmark = device_benchmark(config.profile)
 
     @property
     def identity(self) -> Identity:
@@ -109,6 +111,9 @@ class AgentSession:
             profile=profile_to_proto(self.config.profile),
             agent_version=__version__,
             labels=self.config.labels,
+            benchmark=device_pb2.DeviceBenchmark(
+                macs_per_second=self.benchmark.macs_per_second, method=self.benchmark.method
+            ),
         )
         try:
             reply = await stub.Register(

@@ -66,6 +66,8 @@ class Registration:
     profile: DeviceProfile
     agent_version: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    benchmark_macs_per_second: float = 0.0
+    benchmark_method: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ def _validate_registration(reg: Registration) -> None:
         raise InvalidArgument("name", "must be 1-64 printable characters")
     if len(reg.agent_version) > 64:
         raise InvalidArgument("agent_version", "longer than 64 characters")
+    mps = reg.benchmark_macs_per_second
+    if not math.isfinite(mps) or mps < 0 or mps > 1e16:
+        raise InvalidArgument("benchmark.macs_per_second", "must be a finite rate >= 0")
+    if len(reg.benchmark_method) > 128:
+        raise InvalidArgument("benchmark.method", "longer than 128 characters")
     if len(reg.labels) > _MAX_LABELS:
         raise InvalidArgument("labels", f"at most {_MAX_LABELS} labels")
     for key, value in reg.labels.items():
@@ -194,6 +201,8 @@ class Registry:
             last_seen=now,
             agent_version=reg.agent_version,
             labels=dict(reg.labels),
+            benchmark_macs_per_second=reg.benchmark_macs_per_second,
+            benchmark_method=reg.benchmark_method,
         )
         device_id, created = await self._store.register(record)
         return Enrollment(device_id, credential, created, self.settings.heartbeat_interval)

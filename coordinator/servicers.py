@@ -144,6 +144,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 profile=profile_from_proto(request.profile),
                 agent_version=request.agent_version,
                 labels=dict(request.labels),
+                benchmark_macs_per_second=request.benchmark.macs_per_second,
+                benchmark_method=request.benchmark.method,
             )
             enrolled = await self._registry.register(bearer_token(context), reg)
             self._metrics.registrations.labels(

@@ -85,6 +85,8 @@ class DeviceRecord:
     desired_variant: str = ""
     telemetry_records: int = 0
     telemetry_sequence: int = 0
+    benchmark_macs_per_second: float = 0.0
+    benchmark_method: str = ""
 
 
 # KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile
@@ -246,6 +248,8 @@ def _record_fields(record: DeviceRecord) -> dict[str, str]:
         "last_sequence": str(record.last_sequence),
         "desired_generation": str(record.desired_generation),
         "desired_variant": record.desired_variant,
+        "benchmark_macs_per_second": repr(record.benchmark_macs_per_second),
+        "benchmark_method": record.benchmark_method,
     }
 
 
@@ -268,6 +272,8 @@ def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
         desired_variant=raw.get("desired_variant", ""),
         telemetry_records=int(raw.get("telemetry_records") or 0),
         telemetry_sequence=int(raw.get("telemetry_sequence") or 0),
+        benchmark_macs_per_second=float(raw.get("benchmark_macs_per_second") or 0.0),
+        benchmark_method=raw.get("benchmark_method", ""),
     )
 
 

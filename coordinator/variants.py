@@ -1,0 +1,60 @@
+"""Read what selection needs about a model's variants from the variant store.
+
+Only manifests are read here (no hashing of every file): selection needs the
+measured numbers, and the agent verifies every byte and the signature before
+it uses a bundle, so a tampered manifest cannot get anything executed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from coordinator.compression.variant_store import VariantStore
+from coordinator.selection import VariantFacts
+from edgefleet.bundle import MANIFEST_NAME
+
+
+class VariantReadError(RuntimeError):
+    """A variant's manifest is missing or unreadable."""
+
+
+def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFacts:
+    metrics = manifest["metrics"]
+    measured = metrics.get("runtimes", {})
+    files = manifest.get("files", {})
+    mcu = metrics.get("mcu") or {}
+    return VariantFacts(
+        id=variant_id,
+        model=str(manifest.get("model", "")),
+        recipe=str(manifest.get("recipe_label", "")),
+        precision=str(manifest["precision"]),
+        bundle_bytes=sum(int(f["bytes"]) for f in files.values()),
+        weight_bytes=int(metrics["weight_bytes"]),
+        peak_memory_bytes=int(metrics["peak_memory_bytes"]),
+        accuracy=float(metrics["accuracy"]),
+        macs=int(metrics["macs"]),
+        runtimes=tuple(sorted(manifest.get("runtimes", {}))),
+        host_latency_ms={
+            name: float(m["latency_ms_p50"])
+            for name, m in measured.items()
+            if "latency_ms_p50" in m
+        },
+        mcu_flash_bytes=int(mcu["flash_bytes"]) if "flash_bytes" in mcu else None,
+    )
+
+
+def read_facts(store: VariantStore, variant_id: str) -> VariantFacts:
+    path = store.variants_dir / variant_id / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+        return facts_from_manifest(variant_id, manifest)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VariantReadError(f"variant {variant_id[:12]}: unreadable manifest ({exc})") from exc
+
+
+def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
+    """The base and every built variant of ``model`` (raises UnknownModelError)."""
+    entry = store.model(model)
+    ids = list(dict.fromkeys([entry.base, *entry.variants]))
+    return [read_facts(store, v) for v in ids]
