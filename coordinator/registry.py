@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from coordinator.errors import InvalidArgument, NotFound, Unauthenticated
-from coordinator.store import DeviceRecord, FleetStore, TelemetryIn, TelemetryOutcome
+from coordinator.store import (
+    Desired,
+    DeviceRecord,
+    FleetStore,
+    TelemetryIn,
+    TelemetryOutcome,
+)
 from coordinator.tokens import Tokens, new_secret, secrets_match, sha256_hex
 from edgefleet.profiles import DeviceProfile
 
@@ -84,12 +90,9 @@ class HeartbeatReport:
     sequence: int
     uptime_seconds: float = 0.0
     active_variant: str = ""
-
-
-@dataclass(frozen=True)
-class DesiredState:
-    generation: int = 0
-    variant_id: str = ""
+    previous_variant: str = ""
+    failed_variant: str = ""
+    failure_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -217,15 +220,16 @@ class Registry:
             raise Unauthenticated(f"credential rejected for device {device_id}")
         return record
 
-    async def heartbeat(
-        self, device_id: str, credential: str, report: HeartbeatReport
-    ) -> DesiredState:
+    async def heartbeat(self, device_id: str, credential: str, report: HeartbeatReport) -> Desired:
         if report.state not in AGENT_STATES:
             raise InvalidArgument("state", f"must be one of {', '.join(AGENT_STATES)}")
         if report.uptime_seconds < 0:
             raise InvalidArgument("uptime_seconds", "must be >= 0")
-        if len(report.active_variant) > 128:
-            raise InvalidArgument("active_variant", "longer than 128 characters")
+        for name in ("active_variant", "previous_variant", "failed_variant"):
+            if len(getattr(report, name)) > 128:
+                raise InvalidArgument(name, "longer than 128 characters")
+        if len(report.failure_reason) > 1024:
+            raise InvalidArgument("failure_reason", "longer than 1024 characters")
         validate_device_id(device_id)
         if not credential:
             raise Unauthenticated(f"credential missing for device {device_id}")
@@ -237,12 +241,15 @@ class Registry:
             uptime_seconds=report.uptime_seconds,
             active_variant=report.active_variant,
             credential_sha256=sha256_hex(credential),
+            previous_variant=report.previous_variant,
+            failed_variant=report.failed_variant,
+            failure_reason=report.failure_reason,
         )
         if not outcome.found:
             raise NotFound(f"device {device_id} is not registered")
         if not outcome.authorized:
             raise Unauthenticated(f"credential rejected for device {device_id}")
-        return DesiredState(outcome.desired_generation, outcome.desired_variant)
+        return outcome.desired
 
     async def report_telemetry(
         self, device_id: str, credential: str, records: list[TelemetryIn]

@@ -32,7 +32,7 @@ from coordinator.registry import (
     Registration,
     Registry,
 )
-from coordinator.store import TelemetryIn
+from coordinator.store import Desired, TelemetryIn
 from coordinator.tokens import Tokens
 from edgefleet.profiles import ProfileError
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -96,6 +96,17 @@ def _timestamp(unix: float) -> Timestamp:
     return ts
 
 
+def desired_to_proto(d: Desired) -> device_pb2.DesiredState:
+    return device_pb2.DesiredState(
+        generation=d.generation,
+        variant_id=d.variant,
+        model=d.model,
+        variant_bytes=d.variant_bytes,
+        rollout_id=d.rollout,
+        runtime=d.runtime,
+    )
+
+
 def device_to_proto(view: DeviceView) -> admin_pb2.Device:
     r = view.record
     return admin_pb2.Device(
@@ -110,12 +121,16 @@ def device_to_proto(view: DeviceView) -> admin_pb2.Device:
         reported_state=_STATE_TO_WIRE.get(r.reported_state, device_pb2.AGENT_STATE_UNSPECIFIED),
         uptime_seconds=r.uptime_seconds,
         active_variant=r.active_variant,
-        desired=device_pb2.DesiredState(
-            generation=r.desired_generation, variant_id=r.desired_variant
-        ),
+        desired=desired_to_proto(r.desired),
         telemetry_records=r.telemetry_records,
         telemetry_sequence=r.telemetry_sequence,
         latest_metrics=view.latest_metrics,
+        previous_variant=r.previous_variant,
+        failed_variant=r.failed_variant,
+        failure_reason=r.failure_reason,
+        benchmark=device_pb2.DeviceBenchmark(
+            macs_per_second=r.benchmark_macs_per_second, method=r.benchmark_method
+        ),
     )
 
 
@@ -184,14 +199,15 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 sequence=request.sequence,
                 uptime_seconds=request.uptime_seconds,
                 active_variant=request.active_variant,
+                previous_variant=request.previous_variant,
+                failed_variant=request.failed_variant,
+                failure_reason=request.failure_reason,
             )
             desired = await self._registry.heartbeat(
                 request.device_id, bearer_token(context), report
             )
             return device_pb2.HeartbeatResponse(
-                desired=device_pb2.DesiredState(
-                    generation=desired.generation, variant_id=desired.variant_id
-                ),
+                desired=desired_to_proto(desired),
                 heartbeat_interval_seconds=self._registry.settings.heartbeat_interval,
                 server_time_unix=time.time(),
             )

@@ -65,6 +65,26 @@ SCHEMA_VERSION = "1"
 
 
 @dataclass(frozen=True)
+class Desired:
+    """What the coordinator wants a device to run. ``generation`` bumps on every change."""
+
+    generation: int = 0
+    variant: str = ""
+    model: str = ""
+    runtime: str = ""
+    rollout: str = ""
+    variant_bytes: int = 0
+
+
+DESIRED_FIELDS = ("generation", "variant", "model", "runtime", "rollout", "variant_bytes")
+
+
+def _desired_from(values: Sequence[str | None]) -> Desired:
+    g, variant, model, runtime, rollout, nbytes = (v or "" for v in values)
+    return Desired(int(g or 0), variant, model, runtime, rollout, int(nbytes or 0))
+
+
+@dataclass(frozen=True)
 class DeviceRecord:
     """A device as stored: identity, resources, and the last thing it reported."""
 
@@ -81,8 +101,10 @@ class DeviceRecord:
     uptime_seconds: float = 0.0
     active_variant: str = ""
     last_sequence: int = 0
-    desired_generation: int = 0
-    desired_variant: str = ""
+    previous_variant: str = ""
+    failed_variant: str = ""
+    failure_reason: str = ""
+    desired: Desired = field(default_factory=Desired)
     telemetry_records: int = 0
     telemetry_sequence: int = 0
     benchmark_macs_per_second: float = 0.0
@@ -108,12 +130,13 @@ if existing and redis.call('EXISTS', ARGV[2] .. existing) == 1 then
     redis.call('SREM', ARGV[3] .. old_profile .. ':devices', id)
   end
 end
-local keep = {id = true, registered_at = true, desired_generation = true, desired_variant = true}
+local keep = {id = true, registered_at = true}
 local fields = {}
 for i = 5, #ARGV, 2 do
   -- a re-registration keeps what identifies the device over time and what
   -- the operator wants of it; everything the agent reports is overwritten
-  if created == 1 or not keep[ARGV[i]] then
+  local name = ARGV[i]
+  if created == 1 or not (keep[name] or string.sub(name, 1, 8) == 'desired_') then
     fields[#fields + 1] = ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
   end
@@ -129,16 +152,17 @@ return {id, created}
 # then field/value pairs. Checks the credential and records the heartbeat in one
 # round trip (the hot path of a large fleet). Returns {0} for an unknown device
 # (so a heartbeat never resurrects a half-record), {-1} for a wrong credential,
-# else {1, desired generation, desired variant}.
+# else {1, desired_* values in DESIRED_FIELDS order}.
 _HEARTBEAT = """
-local rec = redis.call('HMGET', KEYS[1], 'credential_sha256', 'desired_generation', 'desired_variant')
+local rec = redis.call('HMGET', KEYS[1], 'credential_sha256', 'desired_generation',
+  'desired_variant', 'desired_model', 'desired_runtime', 'desired_rollout', 'desired_variant_bytes')
 if not rec[1] then return {0} end
 if rec[1] ~= ARGV[3] then return {-1} end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return {1, rec[2] or '0', rec[3] or ''}
+return {1, rec[2] or '0', rec[3] or '', rec[4] or '', rec[5] or '', rec[6] or '', rec[7] or '0'}
 """
 
 # KEYS: device hash, last_seen zset, device metrics hash.
@@ -212,8 +236,7 @@ class TelemetryIn:
 class HeartbeatOutcome:
     found: bool
     authorized: bool
-    desired_generation: int = 0
-    desired_variant: str = ""
+    desired: Desired = field(default_factory=Desired)
 
 
 @dataclass(frozen=True)
@@ -246,8 +269,7 @@ def _record_fields(record: DeviceRecord) -> dict[str, str]:
         "uptime_seconds": repr(record.uptime_seconds),
         "active_variant": record.active_variant,
         "last_sequence": str(record.last_sequence),
-        "desired_generation": str(record.desired_generation),
-        "desired_variant": record.desired_variant,
+        **{f"desired_{name}": str(getattr(record.desired, name)) for name in DESIRED_FIELDS},
         "benchmark_macs_per_second": repr(record.benchmark_macs_per_second),
         "benchmark_method": record.benchmark_method,
     }
@@ -268,8 +290,10 @@ def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
         uptime_seconds=float(raw.get("uptime_seconds") or 0.0),
         active_variant=raw.get("active_variant", ""),
         last_sequence=int(raw.get("last_sequence") or 0),
-        desired_generation=int(raw.get("desired_generation") or 0),
-        desired_variant=raw.get("desired_variant", ""),
+        previous_variant=raw.get("previous_variant", ""),
+        failed_variant=raw.get("failed_variant", ""),
+        failure_reason=raw.get("failure_reason", ""),
+        desired=_desired_from([raw.get(f"desired_{name}") for name in DESIRED_FIELDS]),
         telemetry_records=int(raw.get("telemetry_records") or 0),
         telemetry_sequence=int(raw.get("telemetry_sequence") or 0),
         benchmark_macs_per_second=float(raw.get("benchmark_macs_per_second") or 0.0),
@@ -365,6 +389,9 @@ class FleetStore:
         uptime_seconds: float,
         active_variant: str,
         credential_sha256: str,
+        previous_variant: str = "",
+        failed_variant: str = "",
+        failure_reason: str = "",
     ) -> HeartbeatOutcome:
         """Check the credential, then update liveness and reported status, atomically."""
         fields = {
@@ -373,6 +400,9 @@ class FleetStore:
             "last_sequence": str(sequence),
             "uptime_seconds": repr(uptime_seconds),
             "active_variant": active_variant,
+            "previous_variant": previous_variant,
+            "failed_variant": failed_variant,
+            "failure_reason": failure_reason,
         }
         result = cast(
             Sequence[Any],
@@ -384,7 +414,7 @@ class FleetStore:
         status = int(result[0])
         if status <= 0:
             return HeartbeatOutcome(found=status < 0, authorized=False)
-        return HeartbeatOutcome(True, True, int(result[1]), str(result[2]))
+        return HeartbeatOutcome(True, True, _desired_from([str(x) for x in result[1:]]))
 
     @_unavailable_on_redis_error
     async def get(self, device_id: str) -> DeviceRecord | None:

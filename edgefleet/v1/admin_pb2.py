@@ -27,7 +27,7 @@ from edgefleet.v1 import device_pb2 as edgefleet_dot_v1_dot_device__pb2
 from edgefleet.v1 import profile_pb2 as edgefleet_dot_v1_dot_profile__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/admin.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x65\x64gefleet/v1/device.proto\x1a\x1a\x65\x64gefleet/v1/profile.proto\"\x93\x05\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x07profile\x18\x03 \x01(\x0b\x32\x1b.edgefleet.v1.DeviceProfile\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.edgefleet.v1.DeviceStatus\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .edgefleet.v1.Device.LabelsEntry\x12\x30\n\x0ereported_state\x18\t \x01(\x0e\x32\x18.edgefleet.v1.AgentState\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\x12\x16\n\x0e\x61\x63tive_variant\x18\x0b \x01(\t\x12+\n\x07\x64\x65sired\x18\x0c \x01(\x0b\x32\x1a.edgefleet.v1.DesiredState\x12\x19\n\x11telemetry_records\x18\r \x01(\x04\x12\x1a\n\x12telemetry_sequence\x18\x0e \x01(\x04\x12?\n\x0elatest_metrics\x18\x0f \x03(\x0b\x32\'.edgefleet.v1.Device.LatestMetricsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12LatestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x12ListDevicesRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.edgefleet.v1.DeviceStatus\"<\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Device\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"9\n\x11GetDeviceResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.edgefleet.v1.Device\"(\n\x13RemoveDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x16\n\x14RemoveDeviceResponse\"\x18\n\x16GetFleetSummaryRequest\"@\n\x0cProfileCount\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x03\x12\x0f\n\x07offline\x18\x03 \x01(\x03\"\x98\x01\n\x17GetFleetSummaryResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0e\n\x06online\x18\x02 \x01(\x03\x12\x0f\n\x07offline\x18\x03 \x01(\x03\x12.\n\nby_profile\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.ProfileCount\x12\x1d\n\x15offline_after_seconds\x18\x05 \x01(\x01*b\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATUS_ONLINE\x10\x01\x12\x19\n\x15\x44\x45VICE_STATUS_OFFLINE\x10\x02\x32\xe7\x02\n\x0c\x41\x64minService\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12L\n\tGetDevice\x12\x1e.edgefleet.v1.GetDeviceRequest\x1a\x1f.edgefleet.v1.GetDeviceResponse\x12U\n\x0cRemoveDevice\x12!.edgefleet.v1.RemoveDeviceRequest\x1a\".edgefleet.v1.RemoveDeviceResponse\x12^\n\x0fGetFleetSummary\x12$.edgefleet.v1.GetFleetSummaryRequest\x1a%.edgefleet.v1.GetFleetSummaryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/admin.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x65\x64gefleet/v1/device.proto\x1a\x1a\x65\x64gefleet/v1/profile.proto\"\x8f\x06\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x07profile\x18\x03 \x01(\x0b\x32\x1b.edgefleet.v1.DeviceProfile\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.edgefleet.v1.DeviceStatus\x12\x31\n\rregistered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\x07 \x01(\t\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .edgefleet.v1.Device.LabelsEntry\x12\x30\n\x0ereported_state\x18\t \x01(\x0e\x32\x18.edgefleet.v1.AgentState\x12\x16\n\x0euptime_seconds\x18\n \x01(\x01\x12\x16\n\x0e\x61\x63tive_variant\x18\x0b \x01(\t\x12+\n\x07\x64\x65sired\x18\x0c \x01(\x0b\x32\x1a.edgefleet.v1.DesiredState\x12\x19\n\x11telemetry_records\x18\r \x01(\x04\x12\x1a\n\x12telemetry_sequence\x18\x0e \x01(\x04\x12?\n\x0elatest_metrics\x18\x0f \x03(\x0b\x32\'.edgefleet.v1.Device.LatestMetricsEntry\x12\x18\n\x10previous_variant\x18\x10 \x01(\t\x12\x16\n\x0e\x66\x61iled_variant\x18\x11 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x12 \x01(\t\x12\x30\n\tbenchmark\x18\x13 \x01(\x0b\x32\x1d.edgefleet.v1.DeviceBenchmark\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12LatestMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x12ListDevicesRequest\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.edgefleet.v1.DeviceStatus\"<\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Device\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"9\n\x11GetDeviceResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.edgefleet.v1.Device\"(\n\x13RemoveDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x16\n\x14RemoveDeviceResponse\"\x18\n\x16GetFleetSummaryRequest\"@\n\x0cProfileCount\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x03\x12\x0f\n\x07offline\x18\x03 \x01(\x03\"\x98\x01\n\x17GetFleetSummaryResponse\x12\r\n\x05total\x18\x01 \x01(\x03\x12\x0e\n\x06online\x18\x02 \x01(\x03\x12\x0f\n\x07offline\x18\x03 \x01(\x03\x12.\n\nby_profile\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.ProfileCount\x12\x1d\n\x15offline_after_seconds\x18\x05 \x01(\x01*b\n\x0c\x44\x65viceStatus\x12\x1d\n\x19\x44\x45VICE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATUS_ONLINE\x10\x01\x12\x19\n\x15\x44\x45VICE_STATUS_OFFLINE\x10\x02\x32\xe7\x02\n\x0c\x41\x64minService\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12L\n\tGetDevice\x12\x1e.edgefleet.v1.GetDeviceRequest\x1a\x1f.edgefleet.v1.GetDeviceResponse\x12U\n\x0cRemoveDevice\x12!.edgefleet.v1.RemoveDeviceRequest\x1a\".edgefleet.v1.RemoveDeviceResponse\x12^\n\x0fGetFleetSummary\x12$.edgefleet.v1.GetFleetSummaryRequest\x1a%.edgefleet.v1.GetFleetSummaryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEVICE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DEVICE_LATESTMETRICSENTRY']._loaded_options = None
   _globals['_DEVICE_LATESTMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_DEVICESTATUS']._serialized_start=1348
-  _globals['_DEVICESTATUS']._serialized_end=1446
+  _globals['_DEVICESTATUS']._serialized_start=1472
+  _globals['_DEVICESTATUS']._serialized_end=1570
   _globals['_DEVICE']._serialized_start=131
-  _globals['_DEVICE']._serialized_end=790
-  _globals['_DEVICE_LABELSENTRY']._serialized_start=691
-  _globals['_DEVICE_LABELSENTRY']._serialized_end=736
-  _globals['_DEVICE_LATESTMETRICSENTRY']._serialized_start=738
-  _globals['_DEVICE_LATESTMETRICSENTRY']._serialized_end=790
-  _globals['_LISTDEVICESREQUEST']._serialized_start=792
-  _globals['_LISTDEVICESREQUEST']._serialized_end=873
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=875
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=935
-  _globals['_GETDEVICEREQUEST']._serialized_start=937
-  _globals['_GETDEVICEREQUEST']._serialized_end=974
-  _globals['_GETDEVICERESPONSE']._serialized_start=976
-  _globals['_GETDEVICERESPONSE']._serialized_end=1033
-  _globals['_REMOVEDEVICEREQUEST']._serialized_start=1035
-  _globals['_REMOVEDEVICEREQUEST']._serialized_end=1075
-  _globals['_REMOVEDEVICERESPONSE']._serialized_start=1077
-  _globals['_REMOVEDEVICERESPONSE']._serialized_end=1099
-  _globals['_GETFLEETSUMMARYREQUEST']._serialized_start=1101
-  _globals['_GETFLEETSUMMARYREQUEST']._serialized_end=1125
-  _globals['_PROFILECOUNT']._serialized_start=1127
-  _globals['_PROFILECOUNT']._serialized_end=1191
-  _globals['_GETFLEETSUMMARYRESPONSE']._serialized_start=1194
-  _globals['_GETFLEETSUMMARYRESPONSE']._serialized_end=1346
-  _globals['_ADMINSERVICE']._serialized_start=1449
-  _globals['_ADMINSERVICE']._serialized_end=1808
+  _globals['_DEVICE']._serialized_end=914
+  _globals['_DEVICE_LABELSENTRY']._serialized_start=815
+  _globals['_DEVICE_LABELSENTRY']._serialized_end=860
+  _globals['_DEVICE_LATESTMETRICSENTRY']._serialized_start=862
+  _globals['_DEVICE_LATESTMETRICSENTRY']._serialized_end=914
+  _globals['_LISTDEVICESREQUEST']._serialized_start=916
+  _globals['_LISTDEVICESREQUEST']._serialized_end=997
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=999
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1059
+  _globals['_GETDEVICEREQUEST']._serialized_start=1061
+  _globals['_GETDEVICEREQUEST']._serialized_end=1098
+  _globals['_GETDEVICERESPONSE']._serialized_start=1100
+  _globals['_GETDEVICERESPONSE']._serialized_end=1157
+  _globals['_REMOVEDEVICEREQUEST']._serialized_start=1159
+  _globals['_REMOVEDEVICEREQUEST']._serialized_end=1199
+  _globals['_REMOVEDEVICERESPONSE']._serialized_start=1201
+  _globals['_REMOVEDEVICERESPONSE']._serialized_end=1223
+  _globals['_GETFLEETSUMMARYREQUEST']._serialized_start=1225
+  _globals['_GETFLEETSUMMARYREQUEST']._serialized_end=1249
+  _globals['_PROFILECOUNT']._serialized_start=1251
+  _globals['_PROFILECOUNT']._serialized_end=1315
+  _globals['_GETFLEETSUMMARYRESPONSE']._serialized_start=1318
+  _globals['_GETFLEETSUMMARYRESPONSE']._serialized_end=1470
+  _globals['_ADMINSERVICE']._serialized_start=1573
+  _globals['_ADMINSERVICE']._serialized_end=1932
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ DEVICE_STATUS_ONLINE: DeviceStatus
 DEVICE_STATUS_OFFLINE: DeviceStatus
 
 class Device(_message.Message):
-    __slots__ = ("id", "name", "profile", "status", "registered_at", "last_seen", "agent_version", "labels", "reported_state", "uptime_seconds", "active_variant", "desired", "telemetry_records", "telemetry_sequence", "latest_metrics")
+    __slots__ = ("id", "name", "profile", "status", "registered_at", "last_seen", "agent_version", "labels", "reported_state", "uptime_seconds", "active_variant", "desired", "telemetry_records", "telemetry_sequence", "latest_metrics", "previous_variant", "failed_variant", "failure_reason", "benchmark")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,10 @@ class Device(_message.Message):
     TELEMETRY_RECORDS_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LATEST_METRICS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    FAILED_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     profile: _profile_pb2.DeviceProfile
@@ -67,7 +71,11 @@ class Device(_message.Message):
     telemetry_records: int
     telemetry_sequence: int
     latest_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., reported_state: _Optional[_Union[_device_pb2.AgentState, str]] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ..., desired: _Optional[_Union[_device_pb2.DesiredState, _Mapping]] = ..., telemetry_records: _Optional[int] = ..., telemetry_sequence: _Optional[int] = ..., latest_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    previous_variant: str
+    failed_variant: str
+    failure_reason: str
+    benchmark: _device_pb2.DeviceBenchmark
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., reported_state: _Optional[_Union[_device_pb2.AgentState, str]] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ..., desired: _Optional[_Union[_device_pb2.DesiredState, _Mapping]] = ..., telemetry_records: _Optional[int] = ..., telemetry_sequence: _Optional[int] = ..., latest_metrics: _Optional[_Mapping[str, float]] = ..., previous_variant: _Optional[str] = ..., failed_variant: _Optional[str] = ..., failure_reason: _Optional[str] = ..., benchmark: _Optional[_Union[_device_pb2.DeviceBenchmark, _Mapping]] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("profile", "status")
