@@ -2,8 +2,8 @@
 
 No torch here (the CLI imports it to draw). Plots use matplotlib when it is installed; without
 it we still write a real PNG, rasterised with the standard library (zlib + the PNG chunk
-format): points, the frontier, axes and grid, no text - and an SVG with the same plot plus
-labels, since SVG is text and needs no font rasteriser.
+format, a 3x5 bitmap font for ticks and labels), plus an SVG of the same plot whose text
+scales properly.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import itertools
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+_Map = Callable[[float], float]
 
 __all__ = ["Point", "markdown_table", "pareto_front", "terminal_plot", "write_report"]
 
@@ -54,8 +56,57 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 _W, _H, _M = 640, 420, 48
 
+# A 3x5 pixel font (rows top to bottom, 3 bits each) so the stdlib PNG can carry tick values
+# and recipe labels; letters are drawn as capitals.
+_FONT = {
+    "0": "111101101101111",
+    "1": "010110010010111",
+    "2": "111001111100111",
+    "3": "111001111001111",
+    "4": "101101111001001",
+    "5": "111100111001111",
+    "6": "111100111101111",
+    "7": "111001001010010",
+    "8": "111101111101111",
+    "9": "111101111001111",
+    ".": "000000000000010",
+    "%": "101001010100101",
+    "-": "000000111000000",
+    "+": "000010111010000",
+    ":": "000010000010000",
+    "=": "000111000111000",
+    "_": "000000000000111",
+    " ": "000000000000000",
+    "a": "010101111101101",
+    "b": "110101110101110",
+    "c": "011100100100011",
+    "d": "110101101101110",
+    "e": "111100110100111",
+    "f": "111100110100100",
+    "g": "011100101101011",
+    "h": "101101111101101",
+    "i": "111010010010111",
+    "j": "001001001101010",
+    "k": "101101110101101",
+    "l": "100100100100111",
+    "m": "101111111101101",
+    "n": "110101101101101",
+    "o": "010101101101010",
+    "p": "110101110100100",
+    "q": "010101101110011",
+    "r": "110101110101101",
+    "s": "011100010001110",
+    "t": "111010010010010",
+    "u": "101101101101111",
+    "v": "101101101101010",
+    "w": "101101111111101",
+    "x": "101101010101101",
+    "y": "101101010010010",
+    "z": "111001010100111",
+}
 
-def _scale(points: Sequence[Point], log_x: bool) -> tuple[Any, Any]:
+
+def _scale(points: Sequence[Point], log_x: bool) -> tuple[_Map, _Map]:
     xs = [math.log10(p.cost) if log_x else p.cost for p in points]
     ys = [p.accuracy for p in points]
     x0, x1 = min(xs), max(xs)
@@ -73,8 +124,30 @@ def _scale(points: Sequence[Point], log_x: bool) -> tuple[Any, Any]:
     return fx, fy
 
 
+def _inverse(points: Sequence[Point], log_x: bool) -> tuple[_Map, _Map]:
+    """Pixel -> (cost, accuracy), for tick labels."""
+    fx, fy = _scale(points, log_x)
+    ax0, ax1 = fx(min(p.cost for p in points)), fx(max(p.cost for p in points))
+    ay0, ay1 = fy(min(p.accuracy for p in points)), fy(max(p.accuracy for p in points))
+    c0, c1 = min(p.cost for p in points), max(p.cost for p in points)
+    a0, a1 = min(p.accuracy for p in points), max(p.accuracy for p in points)
+
+    def cost(px: float) -> float:
+        if ax1 == ax0:
+            return c0
+        t = (px - ax0) / (ax1 - ax0)
+        if log_x:
+            return float(10 ** (math.log10(c0) + t * (math.log10(c1) - math.log10(c0))))
+        return c0 + t * (c1 - c0)
+
+    def acc(py: float) -> float:
+        return a0 if ay1 == ay0 else a0 + (py - ay0) / (ay1 - ay0) * (a1 - a0)
+
+    return cost, acc
+
+
 def _png(points: Sequence[Point], log_x: bool) -> bytes:
-    """A text-free scatter plot as PNG bytes, using only zlib and struct."""
+    """A scatter plot as PNG bytes, using only zlib and struct (3x5 bitmap font for text)."""
     px = bytearray(b"\xff" * (_W * _H * 3))
 
     def put(x: int, y: int, rgb: tuple[int, int, int]) -> None:
@@ -107,6 +180,26 @@ def _png(points: Sequence[Point], log_x: bool) -> bytes:
             for dy in range(-4, 5):
                 if dx * dx + dy * dy <= 16:
                     put(cx + dx, cy + dy, rgb)
+
+    def text(x: int, y: int, label: str, rgb: tuple[int, int, int], scale: int = 2) -> None:
+        for k, ch in enumerate(label.lower()):
+            bits = _FONT.get(ch, _FONT["_"])
+            for bit, on in enumerate(bits):
+                if on == "1":
+                    gx, gy = x + k * 4 * scale + (bit % 3) * scale, y + (bit // 3) * scale
+                    for sx in range(scale):
+                        for sy in range(scale):
+                            put(gx + sx, gy + sy, rgb)
+
+    inv_y = _inverse(points, log_x)
+    for k in range(6):
+        gy = _M + k * (_H - 2 * _M) / 5
+        text(2, round(gy) - 5, f"{100 * inv_y[1](gy):.1f}%", (60, 60, 60))
+        gx = _M + k * (_W - 2 * _M) / 5
+        text(round(gx) - 16, _H - _M + 8, f"{inv_y[0](gx):.3g}", (60, 60, 60))
+    for p in points:
+        cx, cy = round(fx(p.cost)), round(fy(p.accuracy))
+        text(cx + 6, cy - 12, p.label[:28], (90, 90, 90), scale=1)
     raw = b"".join(b"\x00" + bytes(px[y * _W * 3 : (y + 1) * _W * 3]) for y in range(_H))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
