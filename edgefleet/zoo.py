@@ -29,7 +29,7 @@ __all__ = [
     "ArchitectureError",
     "ArchitectureSpec",
     "CheckpointMismatchError",
-    "LowRankConv1x1",
+    "LowRankConv2d",
     "LowRankLinear",
     "ResNet8",
     "architecture_of",
@@ -101,8 +101,7 @@ class DSCNN(nn.Module):
     def config(self) -> JSON:
         """Constructor kwargs read from the live layers (valid after channel pruning)."""
         stem = self.stem[0]
-        assert isinstance(stem, nn.Conv2d)
-        channels = [stem.out_channels]
+        channels = [_out_channels(stem)]
         for block in self.blocks:
             assert isinstance(block, nn.Sequential)
             channels.append(_out_channels(block[3]))
@@ -110,7 +109,7 @@ class DSCNN(nn.Module):
             "channels": channels,
             "strides": self.strides,
             "num_classes": self.classifier.out_features,
-            "in_channels": stem.in_channels,
+            "in_channels": _in_channels(stem),
         }
 
     @staticmethod
@@ -194,15 +193,14 @@ class ResNet8(nn.Module):
 
     def config(self) -> JSON:
         stem = self.stem[0]
-        assert isinstance(stem, nn.Conv2d)
         blocks = [b for b in self.stages if isinstance(b, _ResidualBlock)]
         return {
-            "stem_channels": stem.out_channels,
+            "stem_channels": _out_channels(stem),
             "stage_channels": [_out_channels(b.conv2) for b in blocks],
             "mid_channels": [_out_channels(b.conv1) for b in blocks],
             "strides": [b.stride for b in blocks],
             "num_classes": self.classifier.out_features,
-            "in_channels": stem.in_channels,
+            "in_channels": _in_channels(stem),
         }
 
     @staticmethod
@@ -270,12 +268,27 @@ class LowRankLinear(nn.Module):
         return out
 
 
-class LowRankConv1x1(nn.Module):
-    """A 1x1 ``Conv2d`` replaced by two 1x1 convs through ``rank`` channels."""
+class LowRankConv2d(nn.Module):
+    """A ``Conv2d(in, out, k)`` replaced by ``Conv2d(in, rank, k)`` then a 1x1 ``Conv2d(rank, out)``.
 
-    def __init__(self, in_channels: int, out_channels: int, rank: int, bias: bool) -> None:
+    The first conv keeps the original kernel, stride and padding, so the pair is a drop-in
+    replacement (the channel decomposition of Zhang et al., "Accelerating very deep CNNs").
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rank: int,
+        bias: bool,
+        kernel_size: tuple[int, int] = (1, 1),
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+    ) -> None:
         super().__init__()
-        self.down = nn.Conv2d(in_channels, rank, 1, bias=False)
+        self.down = nn.Conv2d(
+            in_channels, rank, kernel_size, stride=stride, padding=padding, bias=False
+        )
         self.up = nn.Conv2d(rank, out_channels, 1, bias=bias)
 
     @property
@@ -288,11 +301,19 @@ class LowRankConv1x1(nn.Module):
 
 
 def _out_channels(module: nn.Module) -> int:
-    if isinstance(module, nn.Conv2d | LowRankConv1x1):
+    if isinstance(module, nn.Conv2d | LowRankConv2d):
         return module.out_channels
     if isinstance(module, nn.Linear | LowRankLinear):
         return module.out_features
     raise ArchitectureError(f"not a conv/linear layer: {type(module).__name__}")
+
+
+def _in_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels
+    if isinstance(module, LowRankConv2d):
+        return module.down.in_channels
+    raise ArchitectureError(f"not a conv layer: {type(module).__name__}")
 
 
 def _is_factorizable(module: nn.Module) -> bool:
@@ -433,7 +454,7 @@ def architecture_of(model: nn.Module, template: ArchitectureSpec) -> Architectur
     low_rank = {
         name: m.down.out_features if isinstance(m, LowRankLinear) else m.down.out_channels
         for name, m in model.named_modules()
-        if isinstance(m, LowRankLinear | LowRankConv1x1)
+        if isinstance(m, LowRankLinear | LowRankConv2d)
     }
     return ArchitectureSpec(
         template.name, config, template.input_shape, template.import_path, low_rank
@@ -441,7 +462,7 @@ def architecture_of(model: nn.Module, template: ArchitectureSpec) -> Architectur
 
 
 def apply_low_rank_structure(model: nn.Module, ranks: Mapping[str, int]) -> None:
-    """Replace the named Linear / 1x1 Conv2d layers with (uninitialised) rank-``r`` pairs."""
+    """Replace the named Linear / Conv2d layers with (uninitialised) rank-``r`` pairs."""
     for name, rank in ranks.items():
         parent_name, _, child = name.rpartition(".")
         try:
@@ -455,11 +476,37 @@ def apply_low_rank_structure(model: nn.Module, ranks: Mapping[str, int]) -> None
 def _low_rank_twin(layer: nn.Module, rank: int, name: str) -> nn.Module:
     if isinstance(layer, nn.Linear):
         return LowRankLinear(layer.in_features, layer.out_features, rank, layer.bias is not None)
-    if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1) and layer.groups == 1:
-        if layer.stride != (1, 1):
-            raise ArchitectureError(f"low-rank: strided 1x1 conv {name!r} is not supported")
-        return LowRankConv1x1(layer.in_channels, layer.out_channels, rank, layer.bias is not None)
-    raise ArchitectureError(f"low-rank: {name!r} is not a Linear or 1x1 Conv2d")
+    if low_rank_compatible(layer):
+        assert isinstance(layer, nn.Conv2d)
+        return LowRankConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            rank,
+            layer.bias is not None,
+            _pair(layer.kernel_size),
+            _pair(layer.stride),
+            _pair(layer.padding),
+        )
+    raise ArchitectureError(f"low-rank: {name!r} is not a Linear or a dense Conv2d")
+
+
+def _pair(value: object) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, tuple) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ArchitectureError(f"unsupported conv geometry {value!r}")
+
+
+def low_rank_compatible(layer: nn.Module) -> bool:
+    """Dense (groups=1), undilated, zero-padded convs with numeric padding can be split."""
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.groups == 1
+        and layer.dilation == (1, 1)
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+    )
 
 
 def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

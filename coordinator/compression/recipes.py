@@ -139,7 +139,7 @@ STEP_KINDS: Mapping[str, StepKind] = {
         ),
         StepKind(
             "low-rank",
-            "truncated SVD of Linear and 1x1 conv weights where it saves parameters, + fine-tune",
+            "truncated SVD of Linear and dense conv weights where it saves parameters, + fine-tune",
             {"energy": _fraction(0.9), "epochs": _EPOCHS},
             terminal=False,
         ),

@@ -20,10 +20,11 @@ from coordinator.compression.recipes import Param, RecipeError, Step
 from coordinator.compression.train import TrainConfig, train
 from edgefleet.zoo import (
     ArchitectureSpec,
-    LowRankConv1x1,
+    LowRankConv2d,
     LowRankLinear,
     architecture_of,
     build_model,
+    low_rank_compatible,
 )
 
 __all__ = ["apply_float_step", "sparsity"]
@@ -142,10 +143,11 @@ def _scale_config(config: Mapping[str, object], width: float) -> dict[str, objec
 def low_rank(
     model: nn.Module, spec: ArchitectureSpec, data: Dataset, energy: float, epochs: int, seed: int
 ) -> Model:
-    """Truncated SVD of every Linear / stride-1 1x1 conv where the factorisation is smaller.
+    """Truncated SVD of every Linear and dense conv where the factorisation is smaller.
 
-    The rank keeps ``energy`` of the squared singular values; a layer is only split when
-    ``r * (in + out) < in * out``, i.e. when it really saves weights and MACs.
+    A conv's kernel is viewed as an ``out x (in*kh*kw)`` matrix. The rank keeps ``energy`` of
+    the squared singular values; a layer is only split when ``r * (fan_in + out) < fan_in *
+    out``, i.e. when it really saves weights and MACs (depthwise convs are never split).
     """
     model = copy.deepcopy(model).eval()
     for name, layer in list(model.named_modules()):
@@ -159,7 +161,7 @@ def low_rank(
     if not new_spec.low_rank:
         raise RecipeError(
             f"low-rank: no layer can be factorised at energy={energy:g} "
-            "(no Linear/1x1 conv where the split is smaller)"
+            "(no Linear/conv layer where the split is smaller)"
         )
     if epochs:
         train(model, data, TrainConfig(epochs=epochs, lr=1e-3, seed=seed))
@@ -169,13 +171,8 @@ def low_rank(
 def _factorise(layer: nn.Module, energy: float) -> nn.Module | None:
     if isinstance(layer, nn.Linear):
         w = layer.weight.detach()
-    elif (
-        isinstance(layer, nn.Conv2d)
-        and layer.kernel_size == (1, 1)
-        and layer.groups == 1
-        and layer.stride == (1, 1)
-    ):
-        w = layer.weight.detach()[:, :, 0, 0]
+    elif isinstance(layer, nn.Conv2d) and low_rank_compatible(layer):
+        w = layer.weight.detach().reshape(layer.out_channels, -1)
     else:
         return None
     out_f, in_f = w.shape
@@ -188,14 +185,23 @@ def _factorise(layer: nn.Module, energy: float) -> nn.Module | None:
     down = (root[:, None] * vh[:rank]).contiguous()  # (rank, in)
     up = (u[:, :rank] * root[None, :]).contiguous()  # (out, rank)
     bias = layer.bias is not None
-    twin: LowRankLinear | LowRankConv1x1
+    twin: LowRankLinear | LowRankConv2d
     if isinstance(layer, nn.Linear):
         twin = LowRankLinear(in_f, out_f, rank, bias)
         twin.down.weight.data.copy_(down)
         twin.up.weight.data.copy_(up)
     else:
-        twin = LowRankConv1x1(in_f, out_f, rank, bias)
-        twin.down.weight.data.copy_(down[:, :, None, None])
+        assert isinstance(layer, nn.Conv2d)
+        twin = LowRankConv2d(
+            layer.in_channels,
+            out_f,
+            rank,
+            bias,
+            layer.weight.shape[2:],  # type: ignore[arg-type]
+            layer.stride,  # type: ignore[arg-type]
+            layer.padding,  # type: ignore[arg-type]
+        )
+        twin.down.weight.data.copy_(down.reshape(rank, *layer.weight.shape[1:]))
         twin.up.weight.data.copy_(up[:, :, None, None])
     if bias and layer.bias is not None:
         twin.up.bias.data.copy_(layer.bias.detach())  # type: ignore[union-attr]

@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from coordinator.compression.data import Dataset
+from coordinator.compression.transforms import low_rank
 from edgefleet.zoo import (
     ArchitectureError,
     ArchitectureSpec,
@@ -76,3 +78,26 @@ def test_custom_module_by_import_path(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(ArchitectureError, match=r"package\.module:Factory"):
         build_model(ArchitectureSpec.custom("user_models", {}, (1, 8, 8)))
     sys.modules.pop("user_models", None)
+
+
+def test_low_rank_split_is_exact_for_low_rank_weights(digits: Dataset) -> None:
+    """SVD factorisation of rank-2 kernels (3x3 convs included) reproduces the network."""
+    torch.manual_seed(0)
+    spec = ArchitectureSpec.zoo("resnet-8", width=0.5)
+    model = build_model(spec)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Linear) and getattr(m, "groups", 1) == 1:
+                out_f = m.weight.shape[0]
+                fan_in = m.weight[0].numel()
+                w = torch.randn(out_f, 2) @ torch.randn(2, fan_in) / fan_in
+                m.weight.copy_(w.reshape(m.weight.shape))
+    factored, new_spec = low_rank(model, spec, digits, energy=0.999, epochs=0, seed=0)
+    assert any(name.endswith("conv1") for name in new_spec.low_rank)  # a 3x3 conv was split
+    assert set(new_spec.low_rank.values()) <= {1, 2}
+    x = torch.from_numpy(digits.x_test[:32])
+    with torch.no_grad():
+        assert torch.allclose(model(x), factored(x), atol=1e-4, rtol=1e-3)
+    assert sum(p.numel() for p in factored.parameters()) < sum(
+        p.numel() for p in model.parameters()
+    )
