@@ -89,3 +89,35 @@ class AdminClient:
             self._stub.GetFleetSummary, admin_pb2.GetFleetSummaryRequest()
         )
         return reply
+
+    def explain_device(
+        self, device_id: str, model: str, accuracy_tolerance: float = 0.0, slo_ms: float = 0.0
+    ) -> admin_pb2.ExplainDeviceResponse:
+        request = admin_pb2.ExplainDeviceRequest(
+            device_id=device_id,
+            model=model,
+            accuracy_tolerance=accuracy_tolerance,
+            latency_slo_ms=slo_ms,
+        )
+        reply: admin_pb2.ExplainDeviceResponse = self._call(self._stub.ExplainDevice, request)
+        return reply
+
+    def create_rollout(self, request: admin_pb2.CreateRolloutRequest) -> admin_pb2.Rollout:
+        reply: admin_pb2.RolloutResponse = self._call(self._stub.CreateRollout, request)
+        return reply.rollout
+
+    def get_rollout(self, rollout_id: str) -> admin_pb2.Rollout:
+        request = admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
+        reply: admin_pb2.RolloutResponse = self._call(self._stub.GetRollout, request)
+        return reply.rollout
+
+    def list_rollouts(self) -> list[admin_pb2.Rollout]:
+        reply: admin_pb2.ListRolloutsResponse = self._call(
+            self._stub.ListRollouts, admin_pb2.ListRolloutsRequest()
+        )
+        return list(reply.rollouts)
+
+    def control_rollout(self, rollout_id: str, action: str) -> admin_pb2.Rollout:
+        request = admin_pb2.ControlRolloutRequest(rollout_id=rollout_id, action=action)
+        reply: admin_pb2.RolloutResponse = self._call(self._stub.ControlRollout, request)
+        return reply.rollout

@@ -1,7 +1,8 @@
 """Errors of the coordinator's core logic, each mapping to one gRPC status code.
 
 Core logic raises these with a message meant for the caller; the servicers
-translate them (UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE) at the edge.
+translate them (UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE) at
+the edge.
 """
 
 from __future__ import annotations
@@ -29,3 +30,7 @@ class NotFound(CoordinatorError):
 
 class Unavailable(CoordinatorError):
     """A dependency (Redis) is away; the client should retry later."""
+
+
+class FailedPrecondition(CoordinatorError):
+    """The request is valid but the fleet is not in a state to accept it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coordinator.selection import LatencyPredictor, VariantFacts
+from coordinator.store import DeviceRecord
 from edgefleet.perf import cycles_per_mac
 from edgefleet.profiles import DeviceProfile
 
@@ -53,3 +54,24 @@ class DeviceLatencyModel(LatencyPredictor):
         return DeviceLatencyModel(
             self.profile, self.device_macs_per_second, self.host_macs_per_second, factor
         )
+
+
+def model_for_device(
+    record: DeviceRecord,
+    host_macs_per_second: float,
+    known: dict[str, VariantFacts],
+    latest_metrics: dict[str, float],
+) -> DeviceLatencyModel:
+    """The device's latency model, refined by the latency it reports for its active variant."""
+    model = DeviceLatencyModel(
+        record.profile,
+        record.benchmark_macs_per_second or host_macs_per_second,
+        host_macs_per_second,
+    )
+    observed = latest_metrics.get("inference_latency_ms")
+    active = known.get(record.active_variant)
+    runtime = record.desired.runtime if record.desired.variant == record.active_variant else ""
+    if observed and active is not None:
+        runtime = runtime or next(iter(active.runtimes), "onnxruntime")
+        return model.refined(active, runtime, observed)
+    return model

@@ -29,10 +29,14 @@ from coordinator.embedded_redis import EmbeddedRedis
 from coordinator.errors import Unavailable
 from coordinator.metrics import CoordinatorMetrics, MetricsInterceptor
 from coordinator.registry import Registry, RegistrySettings
+from coordinator.rollout_controller import RolloutController
+from coordinator.rollouts import RolloutManager
 from coordinator.servicers import AdminServicer, DeviceServicer
 from coordinator.store import FleetStore
 from coordinator.tokens import Tokens
+from coordinator.variants import model_variants
 from edgefleet.bundle import public_key_hex
+from edgefleet.perf import measure_host
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ class CoordinatorConfig:
     settings: RegistrySettings = field(default_factory=RegistrySettings)
     metrics_port: int = 9464  # 0 = any free port, -1 = no metrics endpoint
     metrics_refresh: float = 5.0  # seconds between reads of the fleet gauges from Redis
+    rollout_interval: float = 2.0  # seconds between rollout controller passes
+    host_macs_per_second: float = 0.0  # 0 = measure this host at start (latency model)
 
 
 class Coordinator:
@@ -84,6 +90,7 @@ class Coordinator:
         self._health = health_servicer
         self._registry = registry
         self._metrics_http: WSGIServer | None = None
+        self.rollout_controller: RolloutController | None = None
         self._refresh_task: asyncio.Task[None] | None = None
 
     @property
@@ -180,7 +187,14 @@ class Coordinator:
         device_pb2_grpc.add_DeviceServiceServicer_to_server(
             DeviceServicer(registry, metrics, bundle_keys), server
         )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(registry, tokens), server)
+        host_mps = (
+            config.host_macs_per_second or (await asyncio.to_thread(measure_host)).macs_per_second
+        )
+        rollouts = RolloutManager(store, lambda model: model_variants(variants, model), host_mps)
+        controller = RolloutController(rollouts, store, config.rollout_interval)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(registry, tokens, rollouts), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -204,6 +218,8 @@ class Coordinator:
         coordinator = cls(
             config, server, store, embedded, tokens, port, health_servicer, registry, metrics
         )
+        coordinator.rollout_controller = controller
+        controller.start()
         try:
             coordinator._start_metrics()
         except OSError:
@@ -227,6 +243,8 @@ class Coordinator:
         await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.rollout_controller is not None:
+            await self.rollout_controller.stop()
         if self._refresh_task is not None:
             self._refresh_task.cancel()
         if self._metrics_http is not None:

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.errors import (
     CoordinatorError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unauthenticated,
@@ -31,7 +32,17 @@ from coordinator.registry import (
     HeartbeatReport,
     Registration,
     Registry,
+    validate_device_id,
 )
+from coordinator.rollouts import (
+    DEFAULT_CANARY,
+    DeviceHealth,
+    Gate,
+    Rollout,
+    RolloutManager,
+    RolloutRequest,
+)
+from coordinator.selection import Policy, Verdict
 from coordinator.store import Desired, TelemetryIn
 from coordinator.tokens import Tokens
 from edgefleet.profiles import ProfileError
@@ -60,6 +71,7 @@ _CODES: list[tuple[type[CoordinatorError], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 
@@ -243,6 +255,109 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
         return await _guard(context, call)
 
 
+def _policy(tolerance: float, slo_ms: float) -> Policy:
+    if tolerance < 0 or tolerance > 1:
+        raise InvalidArgument("accuracy_tolerance", "must be a fraction in [0, 1]")
+    if slo_ms < 0:
+        raise InvalidArgument("latency_slo_ms", "must be >= 0")
+    return Policy(
+        accuracy_tolerance=tolerance or Policy().accuracy_tolerance,
+        latency_slo_ms=slo_ms or None,
+    )
+
+
+def gate_from_proto(msg: admin_pb2.RolloutGate | None) -> Gate:
+    default = Gate()
+    if msg is None:
+        return default
+    gate = Gate(
+        soak_seconds=msg.soak_seconds or default.soak_seconds,
+        max_failed_devices=msg.max_failed_devices,
+        max_error_rate=msg.max_error_rate or default.max_error_rate,
+        max_latency_ratio=msg.max_latency_ratio or default.max_latency_ratio,
+        min_accuracy=msg.min_accuracy,
+        wave_timeout_seconds=msg.wave_timeout_seconds or default.wave_timeout_seconds,
+    )
+    for name in ("soak_seconds", "max_failed_devices", "max_error_rate", "wave_timeout_seconds"):
+        if getattr(gate, name) < 0:
+            raise InvalidArgument(f"gate.{name}", "must be >= 0")
+    return gate
+
+
+def _gate_to_proto(g: Gate) -> admin_pb2.RolloutGate:
+    return admin_pb2.RolloutGate(
+        soak_seconds=g.soak_seconds,
+        max_failed_devices=g.max_failed_devices,
+        max_error_rate=g.max_error_rate,
+        max_latency_ratio=g.max_latency_ratio,
+        min_accuracy=g.min_accuracy,
+        wave_timeout_seconds=g.wave_timeout_seconds,
+    )
+
+
+def candidate_to_proto(v: Verdict, chosen: bool) -> admin_pb2.Candidate:
+    return admin_pb2.Candidate(
+        variant_id=v.variant.id,
+        recipe=v.variant.recipe,
+        precision=v.variant.precision,
+        accuracy=v.variant.accuracy,
+        bundle_bytes=v.variant.bundle_bytes,
+        runtime=v.runtime or "",
+        predicted_latency_ms=v.predicted_latency_ms or 0.0,
+        fits=v.fits,
+        failures=list(v.failures),
+        chosen=chosen,
+    )
+
+
+def rollout_to_proto(r: Rollout, health: dict[str, DeviceHealth]) -> admin_pb2.Rollout:
+    devices = []
+    for d in r.devices:
+        h = health.get(d.device_id)
+        if d.wave > r.current_wave:
+            status, detail = "waiting", ""
+        elif r.state == "rolled_back":
+            status, detail = "rolled_back", (h.failed if h else "")
+        elif h is None:
+            status, detail = "pending", ""
+        elif h.failed:
+            status, detail = "failed", h.failed
+        else:
+            status, detail = ("active", "") if h.activated else ("pending", "")
+        devices.append(
+            admin_pb2.RolloutDevice(
+                device_id=d.device_id,
+                name=d.name,
+                profile=d.profile,
+                wave=d.wave,
+                variant_id=d.variant,
+                recipe=d.recipe,
+                runtime=d.runtime,
+                predicted_latency_ms=d.predicted_latency_ms,
+                status=status,
+                detail=detail,
+            )
+        )
+    return admin_pb2.Rollout(
+        id=r.id,
+        model=r.model,
+        selector=r.selector,
+        strategy=r.strategy,
+        state=r.state,
+        current_wave=r.current_wave,
+        waves=list(r.waves),
+        message=r.message,
+        devices=devices,
+        skipped=[
+            admin_pb2.SkippedDevice(device_id=s.device_id, name=s.name, reason=s.reason)
+            for s in r.skipped
+        ],
+        created_at=_timestamp(r.created_at),
+        updated_at=_timestamp(r.updated_at),
+        gate=_gate_to_proto(r.gate),
+    )
+
+
 def telemetry_from_proto(msg: device_pb2.TelemetryRecord) -> TelemetryIn:
     body = msg.WhichOneof("body")
     if body == "metric":
@@ -267,9 +382,93 @@ def telemetry_from_proto(msg: device_pb2.TelemetryRecord) -> TelemetryIn:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     """Fleet queries and changes for the CLI; every call needs the admin token."""
 
-    def __init__(self, registry: Registry, tokens: Tokens) -> None:
+    def __init__(self, registry: Registry, tokens: Tokens, rollouts: RolloutManager) -> None:
         self._registry = registry
         self._tokens = tokens
+        self._rollouts = rollouts
+
+    async def ExplainDevice(
+        self, request: admin_pb2.ExplainDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ExplainDeviceResponse:
+        async def call() -> admin_pb2.ExplainDeviceResponse:
+            self._tokens.check_admin(bearer_token(context))
+            validate_device_id(request.device_id)
+            if not request.model:
+                raise InvalidArgument("model", "required")
+            policy = _policy(request.accuracy_tolerance, request.latency_slo_ms)
+            explained = await self._rollouts.explain(request.device_id, request.model, policy)
+            chosen = explained.selection.winner
+            return admin_pb2.ExplainDeviceResponse(
+                device_id=request.device_id,
+                model=request.model,
+                reason=explained.selection.reason,
+                chosen_variant=chosen.variant.id if chosen else "",
+                candidates=[
+                    candidate_to_proto(v, chosen is not None and v.variant.id == chosen.variant.id)
+                    for v in explained.selection.verdicts
+                ],
+                device_macs_per_second=explained.device_macs_per_second,
+                latency_correction=explained.latency_correction,
+            )
+
+        return await _guard(context, call)
+
+    async def CreateRollout(
+        self, request: admin_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.RolloutResponse:
+        async def call() -> admin_pb2.RolloutResponse:
+            self._tokens.check_admin(bearer_token(context))
+            if not request.model:
+                raise InvalidArgument("model", "required")
+            rollout = await self._rollouts.create(
+                RolloutRequest(
+                    model=request.model,
+                    selector=request.selector,
+                    strategy=request.strategy or "all",
+                    waves=tuple(request.waves),
+                    canary_fraction=request.canary_fraction or DEFAULT_CANARY,
+                    gate=gate_from_proto(request.gate if request.HasField("gate") else None),
+                    policy=_policy(request.accuracy_tolerance, request.latency_slo_ms),
+                )
+            )
+            log.info("created rollout %s of %s to %s", rollout.id, rollout.model, rollout.selector)
+            return await self._rollout_reply(rollout)
+
+        return await _guard(context, call)
+
+    async def GetRollout(
+        self, request: admin_pb2.GetRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.RolloutResponse:
+        async def call() -> admin_pb2.RolloutResponse:
+            self._tokens.check_admin(bearer_token(context))
+            return await self._rollout_reply(await self._rollouts.get(request.rollout_id))
+
+        return await _guard(context, call)
+
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListRolloutsResponse:
+        async def call() -> admin_pb2.ListRolloutsResponse:
+            self._tokens.check_admin(bearer_token(context))
+            replies = [await self._rollout_reply(r) for r in await self._rollouts.list_rollouts()]
+            return admin_pb2.ListRolloutsResponse(rollouts=[r.rollout for r in replies])
+
+        return await _guard(context, call)
+
+    async def ControlRollout(
+        self, request: admin_pb2.ControlRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.RolloutResponse:
+        async def call() -> admin_pb2.RolloutResponse:
+            self._tokens.check_admin(bearer_token(context))
+            rollout = await self._rollouts.control(request.rollout_id, request.action)
+            log.info("rollout %s: %s", rollout.id, request.action)
+            return await self._rollout_reply(rollout)
+
+        return await _guard(context, call)
+
+    async def _rollout_reply(self, rollout: Rollout) -> admin_pb2.RolloutResponse:
+        health = {h.device_id: h for h in await self._rollouts.health(rollout)}
+        return admin_pb2.RolloutResponse(rollout=rollout_to_proto(rollout, health))
 
     async def ListDevices(
         self, request: admin_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -56,6 +56,19 @@ class Keys:
         """Stream of device events (capped), newest last."""
         return f"{self.prefix}events"
 
+    def rollout(self, rollout_id: str) -> str:
+        """String: the rollout's JSON document (with a ``version`` for compare-and-set)."""
+        return f"{self.prefix}rollout:{rollout_id}"
+
+    @property
+    def rollouts(self) -> str:
+        """Sorted set: rollout ids by creation time."""
+        return f"{self.prefix}rollouts"
+
+    def lease(self, name: str) -> str:
+        """String: owner of a lease (e.g. which replica runs the rollout controller)."""
+        return f"{self.prefix}lease:{name}"
+
     @property
     def schema_version(self) -> str:
         return f"{self.prefix}schema"
@@ -215,6 +228,51 @@ return {hw, accepted, duplicates}
 
 MAX_EVENTS = 100_000
 
+# KEYS: device hash. ARGV: desired_* values in DESIRED_FIELDS order (generation ignored).
+# Level-triggered writes: nothing changes (and the generation does not bump)
+# when the device already has exactly this desired state. Returns the
+# generation after the call, or -1 for an unknown device.
+_SET_DESIRED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local names = {'desired_variant', 'desired_model', 'desired_runtime', 'desired_rollout',
+  'desired_variant_bytes'}
+local current = redis.call('HMGET', KEYS[1], unpack(names))
+local changed = false
+for i = 1, #names do
+  if (current[i] or '') ~= ARGV[i + 1] then changed = true end
+end
+if not changed then
+  return tonumber(redis.call('HGET', KEYS[1], 'desired_generation') or '0')
+end
+for i = 1, #names do redis.call('HSET', KEYS[1], names[i], ARGV[i + 1]) end
+return redis.call('HINCRBY', KEYS[1], 'desired_generation', 1)
+"""
+
+# KEYS: rollout key. ARGV: expected version, new document (whose version is
+# expected + 1). Compare-and-set so two replicas never overwrite each other's
+# transition. Returns 1 on success, 0 on a version conflict, -1 if missing.
+_UPDATE_ROLLOUT = """
+local doc = redis.call('GET', KEYS[1])
+if not doc then return -1 end
+if tostring(cjson.decode(doc)['version']) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lease key. ARGV: owner, ttl ms. Take a free lease or renew our own.
+_LEASE = """
+local owner = redis.call('GET', KEYS[1])
+if not owner then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if owner == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class TelemetryIn:
@@ -335,6 +393,9 @@ class FleetStore:
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._remove = client.register_script(_REMOVE)
         self._telemetry = client.register_script(_TELEMETRY)
+        self._set_desired = client.register_script(_SET_DESIRED)
+        self._update_rollout = client.register_script(_UPDATE_ROLLOUT)
+        self._lease = client.register_script(_LEASE)
 
     async def check(self) -> None:
         """Fail early, with a clear error, if Redis is away or written by an incompatible version."""
@@ -479,3 +540,51 @@ class FleetStore:
     async def latest_metrics(self, device_id: str) -> dict[str, float]:
         raw = cast(dict[str, str], await self._redis.hgetall(self.keys.device_metrics(device_id)))
         return {name: float(v) for name, v in raw.items()}
+
+    # --- desired state and rollouts ---------------------------------------------------
+
+    @_unavailable_on_redis_error
+    async def set_desired(self, device_id: str, desired: Desired) -> int | None:
+        """Make ``desired`` the device's desired state (generation bumps only on change).
+
+        Returns the generation now in force, or None if the device is unknown.
+        """
+        args = [str(getattr(desired, name)) for name in DESIRED_FIELDS]
+        result = int(
+            cast(int, await self._set_desired(keys=[self.keys.device(device_id)], args=args))
+        )
+        return None if result < 0 else result
+
+    @_unavailable_on_redis_error
+    async def create_rollout(self, rollout_id: str, document: str, created_at: float) -> bool:
+        """Store a new rollout document; False if the id is taken."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.rollout(rollout_id), document, nx=True)
+            pipe.zadd(self.keys.rollouts, {rollout_id: created_at}, nx=True)
+            created, _ = await pipe.execute()
+        return bool(created)
+
+    @_unavailable_on_redis_error
+    async def get_rollout(self, rollout_id: str) -> str | None:
+        return cast(str | None, await self._redis.get(self.keys.rollout(rollout_id)))
+
+    @_unavailable_on_redis_error
+    async def list_rollout_ids(self) -> list[str]:
+        """Rollout ids, newest first."""
+        return cast(list[str], await self._redis.zrevrange(self.keys.rollouts, 0, -1))
+
+    @_unavailable_on_redis_error
+    async def update_rollout(self, rollout_id: str, expected_version: int, document: str) -> bool:
+        """Replace the document if its version is still ``expected_version`` (else False)."""
+        result = await self._update_rollout(
+            keys=[self.keys.rollout(rollout_id)], args=[str(expected_version), document]
+        )
+        return int(cast(int, result)) == 1
+
+    @_unavailable_on_redis_error
+    async def hold_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew a lease; True while ``owner`` holds it."""
+        result = await self._lease(
+            keys=[self.keys.lease(name)], args=[owner, str(int(ttl_seconds * 1000))]
+        )
+        return int(cast(int, result)) == 1

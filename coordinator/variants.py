@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from coordinator.compression.variant_store import VariantStore
+from coordinator.compression.variant_store import UnknownModelError, VariantStore
 from coordinator.selection import VariantFacts
 from edgefleet.bundle import MANIFEST_NAME
 
 
 class VariantReadError(RuntimeError):
     """A variant's manifest is missing or unreadable."""
+
+
+class UnknownModel(LookupError):
+    """No model of that name in the variant store."""
 
 
 def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFacts:
@@ -54,7 +58,10 @@ def read_facts(store: VariantStore, variant_id: str) -> VariantFacts:
 
 
 def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
-    """The base and every built variant of ``model`` (raises UnknownModelError)."""
-    entry = store.model(model)
+    """The base and every built variant of ``model`` (raises ``UnknownModel``)."""
+    try:
+        entry = store.model(model)
+    except UnknownModelError as exc:
+        raise UnknownModel(str(exc)) from exc
     ids = list(dict.fromkeys([entry.base, *entry.variants]))
     return [read_facts(store, v) for v in ids]

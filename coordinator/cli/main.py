@@ -9,27 +9,30 @@ Failures print one line on stderr and exit non-zero, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
-import os
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from coordinator.admin_client import AdminClient, AdminClientError
 from coordinator.cli import render
-from coordinator.errors import CoordinatorError
-from edgefleet.catalog import CATALOG, UnknownProfileError
+from coordinator.cli.common import (
+    DEFAULT_COORDINATOR,
+    AdminTokenOpt,
+    CoordinatorOpt,
+    JsonOpt,
+    client,
+    err_console,
+    fail,
+    one_line_errors,
+    out,
+    print_json,
+)
+from coordinator.cli.rollout_cmds import deploy, explain, rollout_app
+from edgefleet.catalog import CATALOG
 from edgefleet.v1 import admin_pb2
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 app = typer.Typer(
     name="edgefleet",
@@ -45,55 +48,9 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(devices_app, name="devices")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(profiles_app, name="profiles")
-
-
-def _console(stderr: bool = False) -> Console:
-    """Rich assumes 80 columns when output is piped; tables of ids need more."""
-    stream = sys.stderr if stderr else sys.stdout
-    wide = None if stream.isatty() or "COLUMNS" in os.environ else 160
-    return Console(stderr=stderr, width=wide)
-
-
-out = _console()
-err_console = _console(stderr=True)
-
-CoordinatorOpt = Annotated[
-    str,
-    typer.Option("--coordinator", envvar="EDGEFLEET_COORDINATOR", help="coordinator HOST:PORT"),
-]
-AdminTokenOpt = Annotated[
-    str,
-    typer.Option(
-        "--admin-token",
-        envvar="EDGEFLEET_ADMIN_TOKEN",
-        help="admin token (printed location at coordinator start)",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-DEFAULT_COORDINATOR = "127.0.0.1:50051"
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Report known failures as one line and a non-zero exit instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except (AdminClientError, CoordinatorError, UnknownProfileError, ValueError, OSError) as e:
-            raise fail(str(e)) from None
-
-    return wrapper
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+app.add_typer(rollout_app, name="rollout")
+app.command("deploy")(one_line_errors(deploy))
+devices_app.command("explain")(one_line_errors(explain))
 
 
 # --- coordinator -------------------------------------------------------------------------
@@ -124,6 +81,9 @@ def coordinator_start(
         int,
         typer.Option(help="Prometheus /metrics port on --host (0 = any free port, -1 = off)"),
     ] = 9464,
+    rollout_interval: Annotated[
+        float, typer.Option(help="seconds between passes of the rollout controller")
+    ] = 2.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Start the coordinator (gRPC on HOST:PORT, state in Redis) and serve until Ctrl-C."""
@@ -142,6 +102,7 @@ def coordinator_start(
             offline_after=offline_after, heartbeat_interval=heartbeat_interval
         ),
         metrics_port=metrics_port,
+        rollout_interval=rollout_interval,
     )
 
     def ready(c: Coordinator) -> None:
@@ -158,10 +119,6 @@ def coordinator_start(
 
 
 # --- devices -----------------------------------------------------------------------------
-
-
-def _client(coordinator: str, admin_token: str) -> AdminClient:
-    return AdminClient(coordinator or DEFAULT_COORDINATOR, admin_token)
 
 
 _STATUS_FILTER = {
@@ -183,8 +140,8 @@ def devices_ls(
     """List registered devices."""
     if status not in _STATUS_FILTER:
         raise fail("--status must be 'online' or 'offline'")
-    with _client(coordinator, admin_token) as client:
-        devices = client.list_devices(profile, _STATUS_FILTER[status])
+    with client(coordinator, admin_token) as c:
+        devices = c.list_devices(profile, _STATUS_FILTER[status])
     if as_json:
         print_json([render.device_to_dict(d) for d in devices])
     else:
@@ -200,8 +157,8 @@ def devices_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one device: identity, status and resources."""
-    with _client(coordinator, admin_token) as client:
-        device = client.get_device(device_id)
+    with client(coordinator, admin_token) as c:
+        device = c.get_device(device_id)
     data = render.device_to_dict(device, with_profile=True)
     if as_json:
         print_json(data)
@@ -225,8 +182,8 @@ def devices_rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Forget a device. A still-running agent will enrol again as a new device."""
-    with _client(coordinator, admin_token) as client:
-        client.remove_device(device_id)
+    with client(coordinator, admin_token) as c:
+        c.remove_device(device_id)
     if as_json:
         print_json({"removed": device_id})
     else:
@@ -244,8 +201,8 @@ def fleet_summary(
     as_json: JsonOpt = False,
 ) -> None:
     """Devices online and offline, per profile."""
-    with _client(coordinator, admin_token) as client:
-        summary = client.fleet_summary()
+    with client(coordinator, admin_token) as c:
+        summary = c.fleet_summary()
     if as_json:
         print_json(render.summary_to_dict(summary))
     else:
@@ -347,8 +304,8 @@ def simulate(
     )
     try:
         if admin_token:
-            with _client(coordinator, admin_token) as client:
-                listed = wait_until_online(client, {a.name for a in fleet.agents}, timeout)
+            with client(coordinator, admin_token) as c:
+                listed = wait_until_online(c, {a.name for a in fleet.agents}, timeout)
             if as_json:
                 print_json([render.device_to_dict(d) for d in listed])
             else:

@@ -54,6 +54,31 @@ class AdminServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.GetFleetSummaryRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetFleetSummaryResponse.FromString,
                 _registered_method=True)
+        self.ExplainDevice = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ExplainDevice',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.ExplainDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ExplainDeviceResponse.FromString,
+                _registered_method=True)
+        self.CreateRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CreateRollout',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetRollout',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListRollouts',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.ControlRollout = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ControlRollout',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.ControlRolloutRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -83,6 +108,38 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainDevice(self, request, context):
+        """Which variant of a model a device would get, every candidate with the
+        budget it breaks or its predicted latency, and why the winner won.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ControlRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +162,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetFleetSummary,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetFleetSummaryRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.GetFleetSummaryResponse.SerializeToString,
+            ),
+            'ExplainDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ExplainDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.ExplainDeviceResponse.SerializeToString,
+            ),
+            'CreateRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.CreateRolloutRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'ControlRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ControlRolloutRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +297,141 @@ class AdminService:
             '/edgefleet.v1.AdminService/GetFleetSummary',
             edgefleet_dot_v1_dot_admin__pb2.GetFleetSummaryRequest.SerializeToString,
             edgefleet_dot_v1_dot_admin__pb2.GetFleetSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ExplainDevice',
+            edgefleet_dot_v1_dot_admin__pb2.ExplainDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.ExplainDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CreateRollout',
+            edgefleet_dot_v1_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetRollout',
+            edgefleet_dot_v1_dot_admin__pb2.GetRolloutRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListRollouts',
+            edgefleet_dot_v1_dot_admin__pb2.ListRolloutsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ControlRollout',
+            edgefleet_dot_v1_dot_admin__pb2.ControlRolloutRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

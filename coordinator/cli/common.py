@@ -1,0 +1,73 @@
+"""What every CLI command shares: consoles, common options, one-line errors, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from coordinator.admin_client import AdminClient, AdminClientError
+from coordinator.errors import CoordinatorError
+from edgefleet.catalog import UnknownProfileError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich assumes 80 columns when output is piped; tables of ids need more."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    return Console(stderr=stderr, width=wide)
+
+
+out = _console()
+err_console = _console(stderr=True)
+
+CoordinatorOpt = Annotated[
+    str,
+    typer.Option("--coordinator", envvar="EDGEFLEET_COORDINATOR", help="coordinator HOST:PORT"),
+]
+AdminTokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--admin-token",
+        envvar="EDGEFLEET_ADMIN_TOKEN",
+        help="admin token (printed location at coordinator start)",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Report known failures as one line and a non-zero exit instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (AdminClientError, CoordinatorError, UnknownProfileError, ValueError, OSError) as e:
+            raise fail(str(e)) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def client(coordinator: str, admin_token: str) -> AdminClient:
+    return AdminClient(coordinator or DEFAULT_COORDINATOR, admin_token)

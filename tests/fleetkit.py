@@ -1,0 +1,159 @@
+"""Test helpers: synthetic (but signed, real-format) variants, and scripted devices.
+
+A ``ScriptedDevice`` speaks the real device API of a real coordinator over gRPC;
+the test decides what it reports (activated, failed, metrics), which lets the
+rollout tests drive every gate outcome without the runtime stack.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from coordinator.compression.variant_store import ModelEntry, VariantStore
+from edgefleet.catalog import get_profile
+from edgefleet.profiles import DeviceProfile
+from edgefleet.v1 import device_pb2, device_pb2_grpc
+from edgefleet.wire import profile_to_proto
+from tests.conftest import ENROLL_TOKEN
+
+
+def variant_manifest(
+    model: str,
+    recipe: str,
+    precision: str,
+    accuracy: float,
+    weight_bytes: int,
+    peak_memory_bytes: int,
+    macs: int,
+    latency_ms: float,
+    mcu_flash_bytes: int | None = None,
+) -> dict[str, Any]:
+    runtimes: dict[str, Any] = {"onnxruntime": {"file": "model.onnx"}}
+    measured = {"onnxruntime": {"latency_ms_p50": latency_ms, "accuracy": accuracy}}
+    metrics: dict[str, Any] = {
+        "accuracy": accuracy,
+        "latency_ms": latency_ms,
+        "bytes": weight_bytes,
+        "weight_bytes": weight_bytes,
+        "peak_memory_bytes": peak_memory_bytes,
+        "macs": macs,
+        "runtimes": measured,
+    }
+    if precision == "fp32":
+        runtimes["torch"] = {"file": "weights.safetensors"}
+        measured["torch"] = {"latency_ms_p50": latency_ms * 10, "accuracy": accuracy}
+    if mcu_flash_bytes is not None:
+        runtimes["mcu-sim"] = {"graph": "mcu.json"}
+        metrics["mcu"] = {"flash_bytes": mcu_flash_bytes}
+    return {
+        "model": model,
+        "recipe_label": recipe,
+        "recipe": [{"kind": recipe, "params": {}}],
+        "precision": precision,
+        "runtimes": runtimes,
+        "metrics": metrics,
+    }
+
+
+def make_model(data_dir: Path, name: str = "digits", tag: str = "") -> dict[str, str]:
+    """A model with an fp32 base (~600 KB), an int8 variant (~150 KB, MCU-ready) and a
+    large fp32 variant no MCU fits. Returns recipe -> variant id."""
+    store = VariantStore(data_dir)
+    specs = {
+        "fp32": ("fp32", 0.98, 600_000, 24_576, 660_000, 0.025, None),
+        "int8-static": ("int8", 0.978, 150_000, 6_144, 660_000, 0.03, 160_000),
+        "wide": ("fp32", 0.985, 6_000_000, 98_304, 6_600_000, 0.2, None),
+    }
+    ids = {}
+    for recipe, (precision, acc, wbytes, peak, macs, lat, flash) in specs.items():
+        body = variant_manifest(name, recipe + tag, precision, acc, wbytes, peak, macs, lat, flash)
+        files = {"model.onnx": uuid.uuid4().bytes * (wbytes // 16)}
+        ids[recipe] = store.put(body, files)
+    store.add_model(
+        ModelEntry(
+            name=name, architecture={"name": "synthetic"}, dataset="digits", base=ids["fp32"]
+        )
+    )
+    for vid in ids.values():
+        store.add_variant(name, vid)
+    return ids
+
+
+@dataclass
+class ScriptedDevice:
+    address: str
+    name: str
+    profile: DeviceProfile
+    device_id: str = ""
+    credential: str = ""
+    active: str = ""
+    previous: str = ""
+    failed: str = ""
+    failure_reason: str = ""
+    desired: device_pb2.DesiredState = field(default_factory=device_pb2.DesiredState)
+    sequence: int = 0
+
+    @classmethod
+    def register(cls, address: str, name: str, profile: str | DeviceProfile) -> ScriptedDevice:
+        prof = get_profile(profile) if isinstance(profile, str) else profile
+        device = cls(address, name, prof)
+        with grpc.insecure_channel(address) as ch:
+            reply = device_pb2_grpc.DeviceServiceStub(ch).Register(
+                device_pb2.RegisterRequest(
+                    instance_key=uuid.uuid4().hex,
+                    name=name,
+                    profile=profile_to_proto(prof),
+                    benchmark=device_pb2.DeviceBenchmark(macs_per_second=5e9, method="test"),
+                ),
+                metadata=(("authorization", f"Bearer {ENROLL_TOKEN}"),),
+                timeout=5,
+            )
+        device.device_id, device.credential = reply.device_id, reply.credential
+        return device
+
+    def heartbeat(self) -> device_pb2.DesiredState:
+        self.sequence += 1
+        with grpc.insecure_channel(self.address) as ch:
+            reply = device_pb2_grpc.DeviceServiceStub(ch).Heartbeat(
+                device_pb2.HeartbeatRequest(
+                    device_id=self.device_id,
+                    state=device_pb2.AGENT_STATE_READY,
+                    sequence=self.sequence,
+                    active_variant=self.active,
+                    previous_variant=self.previous,
+                    failed_variant=self.failed,
+                    failure_reason=self.failure_reason,
+                ),
+                metadata=(("authorization", f"Bearer {self.credential}"),),
+                timeout=5,
+            )
+        self.desired = reply.desired
+        return reply.desired
+
+    def obey(self) -> None:
+        """Activate whatever is desired (what a healthy agent does)."""
+        want = self.desired.variant_id
+        if want and want != self.active:
+            self.previous, self.active = self.active, want
+
+    def report_metric(self, name: str, value: float, seq: int) -> None:
+        with grpc.insecure_channel(self.address) as ch:
+            device_pb2_grpc.DeviceServiceStub(ch).ReportTelemetry(
+                device_pb2.ReportTelemetryRequest(
+                    device_id=self.device_id,
+                    records=[
+                        device_pb2.TelemetryRecord(
+                            sequence=seq,
+                            time_unix=1.0,
+                            metric=device_pb2.Metric(name=name, value=value),
+                        )
+                    ],
+                ),
+                metadata=(("authorization", f"Bearer {self.credential}"),),
+                timeout=5,
+            )

@@ -1,0 +1,372 @@
+"""Selection, staged rollouts and automatic rollback against a real coordinator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from coordinator.admin_client import AdminClient, AdminClientError
+from coordinator.errors import InvalidArgument
+from coordinator.latency import DeviceLatencyModel
+from coordinator.rollouts import RolloutRequest, assign_waves, validate_selector, wave_fractions
+from coordinator.selection import Policy, VariantFacts, select
+from edgefleet.catalog import get_profile
+from edgefleet.v1 import admin_pb2
+from tests.conftest import ADMIN_TOKEN, CoordinatorProc, wait_for
+from tests.fleetkit import ScriptedDevice, make_model
+
+FAST = ("--offline-after", "30", "--heartbeat-interval", "0.5", "--rollout-interval", "0.2")
+
+
+# --- selection (pure) ------------------------------------------------------------------
+
+
+def facts(
+    vid: str,
+    precision: str,
+    acc: float,
+    wbytes: int,
+    lat: float,
+    flash: int | None = None,
+    peak: int = 8192,
+    macs: int = 500_000,
+) -> VariantFacts:
+    runtimes = ("onnxruntime", "torch") if precision == "fp32" else ("onnxruntime",)
+    if flash is not None:
+        runtimes = (*runtimes, "mcu-sim")
+    return VariantFacts(
+        id=vid,
+        model="m",
+        recipe=vid,
+        precision=precision,
+        bundle_bytes=wbytes + 2000,
+        weight_bytes=wbytes,
+        peak_memory_bytes=peak,
+        accuracy=acc,
+        macs=macs,
+        runtimes=tuple(sorted(runtimes)),
+        host_latency_ms={"onnxruntime": lat, "torch": lat * 10},
+        mcu_flash_bytes=flash,
+    )
+
+
+VARIANTS = [
+    facts("big", "fp32", 0.985, 6_000_000, 0.20),
+    facts("base", "fp32", 0.980, 600_000, 0.05),
+    facts("int8", "int8", 0.978, 150_000, 0.03, flash=160_000, peak=6144),
+]
+
+
+def model(profile: str) -> DeviceLatencyModel:
+    p = get_profile(profile)
+    return DeviceLatencyModel(p, 5e9, 45e9)
+
+
+def test_mcu_gets_the_int8_variant_and_the_reasons_for_the_rest() -> None:
+    s = select(get_profile("cortex-m4"), VARIANTS, model("cortex-m4"))
+    assert s.winner is not None and s.winner.variant.id == "int8"
+    assert s.winner.runtime == "mcu-sim"
+    failed = {v.variant.id: v.failures for v in s.verdicts if not v.fits}
+    assert any(f.startswith("precision: fp32 not supported") for f in failed["big"])
+    assert any(f.startswith("flash: needs") and "short by" in f for f in failed["big"])
+
+
+def test_tolerance_trades_accuracy_for_latency_only_within_the_band() -> None:
+    phone = get_profile("phone-flagship")
+    strict = select(phone, VARIANTS, model("phone-flagship"), Policy(accuracy_tolerance=0.001))
+    assert strict.winner is not None and strict.winner.variant.id == "big"  # most accurate
+    loose = select(phone, VARIANTS, model("phone-flagship"), Policy(accuracy_tolerance=0.01))
+    assert loose.winner is not None and loose.winner.variant.id == "int8"  # fastest in band
+    assert "within 1.0 pt" in loose.reason
+
+
+def test_latency_slo_rules_out_slow_variants() -> None:
+    s = select(get_profile("rpi4"), VARIANTS, model("rpi4"), Policy(latency_slo_ms=1.0))
+    slow = next(v for v in s.verdicts if v.variant.id == "big")
+    assert not slow.fits and slow.failures[0].startswith("latency: predicted")
+
+
+def test_nothing_fits_names_the_budget_and_the_shortfall() -> None:
+    tiny = get_profile("cortex-m4").model_copy(update={"ram_bytes": 8 * 1024})
+    s = select(tiny, VARIANTS, model("cortex-m4"))
+    assert s.winner is None
+    assert "no variant fits" in s.reason and "sram: needs" in s.reason and "short by" in s.reason
+
+
+def test_latency_model_learns_from_observed_latency() -> None:
+    m = model("rpi4")
+    v = VARIANTS[1]
+    predicted = m.predict_ms(v, "onnxruntime")
+    assert predicted == pytest.approx(0.05 * 45e9 / 5e9)
+    refined = m.refined(v, "onnxruntime", observed_ms=predicted * 2)
+    assert refined.predict_ms(v, "onnxruntime") == pytest.approx(predicted * 2)
+    mcu = DeviceLatencyModel(get_profile("cortex-m4"), 0, 45e9)
+    assert mcu.predict_ms(VARIANTS[2], "mcu-sim") > 1.0  # cycle model: 500k MACs at 120 MHz
+
+
+# --- waves and selectors -----------------------------------------------------------------
+
+
+def test_waves_cover_every_device_once_and_grow() -> None:
+    assert assign_waves(20, (0.05, 0.25, 1.0)) == [0] + [1] * 4 + [2] * 15
+    assert assign_waves(2, (0.05, 0.25, 1.0)) == [0, 1]  # small fleets still get a canary
+    assert assign_waves(3, (1.0,)) == [0, 0, 0]
+    assert wave_fractions(RolloutRequest("m", "all", "canary", canary_fraction=0.2)) == (0.2, 1.0)
+    with pytest.raises(InvalidArgument):
+        wave_fractions(RolloutRequest("m", "all", "waves", waves=(0.5, 0.25)))
+    with pytest.raises(InvalidArgument):
+        wave_fractions(RolloutRequest("m", "all", "blue-green"))
+
+
+@pytest.mark.parametrize("bad", ["", "label:site", "device:xyz", "zone:eu"])
+def test_bad_selectors_are_invalid(bad: str) -> None:
+    with pytest.raises(InvalidArgument):
+        validate_selector(bad)
+
+
+# --- against a real coordinator ------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(coordinator_factory: Callable[..., CoordinatorProc], tmp_path: Path):  # type: ignore[no-untyped-def]
+    data = tmp_path / "coord"
+    ids = make_model(data)
+    coord = coordinator_factory(*FAST, data_dir=data)
+    devices = [ScriptedDevice.register(coord.address, f"pi-{i}", "rpi4") for i in range(4)]
+    devices.append(ScriptedDevice.register(coord.address, "mcu-0", "cortex-m4"))
+    return coord, ids, devices
+
+
+def drive(devices: Iterable[ScriptedDevice], obey: bool = True) -> None:
+    for d in devices:
+        d.heartbeat()
+        if obey:
+            d.obey()
+
+
+def run_until(
+    client: AdminClient,
+    rollout_id: str,
+    devices: list[ScriptedDevice],
+    states: tuple[str, ...],
+    timeout: float = 20,
+    obey: bool = True,
+) -> admin_pb2.Rollout:
+    deadline = time.monotonic() + timeout
+    while True:
+        drive(devices, obey)
+        rollout = client.get_rollout(rollout_id)
+        if rollout.state in states:
+            return rollout
+        assert time.monotonic() < deadline, f"rollout stuck: {rollout.state} {rollout.message}"
+        time.sleep(0.1)
+
+
+def gate(soak: float = 0.3, **kw: float) -> admin_pb2.RolloutGate:
+    return admin_pb2.RolloutGate(
+        soak_seconds=soak, wave_timeout_seconds=kw.pop("timeout", 30), **kw
+    )  # type: ignore[arg-type]
+
+
+def test_canary_rollout_advances_wave_by_wave_and_succeeds(fleet) -> None:  # type: ignore[no-untyped-def]
+    coord, _ids, devices = fleet
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        rollout = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits", selector="all", strategy="canary", canary_fraction=0.2, gate=gate()
+            )
+        )
+        assert rollout.state == "running" and list(rollout.waves) == [0.2, 1.0]
+        in_canary = {d.device_id for d in rollout.devices if d.wave == 0}
+        assert len(in_canary) == 1
+        drive(devices, obey=False)
+        desired = {d.device_id: d.desired.variant_id for d in devices}
+        # only the canary has been told anything
+        assert {k for k, v in desired.items() if v} == in_canary
+        done = run_until(c, rollout.id, devices, ("succeeded",))
+        assert {d.status for d in done.devices} == {"active"}
+        chosen = {d.name: d.recipe for d in done.devices}
+        assert chosen["mcu-0"] == "int8-static"  # the MCU got the int8 variant
+        assert chosen["pi-0"] in ("fp32", "int8-static", "wide")
+        assert all(d.active == d.desired.variant_id for d in devices)
+
+
+def test_failed_activation_rolls_the_wave_back(fleet) -> None:  # type: ignore[no-untyped-def]
+    coord, _ids, devices = fleet
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        first = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits", selector="profile:rpi4", strategy="all", gate=gate()
+            )
+        )
+        run_until(c, first.id, devices, ("succeeded",))
+        before = {d.device_id: d.active for d in devices}
+        make_model(coord.data_dir, name="digits-v2", tag="-v2")
+        second = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits-v2",
+                selector="profile:rpi4",
+                strategy="waves",
+                waves=[0.25, 1.0],
+                gate=gate(),
+            )
+        )
+        wave0 = [
+            d
+            for d in devices
+            if d.device_id in {x.device_id for x in second.devices if x.wave == 0}
+        ]
+        # the canary device rejects the bundle (e.g. bad signature)
+        for d in wave0:
+            d.heartbeat()
+            d.failed, d.failure_reason = d.desired.variant_id, "signature check failed"
+        done = run_until(c, second.id, devices, ("rolled_back",), obey=False)
+        assert "activation failed: signature check failed" in done.message
+        drive(devices, obey=False)
+        # every device is told to run what it ran before; later waves were never touched
+        for d in devices:
+            if before.get(d.device_id):
+                assert d.desired.variant_id == before[d.device_id]
+        assert all(x.status in ("rolled_back", "waiting") for x in done.devices)
+
+
+def test_latency_regression_rolls_back(fleet) -> None:  # type: ignore[no-untyped-def]
+    coord, _ids, devices = fleet
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        r = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits", selector="device:" + devices[0].device_id, gate=gate(soak=5)
+            )
+        )
+        run_until(c, r.id, devices[:1], ("running",))
+        drive(devices[:1])
+        devices[0].report_metric("inference_latency_ms", 1e6, seq=1)
+        done = run_until(c, r.id, devices[:1], ("rolled_back",))
+        assert "latency" in done.message and "predicted" in done.message
+
+
+def test_pause_resume_and_restart_mid_rollout(fleet) -> None:  # type: ignore[no-untyped-def]
+    coord, _ids, devices = fleet
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        r = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits", selector="all", strategy="waves", waves=[0.2, 1.0], gate=gate()
+            )
+        )
+        assert c.control_rollout(r.id, "pause").state == "paused"
+        with pytest.raises(AdminClientError, match="not running"):
+            c.control_rollout(r.id, "pause")
+        for _ in range(5):
+            drive(devices)
+            time.sleep(0.1)
+        assert c.get_rollout(r.id).current_wave == 0  # paused: no advance
+    coord.stop(signal.SIGKILL)
+    coord.start()  # state is in Redis: the rollout resumes where it was
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        assert c.get_rollout(r.id).state == "paused"
+        assert c.control_rollout(r.id, "resume").state == "running"
+        assert run_until(c, r.id, devices, ("succeeded",)).state == "succeeded"
+
+
+def test_rollout_bad_inputs(fleet) -> None:  # type: ignore[no-untyped-def]
+    coord, _ids, _devices = fleet
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        cases = [
+            (
+                admin_pb2.CreateRolloutRequest(model="nope", selector="all"),
+                grpc.StatusCode.NOT_FOUND,
+            ),
+            (
+                admin_pb2.CreateRolloutRequest(model="digits", selector="profile:rpi9"),
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ),
+            (
+                admin_pb2.CreateRolloutRequest(model="digits", selector="zone:x"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                admin_pb2.CreateRolloutRequest(model="digits", selector="all", strategy="yolo"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+        ]
+        for request, code in cases:
+            with pytest.raises(AdminClientError) as info:
+                c.create_rollout(request)
+            assert info.value.code == code, request
+        with pytest.raises(AdminClientError) as info:
+            c.get_rollout("ro-missing")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        r = c.create_rollout(admin_pb2.CreateRolloutRequest(model="digits", selector="all"))
+        with pytest.raises(AdminClientError) as info:  # the same devices are busy
+            c.create_rollout(admin_pb2.CreateRolloutRequest(model="digits", selector="all"))
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert c.control_rollout(r.id, "rollback").state == "rolled_back"
+
+
+def test_a_device_that_fits_nothing_is_skipped_with_the_reason(
+    coordinator_factory: Callable[..., CoordinatorProc], tmp_path: Path
+) -> None:
+    data = tmp_path / "coord"
+    make_model(data)
+    coord = coordinator_factory(*FAST, data_dir=data)
+    tiny = get_profile("cortex-m4").model_copy(update={"ram_bytes": 4096})
+    small = ScriptedDevice.register(coord.address, "tiny", tiny)
+    pi = ScriptedDevice.register(coord.address, "pi", "rpi4")
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        r = c.create_rollout(admin_pb2.CreateRolloutRequest(model="digits", selector="all"))
+        assert [s.name for s in r.skipped] == ["tiny"] and "sram: needs" in r.skipped[0].reason
+        assert [d.name for d in r.devices] == ["pi"]
+        with pytest.raises(AdminClientError) as info:
+            c.create_rollout(
+                admin_pb2.CreateRolloutRequest(model="digits", selector=f"device:{small.device_id}")
+            )
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "short by" in str(info.value)
+    del pi
+
+
+def test_cli_deploy_explain_and_status(fleet) -> None:  # type: ignore[no-untyped-def]
+    coord, ids, devices = fleet
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(EDGEFLEET_COORDINATOR=coord.address, EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "coordinator.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    mcu = devices[-1]
+    explained = cli("devices", "explain", mcu.device_id, "--model", "digits", "--json")
+    assert explained.returncode == 0, explained.stderr
+    e = json.loads(explained.stdout)
+    assert e["chosen_variant"] == ids["int8-static"]
+    wide = next(c for c in e["candidates"] if c["variant_id"] == ids["wide"])
+    assert not wide["fits"] and any("short by" in f for f in wide["failures"])
+    deployed = cli("deploy", "digits", "--to", "profile:cortex-m4", "--soak", "0.2", "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    rid = json.loads(deployed.stdout)["id"]
+    wait_for(
+        lambda: (
+            (drive([mcu]) or True)
+            and json.loads(cli("rollout", "status", rid, "--json").stdout)["state"] == "succeeded"
+        ),
+        30,
+        "success",
+    )
+    listed = json.loads(cli("rollout", "ls", "--json").stdout)
+    assert listed[0]["id"] == rid and listed[0]["counts"] == {"active": 1}
+    unknown = cli("deploy", "nope")
+    assert unknown.returncode == 1 and "unknown model" in unknown.stderr
