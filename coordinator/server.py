@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from coordinator.artifacts import add_artifact_service
 from coordinator.compression.variant_store import VariantStore
 from coordinator.embedded_redis import EmbeddedRedis
 from coordinator.errors import Unavailable
@@ -195,10 +196,11 @@ class Coordinator:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(registry, tokens, rollouts), server
         )
+        service_names = (*SERVICE_NAMES, add_artifact_service(server, registry, variants))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
             port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -213,7 +215,7 @@ class Coordinator:
                 embedded.stop()
             raise OSError(f"cannot listen on {config.host}:{config.port}: {error or 'port in use'}")
         await server.start()
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         coordinator = cls(
             config, server, store, embedded, tokens, port, health_servicer, registry, metrics
