@@ -1,9 +1,16 @@
 """Per-device latency prediction, calibrated by the agent's micro-benchmark.
 
-Every variant's latency is measured on the build host, per runtime. On a device
-it is predicted as ``host latency x host throughput / device throughput``,
-both throughputs from the same micro-benchmark (``edgefleet.perf``), times a
-per-device correction learnt from latencies the device actually reported. A
+Every variant's latency is measured on the build host, per runtime. A
+roofline-style split turns it into a device prediction:
+
+- compute: ``MACs / (device MACs/s x precision speedup)``, the device's
+  throughput from the agent's micro-benchmark (``edgefleet.perf``) and the
+  speedup of int8/fp16 kernels on its core family;
+- overhead: what the host measurement leaves beyond its own dense compute
+  (operator dispatch, quantize/dequantize, memory traffic), scaled by the
+  host/device throughput ratio;
+
+times a per-device correction learnt from latencies the device reported. A
 microcontroller's prediction comes from a cycle model instead: MACs x cycles
 per MAC at the profile's clock, the way MCU inference cost is usually estimated.
 """
@@ -12,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.selection import LatencyPredictor, VariantFacts
+from coordinator.selection import PRECISION_FAMILY, LatencyPredictor, VariantFacts
 from coordinator.store import DeviceRecord
-from edgefleet.perf import cycles_per_mac
+from edgefleet.perf import cycles_per_mac, precision_speedup
 from edgefleet.profiles import DeviceProfile
 
 _CORRECTION_BOUNDS = (0.1, 10.0)
@@ -31,13 +38,15 @@ class DeviceLatencyModel(LatencyPredictor):
         if runtime == "mcu-sim":
             cycles = v.macs * cycles_per_mac(self.profile)
             return cycles / (self.profile.cpu_mhz * 1e3)
+        host_compute_ms = v.macs / self.host_macs_per_second * 1e3
         host_ms = v.host_latency_ms.get(runtime)
         if host_ms is None:  # measured in another runtime only: use the slowest we know
-            host_ms = max(
-                v.host_latency_ms.values(), default=v.macs / self.host_macs_per_second * 1e3
-            )
+            host_ms = max(v.host_latency_ms.values(), default=host_compute_ms)
+        overhead_ms = max(0.0, host_ms - host_compute_ms)
         device = self.device_macs_per_second or self.host_macs_per_second
-        return host_ms * self.host_macs_per_second / device
+        family = PRECISION_FAMILY.get(v.precision, v.precision)
+        compute_ms = v.macs / (device * precision_speedup(self.profile, family)) * 1e3
+        return overhead_ms * self.host_macs_per_second / device + compute_ms
 
     def predict_ms(self, variant: VariantFacts, runtime: str) -> float:
         return self.uncorrected_ms(variant, runtime) * self.correction

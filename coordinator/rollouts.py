@@ -34,6 +34,7 @@ STRATEGIES = ("all", "canary", "waves")
 ACTIVE_STATES = ("running", "paused")
 DEFAULT_WAVES = (0.05, 0.25, 1.0)
 DEFAULT_CANARY = 0.1
+SLO_LABEL = "latency-slo-ms"
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,26 @@ def assign_waves(count: int, fractions: Sequence[float]) -> list[int]:
     return out
 
 
+def device_policy(record: DeviceRecord, policy: Policy) -> Policy:
+    """The deploy's policy, tightened by the device's own latency budget.
+
+    A device may carry a label ``latency-slo-ms`` (set with ``edgefleet-agent
+    --label latency-slo-ms=5``): the per-inference budget of the application it
+    serves. The stricter of it and the deploy's SLO applies.
+    """
+    raw = record.labels.get(SLO_LABEL)
+    if raw is None:
+        return policy
+    try:
+        own = float(raw)
+    except ValueError:
+        return policy
+    if not math.isfinite(own) or own <= 0:
+        return policy
+    slo = own if policy.latency_slo_ms is None else min(own, policy.latency_slo_ms)
+    return replace(policy, latency_slo_ms=slo)
+
+
 # --- the manager --------------------------------------------------------------------------
 
 
@@ -253,7 +274,7 @@ class RolloutManager:
         known = {v.id: v for v in variants}
         predictor = model_for_device(record, self._host_mps, known, metrics)
         return Explanation(
-            select(record.profile, variants, predictor, policy),
+            select(record.profile, variants, predictor, device_policy(record, policy)),
             predictor.device_macs_per_second,
             predictor.correction,
         )

@@ -38,7 +38,7 @@ RUNTIME_OVERHEAD_BYTES: dict[str, int] = {
 # Preference when two runtimes predict the same latency: the lighter one.
 RUNTIME_ORDER = ("mcu-sim", "onnxruntime", "torch")
 
-_PRECISION_FAMILY = {
+PRECISION_FAMILY = {
     "fp32": "fp32",
     "fp16": "fp16",
     "int8": "int8",
@@ -116,7 +116,7 @@ def judge(
 ) -> Verdict:
     """Check one variant against one device; name every budget it breaks."""
     failures: list[str] = []
-    family = _PRECISION_FAMILY.get(v.precision, v.precision)
+    family = PRECISION_FAMILY.get(v.precision, v.precision)
     if family not in profile.precisions:
         failures.append(
             f"precision: {v.precision} not supported (device: {', '.join(profile.precisions)})"

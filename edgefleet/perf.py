@@ -42,6 +42,38 @@ _PEAK_MACS_PER_CYCLE: dict[str, float] = {
 }
 
 
+# How much faster than fp32 a core runs each precision's kernels. Cores with
+# ARMv8.2 half-precision and dot-product instructions (A75/A76/X3) run fp16 at
+# twice and int8 at about four times fp32; older cores (A53/A57/A72) have no
+# fp16 arithmetic (converted to fp32, a little slower) and int8 through
+# widening multiplies (about twice fp32). MCU figures above are already int8.
+_PRECISION_SPEEDUP: dict[str, dict[str, float]] = {
+    "dotprod": {"fp32": 1.0, "fp16": 2.0, "int8": 4.0},
+    "armv8.0": {"fp32": 1.0, "fp16": 0.9, "int8": 2.0},
+    "mcu": {"fp32": 1.0, "fp16": 1.0, "int8": 1.0},
+}
+_CORE_FAMILY: dict[str, str] = {
+    "phone-flagship": "dotprod",
+    "phone-budget": "dotprod",
+    "rpi5": "dotprod",
+    "rpi4": "armv8.0",
+    "rpi3": "armv8.0",
+    "rpi-zero2w": "armv8.0",
+    "jetson-nano": "armv8.0",
+    "cortex-m7": "mcu",
+    "cortex-m4": "mcu",
+    "esp32-s3": "mcu",
+}
+
+
+def precision_speedup(profile: DeviceProfile, precision: str) -> float:
+    """Throughput of ``precision`` kernels relative to fp32 on this device class (1.0 if unknown)."""
+    family = _CORE_FAMILY.get(profile.name)
+    if family is None:
+        return 1.0
+    return _PRECISION_SPEEDUP[family].get(precision, 1.0)
+
+
 @dataclass(frozen=True)
 class Benchmark:
     macs_per_second: float

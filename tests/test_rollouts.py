@@ -352,8 +352,9 @@ def test_cli_deploy_explain_and_status(fleet) -> None:  # type: ignore[no-untype
     explained = cli("devices", "explain", mcu.device_id, "--model", "digits", "--json")
     assert explained.returncode == 0, explained.stderr
     e = json.loads(explained.stdout)
-    assert e["chosen_variant"] == ids["int8-static"]
-    wide = next(c for c in e["candidates"] if c["variant_id"] == ids["wide"])
+    assert e["chosen"] == ids["int8-static"]
+    wide = next(c for c in e["candidates"] if c["variant"] == ids["wide"])
+    assert not wide["fits"] and "short by" in wide["reason"]
     assert not wide["fits"] and any("short by" in f for f in wide["failures"])
     deployed = cli("deploy", "digits", "--to", "profile:cortex-m4", "--soak", "0.2", "--json")
     assert deployed.returncode == 0, deployed.stderr

@@ -278,7 +278,8 @@ def explain(
         e = c.explain_device(device_id, model, accuracy_tolerance / 100, latency_slo_ms)
     candidates: list[dict[str, Any]] = [
         {
-            "variant_id": v.variant_id,
+            "variant": v.variant_id,
+            "reason": "fits" if v.fits else "; ".join(v.failures),
             "recipe": v.recipe,
             "precision": v.precision,
             "accuracy": round(v.accuracy, 6),
@@ -296,7 +297,7 @@ def explain(
             {
                 "device_id": e.device_id,
                 "model": e.model,
-                "chosen_variant": e.chosen_variant,
+                "chosen": e.chosen_variant or None,
                 "reason": e.reason,
                 "device_macs_per_second": e.device_macs_per_second,
                 "latency_correction": e.latency_correction,
@@ -327,7 +328,7 @@ def explain(
         )
         table.add_row(
             "*" if v["chosen"] else "",
-            str(v["variant_id"])[:12],
+            str(v["variant"])[:12],
             str(v["recipe"]),
             str(v["precision"]),
             f"{v['accuracy']:.2%}",
