@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import fcntl
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "deploy" / "docker"
 EXTRAS_DIR = DOCKER_DIR / "build-extras"
-KEEP_IN_EXTRAS = {"README.md"}
+KEEP_IN_EXTRAS = {"README.md", ".lock"}
 LOCAL_BASE = "edgefleet-base:bookworm"
 SUITE = "bookworm"
 TORCH_SPEC = "torch==2.13.0"
@@ -339,12 +340,16 @@ def build(opts: Options) -> None:
     if needs_local_base and not image_exists(LOCAL_BASE):
         make_local_base(LOCAL_BASE, opts.mirror)
     env = docker_env()
-    try:
-        prepare_extras(opts.compress and "coordinator" in opts.images)
-        for component in opts.images:
-            build_image(component, opts, env)
-    finally:
-        clean_extras()
+    EXTRAS_DIR.mkdir(parents=True, exist_ok=True)
+    # Builds share build-extras/: one at a time, or one would empty it under another.
+    with (EXTRAS_DIR / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            prepare_extras(opts.compress and "coordinator" in opts.images)
+            for component in opts.images:
+                build_image(component, opts, env)
+        finally:
+            clean_extras()
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
