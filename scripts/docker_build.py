@@ -334,10 +334,7 @@ def build_image(component: str, opts: Options, env: dict[str, str]) -> None:
 def build(opts: Options) -> None:
     if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
         raise BuildError("the Docker engine is not reachable (docker info failed)")
-    needs_local_base = opts.base_image == LOCAL_BASE or any(
-        c in opts.images for c in ("redis", "prometheus")
-    )
-    if needs_local_base and not image_exists(LOCAL_BASE):
+    if opts.base_image == LOCAL_BASE and not image_exists(LOCAL_BASE):
         make_local_base(LOCAL_BASE, opts.mirror)
     env = docker_env()
     EXTRAS_DIR.mkdir(parents=True, exist_ok=True)
