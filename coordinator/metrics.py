@@ -76,6 +76,72 @@ class CoordinatorMetrics:
             ["outcome"],
             registry=r,
         )
+        self.rollouts = Gauge(
+            "edgefleet_rollouts",
+            "Rollouts by state (running, paused, succeeded, rolled_back).",
+            ["state"],
+            registry=r,
+        )
+        self.rollout_devices = Gauge(
+            "edgefleet_rollout_devices",
+            "Devices in active (running or paused) rollouts, by model and rollout status "
+            "(waiting, pending, active, failed).",
+            ["model", "status"],
+            registry=r,
+        )
+        self.rollout_rollbacks = Counter(
+            "edgefleet_rollout_rollbacks_total",
+            "Rollouts rolled back, by model and cause (activation, error_rate, latency, "
+            "accuracy, timeout, operator).",
+            ["model", "cause"],
+            registry=r,
+        )
+        self.rollout_waves = Counter(
+            "edgefleet_rollout_wave_advances_total",
+            "Waves promoted after a healthy soak, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.inference_latency = Histogram(
+            "edgefleet_inference_latency_seconds",
+            "Per-interval median inference latency reported by agents, by model variant "
+            "(first 12 hex digits of its id) and device profile.",
+            ["variant", "profile"],
+            buckets=(
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+            ),
+            registry=r,
+        )
+        self.inference_requests = Counter(
+            "edgefleet_inference_requests_total",
+            "Inferences served on devices (agent-reported deltas), by variant and profile.",
+            ["variant", "profile"],
+            registry=r,
+        )
+        self.inference_errors = Counter(
+            "edgefleet_inference_errors_total",
+            "Failed inferences on devices (agent-reported deltas), by variant and profile.",
+            ["variant", "profile"],
+            registry=r,
+        )
+        self.inference_accuracy = Gauge(
+            "edgefleet_inference_accuracy_ratio",
+            "Last accuracy on labelled local data reported by a device, by variant and profile.",
+            ["variant", "profile"],
+            registry=r,
+        )
         self.rpcs = Counter(
             "edgefleet_grpc_server_handled_total",
             "gRPC calls completed, by service, method and status code.",
@@ -96,7 +162,29 @@ class CoordinatorMetrics:
         self.heartbeats.labels("ok")
         for outcome in ("accepted", "duplicate"):
             self.telemetry_records.labels(outcome)
+        self.set_rollouts({}, {})
         self.state_store_up.set(0)
+
+    def relay_device_metric(self, name: str, value: float, variant: str, profile: str) -> None:
+        """Fold an agent-reported metric into the fleet series (bounded labels only)."""
+        labels = (variant[:12] or "none", profile_label(profile))
+        if name == "inference_latency_ms":
+            self.inference_latency.labels(*labels).observe(value / 1000.0)
+        elif name == "inference_count" and value > 0:
+            self.inference_requests.labels(*labels).inc(value)
+        elif name == "inference_errors" and value > 0:
+            self.inference_errors.labels(*labels).inc(value)
+        elif name == "inference_accuracy":
+            self.inference_accuracy.labels(*labels).set(value)
+
+    def set_rollouts(self, states: dict[str, int], devices: dict[tuple[str, str], int]) -> None:
+        """Replace the rollout gauges: ``{state: n}`` and ``{(model, status): n}``."""
+        self.rollouts.clear()
+        for state in ("running", "paused", "succeeded", "rolled_back"):
+            self.rollouts.labels(state).set(states.get(state, 0))
+        self.rollout_devices.clear()
+        for (model, status), n in devices.items():
+            self.rollout_devices.labels(model, status).set(n)
 
     def set_fleet(self, counts: dict[tuple[str, str], int]) -> None:
         """Replace the device gauges with ``{(status, profile): count}``.

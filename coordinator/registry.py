@@ -253,14 +253,20 @@ class Registry:
 
     async def report_telemetry(
         self, device_id: str, credential: str, records: list[TelemetryIn]
-    ) -> TelemetryOutcome:
-        """Apply a batch of telemetry exactly once per (device, sequence); resends are no-ops."""
+    ) -> tuple[TelemetryOutcome, DeviceRecord, list[TelemetryIn]]:
+        """Apply a batch of telemetry exactly once per (device, sequence); resends are no-ops.
+
+        Returns the outcome, the device, and the records that were new (the
+        batch is ascending and deduplication is by high-water mark, so those
+        are its last ``accepted`` records): only they may feed fleet metrics.
+        """
         _validate_telemetry(records)
-        await self.authenticate_device(device_id, credential)
+        record = await self.authenticate_device(device_id, credential)
         outcome = await self._store.record_telemetry(device_id, records)
         if outcome is None:  # removed between the two calls
             raise NotFound(f"device {device_id} is not registered")
-        return outcome
+        new = records[len(records) - outcome.accepted :] if outcome.accepted else []
+        return outcome, record, new
 
     def status_of(self, record: DeviceRecord, now: float | None = None) -> DeviceStatus:
         now = self._clock() if now is None else now

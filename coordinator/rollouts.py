@@ -26,6 +26,7 @@ from typing import Any
 
 from coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from coordinator.latency import model_for_device
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import DEVICE_ID_RE
 from coordinator.selection import Policy, Selection, VariantFacts, select
 from coordinator.store import Desired, DeviceRecord, FleetStore
@@ -243,7 +244,9 @@ class RolloutManager:
         variants: Callable[[str], list[VariantFacts]],
         host_macs_per_second: float,
         clock: Callable[[], float] = time.time,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._variants = variants
         self._host_mps = host_macs_per_second
@@ -411,6 +414,7 @@ class RolloutManager:
                 raise InvalidArgument("action", "must be pause, resume or rollback")
             if await self._store.update_rollout(rollout_id, rollout.version, new.to_json()):
                 await self._apply_desired(new)
+                self._count_transition(rollout, new)
                 return new
         raise FailedPrecondition(f"rollout {rollout_id} is changing too fast; try again")
 
@@ -421,11 +425,30 @@ class RolloutManager:
 
     async def tick(self) -> None:
         """Reconcile every active or rolled-back rollout once."""
+        states: dict[str, int] = {}
+        devices: dict[tuple[str, str], int] = {}
         for rollout in await self.list_rollouts():
             if rollout.state in ACTIVE_STATES or rollout.state == "rolled_back":
                 await self._apply_desired(rollout)
             if rollout.state == "running":
-                await self._advance(rollout)
+                rollout = await self._advance(rollout)
+            states[rollout.state] = states.get(rollout.state, 0) + 1
+            if rollout.state in ACTIVE_STATES and self._metrics is not None:
+                health = {h.device_id: h for h in await self.health(rollout)}
+                for d in rollout.devices:
+                    status = device_status(rollout, d, health.get(d.device_id))
+                    key = (rollout.model, status)
+                    devices[key] = devices.get(key, 0) + 1
+        if self._metrics is not None:
+            self._metrics.set_rollouts(states, devices)
+
+    def _count_transition(self, old: Rollout, new: Rollout) -> None:
+        if self._metrics is None:
+            return
+        if new.state == "rolled_back":
+            self._metrics.rollout_rollbacks.labels(old.model, rollback_cause(new.message)).inc()
+        elif new.current_wave > old.current_wave:
+            self._metrics.rollout_waves.labels(old.model).inc()
 
     async def _apply_desired(self, rollout: Rollout) -> None:
         """Write each applied device's desired state: the new variant, or its previous one
@@ -466,7 +489,8 @@ class RolloutManager:
             out.append(DeviceHealth(device.device_id, activated, failed))
         return out
 
-    async def _advance(self, rollout: Rollout) -> None:
+    async def _advance(self, rollout: Rollout) -> Rollout:
+        """Apply at most one transition; returns the rollout as it now stands."""
         now = self._clock()
         health = await self.health(rollout)
         failures = [h for h in health if h.failed]
@@ -511,6 +535,36 @@ class RolloutManager:
             rollout.id, rollout.version, new.to_json()
         ):
             await self._apply_desired(new)
+            self._count_transition(rollout, new)
+            return new
+        return rollout
+
+
+def device_status(rollout: Rollout, device: PlannedDevice, health: DeviceHealth | None) -> str:
+    """waiting | pending | active | failed | rolled_back, as operators read it."""
+    if device.wave > rollout.current_wave:
+        return "waiting"
+    if rollout.state == "rolled_back":
+        return "rolled_back"
+    if health is None:
+        return "pending"
+    if health.failed:
+        return "failed"
+    return "active" if health.activated else "pending"
+
+
+def rollback_cause(message: str) -> str:
+    for needle, cause in (
+        ("by operator", "operator"),
+        ("activation failed", "activation"),
+        ("error rate", "error_rate"),
+        ("latency", "latency"),
+        ("accuracy", "accuracy"),
+        ("timed out", "timeout"),
+    ):
+        if needle in message:
+            return cause
+    return "other"
 
 
 def _metric_failure(metrics: dict[str, float], gate: Gate, predicted_ms: float) -> str:

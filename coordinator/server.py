@@ -191,7 +191,9 @@ class Coordinator:
         host_mps = (
             config.host_macs_per_second or (await asyncio.to_thread(measure_host)).macs_per_second
         )
-        rollouts = RolloutManager(store, lambda model: model_variants(variants, model), host_mps)
+        rollouts = RolloutManager(
+            store, lambda model: model_variants(variants, model), host_mps, metrics=metrics
+        )
         controller = RolloutController(rollouts, store, config.rollout_interval)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(registry, tokens, rollouts), server

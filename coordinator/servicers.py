@@ -41,6 +41,7 @@ from coordinator.rollouts import (
     Rollout,
     RolloutManager,
     RolloutRequest,
+    device_status,
 )
 from coordinator.selection import Policy, Verdict
 from coordinator.store import Desired, TelemetryIn
@@ -241,9 +242,14 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
     ) -> device_pb2.ReportTelemetryResponse:
         async def call() -> device_pb2.ReportTelemetryResponse:
             records = [telemetry_from_proto(r) for r in request.records]
-            outcome = await self._registry.report_telemetry(
+            outcome, device, new = await self._registry.report_telemetry(
                 request.device_id, bearer_token(context), records
             )
+            for r in new:
+                if r.value is not None:
+                    self._metrics.relay_device_metric(
+                        r.name, r.value, device.active_variant, device.profile.name
+                    )
             self._metrics.telemetry_records.labels("accepted").inc(outcome.accepted)
             self._metrics.telemetry_records.labels("duplicate").inc(outcome.duplicates)
             return device_pb2.ReportTelemetryResponse(
@@ -314,16 +320,8 @@ def rollout_to_proto(r: Rollout, health: dict[str, DeviceHealth]) -> admin_pb2.R
     devices = []
     for d in r.devices:
         h = health.get(d.device_id)
-        if d.wave > r.current_wave:
-            status, detail = "waiting", ""
-        elif r.state == "rolled_back":
-            status, detail = "rolled_back", (h.failed if h else "")
-        elif h is None:
-            status, detail = "pending", ""
-        elif h.failed:
-            status, detail = "failed", h.failed
-        else:
-            status, detail = ("active", "") if h.activated else ("pending", "")
+        status = device_status(r, d, h)
+        detail = h.failed if h is not None and status in ("failed", "rolled_back") else ""
         devices.append(
             admin_pb2.RolloutDevice(
                 device_id=d.device_id,

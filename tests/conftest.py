@@ -147,6 +147,8 @@ class CoordinatorProc:
                     str(self.port),
                     "--data-dir",
                     str(self.data_dir),
+                    # several coordinators run at once in tests: never the default port
+                    *(() if "--metrics-port" in self.args else ("--metrics-port", "0")),
                     *self.args,
                 ],
                 stdout=log,

@@ -70,11 +70,13 @@ def _records(start: int, stop: int) -> list[TelemetryIn]:
 def test_coordinator_counts_each_sequence_once(redis_url: str) -> None:
     async def body(r: Registry, store: FleetStore) -> None:
         e = await r.register("e", Registration("instance-key-t1", "t", get_profile("rpi4")))
-        first = await r.report_telemetry(e.device_id, e.credential, _records(1, 11))
+        first, _, new = await r.report_telemetry(e.device_id, e.credential, _records(1, 11))
         assert (first.acked_sequence, first.accepted, first.duplicates) == (10, 10, 0)
+        assert [x.sequence for x in new] == list(range(1, 11))
         # a resend that overlaps (the agent never saw the ack) plus new records
-        second = await r.report_telemetry(e.device_id, e.credential, _records(6, 16))
+        second, _, new = await r.report_telemetry(e.device_id, e.credential, _records(6, 16))
         assert (second.acked_sequence, second.accepted, second.duplicates) == (15, 5, 5)
+        assert [x.sequence for x in new] == [11, 12, 13, 14, 15]  # only new ones feed metrics
         view = await r.get_device(e.device_id)
         assert view.record.telemetry_records == 15 and view.record.telemetry_sequence == 15
         assert view.latest_metrics == {"m": 15.0}
