@@ -20,13 +20,15 @@ from pathlib import Path
 import grpc
 import psutil
 
+from agent.artifacts import ArtifactCache
 from agent.backoff import Backoff
 from agent.identity import Identity, load_identity, new_instance_key, save_identity
+from agent.reconcile import Reconciler
 from agent.telemetry import BufferedRecord, TelemetryBuffer
 from edgefleet import __version__
 from edgefleet.perf import device_benchmark
 from edgefleet.profiles import DeviceProfile
-from edgefleet.v1 import device_pb2, device_pb2_grpc
+from edgefleet.v1 import artifact_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
 
 log = logging.getLogger("edgefleet.agent")
@@ -39,6 +41,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 5000),
 ]
 RPC_TIMEOUT_SECONDS = 10.0
+# How long one reconcile pass waits for a download before the loop moves on (the download
+# continues in the background; a small bundle is usually active within the same pass).
+RECONCILE_WAIT_SECONDS = 1.0
 TELEMETRY_BATCH = 200
 
 
@@ -56,6 +61,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     backoff: Backoff = field(default_factory=Backoff)
     telemetry_max_records: int = 10_000
+    simulate_link: bool = False  # read artifacts at the profile's link_kbps (simulated devices)
 
 
 @dataclass
@@ -80,6 +86,16 @@ class AgentSession:
         self.telemetry.event("agent_started", f"profile {config.profile.name}")
         self._process = psutil.Process()
         self.benchmark = device_benchmark(config.profile)
+        self.artifacts = ArtifactCache(
+            config.state_dir,
+            self._identity.bundle_public_keys,
+            link_kbps=config.profile.link_kbps if config.simulate_link else 0,
+        )
+        self.reconciler = Reconciler(
+            self.artifacts, device_id=self._identity.device_id, wait_seconds=RECONCILE_WAIT_SECONDS
+        )
+        self.variant_status = self.reconciler.status()
+        self._desired_state = device_pb2.DesiredState()
 
     @property
     def identity(self) -> Identity:
@@ -133,6 +149,8 @@ class AgentSession:
             bundle_public_keys=tuple(reply.bundle_public_keys),
         )
         save_identity(self.config.state_dir, self._identity)
+        self.artifacts.set_trusted_keys(self._identity.bundle_public_keys)
+        self.reconciler.device_id = reply.device_id
         self._interval = reply.heartbeat_interval_seconds or self._interval
         log.info("registered as %s (profile %s)", reply.device_id, self.config.profile.name)
         self.telemetry.event("registered", reply.device_id)
@@ -147,17 +165,34 @@ class AgentSession:
                 state=state,  # type: ignore[arg-type]
                 sequence=self.heartbeats_sent,
                 uptime_seconds=time.monotonic() - self._started,
-                active_variant="",
+                active_variant=self.variant_status.active_variant,
+                previous_variant=self.variant_status.previous_variant,
+                failed_variant=self.variant_status.failed_variant,
+                failure_reason=self.variant_status.failure_reason,
             ),
             metadata=(("authorization", f"Bearer {self._identity.credential}"),),
             timeout=timeout,
         )
         self._interval = reply.heartbeat_interval_seconds or self._interval
+        self._desired_state = reply.desired
         desired = DesiredView(reply.desired.generation, reply.desired.variant_id)
         if desired != self.desired:
             log.info("desired state generation %d: %s", desired.generation, desired)
             self.telemetry.event("desired_state_changed", f"generation {desired.generation}")
             self.desired = desired
+
+    async def _reconcile(self, stub: artifact_pb2_grpc.ArtifactServiceStub) -> None:
+        """Move toward the desired variant; the status goes out with the next heartbeat."""
+        before = self.variant_status
+        self.variant_status = status = await self.reconciler.reconcile(
+            self._desired_state,
+            stub,
+            (("authorization", f"Bearer {self._identity.credential}"),),
+        )
+        if status.active_variant != before.active_variant:
+            self.telemetry.event("variant_activated", status.active_variant)
+        if status.failed_variant and status.failed_variant != before.failed_variant:
+            self.telemetry.event("variant_failed", status.failure_reason)
 
     def _sample(self) -> None:
         """Buffer this interval's measurements of the agent itself."""
@@ -186,6 +221,7 @@ class AgentSession:
             self.config.coordinator, options=CHANNEL_OPTIONS
         ) as channel:
             stub = device_pb2_grpc.DeviceServiceStub(channel)
+            artifacts = artifact_pb2_grpc.ArtifactServiceStub(channel)
             state = device_pb2.AGENT_STATE_STARTING
             while not stop.is_set():
                 try:
@@ -193,6 +229,7 @@ class AgentSession:
                         await self._register(stub)
                     await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
                     state = device_pb2.AGENT_STATE_READY
+                    await self._reconcile(artifacts)
                     self._sample()
                     await self._flush_telemetry(stub, RPC_TIMEOUT_SECONDS)
                     if self.config.backoff.attempt:
@@ -220,6 +257,7 @@ class AgentSession:
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
+            await self.reconciler.aclose()
             await self._say_goodbye(stub)
         self.telemetry.close()
 

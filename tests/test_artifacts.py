@@ -73,17 +73,17 @@ def env(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     root = Path(tmp_path_factory.mktemp("artifacts"))
     data_dir = root / "coord"
     store = VariantStore(data_dir)
-    ids = [
+    a, b, c = (
         store.put({"name": f"variant-{i}", "recipe": "test"}, _bundle_files(i, BIG))
         for i in range(3)
-    ]
+    )
     small = store.put({"name": "small", "recipe": "test"}, _bundle_files(9, SMALL))
     other = VariantStore(root / "other")
     foreign = other.put({"name": "foreign", "recipe": "test"}, _bundle_files(7, BIG))
     shutil.copytree(other.variants_dir / foreign, store.variants_dir / foreign)
-    c = CoordinatorProc(data_dir, free_port(), ["--redis-url", url]).start()
-    yield Env(c.address, data_dir, store, *ids, small, foreign, other.variants_dir / foreign)
-    c.stop()
+    proc = CoordinatorProc(data_dir, free_port(), ["--redis-url", url]).start()
+    yield Env(proc.address, data_dir, store, a, b, c, small, foreign, other.variants_dir / foreign)
+    proc.stop()
 
 
 @dataclass
