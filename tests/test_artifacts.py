@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -28,13 +29,15 @@ import redis
 
 from agent.artifacts import ArtifactCache, IntegrityError, TransferError, UnknownVariantError
 from agent.reconcile import Reconciler
+from coordinator.admin_client import AdminClient
 from coordinator.compression.variant_store import VariantStore
 from edgefleet.archive import Limits, UnsafeArchiveError, pack_directory, unpack_archive
 from edgefleet.bundle import public_key_hex
 from edgefleet.catalog import get_profile
-from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc, device_pb2, device_pb2_grpc
+from edgefleet.v1 import admin_pb2, artifact_pb2, artifact_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
-from tests.conftest import ENROLL_TOKEN, CoordinatorProc, free_port
+from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, free_port, wait_for
+from tests.fleetkit import make_model
 
 T = TypeVar("T")
 BIG = 400_000  # bytes of "weights" in the main bundles: several 64 KiB chunks
@@ -557,3 +560,41 @@ def test_reconcile_does_not_block_heartbeats_during_a_slow_download(
             await asyncio.sleep(0.2)
 
     assert _run(with_stub(env.address, body)) > 3
+
+
+# --- a real agent process, deployed to by a real rollout --------------------------------------
+
+
+def test_real_agent_downloads_verifies_and_activates_a_deployed_variant(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "coord"
+    make_model(data)
+    coord = coordinator_factory(
+        "--offline-after",
+        "30",
+        "--heartbeat-interval",
+        "0.5",
+        "--rollout-interval",
+        "0.2",
+        data_dir=data,
+    )
+    agent = agent_factory(coord.address, "rpi4", "e2e-agent")
+    identity = agent.state_dir / "identity.json"
+    wait_for(identity.exists, 20, "agent registration")
+    with AdminClient(coord.address, ADMIN_TOKEN) as admin:
+        wait_for(lambda: bool(json.loads(identity.read_text())["device_id"]), 20, "enrolment")
+        device_id = json.loads(identity.read_text())["device_id"]
+        rollout = admin.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits", selector=f"device:{device_id}", strategy="all"
+            )
+        )
+        (target,) = {d.variant_id for d in rollout.devices}
+        wait_for(lambda: admin.get_device(device_id).active_variant == target, 30, "activation")
+        assert admin.get_device(device_id).failed_variant == ""
+    cache = ArtifactCache(agent.state_dir, json.loads(identity.read_text())["bundle_public_keys"])
+    assert cache.current() == target
+    assert cache.load(target).variant_id == target
