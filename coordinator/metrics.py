@@ -14,12 +14,15 @@ reports the same fleet and dashboards aggregate them with ``max``, not ``sum``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from coordinator.store import FederatedRound
 from edgefleet import __version__
 from edgefleet.catalog import CATALOG
 
@@ -142,6 +145,32 @@ class CoordinatorMetrics:
             ["variant", "profile"],
             registry=r,
         )
+        self.fl_round_loss = Gauge(
+            "edgefleet_fl_round_loss",
+            "Training loss of the latest federated round, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.fl_round_accuracy = Gauge(
+            "edgefleet_fl_round_accuracy_ratio",
+            "Evaluation accuracy of the latest federated round, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.fl_round_participants = Gauge(
+            "edgefleet_fl_round_participants",
+            "Devices that took part in the latest federated round, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.fl_round_number = Gauge(
+            "edgefleet_fl_round",
+            "Number of the latest federated round, by model.",
+            ["model"],
+            registry=r,
+        )
+        self._fl_outcomes: dict[str, int] = {"completed": 0, "failed": 0}
+        r.register(_FederatedRoundsCollector(self))
         self.rpcs = Counter(
             "edgefleet_grpc_server_handled_total",
             "gRPC calls completed, by service, method and status code.",
@@ -176,6 +205,22 @@ class CoordinatorMetrics:
             self.inference_errors.labels(*labels).inc(value)
         elif name == "inference_accuracy":
             self.inference_accuracy.labels(*labels).set(value)
+
+    def set_federated(self, latest: list[FederatedRound], outcomes: dict[str, int]) -> None:
+        """Replace the federated gauges from the store's snapshot."""
+        for gauge in (
+            self.fl_round_loss,
+            self.fl_round_accuracy,
+            self.fl_round_participants,
+            self.fl_round_number,
+        ):
+            gauge.clear()
+        for r in latest:
+            self.fl_round_loss.labels(r.model).set(r.loss)
+            self.fl_round_accuracy.labels(r.model).set(r.accuracy)
+            self.fl_round_participants.labels(r.model).set(r.participants)
+            self.fl_round_number.labels(r.model).set(r.round)
+        self._fl_outcomes = {"completed": 0, "failed": 0, **outcomes}
 
     def set_rollouts(self, states: dict[str, int], devices: dict[tuple[str, str], int]) -> None:
         """Replace the rollout gauges: ``{state: n}`` and ``{(model, status): n}``."""
@@ -250,3 +295,22 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class _FederatedRoundsCollector(Collector):
+    """``edgefleet_fl_rounds_total``: a counter whose value lives in Redis.
+
+    Rounds are run by the ServerApp process, not this one, so the count is read
+    from the store (by the fleet refresh) and exposed as a counter family here.
+    """
+
+    def __init__(self, metrics: CoordinatorMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "edgefleet_fl_rounds", "Federated rounds finished, by outcome.", labels=["outcome"]
+        )
+        for outcome, n in sorted(self._metrics._fl_outcomes.items()):
+            family.add_metric([outcome], n)
+        yield family

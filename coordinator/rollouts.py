@@ -374,6 +374,10 @@ class RolloutManager:
             message=f"wave 1 of {max(waves) + 1}: {waves.count(0)} device(s)",
         )
         await self._store.create_rollout(rollout_id, rollout.to_json(), now)
+        if self._metrics is not None:  # series exist at 0 before the first event
+            for cause in ROLLBACK_CAUSES:
+                self._metrics.rollout_rollbacks.labels(rollout.model, cause)
+            self._metrics.rollout_waves.labels(rollout.model)
         await self._apply_desired(rollout)
         return rollout
 
@@ -553,15 +557,19 @@ def device_status(rollout: Rollout, device: PlannedDevice, health: DeviceHealth 
     return "active" if health.activated else "pending"
 
 
+_CAUSE_NEEDLES = (
+    ("by operator", "operator"),
+    ("activation failed", "activation"),
+    ("error rate", "error_rate"),
+    ("latency", "latency"),
+    ("accuracy", "accuracy"),
+    ("timed out", "timeout"),
+)
+ROLLBACK_CAUSES = tuple(cause for _, cause in _CAUSE_NEEDLES)
+
+
 def rollback_cause(message: str) -> str:
-    for needle, cause in (
-        ("by operator", "operator"),
-        ("activation failed", "activation"),
-        ("error rate", "error_rate"),
-        ("latency", "latency"),
-        ("accuracy", "accuracy"),
-        ("timed out", "timeout"),
-    ):
+    for needle, cause in _CAUSE_NEEDLES:
         if needle in message:
             return cause
     return "other"

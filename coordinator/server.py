@@ -127,6 +127,8 @@ class Coordinator:
             counts[("online", p.profile)] = p.online
             counts[("offline", p.profile)] = p.offline
         self.metrics.set_fleet(counts)
+        latest, outcomes = await self._store.fl_snapshot()
+        self.metrics.set_federated(latest, outcomes)
         self.metrics.state_store_up.set(1)
         self.metrics.fleet_refresh_seconds.set(time.perf_counter() - start)
 

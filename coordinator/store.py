@@ -65,6 +65,20 @@ class Keys:
         """Sorted set: rollout ids by creation time."""
         return f"{self.prefix}rollouts"
 
+    def fl_rounds(self, model: str) -> str:
+        """Hash: the latest federated round of a model (round, loss, accuracy, participants...)."""
+        return f"{self.prefix}fl:{model}:latest"
+
+    @property
+    def fl_models(self) -> str:
+        """Set: models that ever ran federated rounds."""
+        return f"{self.prefix}fl:models"
+
+    @property
+    def fl_outcomes(self) -> str:
+        """Hash: outcome (completed, failed) -> rounds, over all models."""
+        return f"{self.prefix}fl:outcomes"
+
     def lease(self, name: str) -> str:
         """String: owner of a lease (e.g. which replica runs the rollout controller)."""
         return f"{self.prefix}lease:{name}"
@@ -288,6 +302,20 @@ class TelemetryIn:
     @property
     def is_metric(self) -> bool:
         return self.value is not None
+
+
+@dataclass(frozen=True)
+class FederatedRound:
+    """One federated round as the ServerApp reports it."""
+
+    model: str
+    run_id: str
+    round: int
+    outcome: str  # "completed" | "failed"
+    loss: float
+    accuracy: float
+    participants: int
+    time_unix: float
 
 
 @dataclass(frozen=True)
@@ -588,3 +616,48 @@ class FleetStore:
             keys=[self.keys.lease(name)], args=[owner, str(int(ttl_seconds * 1000))]
         )
         return int(cast(int, result)) == 1
+
+    # --- federated rounds --------------------------------------------------------------
+
+    @_unavailable_on_redis_error
+    async def record_fl_round(self, round_: FederatedRound) -> None:
+        """Record one finished (or failed) round; the coordinator exports it as metrics."""
+        k = self.keys
+        fields = {
+            "run_id": round_.run_id,
+            "round": str(round_.round),
+            "outcome": round_.outcome,
+            "loss": repr(round_.loss),
+            "accuracy": repr(round_.accuracy),
+            "participants": str(round_.participants),
+            "time": repr(round_.time_unix),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.fl_rounds(round_.model), mapping=dict(fields.items()))
+            pipe.sadd(k.fl_models, round_.model)
+            pipe.hincrby(k.fl_outcomes, round_.outcome, 1)
+            await pipe.execute()
+
+    @_unavailable_on_redis_error
+    async def fl_snapshot(self) -> tuple[list[FederatedRound], dict[str, int]]:
+        """The latest round of every model, and round counts by outcome."""
+        k = self.keys
+        models = sorted(cast(set[str], await self._redis.smembers(k.fl_models)))
+        latest = []
+        for model in models:
+            raw = cast(dict[str, str], await self._redis.hgetall(k.fl_rounds(model)))
+            if raw:
+                latest.append(
+                    FederatedRound(
+                        model=model,
+                        run_id=raw.get("run_id", ""),
+                        round=int(raw.get("round") or 0),
+                        outcome=raw.get("outcome", ""),
+                        loss=float(raw.get("loss") or "nan"),
+                        accuracy=float(raw.get("accuracy") or "nan"),
+                        participants=int(raw.get("participants") or 0),
+                        time_unix=float(raw.get("time") or 0.0),
+                    )
+                )
+        outcomes = cast(dict[str, str], await self._redis.hgetall(k.fl_outcomes))
+        return latest, {name: int(n) for name, n in outcomes.items()}
