@@ -45,12 +45,16 @@ RUN useradd --no-log-init --uid 10001 --user-group --home-dir /var/lib/edgefleet
         --shell /usr/sbin/nologin edgefleet \
     && install -d -o edgefleet -g edgefleet -m 0700 /var/lib/edgefleet/data
 COPY --from=builder /opt/venv /opt/venv
+COPY deploy/docker/grpc-healthcheck.py /usr/local/bin/edgefleet-healthcheck
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8
 USER 10001:10001
 WORKDIR /var/lib/edgefleet
 # Tokens (and the embedded Redis, when no EDGEFLEET_REDIS_URL is given) live here.
 VOLUME ["/var/lib/edgefleet/data"]
 EXPOSE 50051 9464
+# gRPC health of the default port; compose overrides the address where the port differs.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["edgefleet-healthcheck", "127.0.0.1:50051"]
 ENTRYPOINT ["edgefleet", "coordinator", "start", "--data-dir", "/var/lib/edgefleet/data"]
 # 0.0.0.0 is the container's own network namespace; publish the ports on 127.0.0.1 (as
 # docker-compose.yml does) or pass --host 127.0.0.1 with host networking.

@@ -273,8 +273,11 @@ def test_stack_comes_up_with_profile_sized_agents_and_prometheus(stack: Stack) -
     online = wait_for_agents(stack, ONLINE_TIMEOUT)
     assert all(d["name"].startswith("compose-") for d in online)
 
-    ids = stack.compose("ps", "-q").stdout.split()
-    agents = [i for i in map(docker_inspect, ids) if "edgefleet.profile" in i["Config"]["Labels"]]
+    containers = [docker_inspect(i) for i in stack.compose("ps", "-q").stdout.split()]
+    by_service = {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in containers}
+    assert by_service["coordinator"]["State"]["Health"]["Status"] == "healthy"
+    assert by_service["coordinator"]["Config"]["User"] == "10001:10001"
+    agents = [c for c in containers if "edgefleet.profile" in c["Config"]["Labels"]]
     assert len({a["Config"]["Labels"]["edgefleet.profile"] for a in agents}) >= MIN_AGENT_PROFILES
     for info in agents:
         profile = get_profile(info["Config"]["Labels"]["edgefleet.profile"])
