@@ -1,8 +1,11 @@
-"""The end-to-end demo behind ``make demo``: a coordinator and a mixed simulated fleet.
+"""The end-to-end demo behind ``make demo``.
 
-It runs everything for real (a coordinator process with its embedded Redis and
-one agent process per device), prints the fleet as an operator would see it,
-and tears it all down. Later features extend this script.
+It runs everything for real: trains a base model on the offline digits set and
+builds compressed variants (``edgefleet models``), starts a coordinator with its
+embedded Redis and one agent process per simulated device, deploys the model
+with a canary rollout (each device gets the variant that fits it; agents
+download, verify and activate it), prints what each device runs and why, and
+tears it all down. Later features extend this script.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from coordinator.admin_client import AdminClient, AdminClientError
 from coordinator.cli import render
 from coordinator.simulate import SimulatedFleet
 from coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
+from edgefleet.v1 import admin_pb2
 
 DEMO_PROFILES = (
     "phone-flagship",
@@ -87,21 +93,133 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
         return proc.wait()
 
 
+DEMO_MODEL = "digits"
+# The per-inference budget of the application each device class serves in the
+# demo (a device label read by selection): a Zero 2 W runs a camera pipeline with
+# a tight frame budget, a Cortex-M4 does keyword spotting at 100 Hz (10 ms).
+DEMO_BUDGETS = {"rpi-zero2w": {"latency-slo-ms": "0.5"}, "cortex-m4": {"latency-slo-ms": "10"}}
+# A spread of the survey's families: quantization, pruning, distillation and a pipeline.
+DEMO_RECIPES = (
+    "fp16",
+    "int8-static",
+    "prune-channels:ratio=0.5:epochs=4+int8-static",
+    "distill:width=0.5:epochs=10",
+    "distill:width=0.25:epochs=10+int8-static",
+)
+
+
+def _cli(*args: str, capture: bool) -> subprocess.CompletedProcess[str]:
+    """Run an ``edgefleet`` command as an operator would (same interpreter)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli.main", *args],
+        capture_output=capture,
+        text=True,
+    )
+    if result.returncode != 0:
+        detail = (result.stderr or "").strip().splitlines()[-1:] if capture else []
+        raise AdminClientError(f"edgefleet {' '.join(args[:2])} failed: {' '.join(detail)}")
+    return result
+
+
+def build_demo_model(data_dir: Path, err_console: Console, as_json: bool) -> list[dict[str, Any]]:
+    """Train the base model on digits and build its variants; return the variants table."""
+    store = ["--data-dir", str(data_dir)]
+    err_console.print("  edgefleet models add digits --arch ds-cnn --width 0.5 --epochs 15")
+    _cli(
+        "models",
+        "add",
+        DEMO_MODEL,
+        "--arch",
+        "ds-cnn",
+        "--width",
+        "0.5",
+        "--epochs",
+        "15",
+        "--latency-runs",
+        "100",
+        *store,
+        capture=as_json,
+    )
+    err_console.print(f"  edgefleet models build digits --recipes {','.join(DEMO_RECIPES)}")
+    _cli(
+        "models",
+        "build",
+        DEMO_MODEL,
+        "--recipes",
+        ",".join(DEMO_RECIPES),
+        "--latency-runs",
+        "100",
+        *store,
+        capture=as_json,
+    )
+    if not as_json:
+        _cli("models", "variants", DEMO_MODEL, *store, capture=False)
+    listed = _cli("models", "variants", DEMO_MODEL, "--json", *store, capture=True)
+    variants: list[dict[str, Any]] = json.loads(listed.stdout)
+    return variants
+
+
+def choices_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="what each device runs, and why", title_justify="left")
+    for col in ("DEVICE", "PROFILE", "ACTIVE", "RECIPE", "RUNTIME", "PRED MS", "WHY"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["profile"],
+            (r["variant"] or "-")[:12],
+            r["recipe"],
+            r["runtime"],
+            f"{r['predicted_latency_ms']:.3g}",
+            r["reason"],
+        )
+    return table
+
+
+def device_choices(client: AdminClient) -> list[dict[str, Any]]:
+    rows = []
+    for d in sorted(client.list_devices(), key=lambda d: d.name):
+        e = client.explain_device(d.id, DEMO_MODEL)
+        chosen = next((c for c in e.candidates if c.chosen), None)
+        rows.append(
+            {
+                "device_id": d.id,
+                "name": d.name,
+                "profile": d.profile.name,
+                "slo_ms": d.labels.get("latency-slo-ms", ""),
+                "variant": d.active_variant or None,
+                "chosen": e.chosen_variant or None,
+                "recipe": chosen.recipe if chosen else "-",
+                "runtime": chosen.runtime if chosen else "-",
+                "predicted_latency_ms": chosen.predicted_latency_ms if chosen else 0.0,
+                "fits": sum(1 for c in e.candidates if c.fits),
+                "candidates": len(e.candidates),
+                "reason": e.reason,
+            }
+        )
+    return rows
+
+
 def run_demo(
     *, devices: int, data_dir: Path, console: Console, err_console: Console, as_json: bool
 ) -> None:
     from coordinator.cli.main import wait_until_online
+    from coordinator.cli.rollout_cmds import rollout_to_dict
 
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    err_console.print(f"[bold]1/3[/bold] starting a coordinator (state in {data_dir})")
-    coordinator, address = start_coordinator_process(data_dir)
+    err_console.print("[bold]1/5[/bold] training a base model on digits and building variants")
+    variants = build_demo_model(data_dir, err_console, as_json)
+    err_console.print(f"[bold]2/5[/bold] starting a coordinator (state in {data_dir})")
+    coordinator, address = start_coordinator_process(
+        data_dir, ["--heartbeat-interval", "1", "--rollout-interval", "0.5"]
+    )
     fleet: SimulatedFleet | None = None
     try:
         admin = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
         enroll = (data_dir / ENROLL_TOKEN_FILE).read_text().strip()
         err_console.print(
-            f"[bold]2/3[/bold] starting {devices} simulated devices against {address}"
+            f"[bold]3/5[/bold] starting {devices} simulated devices against {address}"
         )
         fleet = SimulatedFleet.start(
             coordinator=address,
@@ -109,17 +227,41 @@ def run_demo(
             profiles=DEMO_PROFILES,
             count=devices,
             state_root=data_dir / "agents",
+            labels_by_profile=DEMO_BUDGETS,
         )
         with AdminClient(address, admin) as client:
             wait_until_online(client, {a.name for a in fleet.agents}, timeout=60)
+            err_console.print(
+                "[bold]4/5[/bold] edgefleet deploy digits --to all --strategy canary --soak 2"
+            )
+            rollout = client.create_rollout(
+                admin_pb2.CreateRolloutRequest(
+                    model=DEMO_MODEL,
+                    selector="all",
+                    strategy="canary",
+                    canary_fraction=0.25,
+                    gate=admin_pb2.RolloutGate(soak_seconds=2, wave_timeout_seconds=120),
+                )
+            )
+            deadline = time.monotonic() + 180
+            while rollout.state not in ("succeeded", "rolled_back"):
+                if time.monotonic() > deadline:
+                    raise AdminClientError(f"rollout {rollout.id} still {rollout.state}")
+                time.sleep(0.5)
+                rollout = client.get_rollout(rollout.id)
+            err_console.print(f"  rollout {rollout.id}: {rollout.state} ({rollout.message})")
             listed = client.list_devices()
             summary = client.fleet_summary()
-        err_console.print("[bold]3/3[/bold] the fleet as the coordinator sees it")
+            choices = device_choices(client)
+        err_console.print("[bold]5/5[/bold] the fleet as the coordinator sees it")
         if as_json:
             sys.stdout.write(
                 json.dumps(
                     {
+                        "variants": variants,
+                        "rollout": rollout_to_dict(rollout),
                         "devices": [render.device_to_dict(d) for d in listed],
+                        "choices": choices,
                         "summary": render.summary_to_dict(summary),
                     },
                     indent=2,
@@ -129,6 +271,7 @@ def run_demo(
         else:
             console.print(render.devices_table(listed))
             console.print(render.summary_table(summary))
+            console.print(choices_table(choices))
     finally:
         if fleet is not None:
             report = fleet.stop()

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,7 @@ class SimulatedFleet:
         count: int,
         state_root: Path,
         extra_args: Sequence[str] = (),
+        labels_by_profile: Mapping[str, Mapping[str, str]] | None = None,
     ) -> SimulatedFleet:
         if count < 1:
             raise ValueError("--devices must be at least 1")
@@ -80,6 +81,11 @@ class SimulatedFleet:
                 name,
                 "--label",
                 "simulated=true",
+                *[
+                    arg
+                    for key, value in (labels_by_profile or {}).get(profile, {}).items()
+                    for arg in ("--label", f"{key}={value}")
+                ],
                 *extra_args,
             ]
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)

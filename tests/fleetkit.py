@@ -84,6 +84,36 @@ def make_model(data_dir: Path, name: str = "digits", tag: str = "") -> dict[str,
     return ids
 
 
+MIB = 1024 * 1024
+
+
+def make_vision_model(data_dir: Path, name: str = "vision") -> dict[str, str]:
+    """A larger model family where budgets, not taste, separate the devices:
+
+    - ``xl`` fp32, 600 MiB of weights, the most accurate;
+    - ``l`` fp16, 300 MiB, within 0.5 pt of ``xl`` (fp16 devices take it: faster);
+    - ``m`` int8, 150 MiB, 0.8 pt below ``xl`` (taken only where ``xl``/``l`` cannot run);
+    - ``s`` int8 with an MCU export, 300 KiB flash and a 200 KiB arena.
+    """
+    store = VariantStore(data_dir)
+    specs = {
+        "xl": ("fp32", 0.950, 600 * MIB, 8 * MIB, 2_000_000_000, 40.0, None, 0),
+        "l": ("fp16", 0.947, 300 * MIB, 4 * MIB, 2_000_000_000, 38.0, None, 0),
+        "m": ("int8", 0.942, 150 * MIB, 2 * MIB, 2_000_000_000, 30.0, None, 0),
+        "s": ("int8", 0.900, 280 * 1024, 200 * 1024, 5_000_000, 0.2, 300 * 1024, 0),
+    }
+    ids = {}
+    for recipe, (precision, acc, wbytes, peak, macs, lat, flash, _) in specs.items():
+        body = variant_manifest(name, recipe, precision, acc, wbytes, peak, macs, lat, flash)
+        ids[recipe] = store.put(body, {"model.onnx": recipe.encode() * 64})
+    store.add_model(
+        ModelEntry(name=name, architecture={"name": "synthetic"}, dataset="digits", base=ids["xl"])
+    )
+    for vid in ids.values():
+        store.add_variant(name, vid)
+    return ids
+
+
 @dataclass
 class ScriptedDevice:
     address: str

@@ -22,7 +22,7 @@ from coordinator.selection import Policy, VariantFacts, select
 from edgefleet.catalog import get_profile
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, wait_for
-from tests.fleetkit import ScriptedDevice, make_model
+from tests.fleetkit import MIB, ScriptedDevice, make_model, make_vision_model
 
 FAST = ("--offline-after", "30", "--heartbeat-interval", "0.5", "--rollout-interval", "0.2")
 
@@ -371,3 +371,77 @@ def test_cli_deploy_explain_and_status(fleet) -> None:  # type: ignore[no-untype
     assert listed[0]["id"] == rid and listed[0]["counts"] == {"active": 1}
     unknown = cli("deploy", "nope")
     assert unknown.returncode == 1 and "unknown model" in unknown.stderr
+
+
+def test_a_mixed_fleet_gets_different_variants_and_a_shrunk_budget_moves_the_choice(
+    coordinator_factory: Callable[..., CoordinatorProc], tmp_path: Path
+) -> None:
+    data = tmp_path / "coord"
+    ids = make_vision_model(data)
+    coord = coordinator_factory(*FAST, data_dir=data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(EDGEFLEET_COORDINATOR=coord.address, EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+
+    def explain(device: ScriptedDevice) -> dict:  # type: ignore[type-arg]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli.main",
+                "devices",
+                "explain",
+                device.device_id,
+                "--model",
+                "vision",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    fleet = {
+        name: ScriptedDevice.register(coord.address, name, name)
+        for name in ("phone-flagship", "rpi4", "rpi-zero2w", "cortex-m7")
+    }
+    chosen = {name: explain(d)["chosen"] for name, d in fleet.items()}
+    by_id = {v: k for k, v in ids.items()}
+    assert {n: by_id[c] for n, c in chosen.items()} == {
+        "phone-flagship": "l",  # fp16 is within 0.5 pt and faster on its core
+        "rpi4": "xl",  # no fp16 here; xl fits 4 GiB
+        "rpi-zero2w": "m",  # 512 MiB: xl and l do not fit
+        "cortex-m7": "s",  # int8 only, and only s has an MCU image that fits
+    }
+    assert len(set(chosen.values())) >= 3
+    zero = explain(fleet["rpi-zero2w"])
+    xl = next(c for c in zero["candidates"] if c["variant"] == ids["xl"])
+    assert not xl["fits"] and "ram: needs" in xl["reason"] and "short by" in xl["reason"]
+    m7 = explain(fleet["cortex-m7"])
+    s_row = next(c for c in m7["candidates"] if c["variant"] == ids["s"])
+    assert s_row["fits"] and s_row["runtime"] == "mcu-sim"
+    m7_profile = get_profile("cortex-m7")
+    assert m7_profile.storage_bytes >= 300 * 1024  # its flash image fits flash
+    assert m7_profile.ram_bytes >= 280 * 1024 + 200 * 1024 + 16 * 1024  # and its arena SRAM
+
+    # shrink one budget: a Pi 4 with 512 MiB of RAM can no longer hold xl
+    small_pi = get_profile("rpi4").model_copy(update={"ram_bytes": 512 * MIB})
+    shrunk = ScriptedDevice.register(coord.address, "rpi4-512m", small_pi)
+    moved = explain(shrunk)
+    assert moved["chosen"] == ids["m"]
+    xl = next(c for c in moved["candidates"] if c["variant"] == ids["xl"])
+    assert xl["reason"].startswith("ram: needs") and "has 512.0 MiB" in xl["reason"]
+    # and a device latency budget does the same through its label
+    slow = ScriptedDevice.register(coord.address, "rpi4-slo", "rpi4")
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        before = c.explain_device(slow.device_id, "vision").chosen_variant
+        tight = c.explain_device(slow.device_id, "vision", slo_ms=100.0)
+    assert before == ids["xl"] and tight.chosen_variant != ids["xl"]
+    assert any(
+        f.startswith("latency: predicted")
+        for c in tight.candidates
+        if c.variant_id == ids["xl"]
+        for f in c.failures
+    )
