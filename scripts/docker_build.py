@@ -43,6 +43,8 @@ TORCH_SPEC = "torch==2.13.0"
 # Largest torch wheel we accept: CPU wheels are ~200 MB, CUDA ones several GB.
 MAX_TORCH_WHEEL_BYTES = 600 * 1024 * 1024
 IMAGES = ("coordinator", "agent", "redis", "prometheus")
+MULTI_STAGE = ("coordinator", "agent")  # their "builder" stage is tagged as the layer cache
+BUILD_LABEL = "org.edgefleet.build=true"  # set by every Dockerfile in deploy/docker
 # In the container the extras are at this path (see the Dockerfiles).
 CONTAINER_EXTRAS = "/tmp/build-extras"
 
@@ -309,26 +311,41 @@ def docker_env() -> dict[str, str]:
 def build_image(component: str, opts: Options, env: dict[str, str]) -> None:
     dockerfile = DOCKER_DIR / f"{component}.Dockerfile"
     tag = f"edgefleet-{component}:{opts.tag}"
-    cmd = [
+    common = [
         "docker",
         "build",
         "--network",
         "host",
         "-f",
         str(dockerfile),
-        "-t",
-        tag,
         "--build-arg",
         f"BASE_IMAGE={opts.base_image}",
     ]
     if component == "coordinator":
         extras = "coordinator,compress" if opts.compress else "coordinator"
-        cmd += ["--build-arg", f"EXTRAS={extras}"]
-    if opts.no_cache:
-        cmd.append("--no-cache")
+        common += ["--build-arg", f"EXTRAS={extras}"]
+    first_pass = [*common, "--no-cache"] if opts.no_cache else common
     started = time.monotonic()
-    run([*cmd, str(REPO)], env=env, stdout=sys.stderr)
+    if component in MULTI_STAGE:
+        # Tag the builder stage too: it is the layer cache of the next build, and a tag keeps
+        # it from being pruned as dangling (see prune_superseded). The final build reuses it.
+        builder = f"edgefleet-{component}-builder:{opts.tag}"
+        run(
+            [*first_pass, "--target", "builder", "-t", builder, str(REPO)],
+            env=env,
+            stdout=sys.stderr,
+        )
+        first_pass = common
+    run([*first_pass, "-t", tag, str(REPO)], env=env, stdout=sys.stderr)
     log(f"built {tag} in {time.monotonic() - started:.0f}s")
+
+
+def prune_superseded() -> None:
+    """Remove our images that a rebuild left untagged (each source change leaves ~0.5 GB)."""
+    run(
+        ["docker", "image", "prune", "-f", "--filter", f"label={BUILD_LABEL}"],
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def build(opts: Options) -> None:
@@ -347,6 +364,7 @@ def build(opts: Options) -> None:
                 build_image(component, opts, env)
         finally:
             clean_extras()
+    prune_superseded()
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:

@@ -11,6 +11,8 @@ ARG BASE_IMAGE=python:3.11-slim
 # --- python: the base plus Python >= 3.11 with venv. The official image has it; a bare
 #     Debian bookworm base (what scripts/docker_build.py makes offline) gets Debian's 3.11.
 FROM ${BASE_IMAGE} AS python
+# Marks every stage, so scripts/docker_build.py can prune only its own superseded images.
+LABEL org.edgefleet.build="true"
 RUN set -eu; \
     if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then \
         apt-get update; \

@@ -2,6 +2,7 @@
 # prom/prometheus (docker-compose.offline.yml).
 ARG BASE_IMAGE=edgefleet-base:bookworm
 FROM ${BASE_IMAGE}
+LABEL org.edgefleet.build="true"
 RUN set -eu; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \

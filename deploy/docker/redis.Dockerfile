@@ -1,6 +1,7 @@
 # Redis from Debian's package, for machines that cannot pull redis:7 (docker-compose.offline.yml).
 ARG BASE_IMAGE=edgefleet-base:bookworm
 FROM ${BASE_IMAGE}
+LABEL org.edgefleet.build="true"
 RUN set -eu; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server redis-tools; \
