@@ -5,6 +5,7 @@ Torch is imported lazily: the ServerApp process pays it once per run, not per ro
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,21 @@ INPUT_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 
 
-def arch_config(arch: str, width: float) -> dict[str, Any]:
-    """The zoo's default config for ``arch`` at ``width`` (digits input, 10 classes)."""
+def arch_config(arch: str, width: float, override: str = "") -> dict[str, Any]:
+    """The zoo's default config for ``arch`` at ``width`` (digits input, 10 classes).
+
+    ``override`` (JSON) replaces the default full-width config; for an ``mlp`` its hidden
+    sizes are then scaled by ``width`` the same way the zoo scales its defaults.
+    """
     from edgefleet.zoo import ARCHITECTURES
 
+    if override:
+        cfg: dict[str, Any] = json.loads(override)
+        if width != 1.0:
+            if arch != "mlp":
+                raise ValueError("an arch-config override can be width-scaled for mlp only")
+            cfg["hidden"] = [max(4, round(h * width)) for h in cfg["hidden"]]
+        return cfg
     entry = ARCHITECTURES[arch]
     third = 64 if entry.flat_input else INPUT_SHAPE[0]
     return dict(entry.default_config(width, NUM_CLASSES, third))
@@ -41,19 +53,18 @@ def _build(arch: str, config: dict[str, Any]) -> Any:
     return build_model(ArchitectureSpec(name=arch, config=config, input_shape=INPUT_SHAPE))
 
 
-def shapes(arch: str, width: float) -> dict[str, tuple[int, ...]]:
+def shapes(arch: str, width: float, override: str = "") -> dict[str, tuple[int, ...]]:
     """Tensor shapes of ``arch`` at ``width`` (what a width-``w`` client holds)."""
-    return {
-        k: tuple(v.shape) for k, v in _build(arch, arch_config(arch, width)).state_dict().items()
-    }
+    model = _build(arch, arch_config(arch, width, override))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def initial_params(arch: str, width: float = 1.0, seed: int = 0) -> Arrays:
+def initial_params(arch: str, width: float = 1.0, seed: int = 0, override: str = "") -> Arrays:
     """Fresh seeded weights of the full-width model."""
     import torch
 
     torch.manual_seed(seed)
-    model = _build(arch, arch_config(arch, width))
+    model = _build(arch, arch_config(arch, width, override))
     return {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
 
 
@@ -82,8 +93,7 @@ def score(
         return mlp_numpy.evaluate(params, x, y)
     import torch
 
-    width_cfg = _config_from_params(arch, params)
-    model = _build(arch, width_cfg)
+    model = _build(arch, arch_config(arch, 1.0))
     ref = model.state_dict()
     model.load_state_dict(
         {k: torch.from_numpy(np.array(v)).to(ref[k].dtype) for k, v in params.items()}
@@ -95,8 +105,3 @@ def score(
         return float(torch.nn.functional.cross_entropy(logits, t)), float(
             (logits.argmax(1) == t).float().mean()
         )
-
-
-def _config_from_params(arch: str, params: Arrays) -> dict[str, Any]:
-    """Full width unless the tensors say otherwise (the global model is always width 1.0)."""
-    return arch_config(arch, 1.0)

@@ -55,6 +55,7 @@ class RunSettings:
     min_devices: int = 2
     select: str = ""
     arch: str = "mlp"
+    arch_config: str = ""
     init_path: str = ""
     test_path: str = ""
     out_dir: str = ""
@@ -175,7 +176,9 @@ def device_facts(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def pick_width(facts: Mapping[str, Any], arch: str, budget_fraction: float) -> float | None:
+def pick_width(
+    facts: Mapping[str, Any], arch: str, budget_fraction: float, override: str = ""
+) -> float | None:
     """The widest model whose fine-tuning fits the device's RAM budget (None: none fits)."""
     from agent.fl.clientapp import training_bytes
 
@@ -183,7 +186,7 @@ def pick_width(facts: Mapping[str, Any], arch: str, budget_fraction: float) -> f
         return float(facts["width"])
     budget = float(facts.get("ram") or 0) * budget_fraction
     for width in WIDTHS:
-        shp = fl_model.shapes(arch, width)
+        shp = fl_model.shapes(arch, width, override)
         n = sum(int(np.prod(s)) for s in shp.values())
         widest = max(s[0] for s in shp.values() if s) * 64
         if not budget or training_bytes(n, 8, widest) <= budget:
@@ -287,7 +290,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     widths: dict[int, float] = {}
     if settings.strategy == "heterofl":
         for n in list(selected):
-            w = pick_width(facts[n], settings.arch, settings.budget_fraction)
+            w = pick_width(facts[n], settings.arch, settings.budget_fraction, settings.arch_config)
             if w is None:
                 selected.remove(n)  # cannot hold even the narrowest slice
             else:
@@ -307,7 +310,9 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     params = (
         fl_model.load_params(settings.init_path)
         if settings.init_path
-        else fl_model.initial_params(settings.arch, seed=settings.seed)
+        else fl_model.initial_params(
+            settings.arch, seed=settings.seed, override=settings.arch_config
+        )
     )
     test = np.load(settings.test_path) if settings.test_path else None
 
@@ -320,7 +325,9 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     rec.write(initial={"test_loss": initial_loss, "test_acc": initial_acc})
     view = SelectedGrid(grid, selected, settings.poll_interval)
     strategy = _homogeneous(settings, len(selected)) if settings.strategy != "heterofl" else None
-    local_shapes = {w: fl_model.shapes(settings.arch, w) for w in set(widths.values())}
+    local_shapes = {
+        w: fl_model.shapes(settings.arch, w, settings.arch_config) for w in set(widths.values())
+    }
 
     for rnd in range(1, settings.num_rounds + 1):
         t0 = time.monotonic()
@@ -338,14 +345,16 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             for n in view.get_node_ids():
                 w = widths[n]
                 cfg = ConfigRecord(dict(config))
-                cfg["arch-config"] = json.dumps(fl_model.arch_config(settings.arch, w))
+                cfg["arch-config"] = json.dumps(
+                    fl_model.arch_config(settings.arch, w, settings.arch_config)
+                )
                 local = heterofl.slice_params(params, local_shapes[w])
                 content = RecordDict({"arrays": _record(local), "config": cfg})
                 messages.append(Message(content, dst_node_id=n, message_type=MessageType.TRAIN))
         if settings.arch != "mlp" and strategy is not None:
             for m in messages:
                 m.content.config_records["config"]["arch-config"] = json.dumps(
-                    fl_model.arch_config(settings.arch, 1.0)
+                    fl_model.arch_config(settings.arch, 1.0, settings.arch_config)
                 )
         replies = exchange(grid, messages, settings.round_timeout, settings.poll_interval)
         ok = [r for r in replies if not r.has_error()]
@@ -377,6 +386,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": time.monotonic() - t0,
+            "ended": time.time(),
         }
         rec.doc["rounds"].append(round_doc)
         rec.write()
@@ -390,7 +400,12 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         for n in view.get_node_ids():
             w = widths.get(n, 1.0)
             cfg_n = ConfigRecord(
-                {**dict(cfg), "arch-config": json.dumps(fl_model.arch_config(settings.arch, w))}
+                {
+                    **dict(cfg),
+                    "arch-config": json.dumps(
+                        fl_model.arch_config(settings.arch, w, settings.arch_config)
+                    ),
+                }
             )
             local = heterofl.slice_params(params, local_shapes[w]) if widths else params
             content = RecordDict({"arrays": _record(local), "config": cfg_n})
