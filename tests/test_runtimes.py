@@ -77,6 +77,16 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> Variants:
     return Variants(store, store.load(entry.base), store.load(fp16), store.load(int8))
 
 
+@pytest.fixture(scope="module")
+def resnet_int8(variants: Variants) -> Bundle:
+    """ResNet-8 exercises the residual int8 ADD that DS-CNN lacks."""
+    options = BuildOptions(latency=LatencyConfig(warmup=2, runs=5))
+    spec = ArchitectureSpec.zoo("resnet-8", width=0.5)
+    register_model(variants.store, "digits-resnet8", spec, "digits", epochs=5, options=options)
+    (int8,) = build_variants(variants.store, "digits-resnet8", ["int8-static"], options=options)
+    return variants.store.load(int8)
+
+
 def _profile(base: str, **changes: Any) -> DeviceProfile:
     return get_profile(base).model_copy(update=changes)
 
@@ -84,13 +94,21 @@ def _profile(base: str, **changes: Any) -> DeviceProfile:
 # --- accuracy match -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("arch", ["ds-cnn", "resnet-8"])
 def test_mcu_sim_matches_onnxruntime_on_the_digits_test_split(
-    variants: Variants, digits: Dataset, record_property: Any
+    arch: str, request: pytest.FixtureRequest, digits: Dataset, record_property: Any
 ) -> None:
+    if arch == "ds-cnn":
+        bundle = request.getfixturevalue("variants").int8
+    else:
+        bundle = request.getfixturevalue("resnet_int8")
+    assert any(op["op"] == "add" for op in json.loads(bundle.file("mcu.json"))["ops"]) == (
+        arch == "resnet-8"
+    )
     mcu = open_runtime("mcu-sim", get_profile("cortex-m7"))
     ort = open_runtime("onnxruntime", get_profile("rpi4"))
-    mcu.load(variants.int8)
-    ort.load(variants.int8)
+    mcu.load(bundle)
+    ort.load(bundle)
     assert isinstance(mcu, McuSimRuntime)
     x = digits.x_test
     q_mcu = mcu.run_int8(mcu.quantize_input(x)).reshape(len(x), -1)
@@ -104,7 +122,7 @@ def test_mcu_sim_matches_onnxruntime_on_the_digits_test_split(
     record_property("argmax_agreement", agreement)
     record_property("max_lsb_diff", int(lsb.max()))
     print(
-        f"\nmcu-sim vs onnxruntime on {len(x)} test images: argmax agreement "
+        f"\n{arch}: mcu-sim vs onnxruntime on {len(x)} test images: argmax agreement "
         f"{agreement:.2%}, max |diff| {int(lsb.max())} LSB, mean {lsb.mean():.3f} LSB"
     )
     assert agreement >= ARGMAX_AGREEMENT

@@ -65,6 +65,7 @@ IntArray = npt.NDArray[np.integer[Any]]
 I32 = npt.NDArray[np.int32]
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _ALIGN = 16  # TFLM aligns every arena buffer to 16 bytes
+_CHUNK = 32  # samples per vectorised pass on the host
 _ST_DTYPES = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64}
 _DENSE = ("conv2d", "depthwise_conv2d", "fully_connected")
 _SAME_QPARAMS = ("max_pool2d", "average_pool2d", "clamp")
@@ -629,7 +630,14 @@ class McuSimRuntime(Runtime):
         return _clamp_int8(np.clip(q, -128, 127).astype(np.int32))
 
     def run_int8(self, q: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
-        """The integer graph from the int8 input tensor to the int8 output tensor."""
+        """The integer graph from the int8 input tensor to the int8 output tensor.
+
+        Large batches run in chunks: the vectorised kernels' im2col buffers grow with the
+        batch, and the emulator's own host memory should not balloon on an evaluation pass.
+        """
+        if q.shape[0] > _CHUNK:
+            parts = [self.run_int8(q[i : i + _CHUNK]) for i in range(0, q.shape[0], _CHUNK)]
+            return np.concatenate(parts)
         g = self.graph
         vals: dict[str, npt.NDArray[np.int8]] = {g.input: q}
         n = q.shape[0]
