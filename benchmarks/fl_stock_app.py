@@ -67,8 +67,8 @@ server = ServerApp()
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     """FedAvg's own round loop; round end times go to ``times-path``."""
-    rounds = int(context.run_config["num-rounds"])  # type: ignore[arg-type]
-    nodes = int(context.run_config["min-nodes"])  # type: ignore[arg-type]
+    rounds = int(context.run_config["num-rounds"])
+    nodes = int(context.run_config["min-nodes"])
     times_path = Path(str(context.run_config["times-path"]))
     stamps: list[float] = []
 

@@ -104,7 +104,8 @@ class LocalFederation:
         node = SuperNodeSupervisor(
             self.address, node_config, self.root / f"node-{i}", port=free_port(), env=self.env
         )
-        self.supernodes.append(node.start())
+        node.start()
+        self.supernodes.append(node)
         return node
 
     def run(self, config: Mapping[str, object], name: str = "run") -> Path:
