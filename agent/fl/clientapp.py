@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,20 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-__all__ = ["app", "training_bytes"]
+__all__ = ["app", "training_bytes", "widest_activation"]
 
 app = ClientApp()
 
 #: Fraction of the device's RAM the agent lets one fine-tuning step use.
 DEFAULT_BUDGET_FRACTION = 0.25
 FACT_KEYS = ("device-id", "profile", "ram-bytes", "battery", "health", "labels", "width")
+
+
+def widest_activation(shapes: Iterable[Sequence[int]]) -> int:
+    """Largest per-sample activation: widest layer x 8x8 pixels for conv nets, x 1 for MLPs."""
+    shapes = [tuple(s) for s in shapes if len(s) >= 1]
+    spatial = 64 if any(len(s) == 4 for s in shapes) else 1
+    return max(int(s[0]) for s in shapes) * spatial
 
 
 def training_bytes(num_params: int, batch_size: int, widest_activation: int) -> int:
@@ -76,7 +83,7 @@ def _arrays(record: ArrayRecord) -> dict[str, np.ndarray[Any, Any]]:
 
 
 def _record(params: dict[str, np.ndarray[Any, Any]]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in params.items()})
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in params.items()})
 
 
 @app.train()
@@ -99,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
     params = _arrays(arrays)
 
     num_params = sum(int(v.size) for v in params.values())
-    widest = max(int(v.shape[0]) for v in params.values() if v.ndim >= 1) * 64
+    widest = widest_activation(v.shape for v in params.values())
     ram = int(context.node_config.get("ram-bytes", 0) or 0)
     budget = int(ram * float(context.node_config.get("budget-fraction", DEFAULT_BUDGET_FRACTION)))
     while budget and batch > 1 and training_bytes(num_params, batch, widest) > budget:

@@ -49,7 +49,7 @@ def slice_params(
     """The width-``w`` client's model: the leading slice of every global tensor."""
     check_nested({k: v.shape for k, v in global_params.items()}, local_shapes)
     return {
-        k: np.ascontiguousarray(v[leading_slice(local_shapes[k])]) for k, v in global_params.items()
+        k: np.array(v[leading_slice(local_shapes[k])], copy=True) for k, v in global_params.items()
     }
 
 

@@ -180,7 +180,7 @@ def pick_width(
     facts: Mapping[str, Any], arch: str, budget_fraction: float, override: str = ""
 ) -> float | None:
     """The widest model whose fine-tuning fits the device's RAM budget (None: none fits)."""
-    from agent.fl.clientapp import training_bytes
+    from agent.fl.clientapp import training_bytes, widest_activation
 
     if facts.get("width"):
         return float(facts["width"])
@@ -188,7 +188,7 @@ def pick_width(
     for width in WIDTHS:
         shp = fl_model.shapes(arch, width, override)
         n = sum(int(np.prod(s)) for s in shp.values())
-        widest = max(s[0] for s in shp.values() if s) * 64
+        widest = widest_activation(shp.values())
         if not budget or training_bytes(n, 8, widest) <= budget:
             return width
     return None
@@ -220,7 +220,7 @@ def _arrays_of(msg: Message) -> dict[str, Any]:
 
 
 def _record(params: Mapping[str, Any]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in params.items()})
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in params.items()})
 
 
 def _homogeneous(settings: RunSettings, n_selected: int) -> fl_strategy.Strategy:
