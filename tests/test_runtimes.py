@@ -25,6 +25,7 @@ from safetensors.numpy import save as save_np
 
 from agent.runtimes import (
     BudgetExceededError,
+    BundleFormatError,
     InputDtypeError,
     InputShapeError,
     NotLoadedError,
@@ -445,3 +446,20 @@ def test_relu6_clamp_and_int8_softmax() -> None:
     ref /= ref.sum(1, keepdims=True)
     assert np.abs(probs - ref).max() <= 2 / 256
     np.testing.assert_array_equal(soft.argmax(1), logits.argmax(1))
+
+
+def test_unknown_ops_and_format_versions_are_refused_at_load() -> None:
+    rt = McuSimRuntime(get_profile("cortex-m7"))
+    gelu = _synthetic_bundle([{"op": "gelu", "inputs": ["x"], "output": "y"}], [1, 4], [1, 4])
+    with pytest.raises(BundleFormatError, match="unsupported op 'gelu'"):
+        rt.load(gelu)
+    ok = _synthetic_bundle([{"op": "clamp", "inputs": ["x"], "output": "y",
+                             "activation_min": 0, "activation_max": 127}], [1, 4], [1, 4])  # fmt: skip
+    graph = json.loads(ok.file("mcu.json"))
+    graph["version"] = MCU_FORMAT_VERSION + 1
+    newer = Bundle("1" * 64, ok.manifest, {**ok.files, "mcu.json": json.dumps(graph).encode()},
+                   Path("."), "test")  # fmt: skip
+    with pytest.raises(BundleFormatError, match="version"):
+        rt.load(newer)
+    rt.load(ok)
+    assert rt.predict(np.array([[0.1, -0.2, 0.3, 0.0]], np.float32)).tolist() == [2]

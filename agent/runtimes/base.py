@@ -238,6 +238,11 @@ class Runtime(ABC):
             self.last_latency_ms = (time.perf_counter() - start) * 1000.0
         return logits
 
+    def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+        """Class indices (argmax of the logits; ties go to the lowest index)."""
+        out: npt.NDArray[np.intp] = self.infer(batch).argmax(axis=1)
+        return out
+
     @abstractmethod
     def _infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Run a validated batch."""
