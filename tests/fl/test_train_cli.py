@@ -1,0 +1,57 @@
+"""``edgefleet train``: argument errors are one line, listings read run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from coordinator.cli.train_cmds import train_app
+
+runner = CliRunner()
+
+
+def test_bad_selection_is_rejected_before_anything_starts(tmp_path: Path) -> None:
+    res = runner.invoke(
+        train_app,
+        ["start", "mlp", "--local", "2", "--select", "ram>=lots", "--runs-dir", str(tmp_path)],
+    )
+    assert res.exit_code == 1
+    assert "ram needs a number, got 'lots'" in res.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_strategy_and_missing_target(tmp_path: Path) -> None:
+    res = runner.invoke(train_app, ["start", "mlp", "--strategy", "fedsgd", "--local", "2"])
+    assert res.exit_code == 1 and "--strategy must be one of" in res.output
+    res = runner.invoke(train_app, ["start", "mlp", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "exactly one of --superlink" in res.output
+
+
+def test_ls_and_status_read_the_run_record(tmp_path: Path) -> None:
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"superlink": "127.0.0.1:9093", "flwr_run_id": 7}))
+    (run / "progress.json").write_text(
+        json.dumps(
+            {
+                "state": "succeeded",
+                "settings": {"num_rounds": 1, "strategy": "heterofl", "arch": "mlp"},
+                "rounds": [
+                    {"round": 1, "participants": ["a", "b"], "train_loss": 0.5,
+                     "client_eval_acc": 0.7, "test_acc": 0.8, "seconds": 4.2}
+                ],
+                "final": {"test_acc": 0.8},
+            }
+        )
+    )  # fmt: skip
+    res = runner.invoke(train_app, ["ls", "--runs-dir", str(tmp_path), "--json"])
+    assert res.exit_code == 0
+    [doc] = json.loads(res.output)
+    assert doc["name"] == "r1" and doc["state"] == "succeeded" and doc["strategy"] == "heterofl"
+    res = runner.invoke(train_app, ["status", "r1", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 0
+    assert "round 1/1: 2 device(s), loss 0.500, client acc 70.0%, test acc 80.0%" in res.output
+    res = runner.invoke(train_app, ["status", "nope", "--runs-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "no run 'nope'" in res.output
