@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= coordinator,dev
+EXTRAS ?= coordinator,compress,federated,agent-onnx,agent-torch,agent-mcu,docker,dev
 STAMP := $(VENV)/.installed
 
 export FLWR_TELEMETRY_ENABLED := 0

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def start_coordinator_process(
     raise AdminClientError(f"coordinator did not start within {timeout:.0f}s")
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -121,37 +122,18 @@ def _cli(*args: str, capture: bool) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def build_demo_model(data_dir: Path, err_console: Console, as_json: bool) -> list[dict[str, Any]]:
+def build_demo_model(
+    data_dir: Path, err_console: Console, as_json: bool, epochs: int, recipes: Sequence[str]
+) -> list[dict[str, Any]]:
     """Train the base model on digits and build its variants; return the variants table."""
     store = ["--data-dir", str(data_dir)]
-    err_console.print("  edgefleet models add digits --arch ds-cnn --width 0.5 --epochs 15")
-    _cli(
-        "models",
-        "add",
-        DEMO_MODEL,
-        "--arch",
-        "ds-cnn",
-        "--width",
-        "0.5",
-        "--epochs",
-        "15",
-        "--latency-runs",
-        "100",
-        *store,
-        capture=as_json,
-    )
-    err_console.print(f"  edgefleet models build digits --recipes {','.join(DEMO_RECIPES)}")
-    _cli(
-        "models",
-        "build",
-        DEMO_MODEL,
-        "--recipes",
-        ",".join(DEMO_RECIPES),
-        "--latency-runs",
-        "100",
-        *store,
-        capture=as_json,
-    )
+    add = ["models", "add", DEMO_MODEL, "--arch", "ds-cnn", "--width", "0.5"]
+    add += ["--epochs", str(epochs), "--latency-runs", "100"]
+    err_console.print(f"  edgefleet {' '.join(add[:-2])}")
+    _cli(*add, *store, capture=as_json)
+    build = ["models", "build", DEMO_MODEL, "--recipes", ",".join(recipes)]
+    err_console.print(f"  edgefleet {' '.join(build)}")
+    _cli(*build, "--latency-runs", "100", *store, capture=as_json)
     if not as_json:
         _cli("models", "variants", DEMO_MODEL, *store, capture=False)
     listed = _cli("models", "variants", DEMO_MODEL, "--json", *store, capture=True)
@@ -161,12 +143,14 @@ def build_demo_model(data_dir: Path, err_console: Console, as_json: bool) -> lis
 
 def choices_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="what each device runs, and why", title_justify="left")
-    for col in ("DEVICE", "PROFILE", "ACTIVE", "RECIPE", "RUNTIME", "PRED MS", "WHY"):
+    columns = ("DEVICE", "PROFILE", "SLO MS", "ACTIVE", "RECIPE", "RUNTIME", "PRED MS", "WHY")
+    for col in columns:
         table.add_column(col)
     for r in rows:
         table.add_row(
             r["name"],
             r["profile"],
+            r["slo_ms"] or "-",
             (r["variant"] or "-")[:12],
             r["recipe"],
             r["runtime"],
@@ -201,7 +185,14 @@ def device_choices(client: AdminClient) -> list[dict[str, Any]]:
 
 
 def run_demo(
-    *, devices: int, data_dir: Path, console: Console, err_console: Console, as_json: bool
+    *,
+    devices: int,
+    data_dir: Path,
+    console: Console,
+    err_console: Console,
+    as_json: bool,
+    epochs: int = 15,
+    recipes: Sequence[str] = DEMO_RECIPES,
 ) -> None:
     from coordinator.cli.main import wait_until_online
     from coordinator.cli.rollout_cmds import rollout_to_dict
@@ -209,7 +200,7 @@ def run_demo(
     if data_dir.exists():
         shutil.rmtree(data_dir)
     err_console.print("[bold]1/5[/bold] training a base model on digits and building variants")
-    variants = build_demo_model(data_dir, err_console, as_json)
+    variants = build_demo_model(data_dir, err_console, as_json, epochs, recipes)
     err_console.print(f"[bold]2/5[/bold] starting a coordinator (state in {data_dir})")
     coordinator, address = start_coordinator_process(
         data_dir, ["--heartbeat-interval", "1", "--rollout-interval", "0.5"]

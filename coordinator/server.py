@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
@@ -249,19 +249,41 @@ class Coordinator:
         await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 2.0) -> None:
+        """Stop in dependency order; every step is bounded so shutdown never hangs.
+
+        The embedded Redis is saved and stopped last, whatever happened before.
+        """
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if self.rollout_controller is not None:
-            await self.rollout_controller.stop()
+            steps.append(("rollout controller", self.rollout_controller.stop))
         if self._refresh_task is not None:
-            self._refresh_task.cancel()
+            task = self._refresh_task
+            task.cancel()
+            steps.append(("metrics refresh", lambda: asyncio.wait([task])))
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
-        await self._store.close()
+            http = self._metrics_http
+            steps.append(("metrics endpoint", lambda: asyncio.to_thread(_close_http, http)))
+        steps.append(("health", self._health.enter_graceful_shutdown))
+        steps.append(("grpc server", lambda: self._server.stop(grace)))
+        steps.append(("state store client", self._store.close))
         if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
+            embedded = self._embedded
+            steps.append(("embedded redis", lambda: asyncio.to_thread(embedded.stop)))
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step(), timeout=grace + 10)
+            except TimeoutError:
+                log.warning("stopping the %s took over %.0fs; moving on", name, grace + 10)
+            except Exception:
+                log.exception("stopping the %s failed; moving on", name)
+            log.debug("stopped the %s", name)
         (self.config.data_dir / "coordinator.json").unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def _close_http(server: WSGIServer) -> None:
+    server.shutdown()
+    server.server_close()
 
 
 def _redact(url: str) -> str:

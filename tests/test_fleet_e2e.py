@@ -270,7 +270,8 @@ def test_profiles_ls_json_lists_the_catalog() -> None:
 
 
 def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
-    """What `make demo` runs: >= 6 devices over >= 4 profiles, all online."""
+    """What `make demo` runs (with a short training): >= 6 devices over >= 4 profiles, all
+    online, every device running the variant selection chose for it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     result = subprocess.run(
         [
@@ -280,12 +281,16 @@ def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
             "demo",
             "--data-dir",
             str(tmp_path / "demo"),
+            "--epochs",
+            "4",
+            "--recipes",
+            "int8-static,distill:width=0.25:epochs=3+int8-static",
             "--json",
         ],
         capture_output=True,
         text=True,
         env=env,
-        timeout=180,
+        timeout=400,
     )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
@@ -293,4 +298,10 @@ def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
     assert len({d["profile"] for d in shown["devices"]}) >= 4
     assert {d["status"] for d in shown["devices"]} == {"online"}
     assert shown["summary"]["online"] == len(shown["devices"])
+    assert {v["recipe"] for v in shown["variants"]} >= {"fp32", "int8-static"}
+    assert shown["rollout"]["state"] == "succeeded"
+    for choice in shown["choices"]:  # every device runs what explain says it should
+        assert choice["variant"] == choice["chosen"] is not None, choice
+    mcu = [c for c in shown["choices"] if c["profile"].startswith("cortex")]
+    assert mcu and all(c["runtime"] == "mcu-sim" for c in mcu)
     assert "stopped the coordinator (exit 0)" in result.stderr

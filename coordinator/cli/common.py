@@ -53,13 +53,23 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Report known failures as one line and a non-zero exit instead of a traceback."""
+    """Report known failures as one line and a non-zero exit instead of a traceback
+    (set EDGEFLEET_DEBUG=1 to see the traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (AdminClientError, CoordinatorError, UnknownProfileError, ValueError, OSError) as e:
+        except (
+            AdminClientError,
+            CoordinatorError,
+            UnknownProfileError,
+            ValueError,
+            OSError,
+            RuntimeError,  # e.g. the Docker backend's errors
+        ) as e:
+            if os.environ.get("EDGEFLEET_DEBUG"):
+                raise
             raise fail(str(e)) from None
 
     return wrapper

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -115,7 +117,15 @@ def coordinator_start(
             highlight=False,
         )
 
-    asyncio.run(run_until_signalled(config, on_ready=ready))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(run_until_signalled(config, on_ready=ready))
+    # Everything is stopped and saved by now. Tearing down the loop and gRPC's C core
+    # after an aio server ran can take seconds (we saw it hang once); nothing is left
+    # to clean up, so leave at once with the success code.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # --- devices -----------------------------------------------------------------------------
@@ -284,24 +294,47 @@ def simulate(
     timeout: Annotated[
         float, typer.Option(help="seconds to wait for the fleet to come online")
     ] = 60.0,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="process: local agent processes; docker: one container per device, "
+            "with memory/CPU limits from its profile"
+        ),
+    ] = "process",
+    image: Annotated[str, typer.Option(help="agent image for --backend docker")] = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Start N local agent processes against a coordinator, then stop them cleanly."""
+    """Start N simulated devices (agent processes or containers) against a coordinator,
+    then stop them cleanly."""
     from coordinator.simulate import SimulatedFleet
 
     if not token:
         raise fail("an enrollment token is needed: --token or EDGEFLEET_ENROLL_TOKEN")
     names = [p.strip() for p in profiles.split(",") if p.strip()]
-    fleet = SimulatedFleet.start(
-        coordinator=coordinator,
-        enroll_token=token,
-        profiles=names,
-        count=devices,
-        state_root=state_dir,
-    )
-    err_console.print(
-        f"started {devices} agents ({', '.join(names)}); logs in {state_dir}/*/agent.log"
-    )
+    fleet: Any
+    if backend == "docker":
+        from coordinator.docker_fleet import DEFAULT_AGENT_IMAGE, DockerFleet
+
+        fleet = DockerFleet.start(
+            coordinator=coordinator,
+            enroll_token=token,
+            profiles=names,
+            count=devices,
+            image=image or DEFAULT_AGENT_IMAGE,
+        )
+        where = "docker logs <container>"
+    elif backend == "process":
+        fleet = SimulatedFleet.start(
+            coordinator=coordinator,
+            enroll_token=token,
+            profiles=names,
+            count=devices,
+            state_root=state_dir,
+        )
+        where = f"{state_dir}/*/agent.log"
+    else:
+        raise fail("--backend must be 'process' or 'docker'")
+    err_console.print(f"started {devices} agents ({', '.join(names)}); logs: {where}")
     try:
         if admin_token:
             with client(coordinator, admin_token) as c:
@@ -349,13 +382,24 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="demo state (wiped first)")] = Path(
         ".edgefleet/demo"
     ),
+    epochs: Annotated[int, typer.Option(help="training epochs of the base model")] = 15,
+    recipes: Annotated[
+        str, typer.Option(help="comma-separated compression recipes (default: a survey mix)")
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the end-to-end demo: a coordinator and a simulated mixed fleet."""
-    from coordinator.demo import run_demo
+    """Run the end-to-end demo: train and compress a model, start a coordinator and a
+    simulated mixed fleet, deploy with a canary, and show what each device runs and why."""
+    from coordinator.demo import DEMO_RECIPES, run_demo
 
     run_demo(
-        devices=devices, data_dir=data_dir, console=out, err_console=err_console, as_json=as_json
+        devices=devices,
+        data_dir=data_dir,
+        console=out,
+        err_console=err_console,
+        as_json=as_json,
+        epochs=epochs,
+        recipes=[r for r in recipes.split(",") if r] or DEMO_RECIPES,
     )
 
 
