@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
+from edgefleet.fl.budget import training_bytes, widest_activation
 
 __all__ = ["app", "training_bytes", "widest_activation"]
 
@@ -34,18 +36,6 @@ app = ClientApp()
 #: Fraction of the device's RAM the agent lets one fine-tuning step use.
 DEFAULT_BUDGET_FRACTION = 0.25
 FACT_KEYS = ("device-id", "profile", "ram-bytes", "battery", "health", "labels", "width")
-
-
-def widest_activation(shapes: Iterable[Sequence[int]]) -> int:
-    """Largest per-sample activation: widest layer x 8x8 pixels for conv nets, x 1 for MLPs."""
-    shapes = [tuple(s) for s in shapes if len(s) >= 1]
-    spatial = 64 if any(len(s) == 4 for s in shapes) else 1
-    return max(int(s[0]) for s in shapes) * spatial
-
-
-def training_bytes(num_params: int, batch_size: int, widest_activation: int) -> int:
-    """Peak fp32 training memory: weights + grads + momentum, plus activations kept for backprop."""
-    return 4 * (3 * num_params + 2 * batch_size * widest_activation)
 
 
 def _facts(context: Context) -> dict[str, Any]:

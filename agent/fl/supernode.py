@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgefleet.fl.process import SupervisedProcess, flower_bin, write_toml_table
 
-__all__ = ["FAST_POLL_ENV", "SuperNodeSupervisor", "flower_bin"]
+__all__ = ["FAST_POLL_ENV", "SuperNodeSupervisor", "flower_bin", "node_config_for"]
 
 #: SuperExec polls for ClientApp tasks every 1 s by default; 50 ms costs nothing measurable.
 FAST_POLL_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "FLWR_TELEMETRY_ENABLED": "0"}
@@ -54,3 +54,38 @@ class SuperNodeSupervisor(SupervisedProcess):
             argv, env=merged, log_path=state_dir / "supernode.log",
             name=f"supernode[{node_config['device-id']}]",
         )  # fmt: skip
+
+
+def node_config_for(
+    device_id: str,
+    profile: str,
+    ram_bytes: int,
+    data_path: str,
+    *,
+    battery: float | None = None,
+    labels: Mapping[str, str] | None = None,
+    status_path: str = "",
+    width: float | None = None,
+) -> dict[str, object]:
+    """The ``node_config`` an agent gives its SuperNode (what our ServerApp selects on).
+
+    ``status_path`` names a JSON file the agent rewrites with live facts (``battery``,
+    ``health``); the ClientApp reads it when asked, so selection sees current values without
+    restarting the SuperNode.
+    """
+    cfg: dict[str, object] = {
+        "device-id": device_id,
+        "profile": profile,
+        "ram-bytes": int(ram_bytes),
+        "data-path": data_path,
+        "health": "ok",
+    }
+    if battery is not None:
+        cfg["battery"] = float(battery)
+    if labels:
+        cfg["labels"] = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    if status_path:
+        cfg["status-path"] = status_path
+    if width is not None:
+        cfg["width"] = float(width)
+    return cfg

@@ -180,7 +180,7 @@ def pick_width(
     facts: Mapping[str, Any], arch: str, budget_fraction: float, override: str = ""
 ) -> float | None:
     """The widest model whose fine-tuning fits the device's RAM budget (None: none fits)."""
-    from agent.fl.clientapp import training_bytes, widest_activation
+    from edgefleet.fl.budget import training_bytes, widest_activation
 
     if facts.get("width"):
         return float(facts["width"])
