@@ -38,7 +38,25 @@ def _load(run_dir: Path) -> dict[str, Any]:
     state = doc.get("state", meta.get("state", "submitted"))
     if meta.get("state") == "stopped":
         state = "stopped"
-    return {"name": run_dir.name, **meta, **doc, "state": state}
+    reason = doc.get("reason")
+    if state == "running" and not _alive(doc.get("pid")):
+        # The ServerApp died without recording an outcome (SuperLink/host restart, kill -9):
+        # say so rather than showing "running" forever. Resuming is not implemented.
+        state, reason = "failed", "the ServerApp process is gone (SuperLink restarted or killed)"
+    return {"name": run_dir.name, **meta, **doc, "state": state, "reason": reason}
+
+
+def _alive(pid: object) -> bool:
+    """Whether the ServerApp process that wrote the record still runs (same host only)."""
+    if not isinstance(pid, int):
+        return True  # unknown: trust the record
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _round_line(r: dict[str, Any], total: int) -> str:
@@ -159,7 +177,7 @@ def start(
         print_json(_summary(doc))
         return
     if doc["state"] != "succeeded":
-        raise fail(f"run {run_name} {doc['state']}: {doc.get('reason', '')}")
+        raise fail(f"run {run_name} {doc['state']}: {doc.get('reason') or ''}")
     fin, ini = doc.get("final", {}), doc.get("initial", {})
     if fin.get("test_acc") is not None and ini.get("test_acc") is not None:
         out.print(f"test accuracy {100 * ini['test_acc']:.1f}% -> {100 * fin['test_acc']:.1f}%")
@@ -225,7 +243,7 @@ def status(
     if not watch:
         for r in doc.get("rounds", []):
             out.print(_round_line(r, total), highlight=False)
-    out.print(f"{name}: {doc['state']} {doc.get('reason', '')}".rstrip(), highlight=False)
+    out.print(f"{name}: {doc['state']} {doc.get('reason') or ''}".rstrip(), highlight=False)
 
 
 @train_app.command("stop")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -55,3 +57,14 @@ def test_ls_and_status_read_the_run_record(tmp_path: Path) -> None:
     assert "round 1/1: 2 device(s), loss 0.500, client acc 70.0%, test acc 80.0%" in res.output
     res = runner.invoke(train_app, ["status", "nope", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 1 and "no run 'nope'" in res.output
+
+
+def test_a_running_record_whose_serverapp_is_gone_reads_as_failed(tmp_path: Path) -> None:
+    run = tmp_path / "r2"
+    run.mkdir()
+    (run / "meta.json").write_text("{}")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    (run / "progress.json").write_text(json.dumps({"state": "running", "pid": int(dead.stdout)}))
+    res = runner.invoke(train_app, ["status", "r2", "--runs-dir", str(tmp_path)])
+    assert "r2: failed the ServerApp process is gone" in res.output
