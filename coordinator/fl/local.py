@@ -64,6 +64,8 @@ class LocalFederation:
     superlink: SuperLinkSupervisor | None = None
     supernodes: list[SuperNodeSupervisor] = field(default_factory=list)
     port: int = 0
+    #: per-node overrides of the reported facts, e.g. ``{4: {"width": 0.25}}``
+    node_facts: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -83,10 +85,10 @@ class LocalFederation:
         _wait_port(self.port)
         self.shards = make_shards(ds.x_train, ds.y_train, self.num_nodes, self.alpha, self.seed)
         for i in range(self.num_nodes):
-            self.add_node(i)
+            self.add_node(i, **self.node_facts.get(i, {}))
         return self
 
-    def add_node(self, i: int, **facts: Any) -> SuperNodeSupervisor:
+    def add_node(self, i: int, **facts: object) -> SuperNodeSupervisor:
         """Start SuperNode ``i`` (its facts from the catalog profile, overridable)."""
         profile = get_profile(self.profiles[i % len(self.profiles)])
         shard = save_shard(self.shards[i], self.root / "data" / f"shard-{i}.npz")
