@@ -331,6 +331,13 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
 
     for rnd in range(1, settings.num_rounds + 1):
         t0 = time.monotonic()
+        online = list(view.get_node_ids())
+        if len(online) < settings.min_devices:
+            # Flower's samplers would wait (forever) for enough nodes; a round must not hang.
+            raise RuntimeError(
+                f"round {rnd}: {len(online)} selected device(s) online, "
+                f"min-devices is {settings.min_devices}"
+            )
         config = ConfigRecord(
             {
                 "arch": settings.arch, "lr": settings.lr, "local-epochs": settings.local_epochs,
