@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.identity import IdentityError
 from agent.session import AgentConfig, AgentSession, FatalAgentError
+from agent.workload import LocalDataSpec
 from edgefleet import __version__
 from edgefleet.catalog import CATALOG, UnknownProfileError, get_profile
 from edgefleet.hostdetect import detect_host_profile
@@ -70,8 +71,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument(
+        "--inference-port",
+        type=int,
+        default=None,
+        help="serve edgefleet.v1.InferenceService on 127.0.0.1:PORT (0: any free port, "
+        "written to STATE_DIR/inference.json; default: no endpoint)",
+    )
+    parser.add_argument(
+        "--workload-rate",
+        type=float,
+        default=0.0,
+        help="simulated devices: replay the local data at this many requests/s (needs --local-data)",
+    )
+    parser.add_argument(
+        "--local-data",
+        default=None,
+        help="local dataset: a .npz shard, or 'digits' to partition the digits set here",
+    )
+    parser.add_argument(
+        "--partition",
+        default="0/1",
+        metavar="I/N",
+        help="with --local-data digits: this device's part I of N (default %(default)s)",
+    )
+    parser.add_argument("--partition-seed", type=int, default=0, help="Dirichlet seed")
+    parser.add_argument(
+        "--data-shift",
+        default="",
+        metavar="noise=F,rotate=K",
+        help="per-device covariate shift of the local data (gaussian noise, up to K quarter turns)",
+    )
+    parser.add_argument(
+        "--finetune",
+        default="",
+        choices=["", "auto", "full", "tinytl", "head"],
+        help="fine-tune once on the local data after a variant activates (scope; auto = the "
+        "largest that fits the memory budget)",
+    )
     parser.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
     return parser
+
+
+def local_data_spec(args: argparse.Namespace) -> LocalDataSpec | None:
+    """The ``--local-data``/``--partition``/``--data-shift`` flags as one spec."""
+    if not args.local_data:
+        return None
+    index, sep, count = str(args.partition).partition("/")
+    shift: dict[str, float] = {}
+    for item in filter(None, str(args.data_shift).split(",")):
+        key, _, value = item.partition("=")
+        shift[key.strip()] = float(value)
+    if not sep or not index.isdigit() or not count.isdigit() or set(shift) - {"noise", "rotate"}:
+        raise SystemExit("edgefleet-agent: use --partition I/N and --data-shift noise=F,rotate=K")
+    return LocalDataSpec(
+        source=args.local_data,
+        partition=int(index),
+        partitions=int(count),
+        seed=args.partition_seed,
+        noise=shift.get("noise", 0.0),
+        rotate=int(shift.get("rotate", 0)),
+    )
 
 
 def resolve_profile(name: str, state_dir: Path) -> DeviceProfile:
@@ -107,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name or socket.gethostname(),
             enroll_token=args.token,
             labels=_parse_labels(args.label),
+            inference_port=args.inference_port,
+            workload_rate=args.workload_rate,
+            local_data=local_data_spec(args),
+            finetune_scope=args.finetune,
         )
         asyncio.run(_run(config))
     except UnknownProfileError as err:

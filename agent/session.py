@@ -16,20 +16,27 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import psutil
 
 from agent.artifacts import ArtifactCache
 from agent.backoff import Backoff
+from agent.battery import Battery
 from agent.identity import Identity, load_identity, new_instance_key, save_identity
 from agent.reconcile import Reconciler
+from agent.serving import Serving
 from agent.telemetry import BufferedRecord, TelemetryBuffer
+from agent.work import AgentWork
 from edgefleet import __version__
 from edgefleet.perf import device_benchmark
 from edgefleet.profiles import DeviceProfile
 from edgefleet.v1 import artifact_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
+
+if TYPE_CHECKING:
+    from agent.workload import LocalDataSpec
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -62,6 +69,10 @@ class AgentConfig:
     backoff: Backoff = field(default_factory=Backoff)
     telemetry_max_records: int = 10_000
     simulate_link: bool = False  # read artifacts at the profile's link_kbps (simulated devices)
+    inference_port: int | None = None  # serve InferenceService on 127.0.0.1 (0: any free port)
+    workload_rate: float = 0.0  # simulated devices: replay local data at this many req/s
+    local_data: LocalDataSpec | None = None
+    finetune_scope: str = ""  # "" = never; else fine-tune once on local data after activation
 
 
 @dataclass
@@ -91,8 +102,14 @@ class AgentSession:
             self._identity.bundle_public_keys,
             link_kbps=config.profile.link_kbps if config.simulate_link else 0,
         )
+        self.serving = Serving(config.profile, config.state_dir)
+        self.battery = Battery(config.profile)
+        self.work = AgentWork(self)
         self.reconciler = Reconciler(
-            self.artifacts, device_id=self._identity.device_id, wait_seconds=RECONCILE_WAIT_SECONDS
+            self.artifacts,
+            device_id=self._identity.device_id,
+            wait_seconds=RECONCILE_WAIT_SECONDS,
+            accept=self.serving.accept,
         )
         self.variant_status = self.reconciler.status()
         self._desired_state = device_pb2.DesiredState()
@@ -191,6 +208,7 @@ class AgentSession:
         )
         if status.active_variant != before.active_variant:
             self.telemetry.event("variant_activated", status.active_variant)
+            self.work.variant_activated()
         if status.failed_variant and status.failed_variant != before.failed_variant:
             self.telemetry.event("variant_failed", status.failure_reason)
 
@@ -199,6 +217,7 @@ class AgentSession:
         self.telemetry.metric("agent_rss_bytes", self._process.memory_info().rss)
         self.telemetry.metric("agent_uptime_seconds", time.monotonic() - self._started)
         self.telemetry.metric("telemetry_dropped_records", self.telemetry.dropped())
+        self.work.sample()
 
     async def _flush_telemetry(
         self, stub: device_pb2_grpc.DeviceServiceStub, timeout: float
@@ -223,6 +242,7 @@ class AgentSession:
             stub = device_pb2_grpc.DeviceServiceStub(channel)
             artifacts = artifact_pb2_grpc.ArtifactServiceStub(channel)
             state = device_pb2.AGENT_STATE_STARTING
+            await self.work.start()
             while not stop.is_set():
                 try:
                     if not self._identity.enrolled:
@@ -258,6 +278,7 @@ class AgentSession:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
             await self.reconciler.aclose()
+            await self.work.stop()
             await self._say_goodbye(stub)
         self.telemetry.close()
 
