@@ -150,7 +150,13 @@ async def _run(config: AgentConfig) -> None:
     await session.run(stop)
 
 
+def _stop_during_startup(signum: int, frame: object) -> None:
+    """A SIGTERM before the event loop runs (slow imports on a busy device): leave cleanly."""
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_during_startup)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,

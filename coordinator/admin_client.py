@@ -27,7 +27,15 @@ class AdminClientError(RuntimeError):
 
 
 class AdminClient:
-    def __init__(self, address: str, token: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_cert: bytes | None = None,
+    ) -> None:
+        """``ca_cert``: the coordinator's CA (PEM) for TLS; None talks plaintext to a
+        coordinator started with ``--insecure``."""
         if not token:
             raise AdminClientError(
                 "no admin token: set EDGEFLEET_ADMIN_TOKEN or pass --admin-token "
@@ -36,7 +44,11 @@ class AdminClient:
         self.address = address
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = grpc.insecure_channel(address)
+        if ca_cert is None:
+            self._channel = grpc.insecure_channel(address)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=ca_cert)
+            self._channel = grpc.secure_channel(address, creds)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
@@ -64,6 +76,8 @@ class AdminClient:
                     "set --coordinator or EDGEFLEET_COORDINATOR)",
                     code,
                 ) from None
+            if code == grpc.StatusCode.PERMISSION_DENIED:
+                raise AdminClientError(f"not allowed: {details}", code) from None
             if code == grpc.StatusCode.UNAUTHENTICATED:
                 raise AdminClientError(
                     f"the coordinator rejected the admin token ({details})", code
@@ -121,3 +135,15 @@ class AdminClient:
         request = admin_pb2.ControlRolloutRequest(rollout_id=rollout_id, action=action)
         reply: admin_pb2.RolloutResponse = self._call(self._stub.ControlRollout, request)
         return reply.rollout
+
+    def create_enrollment_token(
+        self, uses: int, ttl_seconds: float
+    ) -> admin_pb2.CreateEnrollmentTokenResponse:
+        request = admin_pb2.CreateEnrollmentTokenRequest(uses=uses, ttl_seconds=ttl_seconds)
+        reply: admin_pb2.CreateEnrollmentTokenResponse = self._call(
+            self._stub.CreateEnrollmentToken, request
+        )
+        return reply
+
+    def revoke_device(self, device_id: str) -> None:
+        self._call(self._stub.RevokeDevice, admin_pb2.RevokeDeviceRequest(device_id=device_id))

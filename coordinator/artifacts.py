@@ -32,7 +32,7 @@ import grpc
 from coordinator.compression.variant_store import UnknownVariantError, VariantStore
 from coordinator.errors import InvalidArgument, NotFound
 from coordinator.registry import Registry
-from coordinator.servicers import _guard, bearer_token
+from coordinator.servicers import _guard, bearer_token, peer_device_id
 from edgefleet.archive import pack_directory
 from edgefleet.bundle import BundleError
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
@@ -149,7 +149,9 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         request: artifact_pb2.DownloadArtifactRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> CachedArchive:
-        await self._registry.authenticate_device(request.device_id, bearer_token(context))
+        await self._registry.authenticate_device(
+            request.device_id, bearer_token(context), peer_device_id(context)
+        )
         if not _VARIANT_ID.match(request.variant_id):
             raise InvalidArgument("variant_id", "must be a full 64-hex-digit variant id")
         if request.offset < 0:

@@ -43,7 +43,10 @@ DEMO_PROFILES = (
 
 
 def start_coordinator_process(
-    data_dir: Path, extra_args: list[str] | None = None, timeout: float = 30.0
+    data_dir: Path,
+    extra_args: list[str] | None = None,
+    timeout: float = 30.0,
+    insecure: bool = True,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``edgefleet coordinator start --port 0`` and return it with its address."""
     info = data_dir / "coordinator.json"
@@ -64,6 +67,7 @@ def start_coordinator_process(
             str(data_dir),
             "--metrics-port",
             "0",
+            *(["--insecure"] if insecure else []),
             *(extra_args or []),
         ],
         stdout=log,

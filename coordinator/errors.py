@@ -1,7 +1,7 @@
 """Errors of the coordinator's core logic, each mapping to one gRPC status code.
 
 Core logic raises these with a message meant for the caller; the servicers
-translate them (UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE) at
+translate them (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE) at
 the edge.
 """
 
@@ -34,3 +34,7 @@ class Unavailable(CoordinatorError):
 
 class FailedPrecondition(CoordinatorError):
     """The request is valid but the fleet is not in a state to accept it."""
+
+
+class PermissionDenied(CoordinatorError):
+    """The caller is known but may not do this (another device's id, a read-only token)."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from coordinator.errors import InvalidArgument, NotFound, Unauthenticated
+from coordinator.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from coordinator.store import (
     Desired,
     DeviceRecord,
@@ -29,6 +29,7 @@ from coordinator.store import (
     TelemetryOutcome,
 )
 from coordinator.tokens import Tokens, new_secret, secrets_match, sha256_hex
+from edgefleet.pki import CertificateAuthority, PkiError
 from edgefleet.profiles import DeviceProfile
 
 DEVICE_ID_RE = re.compile(r"^dev-[0-9a-f]{12}$")
@@ -82,6 +83,8 @@ class Enrollment:
     credential: str
     created: bool
     heartbeat_interval: float
+    certificate_pem: bytes = b""
+    ca_certificate_pem: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -183,15 +186,49 @@ class Registry:
         tokens: Tokens,
         settings: RegistrySettings | None = None,
         clock: Callable[[], float] = time.time,
+        ca: CertificateAuthority | None = None,
     ) -> None:
         self._store = store
         self._tokens = tokens
         self.settings = settings or RegistrySettings()
         self._clock = clock
+        self._ca = ca
 
-    async def register(self, enroll_token: str, reg: Registration) -> Enrollment:
-        self._tokens.check_enroll(enroll_token)
+    @property
+    def requires_client_certificates(self) -> bool:
+        """TLS mode: device calls must come with the device's own certificate."""
+        return self._ca is not None
+
+    async def _check_enroll_token(self, token: str) -> None:
+        if self._tokens.is_static_enroll(token):
+            return
+        if token and await self._store.spend_enroll_token(sha256_hex(token)):
+            return
+        raise Unauthenticated("enrollment token missing, wrong, expired or used up")
+
+    def _check_peer(self, device_id: str, peer_device_id: str | None) -> None:
+        if not self.requires_client_certificates:
+            return
+        if peer_device_id is None:
+            raise Unauthenticated(
+                "a device client certificate is required (use the device endpoint with mutual TLS)"
+            )
+        if peer_device_id != device_id:
+            raise PermissionDenied(
+                f"this certificate belongs to {peer_device_id[:40]}, not {device_id[:40]}"
+            )
+
+    async def register(
+        self, enroll_token: str, reg: Registration, csr_pem: bytes = b""
+    ) -> Enrollment:
         _validate_registration(reg)
+        if self._ca is not None and not csr_pem:
+            raise InvalidArgument(
+                "csr_pem", "required: this coordinator issues device certificates"
+            )
+        if len(csr_pem) > 8192:
+            raise InvalidArgument("csr_pem", "larger than 8 KiB")
+        await self._check_enroll_token(enroll_token)
         now = self._clock()
         credential = new_secret()
         record = DeviceRecord(
@@ -208,19 +245,60 @@ class Registry:
             benchmark_method=reg.benchmark_method,
         )
         device_id, created = await self._store.register(record)
-        return Enrollment(device_id, credential, created, self.settings.heartbeat_interval)
+        if self._ca is None:
+            return Enrollment(device_id, credential, created, self.settings.heartbeat_interval)
+        try:
+            cert_pem, serial = self._ca.sign_device(csr_pem, device_id)
+        except PkiError as exc:
+            raise InvalidArgument("csr_pem", str(exc)) from None
+        await self._store.set_cert_serial(device_id, format(serial, "x"))
+        return Enrollment(
+            device_id,
+            credential,
+            created,
+            self.settings.heartbeat_interval,
+            certificate_pem=cert_pem,
+            ca_certificate_pem=self._ca.cert_pem,
+        )
 
-    async def authenticate_device(self, device_id: str, credential: str) -> DeviceRecord:
-        """The device's record if ``credential`` is its current one; for every device-facing RPC."""
+    async def create_enrollment_token(self, uses: int, ttl_seconds: float) -> tuple[str, float]:
+        """A token good for ``uses`` registrations within ``ttl_seconds``: (token, expiry)."""
+        if not 1 <= uses <= 1_000_000:
+            raise InvalidArgument("uses", "must be between 1 and 1,000,000")
+        if not 0 < ttl_seconds <= 366 * 86400:
+            raise InvalidArgument("ttl_seconds", "must be > 0 and at most a year")
+        token = new_secret()
+        await self._store.create_enroll_token(sha256_hex(token), uses, ttl_seconds)
+        return token, self._clock() + ttl_seconds
+
+    async def revoke_device(self, device_id: str) -> None:
         validate_device_id(device_id)
+        if not await self._store.revoke(device_id):
+            raise NotFound(f"device {device_id} is not registered")
+
+    async def authenticate_device(
+        self, device_id: str, credential: str, peer_device_id: str | None = None
+    ) -> DeviceRecord:
+        """The device's record if the caller is that device: in TLS mode its certificate
+        names this id, and ``credential`` is its current one. For every device RPC."""
+        validate_device_id(device_id)
+        self._check_peer(device_id, peer_device_id)
         record = await self._store.get(device_id)
         if record is None:
             raise NotFound(f"device {device_id} is not registered")
+        if record.revoked:
+            raise Unauthenticated(f"device {device_id} was revoked")
         if not credential or not secrets_match(sha256_hex(credential), record.credential_sha256):
             raise Unauthenticated(f"credential rejected for device {device_id}")
         return record
 
-    async def heartbeat(self, device_id: str, credential: str, report: HeartbeatReport) -> Desired:
+    async def heartbeat(
+        self,
+        device_id: str,
+        credential: str,
+        report: HeartbeatReport,
+        peer_device_id: str | None = None,
+    ) -> Desired:
         if report.state not in AGENT_STATES:
             raise InvalidArgument("state", f"must be one of {', '.join(AGENT_STATES)}")
         if report.uptime_seconds < 0:
@@ -231,6 +309,7 @@ class Registry:
         if len(report.failure_reason) > 1024:
             raise InvalidArgument("failure_reason", "longer than 1024 characters")
         validate_device_id(device_id)
+        self._check_peer(device_id, peer_device_id)
         if not credential:
             raise Unauthenticated(f"credential missing for device {device_id}")
         outcome = await self._store.record_heartbeat(
@@ -252,7 +331,11 @@ class Registry:
         return outcome.desired
 
     async def report_telemetry(
-        self, device_id: str, credential: str, records: list[TelemetryIn]
+        self,
+        device_id: str,
+        credential: str,
+        records: list[TelemetryIn],
+        peer_device_id: str | None = None,
     ) -> tuple[TelemetryOutcome, DeviceRecord, list[TelemetryIn]]:
         """Apply a batch of telemetry exactly once per (device, sequence); resends are no-ops.
 
@@ -261,7 +344,7 @@ class Registry:
         are its last ``accepted`` records): only they may feed fleet metrics.
         """
         _validate_telemetry(records)
-        record = await self.authenticate_device(device_id, credential)
+        record = await self.authenticate_device(device_id, credential, peer_device_id)
         outcome = await self._store.record_telemetry(device_id, records)
         if outcome is None:  # removed between the two calls
             raise NotFound(f"device {device_id} is not registered")

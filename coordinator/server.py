@@ -38,6 +38,7 @@ from coordinator.tokens import Tokens
 from coordinator.variants import model_variants
 from edgefleet.bundle import public_key_hex
 from edgefleet.perf import measure_host
+from edgefleet.pki import CertificateAuthority
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class CoordinatorConfig:
     port: int = 50051
     redis_url: str | None = None
     settings: RegistrySettings = field(default_factory=RegistrySettings)
+    insecure: bool = False  # plaintext, one port: only with --insecure (logged loudly)
+    device_port: int = 0  # mutual-TLS device endpoint; 0 = any free port
+    tls_hosts: tuple[str, ...] = ()  # extra names/addresses for the server certificate
     metrics_port: int = 9464  # 0 = any free port, -1 = no metrics endpoint
     metrics_refresh: float = 5.0  # seconds between reads of the fleet gauges from Redis
     rollout_interval: float = 2.0  # seconds between rollout controller passes
@@ -92,6 +96,7 @@ class Coordinator:
         self._registry = registry
         self._metrics_http: WSGIServer | None = None
         self.rollout_controller: RolloutController | None = None
+        self.device_endpoint = ""
         self._refresh_task: asyncio.Task[None] | None = None
 
     @property
@@ -142,6 +147,11 @@ class Coordinator:
         return f"{self.config.host}:{self.port}"
 
     @property
+    def device_address(self) -> str:
+        """Where devices send every call after Register (mutual TLS), or ``address``."""
+        return self.device_endpoint or self.address
+
+    @property
     def redis_description(self) -> str:
         if self._embedded is not None:
             return f"embedded redis at {self._embedded.url} (data in {self._embedded.data_dir})"
@@ -174,7 +184,9 @@ class Coordinator:
             if embedded is not None:
                 embedded.stop()
             raise
-        registry = Registry(store, tokens, config.settings)
+        tls_dir = config.data_dir / "tls"
+        ca = None if config.insecure else CertificateAuthority.load_or_create(tls_dir)
+        registry = Registry(store, tokens, config.settings, ca=ca)
 
         metrics = CoordinatorMetrics()
         server = grpc.aio.server(
@@ -187,9 +199,8 @@ class Coordinator:
         )
         variants = VariantStore(config.data_dir)
         bundle_keys = (public_key_hex(variants.public_key()),)
-        device_pb2_grpc.add_DeviceServiceServicer_to_server(
-            DeviceServicer(registry, metrics, bundle_keys), server
-        )
+        device_servicer = DeviceServicer(registry, metrics, bundle_keys)
+        device_pb2_grpc.add_DeviceServiceServicer_to_server(device_servicer, server)
         host_mps = (
             config.host_macs_per_second or (await asyncio.to_thread(measure_host)).macs_per_second
         )
@@ -207,17 +218,14 @@ class Coordinator:
             (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(f"{config.host}:{config.port}")
-        except RuntimeError as exc:
-            port = 0
-            error: Exception | None = exc
-        else:
-            error = None
-        if port == 0:
+            port, device_port = _bind(server, config, ca, tls_dir)
+        except OSError:
             await store.close()
             if embedded is not None:
                 embedded.stop()
-            raise OSError(f"cannot listen on {config.host}:{config.port}: {error or 'port in use'}")
+            raise
+        if device_port:
+            device_servicer.device_endpoint = f"{config.host}:{device_port}"
         await server.start()
         for name in ("", *service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -225,6 +233,7 @@ class Coordinator:
             config, server, store, embedded, tokens, port, health_servicer, registry, metrics
         )
         coordinator.rollout_controller = controller
+        coordinator.device_endpoint = device_servicer.device_endpoint
         controller.start()
         try:
             coordinator._start_metrics()
@@ -238,7 +247,9 @@ class Coordinator:
         """Tell local tools (simulate, demo) where this coordinator listens."""
         info = {
             "address": self.address,
+            "device_address": self.device_address,
             "metrics_address": self.metrics_address,
+            "ca_cert": None if self.config.insecure else str(self.config.data_dir / "tls/ca.pem"),
             "pid": os.getpid(),
         }
         tmp = self.config.data_dir / "coordinator.json.tmp"
@@ -284,6 +295,52 @@ class Coordinator:
 def _close_http(server: WSGIServer) -> None:
     server.shutdown()
     server.server_close()
+
+
+def _bind(
+    server: grpc.aio.Server,
+    config: CoordinatorConfig,
+    ca: CertificateAuthority | None,
+    tls_dir: Path,
+) -> tuple[int, int]:
+    """Open the ports: (main port, mutual-TLS device port or 0 in insecure mode).
+
+    TLS mode serves two endpoints from one server and one certificate: the main
+    one authenticates the server only (Register with an enrollment token, the
+    admin API with its token, health and reflection); the device endpoint also
+    requires a client certificate signed by our CA, whose device id every device
+    call is checked against. gRPC's Python API cannot ask for a client
+    certificate without requiring it, hence two ports.
+    """
+    address = f"{config.host}:{config.port}"
+    try:
+        if ca is None:
+            log.warning(
+                "INSECURE: serving plaintext gRPC without TLS or device certificates on %s "
+                "(--insecure); anyone who can reach it can read and forge traffic",
+                address,
+            )
+            port = server.add_insecure_port(address)
+            return _check_bound(port, address), 0
+        hosts = [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
+        key, cert = ca.server_certificate(tls_dir, hosts)
+        port = _check_bound(
+            server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)])), address
+        )
+        device_address = f"{config.host}:{config.device_port}"
+        mutual = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca.cert_pem, require_client_auth=True
+        )
+        device_port = _check_bound(server.add_secure_port(device_address, mutual), device_address)
+        return port, device_port
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+
+
+def _check_bound(port: int, address: str) -> int:
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: port in use")
+    return port
 
 
 def _redact(url: str) -> str:

@@ -21,6 +21,7 @@ from coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unauthenticated,
     Unavailable,
 )
@@ -46,6 +47,7 @@ from coordinator.rollouts import (
 from coordinator.selection import Policy, Verdict
 from coordinator.store import Desired, TelemetryIn
 from coordinator.tokens import Tokens
+from edgefleet.pki import DEVICE_URI_PREFIX
 from edgefleet.profiles import ProfileError
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_from_proto, profile_to_proto
@@ -73,6 +75,7 @@ _CODES: list[tuple[type[CoordinatorError], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -82,6 +85,20 @@ def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value.removeprefix("Bearer ").strip()
     return ""
+
+
+def peer_device_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The device id of the caller's verified client certificate (mutual TLS), else None.
+
+    gRPC only fills the x509 fields after verifying the chain against our CA, so
+    this is an identity the request body cannot forge.
+    """
+    auth = context.auth_context() or {}
+    for value in auth.get("x509_subject_alternative_name", []):
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if text.startswith(DEVICE_URI_PREFIX):
+            return text.removeprefix(DEVICE_URI_PREFIX)
+    return None
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: CoordinatorError) -> NoReturn:
@@ -155,10 +172,12 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
         registry: Registry,
         metrics: CoordinatorMetrics,
         bundle_public_keys: tuple[str, ...] = (),
+        device_endpoint: str = "",
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._bundle_keys = list(bundle_public_keys)
+        self.device_endpoint = device_endpoint  # set by the server once the port is bound
 
     async def Register(
         self, request: device_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -175,7 +194,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 benchmark_macs_per_second=request.benchmark.macs_per_second,
                 benchmark_method=request.benchmark.method,
             )
-            enrolled = await self._registry.register(bearer_token(context), reg)
+            enrolled = await self._registry.register(bearer_token(context), reg, request.csr_pem)
             self._metrics.registrations.labels(
                 "created" if enrolled.created else "reregistered", profile_label(reg.profile.name)
             ).inc()
@@ -191,6 +210,9 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 credential=enrolled.credential,
                 heartbeat_interval_seconds=enrolled.heartbeat_interval,
                 bundle_public_keys=self._bundle_keys,
+                certificate_pem=enrolled.certificate_pem,
+                ca_certificate_pem=enrolled.ca_certificate_pem,
+                device_endpoint=self.device_endpoint,
             )
 
         try:
@@ -217,7 +239,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 failure_reason=request.failure_reason,
             )
             desired = await self._registry.heartbeat(
-                request.device_id, bearer_token(context), report
+                request.device_id, bearer_token(context), report, peer_device_id(context)
             )
             return device_pb2.HeartbeatResponse(
                 desired=desired_to_proto(desired),
@@ -243,7 +265,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
         async def call() -> device_pb2.ReportTelemetryResponse:
             records = [telemetry_from_proto(r) for r in request.records]
             outcome, device, new = await self._registry.report_telemetry(
-                request.device_id, bearer_token(context), records
+                request.device_id, bearer_token(context), records, peer_device_id(context)
             )
             for r in new:
                 if r.value is not None:
@@ -389,7 +411,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.ExplainDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ExplainDeviceResponse:
         async def call() -> admin_pb2.ExplainDeviceResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=False)
             validate_device_id(request.device_id)
             if not request.model:
                 raise InvalidArgument("model", "required")
@@ -415,7 +437,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
         async def call() -> admin_pb2.RolloutResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=True)
             if not request.model:
                 raise InvalidArgument("model", "required")
             rollout = await self._rollouts.create(
@@ -438,7 +460,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.GetRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
         async def call() -> admin_pb2.RolloutResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=False)
             return await self._rollout_reply(await self._rollouts.get(request.rollout_id))
 
         return await _guard(context, call)
@@ -447,7 +469,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListRolloutsResponse:
         async def call() -> admin_pb2.ListRolloutsResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=False)
             replies = [await self._rollout_reply(r) for r in await self._rollouts.list_rollouts()]
             return admin_pb2.ListRolloutsResponse(rollouts=[r.rollout for r in replies])
 
@@ -457,10 +479,38 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.ControlRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
         async def call() -> admin_pb2.RolloutResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=True)
             rollout = await self._rollouts.control(request.rollout_id, request.action)
             log.info("rollout %s: %s", rollout.id, request.action)
             return await self._rollout_reply(rollout)
+
+        return await _guard(context, call)
+
+    async def CreateEnrollmentToken(
+        self,
+        request: admin_pb2.CreateEnrollmentTokenRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.CreateEnrollmentTokenResponse:
+        async def call() -> admin_pb2.CreateEnrollmentTokenResponse:
+            self._tokens.check_admin(bearer_token(context), write=True)
+            token, expires = await self._registry.create_enrollment_token(
+                request.uses, request.ttl_seconds
+            )
+            log.info("issued an enrollment token for %d device(s)", request.uses)
+            return admin_pb2.CreateEnrollmentTokenResponse(
+                token=token, expires_at=_timestamp(expires), uses=request.uses
+            )
+
+        return await _guard(context, call)
+
+    async def RevokeDevice(
+        self, request: admin_pb2.RevokeDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.RevokeDeviceResponse:
+        async def call() -> admin_pb2.RevokeDeviceResponse:
+            self._tokens.check_admin(bearer_token(context), write=True)
+            await self._registry.revoke_device(request.device_id)
+            log.warning("revoked device %s", request.device_id)
+            return admin_pb2.RevokeDeviceResponse()
 
         return await _guard(context, call)
 
@@ -472,7 +522,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListDevicesResponse:
         async def call() -> admin_pb2.ListDevicesResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=False)
             status = None
             if request.status != admin_pb2.DEVICE_STATUS_UNSPECIFIED:
                 status = _STATUS_FROM_WIRE.get(request.status)
@@ -489,7 +539,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.GetDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetDeviceResponse:
         async def call() -> admin_pb2.GetDeviceResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=False)
             view = await self._registry.get_device(request.device_id)
             return admin_pb2.GetDeviceResponse(device=device_to_proto(view))
 
@@ -499,7 +549,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.RemoveDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RemoveDeviceResponse:
         async def call() -> admin_pb2.RemoveDeviceResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=True)
             await self._registry.remove_device(request.device_id)
             log.info("removed device %s", request.device_id)
             return admin_pb2.RemoveDeviceResponse()
@@ -510,7 +560,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.GetFleetSummaryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetFleetSummaryResponse:
         async def call() -> admin_pb2.GetFleetSummaryResponse:
-            self._tokens.check_admin(bearer_token(context))
+            self._tokens.check_admin(bearer_token(context), write=False)
             s = await self._registry.fleet_summary()
             return admin_pb2.GetFleetSummaryResponse(
                 total=s.total,

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
 
-from coordinator.errors import Unavailable
+from coordinator.errors import Unauthenticated, Unavailable
 from edgefleet.profiles import DeviceProfile
 
 DEFAULT_PREFIX = "edgefleet:"
@@ -79,6 +79,15 @@ class Keys:
         """Hash: outcome (completed, failed) -> rounds, over all models."""
         return f"{self.prefix}fl:outcomes"
 
+    def enroll_token(self, token_sha256: str) -> str:
+        """Hash: a limited-use enrollment token (uses left); expires with the token."""
+        return f"{self.prefix}enroll-token:{token_sha256}"
+
+    @property
+    def revoked(self) -> str:
+        """Set: revoked device ids."""
+        return f"{self.prefix}devices:revoked"
+
     def lease(self, name: str) -> str:
         """String: owner of a lease (e.g. which replica runs the rollout controller)."""
         return f"{self.prefix}lease:{name}"
@@ -136,6 +145,8 @@ class DeviceRecord:
     telemetry_sequence: int = 0
     benchmark_macs_per_second: float = 0.0
     benchmark_method: str = ""
+    revoked: bool = False
+    cert_serial: str = ""
 
 
 # KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile
@@ -149,6 +160,7 @@ local id = ARGV[1]
 local created = 1
 local device_key = KEYS[1]
 if existing and redis.call('EXISTS', ARGV[2] .. existing) == 1 then
+  if redis.call('HGET', ARGV[2] .. existing, 'revoked') == '1' then return {existing, -1} end
   id = existing
   created = 0
   device_key = ARGV[2] .. existing
@@ -273,6 +285,24 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 
+# KEYS: enrollment token hash. Spend one use; 1 if the token was valid, else 0.
+_SPEND_TOKEN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local left = redis.call('HINCRBY', KEYS[1], 'uses', -1)
+if left <= 0 then redis.call('DEL', KEYS[1]) end
+if left < 0 then return 0 end
+return 1
+"""
+
+# KEYS: device hash, revoked set. ARGV: device id. The credential stops matching
+# anything and the record remembers the revocation (Register checks it).
+_REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'revoked', '1', 'credential_sha256', '!revoked')
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
 # KEYS: lease key. ARGV: owner, ttl ms. Take a free lease or renew our own.
 _LEASE = """
 local owner = redis.call('GET', KEYS[1])
@@ -358,6 +388,7 @@ def _record_fields(record: DeviceRecord) -> dict[str, str]:
         **{f"desired_{name}": str(getattr(record.desired, name)) for name in DESIRED_FIELDS},
         "benchmark_macs_per_second": repr(record.benchmark_macs_per_second),
         "benchmark_method": record.benchmark_method,
+        "cert_serial": record.cert_serial,
     }
 
 
@@ -384,7 +415,13 @@ def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
         telemetry_sequence=int(raw.get("telemetry_sequence") or 0),
         benchmark_macs_per_second=float(raw.get("benchmark_macs_per_second") or 0.0),
         benchmark_method=raw.get("benchmark_method", ""),
+        revoked=raw.get("revoked") == "1",
+        cert_serial=raw.get("cert_serial", ""),
     )
+
+
+class DeviceRevoked(Unauthenticated):
+    """An enrolment attempt for a device an operator revoked."""
 
 
 class StoreError(Unavailable):
@@ -424,6 +461,8 @@ class FleetStore:
         self._set_desired = client.register_script(_SET_DESIRED)
         self._update_rollout = client.register_script(_UPDATE_ROLLOUT)
         self._lease = client.register_script(_LEASE)
+        self._spend_token = client.register_script(_SPEND_TOKEN)
+        self._revoke = client.register_script(_REVOKE)
 
     async def check(self) -> None:
         """Fail early, with a clear error, if Redis is away or written by an incompatible version."""
@@ -465,6 +504,8 @@ class FleetStore:
             ],
         )
         device_id, created = cast(Sequence[Any], result)
+        if int(created) < 0:
+            raise DeviceRevoked(f"device {device_id} was revoked; it cannot enrol again")
         return str(device_id), bool(int(created))
 
     @_unavailable_on_redis_error
@@ -661,3 +702,30 @@ class FleetStore:
                 )
         outcomes = cast(dict[str, str], await self._redis.hgetall(k.fl_outcomes))
         return latest, {name: int(n) for name, n in outcomes.items()}
+
+    # --- enrollment tokens and revocation ------------------------------------------------
+
+    @_unavailable_on_redis_error
+    async def create_enroll_token(self, token_sha256: str, uses: int, ttl_seconds: float) -> None:
+        key = self.keys.enroll_token(token_sha256)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "uses", str(uses))
+            pipe.pexpire(key, int(ttl_seconds * 1000))
+            await pipe.execute()
+
+    @_unavailable_on_redis_error
+    async def spend_enroll_token(self, token_sha256: str) -> bool:
+        """Use up one registration of a limited token; False if unknown, expired or spent."""
+        result = await self._spend_token(keys=[self.keys.enroll_token(token_sha256)], args=[])
+        return int(cast(int, result)) == 1
+
+    @_unavailable_on_redis_error
+    async def revoke(self, device_id: str) -> bool:
+        result = await self._revoke(
+            keys=[self.keys.device(device_id), self.keys.revoked], args=[device_id]
+        )
+        return int(cast(int, result)) == 1
+
+    @_unavailable_on_redis_error
+    async def set_cert_serial(self, device_id: str, serial: str) -> None:
+        await self._redis.hset(self.keys.device(device_id), "cert_serial", serial)

@@ -15,11 +15,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.errors import Unauthenticated
+from coordinator.errors import PermissionDenied, Unauthenticated
 
 ADMIN_TOKEN_ENV = "EDGEFLEET_ADMIN_TOKEN"
+READONLY_TOKEN_ENV = "EDGEFLEET_READONLY_TOKEN"
 ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
 ADMIN_TOKEN_FILE = "admin.token"
+READONLY_TOKEN_FILE = "readonly.token"
 ENROLL_TOKEN_FILE = "enroll.token"
 
 
@@ -51,28 +53,41 @@ def _load_or_create(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Tokens:
+    """The coordinator's static secrets. Admin calls take the admin token (read-write) or
+    the read-only token (queries only); enrollment takes the enrollment token or a
+    limited-use token minted with ``edgefleet certs issue`` (checked in the store)."""
+
     admin: str
     enroll: str
     admin_source: str  # where the operator finds it: env var name or file path
     enroll_source: str
+    readonly: str = ""
+    readonly_source: str = ""
 
     @classmethod
     def load(cls, data_dir: Path) -> Tokens:
-        admin_env = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
-        enroll_env = os.environ.get(ENROLL_TOKEN_ENV, "").strip()
-        admin_file = data_dir / ADMIN_TOKEN_FILE
-        enroll_file = data_dir / ENROLL_TOKEN_FILE
-        return cls(
-            admin=admin_env or _load_or_create(admin_file),
-            enroll=enroll_env or _load_or_create(enroll_file),
-            admin_source=f"${ADMIN_TOKEN_ENV}" if admin_env else str(admin_file),
-            enroll_source=f"${ENROLL_TOKEN_ENV}" if enroll_env else str(enroll_file),
-        )
+        def pick(env: str, file: str) -> tuple[str, str]:
+            value = os.environ.get(env, "").strip()
+            if value:
+                return value, f"${env}"
+            return _load_or_create(data_dir / file), str(data_dir / file)
 
-    def check_admin(self, given: str) -> None:
-        if not given or not secrets_match(given, self.admin):
-            raise Unauthenticated("admin token missing or wrong")
+        admin, admin_source = pick(ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE)
+        enroll, enroll_source = pick(ENROLL_TOKEN_ENV, ENROLL_TOKEN_FILE)
+        readonly, readonly_source = pick(READONLY_TOKEN_ENV, READONLY_TOKEN_FILE)
+        return cls(admin, enroll, admin_source, enroll_source, readonly, readonly_source)
 
-    def check_enroll(self, given: str) -> None:
-        if not given or not secrets_match(given, self.enroll):
-            raise Unauthenticated("enrollment token missing or wrong")
+    def check_admin(self, given: str, *, write: bool = True) -> None:
+        """Raise unless ``given`` may make this call (``write``: it changes something)."""
+        if given and secrets_match(given, self.admin):
+            return
+        if given and self.readonly and secrets_match(given, self.readonly):
+            if not write:
+                return
+            raise PermissionDenied(
+                "the read-only token cannot change anything; use the admin token"
+            )
+        raise Unauthenticated("admin token missing or wrong")
+
+    def is_static_enroll(self, given: str) -> bool:
+        return bool(given) and secrets_match(given, self.enroll)

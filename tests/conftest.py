@@ -101,8 +101,22 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def health_status(address: str, service: str = "") -> int | None:
-    with grpc.insecure_channel(address) as channel:
+def cli_env(address: str, token: str = ADMIN_TOKEN) -> dict[str, str]:
+    """Environment for running the `edgefleet` CLI against a test coordinator (plaintext)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=token, EDGEFLEET_INSECURE="1")
+    return env
+
+
+def health_status(address: str, service: str = "", ca: Path | None = None) -> int | None:
+    if ca is not None and not ca.exists():
+        return None
+    channel = (
+        grpc.secure_channel(address, grpc.ssl_channel_credentials(ca.read_bytes()))
+        if ca is not None
+        else grpc.insecure_channel(address)
+    )
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=1
@@ -122,6 +136,10 @@ class CoordinatorProc:
 
     def __post_init__(self) -> None:
         self.log = self.data_dir.parent / f"coordinator-{self.port}.log"
+
+    @property
+    def tls(self) -> bool:
+        return "--tls" in self.args
 
     @property
     def address(self) -> str:
@@ -149,15 +167,18 @@ class CoordinatorProc:
                     str(self.data_dir),
                     # several coordinators run at once in tests: never the default port
                     *(() if "--metrics-port" in self.args else ("--metrics-port", "0")),
-                    *self.args,
+                    # plaintext unless a test asks for TLS (tests/test_tls.py)
+                    *(() if self.tls else ("--insecure",)),
+                    *(a for a in self.args if a != "--tls"),
                 ],
                 stdout=log,
                 stderr=log,
                 env=_env(),
             )
         serving = health_pb2.HealthCheckResponse.SERVING
+        ca = self.data_dir / "tls" / "ca.pem" if self.tls else None
         wait_for(
-            lambda: self._check_alive() and health_status(self.address) == serving,
+            lambda: self._check_alive() and health_status(self.address, ca=ca) == serving,
             20,
             f"coordinator on {self.address}; log:\n{self.log}",
         )

@@ -26,7 +26,7 @@ FAST = ("--offline-after", "2", "--heartbeat-interval", "0.5")
 
 def cli(address: str, *args: str, token: str = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env.update(EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=token)
+    env.update(EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=token, EDGEFLEET_INSECURE="1")
     return subprocess.run(
         [sys.executable, "-m", "coordinator.cli.main", *args],
         capture_output=True,
@@ -200,6 +200,7 @@ def test_simulate_starts_a_mixed_fleet_and_stops_it_cleanly(
         EDGEFLEET_COORDINATOR=coord.address,
         EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN,
         EDGEFLEET_ENROLL_TOKEN=ENROLL_TOKEN,
+        EDGEFLEET_INSECURE="1",
     )
     result = subprocess.run(
         [

@@ -337,7 +337,11 @@ def test_a_device_that_fits_nothing_is_skipped_with_the_reason(
 def test_cli_deploy_explain_and_status(fleet) -> None:  # type: ignore[no-untyped-def]
     coord, ids, devices = fleet
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env.update(EDGEFLEET_COORDINATOR=coord.address, EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+    env.update(
+        EDGEFLEET_COORDINATOR=coord.address,
+        EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN,
+        EDGEFLEET_INSECURE="1",
+    )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -380,7 +384,11 @@ def test_a_mixed_fleet_gets_different_variants_and_a_shrunk_budget_moves_the_cho
     ids = make_vision_model(data)
     coord = coordinator_factory(*FAST, data_dir=data)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env.update(EDGEFLEET_COORDINATOR=coord.address, EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+    env.update(
+        EDGEFLEET_COORDINATOR=coord.address,
+        EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN,
+        EDGEFLEET_INSECURE="1",
+    )
 
     def explain(device: ScriptedDevice) -> dict:  # type: ignore[type-arg]
         result = subprocess.run(

@@ -119,7 +119,9 @@ def test_malformed_telemetry_is_refused_whole(
 
 def _device(address: str, name: str) -> dict[str, Any] | None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    env.update(EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+    env.update(
+        EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN, EDGEFLEET_INSECURE="1"
+    )
     listed = subprocess.run(
         [sys.executable, "-m", "coordinator.cli.main", "devices", "ls", "--json"],
         capture_output=True,

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -79,5 +81,39 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+@dataclass
+class TransportChoice:
+    """How CLI commands reach the coordinator; set by the global --ca-cert/--insecure."""
+
+    ca_cert: Path | None = None
+    insecure: bool = False
+
+
+TRANSPORT = TransportChoice()
+
+
+def _default_ca() -> Path | None:
+    data_dir = Path(os.environ.get("EDGEFLEET_DATA_DIR") or ".edgefleet")
+    candidate = data_dir / "tls" / "ca.pem"
+    return candidate if candidate.exists() else None
+
+
+def ca_certificate() -> bytes | None:
+    """The CA to trust, or None for plaintext (only with --insecure / EDGEFLEET_INSECURE=1)."""
+    if TRANSPORT.insecure:
+        return None
+    path = TRANSPORT.ca_cert or _default_ca()
+    if path is None:
+        raise AdminClientError(
+            "no CA certificate to verify the coordinator: pass --ca-cert PATH (it is "
+            "DATA_DIR/tls/ca.pem on the coordinator; or set EDGEFLEET_CA_CERT), or --insecure "
+            "for a coordinator started with --insecure"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AdminClientError(f"cannot read the CA certificate {path}: {exc}") from None
+
+
 def client(coordinator: str, admin_token: str) -> AdminClient:
-    return AdminClient(coordinator or DEFAULT_COORDINATOR, admin_token)
+    return AdminClient(coordinator or DEFAULT_COORDINATOR, admin_token, ca_cert=ca_certificate())

@@ -22,6 +22,7 @@ from coordinator.admin_client import AdminClient, AdminClientError
 from coordinator.cli import render
 from coordinator.cli.common import (
     DEFAULT_COORDINATOR,
+    TRANSPORT,
     AdminTokenOpt,
     CoordinatorOpt,
     JsonOpt,
@@ -47,6 +48,36 @@ devices_app = typer.Typer(help="Inspect and manage registered devices.", no_args
 fleet_app = typer.Typer(help="Fleet-wide views.", no_args_is_help=True)
 profiles_app = typer.Typer(help="The catalog of device profiles.", no_args_is_help=True)
 app.add_typer(coordinator_app, name="coordinator")
+certs_app = typer.Typer(
+    help="TLS certificates, enrollment tokens, revocation.", no_args_is_help=True
+)
+app.add_typer(certs_app, name="certs")
+
+
+@app.callback()
+def _transport(
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-cert",
+            envvar="EDGEFLEET_CA_CERT",
+            help="the coordinator's CA certificate (default: DATA_DIR/tls/ca.pem if present)",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="EDGEFLEET_INSECURE",
+            help="talk plaintext to a coordinator started with --insecure",
+        ),
+    ] = False,
+) -> None:
+    """Deploy compressed deep-learning models to fleets of small devices."""
+    TRANSPORT.ca_cert = ca_cert
+    TRANSPORT.insecure = insecure
+
+
 app.add_typer(devices_app, name="devices")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(profiles_app, name="profiles")
@@ -86,9 +117,29 @@ def coordinator_start(
     rollout_interval: Annotated[
         float, typer.Option(help="seconds between passes of the rollout controller")
     ] = 2.0,
+    device_port: Annotated[
+        int,
+        typer.Option(help="mutual-TLS port for device calls (default: PORT+1; 0 = any free one)"),
+    ] = -1,
+    tls_host: Annotated[
+        list[str] | None,
+        typer.Option(help="extra DNS name or IP for the server certificate (repeat)"),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="EDGEFLEET_INSECURE",
+            help="plaintext gRPC, no TLS or device certificates (development only; logged)",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
-    """Start the coordinator (gRPC on HOST:PORT, state in Redis) and serve until Ctrl-C."""
+    """Start the coordinator and serve until Ctrl-C.
+
+    TLS by default: a CA and a server certificate are created under DATA_DIR/tls on first
+    start. PORT serves enrollment (token + CSR -> device certificate), the admin API and
+    health/reflection; the device port requires each device's own certificate."""
     from coordinator.registry import RegistrySettings
     from coordinator.server import Coordinator, CoordinatorConfig, run_until_signalled
 
@@ -105,14 +156,21 @@ def coordinator_start(
         ),
         metrics_port=metrics_port,
         rollout_interval=rollout_interval,
+        insecure=insecure,
+        device_port=device_port if device_port >= 0 else (port + 1 if port else 0),
+        tls_hosts=tuple(tls_host or ()),
     )
 
     def ready(c: Coordinator) -> None:
         err_console.print(
-            f"edgefleet coordinator listening on {c.address}\n"
-            f"  metrics: {f'http://{c.metrics_address}/metrics' if c.metrics_address else 'off'}\n"
+            f"edgefleet coordinator listening on {c.address}"
+            + (" (INSECURE: plaintext)\n" if insecure else " (TLS)\n")
+            + (f"  device endpoint (mutual TLS): {c.device_address}\n" if not insecure else "")
+            + (f"  CA certificate: {data_dir / 'tls' / 'ca.pem'}\n" if not insecure else "")
+            + f"  metrics: {f'http://{c.metrics_address}/metrics' if c.metrics_address else 'off'}\n"
             f"  state: {c.redis_description}\n"
             f"  admin token: {c.tokens.admin_source}\n"
+            f"  read-only token: {c.tokens.readonly_source}\n"
             f"  enrollment token: {c.tokens.enroll_source}",
             highlight=False,
         )
@@ -244,6 +302,83 @@ def profiles_ls(as_json: JsonOpt = False) -> None:
             ",".join(p.runtimes),
         )
     out.print(table)
+
+
+# --- certs ---------------------------------------------------------------------------------
+
+
+@certs_app.command("init")
+@one_line_errors
+def certs_init(
+    data_dir: Annotated[
+        Path, typer.Option(envvar="EDGEFLEET_DATA_DIR", help="the coordinator's data dir")
+    ] = Path(".edgefleet"),
+    host: Annotated[
+        list[str] | None, typer.Option(help="names/IPs the server certificate covers (repeat)")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the coordinator's CA and server certificate (the coordinator also does this
+    on first start); prints the CA certificate path agents and the CLI must trust."""
+    from edgefleet.pki import CertificateAuthority
+
+    tls = data_dir / "tls"
+    ca = CertificateAuthority.load_or_create(tls)
+    hosts = ["127.0.0.1", "localhost", *(host or [])]
+    ca.server_certificate(tls, hosts)
+    info = {"ca_cert": str(tls / "ca.pem"), "server_cert": str(tls / "server.pem"), "hosts": hosts}
+    if as_json:
+        print_json(info)
+    else:
+        out.print(
+            f"CA certificate: {info['ca_cert']}\nserver certificate: {info['server_cert']} "
+            f"({', '.join(hosts)})",
+            highlight=False,
+        )
+
+
+@certs_app.command("issue")
+@one_line_errors
+def certs_issue(
+    uses: Annotated[int, typer.Option(help="how many devices may enrol with it")] = 1,
+    ttl: Annotated[float, typer.Option(help="seconds it stays valid")] = 3600.0,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    admin_token: AdminTokenOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Mint a limited-use, expiring enrollment token. Each device that registers with it
+    gets its own certificate signed by the coordinator's CA."""
+    with client(coordinator, admin_token) as c:
+        reply = c.create_enrollment_token(uses, ttl)
+    data = {
+        "token": reply.token,
+        "uses": reply.uses,
+        "expires_at": render.iso(reply.expires_at),
+    }
+    if as_json:
+        print_json(data)
+    else:
+        out.print(
+            f"{reply.token}\n(valid for {uses} enrolment(s) until {data['expires_at']})",
+            highlight=False,
+        )
+
+
+@certs_app.command("revoke")
+@one_line_errors
+def certs_revoke(
+    device_id: Annotated[str, typer.Argument(help="device id (dev-...)")],
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    admin_token: AdminTokenOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Refuse a device from now on: its credential and certificate stop working."""
+    with client(coordinator, admin_token) as c:
+        c.revoke_device(device_id)
+    if as_json:
+        print_json({"revoked": device_id})
+    else:
+        out.print(f"revoked {device_id}")
 
 
 # --- simulate ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from rich.table import Table
 from edgefleet.v1 import admin_pb2, device_pb2, profile_pb2
 
 
-def _iso(ts: Timestamp) -> str:
+def iso(ts: Timestamp) -> str:
     return ts.ToDatetime(tzinfo=dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -53,8 +53,8 @@ def device_to_dict(d: admin_pb2.Device, *, with_profile: bool = False) -> dict[s
         "name": d.name,
         "profile": d.profile.name,
         "status": status_name(d.status),
-        "last_seen": _iso(d.last_seen),
-        "registered_at": _iso(d.registered_at),
+        "last_seen": iso(d.last_seen),
+        "registered_at": iso(d.registered_at),
         "agent_version": d.agent_version,
         "reported_state": _enum_name(d.reported_state, device_pb2.AgentState, "AGENT_STATE_"),
         "uptime_seconds": round(d.uptime_seconds, 1),

@@ -79,6 +79,16 @@ class AdminServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.ControlRolloutRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
                 _registered_method=True)
+        self.CreateEnrollmentToken = channel.unary_unary(
+                '/edgefleet.v1.AdminService/CreateEnrollmentToken',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.CreateEnrollmentTokenRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.CreateEnrollmentTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RevokeDevice',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -140,6 +150,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrollmentToken(self, request, context):
+        """A limited-use, expiring enrollment token (for provisioning a batch of devices).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """Refuse a device from now on: its credential and certificate stop working and
+        it cannot re-enrol under the same identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +212,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ControlRollout,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ControlRolloutRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.SerializeToString,
+            ),
+            'CreateEnrollmentToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrollmentToken,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.CreateEnrollmentTokenRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.CreateEnrollmentTokenResponse.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.RevokeDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +467,60 @@ class AdminService:
             '/edgefleet.v1.AdminService/ControlRollout',
             edgefleet_dot_v1_dot_admin__pb2.ControlRolloutRequest.SerializeToString,
             edgefleet_dot_v1_dot_admin__pb2.RolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrollmentToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/CreateEnrollmentToken',
+            edgefleet_dot_v1_dot_admin__pb2.CreateEnrollmentTokenRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.CreateEnrollmentTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RevokeDevice',
+            edgefleet_dot_v1_dot_admin__pb2.RevokeDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.RevokeDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,

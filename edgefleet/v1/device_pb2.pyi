@@ -22,7 +22,7 @@ AGENT_STATE_DEGRADED: AgentState
 AGENT_STATE_STOPPING: AgentState
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("instance_key", "name", "profile", "agent_version", "labels", "benchmark")
+    __slots__ = ("instance_key", "name", "profile", "agent_version", "labels", "benchmark", "csr_pem")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,13 +36,15 @@ class RegisterRequest(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
     instance_key: str
     name: str
     profile: _profile_pb2.DeviceProfile
     agent_version: str
     labels: _containers.ScalarMap[str, str]
     benchmark: DeviceBenchmark
-    def __init__(self, instance_key: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., benchmark: _Optional[_Union[DeviceBenchmark, _Mapping]] = ...) -> None: ...
+    csr_pem: bytes
+    def __init__(self, instance_key: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., benchmark: _Optional[_Union[DeviceBenchmark, _Mapping]] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class DeviceBenchmark(_message.Message):
     __slots__ = ("macs_per_second", "method")
@@ -53,16 +55,22 @@ class DeviceBenchmark(_message.Message):
     def __init__(self, macs_per_second: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("device_id", "credential", "heartbeat_interval_seconds", "bundle_public_keys")
+    __slots__ = ("device_id", "credential", "heartbeat_interval_seconds", "bundle_public_keys", "certificate_pem", "ca_certificate_pem", "device_endpoint")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     credential: str
     heartbeat_interval_seconds: float
     bundle_public_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device_id: _Optional[str] = ..., credential: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., bundle_public_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    device_endpoint: str
+    def __init__(self, device_id: _Optional[str] = ..., credential: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., bundle_public_keys: _Optional[_Iterable[str]] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., device_endpoint: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("device_id", "state", "sequence", "uptime_seconds", "active_variant", "previous_variant", "failed_variant", "failure_reason")

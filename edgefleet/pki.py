@@ -1,0 +1,204 @@
+"""The small X.509 toolkit both sides need: keys, CSRs, certificates, identities.
+
+Why X.509 and mutual TLS: a device proves who it is with a key that never
+leaves it, and the coordinator can refuse a device speaking for another id
+without trusting anything the request says. The coordinator's CA signs a
+certificate per device at enrollment (from a CSR; the private key stays on the
+device) whose SAN URI ``edgefleet:device:<id>`` is the identity every later call
+is checked against. ECDSA P-256: supported by every TLS stack gRPC uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+DEVICE_URI_PREFIX = "edgefleet:device:"
+
+
+class PkiError(ValueError):
+    """A key, CSR or certificate is malformed or does not verify."""
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError("expected an EC private key")
+    return key
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret with mode 0600 (created that way, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    tmp.replace(path)
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def device_id_of(cert_pem: bytes) -> str | None:
+    """The device id a certificate was issued for (its SAN URI), or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(DEVICE_URI_PREFIX):
+            return uri.removeprefix(DEVICE_URI_PREFIX)
+    return None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _san_entries(hosts: list[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+class CertificateAuthority:
+    """The coordinator's CA: signs its own server certificate and every device's."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self.key = key
+        self.cert = cert
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def load_or_create(cls, directory: Path, name: str = "edgefleet CA") -> CertificateAuthority:
+        key_path, cert_path = directory / "ca.key", directory / "ca.pem"
+        if key_path.exists() and cert_path.exists():
+            return cls(
+                load_key(key_path.read_bytes()),
+                x509.load_pem_x509_certificate(cert_path.read_bytes()),
+            )
+        key = new_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - dt.timedelta(minutes=5))
+            .not_valid_after(_now() + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        write_private(key_path, key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(key, cert)
+
+    def _issue(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        common_name: str,
+        sans: list[x509.GeneralName],
+        server: bool,
+        days: int,
+    ) -> x509.Certificate:
+        usage = x509.oid.ExtendedKeyUsageOID
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_now() - dt.timedelta(minutes=5))
+            .not_valid_after(_now() + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([usage.SERVER_AUTH if server else usage.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def server_certificate(self, directory: Path, hosts: list[str]) -> tuple[bytes, bytes]:
+        """(key PEM, cert PEM) for the coordinator, valid for ``hosts``; reused if it covers them."""
+        key_path, cert_path = directory / "server.key", directory / "server.pem"
+        wanted = {str(n.value) for n in _san_entries(hosts)}
+        if key_path.exists() and cert_path.exists():
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            have = {str(n.value) for n in sans}
+            if wanted <= have and cert.not_valid_after_utc > _now() + dt.timedelta(days=7):
+                return key_path.read_bytes(), cert_path.read_bytes()
+        key = new_key()
+        cert = self._issue(
+            key.public_key(), "edgefleet coordinator", _san_entries(hosts), True, 825
+        )
+        write_private(key_path, key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return key_path.read_bytes(), cert_path.read_bytes()
+
+    def sign_device(self, csr_pem: bytes, device_id: str, days: int = 365) -> tuple[bytes, int]:
+        """A client certificate for ``device_id`` from the device's CSR: (PEM, serial)."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise PkiError(f"not a PEM certificate signing request ({exc})") from None
+        if not csr.is_signature_valid:
+            raise PkiError("the CSR's signature does not verify")
+        public_key = csr.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise PkiError("the CSR must carry an EC (P-256) public key")
+        sans: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)
+        ]
+        cert = self._issue(public_key, device_id, sans, False, days)
+        return cert.public_bytes(serialization.Encoding.PEM), cert.serial_number
