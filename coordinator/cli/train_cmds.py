@@ -107,9 +107,7 @@ def start(
     lr: float = 0.05,
     local_epochs: Annotated[int, typer.Option("--local-epochs")] = 1,
     proximal_mu: Annotated[float, typer.Option("--proximal-mu")] = 0.01,
-    dp: Annotated[
-        str, typer.Option(help="none | server-fixed | client-fixed (Flower's DP)")
-    ] = "none",
+    dp: Annotated[str, typer.Option(help="none | server-fixed (Flower's DP wrapper)")] = "none",
     dp_noise: Annotated[float, typer.Option("--dp-noise")] = 0.0,
     dp_clip: Annotated[float, typer.Option("--dp-clip")] = 10.0,
     round_timeout: Annotated[float, typer.Option("--round-timeout")] = 120.0,
@@ -127,6 +125,8 @@ def start(
     if strategy not in STRATEGIES:
         raise fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     parse_selection(select)  # a bad expression fails here, before anything starts
+    if dp not in ("none", "server-fixed"):
+        raise fail(f"--dp must be none or server-fixed, got {dp!r}")
     if bool(superlink) == bool(local):
         raise fail("give exactly one of --superlink HOST:PORT or --local N")
     run_name = name or f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
