@@ -30,6 +30,7 @@ class Identity:
     device_id: str = ""
     credential: str = ""
     bundle_public_keys: tuple[str, ...] = ()
+    device_endpoint: str = ""  # where calls after Register go ("" = the coordinator address)
 
     @property
     def enrolled(self) -> bool:
@@ -52,6 +53,7 @@ def load_identity(state_dir: Path) -> Identity | None:
             device_id=str(data.get("device_id", "")),
             credential=str(data.get("credential", "")),
             bundle_public_keys=tuple(str(k) for k in data.get("bundle_public_keys", ())),
+            device_endpoint=str(data.get("device_endpoint", "")),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IdentityError(f"{path} is unreadable ({exc}); move it away to re-enrol") from exc

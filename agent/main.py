@@ -59,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"device profile: auto (detect this host) or one of {', '.join(CATALOG)}",
     )
     parser.add_argument(
+        "--ca-cert",
+        default=os.environ.get("EDGEFLEET_CA_CERT") or None,
+        help="the coordinator's CA certificate, to verify it over TLS (env EDGEFLEET_CA_CERT)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("EDGEFLEET_INSECURE", "") not in ("", "0"),
+        help="plaintext, for a coordinator started with --insecure (env EDGEFLEET_INSECURE=1)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=Path("~/.edgefleet-agent").expanduser(),
@@ -150,6 +161,24 @@ async def _run(config: AgentConfig) -> None:
     await session.run(stop)
 
 
+def _ca_certificate(args: argparse.Namespace) -> bytes | None:
+    """The CA to trust, or None for plaintext (only with --insecure)."""
+    if args.insecure:
+        logging.getLogger("edgefleet.agent").warning(
+            "INSECURE: talking plaintext to the coordinator (--insecure)"
+        )
+        return None
+    if args.ca_cert is None:
+        raise FatalAgentError(
+            "no CA certificate: pass --ca-cert PATH (the coordinator's DATA_DIR/tls/ca.pem, "
+            "or set EDGEFLEET_CA_CERT), or --insecure for a coordinator started with --insecure"
+        )
+    try:
+        return Path(args.ca_cert).read_bytes()
+    except OSError as exc:
+        raise FatalAgentError(f"cannot read the CA certificate {args.ca_cert}: {exc}") from None
+
+
 def _stop_during_startup(signum: int, frame: object) -> None:
     """A SIGTERM before the event loop runs (slow imports on a busy device): leave cleanly."""
     raise SystemExit(0)
@@ -177,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             workload_rate=args.workload_rate,
             local_data=local_data_spec(args),
             finetune_scope=args.finetune,
+            ca_cert=_ca_certificate(args),
         )
         asyncio.run(_run(config))
     except UnknownProfileError as err:

@@ -28,6 +28,7 @@ from agent.identity import Identity, load_identity, new_instance_key, save_ident
 from agent.reconcile import Reconciler
 from agent.serving import Serving
 from agent.telemetry import BufferedRecord, TelemetryBuffer
+from agent.transport import Transport
 from agent.work import AgentWork
 from edgefleet import __version__
 from edgefleet.perf import device_benchmark
@@ -39,14 +40,6 @@ if TYPE_CHECKING:
     from agent.workload import LocalDataSpec
 
 log = logging.getLogger("edgefleet.agent")
-
-# Let gRPC's own reconnection keep pace with ours; its default ceiling is 120 s,
-# which would leave a device dark for minutes after a coordinator restart.
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-]
 RPC_TIMEOUT_SECONDS = 10.0
 # How long one reconcile pass waits for a download before the loop moves on (the download
 # continues in the background; a small bundle is usually active within the same pass).
@@ -73,6 +66,7 @@ class AgentConfig:
     workload_rate: float = 0.0  # simulated devices: replay local data at this many req/s
     local_data: LocalDataSpec | None = None
     finetune_scope: str = ""  # "" = never; else fine-tune once on local data after activation
+    ca_cert: bytes | None = None  # the coordinator's CA (TLS); None = plaintext (--insecure)
 
 
 @dataclass
@@ -113,6 +107,8 @@ class AgentSession:
         )
         self.variant_status = self.reconciler.status()
         self._desired_state = device_pb2.DesiredState()
+        self.transport = Transport(config.coordinator, config.state_dir, config.ca_cert)
+        self._artifacts_stub: artifact_pb2_grpc.ArtifactServiceStub | None = None
 
     @property
     def identity(self) -> Identity:
@@ -147,6 +143,7 @@ class AgentSession:
             benchmark=device_pb2.DeviceBenchmark(
                 macs_per_second=self.benchmark.macs_per_second, method=self.benchmark.method
             ),
+            csr_pem=self.transport.csr(self.config.name),
         )
         try:
             reply = await stub.Register(
@@ -158,12 +155,17 @@ class AgentSession:
             if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
                 raise FatalAgentError(f"registration refused: {err.details()}") from err
             raise
+        if self.transport.secure:
+            if not reply.certificate_pem:
+                raise FatalAgentError("the coordinator issued no device certificate over TLS")
+            self.transport.save_certificate(reply.certificate_pem, reply.ca_certificate_pem)
         self._identity = replace(
             self._identity,
             device_id=reply.device_id,
             credential=reply.credential,
             coordinator=self.config.coordinator,
             bundle_public_keys=tuple(reply.bundle_public_keys),
+            device_endpoint=reply.device_endpoint,
         )
         save_identity(self.config.state_dir, self._identity)
         self.artifacts.set_trusted_keys(self._identity.bundle_public_keys)
@@ -236,50 +238,74 @@ class AgentSession:
                 break  # the coordinator holds less than we sent; retry next interval
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(
-            self.config.coordinator, options=CHANNEL_OPTIONS
-        ) as channel:
-            stub = device_pb2_grpc.DeviceServiceStub(channel)
-            artifacts = artifact_pb2_grpc.ArtifactServiceStub(channel)
+        async with self.transport.enrollment_channel() as enrollment:
+            enroll_stub = device_pb2_grpc.DeviceServiceStub(enrollment)
+            device: grpc.aio.Channel | None = None
+            stub: device_pb2_grpc.DeviceServiceStub | None = None
             state = device_pb2.AGENT_STATE_STARTING
             await self.work.start()
-            while not stop.is_set():
-                try:
-                    if not self._identity.enrolled:
-                        await self._register(stub)
-                    await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
-                    state = device_pb2.AGENT_STATE_READY
-                    await self._reconcile(artifacts)
+            try:
+                while not stop.is_set():
+                    # measure every interval, reachable or not: the buffer carries it over
                     self._sample()
-                    await self._flush_telemetry(stub, RPC_TIMEOUT_SECONDS)
-                    if self.config.backoff.attempt:
-                        log.info("coordinator reachable again at %s", self.config.coordinator)
-                    self.config.backoff.reset()
-                    delay = self._interval
-                except grpc.aio.AioRpcError as err:
-                    code = err.code()
-                    if code == grpc.StatusCode.NOT_FOUND:
-                        self._forget_enrollment("coordinator does not know this device")
-                        continue
-                    if code == grpc.StatusCode.UNAUTHENTICATED:
-                        self._forget_enrollment("coordinator rejected this device's credential")
-                        continue
-                    if code == grpc.StatusCode.INVALID_ARGUMENT:
-                        raise FatalAgentError(
-                            f"coordinator refused a heartbeat: {err.details()}"
-                        ) from err
-                    delay = self.config.backoff.next_delay()
-                    log.warning(
-                        "coordinator %s unreachable (%s); retrying in %.1fs",
-                        self.config.coordinator,
-                        code.name,
-                        delay,
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-            await self.reconciler.aclose()
-            await self.work.stop()
-            await self._say_goodbye(stub)
+                    try:
+                        if (
+                            self.transport.secure
+                            and self._identity.enrolled
+                            and not self.transport.has_certificate()
+                        ):
+                            self._forget_enrollment("no device certificate in the state dir")
+                        if not self._identity.enrolled:
+                            await self._register(enroll_stub)
+                            if device is not None:
+                                await device.close()
+                                device = None
+                        if device is None:
+                            device = self.transport.device_channel(self._identity.device_endpoint)
+                            stub = device_pb2_grpc.DeviceServiceStub(device)
+                            self._artifacts_stub = artifact_pb2_grpc.ArtifactServiceStub(device)
+                        assert stub is not None
+                        await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
+                        state = device_pb2.AGENT_STATE_READY
+                        await self._reconcile(self._artifacts_stub)
+                        await self._flush_telemetry(stub, RPC_TIMEOUT_SECONDS)
+                        if self.config.backoff.attempt:
+                            log.info("coordinator reachable again at %s", self.config.coordinator)
+                        self.config.backoff.reset()
+                        delay = self._interval
+                    except grpc.aio.AioRpcError as err:
+                        code = err.code()
+                        if code == grpc.StatusCode.NOT_FOUND:
+                            self._forget_enrollment("coordinator does not know this device")
+                            continue
+                        if code in (
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            grpc.StatusCode.PERMISSION_DENIED,
+                        ):
+                            self._forget_enrollment(
+                                f"coordinator rejected this device ({err.details()})"
+                            )
+                            continue
+                        if code == grpc.StatusCode.INVALID_ARGUMENT:
+                            raise FatalAgentError(
+                                f"coordinator refused a heartbeat: {err.details()}"
+                            ) from err
+                        delay = self.config.backoff.next_delay()
+                        log.warning(
+                            "coordinator %s unreachable (%s); retrying in %.1fs",
+                            self.config.coordinator,
+                            code.name,
+                            delay,
+                        )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                await self.reconciler.aclose()
+                await self.work.stop()
+                if stub is not None:
+                    await self._say_goodbye(stub)
+            finally:
+                if device is not None:
+                    await device.close()
         self.telemetry.close()
 
     async def _say_goodbye(self, stub: device_pb2_grpc.DeviceServiceStub) -> None:

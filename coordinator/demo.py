@@ -207,12 +207,14 @@ def run_demo(
     variants = build_demo_model(data_dir, err_console, as_json, epochs, recipes)
     err_console.print(f"[bold]2/5[/bold] starting a coordinator (state in {data_dir})")
     coordinator, address = start_coordinator_process(
-        data_dir, ["--heartbeat-interval", "1", "--rollout-interval", "0.5"]
+        data_dir, ["--heartbeat-interval", "1", "--rollout-interval", "0.5"], insecure=False
     )
     fleet: SimulatedFleet | None = None
     try:
         admin = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
         enroll = (data_dir / ENROLL_TOKEN_FILE).read_text().strip()
+        ca_path = (data_dir / "tls" / "ca.pem").resolve()  # the demo runs TLS end to end
+        ca = ca_path.read_bytes()
         err_console.print(
             f"[bold]3/5[/bold] starting {devices} simulated devices against {address}"
         )
@@ -223,8 +225,9 @@ def run_demo(
             count=devices,
             state_root=data_dir / "agents",
             labels_by_profile=DEMO_BUDGETS,
+            extra_args=["--ca-cert", str(ca_path)],
         )
-        with AdminClient(address, admin) as client:
+        with AdminClient(address, admin, ca_cert=ca) as client:
             wait_until_online(client, {a.name for a in fleet.agents}, timeout=60)
             err_console.print(
                 "[bold]4/5[/bold] edgefleet deploy digits --to all --strategy canary --soak 2"

@@ -185,7 +185,8 @@ class DockerFleet:
                     *extra_args,
                 ],
                 name=f"edgefleet-{fleet.fleet_id}-{name}",
-                environment={"EDGEFLEET_ENROLL_TOKEN": enroll_token},
+                # plaintext to the coordinator, explicitly (the containers have no CA yet)
+                environment={"EDGEFLEET_ENROLL_TOKEN": enroll_token, "EDGEFLEET_INSECURE": "1"},
                 labels={
                     LABEL_MANAGED: MANAGED_BY,
                     LABEL_FLEET: fleet.fleet_id,

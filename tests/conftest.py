@@ -255,7 +255,17 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
     ) -> AgentProc:
         a = AgentProc(
             state_dir or tmp_path / "agents" / name,
-            ["--coordinator", coordinator, "--profile", profile, "--name", name, *extra],
+            [
+                "--coordinator",
+                coordinator,
+                "--profile",
+                profile,
+                "--name",
+                name,
+                # plaintext to the fixtures' --insecure coordinators unless a CA is given
+                *(() if "--ca-cert" in extra else ("--insecure",)),
+                *extra,
+            ],
         )
         started.append(a)
         return a.start()

@@ -92,7 +92,7 @@ class TransportChoice:
 TRANSPORT = TransportChoice()
 
 
-def _default_ca() -> Path | None:
+def default_ca() -> Path | None:
     data_dir = Path(os.environ.get("EDGEFLEET_DATA_DIR") or ".edgefleet")
     candidate = data_dir / "tls" / "ca.pem"
     return candidate if candidate.exists() else None
@@ -102,7 +102,7 @@ def ca_certificate() -> bytes | None:
     """The CA to trust, or None for plaintext (only with --insecure / EDGEFLEET_INSECURE=1)."""
     if TRANSPORT.insecure:
         return None
-    path = TRANSPORT.ca_cert or _default_ca()
+    path = TRANSPORT.ca_cert or default_ca()
     if path is None:
         raise AdminClientError(
             "no CA certificate to verify the coordinator: pass --ca-cert PATH (it is "

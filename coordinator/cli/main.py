@@ -26,7 +26,9 @@ from coordinator.cli.common import (
     AdminTokenOpt,
     CoordinatorOpt,
     JsonOpt,
+    ca_certificate,
     client,
+    default_ca,
     err_console,
     fail,
     one_line_errors,
@@ -34,6 +36,7 @@ from coordinator.cli.common import (
     print_json,
 )
 from coordinator.cli.rollout_cmds import deploy, explain, rollout_app
+from coordinator.cli.train_cmds import train_app
 from edgefleet.catalog import CATALOG
 from edgefleet.v1 import admin_pb2
 
@@ -82,6 +85,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(train_app, name="train", help="Federated fine-tuning on Flower across the fleet.")
 app.command("deploy")(one_line_errors(deploy))
 devices_app.command("explain")(one_line_errors(explain))
 
@@ -450,6 +454,8 @@ def simulate(
     if backend == "docker":
         from coordinator.docker_fleet import DEFAULT_AGENT_IMAGE, DockerFleet
 
+        if not TRANSPORT.insecure:
+            raise fail("--backend docker talks plaintext for now: add --insecure (see README)")
         fleet = DockerFleet.start(
             coordinator=coordinator,
             enroll_token=token,
@@ -459,12 +465,17 @@ def simulate(
         )
         where = "docker logs <container>"
     elif backend == "process":
+        ca = None if TRANSPORT.insecure else (TRANSPORT.ca_cert or default_ca())
+        if not TRANSPORT.insecure and ca is None:
+            ca_certificate()  # raises the one-line explanation
+        transport = ["--insecure"] if ca is None else ["--ca-cert", str(Path(ca).resolve())]
         fleet = SimulatedFleet.start(
             coordinator=coordinator,
             enroll_token=token,
             profiles=names,
             count=devices,
             state_root=state_dir,
+            extra_args=transport,
         )
         where = f"{state_dir}/*/agent.log"
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,7 +72,48 @@ def _round_line(r: dict[str, Any], total: int) -> str:
     )
 
 
-def _follow(run_dir: Path, as_json: bool, timeout: float) -> dict[str, Any]:
+def _report_rounds(
+    redis_url: str, model: str, run: str, rounds: list[dict[str, Any]], failed: bool
+) -> None:
+    """Put finished rounds in the fleet state, where the coordinator exports them as the
+    ``edgefleet_fl_*`` metrics (dashboards and the FederatedRoundFailed alert read them)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from coordinator.store import FederatedRound, FleetStore
+
+    def nan_if_none(v: Any) -> float:
+        return float("nan") if v is None else float(v)
+
+    async def write() -> None:
+        store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
+        try:
+            for r in rounds:
+                await store.record_fl_round(FederatedRound(
+                    model, run, int(r["round"]), "completed", nan_if_none(r.get("train_loss")),
+                    nan_if_none(r.get("test_acc", r.get("client_eval_acc"))),
+                    len(r.get("participants", [])), time.time(),
+                ))  # fmt: skip
+            if failed:
+                last = int(rounds[-1]["round"]) + 1 if rounds else 1
+                await store.record_fl_round(
+                    FederatedRound(
+                        model, run, last, "failed", float("nan"), float("nan"), 0, time.time()
+                    )
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+
+
+def _follow(
+    run_dir: Path,
+    as_json: bool,
+    timeout: float,
+    report: Callable[[list[dict[str, Any]], bool], None] | None = None,
+) -> dict[str, Any]:
     """Print each round as the ServerApp records it; return the finished record."""
     shown = 0
     deadline = time.monotonic() + timeout
@@ -82,8 +124,11 @@ def _follow(run_dir: Path, as_json: bool, timeout: float) -> dict[str, Any]:
         for r in rounds[shown:]:
             if not as_json:
                 out.print(_round_line(r, total), highlight=False)
+        finished = doc["state"] not in ("running", "submitted")
+        if report is not None and (rounds[shown:] or finished):
+            report(rounds[shown:], finished and doc["state"] != "completed")
         shown = len(rounds)
-        if doc["state"] not in ("running", "submitted"):
+        if finished:
             return doc
         if time.monotonic() > deadline:
             raise fail(f"run {run_dir.name} still {doc['state']} after {timeout:.0f}s")
@@ -114,6 +159,13 @@ def start(
     name: Annotated[str, typer.Option(help="run name (default: MODEL-TIMESTAMP)")] = "",
     runs_dir: RunsDirOpt = DEFAULT_RUNS,
     timeout: Annotated[float, typer.Option(help="give up following after this many s")] = 3600,
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_REDIS_URL",
+            help="also record each round in the fleet's Redis (exported as edgefleet_fl_* metrics)",
+        ),
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune MODEL on the fleet for R rounds, printing each round as it finishes."""
@@ -169,7 +221,13 @@ def start(
         (run_dir / "meta.json").write_text(json.dumps(meta))
         if not as_json:
             err_console.print(f"run {run_name} (Flower run {run_id}) on {address}")
-        doc = _follow(run_dir, as_json, timeout)
+        report = None
+        if redis_url:
+
+            def report(new: list[dict[str, Any]], failed: bool) -> None:
+                _report_rounds(redis_url, model, run_name, new, failed)
+
+        doc = _follow(run_dir, as_json, timeout, report)
     finally:
         if fed is not None:
             fed.stop()

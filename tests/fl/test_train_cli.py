@@ -68,3 +68,31 @@ def test_a_running_record_whose_serverapp_is_gone_reads_as_failed(tmp_path: Path
     (run / "progress.json").write_text(json.dumps({"state": "running", "pid": int(dead.stdout)}))
     res = runner.invoke(train_app, ["status", "r2", "--runs-dir", str(tmp_path)])
     assert "r2: failed the ServerApp process is gone" in res.output
+
+
+def test_rounds_are_recorded_in_the_fleet_state_for_metrics(redis_url: str) -> None:
+    """`train start --redis-url` puts each round where the coordinator exports edgefleet_fl_*."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from coordinator.cli.train_cmds import _report_rounds
+    from coordinator.store import FleetStore
+
+    rounds = [
+        {"round": 1, "train_loss": 0.9, "test_acc": 0.5, "participants": ["a", "b"]},
+        {"round": 2, "train_loss": 0.4, "test_acc": 0.7, "participants": ["a", "b", "c"]},
+    ]
+    _report_rounds(redis_url, "mlp", "run-x", rounds, failed=True)
+
+    async def snapshot() -> tuple[list, dict]:  # type: ignore[type-arg]
+        store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
+        try:
+            return await store.fl_snapshot()
+        finally:
+            await store.close()
+
+    latest, outcomes = asyncio.run(snapshot())
+    assert outcomes == {"completed": 2, "failed": 1}
+    [mlp] = latest
+    assert (mlp.model, mlp.round, mlp.outcome) == ("mlp", 3, "failed")

@@ -304,7 +304,7 @@ def netns_processes(
     def agent(link: Link, coordinator: str, name: str, *extra: str) -> NetnsAgentProc:
         a = NetnsAgentProc(
             tmp_path / "agents" / name,
-            ["--coordinator", coordinator, "--name", name, *extra],
+            ["--coordinator", coordinator, "--name", name, "--insecure", *extra],
             netns=link.netns,
         )
         agents.append(a)
