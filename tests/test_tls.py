@@ -17,7 +17,7 @@ from edgefleet.catalog import get_profile
 from edgefleet.pki import device_id_of, key_pem, make_csr, new_key
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
-from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc
+from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
 
 
 def _info(coord: CoordinatorProc) -> dict[str, str]:
@@ -236,3 +236,38 @@ def test_insecure_mode_is_explicit_and_logged(
             metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
             timeout=5,
         )
+
+
+def test_a_real_agent_enrols_over_tls_and_heartbeats_with_mutual_tls(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    coord = coordinator_factory("--tls", "--heartbeat-interval", "0.5")
+    ca = coord.data_dir / "tls" / "ca.pem"
+    agent = agent_factory(
+        coord.address, "rpi4", "tls-agent", "--token", ENROLL_TOKEN, "--ca-cert", str(ca)
+    )
+    with AdminClient(coord.address, ADMIN_TOKEN, ca_cert=ca.read_bytes()) as admin:
+
+        def ready() -> bool:
+            listed = admin.list_devices()
+            return bool(listed) and listed[0].reported_state == device_pb2.AGENT_STATE_READY
+
+        wait_for(ready, 30, "the TLS agent to heartbeat")
+        [device] = admin.list_devices()
+    # the key stayed on the device; the certificate names the device id it was given
+    assert (agent.state_dir / "device.key").stat().st_mode & 0o777 == 0o600
+    assert device_id_of((agent.state_dir / "device.pem").read_bytes()) == device.id
+    assert agent.stop() == 0
+    # without a CA or --insecure the agent refuses to start talking
+    bare = agent_factory(
+        coord.address,
+        "rpi4",
+        "no-ca",
+        "--token",
+        ENROLL_TOKEN,
+        "--ca-cert",
+        str(coord.data_dir / "missing.pem"),
+    )
+    assert bare.proc is not None and bare.proc.wait(30) == 2
+    assert "cannot read the CA certificate" in bare.log.read_text()
