@@ -60,9 +60,10 @@ from typing import Any
 import grpc
 
 from agent.artifacts import ArtifactCache, DownloadResult
+from agent.backoff import Backoff
 from agent.reconcile import Reconciler, ReconcileStatus
-from agent.session import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS
 from agent.session import RECONCILE_WAIT_SECONDS, RPC_TIMEOUT_SECONDS
+from agent.transport import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS
 from benchmarks import artifacts as artifact_bench
 from coordinator.admin_client import AdminClient, AdminClientError
 from coordinator.compression.variant_store import VariantStore
@@ -128,22 +129,33 @@ class SimAgent:
         return (("authorization", f"Bearer {self.credential}"),)
 
     async def register(self, enroll_token: str) -> None:
+        """Enrol as ``AgentSession._register`` does, retrying UNAVAILABLE with its backoff (a
+        fleet connecting at once can overflow the listen backlog; real agents retry too)."""
         profile = get_profile(self.profile)
         bench = device_benchmark(profile)
-        reply = await self.device.Register(
-            device_pb2.RegisterRequest(
-                instance_key=f"bench-distribution-{self.index:05d}-{time.time_ns()}",
-                name=self.name,
-                profile=profile_to_proto(profile),
-                agent_version=__version__,
-                labels=LABELS,
-                benchmark=device_pb2.DeviceBenchmark(
-                    macs_per_second=bench.macs_per_second, method=bench.method
-                ),
+        request = device_pb2.RegisterRequest(
+            instance_key=f"bench-distribution-{self.index:05d}-{time.time_ns()}",
+            name=self.name,
+            profile=profile_to_proto(profile),
+            agent_version=__version__,
+            labels=LABELS,
+            benchmark=device_pb2.DeviceBenchmark(
+                macs_per_second=bench.macs_per_second, method=bench.method
             ),
-            metadata=(("authorization", f"Bearer {enroll_token}"),),
-            timeout=RPC_TIMEOUT_SECONDS,
         )
+        backoff = Backoff(cap=2.0)
+        while True:
+            try:
+                reply = await self.device.Register(
+                    request,
+                    metadata=(("authorization", f"Bearer {enroll_token}"),),
+                    timeout=RPC_TIMEOUT_SECONDS,
+                )
+                break
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or backoff.attempt >= 10:
+                    raise
+                await asyncio.sleep(backoff.next_delay())
         self.device_id, self.credential = reply.device_id, reply.credential
         self.keys = tuple(reply.bundle_public_keys)
         self.cache.set_trusted_keys(self.keys)
