@@ -58,6 +58,7 @@ from types import FrameType
 from typing import Any
 
 import grpc
+import psutil
 
 from agent.artifacts import ArtifactCache, DownloadResult
 from agent.backoff import Backoff
@@ -392,7 +393,22 @@ async def local_baseline(
     return time.perf_counter() - start, list(each)
 
 
-_live: list[subprocess.Popen[bytes]] = []
+_live: list[tuple[subprocess.Popen[bytes], Path]] = []  # coordinators and their data dirs
+
+
+def stop_coordinator(proc: subprocess.Popen[bytes], data_dir: Path) -> None:
+    """SIGTERM the coordinator; then make sure its embedded Redis went with it.
+
+    A coordinator stopped in the middle of a rollout can take long enough that its Redis is
+    still saving when the data dir is removed - and Redis refuses to exit when that save fails.
+    The server's own pidfile names it; it is killed only if its command line is this data dir's.
+    """
+    stop_process(proc)
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        redis = psutil.Process(int((data_dir / "redis" / "redis.pid").read_text()))
+        if str(data_dir) in " ".join(redis.cmdline()):
+            redis.kill()
+            redis.wait(timeout=5)
 
 
 def run_strategy(args: argparse.Namespace, strategy: str, base: Path) -> RolloutResult:
@@ -401,14 +417,14 @@ def run_strategy(args: argparse.Namespace, strategy: str, base: Path) -> Rollout
     data_dir = work / "coordinator"
     make_model(data_dir)
     proc, address = start_coordinator_process(data_dir, COORDINATOR_ARGS)
-    _live.append(proc)
+    _live.append((proc, data_dir))
     try:
         result, agents, rollout = asyncio.run(
             fleet_rollout(args, strategy, address, data_dir, work)
         )
     finally:
-        stop_process(proc)
-        _live.remove(proc)
+        stop_coordinator(proc, data_dir)
+        _live.remove((proc, data_dir))
     shutil.rmtree(work / "agents", ignore_errors=True)
     baseline_dir = work / "baseline"
     baseline_dir.mkdir()
@@ -542,8 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; stopping the coordinator", file=sys.stderr)
         return 130
     finally:
-        for proc in list(_live):
-            stop_process(proc)
+        for proc, data_dir in list(_live):
+            stop_coordinator(proc, data_dir)
         shutil.rmtree(base, ignore_errors=True)
     wall = time.perf_counter() - t0
     if args.json:
