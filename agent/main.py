@@ -7,22 +7,33 @@ Exits 0 after SIGTERM/SIGINT (having told the coordinator it is going),
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-import os
 import signal
-import socket
 import sys
-from pathlib import Path
 
-from agent.identity import IdentityError
-from agent.session import AgentConfig, AgentSession, FatalAgentError
-from agent.workload import LocalDataSpec
-from edgefleet import __version__
-from edgefleet.catalog import CATALOG, UnknownProfileError, get_profile
-from edgefleet.hostdetect import detect_host_profile
-from edgefleet.profiles import DeviceProfile
+
+def _stop_during_startup(signum: int, frame: object) -> None:
+    """A SIGTERM before the event loop runs (slow imports on a busy device): leave cleanly."""
+    raise SystemExit(0)
+
+
+# Installed before the heavier imports below: a supervisor that stops the agent while it is
+# still starting must get a clean exit, not death by the default signal disposition.
+signal.signal(signal.SIGTERM, _stop_during_startup)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from agent.identity import IdentityError  # noqa: E402
+from agent.session import AgentConfig, AgentSession, FatalAgentError  # noqa: E402
+from agent.workload import LocalDataSpec  # noqa: E402
+from edgefleet import __version__  # noqa: E402
+from edgefleet.catalog import CATALOG, UnknownProfileError, get_profile  # noqa: E402
+from edgefleet.hostdetect import detect_host_profile  # noqa: E402
+from edgefleet.profiles import DeviceProfile  # noqa: E402
 
 COORDINATOR_ENV = "EDGEFLEET_COORDINATOR"
 ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
@@ -177,11 +188,6 @@ def _ca_certificate(args: argparse.Namespace) -> bytes | None:
         return Path(args.ca_cert).read_bytes()
     except OSError as exc:
         raise FatalAgentError(f"cannot read the CA certificate {args.ca_cert}: {exc}") from None
-
-
-def _stop_during_startup(signum: int, frame: object) -> None:
-    """A SIGTERM before the event loop runs (slow imports on a busy device): leave cleanly."""
-    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
