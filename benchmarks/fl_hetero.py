@@ -24,12 +24,11 @@ PROFILES = ("rpi4", "phone-flagship", "cortex-m7", "esp32-s3", "cortex-m4", "rpi
 FORCED = {4: {"width": 0.25}}  # the cortex-m4 trains a quarter-width slice
 
 
-def main() -> None:
-    """Run both strategies and print the comparison."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def compare(rounds: int = 5) -> list[dict[str, Any]]:
+    """Run HeteroFL with all six devices, then FedAvg with only the full-model ones.
+
+    One function (not only ``main``) so ``benchmarks/federated.py`` prints the same rows.
+    """
     with tempfile.TemporaryDirectory(prefix="fl-hetero-") as tmp:
         root = Path(tmp)
         init = pretrain_biased("mlp", root / "init.npz")
@@ -45,7 +44,7 @@ def main() -> None:
                     full.append(str(node.node_config["device-id"]))
             only_full = " or ".join(f"device=={d}" for d in full)
             common: dict[str, Any] = {
-                "num-rounds": args.rounds, "init-path": str(init), "local-epochs": 2,
+                "num-rounds": rounds, "init-path": str(init), "local-epochs": 2,
                 "lr": 0.05, "seed": 3,
             }  # fmt: skip
             runs = {
@@ -72,13 +71,28 @@ def main() -> None:
                     "client_acc_after": doc["final"]["client_eval_acc"],
                     "s_per_round": [round(r["seconds"], 2) for r in doc["rounds"]],
                 })  # fmt: skip
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The comparison as a text table (test accuracy before -> after, per strategy)."""
     print(f"{'strategy':<34} | widths                 | test acc before -> after")
     for r in rows:
         print(f"{r['strategy']:<34} | {','.join(f'{w:g}' for w in r['widths']):<22} | "
               f"{100 * r['test_acc_before']:.1f}% -> {100 * r['test_acc_after']:.1f}%")  # fmt: skip
+
+
+def main() -> None:
+    """Run both strategies and print the comparison."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rows = compare(args.rounds)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print_table(rows)
 
 
 if __name__ == "__main__":
