@@ -4,6 +4,16 @@ A run is a Flower run of our ServerApp on a SuperLink -- an external one (``--su
 the SuperNodes being the agents') or a loopback federation of simulated devices started for
 the run (``--local N``). Its record (settings, per-round participants/loss/accuracy, final
 scores and weights) lives in ``--runs-dir/NAME/``, written by the ServerApp after every round.
+
+MODEL is either an architecture the federated app trains (``mlp``, ``ds-cnn``, ``resnet-8`` at
+width 1.0 on digits: what ``coordinator/fl/model.py`` builds) or a model registered in the
+variant store (``edgefleet models ls``) whose architecture is one of those. A registered model's
+base weights are the starting point, and a finished run becomes a new model in the store,
+``MODEL-ft-RUN`` (the store has no versions within a name, so a fine-tuned version is a sibling
+model whose checkpoint path names the run); ``--rebuild`` re-runs the recipes MODEL's variants
+were built with (read from their signed manifests) on it, and ``--deploy SELECTOR`` rolls it out
+through the coordinator's rollout machinery. Anything else (a custom ``nn.Module``, another
+width or dataset) is refused before the run starts rather than registered under a wrong spec.
 """
 
 from __future__ import annotations
@@ -13,12 +23,27 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from coordinator.cli.common import JsonOpt, err_console, fail, one_line_errors, out, print_json
+from coordinator.cli.common import (
+    DEFAULT_COORDINATOR,
+    AdminTokenOpt,
+    CoordinatorOpt,
+    JsonOpt,
+    client,
+    err_console,
+    fail,
+    one_line_errors,
+    out,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from coordinator.compression.variant_store import ModelEntry, VariantStore
+    from edgefleet.zoo import ArchitectureSpec
 
 train_app = typer.Typer(help="Federated fine-tuning (Flower).", no_args_is_help=True)
 
@@ -28,6 +53,130 @@ RunsDirOpt = Annotated[
 ]
 DEFAULT_RUNS = Path(".edgefleet/fl-runs")
 MODELS = ("mlp", "ds-cnn", "resnet-8")
+#: the SuperNodes' shards and the held-out split are digits (coordinator/fl/local.py, clientapp)
+FL_DATASET = "digits"
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="EDGEFLEET_DATA_DIR",
+        help="variant store the fine-tuned model is registered in (default ./.edgefleet)",
+        show_default=False,
+    ),
+]
+
+
+def _store(data_dir: Path | None) -> VariantStore:
+    from coordinator.compression.variant_store import VariantStore, resolve_data_dir
+
+    return VariantStore(resolve_data_dir(data_dir))
+
+
+def _fl_spec(arch: str) -> ArchitectureSpec:
+    """The zoo spec of what the federated app trains for ``arch`` (full width, digits)."""
+    from coordinator.fl import model as fl_model
+    from edgefleet.zoo import ArchitectureSpec
+
+    return ArchitectureSpec(arch, fl_model.arch_config(arch, 1.0), fl_model.INPUT_SHAPE)
+
+
+def _fl_arch_of(entry: ModelEntry) -> str:
+    """The FL architecture a registered model maps to, or a one-line refusal.
+
+    Only exact matches are accepted: the run's weights are loaded into ``entry``'s spec with
+    a strict state-dict check, and a near match (other width, other classes) would either fail
+    after the run or, worse, register weights under a spec that does not describe them.
+    """
+    from edgefleet.zoo import ArchitectureSpec
+
+    spec = ArchitectureSpec.from_json(entry.architecture)
+    supported = f"federated fine-tuning trains {', '.join(MODELS)} at width 1.0 on {FL_DATASET}"
+    if spec.name not in MODELS:
+        raise fail(f"model {entry.name!r} is a {spec.name!r} architecture; {supported}")
+    if entry.dataset != FL_DATASET:
+        raise fail(f"model {entry.name!r} was trained on {entry.dataset!r}; {supported}")
+    want = _fl_spec(spec.name)
+    if spec.low_rank or (spec.config, spec.input_shape) != (want.config, want.input_shape):
+        raise fail(
+            f"model {entry.name!r} is {spec.name} with config {json.dumps(spec.config)}, not the "
+            f"one the federated app trains ({json.dumps(want.config)}); {supported}"
+        )
+    return spec.name
+
+
+def _recipes_of(store: VariantStore, entry: ModelEntry) -> list[str]:
+    """The recipe labels ``entry``'s variants were built with, in build order, from their
+    manifests (each bundle verified on load); the base (``fp32``) is registered anyway."""
+    labels: list[str] = []
+    for vid in entry.variants:
+        if vid == entry.base:
+            continue
+        label = str(store.load(vid).manifest.get("recipe_label") or "fp32")
+        if label != "fp32" and label not in labels:
+            labels.append(label)
+    return labels
+
+
+def _base_weights(store: VariantStore, entry: ModelEntry, path: Path) -> Path:
+    """The registered model's base weights as the FL initial ``.npz`` (state-dict order)."""
+    import numpy as np
+
+    from coordinator.compression.build import load_torch_model
+    from coordinator.fl import model as fl_model
+
+    module = load_torch_model(store.load(entry.base))
+    params = {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
+    return fl_model.save_params(params, path)
+
+
+def _register(
+    store: VariantStore,
+    name: str,
+    spec: ArchitectureSpec,
+    weights: Path,
+    latency_runs: int,
+) -> str:
+    """Register the run's final weights as model ``name`` (measured, signed fp32 base).
+
+    The FL record keeps every tensor as float32 (BatchNorm's step counter included); each is
+    cast back to the dtype the zoo module holds so the strict checkpoint load accepts it.
+    """
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from coordinator.compression.build import BuildOptions, register_model
+    from coordinator.compression.measure import LatencyConfig
+    from coordinator.fl import model as fl_model
+    from edgefleet.zoo import build_model
+
+    ref = build_model(spec).state_dict()
+    params = fl_model.load_params(weights)
+    tensors = {k: torch.from_numpy(np.array(v)).to(ref[k].dtype) for k, v in params.items()}
+    checkpoint = weights.with_suffix(".safetensors")
+    save_file(tensors, str(checkpoint))
+    options = BuildOptions(latency=LatencyConfig(warmup=min(30, latency_runs), runs=latency_runs))
+    entry = register_model(store, name, spec, FL_DATASET, checkpoint=checkpoint, options=options)
+    return entry.base
+
+
+def _rollout(
+    model: str, selector: str, strategy: str, coordinator: str, admin_token: str
+) -> dict[str, Any]:
+    """Create a rollout of ``model`` (gates: the coordinator's defaults, as `edgefleet deploy`
+    without options; use that command for finer control)."""
+    from coordinator.cli.rollout_cmds import rollout_to_dict
+    from edgefleet.v1 import admin_pb2
+
+    request = admin_pb2.CreateRolloutRequest(
+        model=model,
+        selector=selector,
+        strategy=strategy,
+        waves=[0.05, 0.25, 1.0] if strategy == "waves" else [],
+        canary_fraction=0.1 if strategy == "canary" else 0.0,
+    )
+    with client(coordinator, admin_token) as c:
+        return rollout_to_dict(c.create_rollout(request))
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
@@ -138,7 +287,10 @@ def _follow(
 @train_app.command("start")
 @one_line_errors
 def start(
-    model: Annotated[str, typer.Argument(help=f"architecture: {', '.join(MODELS)}")],
+    model: Annotated[
+        str,
+        typer.Argument(help=f"{', '.join(MODELS)}, or a registered model of one of them"),
+    ],
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 3,
     strategy: Annotated[str, typer.Option(help="fedavg | fedprox | heterofl")] = "fedavg",
     min_devices: Annotated[int, typer.Option("--min-devices", min=1)] = 2,
@@ -166,14 +318,63 @@ def start(
             help="also record each round in the fleet's Redis (exported as edgefleet_fl_* metrics)",
         ),
     ] = "",
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register",
+            help="register the result as MODEL-ft-RUN (always for a registered MODEL)",
+        ),
+    ] = False,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="re-run MODEL's variants' recipes on the result")
+    ] = False,
+    deploy: Annotated[
+        str,
+        typer.Option(
+            "--deploy", metavar="SELECTOR", help="roll the result out, e.g. all | profile:rpi4"
+        ),
+    ] = "",
+    deploy_strategy: Annotated[
+        str, typer.Option("--deploy-strategy", help="all | canary | waves")
+    ] = "all",
+    latency_runs: Annotated[
+        int, typer.Option("--latency-runs", min=1, help="timed runs per variant measurement")
+    ] = 300,
+    data_dir: DataDirOpt = None,
+    coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
+    admin_token: AdminTokenOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune MODEL on the fleet for R rounds, printing each round as it finishes."""
     from coordinator.fl.selection import parse_selection
     from coordinator.fl.serverapp import STRATEGIES
 
-    if model not in MODELS:
-        raise fail(f"unknown model {model!r} (known: {', '.join(MODELS)})")
+    store, base_entry, recipes = None, None, []
+    if model in MODELS:
+        arch = model
+    else:
+        from coordinator.compression.variant_store import UnknownModelError
+
+        store = _store(data_dir)
+        try:
+            base_entry = store.model(model)
+        except UnknownModelError:
+            raise fail(
+                f"unknown model {model!r}: neither an architecture the federated app trains "
+                f"({', '.join(MODELS)}) nor a registered model (edgefleet models ls)"
+            ) from None
+        arch = _fl_arch_of(base_entry)
+        recipes = _recipes_of(store, base_entry) if rebuild else []
+    if rebuild and base_entry is None:
+        raise fail(
+            f"--rebuild re-runs the recipes of a registered model's variants; {model!r} is an "
+            "architecture (register it with `edgefleet models add`, build, then train that)"
+        )
+    if rebuild and not recipes:
+        raise fail(f"--rebuild: model {model!r} has no compressed variants to rebuild")
+    if deploy_strategy not in ("all", "canary", "waves"):
+        raise fail(f"--deploy-strategy must be all, canary or waves, got {deploy_strategy!r}")
+    register = register or base_entry is not None or rebuild or bool(deploy)
     if strategy not in STRATEGIES:
         raise fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     parse_selection(select)  # a bad expression fails here, before anything starts
@@ -185,10 +386,17 @@ def start(
     run_dir = (runs_dir / run_name).absolute()
     if run_dir.exists():
         raise fail(f"run {run_name!r} already exists in {runs_dir}")
+    new_model = f"{model}-ft-{run_name}"
+    if register:
+        store = store or _store(data_dir)
+        if any(m.name == new_model for m in store.models()):
+            raise fail(f"model {new_model!r} already exists in the variant store")
     run_dir.mkdir(parents=True)
+    if base_entry is not None and init is None and store is not None:
+        init = _base_weights(store, base_entry, run_dir / "init.npz")
     config: dict[str, object] = {
         "num-rounds": rounds, "strategy": strategy, "min-devices": min_devices, "select": select,
-        "arch": model, "lr": lr, "local-epochs": local_epochs, "proximal-mu": proximal_mu,
+        "arch": arch, "lr": lr, "local-epochs": local_epochs, "proximal-mu": proximal_mu,
         "dp": dp, "dp-noise": dp_noise, "dp-clip": dp_clip, "round-timeout": round_timeout,
         "out-dir": str(run_dir),
     }  # fmt: skip
@@ -231,15 +439,88 @@ def start(
     finally:
         if fed is not None:
             fed.stop()
-    if as_json:
-        print_json(_summary(doc))
-        return
+    summary = _summary(doc)
     if doc["state"] != "succeeded":
+        if as_json:
+            print_json(summary)
+            raise typer.Exit(1)
         raise fail(f"run {run_name} {doc['state']}: {doc.get('reason') or ''}")
-    fin, ini = doc.get("final", {}), doc.get("initial", {})
-    if fin.get("test_acc") is not None and ini.get("test_acc") is not None:
-        out.print(f"test accuracy {100 * ini['test_acc']:.1f}% -> {100 * fin['test_acc']:.1f}%")
-    out.print(f"weights: {run_dir / 'final.npz'}", highlight=False)
+    if not as_json:
+        fin, ini = doc.get("final", {}), doc.get("initial", {})
+        if fin.get("test_acc") is not None and ini.get("test_acc") is not None:
+            out.print(f"test accuracy {100 * ini['test_acc']:.1f}% -> {100 * fin['test_acc']:.1f}%")
+        out.print(f"weights: {run_dir / 'final.npz'}", highlight=False)
+    if register and store is not None:
+        summary.update(_publish(
+            store, new_model, arch, base_entry, run_dir / "final.npz", recipes, deploy,
+            deploy_strategy, latency_runs, coordinator, admin_token, as_json,
+        ))  # fmt: skip
+    if as_json:
+        print_json(summary)
+
+
+def _publish(
+    store: VariantStore,
+    new_model: str,
+    arch: str,
+    base_entry: ModelEntry | None,
+    weights: Path,
+    recipes: list[str],
+    deploy: str,
+    deploy_strategy: str,
+    latency_runs: int,
+    coordinator: str,
+    admin_token: str,
+    as_json: bool,
+) -> dict[str, Any]:
+    """Register the finished run, rebuild its variants, deploy: each step printed as it ends.
+
+    A failure after registration says what already exists, so the user can finish by hand
+    (`edgefleet models build` / `edgefleet deploy`) instead of re-running the federation.
+    """
+    from edgefleet.zoo import ArchitectureSpec
+
+    def say(msg: str) -> None:
+        if not as_json:
+            out.print(msg, highlight=False)
+
+    spec = ArchitectureSpec.from_json(base_entry.architecture) if base_entry else _fl_spec(arch)
+    base = _register(store, new_model, spec, weights, latency_runs)
+    say(f"registered {new_model} (base {base[:12]})")
+    result: dict[str, Any] = {"registered": {"model": new_model, "base": base, "variants": []}}
+    if recipes:
+        from coordinator.compression.build import BuildOptions, build_variants
+        from coordinator.compression.measure import LatencyConfig
+
+        options = BuildOptions(
+            latency=LatencyConfig(warmup=min(30, latency_runs), runs=latency_runs)
+        )
+        try:
+            ids = build_variants(store, new_model, recipes, options=options)
+        except Exception as exc:
+            raise fail(
+                f"registered {new_model}, but rebuilding failed: {exc} "
+                f"(retry with `edgefleet models build {new_model} --recipes ...`)"
+            ) from None
+        result["registered"]["variants"] = [
+            {"recipe": r, "id": v} for r, v in zip(recipes, ids, strict=True)
+        ]
+        say(f"rebuilt {len(ids)} variant(s): {', '.join(recipes)}")
+    if deploy:
+        try:
+            rollout = _rollout(new_model, deploy, deploy_strategy, coordinator, admin_token)
+        except Exception as exc:
+            raise fail(
+                f"registered {new_model}, but the rollout was not created: {exc} "
+                f"(retry with `edgefleet deploy {new_model} --to {deploy}`)"
+            ) from None
+        result["rollout"] = rollout
+        say(
+            f"rollout {rollout['id']}: {new_model} -> {deploy} [{rollout['state']}], "
+            f"{len(rollout['devices'])} device(s), {len(rollout['skipped'])} skipped; "
+            f"follow it with: edgefleet rollout status {rollout['id']} --watch"
+        )
+    return result
 
 
 def _summary(doc: dict[str, Any]) -> dict[str, Any]:
