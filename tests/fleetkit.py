@@ -7,6 +7,7 @@ rollout tests drive every gate outcome without the runtime stack.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,52 @@ def make_vision_model(data_dir: Path, name: str = "vision") -> dict[str, str]:
         ModelEntry(name=name, architecture={"name": "synthetic"}, dataset="digits", base=ids["xl"])
     )
     for vid in ids.values():
+        store.add_variant(name, vid)
+    return ids
+
+
+def tiny_onnx(seed: int) -> bytes:
+    """A real ONNX graph (y = relu(x + b), x: 1x8) that onnxruntime loads and runs."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    bias = numpy_helper.from_array(
+        np.random.default_rng(seed).standard_normal(8).astype(np.float32), "b"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "b"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+        f"tiny-{seed}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def add_servable_model(
+    data_dir: Path, name: str, payload_bytes: int, seeds: tuple[int, ...] = (0,)
+) -> list[str]:
+    """A model whose variants a real agent (onnxruntime, rpi4) downloads, verifies and serves:
+    a tiny real ONNX graph plus ``payload_bytes`` of incompressible weights each, so a download
+    spans many 64 KiB chunks. Variant i is a little more accurate than variant i+1 (each seed
+    makes a distinct bundle). Returns the variant ids in ``seeds`` order."""
+    store = VariantStore(data_dir)
+    ids = []
+    for n, seed in enumerate(seeds):
+        body = variant_manifest(
+            name, f"fp32-{seed}", "fp32", 0.98 - 0.001 * n, payload_bytes, 24_576, 660_000, 0.025
+        )
+        for table in (body["runtimes"], body["metrics"]["runtimes"]):
+            table.pop("torch", None)  # onnxruntime only: no safetensors in these bundles
+        body["input"] = {"shape": [1, 8], "dtype": "float32"}
+        weights = hashlib.shake_256(f"{name}-{seed}".encode()).digest(payload_bytes)
+        ids.append(store.put(body, {"model.onnx": tiny_onnx(seed), "weights.bin": weights}))
+    store.add_model(
+        ModelEntry(name=name, architecture={"name": "synthetic"}, dataset="digits", base=ids[0])
+    )
+    for vid in ids:
         store.add_variant(name, vid)
     return ids
 

@@ -37,7 +37,7 @@ from edgefleet.catalog import get_profile
 from edgefleet.v1 import admin_pb2, artifact_pb2, artifact_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, free_port, wait_for
-from tests.fleetkit import make_model
+from tests.fleetkit import add_servable_model
 
 T = TypeVar("T")
 BIG = 400_000  # bytes of "weights" in the main bundles: several 64 KiB chunks
@@ -571,7 +571,7 @@ def test_real_agent_downloads_verifies_and_activates_a_deployed_variant(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "coord"
-    make_model(data)
+    add_servable_model(data, "digits", 200_000)  # real ONNX: a real agent serves what it runs
     coord = coordinator_factory(
         "--offline-after",
         "30",

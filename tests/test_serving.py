@@ -175,9 +175,14 @@ def test_real_agent_serves_the_rolled_out_variant(
 
         wait_for(lambda: bool(json.loads(identity.read_text())["device_id"]), 20, "enrolment")
         device_id = json.loads(identity.read_text())["device_id"]
-        admin.create_rollout(
+        first = admin.create_rollout(
             admin_pb2.CreateRolloutRequest(
-                model="digits", selector=f"device:{device_id}", strategy="all"
+                model="digits",
+                selector=f"device:{device_id}",
+                strategy="all",
+                # this host stands in for the device: its latency is the host's under whatever
+                # load CI has, not the phone's, so the latency gate is not what this test checks
+                gate=admin_pb2.RolloutGate(soak_seconds=0.5, max_latency_ratio=1e6),
             )
         )
         wait_for(lambda: admin.get_device(device_id).active_variant == built.base, 40, "activation")
@@ -226,6 +231,9 @@ def test_real_agent_serves_the_rolled_out_variant(
         battery_before = latest["battery_percent"]
 
         # A variant the device cannot load is refused; the previous one keeps serving.
+        wait_for(lambda: admin.get_rollout(first.id).state != "running", 40, "first rollout")
+        done = admin.get_rollout(first.id)
+        assert done.state == "succeeded", done.message
         admin.create_rollout(
             admin_pb2.CreateRolloutRequest(
                 model="broken", selector=f"device:{device_id}", strategy="all"

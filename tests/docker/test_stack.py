@@ -97,6 +97,7 @@ def stack_env(**ports: int) -> dict[str, str]:
         **{f"EDGEFLEET_{k.upper()}_PORT": str(v) for k, v in ports.items()},
     )
     env["EDGEFLEET_COORDINATOR"] = f"127.0.0.1:{ports['grpc']}"
+    env["EDGEFLEET_INSECURE"] = "1"  # the compose stack runs plaintext (explicitly) for now
     return env
 
 

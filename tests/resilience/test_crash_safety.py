@@ -42,8 +42,7 @@ from coordinator.admin_client import AdminClient, AdminClientError
 from coordinator.rollouts import Rollout
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
-from tests.fleetkit import ScriptedDevice
-from tests.resilience.conftest import add_servable_model
+from tests.fleetkit import ScriptedDevice, add_servable_model
 
 SEED = int(os.environ.get("EDGEFLEET_CRASH_SEED", "20251124"))
 FAST = ("--offline-after", "60", "--heartbeat-interval", "0.2", "--rollout-interval", "0.2")

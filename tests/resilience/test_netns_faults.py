@@ -25,12 +25,8 @@ from agent.telemetry import TelemetryBuffer
 from coordinator.admin_client import AdminClient, AdminClientError
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, wait_for
-from tests.resilience.conftest import (
-    NetnsAgentProc,
-    NetnsCoordinatorProc,
-    NetnsLab,
-    add_servable_model,
-)
+from tests.fleetkit import add_servable_model
+from tests.resilience.conftest import NetnsAgentProc, NetnsCoordinatorProc, NetnsLab
 from tests.resilience.conftest import netem_available as _netem_available
 
 BUNDLE_BYTES = 1_500_000  # ~23 chunks of 64 KiB: long enough to be cut in the middle
