@@ -139,8 +139,12 @@ class Coordinator:
 
     async def _refresh_fleet_gauges(self) -> None:
         while True:
+            start = time.perf_counter()
             await self.refresh_fleet_gauges()
-            await asyncio.sleep(self.config.metrics_refresh)
+            took = time.perf_counter() - start
+            # A large fleet makes a refresh expensive; never let it use more than a third of
+            # the loop's time (heartbeats come first).
+            await asyncio.sleep(max(self.config.metrics_refresh, 2 * took))
 
     @property
     def address(self) -> str:

@@ -392,11 +392,18 @@ def _record_fields(record: DeviceRecord) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=1024)
+def _profile_from_json(text: str) -> DeviceProfile:
+    """Parse a stored profile once: a fleet has a handful of distinct profiles, and
+    validating the same JSON for every one of 10k records dominated fleet reads."""
+    return DeviceProfile.model_validate_json(text)
+
+
 def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
     return DeviceRecord(
         id=raw["id"],
         name=raw["name"],
-        profile=DeviceProfile.model_validate_json(raw["profile"]),
+        profile=_profile_from_json(raw["profile"]),
         instance_key=raw.get("instance_key", ""),
         credential_sha256=raw.get("credential_sha256", ""),
         registered_at=float(raw["registered_at"]),
