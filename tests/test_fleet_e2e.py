@@ -308,3 +308,5 @@ def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
     mcu = [c for c in shown["choices"] if c["profile"].startswith("cortex")]
     assert mcu and all(c["runtime"] == "mcu-sim" for c in mcu)
     assert "stopped the coordinator (exit 0)" in result.stderr
+    fed = shown["federated"]  # two rounds of federated fine-tuning on Flower
+    assert fed["rounds"] == 2 and fed["acc_after"] > fed["acc_before"]

@@ -532,6 +532,9 @@ def demo(
     recipes: Annotated[
         str, typer.Option(help="comma-separated compression recipes (default: a survey mix)")
     ] = "",
+    federated_rounds: Annotated[
+        int, typer.Option(help="federated fine-tuning rounds on Flower at the end (0 = skip)")
+    ] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the end-to-end demo: train and compress a model, start a coordinator and a
@@ -546,6 +549,7 @@ def demo(
         as_json=as_json,
         epochs=epochs,
         recipes=[r for r in recipes.split(",") if r] or DEMO_RECIPES,
+        federated_rounds=federated_rounds,
     )
 
 
