@@ -176,8 +176,15 @@ def plan_memory(
     params = sum(_tensor_bytes(t) for t in model.state_dict().values())
     trainable = sum(_tensor_bytes(p) for p in model.parameters() if p.requires_grad)
     x = torch.zeros([1, *[int(d) for d in input_shape[1:]]])
+    # The measuring pass runs in the model's training mode (that is what it must measure),
+    # which would fold this all-zeros input into BatchNorm's running statistics: keep the
+    # buffers as they were, so planning never changes the model it plans for.
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     per_sample, out = _saved_activation_bytes(model, x)
     del out
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
     return MemoryPlan(
         scope=scope,
         batch_size=batch_size,

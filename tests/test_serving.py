@@ -258,3 +258,19 @@ def test_real_agent_serves_the_rolled_out_variant(
             "battery drain",
         )
     assert agent.stop() == 0
+
+
+def test_planning_fine_tuning_leaves_the_model_untouched() -> None:
+    """The measuring pass must not fold its dummy input into BatchNorm statistics."""
+    import torch
+
+    from agent.finetune import plan_memory
+    from edgefleet.zoo import ArchitectureSpec, build_model
+
+    model = build_model(ArchitectureSpec.zoo("ds-cnn", width=0.5))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_memory(model, "full", 32, [1, 1, 8, 8], budget=1 << 30)
+    assert plan.activations > 0
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
