@@ -308,6 +308,7 @@ def run_kill_loop(
         agent.stop(signal.SIGKILL)
         checker.check("after the agent's kill -9")
         agent = agent_factory(coord.address, "rpi4", "crash-agent", state_dir=agent.state_dir)
+        restarted_at = time.time()
         planned: dict[str, str] = {}
         with AdminClient(coord.address, ADMIN_TOKEN) as admin:
             for ids in chains.values():
@@ -324,6 +325,15 @@ def run_kill_loop(
                 "the agent to report its active variant",
             )
             assert admin.get_device(agent_id).failed_variant == ""
+
+            def restarted_agent_is_up() -> bool:
+                # the new process heartbeats (its own uptime) before it is asked to stop: a
+                # SIGTERM while it is still starting exits at once, leaving its buffer for later
+                dev = admin.get_device(agent_id)
+                seen = dev.last_seen.ToNanoseconds() / 1e9
+                return seen > restarted_at and dev.uptime_seconds < time.time() - restarted_at + 1
+
+            wait_for(restarted_agent_is_up, 60, "the restarted agent to heartbeat")
         checker.check("at the end")
     finally:
         fleet.stop.set()
