@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune once on the local data after a variant activates (scope; auto = the "
         "largest that fits the memory budget)",
     )
+    parser.add_argument(
+        "--no-federation",
+        dest="federation",
+        action="store_false",
+        help="never run a Flower SuperNode, even when the coordinator names a SuperLink "
+        "(by default the agent joins federated fine-tuning with its --local-data)",
+    )
     parser.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
     return parser
 
@@ -213,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             local_data=local_data_spec(args),
             finetune_scope=args.finetune,
             ca_cert=_ca_certificate(args),
+            federation=args.federation,
         )
         asyncio.run(_run(config))
     except UnknownProfileError as err:

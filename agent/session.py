@@ -24,6 +24,7 @@ import psutil
 from agent.artifacts import ArtifactCache
 from agent.backoff import Backoff
 from agent.battery import Battery
+from agent.federation import FederationMember, FederationTarget
 from agent.identity import Identity, load_identity, new_instance_key, save_identity
 from agent.reconcile import Reconciler
 from agent.serving import Serving
@@ -67,6 +68,7 @@ class AgentConfig:
     local_data: LocalDataSpec | None = None
     finetune_scope: str = ""  # "" = never; else fine-tune once on local data after activation
     ca_cert: bytes | None = None  # the coordinator's CA (TLS); None = plaintext (--insecure)
+    federation: bool = True  # run a SuperNode when the coordinator names a SuperLink
 
 
 @dataclass
@@ -109,6 +111,15 @@ class AgentSession:
         self._desired_state = device_pb2.DesiredState()
         self.transport = Transport(config.coordinator, config.state_dir, config.ca_cert)
         self._artifacts_stub: artifact_pb2_grpc.ArtifactServiceStub | None = None
+        self.federation = FederationMember(
+            config.state_dir,
+            config.profile,
+            config.local_data,
+            ca_cert=config.ca_cert,
+            labels=config.labels,
+            enabled=config.federation,
+        )
+        self._federation_target = FederationTarget()
 
     @property
     def identity(self) -> Identity:
@@ -194,6 +205,11 @@ class AgentSession:
         )
         self._interval = reply.heartbeat_interval_seconds or self._interval
         self._desired_state = reply.desired
+        self._federation_target = (
+            FederationTarget(reply.federation.superlink_address, reply.federation.tls)
+            if reply.HasField("federation")
+            else FederationTarget()
+        )
         desired = DesiredView(reply.desired.generation, reply.desired.variant_id)
         if desired != self.desired:
             log.info("desired state generation %d: %s", desired.generation, desired)
@@ -214,12 +230,25 @@ class AgentSession:
         if status.failed_variant and status.failed_variant != before.failed_variant:
             self.telemetry.event("variant_failed", status.failure_reason)
 
+    async def _reconcile_federation(self) -> None:
+        """Keep this device's SuperNode pointed at the SuperLink the coordinator names."""
+        message = await asyncio.to_thread(
+            self.federation.reconcile, self._federation_target, self._identity.device_id
+        )
+        if message:
+            self.telemetry.event("federation", message)
+
     def _sample(self) -> None:
         """Buffer this interval's measurements of the agent itself."""
         self.telemetry.metric("agent_rss_bytes", self._process.memory_info().rss)
         self.telemetry.metric("agent_uptime_seconds", time.monotonic() - self._started)
         self.telemetry.metric("telemetry_dropped_records", self.telemetry.dropped())
         self.work.sample()
+        if self.federation.node is not None:
+            health = "degraded" if self.variant_status.failed_variant else "ok"
+            self.federation.write_status(self.battery.percent, health)
+            self.telemetry.metric("fl_supernode_up", float(self.federation.running))
+            self.telemetry.metric("fl_supernode_restarts", float(self.federation.restarts))
 
     async def _flush_telemetry(
         self, stub: device_pb2_grpc.DeviceServiceStub, timeout: float
@@ -267,6 +296,7 @@ class AgentSession:
                         assert stub is not None
                         await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
                         state = device_pb2.AGENT_STATE_READY
+                        await self._reconcile_federation()
                         await self._reconcile(self._artifacts_stub)
                         await self._flush_telemetry(stub, RPC_TIMEOUT_SECONDS)
                         if self.config.backoff.attempt:
@@ -304,6 +334,7 @@ class AgentSession:
                 if stub is not None:
                     await self._say_goodbye(stub)
             finally:
+                await asyncio.to_thread(self.federation.stop)
                 if device is not None:
                     await device.close()
         self.telemetry.close()

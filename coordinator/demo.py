@@ -47,8 +47,11 @@ def start_coordinator_process(
     extra_args: list[str] | None = None,
     timeout: float = 30.0,
     insecure: bool = True,
+    superlink: str = "off",
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``edgefleet coordinator start --port 0`` and return it with its address."""
+    """Start ``edgefleet coordinator start --port 0`` and return it with its address.
+
+    No SuperLink unless asked (``superlink="local"``): benchmarks measure the coordinator."""
     info = data_dir / "coordinator.json"
     info.unlink(missing_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +71,10 @@ def start_coordinator_process(
             "--metrics-port",
             "0",
             *(["--insecure"] if insecure else []),
+            "--superlink",
+            superlink,
+            "--superlink-port",
+            "0",
             *(extra_args or []),
         ],
         stdout=log,

@@ -8,14 +8,17 @@ served next to ours so ``grpcurl`` and load balancers work without our protos.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -40,6 +43,9 @@ from edgefleet.bundle import public_key_hex
 from edgefleet.perf import measure_host
 from edgefleet.pki import CertificateAuthority
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+
+if TYPE_CHECKING:
+    from coordinator.fl.superlink import SuperLinkSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,10 @@ class CoordinatorConfig:
     metrics_refresh: float = 5.0  # seconds between reads of the fleet gauges from Redis
     rollout_interval: float = 2.0  # seconds between rollout controller passes
     host_macs_per_second: float = 0.0  # 0 = measure this host at start (latency model)
+    # Flower SuperLink for federated fine-tuning: "local" (run and supervise one),
+    # "off", or the HOST:PORT of an external one (agents are told where it is)
+    superlink: str = "off"
+    superlink_port: int = 0  # for "local"; 0 = any free port
 
 
 class Coordinator:
@@ -98,6 +108,8 @@ class Coordinator:
         self.rollout_controller: RolloutController | None = None
         self.device_endpoint = ""
         self._refresh_task: asyncio.Task[None] | None = None
+        self.superlink: SuperLinkSupervisor | None = None
+        self.superlink_address = ""
 
     @property
     def metrics_address(self) -> str | None:
@@ -120,11 +132,16 @@ class Coordinator:
         self._refresh_task = asyncio.create_task(self._refresh_fleet_gauges())
 
     async def refresh_fleet_gauges(self) -> None:
-        """Read the fleet from Redis into the device gauges (also called by tests)."""
+        """Read the fleet counts from Redis into the device gauges (also called by tests).
+
+        The counts come from the store's per-profile liveness indexes, kept on
+        write: one round trip of O(profiles x log N), not a read of every device.
+        """
         start = time.perf_counter()
         try:
             summary = await self._registry.fleet_summary()
-        except Unavailable:
+            latest, outcomes = await self._store.fl_snapshot()
+        except Unavailable:  # Redis away: say so, keep the last values, try again next time
             self.metrics.state_store_up.set(0)
             return
         counts: dict[tuple[str, str], int] = {}
@@ -132,7 +149,6 @@ class Coordinator:
             counts[("online", p.profile)] = p.online
             counts[("offline", p.profile)] = p.offline
         self.metrics.set_fleet(counts)
-        latest, outcomes = await self._store.fl_snapshot()
         self.metrics.set_federated(latest, outcomes)
         self.metrics.state_store_up.set(1)
         self.metrics.fleet_refresh_seconds.set(time.perf_counter() - start)
@@ -142,8 +158,8 @@ class Coordinator:
             start = time.perf_counter()
             await self.refresh_fleet_gauges()
             took = time.perf_counter() - start
-            # A large fleet makes a refresh expensive; never let it use more than a third of
-            # the loop's time (heartbeats come first).
+            # A refresh is cheap (counts are kept on write), but never let it use more than a
+            # third of the loop's time if Redis is slow (heartbeats come first).
             await asyncio.sleep(max(self.config.metrics_refresh, 2 * took))
 
     @property
@@ -244,8 +260,54 @@ class Coordinator:
         except OSError:
             await coordinator.stop(grace=0)
             raise
+        try:
+            federation = await coordinator._start_federation(ca, tls_dir)
+        except (OSError, RuntimeError):
+            await coordinator.stop(grace=0)
+            raise
+        device_servicer.federation = federation
         coordinator._write_info_file()
         return coordinator
+
+    async def _start_federation(
+        self, ca: CertificateAuthority | None, tls_dir: Path
+    ) -> device_pb2.Federation | None:
+        """Run (``--superlink local``) or point at (``HOST:PORT``) the fleet's SuperLink.
+
+        The local SuperLink serves TLS with a certificate from this coordinator's CA, so
+        agents verify it with the CA they already hold; it lives in its own process group
+        with a pidfile, so a coordinator killed -9 and restarted adopts it and federated runs
+        in flight carry on.
+        """
+        mode = self.config.superlink
+        if mode in ("", "off"):
+            return None
+        if mode != "local":
+            self.superlink_address = mode
+            return device_pb2.Federation(superlink_address=mode, tls=ca is not None)
+        from coordinator.fl.superlink import SuperLinkSupervisor, superlink_tls
+
+        tls = None if ca is None else superlink_tls(tls_dir, _server_hosts(self.config))
+        port = self.config.superlink_port or _free_port(self.config.host)
+        state = self.config.data_dir / "superlink"
+        supervisor = SuperLinkSupervisor(
+            state, host=self.config.host, port=port, tls=tls, pidfile=state / "superlink.pid"
+        )
+        await asyncio.to_thread(supervisor.start)
+        self.superlink = supervisor
+        self.superlink_address = f"{self.config.host}:{port}"
+        if not await asyncio.to_thread(_wait_listening, self.config.host, port, 30.0):
+            raise RuntimeError(
+                f"the SuperLink did not open {self.superlink_address} within 30 s "
+                f"(see {state / 'superlink.log'})"
+            )
+        log.info(
+            "SuperLink %s at %s (%s)",
+            "adopted" if supervisor.adopted else "started",
+            self.superlink_address,
+            "TLS" if tls else "plaintext",
+        )
+        return device_pb2.Federation(superlink_address=self.superlink_address, tls=tls is not None)
 
     def _write_info_file(self) -> None:
         """Tell local tools (simulate, demo) where this coordinator listens."""
@@ -254,6 +316,7 @@ class Coordinator:
             "device_address": self.device_address,
             "metrics_address": self.metrics_address,
             "ca_cert": None if self.config.insecure else str(self.config.data_dir / "tls/ca.pem"),
+            "superlink": self.superlink_address or None,
             "pid": os.getpid(),
         }
         tmp = self.config.data_dir / "coordinator.json.tmp"
@@ -278,6 +341,9 @@ class Coordinator:
         if self._metrics_http is not None:
             http = self._metrics_http
             steps.append(("metrics endpoint", lambda: asyncio.to_thread(_close_http, http)))
+        if self.superlink is not None:
+            superlink = self.superlink
+            steps.append(("superlink", lambda: asyncio.to_thread(superlink.stop, 5.0)))
         steps.append(("health", self._health.enter_graceful_shutdown))
         steps.append(("grpc server", lambda: self._server.stop(grace)))
         steps.append(("state store client", self._store.close))
@@ -326,7 +392,7 @@ def _bind(
             )
             port = server.add_insecure_port(address)
             return _check_bound(port, address), 0
-        hosts = [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
+        hosts = _server_hosts(config)
         key, cert = ca.server_certificate(tls_dir, hosts)
         port = _check_bound(
             server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)])), address
@@ -339,6 +405,26 @@ def _bind(
         return port, device_port
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from exc
+
+
+def _server_hosts(config: CoordinatorConfig) -> list[str]:
+    """Names/addresses the server certificate (gRPC and SuperLink) must cover."""
+    return [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _check_bound(port: int, address: str) -> int:

@@ -178,6 +178,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
         self._metrics = metrics
         self._bundle_keys = list(bundle_public_keys)
         self.device_endpoint = device_endpoint  # set by the server once the port is bound
+        # set by the server when it runs or knows a SuperLink; sent with every heartbeat
+        self.federation: device_pb2.Federation | None = None
 
     async def Register(
         self, request: device_pb2.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -245,6 +247,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 desired=desired_to_proto(desired),
                 heartbeat_interval_seconds=self._registry.settings.heartbeat_interval,
                 server_time_unix=time.time(),
+                federation=self.federation,
             )
 
         try:

@@ -11,6 +11,7 @@ Every process is stopped at the end of its test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -169,6 +170,8 @@ class CoordinatorProc:
                     *(() if "--metrics-port" in self.args else ("--metrics-port", "0")),
                     # plaintext unless a test asks for TLS (tests/test_tls.py)
                     *(() if self.tls else ("--insecure",)),
+                    # a SuperLink only where a test asks for one (it costs a process)
+                    *(() if "--superlink" in self.args else ("--superlink", "off")),
                     *(a for a in self.args if a != "--tls"),
                 ],
                 stdout=log,
@@ -212,6 +215,8 @@ def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., CoordinatorPro
     for c in started:
         if c.proc is not None and c.proc.poll() is None:
             c.stop()
+        # a coordinator killed -9 leaves its SuperLink running (a restart adopts it)
+        kill_flower_group(c.data_dir / "superlink" / "superlink.pid")
 
 
 @dataclass
@@ -275,3 +280,15 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
         if a.proc is not None and a.proc.poll() is None:
             a.proc.kill()
             a.proc.wait()
+        # killed -9, the agent leaves its SuperNode running (a restarted agent adopts it)
+        kill_flower_group(a.state_dir / "fl" / "supernode.pid")
+
+
+def kill_flower_group(pidfile: Path) -> None:
+    """SIGKILL the process group a supervised Flower process left behind, if any."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -35,7 +35,10 @@ app = ClientApp()
 
 #: Fraction of the device's RAM the agent lets one fine-tuning step use.
 DEFAULT_BUDGET_FRACTION = 0.25
-FACT_KEYS = ("device-id", "profile", "ram-bytes", "battery", "health", "labels", "width")
+FACT_KEYS = (
+    "device-id", "profile", "ram-bytes", "battery", "health", "labels", "width", "runtime",
+    "proxy",
+)  # fmt: skip
 
 
 def _facts(context: Context) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from edgefleet.fl.process import SupervisedProcess, flower_bin, write_toml_table
+from edgefleet.fl.process import FlowerTls, SupervisedProcess, flower_bin, write_toml_table
 
 __all__ = ["FAST_POLL_ENV", "SuperNodeSupervisor", "flower_bin", "node_config_for"]
 
@@ -30,8 +30,9 @@ class SuperNodeSupervisor(SupervisedProcess):
         *,
         port: int,
         isolation: str = "subprocess",
-        insecure: bool = True,
+        tls: FlowerTls | None = None,
         env: Mapping[str, str] | None = None,
+        pidfile: Path | None = None,
     ) -> None:
         if "device-id" not in node_config:
             raise ValueError("node_config must carry the device id ('device-id')")
@@ -45,14 +46,13 @@ class SuperNodeSupervisor(SupervisedProcess):
             "--isolation", isolation,
             "--port", str(port),
         ]  # fmt: skip
-        if insecure:
-            argv.append("--insecure")
+        argv += tls.client_args() if tls is not None else ["--insecure"]
         merged = {**FAST_POLL_ENV, **(env or {})}
         # The ClientApp imports our packages; make sure the spawned processes can find them.
         merged.setdefault("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
         super().__init__(
             argv, env=merged, log_path=state_dir / "supernode.log",
-            name=f"supernode[{node_config['device-id']}]",
+            name=f"supernode[{node_config['device-id']}]", pidfile=pidfile,
         )  # fmt: skip
 
 

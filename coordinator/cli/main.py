@@ -137,6 +137,17 @@ def coordinator_start(
             help="plaintext gRPC, no TLS or device certificates (development only; logged)",
         ),
     ] = False,
+    superlink: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_SUPERLINK",
+            help="Flower SuperLink for federated fine-tuning: 'auto' (run one if Flower is "
+            "installed), 'local' (run one), 'off', or an external HOST:PORT",
+        ),
+    ] = "auto",
+    superlink_port: Annotated[
+        int, typer.Option(help="port of the local SuperLink (default: PORT+2; 0 = any free one)")
+    ] = -1,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Start the coordinator and serve until Ctrl-C.
@@ -163,6 +174,8 @@ def coordinator_start(
         insecure=insecure,
         device_port=device_port if device_port >= 0 else (port + 1 if port else 0),
         tls_hosts=tuple(tls_host or ()),
+        superlink=resolve_superlink(superlink),
+        superlink_port=superlink_port if superlink_port >= 0 else (port + 2 if port else 0),
     )
 
     def ready(c: Coordinator) -> None:
@@ -172,6 +185,7 @@ def coordinator_start(
             + (f"  device endpoint (mutual TLS): {c.device_address}\n" if not insecure else "")
             + (f"  CA certificate: {data_dir / 'tls' / 'ca.pem'}\n" if not insecure else "")
             + f"  metrics: {f'http://{c.metrics_address}/metrics' if c.metrics_address else 'off'}\n"
+            f"  Flower SuperLink: {c.superlink_address or 'off'}\n"
             f"  state: {c.redis_description}\n"
             f"  admin token: {c.tokens.admin_source}\n"
             f"  read-only token: {c.tokens.readonly_source}\n"
@@ -188,6 +202,25 @@ def coordinator_start(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def resolve_superlink(value: str) -> str:
+    """``auto`` -> ``local`` when Flower's SuperLink is installed, else ``off``."""
+    value = value.strip()
+    if value == "auto":
+        from edgefleet.fl.process import flower_bin
+
+        try:
+            flower_bin("flower-superlink")
+        except FileNotFoundError:
+            return "off"
+        return "local"
+    if value in ("local", "off"):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise fail(f"--superlink must be auto, local, off or HOST:PORT, got {value!r}")
+    return value
 
 
 # --- devices -----------------------------------------------------------------------------
@@ -454,14 +487,15 @@ def simulate(
     if backend == "docker":
         from coordinator.docker_fleet import DEFAULT_AGENT_IMAGE, DockerFleet
 
-        if not TRANSPORT.insecure:
-            raise fail("--backend docker talks plaintext for now: add --insecure (see README)")
         fleet = DockerFleet.start(
             coordinator=coordinator,
             enroll_token=token,
             profiles=names,
             count=devices,
             image=image or DEFAULT_AGENT_IMAGE,
+            # the CA (--ca-cert, default DATA_DIR/tls/ca.pem) goes into every container
+            ca_cert=ca_certificate(),
+            insecure=TRANSPORT.insecure,
         )
         where = "docker logs <container>"
     elif backend == "process":

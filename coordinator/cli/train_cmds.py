@@ -179,6 +179,26 @@ def _rollout(
         return rollout_to_dict(c.create_rollout(request))
 
 
+def _fleet_superlink(data_dir: Path | None) -> tuple[str, Path | None]:
+    """The SuperLink the coordinator on this data dir runs, and the CA that verifies it."""
+    from coordinator.compression.variant_store import resolve_data_dir
+
+    info_path = resolve_data_dir(data_dir) / "coordinator.json"
+    if not info_path.exists():
+        raise fail(
+            f"no coordinator runs with data dir {info_path.parent} (start one, or give "
+            "--superlink HOST:PORT, or --local N for simulated devices)"
+        )
+    info = json.loads(info_path.read_text())
+    if not info.get("superlink"):
+        raise fail(
+            f"the coordinator at {info.get('address')} runs no SuperLink "
+            "(restart it with --superlink local, or give --superlink HOST:PORT)"
+        )
+    ca = info.get("ca_cert")
+    return str(info["superlink"]), Path(ca) if ca else None
+
+
 def _load(run_dir: Path) -> dict[str, Any]:
     meta = (
         json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
@@ -297,8 +317,18 @@ def start(
     select: Annotated[str, typer.Option("--select", help="e.g. 'battery>30 and ram>=512MiB'")] = "",
     init: Annotated[Path | None, typer.Option(help="initial weights (.npz)")] = None,
     superlink: Annotated[
-        str, typer.Option(help="external SuperLink HOST:PORT (its SuperNodes are the agents')")
+        str,
+        typer.Option(
+            help="SuperLink HOST:PORT (its SuperNodes are the agents'); default: the one the "
+            "coordinator on this data dir runs"
+        ),
     ] = "",
+    superlink_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--superlink-ca", help="CA certificate to verify --superlink with (else plaintext)"
+        ),
+    ] = None,
     local: Annotated[int, typer.Option(help="start N simulated devices on loopback instead")] = 0,
     profiles: Annotated[str, typer.Option(help="profiles of --local devices")] = "rpi4",
     lr: float = 0.05,
@@ -380,8 +410,10 @@ def start(
     parse_selection(select)  # a bad expression fails here, before anything starts
     if dp not in ("none", "server-fixed"):
         raise fail(f"--dp must be none or server-fixed, got {dp!r}")
-    if bool(superlink) == bool(local):
-        raise fail("give exactly one of --superlink HOST:PORT or --local N")
+    if superlink and local:
+        raise fail("give at most one of --superlink HOST:PORT or --local N")
+    if not superlink and not local:
+        superlink, superlink_ca = _fleet_superlink(data_dir)
     run_name = name or f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).absolute()
     if run_dir.exists():
@@ -418,13 +450,19 @@ def start(
         from coordinator.fl.superlink import submit, write_app
 
         app = write_app(run_dir / "app", config)
+        ca = None
+        if fed is not None and fed.flower_tls is not None:
+            ca = fed.flower_tls.ca
+        elif superlink_ca is not None:
+            ca = superlink_ca.absolute()
         meta: dict[str, object] = {
             "superlink": address,
+            "superlink_ca": str(ca) if ca else None,
             "flwr_home": str(run_dir / "flwr-home"),
             "state": "submitted",
         }
         (run_dir / "meta.json").write_text(json.dumps(meta))
-        run_id = submit(app, run_dir / "flwr-home", address)
+        run_id = submit(app, run_dir / "flwr-home", address, ca=ca)
         meta["flwr_run_id"] = run_id
         (run_dir / "meta.json").write_text(json.dumps(meta))
         if not as_json:
@@ -601,7 +639,8 @@ def stop(
     meta = json.loads(meta_path.read_text())
     if "flwr_run_id" not in meta:
         raise fail(f"run {name!r} was never submitted")
-    stop_run(Path(meta["flwr_home"]), meta["superlink"], int(meta["flwr_run_id"]))
+    ca = Path(meta["superlink_ca"]) if meta.get("superlink_ca") else None
+    stop_run(Path(meta["flwr_home"]), meta["superlink"], int(meta["flwr_run_id"]), ca)
     meta["state"] = "stopped"
     meta_path.write_text(json.dumps(meta))
     if as_json:

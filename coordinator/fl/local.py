@@ -11,6 +11,7 @@ import json
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from agent.fl.supernode import FAST_POLL_ENV, SuperNodeSupervisor
-from coordinator.fl.superlink import SuperLinkSupervisor, submit, write_app
+from coordinator.fl.superlink import SuperLinkSupervisor, submit, superlink_tls, write_app
 from edgefleet.catalog import get_profile
 from edgefleet.fl.partition import make_shards, save_shard
+from edgefleet.fl.process import FlowerTls
 
 __all__ = ["LocalFederation", "free_port", "pretrain_biased", "wait_progress"]
 
@@ -66,6 +68,9 @@ class LocalFederation:
     port: int = 0
     #: per-node overrides of the reported facts, e.g. ``{4: {"width": 0.25}}``
     node_facts: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
+    #: serve the SuperLink over TLS (a CA made in ``root/tls``), as a fleet's coordinator does
+    tls: bool = False
+    flower_tls: FlowerTls | None = None
 
     @property
     def address(self) -> str:
@@ -80,7 +85,11 @@ class LocalFederation:
         ds = load_dataset("digits")
         np.savez(self.root / "test.npz", x=ds.x_test, y=ds.y_test)
         self.port = self.port or free_port()
-        self.superlink = SuperLinkSupervisor(self.root / "superlink", port=self.port, env=self.env)
+        if self.tls:
+            self.flower_tls = superlink_tls(self.root / "tls", ["127.0.0.1", "localhost"])
+        self.superlink = SuperLinkSupervisor(
+            self.root / "superlink", port=self.port, env=self.env, tls=self.flower_tls
+        )
         self.superlink.start()
         _wait_port(self.port)
         self.shards = make_shards(ds.x_train, ds.y_train, self.num_nodes, self.alpha, self.seed)
@@ -104,8 +113,9 @@ class LocalFederation:
             **facts,
         }
         node = SuperNodeSupervisor(
-            self.address, node_config, self.root / f"node-{i}", port=free_port(), env=self.env
-        )
+            self.address, node_config, self.root / f"node-{i}", port=free_port(), env=self.env,
+            tls=FlowerTls(self.flower_tls.ca) if self.flower_tls else None,
+        )  # fmt: skip
         node.start()
         self.supernodes.append(node)
         return node
@@ -115,13 +125,17 @@ class LocalFederation:
         out = self.root / name
         cfg = {"test-path": str(self.root / "test.npz"), "out-dir": str(out), **config}
         app = write_app(self.root / f"app-{name}", cfg)
-        submit(app, self.root / "flwr-home", self.address)
+        submit(
+            app, self.root / "flwr-home", self.address,
+            ca=self.flower_tls.ca if self.flower_tls else None,
+        )  # fmt: skip
         return out
 
     def stop(self) -> None:
-        """Stop every SuperNode, then the SuperLink."""
-        for node in self.supernodes:
-            node.stop(timeout=3.0)
+        """Stop every SuperNode (in parallel: each may wait for its ClientApp), then the
+        SuperLink."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.supernodes))) as pool:
+            list(pool.map(lambda node: node.stop(timeout=3.0), self.supernodes))
         if self.superlink is not None:
             self.superlink.stop(timeout=3.0)
 

@@ -12,7 +12,7 @@ Grammar::
     and    := not ("and" not)*
     not    := "not" not | atom
     atom   := "(" expr ")" | FIELD OP VALUE
-    FIELD  := ram | battery | profile | health | device | width | labels.KEY
+    FIELD  := ram | battery | profile | health | device | width | runtime | labels.KEY
     OP     := == | = | != | < | <= | > | >=
     VALUE  := number [unit] | word | "quoted"      units: KiB MiB GiB KB MB GB %
 """
@@ -34,6 +34,7 @@ FIELDS = {
     "profile": "text",
     "health": "text",
     "device": "text",
+    "runtime": "text",
 }
 UNITS = {
     "": 1, "%": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3,

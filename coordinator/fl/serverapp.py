@@ -177,6 +177,9 @@ def device_facts(raw: Mapping[str, Any]) -> dict[str, Any]:
         "health": str(raw.get("health", "ok")),
         "labels": _labels(raw.get("labels")),
         "width": float(raw["width"]) if "width" in raw else None,
+        "runtime": str(raw.get("runtime", "")),
+        # a microcontroller's agent hosts the SuperNode for it (``proxy = "agent"``)
+        "proxy": str(raw.get("proxy", "")),
     }
 
 

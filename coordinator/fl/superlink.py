@@ -19,7 +19,13 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from edgefleet.fl.process import SupervisedProcess, flower_bin, toml_value, with_flower_path
+from edgefleet.fl.process import (
+    FlowerTls,
+    SupervisedProcess,
+    flower_bin,
+    toml_value,
+    with_flower_path,
+)
 
 __all__ = [
     "FAST_ENV",
@@ -28,6 +34,7 @@ __all__ = [
     "flwr_env",
     "stop_run",
     "submit",
+    "superlink_tls",
     "write_app",
 ]
 
@@ -40,7 +47,12 @@ OUR_COMPONENTS = {
 
 
 class SuperLinkSupervisor(SupervisedProcess):
-    """A local ``flower-superlink`` (insecure loopback by default), restarted if it dies."""
+    """A local ``flower-superlink``, restarted if it dies.
+
+    ``tls`` serves it with a certificate from the coordinator's CA; without it the SuperLink
+    runs plaintext (loopback tests and benchmarks). ``pidfile`` lets a restarted coordinator
+    adopt the SuperLink it started before it was killed, so runs in flight carry on.
+    """
 
     def __init__(
         self,
@@ -48,9 +60,10 @@ class SuperLinkSupervisor(SupervisedProcess):
         *,
         port: int = 9093,
         host: str = "127.0.0.1",
-        insecure: bool = True,
+        tls: FlowerTls | None = None,
         isolation: str = "subprocess",
         env: Mapping[str, str] | None = None,
+        pidfile: Path | None = None,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.address = f"{host}:{port}"
@@ -61,12 +74,22 @@ class SuperLinkSupervisor(SupervisedProcess):
             "--database", str(state_dir / "superlink.db"),
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
-        if insecure:
-            argv.append("--insecure")
+        argv += tls.superlink_args() if tls is not None else ["--insecure"]
+        self.tls = tls
         super().__init__(
             argv, env={**FAST_ENV, **(env or {})}, log_path=state_dir / "superlink.log",
-            name="superlink",
+            name="superlink", pidfile=pidfile,
         )  # fmt: skip
+
+
+def superlink_tls(tls_dir: Path, hosts: list[str]) -> FlowerTls:
+    """The SuperLink's TLS files: the coordinator's CA (made in ``tls_dir`` if missing) and a
+    server certificate for ``hosts`` -- the same CA agents already trust for gRPC."""
+    from edgefleet.pki import CertificateAuthority
+
+    ca = CertificateAuthority.load_or_create(tls_dir)
+    ca.server_certificate(tls_dir, hosts)
+    return FlowerTls(ca=tls_dir / "ca.pem", cert=tls_dir / "server.pem", key=tls_dir / "server.key")
 
 
 def write_app(
@@ -93,25 +116,33 @@ def write_app(
     return app_dir
 
 
-def flwr_env(home: Path, address: str, insecure: bool = True) -> dict[str, str]:
-    """Environment for the ``flwr`` CLI with a private FLWR_HOME naming one connection."""
+def flwr_env(home: Path, address: str, ca: Path | None = None) -> dict[str, str]:
+    """Environment for the ``flwr`` CLI with a private FLWR_HOME naming one connection
+    (verified against ``ca`` when given, plaintext otherwise)."""
     home.mkdir(parents=True, exist_ok=True)
+    security = (
+        f"root-certificates = {toml_value(str(ca))}\n" if ca is not None else "insecure = true\n"
+    )
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "edgefleet"\n\n[superlink.edgefleet]\n'
-        f'address = "{address}"\ninsecure = {"true" if insecure else "false"}\n'
+        f'address = "{address}"\n{security}'
     )
     return with_flower_path({**os.environ, **FAST_ENV, "FLWR_HOME": str(home)})
 
 
 def submit(
-    app_dir: Path, home: Path, address: str, run_config: Mapping[str, object] | None = None
+    app_dir: Path,
+    home: Path,
+    address: str,
+    run_config: Mapping[str, object] | None = None,
+    ca: Path | None = None,
 ) -> int:
     """``flwr run`` the app on the SuperLink at ``address``; returns the run id."""
     argv = [flower_bin("flwr"), "run", str(app_dir), "edgefleet", "--format", "json"]
     if run_config:
         argv += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
     proc = subprocess.run(
-        argv, env=flwr_env(home, address), capture_output=True, text=True, timeout=120,
+        argv, env=flwr_env(home, address, ca), capture_output=True, text=True, timeout=120,
         check=False,
     )  # fmt: skip
     text = proc.stdout.strip()
@@ -127,11 +158,12 @@ def submit(
     raise RuntimeError(f"flwr run failed: {(proc.stdout + proc.stderr).strip()[-800:]}")
 
 
-def stop_run(home: Path, address: str, run_id: int) -> None:
+def stop_run(home: Path, address: str, run_id: int, ca: Path | None = None) -> None:
     """``flwr stop`` a run (the ServerApp and its ClientApps are torn down by Flower)."""
     proc = subprocess.run(
         [flower_bin("flwr"), "stop", str(run_id), "edgefleet"],
-        env=flwr_env(home, address), capture_output=True, text=True, timeout=60, check=False,
+        env=flwr_env(home, address, ca), capture_output=True, text=True, timeout=60,
+        check=False,
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"flwr stop failed: {(proc.stdout + proc.stderr).strip()[-400:]}")

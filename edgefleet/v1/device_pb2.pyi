@@ -109,14 +109,24 @@ class DesiredState(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., variant_id: _Optional[str] = ..., model: _Optional[str] = ..., variant_bytes: _Optional[int] = ..., rollout_id: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("desired", "heartbeat_interval_seconds", "server_time_unix")
+    __slots__ = ("desired", "heartbeat_interval_seconds", "server_time_unix", "federation")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
     desired: DesiredState
     heartbeat_interval_seconds: float
     server_time_unix: float
-    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., server_time_unix: _Optional[float] = ...) -> None: ...
+    federation: Federation
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., server_time_unix: _Optional[float] = ..., federation: _Optional[_Union[Federation, _Mapping]] = ...) -> None: ...
+
+class Federation(_message.Message):
+    __slots__ = ("superlink_address", "tls")
+    SUPERLINK_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    superlink_address: str
+    tls: bool
+    def __init__(self, superlink_address: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...
 
 class Metric(_message.Message):
     __slots__ = ("name", "value", "labels")

@@ -27,8 +27,26 @@ def test_bad_selection_is_rejected_before_anything_starts(tmp_path: Path) -> Non
 def test_unknown_strategy_and_missing_target(tmp_path: Path) -> None:
     res = runner.invoke(train_app, ["start", "mlp", "--strategy", "fedsgd", "--local", "2"])
     assert res.exit_code == 1 and "--strategy must be one of" in res.output
-    res = runner.invoke(train_app, ["start", "mlp", "--runs-dir", str(tmp_path)])
-    assert res.exit_code == 1 and "exactly one of --superlink" in res.output
+    res = runner.invoke(
+        train_app,
+        ["start", "mlp", "--superlink", "h:1", "--local", "2", "--runs-dir", str(tmp_path)],
+    )
+    assert res.exit_code == 1 and "at most one of --superlink" in res.output
+    # no target: the coordinator on the data dir is asked, and there is none
+    data = tmp_path / "data"
+    res = runner.invoke(
+        train_app, ["start", "mlp", "--runs-dir", str(tmp_path), "--data-dir", str(data)]
+    )
+    assert res.exit_code == 1 and "no coordinator runs with data dir" in res.output
+    # a coordinator that runs no SuperLink says so
+    data.mkdir()
+    (data / "coordinator.json").write_text(
+        json.dumps({"address": "127.0.0.1:1", "superlink": None})
+    )
+    res = runner.invoke(
+        train_app, ["start", "mlp", "--runs-dir", str(tmp_path), "--data-dir", str(data)]
+    )
+    assert res.exit_code == 1 and "runs no SuperLink" in res.output
 
 
 def test_ls_and_status_read_the_run_record(tmp_path: Path) -> None:
