@@ -15,10 +15,11 @@ Phases:
 1. **register** ``--devices`` devices (catalog profiles round-robin), split
    across the workers, with ``--concurrency`` registrations in flight in all;
 2. **idle** for ``--idle-seconds``: every device registered, nobody beating.
-   The coordinator's CPU here is what it costs to *have* N devices: mostly the
-   metrics refresh, which reads every device record from Redis every 5 s to
-   set the fleet gauges (its last duration is scraped from
-   ``edgefleet_fleet_refresh_duration_seconds`` on the coordinator's /metrics);
+   The coordinator's CPU here is what it costs to *have* N devices: the
+   metrics refresh every 5 s, which reads per-profile counts kept on write
+   (O(profiles x log N), no per-device reads) to set the fleet gauges (its last
+   duration is scraped from ``edgefleet_fleet_refresh_duration_seconds`` on the
+   coordinator's /metrics), and the rollout controller's pass;
 3. **hold** for ``--duration``: each device heartbeats at the interval the
    coordinator tells it (``--interval`` is passed to the coordinator as
    ``--heartbeat-interval``; devices follow the value in every reply), first
@@ -757,7 +758,7 @@ def render_table(r: SoakResult, args: argparse.Namespace) -> str:
         f"{_f(r.idle_coordinator_cpu_pct, '.0f')}% / {_f(r.hold_coordinator_cpu_pct, '.0f')}% |",
         f"| embedded Redis CPU / load processes CPU (hold) | {_f(r.hold_redis_cpu_pct, '.0f')}% / "
         f"{_f(r.hold_loadgen_cpu_pct, '.0f')}% |",
-        f"| fleet metrics refresh (reads all N records, every 5 s) median / max | "
+        f"| fleet metrics refresh (counts kept on write, every 5 s) median / max | "
         f"{_f(r.refresh_seconds_median, '.3f')} / {_f(r.refresh_seconds_max, '.3f')} s |",
         f"| online at end (admin ListDevices) | {o.online:,} / {r.registered:,} "
         f"({100.0 * o.online / max(r.registered, 1):.2f}%) |",

@@ -353,7 +353,8 @@ class Registry:
 
     def status_of(self, record: DeviceRecord, now: float | None = None) -> DeviceStatus:
         now = self._clock() if now is None else now
-        fresh = now - record.last_seen < self.settings.offline_after
+        # the same bound, computed the same way, as fleet_summary's liveness index query
+        fresh = record.last_seen > now - self.settings.offline_after
         alive = fresh and record.reported_state != "stopping"
         return DeviceStatus.ONLINE if alive else DeviceStatus.OFFLINE
 
@@ -381,20 +382,41 @@ class Registry:
             raise NotFound(f"device {device_id} is not registered")
 
     async def fleet_summary(self) -> FleetSummary:
+        """Devices by profile and status, from the store's liveness indexes.
+
+        Same answer as applying ``status_of`` to every record (``scan_fleet_summary``,
+        kept for tests and audits), but O(profiles x log N) instead of reading
+        all N records: online = live (last report not ``stopping``) with a
+        heartbeat younger than ``offline_after``, offline = the rest.
+        """
+        fresh_after = self._clock() - self.settings.offline_after
+        by_profile = [
+            ProfileCount(c.profile, c.fresh, c.devices - c.fresh)
+            for c in await self._store.fleet_counts(fresh_after)
+        ]
+        return self._summary(by_profile)
+
+    async def scan_fleet_summary(self) -> FleetSummary:
+        """``fleet_summary`` by reading every record (O(N)): the reference it must match."""
         views = await self.list_devices()
         counts: Counter[tuple[str, DeviceStatus]] = Counter(
             (v.record.profile.name, v.status) for v in views
         )
         profiles = sorted({p for p, _ in counts})
-        by_profile = [
-            ProfileCount(p, counts[(p, DeviceStatus.ONLINE)], counts[(p, DeviceStatus.OFFLINE)])
-            for p in profiles
-        ]
+        return self._summary(
+            [
+                ProfileCount(p, counts[(p, DeviceStatus.ONLINE)], counts[(p, DeviceStatus.OFFLINE)])
+                for p in profiles
+            ]
+        )
+
+    def _summary(self, by_profile: list[ProfileCount]) -> FleetSummary:
         online = sum(pc.online for pc in by_profile)
+        offline = sum(pc.offline for pc in by_profile)
         return FleetSummary(
-            total=len(views),
+            total=online + offline,
             online=online,
-            offline=len(views) - online,
+            offline=offline,
             by_profile=by_profile,
             offline_after=self.settings.offline_after,
         )

@@ -4,8 +4,15 @@ Why one module: the coordinator is stateless beyond Redis, so several replicas
 may update the same device at once. Keeping every key name and every
 multi-key write in one place (each write a single Lua script, atomic on the
 server) is what guarantees that state never tears: a device is either fully
-registered (hash + liveness index + profile index + enrollment key) or absent.
+registered (hash + liveness indexes + profile index + enrollment key) or absent.
 Callers get plain ``DeviceRecord`` objects and never see Redis types.
+
+Fleet counts are kept on write, not computed by reading every record: each
+profile has a set of its devices and a sorted set of its *live* devices (those
+whose last report was not ``stopping``) scored by last heartbeat time, both
+maintained by the register, heartbeat and remove scripts. Online devices of a
+profile are then one ``ZCOUNT`` over a score range, so a fleet summary costs
+O(profiles x log N) whatever the fleet size (``fleet_counts``).
 """
 
 from __future__ import annotations
@@ -46,6 +53,21 @@ class Keys:
     def profile_members(self, profile: str) -> str:
         """Set of device ids with a given profile name."""
         return f"{self.prefix}profile:{profile}:devices"
+
+    def profile_live(self, profile: str) -> str:
+        """Sorted set: devices of a profile whose last report was not ``stopping``,
+        score = unix time of the last heartbeat (the fleet counts' liveness index)."""
+        return f"{self.prefix}profile:{profile}:live"
+
+    @property
+    def profile_prefix(self) -> str:
+        """What ``profile_members``/``profile_live`` start with (Lua scripts build them)."""
+        return f"{self.prefix}profile:"
+
+    @property
+    def profiles(self) -> str:
+        """Set: profile names that have at least one device."""
+        return f"{self.prefix}profiles"
 
     def device_metrics(self, device_id: str) -> str:
         """Hash: metric name -> last value the device reported."""
@@ -97,7 +119,11 @@ class Keys:
         return f"{self.prefix}schema"
 
 
-SCHEMA_VERSION = "1"
+# 2: per-profile liveness sorted sets and the profiles set (fleet counts kept on
+# write). A schema-1 store is upgraded at start by ``FleetStore.check`` (one pass
+# over the devices); a schema-1 coordinator refuses a schema-2 store.
+SCHEMA_VERSION = "2"
+UPGRADABLE_SCHEMAS = ("1",)
 
 
 @dataclass(frozen=True)
@@ -149,29 +175,34 @@ class DeviceRecord:
     cert_serial: str = ""
 
 
-# KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile
-# ARGV: device id (used only when new), then field/value pairs of the record.
+# KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile,
+#   live zset of the new profile, profiles set.
+# ARGV: device id (used only when new), device key prefix, profile key prefix,
+#   last seen, new profile name, then field/value pairs of the record.
 # The enrollment key decides: an instance key already enrolled as a live device
 # re-registers that device (fresh credential, profile and name) instead of
-# creating a twin. Returns {device id, 1 if created else 0}.
+# creating a twin. A (re-)registered device reports "starting", so it is live.
+# Returns {device id, 1 if created else 0}.
 _REGISTER = """
 local existing = redis.call('GET', KEYS[3])
 local id = ARGV[1]
 local created = 1
 local device_key = KEYS[1]
+local old_profile = nil
 if existing and redis.call('EXISTS', ARGV[2] .. existing) == 1 then
   if redis.call('HGET', ARGV[2] .. existing, 'revoked') == '1' then return {existing, -1} end
   id = existing
   created = 0
   device_key = ARGV[2] .. existing
-  local old_profile = redis.call('HGET', device_key, 'profile_name')
+  old_profile = redis.call('HGET', device_key, 'profile_name')
   if old_profile then
     redis.call('SREM', ARGV[3] .. old_profile .. ':devices', id)
+    redis.call('ZREM', ARGV[3] .. old_profile .. ':live', id)
   end
 end
 local keep = {id = true, registered_at = true}
 local fields = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   -- a re-registration keeps what identifies the device over time and what
   -- the operator wants of it; everything the agent reports is overwritten
   local name = ARGV[i]
@@ -184,27 +215,45 @@ redis.call('HSET', device_key, unpack(fields))
 redis.call('ZADD', KEYS[2], ARGV[4], id)
 redis.call('SET', KEYS[3], id)
 redis.call('SADD', KEYS[4], id)
+redis.call('ZADD', KEYS[5], ARGV[4], id)
+redis.call('SADD', KEYS[6], ARGV[5])
+if old_profile and old_profile ~= ARGV[5]
+    and redis.call('SCARD', ARGV[3] .. old_profile .. ':devices') == 0 then
+  redis.call('SREM', KEYS[6], old_profile)
+end
 return {id, created}
 """
 
 # KEYS: device hash, last_seen zset. ARGV: device id, now, credential sha256,
-# then field/value pairs. Checks the credential and records the heartbeat in one
-# round trip (the hot path of a large fleet). Returns {0} for an unknown device
-# (so a heartbeat never resurrects a half-record), {-1} for a wrong credential,
-# else {1, desired_* values in DESIRED_FIELDS order}.
+# profile key prefix, "1" if the device reports "stopping" else "0", then
+# field/value pairs. Checks the credential and records the heartbeat in one
+# round trip (the hot path of a large fleet), keeping the profile's liveness
+# index in step (O(log N)): a device that says goodbye leaves it at once.
+# Returns {0} for an unknown device (so a heartbeat never resurrects a
+# half-record), {-1} for a wrong credential, else {1, desired_* values in
+# DESIRED_FIELDS order}.
 _HEARTBEAT = """
 local rec = redis.call('HMGET', KEYS[1], 'credential_sha256', 'desired_generation',
-  'desired_variant', 'desired_model', 'desired_runtime', 'desired_rollout', 'desired_variant_bytes')
+  'desired_variant', 'desired_model', 'desired_runtime', 'desired_rollout', 'desired_variant_bytes',
+  'profile_name')
 if not rec[1] then return {0} end
 if rec[1] ~= ARGV[3] then return {-1} end
 local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if rec[8] then
+  local live = ARGV[4] .. rec[8] .. ':live'
+  if ARGV[5] == '1' then
+    redis.call('ZREM', live, ARGV[1])
+  else
+    redis.call('ZADD', live, ARGV[2], ARGV[1])
+  end
+end
 return {1, rec[2] or '0', rec[3] or '', rec[4] or '', rec[5] or '', rec[6] or '', rec[7] or '0'}
 """
 
-# KEYS: device hash, last_seen zset, device metrics hash.
+# KEYS: device hash, last_seen zset, device metrics hash, profiles set.
 # ARGV: device id, enrollment prefix, profile prefix.
 _REMOVE = """
 local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'profile_name')
@@ -215,8 +264,54 @@ if rec[1] then
   local enrolled = ARGV[2] .. rec[1]
   if redis.call('GET', enrolled) == ARGV[1] then redis.call('DEL', enrolled) end
 end
-if rec[2] then redis.call('SREM', ARGV[3] .. rec[2] .. ':devices', ARGV[1]) end
+if rec[2] then
+  local members = ARGV[3] .. rec[2] .. ':devices'
+  redis.call('SREM', members, ARGV[1])
+  redis.call('ZREM', ARGV[3] .. rec[2] .. ':live', ARGV[1])
+  if redis.call('SCARD', members) == 0 then redis.call('SREM', KEYS[4], rec[2]) end
+end
 return 1
+"""
+
+# KEYS: profiles set. ARGV: profile key prefix, the lowest last-seen time that
+# is still fresh (exclusive, a ZCOUNT bound such as "(1800000000.5").
+# Returns {profile, devices, live and fresh, ...} for every profile with devices:
+# O(profiles x log N), however large the fleet.
+_FLEET_COUNTS = """
+local out = {}
+for _, p in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local total = redis.call('SCARD', ARGV[1] .. p .. ':devices')
+  if total > 0 then
+    out[#out + 1] = p
+    out[#out + 1] = total
+    out[#out + 1] = redis.call('ZCOUNT', ARGV[1] .. p .. ':live', ARGV[2], '+inf')
+  end
+end
+return out
+"""
+
+# KEYS: profiles set. ARGV: device key prefix, profile key prefix, then device ids.
+# Rebuilds the fleet-count indexes of these devices from their records (the
+# upgrade from schema 1, which had none). Each device is read and indexed in
+# the same atomic script, so a heartbeat racing the upgrade is never undone.
+# Returns how many devices were indexed.
+_INDEX_DEVICES = """
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local rec = redis.call('HMGET', ARGV[1] .. id, 'profile_name', 'last_seen', 'reported_state')
+  if rec[1] and rec[2] then
+    redis.call('SADD', ARGV[2] .. rec[1] .. ':devices', id)
+    redis.call('SADD', KEYS[1], rec[1])
+    if rec[3] == 'stopping' then
+      redis.call('ZREM', ARGV[2] .. rec[1] .. ':live', id)
+    else
+      redis.call('ZADD', ARGV[2] .. rec[1] .. ':live', rec[2], id)
+    end
+    n = n + 1
+  end
+end
+return n
 """
 
 
@@ -362,6 +457,15 @@ class TelemetryOutcome:
     duplicates: int
 
 
+@dataclass(frozen=True)
+class ProfileLiveness:
+    """Devices of one profile, and how many of them are live and fresh."""
+
+    profile: str
+    devices: int
+    fresh: int  # last report not "stopping" and last heartbeat after the bound asked for
+
+
 def _flatten(mapping: dict[str, str]) -> list[str]:
     out: list[str] = []
     for k, v in mapping.items():
@@ -470,20 +574,70 @@ class FleetStore:
         self._lease = client.register_script(_LEASE)
         self._spend_token = client.register_script(_SPEND_TOKEN)
         self._revoke = client.register_script(_REVOKE)
+        self._fleet_counts = client.register_script(_FLEET_COUNTS)
+        self._index_devices = client.register_script(_INDEX_DEVICES)
 
     async def check(self) -> None:
-        """Fail early, with a clear error, if Redis is away or written by an incompatible version."""
+        """Fail early, with a clear error, if Redis is away or written by an incompatible version.
+
+        A store written by an older, upgradable schema (or with no schema key) is
+        upgraded here, before the coordinator serves: see ``rebuild_fleet_indexes``.
+        """
         try:
             await self._redis.ping()
             found = await self._redis.get(self.keys.schema_version)
         except aioredis.RedisError as exc:
             raise StoreError(f"cannot reach Redis: {exc}") from exc
-        if found is None:
-            await self._redis.set(self.keys.schema_version, SCHEMA_VERSION)
-        elif found != SCHEMA_VERSION:
+        if found == SCHEMA_VERSION:
+            return
+        if found is not None and found not in UPGRADABLE_SCHEMAS:
             raise StoreError(
                 f"Redis holds edgefleet schema {found!s}, this build reads {SCHEMA_VERSION}"
             )
+        await self.rebuild_fleet_indexes()
+        try:
+            await self._redis.set(self.keys.schema_version, SCHEMA_VERSION)
+        except aioredis.RedisError as exc:
+            raise StoreError(f"cannot reach Redis: {exc}") from exc
+
+    @_unavailable_on_redis_error
+    async def rebuild_fleet_indexes(self, batch: int = 500) -> int:
+        """Index every stored device for ``fleet_counts`` (idempotent); returns how many.
+
+        The one O(N) pass: run once when a store from before the per-profile
+        liveness indexes is first opened. Batches keep each script short, so
+        heartbeats are not held up behind it.
+        """
+        k = self.keys
+        ids = cast(list[str], await self._redis.zrange(k.last_seen, 0, -1))
+        indexed = 0
+        for i in range(0, len(ids), batch):
+            indexed += int(
+                cast(
+                    int,
+                    await self._index_devices(
+                        keys=[k.profiles],
+                        args=[k.device(""), k.profile_prefix, *ids[i : i + batch]],
+                    ),
+                )
+            )
+        return indexed
+
+    @_unavailable_on_redis_error
+    async def fleet_counts(self, fresh_after: float) -> list[ProfileLiveness]:
+        """Per profile with devices: how many, and how many are live with a heartbeat
+        strictly after ``fresh_after`` (unix time). O(profiles x log N), one round trip."""
+        result = cast(
+            Sequence[Any],
+            await self._fleet_counts(
+                keys=[self.keys.profiles], args=[self.keys.profile_prefix, f"({fresh_after!r}"]
+            ),
+        )
+        counts = [
+            ProfileLiveness(str(result[i]), int(result[i + 1]), int(result[i + 2]))
+            for i in range(0, len(result), 3)
+        ]
+        return sorted(counts, key=lambda c: c.profile)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -501,12 +655,15 @@ class FleetStore:
                 k.last_seen,
                 k.enrollment(record.instance_key),
                 k.profile_members(record.profile.name),
+                k.profile_live(record.profile.name),
+                k.profiles,
             ],
             args=[
                 record.id,
                 k.device(""),
-                f"{k.prefix}profile:",
+                k.profile_prefix,
                 repr(record.last_seen),
+                record.profile.name,
                 *_flatten(_record_fields(record)),
             ],
         )
@@ -545,7 +702,14 @@ class FleetStore:
             Sequence[Any],
             await self._heartbeat(
                 keys=[self.keys.device(device_id), self.keys.last_seen],
-                args=[device_id, repr(now), credential_sha256, *_flatten(fields)],
+                args=[
+                    device_id,
+                    repr(now),
+                    credential_sha256,
+                    self.keys.profile_prefix,
+                    "1" if state == "stopping" else "0",
+                    *_flatten(fields),
+                ],
             ),
         )
         status = int(result[0])
@@ -582,8 +746,8 @@ class FleetStore:
         """Delete a device and every index entry pointing at it. False if it was not there."""
         k = self.keys
         done = await self._remove(
-            keys=[k.device(device_id), k.last_seen, k.device_metrics(device_id)],
-            args=[device_id, k.enrollment(""), f"{k.prefix}profile:"],
+            keys=[k.device(device_id), k.last_seen, k.device_metrics(device_id), k.profiles],
+            args=[device_id, k.enrollment(""), k.profile_prefix],
         )
         return bool(int(cast(int, done)))
 
