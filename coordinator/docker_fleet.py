@@ -9,14 +9,22 @@ Containers use host networking (the coordinator is reached at the same HOST:PORT
 host, and engines started with ``--bridge=none`` work) and carry labels, so a crashed run can be
 cleaned up with :func:`remove_stale` by label rather than by guessing names.
 
+TLS as everywhere else: each container gets the coordinator's CA certificate (copied into it
+before it starts, so remote engines work too), verifies the coordinator with it, enrols with
+the token and gets its own device certificate for the mutual-TLS device port. Plaintext only
+with an explicit ``insecure=True`` (``edgefleet --insecure simulate --backend docker``).
+
 The Docker SDK (``docker`` package) is imported lazily: :func:`container_limits` is useful
 (and tested) without it.
 """
 
 from __future__ import annotations
 
+import io
 import secrets
+import tarfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +39,9 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
 DEFAULT_AGENT_IMAGE = "edgefleet-agent:latest"
+# Where the coordinator's CA certificate is put in each agent container (owned by root, 0444).
+CONTAINER_CA_DIR = "/etc/edgefleet"
+CONTAINER_CA_PATH = f"{CONTAINER_CA_DIR}/ca.pem"
 
 # Labels on every container this module starts.
 LABEL_MANAGED = "edgefleet.managed-by"
@@ -102,6 +113,20 @@ class AgentContainer:
     container: Container
 
 
+def _ca_archive(ca_pem: bytes) -> bytes:
+    """A tar of ``CONTAINER_CA_DIR``/ca.pem, for ``put_archive`` into a created container."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        now = time.time()
+        directory = tarfile.TarInfo(CONTAINER_CA_DIR.lstrip("/"))
+        directory.type, directory.mode, directory.mtime = tarfile.DIRTYPE, 0o755, now
+        tar.addfile(directory)
+        cert = tarfile.TarInfo(CONTAINER_CA_PATH.lstrip("/"))
+        cert.size, cert.mode, cert.mtime = len(ca_pem), 0o444, now
+        tar.addfile(cert, io.BytesIO(ca_pem))
+    return buf.getvalue()
+
+
 def _client(client: DockerClient | None) -> DockerClient:
     if client is not None:
         return client
@@ -127,6 +152,7 @@ class DockerFleet:
     fleet_id: str
     agents: list[AgentContainer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     @classmethod
     def start(
@@ -137,6 +163,8 @@ class DockerFleet:
         profiles: Sequence[str],
         count: int,
         image: str = DEFAULT_AGENT_IMAGE,
+        ca_cert: bytes | None = None,
+        insecure: bool = False,
         name_prefix: str = "sim",
         extra_args: Sequence[str] = (),
         client: DockerClient | None = None,
@@ -144,6 +172,8 @@ class DockerFleet:
     ) -> DockerFleet:
         """Start ``count`` agents (profiles round-robin) against ``coordinator`` (HOST:PORT).
 
+        ``ca_cert`` (PEM) is the coordinator's CA, which every agent verifies it with; plaintext
+        only with ``insecure=True`` (for a coordinator started with ``--insecure``).
         Device names are ``{name_prefix}-{profile}-{i:03d}``, as in the process backend. If any
         container fails to start, the ones already started are removed before raising.
         """
@@ -151,6 +181,13 @@ class DockerFleet:
             raise ValueError("--devices must be at least 1")
         if not profiles:
             raise ValueError("--profiles needs at least one profile name")
+        if insecure == (ca_cert is not None):
+            raise ValueError(
+                "the agents need the coordinator's CA certificate (ca_cert; the CLI's --ca-cert), "
+                "or insecure=True for a coordinator started with --insecure -- not both"
+            )
+        if ca_cert is not None and b"-----BEGIN CERTIFICATE-----" not in ca_cert:
+            raise ValueError("ca_cert is not a PEM certificate")
         resolved = [get_profile(p) for p in profiles]  # fail before starting anything
         docker_client = _client(client)
         import docker.errors
@@ -164,12 +201,19 @@ class DockerFleet:
         host_cpus = int(docker_client.info().get("NCPU", 0)) or None
         fleet = cls(client=docker_client, fleet_id=secrets.token_hex(4))
         jobs = [(i, resolved[i % len(resolved)]) for i in range(count)]
+        environment = {"EDGEFLEET_ENROLL_TOKEN": enroll_token}
+        if insecure:  # explicit, and the agent logs an INSECURE warning
+            environment["EDGEFLEET_INSECURE"] = "1"
+            transport: list[str] = []
+        else:
+            transport = ["--ca-cert", CONTAINER_CA_PATH]
+        ca_archive = None if ca_cert is None else _ca_archive(ca_cert)
 
         def run_one(job: tuple[int, DeviceProfile]) -> None:
             i, profile = job
             name = f"{name_prefix}-{profile.name}-{i:03d}"
             limits = container_limits(profile, host_cpus)
-            container = docker_client.containers.run(
+            container = docker_client.containers.create(
                 image,
                 command=[
                     "--coordinator",
@@ -182,11 +226,11 @@ class DockerFleet:
                     "simulated=true",
                     "--label",
                     "backend=docker",
+                    *transport,
                     *extra_args,
                 ],
                 name=f"edgefleet-{fleet.fleet_id}-{name}",
-                # plaintext to the coordinator, explicitly (the containers have no CA yet)
-                environment={"EDGEFLEET_ENROLL_TOKEN": enroll_token, "EDGEFLEET_INSECURE": "1"},
+                environment=environment,
                 labels={
                     LABEL_MANAGED: MANAGED_BY,
                     LABEL_FLEET: fleet.fleet_id,
@@ -195,14 +239,16 @@ class DockerFleet:
                 },
                 network_mode="host",
                 init=True,
-                detach=True,
                 mem_limit=limits.memory_bytes,
                 memswap_limit=limits.memory_bytes,
                 nano_cpus=limits.nano_cpus,
                 pids_limit=limits.pids,
             )
-            with fleet._lock:
+            with fleet._lock:  # listed at once, so a failure below still removes it
                 fleet.agents.append(AgentContainer(name, profile.name, limits, container))
+            if ca_archive is not None and not container.put_archive("/", ca_archive):
+                raise DockerFleetError(f"could not copy the CA certificate into {container.name}")
+            container.start()
 
         try:
             with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -225,6 +271,8 @@ class DockerFleet:
 
     def exited(self) -> list[AgentContainer]:
         """Agents whose container is no longer running."""
+        if self._stopped:
+            return list(self.agents)
         out = []
         for agent in self.agents:
             agent.container.reload()
@@ -244,9 +292,11 @@ class DockerFleet:
         """SIGTERM every agent (they say goodbye and exit 0), then remove the containers.
 
         An agent still running after ``timeout`` is killed by the engine and counted as killed.
+        A second call does nothing; ``agents`` stays listed (as in the process backend), so
+        callers can still say how many were stopped.
         """
         report = StopReport()
-        if not self.agents:
+        if self._stopped or not self.agents:
             return report
 
         def stop_one(agent: AgentContainer) -> None:
@@ -268,7 +318,7 @@ class DockerFleet:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(stop_one, self.agents))
-        self.agents = []
+        self._stopped = True
         return report
 
 

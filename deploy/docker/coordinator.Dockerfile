@@ -1,4 +1,5 @@
-# The edgefleet coordinator (and the operator CLI): gRPC API, Prometheus /metrics, state in Redis.
+# The edgefleet coordinator (and the operator CLI): gRPC API over TLS, Prometheus /metrics, state
+# in Redis.
 #
 #   docker build -f deploy/docker/coordinator.Dockerfile -t edgefleet-coordinator .
 #   docker build ... --build-arg EXTRAS=coordinator,compress .   # + the compression stack (CPU torch)
@@ -45,19 +46,28 @@ RUN set -eu; \
 FROM python AS runtime
 RUN useradd --no-log-init --uid 10001 --user-group --home-dir /var/lib/edgefleet --create-home \
         --shell /usr/sbin/nologin edgefleet \
-    && install -d -o edgefleet -g edgefleet -m 0700 /var/lib/edgefleet/data
+    && install -d -o edgefleet -g edgefleet -m 0700 /var/lib/edgefleet/data \
+    && install -d -o edgefleet -g edgefleet -m 0755 /var/lib/edgefleet/ca
 COPY --from=builder /opt/venv /opt/venv
 COPY deploy/docker/grpc-healthcheck.py /usr/local/bin/edgefleet-healthcheck
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8
+COPY deploy/docker/coordinator-entrypoint.sh /usr/local/bin/edgefleet-coordinator
+# EDGEFLEET_DATA_DIR is also where the CLI inside the container finds the CA (DATA_DIR/tls/ca.pem).
+# EDGEFLEET_CA_EXPORT: where the entrypoint publishes the CA certificate for agents (compose
+# mounts a shared volume on /var/lib/edgefleet/ca); empty = do not publish.
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8 \
+    EDGEFLEET_DATA_DIR=/var/lib/edgefleet/data EDGEFLEET_CA_EXPORT=/var/lib/edgefleet/ca/ca.pem
 USER 10001:10001
 WORKDIR /var/lib/edgefleet
-# Tokens (and the embedded Redis, when no EDGEFLEET_REDIS_URL is given) live here.
+# Tokens, the CA and its key (tls/), and the embedded Redis when no EDGEFLEET_REDIS_URL is given.
 VOLUME ["/var/lib/edgefleet/data"]
-EXPOSE 50051 9464
-# gRPC health of the default port; compose overrides the address where the port differs.
+# gRPC (server-auth TLS: enrolment, admin, health), the devices' mutual-TLS port, /metrics.
+EXPOSE 50051 50052 9464
+# gRPC health of the default port, over TLS; compose overrides the address where it differs.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=3 \
     CMD ["edgefleet-healthcheck", "127.0.0.1:50051"]
-ENTRYPOINT ["edgefleet", "coordinator", "start", "--data-dir", "/var/lib/edgefleet/data"]
-# 0.0.0.0 is the container's own network namespace; publish the ports on 127.0.0.1 (as
-# docker-compose.yml does) or pass --host 127.0.0.1 with host networking.
-CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9464"]
+# TLS by default (a CA in the data dir, created on first start); see coordinator-entrypoint.sh.
+ENTRYPOINT ["edgefleet-coordinator"]
+# 0.0.0.0 is the container's own network namespace; publish the ports on 127.0.0.1 or pass
+# --host 127.0.0.1 with host networking. docker-compose.yml binds the service name instead, so
+# the device endpoint the coordinator tells agents (HOST:50052) is one they can reach.
+CMD ["--host", "0.0.0.0", "--port", "50051", "--device-port", "50052", "--metrics-port", "9464"]

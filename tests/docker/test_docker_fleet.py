@@ -1,19 +1,26 @@
 """``DockerFleet``: agent containers sized by profile against a real coordinator, and cleanup.
 
-The profile -> limits mapping is checked without an engine; the fleet itself against a
+The profile -> limits mapping is checked without an engine; the fleet itself against a TLS
 coordinator process on the host (host networking: the containers reach 127.0.0.1 directly).
+Each container gets the coordinator's CA, and is online only if its heartbeats passed the
+mutual-TLS device port with its own certificate; plaintext needs an explicit ``insecure=True``.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from coordinator.admin_client import AdminClient
 from coordinator.docker_fleet import (
     AGENT_MEMORY_FLOOR,
+    CONTAINER_CA_PATH,
     CPU_CAP,
     CPU_FLOOR,
     LABEL_FLEET,
@@ -27,11 +34,13 @@ from coordinator.docker_fleet import (
     remove_stale,
 )
 from edgefleet.catalog import CATALOG, get_profile
+from edgefleet.pki import CertificateAuthority, device_id_of
 from edgefleet.profiles import GIB, MIB, DeviceClass
 from edgefleet.v1 import admin_pb2
-from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc
+from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, cli_env
 
 FLEET_PROFILES = ("rpi-zero2w", "cortex-m7", "esp32-s3")
+AGENT_STATE = "/var/lib/edgefleet/agent"
 
 
 # --- the mapping (no engine needed) ------------------------------------------------------------
@@ -65,6 +74,18 @@ def test_host_cpus_caps_the_cpu_limit() -> None:
     assert container_limits(get_profile("phone-flagship"), host_cpus=1).cpus == 1.0
 
 
+def test_docker_fleet_wants_a_ca_or_an_explicit_insecure(tmp_path: Path) -> None:
+    """No plaintext by default: checked before the engine is even asked."""
+    ca = CertificateAuthority.load_or_create(tmp_path).cert_pem
+    common = {"coordinator": "127.0.0.1:1", "enroll_token": "x", "profiles": ["rpi4"], "count": 1}
+    with pytest.raises(ValueError, match="CA certificate"):
+        DockerFleet.start(**common)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not both"):
+        DockerFleet.start(**common, ca_cert=ca, insecure=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a PEM certificate"):
+        DockerFleet.start(**common, ca_cert=b"junk")  # type: ignore[arg-type]
+
+
 # --- a live fleet ------------------------------------------------------------------------------
 
 
@@ -72,7 +93,17 @@ def test_host_cpus_caps_the_cpu_limit() -> None:
 def coordinator(
     docker_engine: None, coordinator_factory: Callable[..., CoordinatorProc]
 ) -> CoordinatorProc:
-    return coordinator_factory("--metrics-port", "-1", "--offline-after", "10")
+    """A TLS coordinator (main port + mutual-TLS device port PORT+1), CA in DATA_DIR/tls."""
+    return coordinator_factory("--tls", "--metrics-port", "-1", "--offline-after", "10")
+
+
+def ca_of(coordinator: CoordinatorProc) -> bytes:
+    return (coordinator.data_dir / "tls" / "ca.pem").read_bytes()
+
+
+@pytest.fixture
+def some_ca(tmp_path: Path) -> bytes:
+    return CertificateAuthority.load_or_create(tmp_path / "some-ca").cert_pem
 
 
 @pytest.fixture
@@ -88,9 +119,9 @@ def docker_client(docker_engine: None) -> Iterator[object]:
     client.close()
 
 
-def wait_online(address: str, names: set[str], timeout: float) -> list[admin_pb2.Device]:
+def wait_online(address: str, names: set[str], timeout: float, ca: bytes) -> list[admin_pb2.Device]:
     deadline = time.monotonic() + timeout
-    with AdminClient(address, ADMIN_TOKEN) as client:
+    with AdminClient(address, ADMIN_TOKEN, ca_cert=ca) as client:
         while True:
             devices = [d for d in client.list_devices() if d.name in names]
             online = {d.name for d in devices if d.status == admin_pb2.DEVICE_STATUS_ONLINE}
@@ -104,6 +135,7 @@ def wait_online(address: str, names: set[str], timeout: float) -> list[admin_pb2
 def test_docker_fleet_starts_sized_agents_and_removes_them(
     coordinator: CoordinatorProc, agent_image: str, docker_client: object
 ) -> None:
+    ca = ca_of(coordinator)
     fleet = DockerFleet.start(
         coordinator=coordinator.address,
         enroll_token=ENROLL_TOKEN,
@@ -111,6 +143,7 @@ def test_docker_fleet_starts_sized_agents_and_removes_them(
         count=4,
         image=agent_image,
         name_prefix="dockersim",
+        ca_cert=ca,
     )
     try:
         names = {a.name for a in fleet}
@@ -120,8 +153,9 @@ def test_docker_fleet_starts_sized_agents_and_removes_them(
             "dockersim-esp32-s3-002",
             "dockersim-rpi-zero2w-003",
         }
-        devices = wait_online(coordinator.address, names, 90)
+        devices = wait_online(coordinator.address, names, 90, ca)
         assert {d.name: d.profile.name for d in devices} == {a.name: a.profile for a in fleet}
+        ids = {d.name: d.id for d in devices}
         ncpu = int(fleet.client.info()["NCPU"])
         for agent in fleet:
             host = fleet.client.api.inspect_container(str(agent.container.id))["HostConfig"]
@@ -134,6 +168,14 @@ def test_docker_fleet_starts_sized_agents_and_removes_them(
             )
             assert host["MemorySwap"] == want.memory_bytes
             assert host["NetworkMode"] == "host"
+            # TLS: the CA in the container, the agent's own certificate for its own id.
+            env = agent.container.attrs["Config"]["Env"]
+            assert not any(e.startswith("EDGEFLEET_INSECURE=") for e in env)
+            code, out = agent.container.exec_run(["cat", CONTAINER_CA_PATH])
+            assert (code, out) == (0, ca)
+            code, out = agent.container.exec_run(["cat", f"{AGENT_STATE}/device.pem"])
+            assert code == 0 and isinstance(out, bytes), out
+            assert device_id_of(out) == ids[agent.name], agent.name
         assert fleet.exited() == []
         fleet_id = fleet.fleet_id
     finally:
@@ -143,13 +185,15 @@ def test_docker_fleet_starts_sized_agents_and_removes_them(
     left = fleet.client.containers.list(all=True, filters={"label": f"{LABEL_FLEET}={fleet_id}"})
     assert left == []
     # The agents said goodbye, so the coordinator shows them offline at once.
-    with AdminClient(coordinator.address, ADMIN_TOKEN) as client:
+    with AdminClient(coordinator.address, ADMIN_TOKEN, ca_cert=ca) as client:
         statuses = {d.name: d.status for d in client.list_devices() if d.name in names}
     assert set(statuses.values()) == {admin_pb2.DEVICE_STATUS_OFFLINE}
 
 
 @pytest.mark.docker
-def test_docker_fleet_refuses_unknown_image_and_profile(docker_engine: None) -> None:
+def test_docker_fleet_refuses_unknown_image_and_profile(
+    docker_engine: None, some_ca: bytes
+) -> None:
     pytest.importorskip("docker")
     with pytest.raises(DockerFleetError, match="not found"):
         DockerFleet.start(
@@ -158,13 +202,22 @@ def test_docker_fleet_refuses_unknown_image_and_profile(docker_engine: None) -> 
             profiles=["rpi4"],
             count=1,
             image="edgefleet-agent:does-not-exist",
+            ca_cert=some_ca,
         )
     with pytest.raises(KeyError, match="unknown profile"):
-        DockerFleet.start(coordinator="127.0.0.1:1", enroll_token="x", profiles=["nope"], count=1)
+        DockerFleet.start(
+            coordinator="127.0.0.1:1",
+            enroll_token="x",
+            profiles=["nope"],
+            count=1,
+            ca_cert=some_ca,
+        )
 
 
 @pytest.mark.docker
-def test_remove_stale_cleans_up_by_label(agent_image: str, docker_client: object) -> None:
+def test_remove_stale_cleans_up_by_label(
+    agent_image: str, docker_client: object, some_ca: bytes
+) -> None:
     """A crashed run leaves labelled containers; remove_stale finds them by label."""
     fleet = DockerFleet.start(
         coordinator="127.0.0.1:1",  # nothing listens: the agent just retries
@@ -172,8 +225,53 @@ def test_remove_stale_cleans_up_by_label(agent_image: str, docker_client: object
         profiles=["cortex-m4"],
         count=2,
         image=agent_image,
+        ca_cert=some_ca,
     )
     labels = [f"{LABEL_MANAGED}={MANAGED_BY}", f"{LABEL_FLEET}={fleet.fleet_id}"]
     assert len(fleet.client.containers.list(all=True, filters={"label": labels})) == 2
     assert remove_stale(fleet.client, fleet.fleet_id) == 2
     assert fleet.client.containers.list(all=True, filters={"label": labels}) == []
+
+
+@pytest.mark.docker
+def test_simulate_cli_docker_backend_uses_tls(
+    coordinator: CoordinatorProc, agent_image: str, docker_client: object
+) -> None:
+    """``edgefleet simulate --backend docker`` without --insecure: the CLI hands the CA
+    (--ca-cert) to the containers, waits for them online and stops them cleanly."""
+    env = {k: v for k, v in cli_env(coordinator.address).items() if k != "EDGEFLEET_INSECURE"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator.cli.main",
+            "--ca-cert",
+            str(coordinator.data_dir / "tls" / "ca.pem"),
+            "simulate",
+            "--backend",
+            "docker",
+            "--image",
+            agent_image,
+            "--devices",
+            "2",
+            "--profiles",
+            "rpi-zero2w",
+            "--token",
+            ENROLL_TOKEN,
+            "--timeout",
+            "90",
+            "--duration",
+            "0.5",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    assert sorted(d["name"] for d in listed) == ["sim-rpi-zero2w-000", "sim-rpi-zero2w-001"]
+    assert {d["status"] for d in listed} == {"online"}
+    assert "stopped 2 agents: 2 clean" in r.stderr, r.stderr

@@ -2,6 +2,13 @@
 containerized agents online at the containerized coordinator, cgroup limits as their profiles
 say, and Prometheus scraping the coordinator.
 
+TLS is on, and proven so: the CLI on the host verifies the coordinator with the CA the
+coordinator published, every online agent holds a certificate for its own device id signed by
+that CA (so its heartbeats passed the mutual-TLS device port, which refuses anything else), the
+agents read the CA from a read-only volume that holds no key, and plaintext gRPC to either port
+fails. The same is checked on the bridge network of docker-compose.yml + its override (what a
+user with a registry runs), where the coordinator is reached by its service name.
+
 Every port is a free loopback port and the compose project name is unique, so the test can run
 next to other stacks (and other tests) on the same host.
 """
@@ -22,10 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.docker_fleet import ContainerLimits, container_limits
 from edgefleet.catalog import get_profile
+from edgefleet.pki import device_id_of
 from tests.conftest import free_port
 from tests.docker.conftest import REPO, TIMINGS
 
@@ -38,6 +49,17 @@ PROM_JOB = "edgefleet-coordinator"
 FLEET_QUERY = 'sum(edgefleet_devices{status="online",profile!="all"})'
 ONLINE_TIMEOUT = 120.0
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.offline.yml")
+# docker-compose.yml on its bridge network, ports published by the override; local images.
+BRIDGE_FILES = (
+    "docker-compose.yml",
+    "docker-compose.override.yml",
+    "tests/docker/compose.local-images.yml",
+)
+INSECURE_FILE = "docker-compose.insecure.yml"
+# Where the coordinator publishes its CA certificate, and where the agents read it.
+CA_EXPORT = "/var/lib/edgefleet/ca/ca.pem"
+AGENT_CA = "/etc/edgefleet/ca/ca.pem"
+AGENT_STATE = "/var/lib/edgefleet/agent"
 # Agent services of docker-compose.yml: they must cover several device classes.
 MIN_AGENT_PROFILES = 3
 
@@ -56,12 +78,15 @@ class Stack:
     project: str
     env: dict[str, str]
     grpc_port: int
+    device_port: int
     metrics_port: int
     prometheus_port: int
+    files: tuple[str, ...] = COMPOSE_FILES
+    ca_pem: bytes = b""  # the CA the coordinator published, once the stack is up
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*compose_cmd(self.project, *COMPOSE_FILES), *args],
+            [*compose_cmd(self.project, *self.files), *args],
             env=self.env,
             cwd=REPO,
             capture_output=True,
@@ -88,8 +113,16 @@ class Stack:
         with urllib.request.urlopen(url, timeout=5) as reply:
             return json.load(reply)
 
+    def fetch_ca(self, path: Path) -> None:
+        """Copy the CA certificate out of the coordinator, for the CLI on the host (TLS)."""
+        self.ca_pem = self.compose("exec", "-T", "coordinator", "cat", CA_EXPORT).stdout.encode()
+        assert self.ca_pem.startswith(b"-----BEGIN CERTIFICATE-----"), self.ca_pem[:80]
+        path.write_bytes(self.ca_pem)
+        self.env["EDGEFLEET_CA_CERT"] = str(path)
+
 
 def stack_env(**ports: int) -> dict[str, str]:
+    """The stack's ports and tokens; no EDGEFLEET_INSECURE: the stack and its CLI use TLS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "COMPOSE_"))}
     env.update(
         EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN,
@@ -97,7 +130,6 @@ def stack_env(**ports: int) -> dict[str, str]:
         **{f"EDGEFLEET_{k.upper()}_PORT": str(v) for k, v in ports.items()},
     )
     env["EDGEFLEET_COORDINATOR"] = f"127.0.0.1:{ports['grpc']}"
-    env["EDGEFLEET_INSECURE"] = "1"  # the compose stack runs plaintext (explicitly) for now
     return env
 
 
@@ -121,6 +153,23 @@ def read_in_container(container_id: str, *paths: str) -> str | None:
         if r.returncode == 0:
             return r.stdout.strip()
     return None
+
+
+def health(address: str, credentials: grpc.ChannelCredentials | None) -> str:
+    """The gRPC health status of ``address``, or the error code's name (plaintext if no creds)."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+        except grpc.RpcError as err:
+            return str(err.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 def kernel_limits(container_id: str) -> ContainerLimits:
@@ -191,16 +240,10 @@ def test_compose_agent_limits_follow_the_profile_mapping() -> None:
         assert svc["memswap_limit"] == svc["mem_limit"], name
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-@pytest.mark.parametrize(
-    "files",
-    [(), ("docker-compose.yml",), COMPOSE_FILES],
-    ids=["default(+override)", "plain", "offline"],
-)
-def test_compose_config_is_valid(files: tuple[str, ...]) -> None:
-    env = stack_env(grpc=50051, metrics=9464, prometheus=9090, redis=6379)
+def compose_config(*files: str) -> str:
+    env = stack_env(grpc=50051, device=50052, metrics=9464, prometheus=9090, redis=6379)
     r = subprocess.run(
-        [*compose_cmd(None, *files), "config", "-q"],
+        [*compose_cmd(None, *files), "config"],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -208,26 +251,63 @@ def test_compose_config_is_valid(files: tuple[str, ...]) -> None:
         check=False,
     )
     assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+@pytest.mark.parametrize(
+    "files",
+    [
+        (),
+        ("docker-compose.yml",),
+        COMPOSE_FILES,
+        BRIDGE_FILES,
+        ("docker-compose.yml", "docker-compose.override.yml", INSECURE_FILE),
+        (*COMPOSE_FILES, INSECURE_FILE),
+    ],
+    ids=["default(+override)", "plain", "offline", "bridge-local", "insecure", "offline-insecure"],
+)
+def test_compose_config_is_valid_and_tls_unless_opted_out(files: tuple[str, ...]) -> None:
+    """TLS is the default of every setup; plaintext only with the explicit insecure override,
+    which then covers the coordinator and every agent."""
+    config = compose_config(*files)
+    agents = len(compose_agent_services(REPO / "docker-compose.yml"))
+    if INSECURE_FILE in files:
+        assert config.count("EDGEFLEET_INSECURE: '1'") == 1 + agents, config
+    else:
+        assert "EDGEFLEET_INSECURE" not in config
+        assert config.count(f"EDGEFLEET_CA_CERT: {AGENT_CA}") == agents, config
 
 
 # --- the live stack ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def stack(edgefleet_images: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Stack]:
+def run_stack(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    files: tuple[str, ...],
+    label: str,
+    services: tuple[str, ...] = (),
+) -> Iterator[Stack]:
+    """``up`` the stack (only ``services`` and their dependencies, if given), yield it with its
+    CA fetched, print the logs if the test failed, and always ``down -v``."""
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose not installed: scripts/ci_docker_prereqs.sh")
-    ports = {k: free_port() for k in ("grpc", "metrics", "prometheus", "redis")}
+    ports = {k: free_port() for k in ("grpc", "device", "metrics", "prometheus", "redis")}
     s = Stack(
-        project=f"eftest{os.getpid()}",
+        project=f"eftest{os.getpid()}{label}",
         env=stack_env(**ports),
         grpc_port=ports["grpc"],
+        device_port=ports["device"],
         metrics_port=ports["metrics"],
         prometheus_port=ports["prometheus"],
+        files=files,
     )
     started = time.monotonic()
     try:
-        s.compose("up", "-d", "--no-build")
+        s.compose("up", "-d", "--no-build", *services)
+        # The agents wait for a healthy coordinator, so by now its CA exists and is published.
+        s.fetch_ca(tmp_path / "stack-ca.pem")
         yield s
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
@@ -235,10 +315,40 @@ def stack(edgefleet_images: dict[str, str], request: pytest.FixtureRequest) -> I
             print(f"--- compose logs ({s.project}) ---\n{logs}", file=sys.stderr)
     finally:
         s.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
-        TIMINGS["compose stack test (up, checks, down -v)"] = time.monotonic() - started
+        TIMINGS[f"compose {label} stack test (up, checks, down -v)"] = time.monotonic() - started
 
 
-def wait_for_agents(stack: Stack, timeout: float) -> list[dict[str, Any]]:
+@pytest.fixture
+def stack(
+    edgefleet_images: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Stack]:
+    yield from run_stack(request, tmp_path, COMPOSE_FILES, "offline")
+
+
+@pytest.fixture
+def bridge_stack(
+    edgefleet_images: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Stack]:
+    probe = f"eftest{os.getpid()}probe"
+    r = subprocess.run(
+        ["docker", "network", "create", "--driver", "bridge", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"this engine cannot create bridge networks: {r.stderr.strip()}")
+    subprocess.run(["docker", "network", "rm", probe], capture_output=True, check=False)
+    # The coordinator (and Redis) with two agents: enough to prove name-based TLS end to end.
+    agents = ("agent-rpi-zero2w", "agent-phone-budget")
+    yield from run_stack(request, tmp_path, BRIDGE_FILES, "bridge", agents)
+
+
+def wait_for_agents(
+    stack: Stack, timeout: float, profiles: int = MIN_AGENT_PROFILES
+) -> list[dict[str, Any]]:
+    """Poll ``edgefleet devices ls`` on the host (over TLS) until agents of ``profiles``
+    distinct profiles are online."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -246,7 +356,7 @@ def wait_for_agents(stack: Stack, timeout: float) -> list[dict[str, Any]]:
         if r.returncode == 0:
             devices: list[dict[str, Any]] = json.loads(r.stdout)
             online = [d for d in devices if d["status"] == "online"]
-            if len({d["profile"] for d in online}) >= MIN_AGENT_PROFILES:
+            if len({d["profile"] for d in online}) >= profiles:
                 return online
             last = f"online: {[(d['name'], d['profile']) for d in online]}"
         else:
@@ -270,12 +380,72 @@ def wait_for_target(stack: Stack, timeout: float) -> dict[str, Any]:
     raise AssertionError(f"Prometheus target {PROM_JOB} not up: {targets}")
 
 
+def assert_tls_everywhere(
+    stack: Stack,
+    online: list[dict[str, Any]],
+    containers: list[dict[str, Any]],
+    device_endpoint: str,
+) -> None:
+    """The coordinator and the agents talk TLS (mutual TLS for devices), nothing else works."""
+    ca = x509.load_pem_x509_certificate(stack.ca_pem)
+    by_profile = {
+        c["Config"]["Labels"]["edgefleet.profile"]: c
+        for c in containers
+        if "edgefleet.profile" in c["Config"]["Labels"]
+    }
+    for device in online:
+        info = by_profile[device["profile"]]
+        cid = info["Id"]
+        env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+        assert "EDGEFLEET_INSECURE" not in env, device["name"]
+        assert env["EDGEFLEET_CA_CERT"] == AGENT_CA
+        # The CA comes read-only from the shared volume, which holds the certificate only.
+        mount = next(m for m in info["Mounts"] if m["Destination"] == os.path.dirname(AGENT_CA))
+        assert mount["RW"] is False, mount
+        assert (read_in_container(cid, AGENT_CA) or "").encode() == stack.ca_pem.strip()
+        listing = subprocess.run(
+            ["docker", "exec", cid, "ls", "-A", os.path.dirname(AGENT_CA)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert listing == ["ca.pem"], listing
+        # Its own certificate, for its own id, signed by the coordinator's CA: the device port
+        # accepts heartbeats only with it, so "online" means they went over mutual TLS.
+        cert_pem = (read_in_container(cid, f"{AGENT_STATE}/device.pem") or "").encode()
+        assert device_id_of(cert_pem) == device["id"], device["name"]
+        x509.load_pem_x509_certificate(cert_pem).verify_directly_issued_by(ca)
+        identity = json.loads(read_in_container(cid, f"{AGENT_STATE}/identity.json") or "{}")
+        assert identity["device_id"] == device["id"]
+        assert identity["device_endpoint"] == device_endpoint
+        logs = subprocess.run(
+            ["docker", "logs", cid], capture_output=True, text=True, check=False
+        ).stderr
+        assert "INSECURE" not in logs, logs[-2000:]
+
+    main = f"127.0.0.1:{stack.grpc_port}"
+    devices = f"127.0.0.1:{stack.device_port}"
+    tls = grpc.ssl_channel_credentials(stack.ca_pem)
+    # The server certificate is valid for 127.0.0.1 (the published / host-network address).
+    assert health(main, tls) == "SERVING"
+    # Plaintext gets nowhere, on either port; the device port also wants a client certificate.
+    assert health(main, None) == "UNAVAILABLE"
+    assert health(devices, None) == "UNAVAILABLE"
+    assert health(devices, tls) == "UNAVAILABLE"
+    # And an operator cannot fall back to plaintext by accident.
+    refused = stack.edgefleet("--insecure", "fleet", "summary")
+    assert refused.returncode != 0
+    coordinator_logs = stack.compose("logs", "--no-color", "coordinator").stdout
+    assert "(TLS)" in coordinator_logs and "INSECURE" not in coordinator_logs, coordinator_logs
+
+
 def test_stack_comes_up_with_profile_sized_agents_and_prometheus(stack: Stack) -> None:
     online = wait_for_agents(stack, ONLINE_TIMEOUT)
     assert all(d["name"].startswith("compose-") for d in online)
 
     containers = [docker_inspect(i) for i in stack.compose("ps", "-q").stdout.split()]
     by_service = {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in containers}
+    # Healthy = gRPC health over TLS, verified against the CA (deploy/docker/grpc-healthcheck.py).
     assert by_service["coordinator"]["State"]["Health"]["Status"] == "healthy"
     assert by_service["coordinator"]["Config"]["User"] == "10001:10001"
     agents = [c for c in containers if "edgefleet.profile" in c["Config"]["Labels"]]
@@ -289,6 +459,7 @@ def test_stack_comes_up_with_profile_sized_agents_and_prometheus(stack: Stack) -
         assert info["Config"]["User"] == "10001:10001", "agents run unprivileged"
     online_profiles = {d["profile"] for d in online}
     assert online_profiles <= {a["Config"]["Labels"]["edgefleet.profile"] for a in agents}
+    assert_tls_everywhere(stack, online, agents, f"127.0.0.1:{stack.device_port}")
 
     target = wait_for_target(stack, 60)
     assert target["scrapeUrl"] == f"http://127.0.0.1:{stack.metrics_port}/metrics"
@@ -301,3 +472,19 @@ def test_stack_comes_up_with_profile_sized_agents_and_prometheus(stack: Stack) -
             break
         assert time.monotonic() < deadline, f"{FLEET_QUERY} has no data: {fleet}"
         time.sleep(1)
+
+
+def test_bridge_stack_reaches_the_coordinator_by_name_over_tls(bridge_stack: Stack) -> None:
+    """docker-compose.yml's own network: agents verify the coordinator as "coordinator", are
+    sent to coordinator:50052 for mutual TLS, and the host CLI reaches the published port."""
+    online = wait_for_agents(bridge_stack, ONLINE_TIMEOUT, profiles=2)
+    containers = [docker_inspect(i) for i in bridge_stack.compose("ps", "-q").stdout.split()]
+    by_service = {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in containers}
+    assert by_service["coordinator"]["State"]["Health"]["Status"] == "healthy"
+    assert by_service["coordinator"]["HostConfig"]["NetworkMode"] != "host"
+    assert_tls_everywhere(bridge_stack, online, containers, "coordinator:50052")
+    # The CLI inside the stack works too: it trusts the CA in the coordinator's data dir.
+    inside = bridge_stack.compose(
+        "exec", "-T", "coordinator", "edgefleet", "fleet", "summary", "--json"
+    )
+    assert json.loads(inside.stdout)["online"] >= 2
