@@ -195,14 +195,34 @@ def device_choices(client: AdminClient) -> list[dict[str, Any]]:
     return rows
 
 
-def _federated(data_dir: Path, rounds: int, err_console: Console, as_json: bool) -> dict[str, Any]:
-    """Federated fine-tuning on Flower: a few rounds on simulated devices, accuracy before/after."""
+#: Demo devices (indexes into the fleet) that get local data and so join federated rounds with
+#: their own SuperNode: a phone, a Pi 4, a Pi Zero 2 W and a Cortex-M4 (through its agent).
+FEDERATED_DEVICES = (0, 2, 3, 6)
+
+
+def federated_devices(devices: int) -> list[int]:
+    """Which of ``devices`` demo agents take part (the preferred mix, else the first ones)."""
+    chosen = [i for i in FEDERATED_DEVICES if i < devices]
+    return chosen if len(chosen) >= 2 else list(range(min(devices, len(FEDERATED_DEVICES))))
+
+
+def _federated(
+    data_dir: Path, rounds: int, devices: int, err_console: Console, as_json: bool
+) -> dict[str, Any]:
+    """Federated fine-tuning on Flower with the fleet's own SuperNodes, accuracy before/after."""
     from coordinator.fl.demo_step import federated_step
 
+    info = json.loads((data_dir / "coordinator.json").read_text())
+    if not info.get("superlink"):
+        raise AdminClientError("the demo coordinator runs no SuperLink (is flwr installed?)")
     err_console.print(
-        f"  edgefleet train start mlp --local 4 --rounds {rounds} --strategy heterofl"
+        f"  edgefleet train start mlp --rounds {rounds} --strategy heterofl "
+        f"--min-devices {devices}   (SuperLink {info['superlink']})"
     )
-    step = federated_step(data_dir / "federated", rounds=rounds)
+    ca = Path(info["ca_cert"]) if info.get("ca_cert") else None
+    step = federated_step(
+        data_dir / "federated", info["superlink"], ca, devices=devices, rounds=rounds
+    )
     if not as_json:
         for line in step.lines():
             err_console.print(f"  {line}", highlight=False)
@@ -235,8 +255,12 @@ def run_demo(
     variants = build_demo_model(data_dir, err_console, as_json, epochs, recipes)
     err_console.print(f"[bold]2/5[/bold] starting a coordinator (state in {data_dir})")
     coordinator, address = start_coordinator_process(
-        data_dir, ["--heartbeat-interval", "1", "--rollout-interval", "0.5"], insecure=False
+        data_dir,
+        ["--heartbeat-interval", "1", "--rollout-interval", "0.5"],
+        insecure=False,
+        superlink="local" if federated_rounds > 0 else "off",
     )
+    fl_devices = federated_devices(devices) if federated_rounds > 0 else []
     fleet: SimulatedFleet | None = None
     try:
         admin = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
@@ -254,6 +278,12 @@ def run_demo(
             state_root=data_dir / "agents",
             labels_by_profile=DEMO_BUDGETS,
             extra_args=["--ca-cert", str(ca_path)],
+            # these start their own SuperNode as soon as a heartbeat names the SuperLink, so
+            # they are ready by the time the rollout is done
+            extra_args_by_index={
+                index: ["--local-data", "digits", "--partition", f"{k}/{len(fl_devices)}"]
+                for k, index in enumerate(fl_devices)
+            },
         )
         with AdminClient(address, admin, ca_cert=ca) as client:
             wait_until_online(client, {a.name for a in fleet.agents}, timeout=60)
@@ -281,7 +311,9 @@ def run_demo(
             choices = device_choices(client)
         federated: dict[str, Any] | None = None
         if federated_rounds > 0:
-            federated = _federated(data_dir, federated_rounds, err_console, as_json)
+            federated = _federated(
+                data_dir, federated_rounds, len(fl_devices), err_console, as_json
+            )
         err_console.print("[bold]5/5[/bold] the fleet as the coordinator sees it")
         if as_json:
             sys.stdout.write(

@@ -51,6 +51,7 @@ class SimulatedFleet:
         state_root: Path,
         extra_args: Sequence[str] = (),
         labels_by_profile: Mapping[str, Mapping[str, str]] | None = None,
+        extra_args_by_index: Mapping[int, Sequence[str]] | None = None,
     ) -> SimulatedFleet:
         if count < 1:
             raise ValueError("--devices must be at least 1")
@@ -87,6 +88,7 @@ class SimulatedFleet:
                     for arg in ("--label", f"{key}={value}")
                 ],
                 *extra_args,
+                *(extra_args_by_index or {}).get(i, ()),
             ]
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
             log.close()

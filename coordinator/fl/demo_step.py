@@ -1,33 +1,33 @@
-"""The federated step of ``make demo``: two rounds on four simulated devices, accuracy before/after.
+"""The federated step of ``make demo``: two rounds on the demo fleet's own agents, before/after.
 
-Same code path as ``edgefleet train start --local 4``: a real SuperLink and four real SuperNodes
-on loopback (``LocalFederation``), each with a non-IID digits shard, running our ServerApp and
-ClientApp. The global model starts from an MLP trained on a small biased subset (a few samples
-of five classes), so the held-out accuracy it starts at is low and what two rounds of the
-devices' own data add is visible; from a random init the gain would be as large but say less.
+Same path as ``edgefleet train start`` with no target: the coordinator runs a SuperLink (TLS,
+its own CA), and the demo's agents that were given local data (``--local-data digits
+--partition i/N``) have each started their own SuperNode against it -- among them a Cortex-M4,
+whose agent hosts the SuperNode for it and trains within its SRAM budget. Our ServerApp and
+ClientApp run the rounds with HeteroFL, so a device whose budget cannot hold the full model
+trains a width slice (``devices`` in the result says which).
 
-The fleet is mixed (an SBC, a phone, a Pi Zero and a Cortex-M7) and aggregated with HeteroFL,
-so a device whose budget cannot hold the full model trains a width slice (``devices`` in the
-result says which). Kept fast on purpose (the demo is interactive): evaluation folded into the
-train reply, no final client evaluation, the fast SuperExec poll, and the base model trained
-while the federation starts.
+The global model starts from an MLP trained on a small biased subset (a few samples of five
+classes), so the accuracy it starts at is low and what two rounds of the devices' own data add
+is visible. Accuracy is measured on the devices' held-out data (each shard keeps 40% it never
+trains on): before = the base model as the devices scored it in round 1, after = the final
+model as they score it at the end. Kept fast on purpose (the demo is interactive): evaluation
+folded into the train reply, the fast SuperExec poll, the SuperNodes started while the variants
+were rolled out.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.fl.supernode import FAST_POLL_ENV
-from coordinator.fl.local import LocalFederation, pretrain_biased, wait_progress
+from coordinator.fl.local import pretrain_biased, wait_progress
+from coordinator.fl.superlink import submit, write_app
 
-__all__ = ["DEMO_PROFILES", "FederatedStep", "federated_step"]
+__all__ = ["FederatedStep", "federated_step"]
 
-DEMO_PROFILES = ("rpi4", "phone-flagship", "rpi-zero2w", "cortex-m7")
 #: Local training is milliseconds per epoch on a shard (numpy MLP) while a round costs seconds of
 #: Flower overhead, so more local epochs buy accuracy for free: with 1 the two rounds barely move
 #: the biased base (45.0% -> 46.1% measured), with 5 they take it to ~76%.
@@ -36,7 +36,7 @@ LOCAL_EPOCHS = 5
 
 @dataclass(frozen=True)
 class FederatedStep:
-    """What the demo prints: global held-out accuracy before and after, and each round."""
+    """What the demo prints: held-out accuracy before and after, and each round."""
 
     acc_before: float
     acc_after: float
@@ -49,13 +49,14 @@ class FederatedStep:
         """Human-readable summary, one line per round plus the before/after line."""
         out = []
         for r in self.rounds:
-            acc = r.get("test_acc")
+            acc = r.get("client_local_acc")
             out.append(
                 f"round {r['round']}: {len(r['participants'])} device(s), "
-                f"test acc {'-' if acc is None else f'{100 * acc:.1f}%'}, {r['seconds']:.1f}s"
+                f"accuracy after local training {'-' if acc is None else f'{100 * acc:.1f}%'}, "
+                f"{r['seconds']:.1f}s"
             )
         out.append(
-            f"federated fine-tuning: test accuracy {100 * self.acc_before:.1f}% -> "
+            f"federated fine-tuning: held-out accuracy {100 * self.acc_before:.1f}% -> "
             f"{100 * self.acc_after:.1f}% in {len(self.rounds)} rounds on "
             f"{len(self.devices)} devices ({self.seconds:.1f}s)"
         )
@@ -63,7 +64,9 @@ class FederatedStep:
 
 
 def federated_step(
-    root: Path | None = None,
+    root: Path,
+    superlink: str,
+    ca: Path | None,
     *,
     devices: int = 4,
     rounds: int = 2,
@@ -71,45 +74,29 @@ def federated_step(
     seed: int = 0,
     timeout: float = 180.0,
 ) -> FederatedStep:
-    """Run ``rounds`` federated rounds on ``devices`` loopback devices; return before/after.
+    """Run ``rounds`` rounds on the ``devices`` SuperNodes of the SuperLink at ``superlink``.
 
-    ``root`` keeps the federation's files (shards, run record, logs) for inspection; by default
-    they go to a temporary directory removed afterwards. Raises ``RuntimeError`` with the
-    ServerApp's reason if the run fails, ``TimeoutError`` if it does not finish in ``timeout``.
+    ``root`` keeps the run's files (app, run record, final weights). Raises ``RuntimeError``
+    with the ServerApp's reason if the run fails, ``TimeoutError`` if it does not finish in
+    ``timeout``.
     """
-    if root is None:
-        with tempfile.TemporaryDirectory(prefix="edgefleet-fl-demo-") as tmp:
-            return federated_step(
-                Path(tmp), devices=devices, rounds=rounds, strategy=strategy, seed=seed,
-                timeout=timeout,
-            )  # fmt: skip
     t0 = time.monotonic()
-    fed = LocalFederation(
-        root / "federation", num_nodes=devices, profiles=DEMO_PROFILES, alpha=0.5, seed=seed,
-        env=dict(FAST_POLL_ENV),
+    root.mkdir(parents=True, exist_ok=True)
+    init = pretrain_biased("mlp", root / "init.npz", seed)
+    out = root / "demo"
+    app = write_app(
+        root / "app",
+        {"num-rounds": rounds, "strategy": strategy, "min-devices": devices,
+         "init-path": str(init), "local-epochs": LOCAL_EPOCHS, "lr": 0.05, "seed": seed,
+         "out-dir": str(out), "node-wait-timeout": 120.0},
     )  # fmt: skip
-    # The base model trains (torch import included, ~2 s) while the SuperLink and SuperNodes
-    # start: both are needed before the run is submitted, and neither needs the other.
-    # (Not ``with fed:`` -- that would start the federation a second time.)
-    with ThreadPoolExecutor(1) as pool:
-        init_future = pool.submit(pretrain_biased, "mlp", root / "init.npz", seed)
-        fed.start()
-        try:
-            init = init_future.result()
-            out = fed.run(
-                {"num-rounds": rounds, "strategy": strategy, "min-devices": devices,
-                 "init-path": str(init), "local-epochs": LOCAL_EPOCHS, "lr": 0.05, "seed": seed,
-                 "final-evaluate": False},
-                name="demo",
-            )  # fmt: skip
-            doc = wait_progress(out, timeout=timeout)
-        finally:
-            fed.stop()
+    submit(app, root / "flwr-home", superlink, ca=ca)
+    doc = wait_progress(out, timeout=timeout)
     if doc["state"] != "succeeded":
         raise RuntimeError(f"federated demo step {doc['state']}: {doc.get('reason')}")
     return FederatedStep(
-        acc_before=float(doc["initial"]["test_acc"]),
-        acc_after=float(doc["final"]["test_acc"]),
+        acc_before=float(doc["rounds"][0]["client_eval_acc"]),
+        acc_after=float(doc["final"]["client_eval_acc"]),
         seconds=time.monotonic() - t0,
         devices={
             f"{d['device']} ({d['profile']})": float(d["width"])
@@ -118,8 +105,3 @@ def federated_step(
         },
         rounds=list(doc["rounds"]),
     )
-
-
-if __name__ == "__main__":
-    for line in federated_step().lines():
-        print(line)
