@@ -8,6 +8,7 @@ status with a message naming the problem, never as an internal error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -118,6 +119,33 @@ async def _guard(
         await _abort(context, InvalidArgument(f"profile.{err.field}", err.reason))
     except CoordinatorError as err:
         await _abort(context, err)
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+AdminHandler = Callable[
+    ["AdminServicer", Req, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[Resp]
+]
+
+
+def admin_rpc(*, write: bool) -> Callable[[AdminHandler[Req, Resp]], AdminHandler[Req, Resp]]:
+    """An admin RPC: the caller's token must carry the role (``write`` needs admin, reads
+    accept read-only too), and every failure leaves as a gRPC status (:func:`_guard`)."""
+
+    def wrap(body: AdminHandler[Req, Resp]) -> AdminHandler[Req, Resp]:
+        @functools.wraps(body)
+        async def rpc(
+            self: AdminServicer, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Resp:
+            async def call() -> Resp:
+                self._tokens.check_admin(bearer_token(context), write=write)
+                return await body(self, request, context)
+
+            return await _guard(context, call)
+
+        return rpc
+
+    return wrap
 
 
 def _timestamp(unix: float) -> Timestamp:
@@ -410,170 +438,135 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self._tokens = tokens
         self._rollouts = rollouts
 
+    @admin_rpc(write=False)
     async def ExplainDevice(
         self, request: admin_pb2.ExplainDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ExplainDeviceResponse:
-        async def call() -> admin_pb2.ExplainDeviceResponse:
-            self._tokens.check_admin(bearer_token(context), write=False)
-            validate_device_id(request.device_id)
-            if not request.model:
-                raise InvalidArgument("model", "required")
-            policy = _policy(request.accuracy_tolerance, request.latency_slo_ms)
-            explained = await self._rollouts.explain(request.device_id, request.model, policy)
-            chosen = explained.selection.winner
-            return admin_pb2.ExplainDeviceResponse(
-                device_id=request.device_id,
-                model=request.model,
-                reason=explained.selection.reason,
-                chosen_variant=chosen.variant.id if chosen else "",
-                candidates=[
-                    candidate_to_proto(v, chosen is not None and v.variant.id == chosen.variant.id)
-                    for v in explained.selection.verdicts
-                ],
-                device_macs_per_second=explained.device_macs_per_second,
-                latency_correction=explained.latency_correction,
-            )
+        validate_device_id(request.device_id)
+        if not request.model:
+            raise InvalidArgument("model", "required")
+        policy = _policy(request.accuracy_tolerance, request.latency_slo_ms)
+        explained = await self._rollouts.explain(request.device_id, request.model, policy)
+        chosen = explained.selection.winner
+        return admin_pb2.ExplainDeviceResponse(
+            device_id=request.device_id,
+            model=request.model,
+            reason=explained.selection.reason,
+            chosen_variant=chosen.variant.id if chosen else "",
+            candidates=[
+                candidate_to_proto(v, chosen is not None and v.variant.id == chosen.variant.id)
+                for v in explained.selection.verdicts
+            ],
+            device_macs_per_second=explained.device_macs_per_second,
+            latency_correction=explained.latency_correction,
+        )
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=True)
     async def CreateRollout(
         self, request: admin_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
-        async def call() -> admin_pb2.RolloutResponse:
-            self._tokens.check_admin(bearer_token(context), write=True)
-            if not request.model:
-                raise InvalidArgument("model", "required")
-            rollout = await self._rollouts.create(
-                RolloutRequest(
-                    model=request.model,
-                    selector=request.selector,
-                    strategy=request.strategy or "all",
-                    waves=tuple(request.waves),
-                    canary_fraction=request.canary_fraction or DEFAULT_CANARY,
-                    gate=gate_from_proto(request.gate if request.HasField("gate") else None),
-                    policy=_policy(request.accuracy_tolerance, request.latency_slo_ms),
-                )
+        if not request.model:
+            raise InvalidArgument("model", "required")
+        rollout = await self._rollouts.create(
+            RolloutRequest(
+                model=request.model,
+                selector=request.selector,
+                strategy=request.strategy or "all",
+                waves=tuple(request.waves),
+                canary_fraction=request.canary_fraction or DEFAULT_CANARY,
+                gate=gate_from_proto(request.gate if request.HasField("gate") else None),
+                policy=_policy(request.accuracy_tolerance, request.latency_slo_ms),
             )
-            log.info("created rollout %s of %s to %s", rollout.id, rollout.model, rollout.selector)
-            return await self._rollout_reply(rollout)
+        )
+        log.info("created rollout %s of %s to %s", rollout.id, rollout.model, rollout.selector)
+        return await self._rollout_reply(rollout)
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=False)
     async def GetRollout(
         self, request: admin_pb2.GetRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
-        async def call() -> admin_pb2.RolloutResponse:
-            self._tokens.check_admin(bearer_token(context), write=False)
-            return await self._rollout_reply(await self._rollouts.get(request.rollout_id))
+        return await self._rollout_reply(await self._rollouts.get(request.rollout_id))
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=False)
     async def ListRollouts(
         self, request: admin_pb2.ListRolloutsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListRolloutsResponse:
-        async def call() -> admin_pb2.ListRolloutsResponse:
-            self._tokens.check_admin(bearer_token(context), write=False)
-            replies = [await self._rollout_reply(r) for r in await self._rollouts.list_rollouts()]
-            return admin_pb2.ListRolloutsResponse(rollouts=[r.rollout for r in replies])
+        replies = [await self._rollout_reply(r) for r in await self._rollouts.list_rollouts()]
+        return admin_pb2.ListRolloutsResponse(rollouts=[r.rollout for r in replies])
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=True)
     async def ControlRollout(
         self, request: admin_pb2.ControlRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
-        async def call() -> admin_pb2.RolloutResponse:
-            self._tokens.check_admin(bearer_token(context), write=True)
-            rollout = await self._rollouts.control(request.rollout_id, request.action)
-            log.info("rollout %s: %s", rollout.id, request.action)
-            return await self._rollout_reply(rollout)
+        rollout = await self._rollouts.control(request.rollout_id, request.action)
+        log.info("rollout %s: %s", rollout.id, request.action)
+        return await self._rollout_reply(rollout)
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=True)
     async def CreateEnrollmentToken(
         self,
         request: admin_pb2.CreateEnrollmentTokenRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.CreateEnrollmentTokenResponse:
-        async def call() -> admin_pb2.CreateEnrollmentTokenResponse:
-            self._tokens.check_admin(bearer_token(context), write=True)
-            token, expires = await self._registry.create_enrollment_token(
-                request.uses, request.ttl_seconds
-            )
-            log.info("issued an enrollment token for %d device(s)", request.uses)
-            return admin_pb2.CreateEnrollmentTokenResponse(
-                token=token, expires_at=_timestamp(expires), uses=request.uses
-            )
+        token, expires = await self._registry.create_enrollment_token(
+            request.uses, request.ttl_seconds
+        )
+        log.info("issued an enrollment token for %d device(s)", request.uses)
+        return admin_pb2.CreateEnrollmentTokenResponse(
+            token=token, expires_at=_timestamp(expires), uses=request.uses
+        )
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=True)
     async def RevokeDevice(
         self, request: admin_pb2.RevokeDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RevokeDeviceResponse:
-        async def call() -> admin_pb2.RevokeDeviceResponse:
-            self._tokens.check_admin(bearer_token(context), write=True)
-            await self._registry.revoke_device(request.device_id)
-            log.warning("revoked device %s", request.device_id)
-            return admin_pb2.RevokeDeviceResponse()
-
-        return await _guard(context, call)
+        await self._registry.revoke_device(request.device_id)
+        log.warning("revoked device %s", request.device_id)
+        return admin_pb2.RevokeDeviceResponse()
 
     async def _rollout_reply(self, rollout: Rollout) -> admin_pb2.RolloutResponse:
         health = {h.device_id: h for h in await self._rollouts.health(rollout)}
         return admin_pb2.RolloutResponse(rollout=rollout_to_proto(rollout, health))
 
+    @admin_rpc(write=False)
     async def ListDevices(
         self, request: admin_pb2.ListDevicesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListDevicesResponse:
-        async def call() -> admin_pb2.ListDevicesResponse:
-            self._tokens.check_admin(bearer_token(context), write=False)
-            status = None
-            if request.status != admin_pb2.DEVICE_STATUS_UNSPECIFIED:
-                status = _STATUS_FROM_WIRE.get(request.status)
-                if status is None:
-                    raise InvalidArgument("status", f"unknown status {request.status}")
-            views = await self._registry.list_devices(
-                profile=request.profile or None, status=status
-            )
-            return admin_pb2.ListDevicesResponse(devices=[device_to_proto(v) for v in views])
+        status = None
+        if request.status != admin_pb2.DEVICE_STATUS_UNSPECIFIED:
+            status = _STATUS_FROM_WIRE.get(request.status)
+            if status is None:
+                raise InvalidArgument("status", f"unknown status {request.status}")
+        views = await self._registry.list_devices(profile=request.profile or None, status=status)
+        return admin_pb2.ListDevicesResponse(devices=[device_to_proto(v) for v in views])
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=False)
     async def GetDevice(
         self, request: admin_pb2.GetDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetDeviceResponse:
-        async def call() -> admin_pb2.GetDeviceResponse:
-            self._tokens.check_admin(bearer_token(context), write=False)
-            view = await self._registry.get_device(request.device_id)
-            return admin_pb2.GetDeviceResponse(device=device_to_proto(view))
+        view = await self._registry.get_device(request.device_id)
+        return admin_pb2.GetDeviceResponse(device=device_to_proto(view))
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=True)
     async def RemoveDevice(
         self, request: admin_pb2.RemoveDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RemoveDeviceResponse:
-        async def call() -> admin_pb2.RemoveDeviceResponse:
-            self._tokens.check_admin(bearer_token(context), write=True)
-            await self._registry.remove_device(request.device_id)
-            log.info("removed device %s", request.device_id)
-            return admin_pb2.RemoveDeviceResponse()
+        await self._registry.remove_device(request.device_id)
+        log.info("removed device %s", request.device_id)
+        return admin_pb2.RemoveDeviceResponse()
 
-        return await _guard(context, call)
-
+    @admin_rpc(write=False)
     async def GetFleetSummary(
         self, request: admin_pb2.GetFleetSummaryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetFleetSummaryResponse:
-        async def call() -> admin_pb2.GetFleetSummaryResponse:
-            self._tokens.check_admin(bearer_token(context), write=False)
-            s = await self._registry.fleet_summary()
-            return admin_pb2.GetFleetSummaryResponse(
-                total=s.total,
-                online=s.online,
-                offline=s.offline,
-                by_profile=[
-                    admin_pb2.ProfileCount(profile=p.profile, online=p.online, offline=p.offline)
-                    for p in s.by_profile
-                ],
-                offline_after_seconds=s.offline_after,
-            )
-
-        return await _guard(context, call)
+        s = await self._registry.fleet_summary()
+        return admin_pb2.GetFleetSummaryResponse(
+            total=s.total,
+            online=s.online,
+            offline=s.offline,
+            by_profile=[
+                admin_pb2.ProfileCount(profile=p.profile, online=p.online, offline=p.offline)
+                for p in s.by_profile
+            ],
+            offline_after_seconds=s.offline_after,
+        )
