@@ -77,6 +77,13 @@ class CoordinatorConfig:
     # "off", or the HOST:PORT of an external one (agents are told where it is)
     superlink: str = "off"
     superlink_port: int = 0  # for "local"; 0 = any free port
+    # the host agents are told to reach the device port and SuperLink at ("" = host); needed
+    # when binding a wildcard such as 0.0.0.0, which is not an address a device can dial
+    advertise_host: str = ""
+
+    @property
+    def public_host(self) -> str:
+        return self.advertise_host or self.host
 
 
 class Coordinator:
@@ -245,7 +252,7 @@ class Coordinator:
                 embedded.stop()
             raise
         if device_port:
-            device_servicer.device_endpoint = f"{config.host}:{device_port}"
+            device_servicer.device_endpoint = f"{config.public_host}:{device_port}"
         await server.start()
         for name in ("", *service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -295,8 +302,9 @@ class Coordinator:
         )
         await asyncio.to_thread(supervisor.start)
         self.superlink = supervisor
-        self.superlink_address = f"{self.config.host}:{port}"
-        if not await asyncio.to_thread(_wait_listening, self.config.host, port, 30.0):
+        self.superlink_address = f"{self.config.public_host}:{port}"
+        local = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+        if not await asyncio.to_thread(_wait_listening, local, port, 30.0):
             raise RuntimeError(
                 f"the SuperLink did not open {self.superlink_address} within 30 s "
                 f"(see {state / 'superlink.log'})"
@@ -409,7 +417,8 @@ def _bind(
 
 def _server_hosts(config: CoordinatorConfig) -> list[str]:
     """Names/addresses the server certificate (gRPC and SuperLink) must cover."""
-    return [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
+    hosts = [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
+    return hosts + ([config.advertise_host] if config.advertise_host else [])
 
 
 def _free_port(host: str) -> int:

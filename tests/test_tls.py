@@ -271,3 +271,26 @@ def test_a_real_agent_enrols_over_tls_and_heartbeats_with_mutual_tls(
     )
     assert bare.proc is not None and bare.proc.wait(30) == 2
     assert "cannot read the CA certificate" in bare.log.read_text()
+
+
+def test_agents_dial_the_advertised_host_and_its_name_is_in_the_certificate(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    """``--advertise-host`` is what devices are told to dial (a wildcard bind address is not
+    dialable); it must also be in the server certificate, or mutual TLS would fail on it."""
+    coord = coordinator_factory("--tls", "--advertise-host", "localhost")
+    ca = coord.data_dir / "tls" / "ca.pem"
+    agent = agent_factory(
+        coord.address, "rpi4", "adv-agent", "--token", ENROLL_TOKEN, "--ca-cert", str(ca)
+    )
+    with AdminClient(coord.address, ADMIN_TOKEN, ca_cert=ca.read_bytes()) as admin:
+
+        def ready() -> bool:
+            listed = admin.list_devices()
+            return bool(listed) and listed[0].reported_state == device_pb2.AGENT_STATE_READY
+
+        wait_for(ready, 30, "the agent to heartbeat on the advertised endpoint")
+    identity = json.loads((agent.state_dir / "identity.json").read_text())
+    assert identity["device_endpoint"] == f"localhost:{coord.port + 1}"
+    assert agent.stop() == 0

@@ -148,6 +148,14 @@ def coordinator_start(
     superlink_port: Annotated[
         int, typer.Option(help="port of the local SuperLink (default: PORT+2; 0 = any free one)")
     ] = -1,
+    advertise_host: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_ADVERTISE_HOST",
+            help="name/IP devices dial for the device port and SuperLink (default: --host; "
+            "set it when --host is a wildcard such as 0.0.0.0; added to the certificate)",
+        ),
+    ] = "",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Start the coordinator and serve until Ctrl-C.
@@ -175,6 +183,7 @@ def coordinator_start(
         device_port=device_port if device_port >= 0 else (port + 1 if port else 0),
         tls_hosts=tuple(tls_host or ()),
         superlink=resolve_superlink(superlink),
+        advertise_host=advertise_host,
         superlink_port=superlink_port if superlink_port >= 0 else (port + 2 if port else 0),
     )
 
