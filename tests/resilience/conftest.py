@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AgentProc, CoordinatorProc, _env, free_port
+from tests.conftest import AgentProc, CoordinatorProc, _env, free_port, kill_flower_group
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -266,6 +266,8 @@ def netns_processes(
         if a.proc is not None and a.proc.poll() is None:
             a.proc.kill()
             a.proc.wait()
+        kill_flower_group(a.state_dir / "fl" / "supernode.pid")
     for c in coordinators:
         if c.proc is not None and c.proc.poll() is None:
             c.stop()
+        kill_flower_group(c.data_dir / "superlink" / "superlink.pid")
