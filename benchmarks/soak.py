@@ -95,6 +95,7 @@ from edgefleet.catalog import CATALOG
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2
 
 REFRESH_METRIC = "edgefleet_fleet_refresh_duration_seconds"
+HEARTBEATS_METRIC = "edgefleet_heartbeats_total"
 # ListDevices of a 10k fleet is several MiB; let the client take what the server will send.
 ADMIN_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
 MiB = 1024.0 * 1024.0
@@ -300,18 +301,31 @@ class Sampler:
         info: dict[str, Any] = self.redis.info("memory")
         return int(info["used_memory"]), int(info["used_memory_dataset"])
 
-    def refresh_seconds(self) -> float:
+    def _metrics_text(self) -> str:
         if self.metrics_url is None:
-            return math.nan
+            return ""
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
-                text = resp.read().decode()
+                return str(resp.read().decode())
         except OSError:
-            return math.nan
-        for line in text.splitlines():
+            return ""
+
+    def refresh_seconds(self) -> float:
+        for line in self._metrics_text().splitlines():
             if line.startswith(REFRESH_METRIC + " "):
                 return float(line.split()[1])
         return math.nan
+
+    def heartbeat_outcomes(self) -> dict[str, int]:
+        """Heartbeats as the coordinator counted them, by outcome (ok or a status code):
+        tells errors the coordinator answered from ones the client or transport made."""
+        out: dict[str, int] = {}
+        for line in self._metrics_text().splitlines():
+            if line.startswith(HEARTBEATS_METRIC + "{"):
+                labels, value = line.rsplit(" ", 1)
+                outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
+                out[outcome] = int(float(value))
+        return out
 
     def sample(self, phase: str) -> Sample:
         now = self._cpu_now()
@@ -445,6 +459,7 @@ class SoakResult:
     loadavg_before: float
     loadavg_after: float
     coordinator_log_warnings: list[str] = field(default_factory=list)
+    coordinator_heartbeat_outcomes: dict[str, int] = field(default_factory=dict)
 
 
 def linear_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -587,15 +602,18 @@ class Soak:
         held_by = self._receive("held", sampler, "hold")
         held: list[Held] = [held_by[i] for i in sorted(held_by)]
         end_sample = sampler.sample("end")
+        outcomes = sampler.heartbeat_outcomes()
         online = asyncio.run(check_online(address, admin, ours))
         self.log(f"online {online.online:,}/{len(ours):,} ({online.method})")
         for p in self.procs:
             p.join(10)
 
-        return self._result(
+        result = self._result(
             regs, held, ours, reg_secs, sampler, before, end_sample, registered_mem,
             idle_samples, online, start, end, load_before, data_dir,
         )  # fmt: skip
+        result.coordinator_heartbeat_outcomes = outcomes
+        return result
 
     def _result(
         self,
@@ -724,6 +742,9 @@ def render_table(r: SoakResult, args: argparse.Namespace) -> str:
     o = r.online
     errs = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "0"
     told = ", ".join(f"{t:g}" for t in r.told_intervals) or "-"
+    hb_outcomes = (
+        ", ".join(f"{k} {v:,}" for k, v in sorted(r.coordinator_heartbeat_outcomes.items())) or "-"
+    )
     lines = [
         f"edgefleet {__version__} ({source_revision()}) soak - "
         f"{platform.python_implementation()} {platform.python_version()}, "
@@ -746,6 +767,7 @@ def render_table(r: SoakResult, args: argparse.Namespace) -> str:
         f"| heartbeat latency p50 / p99 / max | {_ms(r.heartbeat_p50_ms)} / "
         f"{_ms(r.heartbeat_p99_ms)} / {_ms(r.heartbeat_max_ms)} ms |",
         f"| errors by code | {errs} |",
+        f"| heartbeats counted by the coordinator | {hb_outcomes} |",
         f"| coordinator RSS start / peak / end | {r.rss_start_mib:.0f} / {r.rss_peak_mib:.0f} / "
         f"{r.rss_end_mib:.0f} MiB |",
         f"| coordinator RSS slope (steady hold, {r.rss_slope_window_seconds:.0f} s) | "
