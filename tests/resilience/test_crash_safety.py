@@ -26,6 +26,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -397,3 +399,66 @@ def test_coordinator_kill9_many_times_with_longer_runs(
     tmp_path: Path,
 ) -> None:
     run_kill_loop(60, (0.1, 3.0), coordinator_factory, agent_factory, redis_url, tmp_path)
+
+
+def test_coordinator_kill9_during_a_federated_run_never_touches_the_round(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+    tmp_path: Path,
+) -> None:
+    """20 seeded kill -9s of the coordinator while a federated run is in flight on two real
+    agents' SuperNodes: every restart adopts the same SuperLink process (its own process
+    group, its pidfile), so the run never notices -- it finishes with every round complete."""
+    from coordinator.fl.local import pretrain_biased
+    from tests.conftest import _env, free_port
+
+    rng = random.Random(SEED + 1)
+    data = tmp_path / "coord"
+    coord = coordinator_factory(
+        *FAST, "--superlink", "local", "--superlink-port", str(free_port()), data_dir=data
+    )
+    wait_for((data / "coordinator.json").exists, 60, "the coordinator's SuperLink")
+    pidfile = data / "superlink" / "superlink.pid"
+    superlink_pid = int(pidfile.read_text())
+    for i in range(2):
+        agent_factory(
+            coord.address, "rpi4", f"fl-{i}", "--token", ENROLL_TOKEN, "--local-data", "digits",
+            "--partition", f"{i}/2",
+        )  # fmt: skip
+    init = pretrain_biased("mlp", tmp_path / "init.npz")
+    runs = tmp_path / "runs"
+    rounds = 10
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "coordinator.cli.main", "train", "start", "mlp",
+            "--rounds", str(rounds), "--min-devices", "2", "--init", str(init),
+            "--runs-dir", str(runs), "--data-dir", str(data), "--name", "crash", "--json",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    progress = runs / "crash" / "progress.json"
+
+    def rounds_done() -> int:
+        try:
+            return len(json.loads(progress.read_text())["rounds"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    wait_for(lambda: rounds_done() >= 1, 180, "round 1")
+    kill_log = []
+    for kill in range(20):
+        time.sleep(rng.uniform(0.1, 1.0))
+        coord.stop(signal.SIGKILL)
+        kill_log.append(rounds_done())
+        (data / "coordinator.json").unlink()  # rewritten once the SuperLink is up again
+        coord.start()
+        wait_for((data / "coordinator.json").exists, 60, "the restarted coordinator")
+        assert int(pidfile.read_text()) == superlink_pid, f"kill {kill + 1}: a new SuperLink"
+    assert rounds_done() < rounds, "the run ended before the last kill: make it longer"
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (out + err).decode()[-2000:]
+    doc = json.loads(progress.read_text())
+    assert doc["state"] == "succeeded"
+    assert [len(r["participants"]) for r in doc["rounds"]] == [2] * rounds
+    assert coord.log.read_text().count("superlink adopted from a previous supervisor") == 20
+    print(f"\nfederated crash loop: seed {SEED + 1}, 20 kill -9s at rounds {kill_log}")
