@@ -238,6 +238,12 @@ def test_insecure_mode_is_explicit_and_logged(
         )
 
 
+def _first_ready(admin: AdminClient) -> bool:
+    """The (only) device heartbeats as READY."""
+    listed = admin.list_devices()
+    return bool(listed) and listed[0].reported_state == device_pb2.AGENT_STATE_READY
+
+
 def test_a_real_agent_enrols_over_tls_and_heartbeats_with_mutual_tls(
     coordinator_factory: Callable[..., CoordinatorProc],
     agent_factory: Callable[..., AgentProc],
@@ -248,12 +254,7 @@ def test_a_real_agent_enrols_over_tls_and_heartbeats_with_mutual_tls(
         coord.address, "rpi4", "tls-agent", "--token", ENROLL_TOKEN, "--ca-cert", str(ca)
     )
     with AdminClient(coord.address, ADMIN_TOKEN, ca_cert=ca.read_bytes()) as admin:
-
-        def ready() -> bool:
-            listed = admin.list_devices()
-            return bool(listed) and listed[0].reported_state == device_pb2.AGENT_STATE_READY
-
-        wait_for(ready, 30, "the TLS agent to heartbeat")
+        wait_for(lambda: _first_ready(admin), 30, "the TLS agent to heartbeat")
         [device] = admin.list_devices()
     # the key stayed on the device; the certificate names the device id it was given
     assert (agent.state_dir / "device.key").stat().st_mode & 0o777 == 0o600
@@ -285,12 +286,9 @@ def test_agents_dial_the_advertised_host_and_its_name_is_in_the_certificate(
         coord.address, "rpi4", "adv-agent", "--token", ENROLL_TOKEN, "--ca-cert", str(ca)
     )
     with AdminClient(coord.address, ADMIN_TOKEN, ca_cert=ca.read_bytes()) as admin:
-
-        def ready() -> bool:
-            listed = admin.list_devices()
-            return bool(listed) and listed[0].reported_state == device_pb2.AGENT_STATE_READY
-
-        wait_for(ready, 30, "the agent to heartbeat on the advertised endpoint")
+        wait_for(
+            lambda: _first_ready(admin), 30, "the agent to heartbeat on the advertised endpoint"
+        )
     identity = json.loads((agent.state_dir / "identity.json").read_text())
     assert identity["device_endpoint"] == f"localhost:{coord.port + 1}"
     assert agent.stop() == 0

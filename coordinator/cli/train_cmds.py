@@ -218,15 +218,9 @@ def _load(run_dir: Path) -> dict[str, Any]:
 
 def _alive(pid: object) -> bool:
     """Whether the ServerApp process that wrote the record still runs (same host only)."""
-    if not isinstance(pid, int):
-        return True  # unknown: trust the record
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from edgefleet.fl.process import pid_alive
+
+    return pid_alive(pid) if isinstance(pid, int) else True  # unknown: trust the record
 
 
 def _round_line(r: dict[str, Any], total: int) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "FlowerTls",
     "SupervisedProcess",
     "flower_bin",
+    "pid_alive",
     "toml_value",
     "with_flower_path",
     "write_toml_table",
@@ -144,7 +145,7 @@ class SupervisedProcess:
     def running(self) -> bool:
         """True while the current child is alive."""
         if self._adopted_pid is not None:
-            return _alive(self._adopted_pid)
+            return pid_alive(self._adopted_pid)
         return self._proc is not None and self._proc.poll() is None
 
     def _adopt_previous(self) -> bool:
@@ -163,7 +164,7 @@ class SupervisedProcess:
         except (OSError, ValueError, IndexError):
             return False
         cmdline = _cmdline(pid)
-        if not cmdline or not _alive(pid) or self.argv[0] not in cmdline:
+        if not cmdline or not pid_alive(pid) or self.argv[0] not in cmdline:
             return False
         if cmdline[-len(self.argv) :] == self.argv:
             self._adopted_pid = pid
@@ -213,7 +214,7 @@ class SupervisedProcess:
         while not self._stopping.is_set():
             proc, adopted = self._proc, self._adopted_pid
             if adopted is not None:
-                code: int | None = None if _alive(adopted) else -1
+                code: int | None = None if pid_alive(adopted) else -1
             elif proc is None:
                 return
             else:
@@ -270,7 +271,7 @@ def _kill_group_of(pid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pid, sig)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not: it has exited and awaits its reaper)."""
     try:
         os.kill(pid, 0)
@@ -297,6 +298,6 @@ def _stop_group(pid: int, timeout: float) -> None:
     """SIGTERM a process group that is not our child, SIGKILL it after ``timeout``."""
     _kill_group_of(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     _kill_group_of(pid, signal.SIGKILL)
