@@ -56,6 +56,13 @@ class CoordinatorMetrics:
             "1 when the last read of fleet state from Redis succeeded.",
             registry=r,
         )
+        self.superlink_up = Gauge(
+            "edgefleet_superlink_up",
+            "1 while the SuperLink this coordinator supervises runs (-1: external, 0: down, "
+            "NaN: no federation).",
+            registry=r,
+        )
+        self.superlink_up.set(float("nan"))
         self.fleet_refresh_seconds = Gauge(
             "edgefleet_fleet_refresh_duration_seconds",
             "Time the last refresh of the fleet gauges took.",

@@ -156,6 +156,10 @@ class Coordinator:
             counts[("online", p.profile)] = p.online
             counts[("offline", p.profile)] = p.offline
         self.metrics.set_fleet(counts)
+        if self.superlink is not None:
+            self.metrics.superlink_up.set(1 if self.superlink.running() else 0)
+        elif self.superlink_address:
+            self.metrics.superlink_up.set(-1)
         self.metrics.set_federated(latest, outcomes)
         self.metrics.state_store_up.set(1)
         self.metrics.fleet_refresh_seconds.set(time.perf_counter() - start)

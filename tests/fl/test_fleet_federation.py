@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +93,12 @@ def test_agents_run_their_own_supernodes_and_rounds_survive_a_coordinator_kill(
     assert _alive(superlink_pid)
     log = (coord.data_dir / "superlink" / "superlink.log").read_text()
     assert "https://" in log  # TLS, with the coordinator's certificate
+
+    def superlink_up() -> bool:
+        text = urllib.request.urlopen(coord.metrics_url, timeout=5).read().decode()
+        return "edgefleet_superlink_up 1.0" in text
+
+    wait_for(superlink_up, 20, "edgefleet_superlink_up 1 on /metrics")
 
     agents = []
     for i, profile in enumerate(PROFILES):
