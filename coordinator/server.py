@@ -329,6 +329,9 @@ class Coordinator:
             "metrics_address": self.metrics_address,
             "ca_cert": None if self.config.insecure else str(self.config.data_dir / "tls/ca.pem"),
             "superlink": self.superlink_address or None,
+            # the embedded Redis only (a socket in the data dir, no secret): local tools such as
+            # `train start` record rounds there; an external URL may carry a password
+            "embedded_redis": self._embedded.url if self._embedded is not None else None,
             "pid": os.getpid(),
         }
         tmp = self.config.data_dir / "coordinator.json.tmp"

@@ -179,8 +179,9 @@ def _rollout(
         return rollout_to_dict(c.create_rollout(request))
 
 
-def _fleet_superlink(data_dir: Path | None) -> tuple[str, Path | None]:
-    """The SuperLink the coordinator on this data dir runs, and the CA that verifies it."""
+def _fleet_superlink(data_dir: Path | None) -> tuple[str, Path | None, str]:
+    """The SuperLink the coordinator on this data dir runs, the CA that verifies it, and its
+    embedded Redis ("" for an external one: pass --redis-url / EDGEFLEET_REDIS_URL)."""
     from coordinator.compression.variant_store import resolve_data_dir
 
     info_path = resolve_data_dir(data_dir) / "coordinator.json"
@@ -196,7 +197,7 @@ def _fleet_superlink(data_dir: Path | None) -> tuple[str, Path | None]:
             "(restart it with --superlink local, or give --superlink HOST:PORT)"
         )
     ca = info.get("ca_cert")
-    return str(info["superlink"]), Path(ca) if ca else None
+    return str(info["superlink"]), Path(ca) if ca else None, str(info.get("embedded_redis") or "")
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
@@ -236,7 +237,12 @@ def _round_line(r: dict[str, Any], total: int) -> str:
 
 
 def _report_rounds(
-    redis_url: str, model: str, run: str, rounds: list[dict[str, Any]], failed: bool
+    redis_url: str,
+    model: str,
+    run: str,
+    rounds: list[dict[str, Any]],
+    failed: bool,
+    failed_round: int | None = None,
 ) -> None:
     """Put finished rounds in the fleet state, where the coordinator exports them as the
     ``edgefleet_fl_*`` metrics (dashboards and the FederatedRoundFailed alert read them)."""
@@ -259,7 +265,7 @@ def _report_rounds(
                     len(r.get("participants", [])), time.time(),
                 ))  # fmt: skip
             if failed:
-                last = int(rounds[-1]["round"]) + 1 if rounds else 1
+                last = failed_round or (int(rounds[-1]["round"]) + 1 if rounds else 1)
                 await store.record_fl_round(
                     FederatedRound(
                         model, run, last, "failed", float("nan"), float("nan"), 0, time.time()
@@ -269,6 +275,62 @@ def _report_rounds(
             await store.close()
 
     asyncio.run(write())
+
+
+class _RoundReporter:
+    """Records finished rounds in the fleet's Redis, one transaction per round, oldest first.
+
+    The run does not depend on the coordinator (its SuperLink outlives a coordinator kill), so
+    neither may following it: while Redis is away (an embedded one restarts with its
+    coordinator) records wait here and go out later, each exactly once; the run's outcome is
+    never changed by it.
+    """
+
+    def __init__(self, redis_url: str, model: str, run: str, quiet: bool) -> None:
+        self.redis_url, self.model, self.run, self.quiet = redis_url, model, run, quiet
+        self.pending: list[tuple[dict[str, Any] | None, int]] = []  # (round, 0) / (None, failed)
+        self.last_round = 0
+        self.warned = False
+
+    def __call__(self, new: list[dict[str, Any]], failed: bool) -> None:
+        for r in new:
+            self.pending.append((r, 0))
+            self.last_round = int(r["round"])
+        if failed:
+            self.pending.append((None, self.last_round + 1))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what is pending; False (and kept for later) while Redis is unreachable."""
+        from coordinator.errors import Unavailable
+
+        while self.pending:
+            round_doc, failed_round = self.pending[0]
+            try:
+                if round_doc is not None:
+                    _report_rounds(self.redis_url, self.model, self.run, [round_doc], False)
+                else:
+                    _report_rounds(self.redis_url, self.model, self.run, [], True, failed_round)
+            except (Unavailable, OSError, ConnectionError) as exc:
+                if not self.warned and not self.quiet:
+                    err_console.print(
+                        f"fleet state unreachable ({exc}); round records will be sent later"
+                    )
+                self.warned = True
+                return False
+            self.pending.pop(0)
+        return True
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """At the end: keep trying for ``timeout`` s, then say what could not be recorded."""
+        deadline = time.monotonic() + timeout
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(1.0)
+        if self.pending:
+            err_console.print(
+                f"warning: {len(self.pending)} round record(s) could not be written to the "
+                "fleet state (edgefleet_fl_* metrics will miss them)"
+            )
 
 
 def _follow(
@@ -289,7 +351,7 @@ def _follow(
                 out.print(_round_line(r, total), highlight=False)
         finished = doc["state"] not in ("running", "submitted")
         if report is not None and (rounds[shown:] or finished):
-            report(rounds[shown:], finished and doc["state"] != "completed")
+            report(rounds[shown:], finished and doc["state"] != "succeeded")
         shown = len(rounds)
         if finished:
             return doc
@@ -407,7 +469,9 @@ def start(
     if superlink and local:
         raise fail("give at most one of --superlink HOST:PORT or --local N")
     if not superlink and not local:
-        superlink, superlink_ca = _fleet_superlink(data_dir)
+        superlink, superlink_ca, fleet_redis = _fleet_superlink(data_dir)
+        # rounds go into the fleet's state (edgefleet_fl_* metrics) without being asked
+        redis_url = redis_url or fleet_redis
     run_name = name or f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).absolute()
     if run_dir.exists():
@@ -461,13 +525,10 @@ def start(
         (run_dir / "meta.json").write_text(json.dumps(meta))
         if not as_json:
             err_console.print(f"run {run_name} (Flower run {run_id}) on {address}")
-        report = None
-        if redis_url:
-
-            def report(new: list[dict[str, Any]], failed: bool) -> None:
-                _report_rounds(redis_url, model, run_name, new, failed)
-
-        doc = _follow(run_dir, as_json, timeout, report)
+        reporter = _RoundReporter(redis_url, model, run_name, as_json) if redis_url else None
+        doc = _follow(run_dir, as_json, timeout, reporter)
+        if reporter is not None:
+            reporter.drain()
     finally:
         if fed is not None:
             fed.stop()

@@ -137,6 +137,16 @@ def test_agents_run_their_own_supernodes_and_rounds_survive_a_coordinator_kill(
     first_eval = rounds[0]["client_eval_acc"]  # the base model on the devices' held-out data
     assert final["client_eval_acc"] > first_eval, (first_eval, final)
 
+    # the rounds went into the fleet's state and come out as metrics (no --redis-url needed)
+    def rounds_exported() -> bool:
+        text = urllib.request.urlopen(coord.metrics_url, timeout=5).read().decode()
+        return (
+            'edgefleet_fl_round{model="mlp"} 2.0' in text
+            and 'edgefleet_fl_round_participants{model="mlp"} 3.0' in text
+        )
+
+    wait_for(rounds_exported, 30, "edgefleet_fl_round{model=mlp} 2 on /metrics")
+
     # 2. kill -9 the coordinator mid-run; the restarted one adopts the SuperLink, the run ends
     proc = _train(coord, runs, init, 3, "survives")
     wait_for(lambda: len(_progress(runs, "survives").get("rounds", [])) >= 1, 180, "round 1")  # type: ignore[arg-type]

@@ -114,3 +114,45 @@ def test_rounds_are_recorded_in_the_fleet_state_for_metrics(redis_url: str) -> N
     assert outcomes == {"completed": 2, "failed": 1}
     [mlp] = latest
     assert (mlp.model, mlp.round, mlp.outcome) == ("mlp", 3, "failed")
+
+
+def test_round_records_wait_for_an_unreachable_fleet_state_and_go_out_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A coordinator restarting takes its embedded Redis away for a moment: following the run
+    must neither fail nor lose or double a record; a succeeded run records no failed round."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from coordinator.cli.train_cmds import _follow, _RoundReporter
+    from coordinator.store import FleetStore
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rounds = [
+        {"round": 1, "train_loss": 0.9, "test_acc": 0.5, "participants": ["a", "b"], "seconds": 1},
+        {"round": 2, "train_loss": 0.4, "test_acc": 0.7, "participants": ["a", "b"], "seconds": 1},
+    ]
+    (run / "progress.json").write_text(
+        json.dumps({"state": "succeeded", "rounds": rounds, "settings": {"num_rounds": 2}})
+    )
+    reporter = _RoundReporter(f"unix://{tmp_path / 'gone.sock'}", "mlp", "r", quiet=True)
+    doc = _follow(run, True, 10, reporter)
+    assert doc["state"] == "succeeded"
+    assert len(reporter.pending) == 2 and reporter.warned  # kept, not lost, not fatal
+    reporter.redis_url = redis_url  # the fleet state is back
+    reporter.drain(timeout=5)
+    assert reporter.pending == []
+    reporter.drain(timeout=5)  # nothing twice
+
+    async def snapshot() -> tuple[list, dict]:  # type: ignore[type-arg]
+        store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
+        try:
+            return await store.fl_snapshot()
+        finally:
+            await store.close()
+
+    latest, outcomes = asyncio.run(snapshot())
+    assert outcomes.get("completed") == 2 and not outcomes.get("failed"), outcomes
+    assert [(r.model, r.round) for r in latest] == [("mlp", 2)]
