@@ -1,8 +1,9 @@
 """Real Flower processes on loopback: a SuperLink, SuperNodes, our ServerApp and ClientApp.
 
-The non-slow test runs 2 SuperNodes for 3 rounds (~30-60 s on 2 busy cores); the slow ones
-cover HeteroFL across a mixed fleet with a selection expression, and a SuperNode killed
-mid-run.
+This is the ``--local N`` path (the same ServerApp/ClientApp as on a fleet). In every run: a
+failing selection and a SuperNode restarted by its supervisor. Slow (``-m slow``): 3 rounds on 2
+SuperNodes that improve accuracy (tests/fl/test_fleet_federation.py shows the same on real agents
+in every run), HeteroFL across a mixed fleet with a selection expression and a dropout.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def federation(tmp_path: Path) -> Iterator[LocalFederation]:
         yield fed
 
 
+@pytest.mark.slow  # the same improvement on real agents runs in tests/fl/test_fleet_federation.py
 @pytest.mark.timeout(240)
 def test_rounds_improve_accuracy_on_clients_held_out_data(
     federation: LocalFederation, tmp_path: Path

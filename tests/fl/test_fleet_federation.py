@@ -124,7 +124,9 @@ def test_agents_run_their_own_supernodes_and_rounds_survive_a_coordinator_kill(
     wait_for(lambda: len(_progress(runs, "fleet").get("rounds", [])) >= 1, 180, "round 1")  # type: ignore[arg-type]
     assert coord.stop(signal.SIGKILL) == -signal.SIGKILL
     assert _alive(superlink_pid)  # not taken down with the coordinator
+    info_file.unlink()  # rewritten once the restarted coordinator has its SuperLink again
     coord.start()
+    wait_for(info_file.exists, 60, "the restarted coordinator's SuperLink")
     assert _pid(coord.data_dir / "superlink" / "superlink.pid") == superlink_pid
     assert "superlink adopted from a previous supervisor" in coord.log.read_text()
     out, err = proc.communicate(timeout=240)
