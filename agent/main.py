@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--local-data",
         default=None,
-        help="local dataset: a .npz shard, or 'digits' to partition the digits set here",
+        help="local dataset: a .npz shard, or 'digits' to partition the digits set here "
+        "(replayed by --workload-rate, used by --finetune, and it makes the agent join federated "
+        "rounds with its own SuperNode when the coordinator runs a SuperLink)",
     )
     parser.add_argument(
         "--partition",
