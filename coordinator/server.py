@@ -8,12 +8,10 @@ served next to ours so ``grpcurl`` and load balancers work without our protos.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -296,10 +294,15 @@ class Coordinator:
         if mode != "local":
             self.superlink_address = mode
             return device_pb2.Federation(superlink_address=mode, tls=ca is not None)
-        from coordinator.fl.superlink import SuperLinkSupervisor, superlink_tls
+        from coordinator.fl.superlink import (
+            SuperLinkSupervisor,
+            free_port,
+            superlink_tls,
+            wait_listening,
+        )
 
         tls = None if ca is None else superlink_tls(tls_dir, _server_hosts(self.config))
-        port = self.config.superlink_port or _free_port(self.config.host)
+        port = self.config.superlink_port or free_port(self.config.host)
         state = self.config.data_dir / "superlink"
         supervisor = SuperLinkSupervisor(
             state, host=self.config.host, port=port, tls=tls, pidfile=state / "superlink.pid"
@@ -308,7 +311,7 @@ class Coordinator:
         self.superlink = supervisor
         self.superlink_address = f"{self.config.public_host}:{port}"
         local = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
-        if not await asyncio.to_thread(_wait_listening, local, port, 30.0):
+        if not await asyncio.to_thread(wait_listening, local, port, 30.0):
             raise RuntimeError(
                 f"the SuperLink did not open {self.superlink_address} within 30 s "
                 f"(see {state / 'superlink.log'})"
@@ -426,21 +429,6 @@ def _server_hosts(config: CoordinatorConfig) -> list[str]:
     """Names/addresses the server certificate (gRPC and SuperLink) must cover."""
     hosts = [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
     return hosts + ([config.advertise_host] if config.advertise_host else [])
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _check_bound(port: int, address: str) -> int:

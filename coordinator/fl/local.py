@@ -8,7 +8,6 @@ a non-IID digits shard), so what runs here is the same code path as on a fleet.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,19 +18,19 @@ from typing import Any
 import numpy as np
 
 from agent.fl.supernode import FAST_POLL_ENV, SuperNodeSupervisor
-from coordinator.fl.superlink import SuperLinkSupervisor, submit, superlink_tls, write_app
+from coordinator.fl.superlink import (
+    SuperLinkSupervisor,
+    free_port,
+    submit,
+    superlink_tls,
+    wait_listening,
+    write_app,
+)
 from edgefleet.catalog import get_profile
 from edgefleet.fl.partition import make_shards, save_shard
 from edgefleet.fl.process import FlowerTls
 
 __all__ = ["LocalFederation", "free_port", "pretrain_biased", "wait_progress"]
-
-
-def free_port() -> int:
-    """An unused loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pretrain_biased(
@@ -147,13 +146,8 @@ class LocalFederation:
 
 
 def _wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"SuperLink did not open port {port}")
+    if not wait_listening("127.0.0.1", port, timeout):
+        raise TimeoutError(f"SuperLink did not open port {port}")
 
 
 def wait_progress(out_dir: Path, timeout: float = 300.0) -> dict[str, Any]:

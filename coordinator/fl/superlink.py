@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,9 +35,11 @@ __all__ = [
     "OUR_COMPONENTS",
     "SuperLinkSupervisor",
     "flwr_env",
+    "free_port",
     "stop_run",
     "submit",
     "superlink_tls",
+    "wait_listening",
     "write_app",
 ]
 
@@ -80,6 +85,23 @@ class SuperLinkSupervisor(SupervisedProcess):
             argv, env={**FAST_ENV, **(env or {})}, log_path=state_dir / "superlink.log",
             name="superlink", pidfile=pidfile,
         )  # fmt: skip
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An unused TCP port on ``host``."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(host: str, port: int, timeout: float) -> bool:
+    """Whether something accepts connections on ``host:port`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def superlink_tls(tls_dir: Path, hosts: list[str]) -> FlowerTls:

@@ -6,12 +6,31 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
 from coordinator.cli.train_cmds import train_app
 
 runner = CliRunner()
+
+
+def fl_snapshot(redis_url: str) -> tuple[list[Any], dict[str, int]]:
+    """The fleet state's federated records, as the coordinator's metrics refresh reads them."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from coordinator.store import FleetStore
+
+    async def read() -> tuple[list[Any], dict[str, int]]:
+        store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
+        try:
+            return await store.fl_snapshot()
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def test_bad_selection_is_rejected_before_anything_starts(tmp_path: Path) -> None:
@@ -90,12 +109,7 @@ def test_a_running_record_whose_serverapp_is_gone_reads_as_failed(tmp_path: Path
 
 def test_rounds_are_recorded_in_the_fleet_state_for_metrics(redis_url: str) -> None:
     """`train start --redis-url` puts each round where the coordinator exports edgefleet_fl_*."""
-    import asyncio
-
-    import redis.asyncio as aioredis
-
     from coordinator.cli.train_cmds import _report_rounds
-    from coordinator.store import FleetStore
 
     rounds = [
         {"round": 1, "train_loss": 0.9, "test_acc": 0.5, "participants": ["a", "b"]},
@@ -103,14 +117,7 @@ def test_rounds_are_recorded_in_the_fleet_state_for_metrics(redis_url: str) -> N
     ]
     _report_rounds(redis_url, "mlp", "run-x", rounds, failed=True)
 
-    async def snapshot() -> tuple[list, dict]:  # type: ignore[type-arg]
-        store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
-        try:
-            return await store.fl_snapshot()
-        finally:
-            await store.close()
-
-    latest, outcomes = asyncio.run(snapshot())
+    latest, outcomes = fl_snapshot(redis_url)
     assert outcomes == {"completed": 2, "failed": 1}
     [mlp] = latest
     assert (mlp.model, mlp.round, mlp.outcome) == ("mlp", 3, "failed")
@@ -121,12 +128,7 @@ def test_round_records_wait_for_an_unreachable_fleet_state_and_go_out_once(
 ) -> None:
     """A coordinator restarting takes its embedded Redis away for a moment: following the run
     must neither fail nor lose or double a record; a succeeded run records no failed round."""
-    import asyncio
-
-    import redis.asyncio as aioredis
-
     from coordinator.cli.train_cmds import _follow, _RoundReporter
-    from coordinator.store import FleetStore
 
     run = tmp_path / "r"
     run.mkdir()
@@ -146,13 +148,6 @@ def test_round_records_wait_for_an_unreachable_fleet_state_and_go_out_once(
     assert reporter.pending == []
     reporter.drain(timeout=5)  # nothing twice
 
-    async def snapshot() -> tuple[list, dict]:  # type: ignore[type-arg]
-        store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
-        try:
-            return await store.fl_snapshot()
-        finally:
-            await store.close()
-
-    latest, outcomes = asyncio.run(snapshot())
+    latest, outcomes = fl_snapshot(redis_url)
     assert outcomes.get("completed") == 2 and not outcomes.get("failed"), outcomes
     assert [(r.model, r.round) for r in latest] == [("mlp", 2)]
