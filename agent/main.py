@@ -202,6 +202,8 @@ def _ca_certificate(args: argparse.Namespace) -> bytes | None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_during_startup)
     args = build_parser().parse_args(argv)
+    # Absolute from here on: Flower (1.42+) refuses relative paths in what we hand it.
+    args.state_dir = args.state_dir.expanduser().resolve()
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -235,6 +235,29 @@ def _federated(
     }
 
 
+def demo_problems(result: dict[str, Any], expected_devices: int) -> list[str]:
+    """What the demo promised but did not deliver (empty when it did its job).
+
+    ``make demo`` (and CI, which runs it) fails on any of these: a device without an active
+    variant, a rollout that did not succeed, federated rounds that did not improve accuracy."""
+    problems: list[str] = []
+    if result["rollout"].get("state") != "succeeded":
+        problems.append(f"rollout ended {result['rollout'].get('state')!r}")
+    choices = result["choices"]
+    if len(choices) != expected_devices:
+        problems.append(f"{len(choices)} of {expected_devices} devices registered")
+    for row in choices:
+        if not row.get("variant"):
+            problems.append(f"{row['name']} runs no variant")
+    fed = result.get("federated")
+    if fed is not None and not fed["acc_after"] > fed["acc_before"]:
+        problems.append(
+            f"federated rounds did not improve accuracy ({fed['acc_before']:.1%} -> "
+            f"{fed['acc_after']:.1%})"
+        )
+    return problems
+
+
 def run_demo(
     *,
     devices: int,
@@ -245,6 +268,7 @@ def run_demo(
     epochs: int = 15,
     recipes: Sequence[str] = DEMO_RECIPES,
     federated_rounds: int = 2,
+    strict: bool = True,
 ) -> None:
     from coordinator.cli.main import wait_until_online
     from coordinator.cli.rollout_cmds import rollout_to_dict
@@ -315,25 +339,24 @@ def run_demo(
                 data_dir, federated_rounds, len(fl_devices), err_console, as_json
             )
         err_console.print("[bold]5/5[/bold] the fleet as the coordinator sees it")
+        result = {
+            "variants": variants,
+            "rollout": rollout_to_dict(rollout),
+            "devices": [render.device_to_dict(d) for d in listed],
+            "choices": choices,
+            "summary": render.summary_to_dict(summary),
+            "federated": federated,
+        }
+        (data_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
         if as_json:
-            sys.stdout.write(
-                json.dumps(
-                    {
-                        "variants": variants,
-                        "rollout": rollout_to_dict(rollout),
-                        "devices": [render.device_to_dict(d) for d in listed],
-                        "choices": choices,
-                        "summary": render.summary_to_dict(summary),
-                        "federated": federated,
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
         else:
             console.print(render.devices_table(listed))
             console.print(render.summary_table(summary))
             console.print(choices_table(choices))
+        problems = demo_problems(result, expected_devices=devices) if strict else []
+        if problems:
+            raise AdminClientError("the demo did not do its job: " + "; ".join(problems))
     finally:
         if fleet is not None:
             report = fleet.stop()

@@ -123,7 +123,7 @@ def pick_mirrors(override: str | None) -> tuple[str, str | None]:
 def make_local_base(name: str, mirror_override: str | None) -> None:
     """debootstrap a minimal bookworm and import it; python is added by the Dockerfiles."""
     if shutil.which("debootstrap") is None:
-        raise BuildError("debootstrap is missing: run scripts/ci_docker_prereqs.sh")
+        raise BuildError("debootstrap is missing: run scripts/install_prereqs.sh")
     if os.geteuid() != 0:
         raise BuildError("making the local base image needs root (debootstrap)")
     mirror, security = pick_mirrors(mirror_override)

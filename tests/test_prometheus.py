@@ -29,6 +29,7 @@ from coordinator.store import FederatedRound, FleetStore
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port, wait_for
 from tests.fleetkit import ScriptedDevice, make_model
+from tests.prereqs import require_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "grafana"))
@@ -36,10 +37,11 @@ import generate as dashboards  # noqa: E402
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None or PROMTOOL is None,
-    reason="Debian's prometheus/promtool are not installed (.ci/run installs them)",
-)
+
+
+@pytest.fixture(autouse=True)
+def _prometheus_installed() -> None:
+    require_binaries("prometheus", "promtool")
 
 
 def promql(base: str, expr: str) -> list[dict[str, Any]]:

@@ -99,7 +99,10 @@ def coordinator_start(
     port: Annotated[int, typer.Option(help="gRPC port (0 picks a free one)")] = 50051,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     data_dir: Annotated[
-        Path, typer.Option(envvar="EDGEFLEET_DATA_DIR", help="where state and tokens live")
+        Path,
+        typer.Option(
+            envvar="EDGEFLEET_DATA_DIR", help="where state and tokens live", resolve_path=True
+        ),
     ] = Path(".edgefleet"),
     redis_url: Annotated[
         str | None,
@@ -357,7 +360,10 @@ def profiles_ls(as_json: JsonOpt = False) -> None:
 @one_line_errors
 def certs_init(
     data_dir: Annotated[
-        Path, typer.Option(envvar="EDGEFLEET_DATA_DIR", help="the coordinator's data dir")
+        Path,
+        typer.Option(
+            envvar="EDGEFLEET_DATA_DIR", help="the coordinator's data dir", resolve_path=True
+        ),
     ] = Path(".edgefleet"),
     host: Annotated[
         list[str] | None, typer.Option(help="names/IPs the server certificate covers (repeat)")
@@ -466,9 +472,9 @@ def simulate(
         str, typer.Option(envvar="EDGEFLEET_ENROLL_TOKEN", help="enrollment token")
     ] = "",
     admin_token: AdminTokenOpt = "",
-    state_dir: Annotated[Path, typer.Option(help="parent of the agents' state dirs")] = Path(
-        ".edgefleet/sim"
-    ),
+    state_dir: Annotated[
+        Path, typer.Option(help="parent of the agents' state dirs", resolve_path=True)
+    ] = Path(".edgefleet/sim"),
     duration: Annotated[
         float, typer.Option(help="seconds to run after all are online; 0 = until Ctrl-C")
     ] = 0.0,
@@ -568,9 +574,9 @@ _register_optional_apps()
 @one_line_errors
 def demo(
     devices: Annotated[int, typer.Option("--devices", "-n", help="fleet size")] = 8,
-    data_dir: Annotated[Path, typer.Option(help="demo state (wiped first)")] = Path(
-        ".edgefleet/demo"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option(help="demo state (wiped first)", resolve_path=True)
+    ] = Path(".edgefleet/demo"),
     epochs: Annotated[int, typer.Option(help="training epochs of the base model")] = 15,
     recipes: Annotated[
         str, typer.Option(help="comma-separated compression recipes (default: a survey mix)")
@@ -578,6 +584,13 @@ def demo(
     federated_rounds: Annotated[
         int, typer.Option(help="federated fine-tuning rounds on Flower at the end (0 = skip)")
     ] = 2,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="exit 1 unless every device runs a variant, the rollout succeeded and "
+            "federated rounds improved accuracy (what CI checks)"
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the end-to-end demo: train and compress a model, start a coordinator and a
@@ -593,6 +606,7 @@ def demo(
         epochs=epochs,
         recipes=[r for r in recipes.split(",") if r] or DEMO_RECIPES,
         federated_rounds=federated_rounds,
+        strict=strict,
     )
 
 

@@ -38,6 +38,7 @@ DataDirOpt = Annotated[
         envvar="EDGEFLEET_DATA_DIR",
         help="variant store and model index (default ./.edgefleet)",
         show_default=False,
+        resolve_path=True,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]

@@ -62,6 +62,7 @@ DataDirOpt = Annotated[
         envvar="EDGEFLEET_DATA_DIR",
         help="variant store the fine-tuned model is registered in (default ./.edgefleet)",
         show_default=False,
+        resolve_path=True,
     ),
 ]
 

@@ -141,9 +141,12 @@ def write_app(
 def flwr_env(home: Path, address: str, ca: Path | None = None) -> dict[str, str]:
     """Environment for the ``flwr`` CLI with a private FLWR_HOME naming one connection
     (verified against ``ca`` when given, plaintext otherwise)."""
+    home = home.resolve()  # Flower 1.42 requires absolute paths in its configuration
     home.mkdir(parents=True, exist_ok=True)
     security = (
-        f"root-certificates = {toml_value(str(ca))}\n" if ca is not None else "insecure = true\n"
+        f"root-certificates = {toml_value(str(ca.resolve()))}\n"
+        if ca is not None
+        else "insecure = true\n"
     )
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "edgefleet"\n\n[superlink.edgefleet]\n'
@@ -160,7 +163,7 @@ def submit(
     ca: Path | None = None,
 ) -> int:
     """``flwr run`` the app on the SuperLink at ``address``; returns the run id."""
-    argv = [flower_bin("flwr"), "run", str(app_dir), "edgefleet", "--format", "json"]
+    argv = [flower_bin("flwr"), "run", str(app_dir.resolve()), "edgefleet", "--format", "json"]
     if run_config:
         argv += ["--run-config", " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())]
     proc = subprocess.run(

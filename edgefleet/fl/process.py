@@ -56,6 +56,14 @@ class FlowerTls:
     cert: Path | None = None
     key: Path | None = None
 
+    def __post_init__(self) -> None:
+        # Flower 1.42 refuses relative paths in connection configs; resolve once, here.
+        object.__setattr__(self, "ca", self.ca.resolve())
+        for name in ("cert", "key"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, value.resolve())
+
     def superlink_args(self) -> list[str]:
         if self.cert is None or self.key is None:
             raise ValueError("a SuperLink needs a certificate and a key to serve TLS")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereqs import missing_prerequisite, require_binaries
+
 REPO = Path(__file__).resolve().parents[2]
 ENGINE_START_TIMEOUT = 60.0
 TIMINGS: dict[str, float] = {}
@@ -81,16 +83,15 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A reachable Docker engine for the session; daemons started here are stopped here."""
-    if shutil.which("docker") is None:
-        pytest.skip("no docker CLI: install the engine with scripts/ci_docker_prereqs.sh")
+    require_binaries("docker")
     if engine_up():
         yield
         return
     missing = [b for b in ("containerd", "dockerd") if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"no Docker engine running and {', '.join(missing)} not installed")
+        missing_prerequisite(f"no Docker engine running and {', '.join(missing)} not installed")
     if os.geteuid() != 0:
-        pytest.skip("no Docker engine running, and starting dockerd needs root")
+        missing_prerequisite("no Docker engine running, and starting dockerd needs root")
     logs = tmp_path_factory.mktemp("engine")
     started: list[subprocess.Popen[bytes]] = []
     socket = Path("/run/containerd/containerd.sock")
@@ -99,7 +100,7 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             with (logs / "containerd.log").open("wb") as log:
                 started.append(subprocess.Popen(["containerd"], stdout=log, stderr=log))
             if not _wait(socket.exists, ENGINE_START_TIMEOUT):
-                pytest.skip(f"containerd did not start; see {logs / 'containerd.log'}")
+                missing_prerequisite(f"containerd did not start; see {logs / 'containerd.log'}")
         with (logs / "dockerd.log").open("wb") as log:
             started.append(
                 subprocess.Popen(
@@ -110,7 +111,7 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             )
         if not _wait(engine_up, ENGINE_START_TIMEOUT):
             tail = (logs / "dockerd.log").read_text(errors="replace")[-2000:]
-            pytest.skip(f"the Docker engine could not start:\n{tail}")
+            missing_prerequisite(f"the Docker engine could not start:\n{tail}")
         yield
     finally:
         for proc in reversed(started):  # dockerd first, then containerd

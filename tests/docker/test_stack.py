@@ -39,6 +39,7 @@ from edgefleet.catalog import get_profile
 from edgefleet.pki import device_id_of
 from tests.conftest import free_port
 from tests.docker.conftest import REPO, TIMINGS
+from tests.prereqs import require_binaries
 
 pytestmark = pytest.mark.docker
 
@@ -254,7 +255,6 @@ def compose_config(*files: str) -> str:
     return r.stdout
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 @pytest.mark.parametrize(
     "files",
     [
@@ -270,6 +270,7 @@ def compose_config(*files: str) -> str:
 def test_compose_config_is_valid_and_tls_unless_opted_out(files: tuple[str, ...]) -> None:
     """TLS is the default of every setup; plaintext only with the explicit insecure override,
     which then covers the coordinator and every agent."""
+    require_binaries("docker-compose")
     config = compose_config(*files)
     agents = len(compose_agent_services(REPO / "docker-compose.yml"))
     if INSECURE_FILE in files:
@@ -291,8 +292,7 @@ def run_stack(
 ) -> Iterator[Stack]:
     """``up`` the stack (only ``services`` and their dependencies, if given), yield it with its
     CA fetched, print the logs if the test failed, and always ``down -v``."""
-    if shutil.which("docker-compose") is None:
-        pytest.skip("docker-compose not installed: scripts/ci_docker_prereqs.sh")
+    require_binaries("docker-compose")
     ports = {k: free_port() for k in ("grpc", "device", "metrics", "prometheus", "redis")}
     s = Stack(
         project=f"eftest{os.getpid()}{label}",

@@ -56,14 +56,18 @@ def _supernode_pid(agent: AgentProc) -> int | None:
 
 
 def _train(coord: CoordinatorProc, runs: Path, init: Path, rounds: int, name: str) -> Popen:
+    """``train start`` as the README writes it: run dir and data dir relative to the working
+    directory (Flower 1.42 refuses relative paths in its config; we must hand it absolute ones)."""
+    cwd = Path(os.path.commonpath([runs, coord.data_dir]))
     return subprocess.Popen(
         [
             sys.executable, "-m", "coordinator.cli.main", "train", "start", "mlp",
             "--rounds", str(rounds), "--strategy", "heterofl", "--min-devices", "3",
-            "--init", str(init), "--local-epochs", "2", "--runs-dir", str(runs),
-            "--data-dir", str(coord.data_dir), "--name", name, "--json",
+            "--init", str(init), "--local-epochs", "2",
+            "--runs-dir", os.path.relpath(runs, cwd),
+            "--data-dir", os.path.relpath(coord.data_dir, cwd), "--name", name, "--json",
         ],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=cwd,
     )  # fmt: skip
 
 

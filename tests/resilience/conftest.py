@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AgentProc, CoordinatorProc, _env, free_port, kill_flower_group
+from tests.prereqs import missing_prerequisite, require_binaries
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -180,13 +181,14 @@ class NetnsLab:
 
 @pytest.fixture
 def netns_lab() -> Iterator[NetnsLab]:
-    if sys.platform != "linux" or shutil.which("ip") is None:
-        pytest.skip("network namespaces need Linux and iproute2's ip")
+    if sys.platform != "linux":
+        pytest.skip("network namespaces need Linux")
+    require_binaries("ip", "nft")
     tag = f"{os.getpid() % 10000:04d}"
     probe = f"ef-probe-{tag}"
     made = _run("ip", "netns", "add", probe, check=False)
     if made.returncode != 0:
-        pytest.skip(f"ip netns add refused (need CAP_NET_ADMIN): {made.stderr.strip()}")
+        missing_prerequisite(f"ip netns add refused (need CAP_NET_ADMIN): {made.stderr.strip()}")
     _run("ip", "netns", "del", probe, check=False)
     # A /30 per namespace in 10.213.<base + i>.0; the pid spreads concurrent runs apart.
     lab = NetnsLab(tag=tag, subnet_base=(os.getpid() % 40) * 6)
