@@ -32,6 +32,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY deploy/docker/build-extras/ /tmp/build-extras/
 COPY deploy/docker/install-deps.sh /tmp/install-deps.sh
 COPY pyproject.toml README.md /src/
+COPY locks/ /src/locks/
 # Dependencies first (a layer that survives source edits), the project without deps after.
 RUN TORCH_INDEX_URL="$TORCH_INDEX_URL" sh /tmp/install-deps.sh "$EXTRAS"
 COPY edgefleet/ /src/edgefleet/

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Used inside the image builds: make /opt/venv and install the project's dependencies for the
-# given extras (comma-separated), read from pyproject.toml so the list is never duplicated.
+# Used inside the image builds: make /opt/venv and install exactly the locked dependencies for the
+# given extras (comma-separated) from /src/locks/<profile>.txt, hashes required (the same locks
+# `make demo`/`make test` install from; scripts/lock.py makes them).
 # pip settings come from /tmp/build-extras/pip.conf when scripts/docker_build.py provided one.
 set -eu
 extras="${1:-}"
@@ -13,16 +14,16 @@ case ",$extras," in
     fi
     ;;
 esac
+# extras -> lock profile (scripts/lock.py PROFILES)
+case "$extras" in
+"") profile=base ;;
+coordinator) profile=coordinator ;;
+coordinator,compress | compress,coordinator) profile=coordinator-compress ;;
+agent-onnx,agent-mcu | agent-mcu,agent-onnx) profile=agent ;;
+*)
+    echo "install-deps: no lock for extras '$extras' (locks: base, agent, coordinator, coordinator-compress)" >&2
+    exit 2
+    ;;
+esac
 python3 -m venv /opt/venv
-python3 - "$extras" >/tmp/requirements.txt <<'PY'
-import sys
-import tomllib
-
-project = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]
-deps = list(project["dependencies"])
-for extra in filter(None, sys.argv[1].split(",")):
-    deps += project["optional-dependencies"][extra]
-deps += ["setuptools>=68", "wheel"]  # to install the project itself without build isolation
-print("\n".join(deps))
-PY
-/opt/venv/bin/pip install -q -r /tmp/requirements.txt
+/opt/venv/bin/pip install -q --no-deps --require-hashes -r "/src/locks/$profile.txt"

@@ -90,7 +90,9 @@ def test_a_cut_link_mid_run_costs_one_device_not_the_round(
     assert len(rounds) == 3
     # some round after the cut closed without the cut device, bounded by the round timeout
     assert any(len(r["participants"]) == 2 for r in rounds[1:]), rounds
-    assert all(r["seconds"] < ROUND_TIMEOUT + 10 for r in rounds), rounds
+    # a liveness bound (the round closed instead of waiting for the cut device), generous
+    # enough that a loaded host cannot trip it
+    assert all(r["seconds"] < 2 * ROUND_TIMEOUT + 30 for r in rounds), rounds
     print(f"cut after round 1; run finished {took:.1f}s later; participants per round: "
           f"{[len(r['participants']) for r in rounds]}, failed: {[r['failed'] for r in rounds]}")  # fmt: skip
 
