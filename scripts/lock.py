@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(os.environ.get("EDGEFLEET_LOCK_ROOT") or Path(__file__).resolve().parent.parent)
 LOCKS = REPO / "locks"
 PROFILES: dict[str, tuple[str, ...]] = {
     "dev": (
