@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 
 from coordinator.artifacts import add_artifact_service
 from coordinator.compression.variant_store import VariantStore
+from coordinator.datadir_lock import lock_data_dir
 from coordinator.embedded_redis import EmbeddedRedis
 from coordinator.errors import Unavailable
 from coordinator.metrics import CoordinatorMetrics, MetricsInterceptor
@@ -188,6 +189,7 @@ class Coordinator:
 
     @classmethod
     async def start(cls, config: CoordinatorConfig) -> Coordinator:
+        lock_data_dir(config.data_dir)  # first: a second coordinator must touch nothing here
         config.data_dir.mkdir(parents=True, exist_ok=True)
         tokens = Tokens.load(config.data_dir)
         embedded = None
