@@ -313,6 +313,8 @@ class RolloutManager:
         matched = [r for r in records if selector_matches(request.selector, r)]
         if not matched:
             raise FailedPrecondition(f"selector {request.selector!r} matches no device")
+        # A quick refusal with a count; not atomic, so the store's claim at the end decides
+        # when CreateRollout calls race (it also covers rollouts stored before claims existed).
         busy = await self._devices_in_active_rollouts()
         clash = sorted(busy & {r.id for r in matched})
         if clash:
@@ -373,7 +375,16 @@ class RolloutManager:
             updated_at=now,
             message=f"wave 1 of {max(waves) + 1}: {waves.count(0)} device(s)",
         )
-        await self._store.create_rollout(rollout_id, rollout.to_json(), now)
+        refused = await self._store.create_rollout(
+            rollout_id, rollout.to_json(), now, [d.device_id for d in devices]
+        )
+        if refused is not None:  # a concurrent CreateRollout claimed a device first
+            raise FailedPrecondition(
+                f"device {refused.device_id} is already in active rollout {refused.rollout_id}; "
+                "let it finish or roll it back first"
+                if refused.device_id
+                else f"rollout id {refused.rollout_id} is taken; try again"
+            )
         if self._metrics is not None:  # series exist at 0 before the first event
             for cause in ROLLBACK_CAUSES:
                 self._metrics.rollout_rollbacks.labels(rollout.model, cause)

@@ -453,3 +453,43 @@ def test_a_mixed_fleet_gets_different_variants_and_a_shrunk_budget_moves_the_cho
         if c.variant_id == ids["xl"]
         for f in c.failures
     )
+
+
+# --- issue 14: one active rollout per device; gates that need evidence ----------------------
+
+
+def test_concurrent_creates_for_one_device_exactly_one_wins(fleet) -> None:  # type: ignore[no-untyped-def]
+    """The check "device already in an active rollout" and the claim are one atomic step:
+    of N CreateRollout calls racing for a device, one succeeds and the rest are refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    coord, _ids, devices = fleet
+    n = 12
+
+    def create(device_id: str) -> str:
+        with AdminClient(coord.address, ADMIN_TOKEN) as c:
+            try:
+                return c.create_rollout(
+                    admin_pb2.CreateRolloutRequest(
+                        model="digits", selector=f"device:{device_id}", gate=gate()
+                    )
+                ).id
+            except AdminClientError as exc:
+                assert exc.code == grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+                assert "active rollout" in str(exc), str(exc)
+                return ""
+
+    with ThreadPoolExecutor(n) as pool:
+        for device in devices[:3]:  # three rounds, one device each
+            created = [r for r in pool.map(create, [device.device_id] * n) if r]
+            assert len(created) == 1, f"{len(created)} of {n} concurrent creates succeeded"
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        active = [r for r in c.list_rollouts() if r.state == "running"]
+        assert len(active) == 3
+        # rolled back, the device is free for the next rollout (its claim was released)
+        c.control_rollout(active[0].id, "rollback")
+        device_id = active[0].devices[0].device_id
+        again = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(model="digits", selector=f"device:{device_id}")
+        )
+        assert again.state == "running"
