@@ -87,8 +87,24 @@ class AdminClient:
     def list_devices(
         self, profile: str = "", status: int = admin_pb2.DEVICE_STATUS_UNSPECIFIED
     ) -> list[admin_pb2.Device]:
-        request = admin_pb2.ListDevicesRequest(profile=profile, status=status)  # type: ignore[arg-type]
-        return list(self._call(self._stub.ListDevices, request).devices)
+        """Every matching device: follows ListDevices' pages to the last one.
+
+        Sorted by profile, name and id (what operators scan by); the server pages by id.
+        """
+        devices: list[admin_pb2.Device] = []
+        token = ""
+        while True:
+            request = admin_pb2.ListDevicesRequest(
+                profile=profile,
+                status=status,  # type: ignore[arg-type]
+                page_token=token,
+            )
+            reply = self._call(self._stub.ListDevices, request)
+            devices.extend(reply.devices)
+            if not reply.next_page_token or reply.next_page_token == token:
+                break
+            token = reply.next_page_token
+        return sorted(devices, key=lambda d: (d.profile.name, d.name, d.id))
 
     def get_device(self, device_id: str) -> admin_pb2.Device:
         reply = self._call(self._stub.GetDevice, admin_pb2.GetDeviceRequest(device_id=device_id))

@@ -12,8 +12,23 @@ class CoordinatorError(Exception):
     """Base class: ``str(err)`` is the message returned to the client."""
 
 
+# Why an authentication failed: the label values of edgefleet_auth_failures_total
+# (a fixed set, so the metric's cardinality is bounded whatever callers send).
+AUTH_FAILURE_REASONS = (
+    "enroll_token",
+    "credential",
+    "revoked",
+    "admin_token",
+    "certificate",
+)
+
+
 class Unauthenticated(CoordinatorError):
-    """Missing or wrong token or credential."""
+    """Missing or wrong token or credential. ``reason`` is one of ``AUTH_FAILURE_REASONS``."""
+
+    def __init__(self, message: str, reason: str = "credential") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidArgument(CoordinatorError):
@@ -37,4 +52,13 @@ class FailedPrecondition(CoordinatorError):
 
 
 class PermissionDenied(CoordinatorError):
-    """The caller is known but may not do this (another device's id, a read-only token)."""
+    """The caller is known but may not do this (another device's id, a read-only token).
+
+    ``reason`` is set (one of ``AUTH_FAILURE_REASONS``) when the refusal is an
+    authentication failure worth counting (a revoked device, a foreign certificate),
+    and "" for a role check such as the read-only token.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from coordinator.errors import AUTH_FAILURE_REASONS
 from coordinator.store import FederatedRound
 from edgefleet import __version__
 from edgefleet.catalog import CATALOG
@@ -80,6 +81,15 @@ class CoordinatorMetrics:
             ["outcome"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "edgefleet_auth_failures_total",
+            "Refused authentications by reason (enroll_token, credential, revoked, "
+            "admin_token, certificate); a burst is someone guessing secrets.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in AUTH_FAILURE_REASONS:  # every series exists from the start, at 0
+            self.auth_failures.labels(reason)
         self.telemetry_records = Counter(
             "edgefleet_telemetry_records_total",
             "Telemetry records received from agents: accepted (new) or duplicate (a resend).",

@@ -11,6 +11,7 @@ status to be right, and a coordinator restart cannot leave a stale status.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import time
@@ -29,7 +30,22 @@ from coordinator.store import (
     TelemetryOutcome,
 )
 from coordinator.tokens import Tokens, new_secret, secrets_match, sha256_hex
-from edgefleet.pki import CertificateAuthority, PkiError
+from edgefleet.limits import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    MAX_UPTIME_SECONDS,
+    finite_problem,
+    int_problem,
+    shown_id,
+)
+from edgefleet.pki import (
+    MAX_CSR_BYTES,
+    CertificateAuthority,
+    CheckedCsr,
+    PkiError,
+    check_csr,
+    new_serial,
+)
 from edgefleet.profiles import DeviceProfile
 
 DEVICE_ID_RE = re.compile(r"^dev-[0-9a-f]{12}$")
@@ -41,6 +57,7 @@ _METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_TELEMETRY_BATCH = 500
 _MAX_TELEMETRY_LABELS = 8
 _MAX_EVENT_MESSAGE = 1024
+MAX_SAFE_TIME = 2.0**40  # unix seconds: year ~36812, far beyond any real clock
 
 
 class DeviceStatus(StrEnum):
@@ -108,6 +125,14 @@ class DeviceView:
 
 
 @dataclass(frozen=True)
+class DevicePage:
+    """One page of a fleet listing; ``next_page_token`` is "" on the last page."""
+
+    views: list[DeviceView]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
 class ProfileCount:
     profile: str
     online: int
@@ -123,13 +148,23 @@ class FleetSummary:
     offline_after: float
 
 
-def validate_device_id(device_id: str) -> None:
+def validate_device_id(device_id: str, field: str = "device_id") -> None:
     if not device_id:
-        raise InvalidArgument("device_id", "required")
+        raise InvalidArgument(field, "required")
     if not DEVICE_ID_RE.match(device_id):
-        raise InvalidArgument(
-            "device_id", f"malformed id {device_id[:80]!r} (expected dev-<12 hex>)"
-        )
+        raise InvalidArgument(field, f"malformed id {shown_id(device_id)} (expected dev-<12 hex>)")
+
+
+def _check_int(field: str, value: int, low: int = 0) -> None:
+    problem = int_problem(value, low=low)
+    if problem:
+        raise InvalidArgument(field, problem)
+
+
+def _check_finite(field: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
+    problem = finite_problem(value, low=low, high=high)
+    if problem:
+        raise InvalidArgument(field, problem)
 
 
 def _validate_registration(reg: Registration) -> None:
@@ -161,13 +196,13 @@ def _validate_telemetry(records: list[TelemetryIn]) -> None:
         where = f"records[{i}]"
         if r.sequence <= previous:
             raise InvalidArgument(f"{where}.sequence", "must be > 0 and strictly ascending")
+        _check_int(f"{where}.sequence", r.sequence)
         previous = r.sequence
         if not _METRIC_NAME_RE.match(r.name):
             raise InvalidArgument(f"{where}.name", "must match [a-z][a-z0-9_]{0,62}")
-        if r.value is not None and not math.isfinite(r.value):
-            raise InvalidArgument(f"{where}.value", "must be a finite number")
-        if not math.isfinite(r.time_unix) or r.time_unix < 0:
-            raise InvalidArgument(f"{where}.time_unix", "must be a finite time")
+        if r.value is not None:
+            _check_finite(f"{where}.value", r.value)
+        _check_finite(f"{where}.time_unix", r.time_unix, low=0, high=MAX_SAFE_TIME)
         if len(r.message) > _MAX_EVENT_MESSAGE:
             raise InvalidArgument(f"{where}.message", f"longer than {_MAX_EVENT_MESSAGE}")
         if len(r.labels) > _MAX_TELEMETRY_LABELS:
@@ -199,38 +234,61 @@ class Registry:
         """TLS mode: device calls must come with the device's own certificate."""
         return self._ca is not None
 
-    async def _check_enroll_token(self, token: str) -> None:
+    def _enroll_token_to_spend(self, token: str) -> str | None:
+        """None for the static token; else the hash of the limited-use token that the
+        store's register script spends atomically with the write (refused: nothing spent)."""
         if self._tokens.is_static_enroll(token):
-            return
-        if token and await self._store.spend_enroll_token(sha256_hex(token)):
-            return
-        raise Unauthenticated("enrollment token missing, wrong, expired or used up")
+            return None
+        if not token:
+            raise Unauthenticated("enrollment token missing", reason="enroll_token")
+        return sha256_hex(token)
 
     def _check_peer(self, device_id: str, peer_device_id: str | None) -> None:
         if not self.requires_client_certificates:
             return
         if peer_device_id is None:
             raise Unauthenticated(
-                "a device client certificate is required (use the device endpoint with mutual TLS)"
+                "a device client certificate is required (use the device endpoint with mutual TLS)",
+                reason="certificate",
             )
         if peer_device_id != device_id:
             raise PermissionDenied(
-                f"this certificate belongs to {peer_device_id[:40]}, not {device_id[:40]}"
+                f"this certificate belongs to {peer_device_id[:40]}, not {device_id[:40]}",
+                reason="certificate",
             )
+
+    def _check_csr(self, csr_pem: bytes) -> CheckedCsr | None:
+        """The device's CSR, fully checked, or None when this coordinator issues no certificates."""
+        if len(csr_pem) > MAX_CSR_BYTES:
+            raise InvalidArgument("csr_pem", f"larger than {MAX_CSR_BYTES // 1024} KiB")
+        if self._ca is None:
+            return None
+        if not csr_pem:
+            raise InvalidArgument(
+                "csr_pem", "required: this coordinator issues device certificates"
+            )
+        try:
+            return check_csr(csr_pem)
+        except PkiError as exc:
+            raise InvalidArgument("csr_pem", str(exc)) from None
 
     async def register(
         self, enroll_token: str, reg: Registration, csr_pem: bytes = b""
     ) -> Enrollment:
+        """Enrol (or re-enrol) a device.
+
+        Everything that can refuse the call (fields, CSR, token, revocation) is
+        decided before or inside the store's one atomic register script, so a
+        refused enrolment stores nothing and spends no token use. The certificate
+        is signed after the write, from a CSR already proven signable, with the
+        serial the record already holds.
+        """
         _validate_registration(reg)
-        if self._ca is not None and not csr_pem:
-            raise InvalidArgument(
-                "csr_pem", "required: this coordinator issues device certificates"
-            )
-        if len(csr_pem) > 8192:
-            raise InvalidArgument("csr_pem", "larger than 8 KiB")
-        await self._check_enroll_token(enroll_token)
+        csr = self._check_csr(csr_pem)
+        spend = self._enroll_token_to_spend(enroll_token)
         now = self._clock()
         credential = new_secret()
+        serial = new_serial() if csr is not None else None
         record = DeviceRecord(
             id=f"dev-{uuid.uuid4().hex[:12]}",
             name=reg.name,
@@ -243,21 +301,18 @@ class Registry:
             labels=dict(reg.labels),
             benchmark_macs_per_second=reg.benchmark_macs_per_second,
             benchmark_method=reg.benchmark_method,
+            cert_serial=format(serial, "x") if serial is not None else "",
+            key_sha256=csr.key_sha256 if csr is not None else "",
         )
-        device_id, created = await self._store.register(record)
-        if self._ca is None:
+        device_id, created = await self._store.register(record, spend)
+        if self._ca is None or csr is None or serial is None:
             return Enrollment(device_id, credential, created, self.settings.heartbeat_interval)
-        try:
-            cert_pem, serial = self._ca.sign_device(csr_pem, device_id)
-        except PkiError as exc:
-            raise InvalidArgument("csr_pem", str(exc)) from None
-        await self._store.set_cert_serial(device_id, format(serial, "x"))
         return Enrollment(
             device_id,
             credential,
             created,
             self.settings.heartbeat_interval,
-            certificate_pem=cert_pem,
+            certificate_pem=self._ca.sign_device(csr, device_id, serial),
             ca_certificate_pem=self._ca.cert_pem,
         )
 
@@ -287,7 +342,7 @@ class Registry:
         if record is None:
             raise NotFound(f"device {device_id} is not registered")
         if record.revoked:
-            raise Unauthenticated(f"device {device_id} was revoked")
+            raise Unauthenticated(f"device {device_id} was revoked", reason="revoked")
         if not credential or not secrets_match(sha256_hex(credential), record.credential_sha256):
             raise Unauthenticated(f"credential rejected for device {device_id}")
         return record
@@ -301,8 +356,8 @@ class Registry:
     ) -> Desired:
         if report.state not in AGENT_STATES:
             raise InvalidArgument("state", f"must be one of {', '.join(AGENT_STATES)}")
-        if report.uptime_seconds < 0:
-            raise InvalidArgument("uptime_seconds", "must be >= 0")
+        _check_int("sequence", report.sequence)
+        _check_finite("uptime_seconds", report.uptime_seconds, low=0, high=MAX_UPTIME_SECONDS)
         for name in ("active_variant", "previous_variant", "failed_variant"):
             if len(getattr(report, name)) > 128:
                 raise InvalidArgument(name, "longer than 128 characters")
@@ -326,6 +381,8 @@ class Registry:
         )
         if not outcome.found:
             raise NotFound(f"device {device_id} is not registered")
+        if outcome.revoked:
+            raise Unauthenticated(f"device {device_id} was revoked", reason="revoked")
         if not outcome.authorized:
             raise Unauthenticated(f"credential rejected for device {device_id}")
         return outcome.desired
@@ -367,6 +424,43 @@ class Registry:
         if status is not None:
             views = [v for v in views if v.status is status]
         return sorted(views, key=lambda v: (v.record.profile.name, v.record.name, v.record.id))
+
+    async def list_devices_page(
+        self,
+        *,
+        profile: str | None = None,
+        status: DeviceStatus | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> DevicePage:
+        """One page of devices, ordered by id; pass ``next_page_token`` back for the next.
+
+        Why by id and keyed on the last id (not an offset): a page is then stable
+        while devices register or leave, and reading it costs the ids (one cheap
+        read) plus only the records the page needs, not the whole fleet.
+        """
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        if page_token:
+            validate_device_id(page_token, "page_token")
+        size = page_size or DEFAULT_PAGE_SIZE
+        ids = sorted(await self._store.list_ids(profile))
+        start = bisect.bisect_right(ids, page_token) if page_token else 0
+        now = self._clock()
+        views: list[DeviceView] = []
+        cursor = start
+        while cursor < len(ids) and len(views) < size:
+            chunk = ids[cursor : cursor + size]
+            cursor += len(chunk)
+            for record in await self._store.get_many(chunk):
+                view = DeviceView(record, self.status_of(record, now))
+                if status is None or view.status is status:
+                    views.append(view)
+                if len(views) == size:
+                    cursor = bisect.bisect_right(ids, record.id)
+                    break
+        more = cursor < len(ids)
+        return DevicePage(views, views[-1].record.id if more and views else "")
 
     async def get_device(self, device_id: str) -> DeviceView:
         validate_device_id(device_id)

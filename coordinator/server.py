@@ -240,7 +240,7 @@ class Coordinator:
         )
         controller = RolloutController(rollouts, store, config.rollout_interval)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(registry, tokens, rollouts), server
+            AdminServicer(registry, tokens, rollouts, metrics), server
         )
         service_names = (*SERVICE_NAMES, add_artifact_service(server, registry, variants))
         health_servicer = health.aio.HealthServicer()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -18,6 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.errors import (
+    AUTH_FAILURE_REASONS,
     CoordinatorError,
     FailedPrecondition,
     InvalidArgument,
@@ -48,6 +51,7 @@ from coordinator.rollouts import (
 from coordinator.selection import Policy, Verdict
 from coordinator.store import Desired, TelemetryIn
 from coordinator.tokens import Tokens
+from edgefleet.limits import MAX_ID_CHARS, finite_problem, shown_id
 from edgefleet.pki import DEVICE_URI_PREFIX
 from edgefleet.profiles import ProfileError
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -110,14 +114,28 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: CoordinatorEr
     raise AssertionError("unreachable")  # context.abort always raises
 
 
+def _auth_failure_reason(err: CoordinatorError) -> str:
+    """The ``edgefleet_auth_failures_total`` reason of an error, "" if it is not one."""
+    if isinstance(err, Unauthenticated | PermissionDenied):
+        return err.reason if err.reason in AUTH_FAILURE_REASONS else ""
+    return ""
+
+
 async def _guard(
-    context: grpc.aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]
+    context: grpc.aio.ServicerContext[Any, Any],
+    call: Callable[[], Awaitable[T]],
+    metrics: CoordinatorMetrics | None = None,
 ) -> T:
+    """Run an RPC body; every core error leaves as its status code, and every
+    authentication failure is counted on the way (one place for all RPCs)."""
     try:
         return await call()
     except ProfileError as err:
         await _abort(context, InvalidArgument(f"profile.{err.field}", err.reason))
     except CoordinatorError as err:
+        reason = _auth_failure_reason(err)
+        if reason and metrics is not None:
+            metrics.auth_failures.labels(reason).inc()
         await _abort(context, err)
 
 
@@ -141,7 +159,7 @@ def admin_rpc(*, write: bool) -> Callable[[AdminHandler[Req, Resp]], AdminHandle
                 self._tokens.check_admin(bearer_token(context), write=write)
                 return await body(self, request, context)
 
-            return await _guard(context, call)
+            return await _guard(context, call, self._metrics)
 
         return rpc
 
@@ -246,7 +264,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
             )
 
         try:
-            return await _guard(context, call)
+            return await _guard(context, call, self._metrics)
         except BaseException:
             profile = profile_label(request.profile.name)
             self._metrics.registrations.labels("rejected", profile).inc()
@@ -279,7 +297,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
             )
 
         try:
-            reply = await _guard(context, call)
+            reply = await _guard(context, call, self._metrics)
         except BaseException:
             code = context.code()
             outcome = code.name.lower() if isinstance(code, grpc.StatusCode) else "unknown"
@@ -311,10 +329,33 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 duplicates=outcome.duplicates,
             )
 
-        return await _guard(context, call)
+        return await _guard(context, call, self._metrics)
+
+
+def _finite(field: str, value: float, low: float = -math.inf, high: float = math.inf) -> float:
+    problem = finite_problem(value, low=low, high=high)
+    if problem:
+        raise InvalidArgument(field, problem)
+    return value
+
+
+_ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def validate_rollout_id(rollout_id: str) -> None:
+    """Refuse a malformed rollout id before it reaches the store or an error message."""
+    if not rollout_id:
+        raise InvalidArgument("rollout_id", "required")
+    if len(rollout_id) > MAX_ID_CHARS or not _ROLLOUT_ID_RE.match(rollout_id):
+        raise InvalidArgument(
+            "rollout_id",
+            f"malformed id {shown_id(rollout_id)} (at most {MAX_ID_CHARS} of [A-Za-z0-9._-])",
+        )
 
 
 def _policy(tolerance: float, slo_ms: float) -> Policy:
+    _finite("accuracy_tolerance", tolerance)
+    _finite("latency_slo_ms", slo_ms)
     if tolerance < 0 or tolerance > 1:
         raise InvalidArgument("accuracy_tolerance", "must be a fraction in [0, 1]")
     if slo_ms < 0:
@@ -329,6 +370,14 @@ def gate_from_proto(msg: admin_pb2.RolloutGate | None) -> Gate:
     default = Gate()
     if msg is None:
         return default
+    for name in (
+        "soak_seconds",
+        "max_error_rate",
+        "max_latency_ratio",
+        "min_accuracy",
+        "wave_timeout_seconds",
+    ):
+        _finite(f"gate.{name}", getattr(msg, name))
     gate = Gate(
         soak_seconds=msg.soak_seconds or default.soak_seconds,
         max_failed_devices=msg.max_failed_devices,
@@ -433,10 +482,17 @@ def telemetry_from_proto(msg: device_pb2.TelemetryRecord) -> TelemetryIn:
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     """Fleet queries and changes for the CLI; every call needs the admin token."""
 
-    def __init__(self, registry: Registry, tokens: Tokens, rollouts: RolloutManager) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        tokens: Tokens,
+        rollouts: RolloutManager,
+        metrics: CoordinatorMetrics | None = None,
+    ) -> None:
         self._registry = registry
         self._tokens = tokens
         self._rollouts = rollouts
+        self._metrics = metrics
 
     @admin_rpc(write=False)
     async def ExplainDevice(
@@ -467,6 +523,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     ) -> admin_pb2.RolloutResponse:
         if not request.model:
             raise InvalidArgument("model", "required")
+        _finite("canary_fraction", request.canary_fraction)
+        for i, fraction in enumerate(request.waves):
+            _finite(f"waves[{i}]", fraction)
         rollout = await self._rollouts.create(
             RolloutRequest(
                 model=request.model,
@@ -485,6 +544,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     async def GetRollout(
         self, request: admin_pb2.GetRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
+        validate_rollout_id(request.rollout_id)
         return await self._rollout_reply(await self._rollouts.get(request.rollout_id))
 
     @admin_rpc(write=False)
@@ -498,6 +558,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     async def ControlRollout(
         self, request: admin_pb2.ControlRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
+        validate_rollout_id(request.rollout_id)
         rollout = await self._rollouts.control(request.rollout_id, request.action)
         log.info("rollout %s: %s", rollout.id, request.action)
         return await self._rollout_reply(rollout)
@@ -537,8 +598,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             status = _STATUS_FROM_WIRE.get(request.status)
             if status is None:
                 raise InvalidArgument("status", f"unknown status {request.status}")
-        views = await self._registry.list_devices(profile=request.profile or None, status=status)
-        return admin_pb2.ListDevicesResponse(devices=[device_to_proto(v) for v in views])
+        if len(request.profile) > MAX_ID_CHARS:
+            raise InvalidArgument("profile", f"longer than {MAX_ID_CHARS} characters")
+        page = await self._registry.list_devices_page(
+            profile=request.profile or None,
+            status=status,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return admin_pb2.ListDevicesResponse(
+            devices=[device_to_proto(v) for v in page.views],
+            next_page_token=page.next_page_token,
+        )
 
     @admin_rpc(write=False)
     async def GetDevice(

@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
 
-from coordinator.errors import Unauthenticated, Unavailable
+from coordinator.errors import PermissionDenied, Unauthenticated, Unavailable
 from edgefleet.profiles import DeviceProfile
 
 DEFAULT_PREFIX = "edgefleet:"
@@ -87,11 +87,6 @@ class Keys:
         """Sorted set: rollout ids by creation time."""
         return f"{self.prefix}rollouts"
 
-    @property
-    def rollout_claims(self) -> str:
-        """Hash: device id -> the rollout that last claimed it (active while that rollout is)."""
-        return f"{self.prefix}rollout-claims"
-
     def fl_rounds(self, model: str) -> str:
         """Hash: the latest federated round of a model (round, loss, accuracy, participants...)."""
         return f"{self.prefix}fl:{model}:latest"
@@ -114,6 +109,12 @@ class Keys:
     def revoked(self) -> str:
         """Set: revoked device ids."""
         return f"{self.prefix}devices:revoked"
+
+    @property
+    def revoked_identities(self) -> str:
+        """Set: what a revoked device enrolled with, ``instance:<instance key>`` and
+        ``key:<sha256 of its public key>``. Register refuses them; removal keeps them."""
+        return f"{self.prefix}revoked:identities"
 
     def lease(self, name: str) -> str:
         """String: owner of a lease (e.g. which replica runs the rollout controller)."""
@@ -178,18 +179,35 @@ class DeviceRecord:
     benchmark_method: str = ""
     revoked: bool = False
     cert_serial: str = ""
+    key_sha256: str = ""  # of the device's public key (TLS mode), "" without one
 
 
 # KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile,
-#   live zset of the new profile, profiles set.
+#   live zset of the new profile, profiles set, revoked identities set,
+#   limited-use enrollment token hash.
 # ARGV: device id (used only when new), device key prefix, profile key prefix,
-#   last seen, new profile name, then field/value pairs of the record.
+#   last seen, new profile name, instance key, public key sha256 ("" = none),
+#   "1" to spend one use of the token in KEYS[8] ("0": the static token was used),
+#   then field/value pairs of the record.
+# Every refusal comes before the first write, and spending the token is part of
+# the same atomic script: a refused enrolment changes nothing, not even the
+# token's uses. The token is checked first, so only a caller holding one learns
+# that an identity was revoked. An identity (instance key or device key) that
+# was revoked stays refused, even after the revoked device was removed.
 # The enrollment key decides: an instance key already enrolled as a live device
 # re-registers that device (fresh credential, profile and name) instead of
 # creating a twin. A (re-)registered device reports "starting", so it is live.
-# Returns {device id, 1 if created else 0}.
+# Returns {device id, 1 if created else 0}, {device id or "", -1} for a revoked
+# identity, {"", -2} for an unknown, expired or used-up token.
 _REGISTER = """
+if ARGV[8] == '1' and tonumber(redis.call('HGET', KEYS[8], 'uses') or '0') <= 0 then
+  return {'', -2}
+end
 local existing = redis.call('GET', KEYS[3])
+if redis.call('SISMEMBER', KEYS[7], 'instance:' .. ARGV[6]) == 1
+    or (ARGV[7] ~= '' and redis.call('SISMEMBER', KEYS[7], 'key:' .. ARGV[7]) == 1) then
+  return {existing or '', -1}
+end
 local id = ARGV[1]
 local created = 1
 local device_key = KEYS[1]
@@ -199,6 +217,11 @@ if existing and redis.call('EXISTS', ARGV[2] .. existing) == 1 then
   id = existing
   created = 0
   device_key = ARGV[2] .. existing
+end
+if ARGV[8] == '1' and redis.call('HINCRBY', KEYS[8], 'uses', -1) <= 0 then
+  redis.call('DEL', KEYS[8])
+end
+if created == 0 then
   old_profile = redis.call('HGET', device_key, 'profile_name')
   if old_profile then
     redis.call('SREM', ARGV[3] .. old_profile .. ':devices', id)
@@ -207,7 +230,7 @@ if existing and redis.call('EXISTS', ARGV[2] .. existing) == 1 then
 end
 local keep = {id = true, registered_at = true}
 local fields = {}
-for i = 6, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   -- a re-registration keeps what identifies the device over time and what
   -- the operator wants of it; everything the agent reports is overwritten
   local name = ARGV[i]
@@ -235,13 +258,14 @@ return {id, created}
 # round trip (the hot path of a large fleet), keeping the profile's liveness
 # index in step (O(log N)): a device that says goodbye leaves it at once.
 # Returns {0} for an unknown device (so a heartbeat never resurrects a
-# half-record), {-1} for a wrong credential, else {1, desired_* values in
-# DESIRED_FIELDS order}.
+# half-record), {-1} for a wrong credential, {-2} for a revoked device, else
+# {1, desired_* values in DESIRED_FIELDS order}.
 _HEARTBEAT = """
 local rec = redis.call('HMGET', KEYS[1], 'credential_sha256', 'desired_generation',
   'desired_variant', 'desired_model', 'desired_runtime', 'desired_rollout', 'desired_variant_bytes',
   'profile_name')
 if not rec[1] then return {0} end
+if rec[1] == '!revoked' then return {-2} end
 if rec[1] ~= ARGV[3] then return {-1} end
 local fields = {}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -258,11 +282,16 @@ end
 return {1, rec[2] or '0', rec[3] or '', rec[4] or '', rec[5] or '', rec[6] or '', rec[7] or '0'}
 """
 
-# KEYS: device hash, last_seen zset, device metrics hash, profiles set.
-# ARGV: device id, enrollment prefix, profile prefix.
+# KEYS: device hash, last_seen zset, device metrics hash, profiles set,
+# revoked identities set. ARGV: device id, enrollment prefix, profile prefix.
+# Removing a revoked device keeps its revocation: its identities stay refused.
 _REMOVE = """
-local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'profile_name')
+local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'profile_name', 'revoked', 'key_sha256')
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if rec[3] == '1' then
+  if rec[1] then redis.call('SADD', KEYS[5], 'instance:' .. rec[1]) end
+  if rec[4] and rec[4] ~= '' then redis.call('SADD', KEYS[5], 'key:' .. rec[4]) end
+end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if rec[1] then
@@ -374,10 +403,9 @@ for i = 1, #names do redis.call('HSET', KEYS[1], names[i], ARGV[i + 1]) end
 return redis.call('HINCRBY', KEYS[1], 'desired_generation', 1)
 """
 
-# KEYS: rollout key, rollout claims hash. ARGV: expected version, new document
-# (whose version is expected + 1). Compare-and-set so two replicas never
-# overwrite each other's transition. A rollout that ends releases its devices'
-# claims. Returns 1 on success, 0 on a version conflict, -1 if missing.
+# KEYS: rollout key. ARGV: expected version, new document (whose version is
+# expected + 1). Compare-and-set so two replicas never overwrite each other's
+# transition. Returns 1 on success, 0 on a version conflict, -1 if missing.
 _UPDATE_ROLLOUT = """
 local doc = redis.call('GET', KEYS[1])
 if not doc then return -1 end
@@ -394,33 +422,6 @@ end
 return 1
 """
 
-# KEYS: new rollout key, rollouts zset, rollout claims hash.
-# ARGV: rollout id, document, created at, rollout key prefix, then its device ids.
-# Checking that no device is in an active rollout and claiming them for this one
-# is one atomic step: of concurrent creations over a device exactly one wins. A
-# claim counts only while the rollout holding it is running or paused (a claim
-# left by a rollout that has since ended is simply overwritten). Returns {"", ""}
-# when created, {device id, rollout id} of a clash, {"", id} if the id is taken.
-_CREATE_ROLLOUT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'', ARGV[1]} end
-local active = {}
-for i = 5, #ARGV do
-  local owner = redis.call('HGET', KEYS[3], ARGV[i])
-  if owner then
-    if active[owner] == nil then
-      local doc = redis.call('GET', ARGV[4] .. owner)
-      local state = doc and cjson.decode(doc)['state'] or ''
-      active[owner] = state == 'running' or state == 'paused'
-    end
-    if active[owner] then return {ARGV[i], owner} end
-  end
-end
-for i = 5, #ARGV do redis.call('HSET', KEYS[3], ARGV[i], ARGV[1]) end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return {'', ''}
-"""
-
 # KEYS: enrollment token hash. Spend one use; 1 if the token was valid, else 0.
 _SPEND_TOKEN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -430,12 +431,17 @@ if left < 0 then return 0 end
 return 1
 """
 
-# KEYS: device hash, revoked set. ARGV: device id. The credential stops matching
-# anything and the record remembers the revocation (Register checks it).
+# KEYS: device hash, revoked set, revoked identities set. ARGV: device id. The
+# credential stops matching anything, the record remembers the revocation, and
+# the identities the device enrolled with (instance key, public key) are refused
+# by Register from now on, whatever id a new enrolment would get.
 _REVOKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'key_sha256')
 redis.call('HSET', KEYS[1], 'revoked', '1', 'credential_sha256', '!revoked')
 redis.call('SADD', KEYS[2], ARGV[1])
+if rec[1] then redis.call('SADD', KEYS[3], 'instance:' .. rec[1]) end
+if rec[2] and rec[2] ~= '' then redis.call('SADD', KEYS[3], 'key:' .. rec[2]) end
 return 1
 """
 
@@ -485,19 +491,11 @@ class FederatedRound:
 
 
 @dataclass(frozen=True)
-class RolloutClash:
-    """Why a rollout could not be created: ``device_id`` is in active rollout ``rollout_id``
-    (``device_id`` is "" when the rollout id itself is taken)."""
-
-    device_id: str
-    rollout_id: str
-
-
-@dataclass(frozen=True)
 class HeartbeatOutcome:
     found: bool
     authorized: bool
     desired: Desired = field(default_factory=Desired)
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -543,6 +541,7 @@ def _record_fields(record: DeviceRecord) -> dict[str, str]:
         "benchmark_macs_per_second": repr(record.benchmark_macs_per_second),
         "benchmark_method": record.benchmark_method,
         "cert_serial": record.cert_serial,
+        "key_sha256": record.key_sha256,
     }
 
 
@@ -567,22 +566,38 @@ def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
         reported_state=raw.get("reported_state", "starting"),
         uptime_seconds=float(raw.get("uptime_seconds") or 0.0),
         active_variant=raw.get("active_variant", ""),
-        last_sequence=int(raw.get("last_sequence") or 0),
+        last_sequence=_count(raw.get("last_sequence")),
         previous_variant=raw.get("previous_variant", ""),
         failed_variant=raw.get("failed_variant", ""),
         failure_reason=raw.get("failure_reason", ""),
         desired=_desired_from([raw.get(f"desired_{name}") for name in DESIRED_FIELDS]),
-        telemetry_records=int(raw.get("telemetry_records") or 0),
-        telemetry_sequence=int(raw.get("telemetry_sequence") or 0),
+        telemetry_records=_count(raw.get("telemetry_records")),
+        telemetry_sequence=_count(raw.get("telemetry_sequence")),
         benchmark_macs_per_second=float(raw.get("benchmark_macs_per_second") or 0.0),
         benchmark_method=raw.get("benchmark_method", ""),
         revoked=raw.get("revoked") == "1",
         cert_serial=raw.get("cert_serial", ""),
+        key_sha256=raw.get("key_sha256", ""),
     )
 
 
-class DeviceRevoked(Unauthenticated):
-    """An enrolment attempt for a device an operator revoked."""
+def _count(text: str | None) -> int:
+    """A stored counter, or 0 if it is out of the range the wire's uint64 holds.
+
+    Validation keeps every counter below 2**53 now; this only keeps a store
+    written before that (a sequence of 2**63 wrapped to a negative number by
+    Lua) from breaking every fleet listing.
+    """
+    value = int(text or 0)
+    return value if 0 <= value < 2**64 else 0
+
+
+class DeviceRevoked(PermissionDenied):
+    """An enrolment attempt by an identity (instance key, device key) an operator revoked."""
+
+
+class EnrollTokenRefused(Unauthenticated):
+    """A limited-use enrollment token that is unknown, expired or used up."""
 
 
 class StoreError(Unavailable):
@@ -621,9 +636,7 @@ class FleetStore:
         self._telemetry = client.register_script(_TELEMETRY)
         self._set_desired = client.register_script(_SET_DESIRED)
         self._update_rollout = client.register_script(_UPDATE_ROLLOUT)
-        self._create_rollout = client.register_script(_CREATE_ROLLOUT)
         self._lease = client.register_script(_LEASE)
-        self._spend_token = client.register_script(_SPEND_TOKEN)
         self._revoke = client.register_script(_REVOKE)
         self._fleet_counts = client.register_script(_FLEET_COUNTS)
         self._index_devices = client.register_script(_INDEX_DEVICES)
@@ -694,10 +707,15 @@ class FleetStore:
         await self._redis.aclose()
 
     @_unavailable_on_redis_error
-    async def register(self, record: DeviceRecord) -> tuple[str, bool]:
+    async def register(
+        self, record: DeviceRecord, spend_token_sha256: str | None = None
+    ) -> tuple[str, bool]:
         """Store a new device, or re-register the device already enrolled with its instance key.
 
-        Returns the device id that holds the record and whether it was created.
+        ``spend_token_sha256``: a limited-use enrollment token to spend one use of,
+        in the same atomic script (None: the static token was presented). Returns
+        the device id that holds the record and whether it was created; raises
+        ``DeviceRevoked`` or ``EnrollTokenRefused`` having changed nothing.
         """
         k = self.keys
         result = await self._register(
@@ -708,6 +726,8 @@ class FleetStore:
                 k.profile_members(record.profile.name),
                 k.profile_live(record.profile.name),
                 k.profiles,
+                k.revoked_identities,
+                k.enroll_token(spend_token_sha256 or ""),
             ],
             args=[
                 record.id,
@@ -715,12 +735,24 @@ class FleetStore:
                 k.profile_prefix,
                 repr(record.last_seen),
                 record.profile.name,
+                record.instance_key,
+                record.key_sha256,
+                "0" if spend_token_sha256 is None else "1",
                 *_flatten(_record_fields(record)),
             ],
         )
         device_id, created = cast(Sequence[Any], result)
+        if int(created) == -2:
+            raise EnrollTokenRefused(
+                "enrollment token missing, wrong, expired or used up", reason="enroll_token"
+            )
         if int(created) < 0:
-            raise DeviceRevoked(f"device {device_id} was revoked; it cannot enrol again")
+            was = f" (it was {device_id})" if device_id else ""
+            raise DeviceRevoked(
+                f"this device was revoked{was}; it cannot enrol again "
+                "(an operator must enrol it as a new instance with a new key)",
+                reason="revoked",
+            )
         return str(device_id), bool(int(created))
 
     @_unavailable_on_redis_error
@@ -765,7 +797,7 @@ class FleetStore:
         )
         status = int(result[0])
         if status <= 0:
-            return HeartbeatOutcome(found=status < 0, authorized=False)
+            return HeartbeatOutcome(found=status < 0, authorized=False, revoked=status == -2)
         return HeartbeatOutcome(True, True, _desired_from([str(x) for x in result[1:]]))
 
     @_unavailable_on_redis_error
@@ -797,7 +829,13 @@ class FleetStore:
         """Delete a device and every index entry pointing at it. False if it was not there."""
         k = self.keys
         done = await self._remove(
-            keys=[k.device(device_id), k.last_seen, k.device_metrics(device_id), k.profiles],
+            keys=[
+                k.device(device_id),
+                k.last_seen,
+                k.device_metrics(device_id),
+                k.profiles,
+                k.revoked_identities,
+            ],
             args=[device_id, k.enrollment(""), k.profile_prefix],
         )
         return bool(int(cast(int, done)))
@@ -847,18 +885,13 @@ class FleetStore:
         return None if result < 0 else result
 
     @_unavailable_on_redis_error
-    async def create_rollout(
-        self, rollout_id: str, document: str, created_at: float, device_ids: Sequence[str]
-    ) -> RolloutClash | None:
-        """Store a new rollout and claim its devices in one atomic step; the clash if a
-        device is already in an active rollout (or the id is taken), else None."""
-        k = self.keys
-        result = await self._create_rollout(
-            keys=[k.rollout(rollout_id), k.rollouts, k.rollout_claims],
-            args=[rollout_id, document, repr(created_at), k.rollout(""), *device_ids],
-        )
-        device_id, owner = (str(x) for x in cast(Sequence[Any], result))
-        return RolloutClash(device_id, owner) if owner else None
+    async def create_rollout(self, rollout_id: str, document: str, created_at: float) -> bool:
+        """Store a new rollout document; False if the id is taken."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.rollout(rollout_id), document, nx=True)
+            pipe.zadd(self.keys.rollouts, {rollout_id: created_at}, nx=True)
+            created, _ = await pipe.execute()
+        return bool(created)
 
     @_unavailable_on_redis_error
     async def get_rollout(self, rollout_id: str) -> str | None:
@@ -873,8 +906,7 @@ class FleetStore:
     async def update_rollout(self, rollout_id: str, expected_version: int, document: str) -> bool:
         """Replace the document if its version is still ``expected_version`` (else False)."""
         result = await self._update_rollout(
-            keys=[self.keys.rollout(rollout_id), self.keys.rollout_claims],
-            args=[str(expected_version), document],
+            keys=[self.keys.rollout(rollout_id)], args=[str(expected_version), document]
         )
         return int(cast(int, result)) == 1
 
@@ -942,18 +974,9 @@ class FleetStore:
             await pipe.execute()
 
     @_unavailable_on_redis_error
-    async def spend_enroll_token(self, token_sha256: str) -> bool:
-        """Use up one registration of a limited token; False if unknown, expired or spent."""
-        result = await self._spend_token(keys=[self.keys.enroll_token(token_sha256)], args=[])
-        return int(cast(int, result)) == 1
-
-    @_unavailable_on_redis_error
     async def revoke(self, device_id: str) -> bool:
         result = await self._revoke(
-            keys=[self.keys.device(device_id), self.keys.revoked], args=[device_id]
+            keys=[self.keys.device(device_id), self.keys.revoked, self.keys.revoked_identities],
+            args=[device_id],
         )
         return int(cast(int, result)) == 1
-
-    @_unavailable_on_redis_error
-    async def set_cert_serial(self, device_id: str, serial: str) -> None:
-        await self._redis.hset(self.keys.device(device_id), "cert_serial", serial)

@@ -87,7 +87,7 @@ class Tokens:
             raise PermissionDenied(
                 "the read-only token cannot change anything; use the admin token"
             )
-        raise Unauthenticated("admin token missing or wrong")
+        raise Unauthenticated("admin token missing or wrong", reason="admin_token")
 
     def is_static_enroll(self, given: str) -> bool:
         return bool(given) and secrets_match(given, self.enroll)

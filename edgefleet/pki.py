@@ -11,11 +11,14 @@ is checked against. ECDSA P-256: supported by every TLS stack gRPC uses.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -76,6 +79,53 @@ def device_id_of(cert_pem: bytes) -> str | None:
         if uri.startswith(DEVICE_URI_PREFIX):
             return uri.removeprefix(DEVICE_URI_PREFIX)
     return None
+
+
+MAX_CSR_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class CheckedCsr:
+    """A CSR that parsed, carries a P-256 key and verifies: safe to sign later."""
+
+    public_key: ec.EllipticCurvePublicKey
+    key_sha256: str  # of the DER SubjectPublicKeyInfo: the device key's identity
+
+
+def check_csr(csr_pem: bytes) -> CheckedCsr:
+    """Everything about a CSR that can fail, checked before enrolment writes anything.
+
+    Why all of it up front: a CSR refused after the device was stored (or the
+    enrollment token spent) leaves a device without a certificate and burns a
+    token use. ``cryptography`` raises ``ValueError`` for an EC point off the
+    curve and ``UnsupportedAlgorithm`` for an unknown curve or key type, only
+    when the key is decoded; both become one-line ``PkiError``s here.
+    """
+    if len(csr_pem) > MAX_CSR_BYTES:
+        raise PkiError(f"larger than {MAX_CSR_BYTES // 1024} KiB")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise PkiError("not a PEM certificate signing request") from None
+    try:
+        public_key = csr.public_key()
+        signature_ok = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm, TypeError):
+        raise PkiError("the CSR's public key is invalid or uses an unsupported curve") from None
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise PkiError("the CSR must carry an EC P-256 public key")
+    if not signature_ok:
+        raise PkiError("the CSR's signature does not verify")
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return CheckedCsr(public_key, hashlib.sha256(der).hexdigest())
+
+
+def new_serial() -> int:
+    return x509.random_serial_number()
 
 
 def _now() -> dt.datetime:
@@ -149,6 +199,7 @@ class CertificateAuthority:
         sans: list[x509.GeneralName],
         server: bool,
         days: int,
+        serial: int | None = None,
     ) -> x509.Certificate:
         usage = x509.oid.ExtendedKeyUsageOID
         return (
@@ -156,7 +207,7 @@ class CertificateAuthority:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial if serial is not None else x509.random_serial_number())
             .not_valid_before(_now() - dt.timedelta(minutes=5))
             .not_valid_after(_now() + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -186,19 +237,14 @@ class CertificateAuthority:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return key_path.read_bytes(), cert_path.read_bytes()
 
-    def sign_device(self, csr_pem: bytes, device_id: str, days: int = 365) -> tuple[bytes, int]:
-        """A client certificate for ``device_id`` from the device's CSR: (PEM, serial)."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise PkiError(f"not a PEM certificate signing request ({exc})") from None
-        if not csr.is_signature_valid:
-            raise PkiError("the CSR's signature does not verify")
-        public_key = csr.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise PkiError("the CSR must carry an EC (P-256) public key")
+    def sign_device(self, csr: CheckedCsr, device_id: str, serial: int, days: int = 365) -> bytes:
+        """A client certificate (PEM) for ``device_id`` from a CSR ``check_csr`` accepted.
+
+        The serial is chosen by the caller before enrolment is stored, so the record
+        and the certificate agree without a second write after the atomic one.
+        """
         sans: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)
         ]
-        cert = self._issue(public_key, device_id, sans, False, days)
-        return cert.public_bytes(serialization.Encoding.PEM), cert.serial_number
+        cert = self._issue(csr.public_key, device_id, sans, False, days, serial)
+        return cert.public_bytes(serialization.Encoding.PEM)

@@ -9,9 +9,11 @@ a message naming the field, not discovered later as a wrong deployment.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgefleet.limits import MAX_ACCELERATORS, MAX_PRECISIONS, MAX_PROFILE_STRING, MAX_RUNTIMES
 
 Precision = Literal["fp32", "fp16", "int8"]
 Runtime = Literal["torch", "onnxruntime", "mcu-sim"]
@@ -61,9 +63,11 @@ class DeviceProfile(BaseModel):
     cpu_mhz: int = Field(ge=1, le=_MAX_MHZ)
     ram_bytes: int = Field(ge=1, le=_MAX_BYTES)
     storage_bytes: int = Field(ge=1, le=_MAX_BYTES)
-    accelerators: tuple[str, ...] = ()
-    precisions: tuple[Precision, ...] = Field(min_length=1)
-    runtimes: tuple[Runtime, ...] = ()
+    accelerators: tuple[Annotated[str, Field(max_length=MAX_PROFILE_STRING)], ...] = Field(
+        default=(), max_length=MAX_ACCELERATORS
+    )
+    precisions: tuple[Precision, ...] = Field(min_length=1, max_length=MAX_PRECISIONS)
+    runtimes: tuple[Runtime, ...] = Field(default=(), max_length=MAX_RUNTIMES)
     battery_mah: int = Field(default=0, ge=0, le=1_000_000)
     link_kbps: int = Field(default=0, ge=0, le=1_000_000_000)
     simulated: bool = False

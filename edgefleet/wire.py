@@ -7,6 +7,7 @@ hand plain objects to the core logic.
 
 from __future__ import annotations
 
+from edgefleet.limits import MAX_ACCELERATORS, MAX_PRECISIONS, MAX_RUNTIMES
 from edgefleet.profiles import DeviceClass, DeviceProfile, ProfileError, validate_profile
 from edgefleet.v1 import profile_pb2
 
@@ -40,7 +41,18 @@ def profile_to_proto(profile: DeviceProfile) -> profile_pb2.DeviceProfile:
 
 
 def profile_from_proto(msg: profile_pb2.DeviceProfile) -> DeviceProfile:
-    """Validate a profile received on the wire; raise ``ProfileError`` naming the field."""
+    """Validate a profile received on the wire; raise ``ProfileError`` naming the field.
+
+    The repeated fields are counted before anything is copied out of the message,
+    so an oversized list costs nothing beyond its decoding.
+    """
+    for name, cap in (
+        ("accelerators", MAX_ACCELERATORS),
+        ("precisions", MAX_PRECISIONS),
+        ("runtimes", MAX_RUNTIMES),
+    ):
+        if len(getattr(msg, name)) > cap:
+            raise ProfileError(name, f"at most {cap} entries")
     device_class = _WIRE_TO_CLASS.get(int(msg.device_class))
     if device_class is None:
         raise ProfileError(

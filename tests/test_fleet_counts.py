@@ -141,9 +141,13 @@ def test_counts_follow_every_lifecycle_step(redis_url: str) -> None:
 
     run(redis_url, body)
     # every index entry went with its device: nothing but the schema key is left (and
-    # the set of revoked ids, which outlives removal by design of the revoke path)
+    # the revoked ids and identities, which outlive removal by design of the revoke path)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert sorted(client.keys("*")) == ["edgefleet:devices:revoked", "edgefleet:schema"]
+    assert sorted(client.keys("*")) == [
+        "edgefleet:devices:revoked",
+        "edgefleet:revoked:identities",
+        "edgefleet:schema",
+    ]
     assert client.get("edgefleet:schema") == SCHEMA_VERSION
 
 

@@ -78,18 +78,24 @@ class Device(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[_Union[_profile_pb2.DeviceProfile, _Mapping]] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., reported_state: _Optional[_Union[_device_pb2.AgentState, str]] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ..., desired: _Optional[_Union[_device_pb2.DesiredState, _Mapping]] = ..., telemetry_records: _Optional[int] = ..., telemetry_sequence: _Optional[int] = ..., latest_metrics: _Optional[_Mapping[str, float]] = ..., previous_variant: _Optional[str] = ..., failed_variant: _Optional[str] = ..., failure_reason: _Optional[str] = ..., benchmark: _Optional[_Union[_device_pb2.DeviceBenchmark, _Mapping]] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
-    __slots__ = ("profile", "status")
+    __slots__ = ("profile", "status", "page_size", "page_token")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     profile: str
     status: DeviceStatus
-    def __init__(self, profile: _Optional[str] = ..., status: _Optional[_Union[DeviceStatus, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, profile: _Optional[str] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
-    __slots__ = ("devices",)
+    __slots__ = ("devices", "next_page_token")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[Device]
-    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetDeviceRequest(_message.Message):
     __slots__ = ("device_id",)
