@@ -87,6 +87,11 @@ class Keys:
         """Sorted set: rollout ids by creation time."""
         return f"{self.prefix}rollouts"
 
+    @property
+    def rollout_claims(self) -> str:
+        """Hash: device id -> the rollout that last claimed it (active while that rollout is)."""
+        return f"{self.prefix}rollout-claims"
+
     def fl_rounds(self, model: str) -> str:
         """Hash: the latest federated round of a model (round, loss, accuracy, participants...)."""
         return f"{self.prefix}fl:{model}:latest"
@@ -403,9 +408,10 @@ for i = 1, #names do redis.call('HSET', KEYS[1], names[i], ARGV[i + 1]) end
 return redis.call('HINCRBY', KEYS[1], 'desired_generation', 1)
 """
 
-# KEYS: rollout key. ARGV: expected version, new document (whose version is
-# expected + 1). Compare-and-set so two replicas never overwrite each other's
-# transition. Returns 1 on success, 0 on a version conflict, -1 if missing.
+# KEYS: rollout key, rollout claims hash. ARGV: expected version, new document
+# (whose version is expected + 1). Compare-and-set so two replicas never
+# overwrite each other's transition. A rollout that ends releases its devices'
+# claims. Returns 1 on success, 0 on a version conflict, -1 if missing.
 _UPDATE_ROLLOUT = """
 local doc = redis.call('GET', KEYS[1])
 if not doc then return -1 end
@@ -422,13 +428,31 @@ end
 return 1
 """
 
-# KEYS: enrollment token hash. Spend one use; 1 if the token was valid, else 0.
-_SPEND_TOKEN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local left = redis.call('HINCRBY', KEYS[1], 'uses', -1)
-if left <= 0 then redis.call('DEL', KEYS[1]) end
-if left < 0 then return 0 end
-return 1
+# KEYS: new rollout key, rollouts zset, rollout claims hash.
+# ARGV: rollout id, document, created at, rollout key prefix, then its device ids.
+# Checking that no device is in an active rollout and claiming them for this one
+# is one atomic step: of concurrent creations over a device exactly one wins. A
+# claim counts only while the rollout holding it is running or paused (a claim
+# left by a rollout that has since ended is simply overwritten). Returns {"", ""}
+# when created, {device id, rollout id} of a clash, {"", id} if the id is taken.
+_CREATE_ROLLOUT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'', ARGV[1]} end
+local active = {}
+for i = 5, #ARGV do
+  local owner = redis.call('HGET', KEYS[3], ARGV[i])
+  if owner then
+    if active[owner] == nil then
+      local doc = redis.call('GET', ARGV[4] .. owner)
+      local state = doc and cjson.decode(doc)['state'] or ''
+      active[owner] = state == 'running' or state == 'paused'
+    end
+    if active[owner] then return {ARGV[i], owner} end
+  end
+end
+for i = 5, #ARGV do redis.call('HSET', KEYS[3], ARGV[i], ARGV[1]) end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return {'', ''}
 """
 
 # KEYS: device hash, revoked set, revoked identities set. ARGV: device id. The
@@ -488,6 +512,15 @@ class FederatedRound:
     accuracy: float
     participants: int
     time_unix: float
+
+
+@dataclass(frozen=True)
+class RolloutClash:
+    """Why a rollout could not be created: ``device_id`` is in active rollout ``rollout_id``
+    (``device_id`` is "" when the rollout id itself is taken)."""
+
+    device_id: str
+    rollout_id: str
 
 
 @dataclass(frozen=True)
@@ -636,6 +669,7 @@ class FleetStore:
         self._telemetry = client.register_script(_TELEMETRY)
         self._set_desired = client.register_script(_SET_DESIRED)
         self._update_rollout = client.register_script(_UPDATE_ROLLOUT)
+        self._create_rollout = client.register_script(_CREATE_ROLLOUT)
         self._lease = client.register_script(_LEASE)
         self._revoke = client.register_script(_REVOKE)
         self._fleet_counts = client.register_script(_FLEET_COUNTS)
@@ -885,13 +919,18 @@ class FleetStore:
         return None if result < 0 else result
 
     @_unavailable_on_redis_error
-    async def create_rollout(self, rollout_id: str, document: str, created_at: float) -> bool:
-        """Store a new rollout document; False if the id is taken."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.rollout(rollout_id), document, nx=True)
-            pipe.zadd(self.keys.rollouts, {rollout_id: created_at}, nx=True)
-            created, _ = await pipe.execute()
-        return bool(created)
+    async def create_rollout(
+        self, rollout_id: str, document: str, created_at: float, device_ids: Sequence[str]
+    ) -> RolloutClash | None:
+        """Store a new rollout and claim its devices in one atomic step; the clash if a
+        device is already in an active rollout (or the id is taken), else None."""
+        k = self.keys
+        result = await self._create_rollout(
+            keys=[k.rollout(rollout_id), k.rollouts, k.rollout_claims],
+            args=[rollout_id, document, repr(created_at), k.rollout(""), *device_ids],
+        )
+        device_id, owner = (str(x) for x in cast(Sequence[Any], result))
+        return RolloutClash(device_id, owner) if owner else None
 
     @_unavailable_on_redis_error
     async def get_rollout(self, rollout_id: str) -> str | None:
@@ -906,7 +945,8 @@ class FleetStore:
     async def update_rollout(self, rollout_id: str, expected_version: int, document: str) -> bool:
         """Replace the document if its version is still ``expected_version`` (else False)."""
         result = await self._update_rollout(
-            keys=[self.keys.rollout(rollout_id)], args=[str(expected_version), document]
+            keys=[self.keys.rollout(rollout_id), self.keys.rollout_claims],
+            args=[str(expected_version), document],
         )
         return int(cast(int, result)) == 1
 
