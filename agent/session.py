@@ -163,7 +163,11 @@ class AgentSession:
                 timeout=RPC_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as err:
-            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+            if err.code() in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.PERMISSION_DENIED,  # a revoked device: retrying cannot help
+            ):
                 raise FatalAgentError(f"registration refused: {err.details()}") from err
             raise
         if self.transport.secure:

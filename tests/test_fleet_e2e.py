@@ -336,3 +336,24 @@ def test_demo_check_names_what_the_demo_did_not_deliver() -> None:
     assert "2 of 3 devices registered" in problems
     assert "b runs no variant" in problems
     assert any("did not improve" in p for p in problems)
+
+
+def test_revoked_agent_stops_and_stays_refused_after_rm(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    coord = coordinator_factory(*FAST)
+    agent = agent_factory(coord.address, "rpi4", "pi-revoked", "--token", ENROLL_TOKEN)
+    wait_for(lambda: status_of(coord.address, "pi-revoked") == "online", 15, "agent online")
+    device_id = devices(coord.address)[0]["id"]
+    assert cli(coord.address, "certs", "revoke", device_id).returncode == 0
+    # refused on its next heartbeat, it tries to enrol again and is refused for good
+    assert agent.proc is not None and agent.proc.wait(20) == 2
+    assert "revoked" in agent.log.read_text()
+    assert cli(coord.address, "devices", "rm", device_id).returncode == 0
+    # the same agent (same state dir, same instance key) is still refused after `devices rm`
+    again = agent_factory(
+        coord.address, "rpi4", "pi-revoked", "--token", ENROLL_TOKEN, state_dir=agent.state_dir
+    )
+    assert again.proc is not None and again.proc.wait(20) == 2
+    assert devices(coord.address) == []
