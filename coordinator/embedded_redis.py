@@ -7,6 +7,14 @@ ships, run it as our child with a config we own (unix socket only, data and
 append-only file under the data dir), and adopt a server left running by a
 previous coordinator on the same data dir instead of starting a second one.
 State therefore survives coordinator restarts, clean or not.
+
+Adopting is only safe for a server that is provably ours: the kernel names the
+process listening on the socket (SO_PEERCRED), and it must be our user, the pid
+in our pidfile, and running in this data dir. Anything else answering there is
+refused, never trusted with device records. When the socket has to live under
+/tmp (a data dir too deep for a unix socket path), its directory must be ours
+and private (mode 0700, not a symlink): another local user could otherwise
+pre-create it and serve their own Redis in it (issue 14).
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ import hashlib
 import os
 import shutil
 import signal
+import socket as socketlib
+import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -57,11 +68,39 @@ def _socket_path(redis_dir: Path) -> Path:
     candidate = redis_dir / "redis.sock"
     if len(str(candidate)) <= _MAX_UNIX_SOCKET_PATH:
         return candidate
-    # A deep data dir would overflow sun_path; use a short, stable path instead.
+    # A deep data dir would overflow sun_path; use a short, stable, private path instead.
+    return _private_dir(fallback_dir(redis_dir)) / "redis.sock"
+
+
+def fallback_dir(redis_dir: Path) -> Path:
+    """The short directory for the socket of a data dir too deep for one (under /tmp)."""
     digest = hashlib.sha256(str(redis_dir).encode()).hexdigest()[:16]
-    short = Path(tempfile.gettempdir()) / f"edgefleet-{digest}"
-    short.mkdir(mode=0o700, exist_ok=True)
-    return short / "redis.sock"
+    return Path(tempfile.gettempdir()) / f"edgefleet-{os.geteuid()}-{digest}"
+
+
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` mode 0700, or accept it only if it already is ours, 0700, a real dir.
+
+    Why refuse rather than fix: in a shared /tmp a directory we did not create may
+    belong to someone else (chmod would not help) or be a symlink into their space.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # we just made it: a restrictive umask must not change it
+    st = os.lstat(path)
+    problem = ""
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        problem = "it is a symlink or not a directory"
+    elif st.st_uid != os.geteuid():
+        problem = f"it is owned by uid {st.st_uid}, not {os.geteuid()}"
+    elif stat.S_IMODE(st.st_mode) != 0o700:
+        problem = f"its mode is {stat.S_IMODE(st.st_mode):04o}, not 0700"
+    if problem:
+        raise EmbeddedRedisError(
+            f"refusing {path} for the embedded Redis socket: {problem}; remove it "
+            "(or use a shorter --data-dir, or --redis-url)"
+        )
+    return path
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -95,8 +134,11 @@ class EmbeddedRedis:
         redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         socket = _socket_path(redis_dir)
         server = cls(data_dir=redis_dir, socket=socket)
-        if server._responds():
-            return server  # adopted: a previous coordinator left it running
+        listener = server._listener()
+        if listener is not None:
+            server._refuse_unless_ours(*listener)
+            if server._responds():
+                return server  # adopted: a previous coordinator left it running
         with contextlib.suppress(FileNotFoundError):
             socket.unlink()
         conf = redis_dir / "redis.conf"
@@ -130,11 +172,50 @@ class EmbeddedRedis:
                 log = redis_dir / "redis.log"
                 tail = log.read_text()[-800:] if log.exists() else ""
                 raise EmbeddedRedisError(f"embedded redis-server exited at start:\n{tail}")
-            if server._responds():
+            if server._listening_pid() == server.process.pid and server._responds():
                 return server
             time.sleep(0.05)
         server.stop()
         raise EmbeddedRedisError(f"embedded redis-server did not answer within {timeout:.0f}s")
+
+    def _listener(self) -> tuple[int, int] | None:
+        """(pid, uid) of the process listening on the socket, as the kernel tells it
+        (SO_PEERCRED: the listener cannot lie about it), or None if nothing listens."""
+        if not self.socket.exists():
+            return None
+        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as conn:
+            conn.settimeout(1.0)
+            try:
+                conn.connect(str(self.socket))
+            except OSError:
+                return None
+            creds = conn.getsockopt(
+                socketlib.SOL_SOCKET, socketlib.SO_PEERCRED, struct.calcsize("3i")
+            )
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return pid, uid
+
+    def _listening_pid(self) -> int | None:
+        listener = self._listener()
+        return None if listener is None else listener[0]
+
+    def _refuse_unless_ours(self, pid: int, uid: int) -> None:
+        """Adopt only the redis-server a coordinator started for this data dir: our user,
+        the pid its pidfile names, working in this dir (redis chdirs to its ``dir``)."""
+        pidfile = self.data_dir / "redis.pid"
+        try:
+            recorded = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            recorded = -1
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            cwd = None
+        if uid != os.geteuid() or pid != recorded or cwd != self.data_dir:
+            raise EmbeddedRedisError(
+                f"refusing the Redis at {self.socket}: it was not started for {self.data_dir} "
+                f"(pid {pid}, uid {uid}); stop it or remove the socket"
+            )
 
     def _client(self, timeout: float) -> redis.Redis:
         """A client that fails at once: redis-py's default retries would turn a
