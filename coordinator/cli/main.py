@@ -21,11 +21,14 @@ import typer
 from coordinator.admin_client import AdminClient, AdminClientError
 from coordinator.cli import render
 from coordinator.cli.common import (
+    CONTEXT_SETTINGS,
     DEFAULT_COORDINATOR,
     TRANSPORT,
     AdminTokenOpt,
     CoordinatorOpt,
+    GlobalOptionsGroup,
     JsonOpt,
+    VersionOpt,
     ca_certificate,
     client,
     default_ca,
@@ -35,6 +38,7 @@ from coordinator.cli.common import (
     out,
     print_json,
 )
+from coordinator.cli.config_cmds import config_app
 from coordinator.cli.rollout_cmds import deploy, explain, rollout_app
 from coordinator.cli.train_cmds import train_app
 from edgefleet.catalog import CATALOG
@@ -45,6 +49,8 @@ app = typer.Typer(
     help="Deploy compressed deep-learning models to fleets of small devices.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=GlobalOptionsGroup,  # --coordinator/--ca-cert/... before or after any subcommand
+    context_settings=CONTEXT_SETTINGS,  # -h as well as --help, inherited by every command
 )
 coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 devices_app = typer.Typer(help="Inspect and manage registered devices.", no_args_is_help=True)
@@ -58,29 +64,13 @@ app.add_typer(certs_app, name="certs")
 
 
 @app.callback()
-def _transport(
-    ca_cert: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-cert",
-            envvar="EDGEFLEET_CA_CERT",
-            help="the coordinator's CA certificate (default: DATA_DIR/tls/ca.pem if present)",
-        ),
-    ] = None,
-    insecure: Annotated[
-        bool,
-        typer.Option(
-            "--insecure",
-            envvar="EDGEFLEET_INSECURE",
-            help="talk plaintext to a coordinator started with --insecure",
-        ),
-    ] = False,
-) -> None:
-    """Deploy compressed deep-learning models to fleets of small devices."""
-    TRANSPORT.ca_cert = ca_cert
-    TRANSPORT.insecure = insecure
+def _root(version: VersionOpt = False) -> None:
+    """Deploy compressed deep-learning models to fleets of small devices.
+
+    Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 rollout rolled back."""
 
 
+app.add_typer(config_app, name="config")
 app.add_typer(devices_app, name="devices")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(profiles_app, name="profiles")

@@ -16,9 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from coordinator.cli.completion import DATASETS, complete_models, complete_recipes
+from coordinator.cli.jsonout import print_json
 
 __all__ = ["models_app"]
 
@@ -42,6 +46,7 @@ DataDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+ModelArg = Annotated[str, typer.Argument(help="a registered model", autocompletion=complete_models)]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -119,7 +124,10 @@ def add(
     name: Annotated[str, typer.Argument(help="a name for the model")],
     arch: Annotated[str, typer.Option(help="ds-cnn | resnet-8 | mlp | custom")] = "ds-cnn",
     dataset: Annotated[
-        str, typer.Option(help="training/validation/test data (offline)")
+        str,
+        typer.Option(
+            help="training/validation/test data (offline)", click_type=click.Choice(DATASETS)
+        ),
     ] = "digits",
     width: Annotated[float, typer.Option(help="width multiplier of zoo architectures")] = 1.0,
     epochs: Annotated[int, typer.Option(help="training epochs for the base model")] = 30,
@@ -176,7 +184,7 @@ def add(
         )
     row = _rows(store, name)[0]
     if as_json:
-        typer.echo(json.dumps({"name": entry.name, "base": row}, indent=2))
+        print_json({"name": entry.name, "base": row})
     else:
         _out.print(
             f"registered [bold]{name}[/] ({arch}): base {row['id'][:12]}, "
@@ -191,7 +199,7 @@ def ls(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     store = _store(data_dir)
     models = store.models()
     if as_json:
-        typer.echo(json.dumps([m.to_json() for m in models], indent=2))
+        print_json([m.to_json() for m in models])
         return
     table = Table("name", "architecture", "dataset", "base", "variants")
     for m in models:
@@ -202,10 +210,13 @@ def ls(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
 @models_app.command("build")
 @_cli_errors
 def build(
-    name: Annotated[str, typer.Argument(help="a registered model")],
+    name: ModelArg,
     recipes: Annotated[
         str | None,
-        typer.Option(help="comma-separated recipes, e.g. int8-static,prune-channels:ratio=0.5"),
+        typer.Option(
+            help="comma-separated recipes, e.g. int8-static,prune-channels:ratio=0.5",
+            autocompletion=complete_recipes,
+        ),
     ] = None,
     latency_runs: Annotated[int, typer.Option(help="timed runs per runtime")] = 300,
     data_dir: DataDirOpt = None,
@@ -226,7 +237,7 @@ def build(
     with bar:
         ids = build_variants(store, name, parsed, options=options, progress=update)
     if as_json:
-        typer.echo(json.dumps(ids))
+        print_json(ids)
     else:
         _out.print(f"built {len(ids)} variant(s) of {name}; see `edgefleet models variants {name}`")
 
@@ -234,14 +245,14 @@ def build(
 @models_app.command("variants")
 @_cli_errors
 def variants(
-    name: Annotated[str, typer.Argument(help="a registered model")],
+    name: ModelArg,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Table of a model's variants (each bundle verified before it is shown)."""
     rows = _rows(_store(data_dir), name)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     table = Table(
         "id",
@@ -280,13 +291,13 @@ def show(
 ) -> None:
     """Verify a variant's bundle and print its manifest."""
     bundle = _store(data_dir).load(variant_id)
-    typer.echo(json.dumps({"id": bundle.variant_id, **bundle.manifest}, indent=2))
+    print_json({"id": bundle.variant_id, **bundle.manifest})
 
 
 @models_app.command("report")
 @_cli_errors
 def report(
-    name: Annotated[str, typer.Argument(help="a registered model")],
+    name: ModelArg,
     out: Annotated[Path, typer.Option(help="directory for the plots and table")] = Path("report"),
     data_dir: DataDirOpt = None,
 ) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.table import Table
 
 from coordinator.cli import render
 from coordinator.cli.common import (
     DEFAULT_COORDINATOR,
+    EXIT_ROLLED_BACK,
     AdminTokenOpt,
     CoordinatorOpt,
     JsonOpt,
@@ -20,7 +22,9 @@ from coordinator.cli.common import (
     one_line_errors,
     out,
     print_json,
+    usage_error,
 )
+from coordinator.cli.completion import DEPLOY_STRATEGIES, complete_models
 from edgefleet.v1 import admin_pb2
 
 rollout_app = typer.Typer(help="Watch and steer rollouts.", no_args_is_help=True)
@@ -28,22 +32,41 @@ TERMINAL = ("succeeded", "rolled_back")
 
 
 def _fractions(text: str) -> list[float]:
+    """``--waves`` percentages -> fractions; errors speak the flag's unit (percent)."""
     try:
-        values = [float(x) / 100 for x in text.split(",") if x.strip()]
+        percents = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise fail(f"--waves expects percentages like 5,25,100, got {text!r}") from None
-    return values
+        raise usage_error(f"--waves expects percentages like 5,25,100, got {text!r}") from None
+    if not percents or any(not (0 < p <= 100) for p in percents):  # also refuses NaN
+        raise usage_error(f"--waves are percentages in (0, 100], e.g. 5,25,100; got {text!r}")
+    if percents != sorted(set(percents)):
+        raise usage_error(f"--waves must increase (each % is cumulative), got {text!r}")
+    return [p / 100 for p in percents]
+
+
+def _canary_fraction(percent: float) -> float:
+    """``--canary`` percent -> fraction (the coordinator wants 0 < f < 1)."""
+    if not 0 < percent < 100:  # also refuses NaN
+        raise usage_error(
+            f"--canary is a percentage of the selected devices in (0, 100), got {percent:g}"
+        )
+    return percent / 100
 
 
 def deploy(
-    model: Annotated[str, typer.Argument(help="model name (edgefleet models ls)")],
+    model: Annotated[
+        str, typer.Argument(help="model name (edgefleet models ls)", autocompletion=complete_models)
+    ],
     to: Annotated[
         str,
         typer.Option(
             "--to", help="devices: all | profile:NAME | label:KEY=VALUE | device:ID (comma = or)"
         ),
     ] = "all",
-    strategy: Annotated[str, typer.Option(help="all | canary | waves")] = "all",
+    strategy: Annotated[
+        str,
+        typer.Option(click_type=click.Choice(DEPLOY_STRATEGIES), help="how devices are staged"),
+    ] = "all",
     waves: Annotated[str, typer.Option(help="wave sizes in % for --strategy waves")] = "5,25,100",
     canary: Annotated[float, typer.Option(help="canary size in % for --strategy canary")] = 10.0,
     soak: Annotated[float, typer.Option(help="seconds a wave must stay healthy")] = 30.0,
@@ -67,7 +90,7 @@ def deploy(
         selector=to,
         strategy=strategy,
         waves=_fractions(waves) if strategy == "waves" else [],
-        canary_fraction=canary / 100 if strategy == "canary" else 0.0,
+        canary_fraction=_canary_fraction(canary) if strategy == "canary" else 0.0,
         gate=admin_pb2.RolloutGate(
             soak_seconds=soak,
             max_failed_devices=max_failed,
@@ -214,7 +237,7 @@ def rollout_status(
     else:
         out.print(rollout_table(rollout))
     if watch and rollout.state == "rolled_back":
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_ROLLED_BACK)
 
 
 def _watch(c: Any, rollout: admin_pb2.Rollout, timeout: float) -> admin_pb2.Rollout:
@@ -266,7 +289,12 @@ for _action in ("pause", "resume", "rollback"):
 
 def explain(
     device_id: Annotated[str, typer.Argument(help="device id (dev-...)")],
-    model: Annotated[str, typer.Option("--model", help="model to choose a variant of")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="model to choose a variant of", autocompletion=complete_models
+        ),
+    ],
     accuracy_tolerance: Annotated[float, typer.Option(help="points of accuracy")] = 0.5,
     latency_slo_ms: Annotated[float, typer.Option(help="latency SLO, 0 = none")] = 0,
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,

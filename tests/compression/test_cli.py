@@ -49,7 +49,9 @@ def test_report_writes_png_svg_and_table(built: BuiltModel, tmp_path: Path) -> N
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 500
     assert (tmp_path / "pareto-latency.png").exists()
     assert "int8-static" in (tmp_path / "variants.md").read_text()
-    assert "int8-static" in (tmp_path / "pareto-bytes.svg").read_text()
+    svg = (tmp_path / "pareto-bytes.svg").read_text()
+    assert "int8-static" in svg and f"{MODEL}: test accuracy vs model size" in svg
+    assert "model size on disk (bytes, log scale)" in svg and "test accuracy (%)" in svg
 
 
 @pytest.mark.parametrize(
