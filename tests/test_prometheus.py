@@ -7,6 +7,7 @@ Skipped only when Debian's ``prometheus`` binary is absent (``.ci/run`` installs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -20,13 +21,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as aioredis
 import yaml
 
 from coordinator.admin_client import AdminClient
 from coordinator.store import FederatedRound, FleetStore
-from edgefleet.v1 import admin_pb2
+from edgefleet.catalog import get_profile
+from edgefleet.v1 import admin_pb2, device_pb2, device_pb2_grpc
+from edgefleet.wire import profile_to_proto
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port, wait_for
 from tests.fleetkit import ScriptedDevice, make_model
 from tests.prereqs import require_binaries
@@ -66,7 +70,7 @@ def test_shipped_prometheus_config_and_rules_are_valid() -> None:
         capture_output=True,
         text=True,
     )
-    assert rules.returncode == 0 and "SUCCESS: 7 rules found" in rules.stdout, rules.stdout
+    assert rules.returncode == 0 and "SUCCESS: 8 rules found" in rules.stdout, rules.stdout
 
 
 def test_dashboards_are_generated_from_code_and_current() -> None:
@@ -217,6 +221,20 @@ def test_every_dashboard_and_alert_query_against_a_live_prometheus(
     reporter = threading.Thread(target=report_inference, daemon=True)
     reporter.start()
     try:
+        # a burst of wrong enrollment tokens: the auth-failure alert must see it
+        with grpc.insecure_channel(coord.address) as ch:
+            stub = device_pb2_grpc.DeviceServiceStub(ch)
+            for _ in range(80):
+                with contextlib.suppress(grpc.RpcError):
+                    stub.Register(
+                        device_pb2.RegisterRequest(
+                            instance_key="guessing-instance",
+                            name="guess",
+                            profile=profile_to_proto(get_profile("rpi4")),
+                        ),
+                        metadata=(("authorization", "Bearer guess"),),
+                        timeout=5,
+                    )
         time.sleep(7)  # several scrapes, so rate() and histogram_quantile() have data
         listing = []
         for uid, title, expr in dashboards.all_queries():
@@ -244,6 +262,7 @@ def test_every_dashboard_and_alert_query_against_a_live_prometheus(
     # the conditions we created must show; the ones we did not must stay quiet
     assert fired["EdgefleetRolloutRolledBack"] >= 1
     assert fired["EdgefleetFederatedRoundFailed"] >= 1
+    assert fired["EdgefleetAuthFailureBurst"] >= 1
     assert fired["EdgefleetCoordinatorDown"] == 0 and fired["EdgefleetStateStoreDown"] == 0
     assert fired["EdgefleetDevicesOffline"] == 0
     print("\nquery listing (dashboard or alert, panel, series returned):")
