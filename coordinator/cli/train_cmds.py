@@ -3,7 +3,8 @@
 A run is a Flower run of our ServerApp on a SuperLink -- an external one (``--superlink``,
 the SuperNodes being the agents') or a loopback federation of simulated devices started for
 the run (``--local N``). Its record (settings, per-round participants/loss/accuracy, final
-scores and weights) lives in ``--runs-dir/NAME/``, written by the ServerApp after every round.
+scores and weights) lives in ``--runs-dir/NAME/`` (default ``DATA_DIR/fl-runs``, absolute), written
+by the ServerApp after every round.
 
 MODEL is either an architecture the federated app trains (``mlp``, ``ds-cnn``, ``resnet-8`` at
 width 1.0 on digits: what ``coordinator/fl/model.py`` builds) or a model registered in the
@@ -19,12 +20,14 @@ width or dataset) is refused before the run starts rather than registered under 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 from rich.table import Table
 
@@ -39,7 +42,9 @@ from coordinator.cli.common import (
     one_line_errors,
     out,
     print_json,
+    usage_error,
 )
+from coordinator.cli.completion import DEPLOY_STRATEGIES, complete_models, complete_profiles
 
 if TYPE_CHECKING:
     from coordinator.compression.variant_store import ModelEntry, VariantStore
@@ -48,11 +53,20 @@ if TYPE_CHECKING:
 train_app = typer.Typer(help="Federated fine-tuning (Flower).", no_args_is_help=True)
 
 RunsDirOpt = Annotated[
-    Path,
-    typer.Option("--runs-dir", envvar="EDGEFLEET_FL_RUNS", help="where run records are kept"),
+    Path | None,
+    typer.Option(
+        "--runs-dir",
+        envvar="EDGEFLEET_FL_RUNS",
+        help="where run records are kept (default: DATA_DIR/fl-runs)",
+        show_default=False,
+        resolve_path=True,
+    ),
 ]
-DEFAULT_RUNS = Path(".edgefleet/fl-runs")
+DEFAULT_RUNS: Path | None = None  # DATA_DIR/fl-runs, made absolute by _runs_dir
 MODELS = ("mlp", "ds-cnn", "resnet-8")
+#: coordinator/fl/serverapp.py STRATEGIES (not imported: it loads Flower; a test keeps them equal)
+FL_STRATEGIES = ("fedavg", "fedprox", "heterofl")
+DP_MODES = ("none", "server-fixed")
 #: the SuperNodes' shards and the held-out split are digits (coordinator/fl/local.py, clientapp)
 FL_DATASET = "digits"
 DataDirOpt = Annotated[
@@ -71,6 +85,33 @@ def _store(data_dir: Path | None) -> VariantStore:
     from coordinator.compression.variant_store import VariantStore, resolve_data_dir
 
     return VariantStore(resolve_data_dir(data_dir))
+
+
+def _runs_dir(runs_dir: Path | None, data_dir: Path | None) -> Path:
+    """``--runs-dir``, else DATA_DIR/fl-runs; absolute, so a run's record does not depend on
+    the directory the command was started from (the ServerApp writes to this path)."""
+    from coordinator.compression.variant_store import resolve_data_dir
+
+    return (runs_dir or resolve_data_dir(data_dir) / "fl-runs").absolute()
+
+
+def _complete_model(incomplete: str) -> list[str]:
+    """Architectures the federated app trains, then registered models."""
+    return [m for m in MODELS if m.startswith(incomplete)] + complete_models(incomplete)
+
+
+def _check_numbers(**values: tuple[float, float, bool]) -> None:
+    """Refuse NaN, infinities and out-of-range numbers before anything starts (exit 2).
+
+    Each value is ``(value, lowest, lowest_allowed)``; names are the options' own.
+    """
+    for name, (value, low, inclusive) in values.items():
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise usage_error(f"{flag} must be a finite number, got {value}")
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise usage_error(f"{flag} must be {bound}, got {value:g}")
 
 
 def _fl_spec(arch: str) -> ArchitectureSpec:
@@ -366,10 +407,15 @@ def _follow(
 def start(
     model: Annotated[
         str,
-        typer.Argument(help=f"{', '.join(MODELS)}, or a registered model of one of them"),
+        typer.Argument(
+            help=f"{', '.join(MODELS)}, or a registered model of one of them",
+            autocompletion=_complete_model,
+        ),
     ],
     rounds: Annotated[int, typer.Option("--rounds", min=1)] = 3,
-    strategy: Annotated[str, typer.Option(help="fedavg | fedprox | heterofl")] = "fedavg",
+    strategy: Annotated[
+        str, typer.Option(click_type=click.Choice(FL_STRATEGIES), help="aggregation")
+    ] = "fedavg",
     min_devices: Annotated[int, typer.Option("--min-devices", min=1)] = 2,
     select: Annotated[str, typer.Option("--select", help="e.g. 'battery>30 and ram>=512MiB'")] = "",
     init: Annotated[Path | None, typer.Option(help="initial weights (.npz)")] = None,
@@ -387,11 +433,15 @@ def start(
         ),
     ] = None,
     local: Annotated[int, typer.Option(help="start N simulated devices on loopback instead")] = 0,
-    profiles: Annotated[str, typer.Option(help="profiles of --local devices")] = "rpi4",
+    profiles: Annotated[
+        str, typer.Option(help="profiles of --local devices", autocompletion=complete_profiles)
+    ] = "rpi4",
     lr: float = 0.05,
     local_epochs: Annotated[int, typer.Option("--local-epochs")] = 1,
     proximal_mu: Annotated[float, typer.Option("--proximal-mu")] = 0.01,
-    dp: Annotated[str, typer.Option(help="none | server-fixed (Flower's DP wrapper)")] = "none",
+    dp: Annotated[
+        str, typer.Option(click_type=click.Choice(DP_MODES), help="Flower's DP wrapper")
+    ] = "none",
     dp_noise: Annotated[float, typer.Option("--dp-noise")] = 0.0,
     dp_clip: Annotated[float, typer.Option("--dp-clip")] = 10.0,
     round_timeout: Annotated[float, typer.Option("--round-timeout")] = 120.0,
@@ -422,7 +472,7 @@ def start(
         ),
     ] = "",
     deploy_strategy: Annotated[
-        str, typer.Option("--deploy-strategy", help="all | canary | waves")
+        str, typer.Option("--deploy-strategy", click_type=click.Choice(DEPLOY_STRATEGIES))
     ] = "all",
     latency_runs: Annotated[
         int, typer.Option("--latency-runs", min=1, help="timed runs per variant measurement")
@@ -434,8 +484,28 @@ def start(
 ) -> None:
     """Fine-tune MODEL on the fleet for R rounds, printing each round as it finishes."""
     from coordinator.fl.selection import parse_selection
-    from coordinator.fl.serverapp import STRATEGIES
 
+    _check_numbers(
+        lr=(lr, 0.0, False),
+        local_epochs=(local_epochs, 1, True),
+        proximal_mu=(proximal_mu, 0.0, True),
+        dp_noise=(dp_noise, 0.0, True),
+        dp_clip=(dp_clip, 0.0, False),
+        round_timeout=(round_timeout, 0.0, False),
+        timeout=(timeout, 0.0, False),
+        local=(local, 0, True),
+    )
+    if superlink and local:
+        raise usage_error("give at most one of --superlink HOST:PORT or --local N")
+    try:
+        parse_selection(select)  # a bad expression fails here, before anything starts
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    if rebuild and model in MODELS:
+        raise usage_error(
+            f"--rebuild re-runs the recipes of a registered model's variants; {model!r} is an "
+            "architecture (register it with `edgefleet models add`, build, then train that)"
+        )
     store, base_entry, recipes = None, None, []
     if model in MODELS:
         arch = model
@@ -452,23 +522,10 @@ def start(
             ) from None
         arch = _fl_arch_of(base_entry)
         recipes = _recipes_of(store, base_entry) if rebuild else []
-    if rebuild and base_entry is None:
-        raise fail(
-            f"--rebuild re-runs the recipes of a registered model's variants; {model!r} is an "
-            "architecture (register it with `edgefleet models add`, build, then train that)"
-        )
     if rebuild and not recipes:
         raise fail(f"--rebuild: model {model!r} has no compressed variants to rebuild")
-    if deploy_strategy not in ("all", "canary", "waves"):
-        raise fail(f"--deploy-strategy must be all, canary or waves, got {deploy_strategy!r}")
     register = register or base_entry is not None or rebuild or bool(deploy)
-    if strategy not in STRATEGIES:
-        raise fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    parse_selection(select)  # a bad expression fails here, before anything starts
-    if dp not in ("none", "server-fixed"):
-        raise fail(f"--dp must be none or server-fixed, got {dp!r}")
-    if superlink and local:
-        raise fail("give at most one of --superlink HOST:PORT or --local N")
+    runs_dir = _runs_dir(runs_dir, data_dir)
     if not superlink and not local:
         superlink, superlink_ca, fleet_redis = _fleet_superlink(data_dir)
         # rounds go into the fleet's state (edgefleet_fl_* metrics) without being asked
@@ -539,18 +596,71 @@ def start(
             print_json(summary)
             raise typer.Exit(1)
         raise fail(f"run {run_name} {doc['state']}: {doc.get('reason') or ''}")
+    accuracy = _accuracy(doc, store, base_entry)
+    summary["test_accuracy"] = accuracy
     if not as_json:
-        fin, ini = doc.get("final", {}), doc.get("initial", {})
-        if fin.get("test_acc") is not None and ini.get("test_acc") is not None:
-            out.print(f"test accuracy {100 * ini['test_acc']:.1f}% -> {100 * fin['test_acc']:.1f}%")
+        out.print(_accuracy_line(accuracy), highlight=False)
         out.print(f"weights: {run_dir / 'final.npz'}", highlight=False)
     if register and store is not None:
+        if accuracy["worse_than_base"]:
+            _warn_worse(accuracy, new_model, deploy)
         summary.update(_publish(
             store, new_model, arch, base_entry, run_dir / "final.npz", recipes, deploy,
             deploy_strategy, latency_runs, coordinator, admin_token, as_json,
         ))  # fmt: skip
     if as_json:
         print_json(summary)
+
+
+def _accuracy(
+    doc: dict[str, Any], store: VariantStore | None, base_entry: ModelEntry | None
+) -> dict[str, Any]:
+    """The run's test accuracy against what it started from.
+
+    The baseline is the run's own initial evaluation (same held-out split, same code as the
+    final one); for a registered MODEL without it, the base variant's measured accuracy.
+    """
+    final = (doc.get("final") or {}).get("test_acc")
+    initial = (doc.get("initial") or {}).get("test_acc")
+    base = None
+    if store is not None and base_entry is not None:
+        base = store.load(base_entry.base).manifest.get("metrics", {}).get("accuracy")
+    baseline = initial if initial is not None else base
+    worse = final is not None and baseline is not None and final < baseline
+    change = None if final is None or baseline is None else 100 * (final - baseline)
+    return {
+        "initial": initial,
+        "final": final,
+        "base": base,
+        "change_points": change,
+        "worse_than_base": worse,
+    }
+
+
+def _accuracy_line(acc: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "unknown" if v is None else f"{100 * v:.1f}%"
+
+    if acc["final"] is None:
+        return "test accuracy: not reported by the run"
+    if acc["change_points"] is None:
+        return f"test accuracy {pct(acc['final'])}"
+    start = acc["initial"] if acc["initial"] is not None else acc["base"]
+    return f"test accuracy {pct(start)} -> {pct(acc['final'])} ({acc['change_points']:+.1f} points)"
+
+
+def _warn_worse(acc: dict[str, Any], new_model: str, deploy: str) -> None:
+    """Registering (and deploying) a model that lost accuracy is allowed but never quiet."""
+    start = acc["initial"] if acc["initial"] is not None else acc["base"]
+    then = f" and deploying it to {deploy}" if deploy else ""
+    err_console.print(
+        f"[bold red]WARNING: the fine-tuned model is worse than its base[/bold red]: test "
+        f"accuracy {100 * acc['final']:.1f}% vs {100 * start:.1f}% "
+        f"({acc['change_points']:+.1f} points); registering it as {new_model}{then} anyway "
+        "(try more --rounds, --local-epochs or a smaller --lr)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _publish(
@@ -638,9 +748,11 @@ def _runs(runs_dir: Path) -> list[Path]:
 
 @train_app.command("ls")
 @one_line_errors
-def ls(runs_dir: RunsDirOpt = DEFAULT_RUNS, as_json: JsonOpt = False) -> None:
+def ls(
+    runs_dir: RunsDirOpt = DEFAULT_RUNS, data_dir: DataDirOpt = None, as_json: JsonOpt = False
+) -> None:
     """List federated runs."""
-    docs = [_load(p) for p in _runs(runs_dir)]
+    docs = [_load(p) for p in _runs(_runs_dir(runs_dir, data_dir))]
     if as_json:
         print_json([_summary(d) for d in docs])
         return
@@ -662,9 +774,11 @@ def status(
     name: Annotated[str, typer.Argument(help="run name (edgefleet train ls)")],
     watch: Annotated[bool, typer.Option("--watch", help="follow until it finishes")] = False,
     runs_dir: RunsDirOpt = DEFAULT_RUNS,
+    data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run's rounds (participants, loss, accuracy) and state."""
+    runs_dir = _runs_dir(runs_dir, data_dir)
     run_dir = runs_dir / name
     if not (run_dir / "meta.json").exists():
         raise fail(f"no run {name!r} in {runs_dir}")
@@ -684,11 +798,13 @@ def status(
 def stop(
     name: Annotated[str, typer.Argument(help="run name")],
     runs_dir: RunsDirOpt = DEFAULT_RUNS,
+    data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop a run on its SuperLink (``flwr stop``) and mark it stopped."""
     from coordinator.fl.superlink import stop_run
 
+    runs_dir = _runs_dir(runs_dir, data_dir)
     meta_path = runs_dir / name / "meta.json"
     if not meta_path.exists():
         raise fail(f"no run {name!r} in {runs_dir}")
