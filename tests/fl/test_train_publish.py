@@ -38,21 +38,23 @@ def test_models_the_federated_app_does_not_train_are_refused_before_anything_sta
     runs = tmp_path / "runs"
     runs.mkdir()
 
-    def start(*args: str) -> str:
+    def start(*args: str, code: int = 1) -> str:
         res = runner.invoke(
             train_app,
             ["start", *args, "--local", "2", "--data-dir", str(tmp_path / "data"),
              "--runs-dir", str(runs)],
         )  # fmt: skip
-        assert res.exit_code == 1, res.output
-        return " ".join(res.output.split())
+        assert res.exit_code == code, res.output
+        return " ".join(res.output.replace("│", " ").split())
 
     assert "not the one the federated app trains" in start("narrow")
     assert "is a 'custom' architecture" in start("mine")
     assert "was trained on 'cifar-tiny'" in start("other-data")
     assert "neither an architecture the federated app trains" in start("nope")
-    assert "is an architecture" in start("mlp", "--rebuild")
-    assert "--deploy-strategy must be" in start("mlp", "--deploy", "all", "--deploy-strategy", "x")
+    # usage errors (exit 2), before the store is even read
+    assert "is an architecture" in start("mlp", "--rebuild", code=2)
+    bad_strategy = start("mlp", "--deploy", "all", "--deploy-strategy", "x", code=2)
+    assert "'x' is not one of 'all', 'canary', 'waves'" in bad_strategy
     assert not any(runs.iterdir())  # nothing was started or recorded
 
 
