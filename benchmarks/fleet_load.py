@@ -76,6 +76,7 @@ from coordinator.demo import start_coordinator_process, stop_process
 from coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
 from edgefleet import __version__
 from edgefleet.catalog import CATALOG
+from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
 
@@ -384,14 +385,21 @@ class RunResult:
 
 async def count_online(clients: Clients, ours: set[str]) -> tuple[int, int, float]:
     t0 = time.perf_counter()
-    reply = await clients.admin.ListDevices(
-        admin_pb2.ListDevicesRequest(), metadata=clients.admin_md, timeout=60
-    )
+    devices: list[admin_pb2.Device] = []
+    token = ""
+    while True:  # ListDevices is paged (issue 14): follow the pages
+        reply = await clients.admin.ListDevices(
+            admin_pb2.ListDevicesRequest(page_size=MAX_PAGE_SIZE, page_token=token),
+            metadata=clients.admin_md,
+            timeout=60,
+        )
+        devices.extend(reply.devices)
+        token = reply.next_page_token
+        if not token:
+            break
     ms = (time.perf_counter() - t0) * 1e3
-    online = sum(
-        1 for d in reply.devices if d.id in ours and d.status == admin_pb2.DEVICE_STATUS_ONLINE
-    )
-    others = sum(1 for d in reply.devices if d.id not in ours)
+    online = sum(1 for d in devices if d.id in ours and d.status == admin_pb2.DEVICE_STATUS_ONLINE)
+    others = sum(1 for d in devices if d.id not in ours)
     return online, others, ms
 
 

@@ -92,6 +92,7 @@ from coordinator.demo import start_coordinator_process, stop_process
 from coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
 from edgefleet import __version__
 from edgefleet.catalog import CATALOG
+from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2
 
 REFRESH_METRIC = "edgefleet_fleet_refresh_duration_seconds"
@@ -369,7 +370,7 @@ def redis_client_for(data_dir: Path, redis_url: str | None) -> redis.Redis:
 class OnlineCheck:
     online: int
     by_status: dict[str, int]
-    list_devices_ms: float  # one ListDevices of the whole fleet, or nan if it failed
+    list_devices_ms: float  # every page of ListDevices (the whole fleet), or nan if it failed
     full_list_error: str  # why the whole-fleet ListDevices failed, "" if it did not
     method: str
 
@@ -384,11 +385,19 @@ async def check_online(address: str, admin_token: str, ours: set[str]) -> Online
         ms = math.nan
         t0 = time.perf_counter()
         try:
-            replies.append(
-                await admin.ListDevices(admin_pb2.ListDevicesRequest(), metadata=md, timeout=120)
-            )
+            token = ""
+            while True:  # ListDevices is paged (issue 14): follow the pages
+                reply = await admin.ListDevices(
+                    admin_pb2.ListDevicesRequest(page_size=MAX_PAGE_SIZE, page_token=token),
+                    metadata=md,
+                    timeout=120,
+                )
+                replies.append(reply)
+                token = reply.next_page_token
+                if not token:
+                    break
             ms = (time.perf_counter() - t0) * 1e3
-            method = "one ListDevices"
+            method = "paged ListDevices"
         except grpc.aio.AioRpcError as err:
             error = f"{err.code().name}: {str(err.details())[:160]}"
             replies.clear()
