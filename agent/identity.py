@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,23 @@ def new_instance_key() -> str:
     return secrets.token_hex(16)
 
 
+def ensure_state_dir(state_dir: Path) -> None:
+    """Create the state dir mode 0700, or tighten an existing one to 0700.
+
+    Why: it holds the device's credential, private key and telemetry; files a
+    component creates with the default umask must still not be readable by other
+    local users. An existing dir is fixed too, so upgraded devices are covered.
+    """
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(state_dir.stat().st_mode) != 0o700:
+            os.chmod(state_dir, 0o700)
+    except OSError as exc:
+        raise IdentityError(
+            f"cannot make the state dir {state_dir} private (0700): {exc}"
+        ) from None
+
+
 def load_identity(state_dir: Path) -> Identity | None:
     path = state_dir / IDENTITY_FILE
     if not path.exists():
@@ -60,7 +78,7 @@ def load_identity(state_dir: Path) -> Identity | None:
 
 
 def save_identity(state_dir: Path, identity: Identity) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_state_dir(state_dir)
     path = state_dir / IDENTITY_FILE
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

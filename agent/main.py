@@ -1,6 +1,6 @@
 """``edgefleet-agent``: the process that runs on each device.
 
-Usage: ``edgefleet-agent --coordinator HOST:PORT --token T --profile NAME|auto --state-dir S``.
+Usage: ``edgefleet-agent --coordinator HOST:PORT --token-file F --profile NAME|auto --state-dir S``.
 Exits 0 after SIGTERM/SIGINT (having told the coordinator it is going),
 2 on a condition that retrying cannot fix (bad token, invalid profile).
 """
@@ -27,13 +27,14 @@ import os  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from agent.identity import IdentityError  # noqa: E402
+from agent.identity import IdentityError, ensure_state_dir  # noqa: E402
 from agent.session import AgentConfig, AgentSession, FatalAgentError  # noqa: E402
 from agent.workload import LocalDataSpec  # noqa: E402
 from edgefleet import __version__  # noqa: E402
 from edgefleet.catalog import CATALOG, UnknownProfileError, get_profile  # noqa: E402
 from edgefleet.hostdetect import detect_host_profile  # noqa: E402
 from edgefleet.profiles import DeviceProfile  # noqa: E402
+from edgefleet.tokenfile import ENROLL_TOKEN_FILE_ENV, TokenFileError, read_token_file  # noqa: E402
 
 COORDINATOR_ENV = "EDGEFLEET_COORDINATOR"
 ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
@@ -59,10 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(COORDINATOR_ENV, "127.0.0.1:50051"),
         help=f"coordinator HOST:PORT (env {COORDINATOR_ENV}; default %(default)s)",
     )
-    parser.add_argument(
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get(ENROLL_TOKEN_FILE_ENV) or None,
+        help="file holding the enrollment token, needed only for the first registration "
+        f"(env {ENROLL_TOKEN_FILE_ENV}; wins over {ENROLL_TOKEN_ENV})",
+    )
+    token.add_argument(
         "--token",
         default=os.environ.get(ENROLL_TOKEN_ENV, ""),
-        help=f"enrollment token, needed only for the first registration (env {ENROLL_TOKEN_ENV})",
+        help=f"enrollment token (env {ENROLL_TOKEN_ENV}); prefer --token-file or the env: "
+        "a command-line argument is visible to every local user in the process list",
     )
     parser.add_argument(
         "--profile",
@@ -167,9 +177,15 @@ def local_data_spec(args: argparse.Namespace) -> LocalDataSpec | None:
 
 def resolve_profile(name: str, state_dir: Path) -> DeviceProfile:
     if name == "auto":
-        state_dir.mkdir(parents=True, exist_ok=True)
         return detect_host_profile(state_dir)
     return get_profile(name)
+
+
+def enroll_token(args: argparse.Namespace) -> str:
+    """The token from ``--token-file`` (or its env) if given, else ``--token`` (or its env)."""
+    if args.token_file is not None:
+        return read_token_file(Path(args.token_file))
+    return str(args.token)
 
 
 async def _run(config: AgentConfig) -> None:
@@ -211,13 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     log = logging.getLogger("edgefleet.agent")
     try:
+        ensure_state_dir(args.state_dir)  # private before anything is written into it
         profile = resolve_profile(args.profile, args.state_dir)
         config = AgentConfig(
             coordinator=args.coordinator,
             profile=profile,
             state_dir=args.state_dir,
             name=args.name or socket.gethostname(),
-            enroll_token=args.token,
+            enroll_token=enroll_token(args),
             labels=_parse_labels(args.label),
             inference_port=args.inference_port,
             workload_rate=args.workload_rate,
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownProfileError as err:
         print(f"edgefleet-agent: {err}", file=sys.stderr)
         return 2
-    except (FatalAgentError, IdentityError) as err:
+    except (FatalAgentError, IdentityError, TokenFileError) as err:
         log.error("%s", err)
         return 2
     log.info("stopped")

@@ -143,7 +143,7 @@ class AgentSession:
         if not self.config.enroll_token:
             raise FatalAgentError(
                 "this agent is not enrolled and has no enrollment token "
-                "(pass --token or set EDGEFLEET_ENROLL_TOKEN)"
+                "(pass --token-file, or set EDGEFLEET_ENROLL_TOKEN)"
             )
         request = device_pb2.RegisterRequest(
             instance_key=self._identity.instance_key,

@@ -15,12 +15,16 @@ loss is visible rather than silent.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.identity import ensure_state_dir
 
 TELEMETRY_FILE = "telemetry.sqlite"
 
@@ -49,16 +53,31 @@ class BufferedRecord:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def _private_file(path: Path) -> None:
+    """Create the database 0600, or tighten an existing one (and its WAL files) to 0600.
+
+    Why: telemetry names the device's models, labels and measurements; SQLite
+    creates its -wal and -shm files with the database's own mode, so fixing the
+    database covers them from here on.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, 0o600)
+
+
 class TelemetryBuffer:
     """Thread-safe; one per agent state dir."""
 
     def __init__(self, state_dir: Path, max_records: int = 10_000) -> None:
         if max_records < 1:
             raise ValueError("max_records must be >= 1")
-        state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_state_dir(state_dir)
         self.max_records = max_records
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(state_dir / TELEMETRY_FILE, check_same_thread=False)
+        path = state_dir / TELEMETRY_FILE
+        _private_file(path)
+        self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)

@@ -3,7 +3,8 @@
 Each simulated device is a separate ``edgefleet-agent`` process with its own
 state dir (so re-running a simulation brings back the same devices) and its
 own log file. Profiles are assigned round-robin so a mixed fleet is easy to ask
-for. Stopping sends SIGTERM (agents say goodbye and exit 0) and only kills
+for. The enrollment token reaches each agent through a token file or the
+environment, never its command line (``/proc/PID/cmdline`` is world-readable). Stopping sends SIGTERM (agents say goodbye and exit 0) and only kills
 what does not exit in time.
 """
 
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.catalog import get_profile
+from edgefleet.tokenfile import ENROLL_TOKEN_FILE_ENV
+
+ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
 
 
 @dataclass
@@ -45,7 +49,8 @@ class SimulatedFleet:
         cls,
         *,
         coordinator: str,
-        enroll_token: str,
+        enroll_token: str = "",
+        token_file: Path | None = None,
         profiles: Sequence[str],
         count: int,
         state_root: Path,
@@ -60,7 +65,7 @@ class SimulatedFleet:
         for name in profiles:
             get_profile(name)  # fail before starting anything
         state_root.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, EDGEFLEET_ENROLL_TOKEN=enroll_token, PYTHONUNBUFFERED="1")
+        env = _agent_env(enroll_token, token_file)
         agents = []
         for i in range(count):
             profile = profiles[i % len(profiles)]
@@ -117,3 +122,17 @@ class SimulatedFleet:
             else:
                 report.failed.append(f"{agent.name}: exit {code}")
         return report
+
+
+def _agent_env(enroll_token: str, token_file: Path | None) -> dict[str, str]:
+    """The agents' environment: the token file's path when there is one (the token itself
+    then appears in no process's argv or environment), else the token."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in (ENROLL_TOKEN_ENV, ENROLL_TOKEN_FILE_ENV)
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    if token_file is not None:
+        env[ENROLL_TOKEN_FILE_ENV] = str(token_file.resolve())
+    elif enroll_token:
+        env[ENROLL_TOKEN_ENV] = enroll_token
+    return env

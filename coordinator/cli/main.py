@@ -461,6 +461,13 @@ def simulate(
     token: Annotated[
         str, typer.Option(envvar="EDGEFLEET_ENROLL_TOKEN", help="enrollment token")
     ] = "",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="EDGEFLEET_ENROLL_TOKEN_FILE",
+            help="file holding the enrollment token (kept out of every process's argv)",
+        ),
+    ] = None,
     admin_token: AdminTokenOpt = "",
     state_dir: Annotated[
         Path, typer.Option(help="parent of the agents' state dirs", resolve_path=True)
@@ -484,9 +491,11 @@ def simulate(
     """Start N simulated devices (agent processes or containers) against a coordinator,
     then stop them cleanly."""
     from coordinator.simulate import SimulatedFleet
+    from edgefleet.tokenfile import read_token_file
 
+    token = read_token_file(token_file) if token_file is not None else token
     if not token:
-        raise fail("an enrollment token is needed: --token or EDGEFLEET_ENROLL_TOKEN")
+        raise fail("an enrollment token is needed: --token-file or EDGEFLEET_ENROLL_TOKEN")
     names = [p.strip() for p in profiles.split(",") if p.strip()]
     fleet: Any
     if backend == "docker":
@@ -511,6 +520,7 @@ def simulate(
         fleet = SimulatedFleet.start(
             coordinator=coordinator,
             enroll_token=token,
+            token_file=token_file,
             profiles=names,
             count=devices,
             state_root=state_dir,
