@@ -18,7 +18,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from coordinator.admin_client import AdminClient
 from edgefleet.catalog import get_profile
+from edgefleet.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, free_port, health_status
@@ -227,3 +229,29 @@ def test_admin_views_of_a_registered_device(channel: grpc.Channel) -> None:
         admin_pb2.ListDevicesRequest(profile="jetson-nano"), metadata=md, timeout=5
     )
     assert list(after.devices) == []
+
+
+def test_list_devices_is_paged_and_the_client_follows_every_page(
+    coordinator: str, channel: grpc.Channel
+) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    md = bearer(ADMIN_TOKEN)
+    ours = {register(channel, name="pager").device_id for _ in range(DEFAULT_PAGE_SIZE + 5)}
+    first = admin.ListDevices(admin_pb2.ListDevicesRequest(), metadata=md, timeout=5)
+    assert len(first.devices) == DEFAULT_PAGE_SIZE and first.next_page_token
+    code, details = code_of(
+        lambda: admin.ListDevices(
+            admin_pb2.ListDevicesRequest(page_size=MAX_PAGE_SIZE + 1), metadata=md, timeout=5
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_size" in details
+    code, details = code_of(
+        lambda: admin.ListDevices(
+            admin_pb2.ListDevicesRequest(page_token="x" * 70_000), metadata=md, timeout=5
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200
+    # what `edgefleet devices ls` uses: every page, so the whole fleet
+    with AdminClient(coordinator, ADMIN_TOKEN) as client:
+        listed = client.list_devices(profile="pager")
+    assert {d.id for d in listed} == ours and len(listed) == len(ours)
