@@ -352,3 +352,16 @@ def test_completion_of_profiles_and_recipes() -> None:
     assert "distill:width=0.5" in complete_recipes("dis")
     assert rollout_cmds.DEPLOY_STRATEGIES == ("all", "canary", "waves")
     assert os.environ.get("EDGEFLEET_CONFIG")  # the fixture isolates every test
+
+
+@pytest.mark.parametrize("command", ["status", "pause", "resume", "rollback"])
+def test_malformed_rollout_ids_are_usage_errors_that_never_echo_the_blob(
+    fake: type[FakeAdmin], command: str
+) -> None:
+    blob = "ro-" + "x" * 70_000
+    res = runner.invoke(app, ["--insecure", "rollout", command, blob, "--admin-token", "t"])
+    assert res.exit_code == 2
+    assert "malformed rollout id 'ro-xxxxxxxxxxxxxxxxxxxxx'... (70003 characters)" in res.stderr
+    assert len(res.stderr) < 300 and fake.built == []  # refused before any call
+    res = runner.invoke(app, ["--insecure", "rollout", command, "ro-1; rm -rf /"])
+    assert res.exit_code == 2 and "at most 64 of [A-Za-z0-9._-]" in res.stderr

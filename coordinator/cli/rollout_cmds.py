@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any
 
@@ -42,6 +43,30 @@ def _fractions(text: str) -> list[float]:
     if percents != sorted(set(percents)):
         raise usage_error(f"--waves must increase (each % is cumulative), got {text!r}")
     return [p / 100 for p in percents]
+
+
+_ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # what the coordinator accepts
+
+
+def _shown(text: str, limit: int = 24) -> str:
+    """An id as it may appear in a message: never a pasted 70 KB blob."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _check_rollout_id(value: str) -> str:
+    """Refuse a malformed rollout id with one line and exit 2, before any call."""
+    if not _ROLLOUT_ID_RE.match(value):
+        raise usage_error(
+            f"malformed rollout id {_shown(value)}: at most 64 of [A-Za-z0-9._-], "
+            "e.g. ro-3f2a9c1b7e (edgefleet rollout ls)"
+        )
+    return value
+
+
+RolloutIdArg = Annotated[
+    str,
+    typer.Argument(help="rollout id (ro-..., edgefleet rollout ls)", callback=_check_rollout_id),
+]
 
 
 def _canary_fraction(percent: float) -> float:
@@ -220,7 +245,7 @@ def rollout_ls(
 @rollout_app.command("status")
 @one_line_errors
 def rollout_status(
-    rollout_id: Annotated[str, typer.Argument(help="rollout id (ro-...)")],
+    rollout_id: RolloutIdArg,
     watch: Annotated[bool, typer.Option(help="follow with a progress bar until it ends")] = False,
     timeout: Annotated[float, typer.Option(help="give up watching after this many seconds")] = 0,
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
@@ -263,7 +288,7 @@ def _watch(c: Any, rollout: admin_pb2.Rollout, timeout: float) -> admin_pb2.Roll
 def _control(action: str) -> Any:
     @one_line_errors
     def command(
-        rollout_id: Annotated[str, typer.Argument(help="rollout id (ro-...)")],
+        rollout_id: RolloutIdArg,
         coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
         admin_token: AdminTokenOpt = "",
         as_json: JsonOpt = False,
