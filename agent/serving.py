@@ -136,6 +136,9 @@ class Serving:
         self.total_requests = 0
         self.total_errors = 0
         self.total_rejected = 0
+        #: Requests the active variant has served since it was loaded: the evidence a rollout
+        #: gate needs before it may judge the variant (``edgefleet.metric_names``).
+        self.variant_requests = 0
         self.histogram = [0] * (len(LATENCY_BOUNDS_MS) + 1)
         self.last_refusal = ""
 
@@ -183,6 +186,7 @@ class Serving:
             return self._refuse(f"cannot serve variant {bundle.variant_id[:12]} with {name}: {exc}")
         with self._lock:
             old, self._runtime = self._runtime, fresh
+            self.variant_requests = 0
         if old is not None:
             old.unload()
         self.last_refusal = ""
@@ -254,6 +258,7 @@ class Serving:
             except Exception as exc:
                 c.requests += 1
                 c.errors += 1
+                self.variant_requests += 1
                 self.total_requests += 1
                 self.total_errors += 1
                 if isinstance(exc, InferenceError):
@@ -262,6 +267,7 @@ class Serving:
             latency = float(rt.last_latency_ms or 0.0)
             argmax = [int(i) for i in logits.argmax(axis=1)]
             c.requests += 1
+            self.variant_requests += 1
             self.total_requests += 1
             c.latencies.append(latency)
             c.busy_seconds += latency / 1000.0

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.battery import measured_temperature_c
 from agent.inference_server import InferenceServer
+from edgefleet.metric_names import variant_inferences_metric
 
 if TYPE_CHECKING:
     from agent.finetune import FinetuneResult
@@ -111,6 +112,8 @@ class AgentWork:
         if serving.variant_id:
             for name, value in stats.metrics().items():
                 telemetry.metric(name, value, labels)
+            served = variant_inferences_metric(serving.variant_id)
+            telemetry.metric(served, serving.variant_requests, labels)
         busy = stats.busy_seconds
         while True:
             try:

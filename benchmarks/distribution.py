@@ -304,8 +304,8 @@ async def fleet_rollout(
                 model=MODEL,
                 selector="all",
                 strategy=strategy,
-                gate=admin_pb2.RolloutGate(
-                    soak_seconds=args.soak, wave_timeout_seconds=args.timeout
+                gate=admin_pb2.RolloutGate(  # scripted devices serve no traffic
+                    soak_seconds=args.soak, wave_timeout_seconds=args.timeout, min_inferences=0
                 ),
             )
             if strategy == "waves":

@@ -26,6 +26,8 @@ from rich.table import Table
 
 from coordinator.admin_client import AdminClient, AdminClientError
 from coordinator.cli import render
+from coordinator.cli.jsonout import dumps as strict_json
+from coordinator.cli.jsonout import print_json
 from coordinator.simulate import SimulatedFleet
 from coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
 from edgefleet.v1 import admin_pb2
@@ -320,7 +322,12 @@ def run_demo(
                     selector="all",
                     strategy="canary",
                     canary_fraction=0.25,
-                    gate=admin_pb2.RolloutGate(soak_seconds=2, wave_timeout_seconds=120),
+                    # most demo devices have no local data, so no traffic to judge a canary
+                    # by: the demo shows selection and distribution (`edgefleet simulate`
+                    # fleets serve a workload, and there the default minimum applies)
+                    gate=admin_pb2.RolloutGate(
+                        soak_seconds=2, wave_timeout_seconds=120, min_inferences=0
+                    ),
                 )
             )
             deadline = time.monotonic() + 180
@@ -347,9 +354,9 @@ def run_demo(
             "summary": render.summary_to_dict(summary),
             "federated": federated,
         }
-        (data_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+        (data_dir / "summary.json").write_text(strict_json(result) + "\n")  # NaN -> null
         if as_json:
-            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            print_json(result)
         else:
             console.print(render.devices_table(listed))
             console.print(render.summary_table(summary))

@@ -30,17 +30,28 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import DEVICE_ID_RE
 from coordinator.selection import Policy, Selection, VariantFacts, select
 from coordinator.store import Desired, DeviceRecord, FleetStore
+from edgefleet.metric_names import variant_inferences_metric
 
 STRATEGIES = ("all", "canary", "waves")
 ACTIVE_STATES = ("running", "paused")
 DEFAULT_WAVES = (0.05, 0.25, 1.0)
 DEFAULT_CANARY = 0.1
+#: Requests each device must have served with its new variant before its wave can pass.
+DEFAULT_MIN_INFERENCES = 20
+NO_TRAFFIC = "no traffic: cannot judge"
 SLO_LABEL = "latency-slo-ms"
 
 
 @dataclass(frozen=True)
 class Gate:
-    """When a wave counts as healthy, and when a rollout must roll back."""
+    """When a wave counts as healthy, and when a rollout must roll back.
+
+    A device that reports no inferences reports no error rate, latency or accuracy either,
+    so without ``min_inferences`` every such gate would pass on no evidence. A wave whose
+    devices have served fewer requests with the new variant holds ("no traffic: cannot
+    judge") and, like a wave that never activates, rolls back when ``wave_timeout_seconds``
+    runs out: a variant nobody could judge is not left half-deployed. 0 turns it off.
+    """
 
     soak_seconds: float = 30.0
     max_failed_devices: int = 0  # activation failures tolerated per rollout
@@ -48,6 +59,7 @@ class Gate:
     max_latency_ratio: float = 3.0  # reported inference_latency_ms / predicted
     min_accuracy: float = 0.0  # reported inference_accuracy (where labels exist)
     wave_timeout_seconds: float = 600.0
+    min_inferences: int = DEFAULT_MIN_INFERENCES
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,8 @@ class Rollout:
             selector=d["selector"],
             strategy=d["strategy"],
             waves=tuple(d["waves"]),
-            gate=Gate(**d["gate"]),
+            # a rollout stored before min_inferences existed keeps the gate it was created with
+            gate=Gate(**{"min_inferences": 0, **d["gate"]}),
             devices=tuple(
                 PlannedDevice(**{**p, "previous": Desired(**p["previous"])}) for p in d["devices"]
             ),
@@ -233,6 +246,7 @@ class DeviceHealth:
     device_id: str
     activated: bool
     failed: str = ""  # non-empty: why the device counts against the gate
+    unjudged: str = ""  # non-empty: activated, but too little traffic to judge it yet
 
 
 class RolloutManager:
@@ -498,10 +512,12 @@ class RolloutManager:
             failed = ""
             if record.failed_variant == device.variant:
                 failed = f"activation failed: {record.failure_reason or 'no reason given'}"
-            elif activated:
+            unjudged = ""
+            if not failed and activated:
                 metrics = await self._store.latest_metrics(device.device_id)
                 failed = _metric_failure(metrics, gate, device.predicted_latency_ms)
-            out.append(DeviceHealth(device.device_id, activated, failed))
+                unjudged = _missing_evidence(metrics, gate, device.variant)
+            out.append(DeviceHealth(device.device_id, activated, failed, unjudged))
         return out
 
     async def _advance(self, rollout: Rollout) -> Rollout:
@@ -521,6 +537,8 @@ class RolloutManager:
                 message=f"gate failed on {worst.device_id}: {worst.failed} "
                 f"({len(failures)} unhealthy device(s)); rolled back",
             )
+        elif all(h.activated or h.failed for h in health) and any(h.unjudged for h in health):
+            new = self._hold_unjudged(rollout, health, now)
         elif all(h.activated or h.failed for h in health):
             if not rollout.wave_healthy_since:
                 new = self._transition(rollout, wave_healthy_since=now, message="soaking")
@@ -553,6 +571,24 @@ class RolloutManager:
             self._count_transition(rollout, new)
             return new
         return rollout
+
+    def _hold_unjudged(
+        self, rollout: Rollout, health: list[DeviceHealth], now: float
+    ) -> Rollout | None:
+        """Every device activated but some served too little to judge: the wave holds (its
+        soak starts over once they have), and rolls back when the wave times out."""
+        unjudged = [h for h in health if h.unjudged]
+        summary = f"{len(unjudged)} device(s), e.g. {unjudged[0].device_id}: {unjudged[0].unjudged}"
+        if now - rollout.wave_started_at > rollout.gate.wave_timeout_seconds:
+            return self._transition(
+                rollout,
+                state="rolled_back",
+                message=f"wave timed out: {NO_TRAFFIC} ({summary}); rolled back",
+            )
+        message = f"holding: {NO_TRAFFIC} ({summary})"
+        if message == rollout.message and not rollout.wave_healthy_since:
+            return None  # nothing changed: no write
+        return self._transition(rollout, wave_healthy_since=0.0, message=message)
 
 
 def device_status(rollout: Rollout, device: PlannedDevice, health: DeviceHealth | None) -> str:
@@ -600,6 +636,14 @@ def _metric_failure(metrics: dict[str, float], gate: Gate, predicted_ms: float) 
     if accuracy is not None and accuracy < gate.min_accuracy:
         return f"accuracy {accuracy:.1%} < {gate.min_accuracy:.1%}"
     return ""
+
+
+def _missing_evidence(metrics: dict[str, float], gate: Gate, variant: str) -> str:
+    """Why the device's traffic is too little to judge ``variant`` ("" when it is enough)."""
+    served = int(metrics.get(variant_inferences_metric(variant), 0.0))
+    if served >= gate.min_inferences:
+        return ""
+    return f"{served} of {gate.min_inferences} inferences served"
 
 
 def busy_rollout(device_id: str, rollouts: list[Rollout]) -> str:

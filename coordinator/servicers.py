@@ -385,8 +385,17 @@ def gate_from_proto(msg: admin_pb2.RolloutGate | None) -> Gate:
         max_latency_ratio=msg.max_latency_ratio or default.max_latency_ratio,
         min_accuracy=msg.min_accuracy,
         wave_timeout_seconds=msg.wave_timeout_seconds or default.wave_timeout_seconds,
+        min_inferences=(
+            msg.min_inferences if msg.HasField("min_inferences") else default.min_inferences
+        ),
     )
-    for name in ("soak_seconds", "max_failed_devices", "max_error_rate", "wave_timeout_seconds"):
+    for name in (
+        "soak_seconds",
+        "max_failed_devices",
+        "max_error_rate",
+        "wave_timeout_seconds",
+        "min_inferences",
+    ):
         if getattr(gate, name) < 0:
             raise InvalidArgument(f"gate.{name}", "must be >= 0")
     return gate
@@ -400,6 +409,7 @@ def _gate_to_proto(g: Gate) -> admin_pb2.RolloutGate:
         max_latency_ratio=g.max_latency_ratio,
         min_accuracy=g.min_accuracy,
         wave_timeout_seconds=g.wave_timeout_seconds,
+        min_inferences=g.min_inferences,
     )
 
 

@@ -17,6 +17,7 @@ import grpc
 
 from coordinator.compression.variant_store import ModelEntry, VariantStore
 from edgefleet.catalog import get_profile
+from edgefleet.metric_names import variant_inferences_metric
 from edgefleet.profiles import DeviceProfile
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
@@ -174,6 +175,7 @@ class ScriptedDevice:
     failure_reason: str = ""
     desired: device_pb2.DesiredState = field(default_factory=device_pb2.DesiredState)
     sequence: int = 0
+    telemetry_sequence: int = 0
 
     @classmethod
     def register(cls, address: str, name: str, profile: str | DeviceProfile) -> ScriptedDevice:
@@ -217,6 +219,12 @@ class ScriptedDevice:
         want = self.desired.variant_id
         if want and want != self.active:
             self.previous, self.active = self.active, want
+
+    def report_served(self, count: int) -> None:
+        """Report that the active variant has served ``count`` requests (as an agent does)."""
+        self.telemetry_sequence += 1
+        name = variant_inferences_metric(self.active)
+        self.report_metric(name, float(count), seq=1000 + self.telemetry_sequence)
 
     def report_metric(self, name: str, value: float, seq: int) -> None:
         with grpc.insecure_channel(self.address) as ch:

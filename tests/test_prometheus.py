@@ -153,7 +153,7 @@ def test_every_dashboard_and_alert_query_against_a_live_prometheus(
     devices.append(ScriptedDevice.register(coord.address, "mcu", "cortex-m4"))
 
     with AdminClient(coord.address, ADMIN_TOKEN) as c:
-        gate = admin_pb2.RolloutGate(soak_seconds=0.2, wave_timeout_seconds=60)
+        gate = admin_pb2.RolloutGate(soak_seconds=0.2, wave_timeout_seconds=60, min_inferences=0)
         ok = c.create_rollout(
             admin_pb2.CreateRolloutRequest(
                 model="digits", selector="all", strategy="canary", canary_fraction=0.25, gate=gate

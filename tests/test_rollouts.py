@@ -172,8 +172,13 @@ def run_until(
 
 
 def gate(soak: float = 0.3, **kw: float) -> admin_pb2.RolloutGate:
+    """Scripted devices serve no traffic unless a test makes them report some: no minimum
+    of inferences unless ``min_inferences`` is given."""
     return admin_pb2.RolloutGate(
-        soak_seconds=soak, wave_timeout_seconds=kw.pop("timeout", 30), **kw
+        soak_seconds=soak,
+        wave_timeout_seconds=kw.pop("timeout", 30),
+        min_inferences=int(kw.pop("min_inferences", 0)),
+        **kw,
     )  # type: ignore[arg-type]
 
 
@@ -360,7 +365,10 @@ def test_cli_deploy_explain_and_status(fleet) -> None:  # type: ignore[no-untype
     wide = next(c for c in e["candidates"] if c["variant"] == ids["wide"])
     assert not wide["fits"] and "short by" in wide["reason"]
     assert not wide["fits"] and any("short by" in f for f in wide["failures"])
-    deployed = cli("deploy", "digits", "--to", "profile:cortex-m4", "--soak", "0.2", "--json")
+    deployed = cli(
+        "deploy", "digits", "--to", "profile:cortex-m4", "--soak", "0.2", "--min-inferences", "0",
+        "--json",
+    )  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr
     rid = json.loads(deployed.stdout)["id"]
     wait_for(
@@ -493,3 +501,78 @@ def test_concurrent_creates_for_one_device_exactly_one_wins(fleet) -> None:  # t
             admin_pb2.CreateRolloutRequest(model="digits", selector=f"device:{device_id}")
         )
         assert again.state == "running"
+
+
+def test_a_canary_without_traffic_holds_and_times_out_rolled_back(fleet) -> None:  # type: ignore[no-untyped-def]
+    """Devices that activate but serve nothing report no error rate, latency or accuracy:
+    the gate must not pass on that. The wave holds, says why, and its timeout rolls it back."""
+    coord, _ids, devices = fleet
+    pis = devices[:4]
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        r = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits",
+                selector="profile:rpi4",
+                strategy="canary",
+                canary_fraction=0.25,
+                gate=gate(soak=0.2, min_inferences=5, timeout=3),
+            )
+        )
+        assert r.gate.min_inferences == 5
+        canary = [d for d in pis if d.device_id == r.devices[0].device_id]
+        held = run_until(c, r.id, pis, ("running",))
+        deadline = time.monotonic() + 2
+        while "no traffic" not in held.message and time.monotonic() < deadline:
+            drive(pis)
+            held = c.get_rollout(r.id)
+        assert held.current_wave == 0
+        assert "no traffic: cannot judge" in held.message and "0 of 5" in held.message
+        canary[0].report_served(4)  # too little is still too little
+        done = run_until(c, r.id, pis, ("rolled_back", "succeeded"))
+        assert done.state == "rolled_back", done.message
+        assert "timed out" in done.message and "no traffic: cannot judge" in done.message
+        assert done.current_wave == 0  # the rest of the fleet never got the variant
+
+
+def test_a_canary_with_enough_traffic_passes(fleet) -> None:  # type: ignore[no-untyped-def]
+    coord, _ids, devices = fleet
+    pis = devices[:4]
+    with AdminClient(coord.address, ADMIN_TOKEN) as c:
+        r = c.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits",
+                selector="profile:rpi4",
+                strategy="canary",
+                canary_fraction=0.25,
+                gate=gate(soak=0.2, min_inferences=5, timeout=20),
+            )
+        )
+        deadline = time.monotonic() + 20
+        while (state := c.get_rollout(r.id)).state == "running":
+            assert time.monotonic() < deadline, state.message
+            drive(pis)
+            for d in pis:
+                if d.active:
+                    d.report_served(5)
+            time.sleep(0.1)
+        assert state.state == "succeeded", state.message
+
+
+def test_unset_min_inferences_takes_the_default_and_zero_is_kept() -> None:
+    from coordinator.rollouts import DEFAULT_MIN_INFERENCES, Rollout
+    from coordinator.servicers import gate_from_proto
+
+    assert gate_from_proto(admin_pb2.RolloutGate()).min_inferences == DEFAULT_MIN_INFERENCES > 0
+    assert gate_from_proto(admin_pb2.RolloutGate(min_inferences=0)).min_inferences == 0
+    with pytest.raises(InvalidArgument):
+        gate_from_proto(admin_pb2.RolloutGate(min_inferences=-1))
+    # a rollout stored before the field existed keeps its old gate (no minimum)
+    doc = {
+        "id": "ro-old", "model": "m", "selector": "all", "strategy": "all", "waves": [1.0],
+        "gate": {"soak_seconds": 1.0, "max_failed_devices": 0, "max_error_rate": 0.05,
+                 "max_latency_ratio": 3.0, "min_accuracy": 0.0, "wave_timeout_seconds": 60.0},
+        "devices": [], "skipped": [], "state": "running", "current_wave": 0,
+        "wave_started_at": 0.0, "wave_healthy_since": 0.0, "created_at": 0.0,
+        "updated_at": 0.0, "message": "", "version": 0,
+    }  # fmt: skip
+    assert Rollout.from_json(json.dumps(doc)).gate.min_inferences == 0

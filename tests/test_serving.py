@@ -182,7 +182,10 @@ def test_real_agent_serves_the_rolled_out_variant(
                 strategy="all",
                 # this host stands in for the device: its latency is the host's under whatever
                 # load CI has, not the phone's, so the latency gate is not what this test checks
-                gate=admin_pb2.RolloutGate(soak_seconds=0.5, max_latency_ratio=1e6),
+                # and it sends one request, not the default minimum of traffic
+                gate=admin_pb2.RolloutGate(
+                    soak_seconds=0.5, max_latency_ratio=1e6, min_inferences=0
+                ),
             )
         )
         wait_for(lambda: admin.get_device(device_id).active_variant == built.base, 40, "activation")

@@ -101,6 +101,14 @@ def deploy(
         float, typer.Option(help="roll back if latency exceeds prediction by this factor")
     ] = 3.0,
     wave_timeout: Annotated[float, typer.Option(help="seconds for a wave to activate")] = 600.0,
+    min_inferences: Annotated[
+        int | None,
+        typer.Option(
+            help="requests each device must serve with the new variant before its wave can "
+            "pass (too few: the wave holds, then times out and rolls back); default: the "
+            "coordinator's, 0 = no minimum"
+        ),
+    ] = None,
     accuracy_tolerance: Annotated[
         float, typer.Option(help="points of accuracy traded for speed (selection)")
     ] = 0.5,
@@ -122,6 +130,7 @@ def deploy(
             max_error_rate=max_error_rate,
             max_latency_ratio=max_latency_ratio,
             wave_timeout_seconds=wave_timeout,
+            **({} if min_inferences is None else {"min_inferences": min_inferences}),
         ),
         accuracy_tolerance=accuracy_tolerance / 100,
         latency_slo_ms=latency_slo_ms,

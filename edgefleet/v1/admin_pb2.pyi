@@ -202,20 +202,22 @@ class ExplainDeviceResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ..., chosen_variant: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., device_macs_per_second: _Optional[float] = ..., latency_correction: _Optional[float] = ...) -> None: ...
 
 class RolloutGate(_message.Message):
-    __slots__ = ("soak_seconds", "max_failed_devices", "max_error_rate", "max_latency_ratio", "min_accuracy", "wave_timeout_seconds")
+    __slots__ = ("soak_seconds", "max_failed_devices", "max_error_rate", "max_latency_ratio", "min_accuracy", "wave_timeout_seconds", "min_inferences")
     SOAK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILED_DEVICES_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_LATENCY_RATIO_FIELD_NUMBER: _ClassVar[int]
     MIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     WAVE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_INFERENCES_FIELD_NUMBER: _ClassVar[int]
     soak_seconds: float
     max_failed_devices: int
     max_error_rate: float
     max_latency_ratio: float
     min_accuracy: float
     wave_timeout_seconds: float
-    def __init__(self, soak_seconds: _Optional[float] = ..., max_failed_devices: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., min_accuracy: _Optional[float] = ..., wave_timeout_seconds: _Optional[float] = ...) -> None: ...
+    min_inferences: int
+    def __init__(self, soak_seconds: _Optional[float] = ..., max_failed_devices: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., min_accuracy: _Optional[float] = ..., wave_timeout_seconds: _Optional[float] = ..., min_inferences: _Optional[int] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
     __slots__ = ("model", "selector", "strategy", "waves", "canary_fraction", "gate", "accuracy_tolerance", "latency_slo_ms")

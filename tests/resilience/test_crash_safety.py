@@ -259,7 +259,7 @@ def run_kill_loop(
     selectors = {"scripted": f"profile:{SCRIPTED_PROFILE}", "agent": f"device:{agent_id}"}
     outcomes: dict[str, str] = {}
     kill_log: list[str] = []
-    gate = admin_pb2.RolloutGate(soak_seconds=0.2, wave_timeout_seconds=600)
+    gate = admin_pb2.RolloutGate(soak_seconds=0.2, wave_timeout_seconds=600, min_inferences=0)
 
     def next_rollouts(admin: AdminClient) -> None:
         for chain, ids in chains.items():
