@@ -51,7 +51,14 @@ from coordinator.rollouts import (
 from coordinator.selection import Policy, Verdict
 from coordinator.store import Desired, TelemetryIn
 from coordinator.tokens import Tokens
-from edgefleet.limits import MAX_ID_CHARS, finite_problem, shown_id
+from edgefleet.limits import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    MAX_SELECTOR_CHARS,
+    MAX_WAVES,
+    finite_problem,
+    shown_id,
+)
 from edgefleet.pki import DEVICE_URI_PREFIX
 from edgefleet.profiles import ProfileError
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -339,6 +346,14 @@ def _finite(field: str, value: float, low: float = -math.inf, high: float = math
     return value
 
 
+def _check_text(field: str, value: str, limit: int, *, required: bool = False) -> None:
+    """Refuse a missing or over-long name before any error message could echo it."""
+    if required and not value:
+        raise InvalidArgument(field, "required")
+    if len(value) > limit:
+        raise InvalidArgument(field, f"longer than {limit} characters")
+
+
 _ROLLOUT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -509,8 +524,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.ExplainDeviceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ExplainDeviceResponse:
         validate_device_id(request.device_id)
-        if not request.model:
-            raise InvalidArgument("model", "required")
+        _check_text("model", request.model, MAX_NAME_CHARS, required=True)
         policy = _policy(request.accuracy_tolerance, request.latency_slo_ms)
         explained = await self._rollouts.explain(request.device_id, request.model, policy)
         chosen = explained.selection.winner
@@ -531,9 +545,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     async def CreateRollout(
         self, request: admin_pb2.CreateRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
-        if not request.model:
-            raise InvalidArgument("model", "required")
+        _check_text("model", request.model, MAX_NAME_CHARS, required=True)
+        _check_text("selector", request.selector, MAX_SELECTOR_CHARS)
+        _check_text("strategy", request.strategy, MAX_NAME_CHARS)
         _finite("canary_fraction", request.canary_fraction)
+        if len(request.waves) > MAX_WAVES:
+            raise InvalidArgument("waves", f"at most {MAX_WAVES} waves")
         for i, fraction in enumerate(request.waves):
             _finite(f"waves[{i}]", fraction)
         rollout = await self._rollouts.create(
@@ -569,6 +586,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         self, request: admin_pb2.ControlRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.RolloutResponse:
         validate_rollout_id(request.rollout_id)
+        _check_text("action", request.action, MAX_NAME_CHARS)
         rollout = await self._rollouts.control(request.rollout_id, request.action)
         log.info("rollout %s: %s", rollout.id, request.action)
         return await self._rollout_reply(rollout)

@@ -17,6 +17,10 @@ import math
 MAX_SAFE_INT = 2**53
 # Ids (device, rollout) in requests: longer ones are refused and never echoed back.
 MAX_ID_CHARS = 64
+# Names and free text in admin requests (model, selector, rollout action) and waves.
+MAX_NAME_CHARS = 128
+MAX_SELECTOR_CHARS = 1024
+MAX_WAVES = 16
 # Device profile lists and strings.
 MAX_ACCELERATORS = 16
 MAX_PRECISIONS = 8

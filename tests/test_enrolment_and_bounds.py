@@ -31,6 +31,7 @@ from coordinator.registry import (
     RegistrySettings,
 )
 from coordinator.servicers import (
+    AdminServicer,
     DeviceServicer,
     _policy,
     device_to_proto,
@@ -329,6 +330,41 @@ def test_long_ids_are_refused_without_being_echoed() -> None:
         with pytest.raises(InvalidArgument) as info:
             validate_rollout_id(bad)
         assert len(str(info.value)) < 200
+
+
+def test_long_names_in_admin_requests_are_refused_before_any_echo() -> None:
+    """A 70 KB model or selector used to come back in NOT_FOUND/FAILED_PRECONDITION."""
+
+    class Abort(Exception):
+        pass
+
+    class Context:
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("authorization", "Bearer a"),)
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+            raise Abort(code, details)
+
+    servicer = AdminServicer(None, TOKENS, None)  # type: ignore[arg-type]
+    huge = "m" * 70_000
+    calls = [
+        servicer.CreateRollout(admin_pb2.CreateRolloutRequest(model=huge), Context()),
+        servicer.CreateRollout(admin_pb2.CreateRolloutRequest(model="m", selector=huge), Context()),
+        servicer.CreateRollout(
+            admin_pb2.CreateRolloutRequest(model="m", waves=[0.5] * 1000), Context()
+        ),
+        servicer.ExplainDevice(
+            admin_pb2.ExplainDeviceRequest(device_id="dev-0123456789ab", model=huge), Context()
+        ),
+        servicer.ControlRollout(
+            admin_pb2.ControlRolloutRequest(rollout_id="ro-1", action=huge), Context()
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(Abort) as info:
+            asyncio.run(call)  # type: ignore[arg-type]
+        code, details = info.value.args
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200
 
 
 def test_long_device_ids_are_not_echoed(redis_url: str) -> None:

@@ -569,6 +569,9 @@ def check_admin_numbers(
         get = admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
         code, details = call_details(stub.GetRollout, get, ADMIN_TOKEN)
         assert code in ALLOWED and len(details) < 300  # a 70 KB id is never echoed
+        named = admin_pb2.CreateRolloutRequest(model=rollout_id or "m", selector=rollout_id)
+        code, details = call_details(stub.CreateRollout, named, ADMIN_TOKEN)
+        assert code in ALLOWED and len(details) < 300  # nor a 70 KB model or selector
 
 
 test_admin_numbers_and_ids_are_bounded, test_admin_numbers_and_ids_large = fuzz(
@@ -605,6 +608,29 @@ def check_random_bytes(served: tuple[str, str], data: bytes) -> None:
 
 test_random_bytes_as_a_message_are_refused_cleanly, test_random_bytes_large = fuzz(
     check_random_bytes, data=st.binary(max_size=512)
+)
+
+
+def check_random_download_bytes(served: tuple[str, str], data: bytes) -> None:
+    """A server-streaming RPC goes through the same validation layer as the unary ones:
+    undecodable bytes are INVALID_ARGUMENT there too, never UNKNOWN (issue 14)."""
+    address, _ = served
+    with grpc.insecure_channel(address) as ch:
+        raw = ch.unary_stream(
+            "/edgefleet.v1.ArtifactService/DownloadArtifact",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        try:
+            list(raw(data, metadata=(("authorization", "Bearer x"),), timeout=10))
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+    assert code in ALLOWED
+
+
+test_random_bytes_as_a_download_request_are_refused_cleanly, test_random_download_large = fuzz(
+    check_random_download_bytes, data=st.binary(max_size=512)
 )
 
 
