@@ -32,6 +32,7 @@ from coordinator.errors import (
 from coordinator.metrics import CoordinatorMetrics, profile_label
 from coordinator.registry import (
     AGENT_STATES,
+    MAX_TELEMETRY_BATCH,
     DeviceStatus,
     DeviceView,
     HeartbeatReport,
@@ -319,6 +320,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> device_pb2.ReportTelemetryResponse:
         async def call() -> device_pb2.ReportTelemetryResponse:
+            if len(request.records) > MAX_TELEMETRY_BATCH:  # before converting any of them
+                raise InvalidArgument("records", f"at most {MAX_TELEMETRY_BATCH} records per call")
             records = [telemetry_from_proto(r) for r in request.records]
             outcome, device, new = await self._registry.report_telemetry(
                 request.device_id, bearer_token(context), records, peer_device_id(context)
