@@ -4,8 +4,9 @@ Why gRPC on loopback: applications on the device get a typed contract (``protos/
 language's stubs, and binding only to 127.0.0.1 keeps the endpoint off the network without an
 authentication scheme. It runs on the agent's own asyncio loop (one process, no extra
 thread pool to size); each batch runs in a worker thread so a slow inference never delays a
-heartbeat. Status codes: a malformed input is the caller's to fix (INVALID_ARGUMENT), no
-active variant yet is a state to wait out (FAILED_PRECONDITION).
+heartbeat. Status codes: a malformed input is the caller's to fix (INVALID_ARGUMENT, also for
+bytes that are not an InferRequest and shapes of absurd rank), no active variant yet is a
+state to wait out (FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from agent.runtimes import InferenceError, InputError, NotLoadedError
 from agent.serving import LATENCY_BOUNDS_MS, Serving
+from edgefleet.interceptors import ValidationInterceptor
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
 __all__ = ["InferenceServer", "decode_input"]
@@ -26,6 +29,9 @@ __all__ = ["InferenceServer", "decode_input"]
 log = logging.getLogger("edgefleet.agent.inference")
 
 _DTYPES = ("float32",)  # what variants take today; the runtime checks the variant's own dtype
+# Dimensions a shape may have: numpy refuses more than 64 (an error escaping as UNKNOWN), and
+# no variant takes more than a handful; checked before anything is computed from the shape.
+MAX_DIMS = 32
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a batch for a small device, not a dataset
 
 
@@ -39,7 +45,7 @@ def decode_input(request: inference_pb2.InferRequest, variant_shape: list[int]) 
         dtype = t.dtype or "float32"
         if dtype not in _DTYPES:
             raise InputError(f"tensor dtype {dtype!r} is not supported (use float32)")
-        shape = [int(d) for d in t.shape]
+        shape = _checked_shape(t.shape, "tensor shape")
         if not shape or any(d < 1 for d in shape):
             raise InputError(f"tensor shape {shape} must be non-empty with positive dims")
         want = math.prod(shape) * np.dtype(dtype).itemsize
@@ -50,7 +56,7 @@ def decode_input(request: inference_pb2.InferRequest, variant_shape: list[int]) 
         return np.frombuffer(t.data, dtype="<f4").reshape(shape).astype(np.float32)
     if which == "values":
         values = np.asarray(request.values.values, dtype=np.float32)
-        shape = [int(d) for d in request.values.shape]
+        shape = _checked_shape(request.values.shape, "values shape")
         if not shape:
             per = math.prod(variant_shape[1:])
             if per == 0 or values.size == 0 or values.size % per:
@@ -63,6 +69,12 @@ def decode_input(request: inference_pb2.InferRequest, variant_shape: list[int]) 
             raise InputError(f"{values.size} values do not fill shape {shape}")
         return values.reshape(shape)
     raise InputError("the request carries no input (set tensor or values)")
+
+
+def _checked_shape(dims: Sequence[int], what: str) -> list[int]:
+    if len(dims) > MAX_DIMS:
+        raise InputError(f"{what} has {len(dims)} dimensions (at most {MAX_DIMS})")
+    return [int(d) for d in dims]
 
 
 class _Servicer(inference_pb2_grpc.InferenceServiceServicer):  # type: ignore[misc]
@@ -134,10 +146,12 @@ class InferenceServer:
 
     async def start(self) -> int:
         server = grpc.aio.server(
+            # undecodable request bytes: INVALID_ARGUMENT, like every malformed input
+            interceptors=[ValidationInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ]
+            ],
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(_Servicer(self.serving), server)
         self.bound_port = server.add_insecure_port(f"{self.host}:{self.port}")

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,12 @@ from typing import Any
 import grpc
 
 from coordinator.compression.variant_store import UnknownVariantError, VariantStore
-from coordinator.errors import InvalidArgument, NotFound
+from coordinator.errors import CoordinatorError, InvalidArgument, NotFound, PermissionDenied
+from coordinator.limits import StreamLimitError, StreamSlots
 from coordinator.registry import Registry
+from coordinator.rollouts import RolloutManager
 from coordinator.servicers import _guard, bearer_token, peer_device_id
+from coordinator.store import DeviceRecord
 from edgefleet.archive import pack_directory
 from edgefleet.bundle import BundleError
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
@@ -133,38 +136,90 @@ class ArchiveCache:
 
 
 class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: ignore[misc]
-    """DownloadArtifact: authenticate the device, then stream the archive from an offset."""
+    """DownloadArtifact: authenticate the device, then stream the archive from an offset.
+
+    A device gets only the variant it is desired to run (or, during a rollout, the one it
+    would roll back to): PERMISSION_DENIED otherwise, so a credential is not a key to the
+    whole model store. Streams in flight are capped per device and in total
+    (:class:`StreamSlots`, RESOURCE_EXHAUSTED over a cap).
+    """
 
     def __init__(
-        self, registry: Registry, variants: VariantStore, chunk_bytes: int = CHUNK_BYTES
+        self,
+        registry: Registry,
+        variants: VariantStore,
+        slots: StreamSlots,
+        rollouts: RolloutManager | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be > 0")
         self._registry = registry
         self._cache = ArchiveCache(variants)
+        self._slots = slots
+        self._rollouts = rollouts
         self._chunk = chunk_bytes
 
-    async def _prepare(
+    async def _authorize(
         self,
         request: artifact_pb2.DownloadArtifactRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> CachedArchive:
-        await self._registry.authenticate_device(
+    ) -> None:
+        record = await self._registry.authenticate_device(
             request.device_id, bearer_token(context), peer_device_id(context)
         )
         if not _VARIANT_ID.match(request.variant_id):
             raise InvalidArgument("variant_id", "must be a full 64-hex-digit variant id")
         if request.offset < 0:
             raise InvalidArgument("offset", "must be >= 0")
-        return await self._cache.get(request.variant_id)
+        if request.variant_id != record.desired.variant and (
+            request.variant_id != await self._rollback_target(record)
+        ):
+            raise PermissionDenied(
+                f"device {record.id} may download only its desired variant "
+                f"({record.desired.variant[:12] or 'none assigned'}), "
+                f"not {request.variant_id[:12]}"
+            )
+
+    async def _rollback_target(self, record: DeviceRecord) -> str:
+        """The variant the device goes back to if its current rollout is rolled back, or "".
+
+        Read only for a request that is not for the desired variant (rare for an agent,
+        which fetches nothing else), so a normal download costs no rollout read.
+        """
+        if self._rollouts is None or not record.desired.rollout:
+            return ""
+        try:
+            rollout = await self._rollouts.get(record.desired.rollout)
+        except CoordinatorError:  # gone: nothing to roll back to
+            return ""
+        for planned in rollout.devices:
+            if planned.device_id == record.id:
+                return planned.previous.variant
+        return ""
 
     async def DownloadArtifact(
         self,
         request: artifact_pb2.DownloadArtifactRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
-        archive = await _guard(context, lambda: self._prepare(request, context))
-        offset = request.offset
+        await _guard(context, lambda: self._authorize(request, context))
+        try:
+            with self._slots.hold(request.device_id):
+                archive = await _guard(context, lambda: self._cache.get(request.variant_id))
+                chunks = self._stream(archive, request.offset, context)
+                async with contextlib.aclosing(chunks):  # the archive closes with the call
+                    async for chunk in chunks:
+                        yield chunk
+        except StreamLimitError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    async def _stream(
+        self,
+        archive: CachedArchive,
+        offset: int,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncGenerator[artifact_pb2.ArtifactChunk, None]:
         if offset > archive.size:
             await context.abort(
                 grpc.StatusCode.OUT_OF_RANGE,
@@ -195,10 +250,14 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
 
 
 def add_artifact_service(
-    server: grpc.aio.Server, registry: Registry, variants: VariantStore
+    server: grpc.aio.Server,
+    registry: Registry,
+    variants: VariantStore,
+    slots: StreamSlots,
+    rollouts: RolloutManager | None = None,
 ) -> str:
     """Serve ArtifactService on ``server``; return its full name (for health and reflection)."""
     artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(
-        ArtifactServicer(registry, variants), server
+        ArtifactServicer(registry, variants, slots, rollouts), server
     )
     return SERVICE_NAME

@@ -13,11 +13,8 @@ reports the same fleet and dashboards aggregate them with ``max``, not ``sum``.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -211,9 +208,22 @@ class CoordinatorMetrics:
         self.set_rollouts({}, {})
         self.state_store_up.set(0)
 
-    def relay_device_metric(self, name: str, value: float, variant: str, profile: str) -> None:
-        """Fold an agent-reported metric into the fleet series (bounded labels only)."""
-        labels = (variant[:12] or "none", profile_label(profile))
+    def relay_device_metric(
+        self,
+        name: str,
+        value: float,
+        variant: str,
+        profile: str,
+        known: Callable[[str], bool] = lambda _: False,
+    ) -> None:
+        """Fold an agent-reported metric into the fleet series (bounded labels only).
+
+        The variant is the device's own report, so it becomes a label (its first 12 hex
+        digits) only if ``known`` says the coordinator has that variant; anything else is
+        ``unknown``, or a device could add series with every heartbeat.
+        """
+        label = "none" if not variant else variant[:12] if known(variant) else "unknown"
+        labels = (label, profile_label(profile))
         if name == "inference_latency_ms":
             self.inference_latency.labels(*labels).observe(value / 1000.0)
         elif name == "inference_count" and value > 0:
@@ -266,84 +276,6 @@ class CoordinatorMetrics:
         for status in ("online", "offline"):
             total = sum(n for (s, _), n in bounded.items() if s == status)
             self.devices.labels(status, "all").set(total)
-
-
-def _split_method(full: str) -> tuple[str, str]:
-    """'/edgefleet.v1.DeviceService/Register' -> ('edgefleet.v1.DeviceService', 'Register')."""
-    _, service, method = [*full.split("/"), "", ""][:3]
-    return service or "unknown", method or "unknown"
-
-
-class _Undecodable:
-    """Stands in for a request whose bytes are not a valid message."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-def _tolerant(
-    deserializer: Callable[[bytes], Any] | None,
-) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
-
-    def decode(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception as exc:  # protobuf's DecodeError and friends
-            return _Undecodable(exc)
-
-    return decode
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary call, whatever service it belongs to.
-
-    It also turns bytes that do not decode as the method's request message into
-    INVALID_ARGUMENT: left to grpc.aio, a malformed message surfaces as UNKNOWN,
-    which tells a client nothing (found by the fuzz tests).
-    """
-
-    def __init__(self, metrics: CoordinatorMetrics) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        service, method = _split_method(handler_call_details.method)
-        behavior = handler.unary_unary
-        metrics = self._metrics
-
-        async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                if isinstance(request, _Undecodable):
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"malformed request: not a valid {method} message ({request.error})",
-                    )
-                return await behavior(request, context)  # type: ignore[arg-type]
-            except BaseException:
-                found = context.code()
-                code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
-                raise
-            finally:
-                metrics.rpc_seconds.labels(service, method).observe(time.perf_counter() - start)
-                metrics.rpcs.labels(service, method, code).inc()
-
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
 
 
 class _FederatedRoundsCollector(Collector):

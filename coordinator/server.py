@@ -30,15 +30,18 @@ from coordinator.compression.variant_store import VariantStore
 from coordinator.datadir_lock import lock_data_dir
 from coordinator.embedded_redis import EmbeddedRedis
 from coordinator.errors import Unavailable
-from coordinator.metrics import CoordinatorMetrics, MetricsInterceptor
+from coordinator.limits import Limits, StreamSlots, raise_fd_limit, server_options
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry, RegistrySettings
 from coordinator.rollout_controller import RolloutController
 from coordinator.rollouts import RolloutManager
+from coordinator.rpc_metrics import MetricsInterceptor
 from coordinator.servicers import AdminServicer, DeviceServicer
 from coordinator.store import FleetStore
 from coordinator.tokens import Tokens
-from coordinator.variants import model_variants
+from coordinator.variants import KnownVariants, model_variants
 from edgefleet.bundle import public_key_hex
+from edgefleet.interceptors import ValidationInterceptor, WriteDeadlineInterceptor
 from edgefleet.perf import measure_host
 from edgefleet.pki import CertificateAuthority
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
@@ -79,6 +82,7 @@ class CoordinatorConfig:
     # the host agents are told to reach the device port and SuperLink at ("" = host); needed
     # when binding a wildcard such as 0.0.0.0, which is not an address a device can dial
     advertise_host: str = ""
+    limits: Limits = field(default_factory=Limits)  # streams, connections (issue 14)
 
     @property
     def public_host(self) -> str:
@@ -191,6 +195,7 @@ class Coordinator:
     async def start(cls, config: CoordinatorConfig) -> Coordinator:
         lock_data_dir(config.data_dir)  # first: a second coordinator must touch nothing here
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        raise_fd_limit()
         tokens = Tokens.load(config.data_dir)
         embedded = None
         url = config.redis_url
@@ -220,17 +225,27 @@ class Coordinator:
         registry = Registry(store, tokens, config.settings, ca=ca)
 
         metrics = CoordinatorMetrics()
+        limits = config.limits
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(metrics)],
+            # outermost first: metrics count what validation refuses; the write deadline
+            # is innermost, where a stream's messages are written
+            interceptors=[
+                MetricsInterceptor(metrics),
+                ValidationInterceptor(),
+                WriteDeadlineInterceptor(limits.stream_write_timeout),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *server_options(limits),
             ],
         )
         variants = VariantStore(config.data_dir)
         bundle_keys = (public_key_hex(variants.public_key()),)
-        device_servicer = DeviceServicer(registry, metrics, bundle_keys)
+        device_servicer = DeviceServicer(
+            registry, metrics, bundle_keys, known_variant=KnownVariants(variants)
+        )
         device_pb2_grpc.add_DeviceServiceServicer_to_server(device_servicer, server)
         host_mps = (
             config.host_macs_per_second or (await asyncio.to_thread(measure_host)).macs_per_second
@@ -242,7 +257,9 @@ class Coordinator:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(registry, tokens, rollouts, metrics), server
         )
-        service_names = (*SERVICE_NAMES, add_artifact_service(server, registry, variants))
+        slots = StreamSlots(limits.max_streams_per_device, limits.max_streams)
+        artifacts = add_artifact_service(server, registry, variants, slots, rollouts)
+        service_names = (*SERVICE_NAMES, artifacts)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -227,9 +227,11 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
         metrics: CoordinatorMetrics,
         bundle_public_keys: tuple[str, ...] = (),
         device_endpoint: str = "",
+        known_variant: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._known_variant = known_variant  # bounds the variant label of relayed metrics
         self._bundle_keys = list(bundle_public_keys)
         self.device_endpoint = device_endpoint  # set by the server once the port is bound
         # set by the server when it runs or knows a SuperLink; sent with every heartbeat
@@ -329,7 +331,11 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
             for r in new:
                 if r.value is not None:
                     self._metrics.relay_device_metric(
-                        r.name, r.value, device.active_variant, device.profile.name
+                        r.name,
+                        r.value,
+                        device.active_variant,
+                        device.profile.name,
+                        self._known_variant,
                     )
             self._metrics.telemetry_records.labels("accepted").inc(outcome.accepted)
             self._metrics.telemetry_records.labels("duplicate").inc(outcome.duplicates)

@@ -8,11 +8,14 @@ it uses a bundle, so a tampered manifest cannot get anything executed.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from coordinator.compression.variant_store import UnknownModelError, VariantStore
 from coordinator.selection import VariantFacts
 from edgefleet.bundle import MANIFEST_NAME
+
+_VARIANT_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class VariantReadError(RuntimeError):
@@ -65,3 +68,26 @@ def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
         raise UnknownModel(str(exc)) from exc
     ids = list(dict.fromkeys([entry.base, *entry.variants]))
     return [read_facts(store, v) for v in ids]
+
+
+class KnownVariants:
+    """Is this a variant in the store? For labels and checks on ids a device reports.
+
+    A device may report any string as its active variant; only a full id of a bundle in
+    the store counts as known. Hits are remembered (variants are immutable and few), a
+    miss is a stat of one directory, so a new variant is known as soon as it is stored.
+    """
+
+    def __init__(self, store: VariantStore) -> None:
+        self._store = store
+        self._known: set[str] = set()
+
+    def __call__(self, variant_id: str) -> bool:
+        if variant_id in self._known:
+            return True
+        if not _VARIANT_ID.fullmatch(variant_id):
+            return False
+        if (self._store.variants_dir / variant_id / MANIFEST_NAME).is_file():
+            self._known.add(variant_id)
+            return True
+        return False

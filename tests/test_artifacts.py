@@ -67,6 +67,7 @@ class Env:
     small: str
     foreign: str  # signed by another key, planted in the coordinator's store
     foreign_dir: Path  # that bundle as the foreign store wrote it
+    redis_url: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,9 @@ def env(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     foreign = other.put({"name": "foreign", "recipe": "test"}, _bundle_files(7, BIG))
     shutil.copytree(other.variants_dir / foreign, store.variants_dir / foreign)
     proc = CoordinatorProc(data_dir, free_port(), ["--redis-url", url]).start()
-    yield Env(proc.address, data_dir, store, a, b, c, small, foreign, other.variants_dir / foreign)
+    yield Env(
+        proc.address, data_dir, store, a, b, c, small, foreign, other.variants_dir / foreign, url
+    )
     proc.stop()
 
 
@@ -128,6 +131,17 @@ def desired(variant_id: str) -> device_pb2.DesiredState:
     return device_pb2.DesiredState(generation=1, variant_id=variant_id)
 
 
+def allow(env: Env, device: Device, variant_id: str) -> None:
+    """Make ``variant_id`` the device's desired variant: the only one the coordinator serves it."""
+    with redis.Redis.from_url(env.redis_url) as r:
+        r.hset(f"edgefleet:device:{device.device_id}", "desired_variant", variant_id)
+
+
+def assign(env: Env, device: Device, variant_id: str) -> device_pb2.DesiredState:
+    allow(env, device, variant_id)
+    return desired(variant_id)
+
+
 def archive_of(directory: Path) -> bytes:
     buf = io.BytesIO()
     pack_directory(directory, buf)
@@ -142,13 +156,13 @@ def test_download_verify_activate_rollback_gc(env: Env, device: Device, tmp_path
     rec = Reconciler(cache, device_id=device.device_id, wait_seconds=None)
 
     async def body(stub: Any) -> None:
-        s = await rec.reconcile(desired(env.a), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, env.a), stub, device.metadata)
         assert (s.active_variant, s.previous_variant, s.failed_variant) == (env.a, "", "")
         assert rec.last_download is not None and rec.last_download.resumed_from == 0
-        s = await rec.reconcile(desired(env.b), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, env.b), stub, device.metadata)
         assert (s.active_variant, s.previous_variant) == (env.b, env.a)
         # Level-triggered: the same desired state again changes nothing and fetches nothing.
-        s = await rec.reconcile(desired(env.b), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, env.b), stub, device.metadata)
         assert (s.active_variant, s.previous_variant) == (env.b, env.a)
         s = await rec.reconcile(device_pb2.DesiredState(), stub, device.metadata)
         assert s.active_variant == env.b  # "" desired: leave what is served alone
@@ -165,7 +179,7 @@ def test_download_verify_activate_rollback_gc(env: Env, device: Device, tmp_path
     assert list(cache.downloads_dir.iterdir()) == []  # nothing half-done left behind
 
     async def third(stub: Any) -> None:
-        s = await rec.reconcile(desired(env.c), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, env.c), stub, device.metadata)
         assert (s.active_variant, s.previous_variant) == (env.c, env.a)
 
     _run(with_stub(env.address, third))
@@ -191,6 +205,7 @@ def test_coordinator_archive_is_deterministic_and_matches_announced_hash(
         )
         return [chunk async for chunk in call]
 
+    allow(env, device, env.a)
     chunks = _run(with_stub(env.address, body))
     data = b"".join(c.data for c in chunks)
     assert data == local
@@ -219,6 +234,8 @@ def test_cut_stream_resumes_from_the_partial_offset(
 ) -> None:
     cache = ArtifactCache(tmp_path / "agent", device.keys, link_kbps=4_000)  # 500 KB/s
 
+    allow(env, device, env.a)
+
     async def body(stub: Any) -> None:
         cut_at = await _cut_midway(cache, env.a, device, stub)
         assert 0 < cut_at < BIG
@@ -239,6 +256,8 @@ def test_corrupt_byte_in_partial_is_discarded_and_refetched(
     env: Env, device: Device, tmp_path: Path
 ) -> None:
     cache = ArtifactCache(tmp_path / "agent", device.keys, link_kbps=4_000)
+
+    allow(env, device, env.b)
 
     async def body(stub: Any) -> None:
         cut_at = await _cut_midway(cache, env.b, device, stub)
@@ -263,17 +282,19 @@ def test_wrong_key_is_refused_and_the_previous_variant_keeps_serving(
     rec = Reconciler(cache, device_id=device.device_id, wait_seconds=None)
 
     async def body(stub: Any) -> None:
-        assert (await rec.reconcile(desired(env.a), stub, device.metadata)).active_variant == env.a
+        assert (
+            await rec.reconcile(assign(env, device, env.a), stub, device.metadata)
+        ).active_variant == env.a
         # The agent's trust changes (e.g. a key rotation it has not been told about): the
         # coordinator's perfectly good bundle is now signed by a key it does not trust.
         other = VariantStore(tmp_path / "other-key").public_key()
         cache.set_trusted_keys([public_key_hex(other)])
-        s = await rec.reconcile(desired(env.b), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, env.b), stub, device.metadata)
         assert (s.active_variant, s.failed_variant) == (env.a, env.b)
         assert "untrusted key" in s.failure_reason
         # Remembered with backoff: the next heartbeat does not download it again.
         offsets = list(cache.request_offsets)
-        s = await rec.reconcile(desired(env.b), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, env.b), stub, device.metadata)
         assert cache.request_offsets == offsets and s.failed_variant == env.b
 
     _run(with_stub(env.address, body))
@@ -323,6 +344,8 @@ def test_foreign_signed_bundle_is_refused_by_agent_and_coordinator(
     env: Env, device: Device, tmp_path: Path
 ) -> None:
     # The coordinator will not serve a bundle in its store that its own key did not sign.
+    allow(env, device, env.foreign)
+
     async def coordinator(stub: Any) -> grpc.StatusCode:
         call = stub.DownloadArtifact(
             artifact_pb2.DownloadArtifactRequest(
@@ -413,8 +436,12 @@ def _status(
 
 def test_bad_requests_get_clear_status_codes(env: Env, device: Device) -> None:
     size = len(archive_of(env.store.variants_dir / env.a))
+    code, msg = _status(env, device.device_id, device.credential, env.a)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "only its desired variant" in msg
+    allow(env, device, "ab" * 32)
     code, msg = _status(env, device.device_id, device.credential, "ab" * 32)
     assert code == grpc.StatusCode.NOT_FOUND and "unknown variant" in msg
+    allow(env, device, env.a)
     code, _ = _status(env, device.device_id, "wrong-credential", env.a)
     assert code == grpc.StatusCode.UNAUTHENTICATED
     code, _ = _status(env, device.device_id, "", env.a)
@@ -448,14 +475,14 @@ def test_agent_reports_unknown_variant_without_losing_the_active_one(
     rec = Reconciler(cache, device_id=device.device_id, wait_seconds=None)
 
     async def body(stub: Any) -> None:
-        await rec.reconcile(desired(env.a), stub, device.metadata)
-        s = await rec.reconcile(desired("cd" * 32), stub, device.metadata)
+        await rec.reconcile(assign(env, device, env.a), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, "cd" * 32), stub, device.metadata)
         assert (s.active_variant, s.failed_variant) == (env.a, "cd" * 32)
         assert "unknown variant" in s.failure_reason
         with pytest.raises(UnknownVariantError):
             await cache.fetch("not-an-id", stub, device.metadata, device.device_id)
         # A later good variant clears the reported failure.
-        s = await rec.reconcile(desired(env.b), stub, device.metadata)
+        s = await rec.reconcile(assign(env, device, env.b), stub, device.metadata)
         assert (s.active_variant, s.previous_variant, s.failed_variant) == (env.b, env.a, "")
 
     _run(with_stub(env.address, body))
@@ -524,6 +551,7 @@ def test_slow_link_is_proportionally_slower_and_needs_no_size_based_timeout(
 ) -> None:
     size = len(archive_of(env.store.variants_dir / env.small))
     seconds: dict[int, float] = {}
+    allow(env, device, env.small)
 
     async def body(stub: Any) -> None:
         for kbps in (400, 200):
@@ -554,7 +582,7 @@ def test_reconcile_does_not_block_heartbeats_during_a_slow_download(
         passes = 0
         while True:
             start = time.monotonic()
-            s = await rec.reconcile(desired(env.c), stub, device.metadata)
+            s = await rec.reconcile(assign(env, device, env.c), stub, device.metadata)
             assert time.monotonic() - start < 0.5  # a heartbeat's worth, not a download's
             passes += 1
             if s.active_variant == env.c:

@@ -43,6 +43,7 @@ from coordinator.cli.rollout_cmds import deploy, explain, rollout_app
 from coordinator.cli.train_cmds import train_app
 from edgefleet.catalog import CATALOG
 from edgefleet.v1 import admin_pb2
+from coordinator.limits import Limits
 
 app = typer.Typer(
     name="edgefleet",
@@ -151,6 +152,18 @@ def coordinator_start(
     ] = "",
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
+    max_streams_per_device: Annotated[
+        int, typer.Option(min=1, help="concurrent artifact downloads one device may hold")
+    ] = Limits.max_streams_per_device,
+    max_streams: Annotated[
+        int, typer.Option(min=1, help="concurrent artifact downloads in total")
+    ] = Limits.max_streams,
+    stream_write_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="seconds a download may wait for its client to read before it is cut"
+        ),
+    ] = Limits.stream_write_timeout,
     """Start the coordinator and serve until Ctrl-C.
 
     TLS by default: a CA and a server certificate are created under DATA_DIR/tls on first
@@ -180,6 +193,11 @@ def coordinator_start(
         superlink_port=superlink_port if superlink_port >= 0 else (port + 2 if port else 0),
     )
 
+        limits=Limits(
+            max_streams_per_device=max_streams_per_device,
+            max_streams=max_streams,
+            stream_write_timeout=stream_write_timeout,
+        ),
     def ready(c: Coordinator) -> None:
         err_console.print(
             f"edgefleet coordinator listening on {c.address}"
