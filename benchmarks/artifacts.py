@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from agent.artifacts import ArtifactCache
+from benchmarks.desired import assign_variant
 from coordinator.compression.variant_store import VariantStore
 from coordinator.demo import start_coordinator_process, stop_process
 from coordinator.tokens import ENROLL_TOKEN_FILE
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             token = (tmp / "coord" / ENROLL_TOKEN_FILE).read_text().strip()
             device = asyncio.run(_register(address, token))
+            assign_variant(tmp / "coord", [device.device_id], variant)
             metadata = (("authorization", f"Bearer {device.credential}"),)
             keys = list(device.bundle_public_keys)
 
