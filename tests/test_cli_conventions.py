@@ -365,3 +365,23 @@ def test_malformed_rollout_ids_are_usage_errors_that_never_echo_the_blob(
     assert len(res.stderr) < 300 and fake.built == []  # refused before any call
     res = runner.invoke(app, ["--insecure", "rollout", command, "ro-1; rm -rf /"])
     assert res.exit_code == 2 and "at most 64 of [A-Za-z0-9._-]" in res.stderr
+
+
+def _complete(words: str) -> list[str]:
+    """What bash completion offers for the last word (click's completion protocol)."""
+    env = {**os.environ, "_EDGEFLEET_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}  # fmt: skip
+    script = Path(sys.executable).parent / "edgefleet"  # the console script: its name keys
+    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    return done.stdout.split()
+
+
+def test_shell_completion_offers_choices_profiles_recipes_and_contexts(_isolated: Path) -> None:
+    assert _complete("edgefleet deploy m --strategy ") == ["all", "canary", "waves"]
+    assert "rpi4,rpi-zero2w" in _complete("edgefleet simulate --profiles rpi4,rpi-z")
+    assert _complete("edgefleet devices ls --status on") == ["online"]
+    assert _complete("edgefleet models build m --recipes int8-s") == ["int8-static"]
+    assert _complete("edgefleet train start mlp --strategy fedp") == ["fedprox"]
+    _isolated.write_text('[contexts.lab]\ncoordinator = "h:1"\n[contexts.prod]\n')
+    assert _complete("edgefleet devices ls --context l") == ["lab"]
+    assert _complete("edgefleet config use-context p") == ["prod"]

@@ -219,8 +219,9 @@ def client(coordinator: str = "", admin_token: str = "") -> AdminClient:
     return AdminClient(chosen.coordinator, chosen.admin_token, ca_cert=ca_certificate())
 
 
-def _complete_context(incomplete: str) -> list[str]:
-    """Shell completion of ``--context``: the names in the config file."""
+def _complete_context(ctx: click.Context, args: list[str], incomplete: str) -> list[str]:
+    """Shell completion of ``--context``: the names in the config file (typer's raw
+    ``autocompletion`` signature, as these options are built without typer.Option)."""
     try:
         names = EdgefleetConfig.load().contexts
     except ValueError:

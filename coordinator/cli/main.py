@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 
 from coordinator.admin_client import AdminClient, AdminClientError
@@ -38,12 +39,13 @@ from coordinator.cli.common import (
     out,
     print_json,
 )
+from coordinator.cli.completion import complete_profile, complete_profiles, complete_recipes
 from coordinator.cli.config_cmds import config_app
 from coordinator.cli.rollout_cmds import deploy, explain, rollout_app
 from coordinator.cli.train_cmds import train_app
+from coordinator.limits import Limits
 from edgefleet.catalog import CATALOG
 from edgefleet.v1 import admin_pb2
-from coordinator.limits import Limits
 
 app = typer.Typer(
     name="edgefleet",
@@ -150,8 +152,6 @@ def coordinator_start(
             "set it when --host is a wildcard such as 0.0.0.0; added to the certificate)",
         ),
     ] = "",
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
-) -> None:
     max_streams_per_device: Annotated[
         int, typer.Option(min=1, help="concurrent artifact downloads one device may hold")
     ] = Limits.max_streams_per_device,
@@ -164,6 +164,8 @@ def coordinator_start(
             min=0.1, help="seconds a download may wait for its client to read before it is cut"
         ),
     ] = Limits.stream_write_timeout,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+) -> None:
     """Start the coordinator and serve until Ctrl-C.
 
     TLS by default: a CA and a server certificate are created under DATA_DIR/tls on first
@@ -191,13 +193,13 @@ def coordinator_start(
         superlink=resolve_superlink(superlink),
         advertise_host=advertise_host,
         superlink_port=superlink_port if superlink_port >= 0 else (port + 2 if port else 0),
-    )
-
         limits=Limits(
             max_streams_per_device=max_streams_per_device,
             max_streams=max_streams,
             stream_write_timeout=stream_write_timeout,
         ),
+    )
+
     def ready(c: Coordinator) -> None:
         err_console.print(
             f"edgefleet coordinator listening on {c.address}"
@@ -248,6 +250,7 @@ def resolve_superlink(value: str) -> str:
 
 _STATUS_FILTER = {
     "": admin_pb2.DEVICE_STATUS_UNSPECIFIED,
+    "any": admin_pb2.DEVICE_STATUS_UNSPECIFIED,
     "online": admin_pb2.DEVICE_STATUS_ONLINE,
     "offline": admin_pb2.DEVICE_STATUS_OFFLINE,
 }
@@ -258,8 +261,15 @@ _STATUS_FILTER = {
 def devices_ls(
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     admin_token: AdminTokenOpt = "",
-    profile: Annotated[str, typer.Option(help="only devices with this profile")] = "",
-    status: Annotated[str, typer.Option(help="only 'online' or 'offline' devices")] = "",
+    profile: Annotated[
+        str, typer.Option(help="only devices with this profile", autocompletion=complete_profile)
+    ] = "",
+    status: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(["any", "online", "offline"]), help="only devices in this state"
+        ),
+    ] = "any",
     as_json: JsonOpt = False,
 ) -> None:
     """List registered devices."""
@@ -473,7 +483,10 @@ def wait_until_online(
 def simulate(
     devices: Annotated[int, typer.Option("--devices", "-n", help="number of agents")] = 6,
     profiles: Annotated[
-        str, typer.Option(help="comma-separated profiles, assigned round-robin")
+        str,
+        typer.Option(
+            help="comma-separated profiles, assigned round-robin", autocompletion=complete_profiles
+        ),
     ] = "phone-flagship,phone-budget,rpi4,rpi-zero2w,jetson-nano,cortex-m7",
     coordinator: CoordinatorOpt = DEFAULT_COORDINATOR,
     token: Annotated[
@@ -597,7 +610,11 @@ def demo(
     ] = Path(".edgefleet/demo"),
     epochs: Annotated[int, typer.Option(help="training epochs of the base model")] = 15,
     recipes: Annotated[
-        str, typer.Option(help="comma-separated compression recipes (default: a survey mix)")
+        str,
+        typer.Option(
+            help="comma-separated compression recipes (default: a survey mix)",
+            autocompletion=complete_recipes,
+        ),
     ] = "",
     federated_rounds: Annotated[
         int, typer.Option(help="federated fine-tuning rounds on Flower at the end (0 = skip)")
