@@ -423,6 +423,19 @@ class ArtifactCache:
         self._point("current", variant_id)
         log.info("activated variant %s (previous %s)", variant_id[:12], current[:12] or "none")
 
+    def deactivate(self) -> str:
+        """Serve nothing (the coordinator rolled back to "no variant"); the bundle served until
+        now becomes previous, kept for a quick return. Returns its id ("" if none)."""
+        current = self.current()
+        if not current:
+            return ""
+        # previous first: a crash in between leaves current == previous, both valid.
+        self._point("previous", current)
+        _discard(self.root / "current")
+        _fsync_dir(self.root)
+        log.info("deactivated variant %s: serving nothing", current[:12])
+        return current
+
     def rollback(self) -> str:
         """Swap current and previous; return the id now served."""
         previous, current = self.previous(), self.current()

@@ -37,6 +37,8 @@ log = logging.getLogger("edgefleet.agent.reconcile")
 #: Called with a verified bundle before it is activated; returns a reason to refuse it
 #: (e.g. "runtime onnxruntime not available") or None to accept.
 AcceptHook = Callable[[Bundle, device_pb2.DesiredState], str | None]
+#: Called when the coordinator wants no variant served (stop serving the active one).
+UnloadHook = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Reconciler:
         backoff_max: float = 600.0,
         transient_backoff_max: float = 30.0,
         accept: AcceptHook | None = None,
+        unload: UnloadHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cache = cache
@@ -79,6 +82,7 @@ class Reconciler:
         self._backoff_max = backoff_max
         self._transient_max = transient_backoff_max
         self._accept = accept
+        self._unload = unload
         self._clock = clock
         self._failures: dict[str, _Failure] = {}
         self._reported: tuple[str, str] = ("", "")
@@ -114,7 +118,11 @@ class Reconciler:
         """One pass: start, collect or skip the work ``desired`` calls for; return the status."""
         target = desired.variant_id
         if not target:
-            await self._cancel_task()  # nothing assigned: leave whatever is served alone
+            await self._cancel_task()
+            if desired.generation > 0:  # told to serve nothing (a rollback to "no variant")
+                self._serve_nothing()
+            # generation 0: the coordinator never assigned anything (e.g. its store was
+            # reset); leave whatever is served alone rather than take a device down
             return self.status()
         if target == self.cache.current():
             await self._cancel_task()
@@ -178,6 +186,12 @@ class Reconciler:
         log.info(
             "variant %s active%s", target[:12], f"; removed {len(removed)} old" if removed else ""
         )
+
+    def _serve_nothing(self) -> None:
+        if self._unload is not None:
+            self._unload()
+        if self.cache.deactivate():
+            self._reported = ("", "")
 
     def _record_failure(self, target: str, exc: ArtifactError) -> None:
         previous = self._failures.get(target)

@@ -194,6 +194,19 @@ class Serving:
         log.info("serving variant %s with %s", bundle.variant_id[:12], name)
         return None
 
+    def unload(self) -> None:
+        """Serve nothing: requests get NotLoadedError (FAILED_PRECONDITION) from now on, and a
+        restarted agent does not bring the variant back."""
+        with self._lock:
+            old, self._runtime = self._runtime, None
+            self.variant_requests = 0
+        if old is None:
+            return
+        old.unload()
+        if self.state_dir is not None:
+            (self.state_dir / SERVING_FILE).unlink(missing_ok=True)
+        log.info("unloaded variant %s: serving nothing", (old.variant_id or "")[:12])
+
     def accept(self, bundle: Bundle, desired: device_pb2.DesiredState) -> str | None:
         """The reconciler's ``accept`` hook: serve the bundle now or say why not."""
         return self.load(bundle, desired.runtime)

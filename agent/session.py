@@ -106,6 +106,7 @@ class AgentSession:
             device_id=self._identity.device_id,
             wait_seconds=RECONCILE_WAIT_SECONDS,
             accept=self.serving.accept,
+            unload=self.serving.unload,
         )
         self.variant_status = self.reconciler.status()
         self._desired_state = device_pb2.DesiredState()

@@ -57,3 +57,33 @@ def test_corrupt_identity_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "identity.json").write_text('{"instance_key": ')
     with pytest.raises(IdentityError, match=r"identity\.json"):
         load_identity(tmp_path)
+
+
+def test_an_empty_desired_state_unloads_only_when_the_coordinator_assigned_it(
+    tmp_path: Path,
+) -> None:
+    """Generation 0 with no variant: the coordinator never assigned anything (a fresh or reset
+    store), so the served variant stays. A later generation with no variant is a rollback to
+    "no variant": the agent stops serving and the bundle is kept as previous."""
+    import asyncio
+
+    from agent.artifacts import ArtifactCache
+    from agent.reconcile import Reconciler
+    from edgefleet.v1 import device_pb2
+
+    cache = ArtifactCache(tmp_path)
+    vid = "ab" * 32
+    (cache.variants_dir / vid).mkdir()
+    cache.activate(vid)
+    unloaded: list[bool] = []
+    rec = Reconciler(cache, unload=lambda: unloaded.append(True))
+
+    async def reconcile(generation: int) -> str:
+        desired = device_pb2.DesiredState(generation=generation, variant_id="")
+        status = await rec.reconcile(desired, None, ())  # type: ignore[arg-type]
+        return status.active_variant
+
+    assert asyncio.run(reconcile(0)) == vid and not unloaded
+    assert asyncio.run(reconcile(3)) == "" and unloaded
+    assert cache.current() == "" and cache.previous() == vid
+    assert asyncio.run(reconcile(3)) == ""  # idempotent

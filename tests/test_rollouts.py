@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -576,3 +577,57 @@ def test_unset_min_inferences_takes_the_default_and_zero_is_kept() -> None:
         "updated_at": 0.0, "message": "", "version": 0,
     }  # fmt: skip
     assert Rollout.from_json(json.dumps(doc)).gate.min_inferences == 0
+
+
+def test_rolling_back_a_device_that_had_no_variant_leaves_it_serving_nothing(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The rollback restores "no variant": desired state empty, and the real agent unloads
+    (its endpoint answers FAILED_PRECONDITION, it reports no active variant), also after a
+    restart."""
+    from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+    from tests.fleetkit import add_servable_model
+
+    data = tmp_path / "coord"
+    (target,) = add_servable_model(data, "digits", 10_000)
+    coord = coordinator_factory(*FAST, data_dir=data)
+    agent = agent_factory(coord.address, "rpi4", "fresh-1", "--inference-port", "0")
+    identity, endpoint = agent.state_dir / "identity.json", agent.state_dir / "inference.json"
+    wait_for(lambda: identity.exists() and endpoint.exists(), 30, f"agent start; {agent.log}")
+    wait_for(lambda: bool(json.loads(identity.read_text())["device_id"]), 20, "enrolment")
+    device_id = json.loads(identity.read_text())["device_id"]
+    address = json.loads(endpoint.read_text())["address"]
+
+    def serving() -> str:
+        with grpc.insecure_channel(address) as ch:
+            stub = inference_pb2_grpc.InferenceServiceStub(ch)
+            status = stub.GetServingStatus(inference_pb2.GetServingStatusRequest(), timeout=5)
+        return str(status.variant_id)
+
+    with AdminClient(coord.address, ADMIN_TOKEN) as admin:
+        assert admin.get_device(device_id).active_variant == "" and serving() == ""
+        r = admin.create_rollout(
+            admin_pb2.CreateRolloutRequest(
+                model="digits", selector=f"device:{device_id}", gate=gate(soak=60)
+            )
+        )
+        wait_for(lambda: serving() == target, 30, f"activation; {agent.log}")
+        assert admin.control_rollout(r.id, "rollback").state == "rolled_back"
+        wait_for(lambda: serving() == "", 20, f"the agent to unload; {agent.log}")
+        wait_for(lambda: admin.get_device(device_id).active_variant == "", 10, "status")
+        assert admin.get_device(device_id).failed_variant == ""
+        with grpc.insecure_channel(address) as ch, pytest.raises(grpc.RpcError) as info:
+            inference_pb2_grpc.InferenceServiceStub(ch).Infer(
+                inference_pb2.InferRequest(values=inference_pb2.FloatList(values=[0.0] * 8)),
+                timeout=5,
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # a restarted agent does not bring the rolled-back variant back
+        assert agent.stop() == 0
+        endpoint.unlink()
+        agent.start()
+        wait_for(endpoint.exists, 30, f"agent restart; {agent.log}")
+        address = json.loads(endpoint.read_text())["address"]
+        assert serving() == ""  # the endpoint starts after the cached variant is restored
