@@ -385,3 +385,23 @@ def test_shell_completion_offers_choices_profiles_recipes_and_contexts(_isolated
     _isolated.write_text('[contexts.lab]\ncoordinator = "h:1"\n[contexts.prod]\n')
     assert _complete("edgefleet devices ls --context l") == ["lab"]
     assert _complete("edgefleet config use-context p") == ["prod"]
+
+
+def test_simulated_agents_dial_the_resolved_coordinator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """simulate hands its address to agents itself: it must resolve it like client() does."""
+    from coordinator import simulate
+
+    dialled: list[str] = []
+
+    def start(**kwargs: Any) -> None:
+        dialled.append(kwargs["coordinator"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(simulate.SimulatedFleet, "start", staticmethod(start))
+    _set_lab(tmp_path)
+    args = ["simulate", "--token", "t", "--state-dir", str(tmp_path / "sim")]
+    assert runner.invoke(app, args).exit_code == 1
+    assert runner.invoke(app, ["--coordinator", "flag:1", *args]).exit_code == 1
+    assert dialled == ["lab:1", "flag:1"]

@@ -38,6 +38,7 @@ from coordinator.cli.common import (
     one_line_errors,
     out,
     print_json,
+    settings,
 )
 from coordinator.cli.completion import complete_profile, complete_profiles, complete_recipes
 from coordinator.cli.config_cmds import config_app
@@ -527,6 +528,8 @@ def simulate(
     token = read_token_file(token_file) if token_file is not None else token
     if not token:
         raise fail("an enrollment token is needed: --token-file or EDGEFLEET_ENROLL_TOKEN")
+    # the agents dial what every other command would: flag (either side), env, context
+    coordinator = settings(coordinator).coordinator
     names = [p.strip() for p in profiles.split(",") if p.strip()]
     fleet: Any
     if backend == "docker":
