@@ -290,7 +290,9 @@ def test_precedence_per_setting(_isolated: Path, tmp_path: Path) -> None:
     # an explicit CA (flag or env) asks for TLS even when the context says insecure
     assert resolve({"ca_cert": "/flag.pem"}, env=env).insecure is False
     assert resolve({}, env={**env, "EDGEFLEET_CA_CERT": "/env.pem"}).ca_cert == Path("/env.pem")
-    assert resolve({}, env={**env, "EDGEFLEET_INSECURE": "0"}).insecure is True  # 0 = unset
+    assert resolve({}, env={**env, "EDGEFLEET_INSECURE": "0"}).insecure is False  # env > context
+    assert resolve({}, env={**env, "EDGEFLEET_INSECURE": ""}).insecure is True  # empty = unset
+    assert resolve({"insecure": True, "ca_cert": "/c.pem"}, env=env).insecure is True
     with pytest.raises(ConfigError, match="EDGEFLEET_INSECURE must be"):
         resolve({}, env={**env, "EDGEFLEET_INSECURE": "maybe"})
     missing = {"EDGEFLEET_CONFIG": str(tmp_path / "none.toml")}

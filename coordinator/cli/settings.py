@@ -40,7 +40,7 @@ DEFAULT_COORDINATOR = "127.0.0.1:50051"
 #: the keys a context may hold, in the order they are written
 CONTEXT_KEYS = ("coordinator", "ca-cert", "admin-token-file", "insecure")
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
+_FALSE = ("0", "false", "no", "off")
 
 
 class ConfigError(ValueError):
@@ -196,13 +196,27 @@ class Resolved:
 
 def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
     raw = env.get(name)
-    if raw is None:
+    if raw is None or not raw.strip():  # unset and empty alike
         return None
     if raw.strip().lower() in _TRUE:
         return True
     if raw.strip().lower() in _FALSE:
         return False
     raise ConfigError(f"{name} must be 1/true/yes or 0/false/no, got {raw!r}")
+
+
+def _insecure(flags: Mapping[str, Any], env: Mapping[str, str], ctx: Context | None) -> bool:
+    """Plaintext or TLS, level by level; at each level a CA given explicitly means TLS."""
+    if flags.get("insecure"):
+        return True
+    if flags.get("ca_cert"):
+        return False
+    from_env = _env_bool(env, "EDGEFLEET_INSECURE")
+    if from_env is not None:
+        return from_env
+    if env.get("EDGEFLEET_CA_CERT"):
+        return False
+    return bool(ctx is not None and ctx.insecure)
 
 
 def _active_context(flags: Mapping[str, Any], env: Mapping[str, str], load: Any) -> Context | None:
@@ -243,19 +257,10 @@ def resolve(
     context_ca = ctx.ca_cert if ctx and ctx.ca_cert else None
     ca = explicit_ca or context_ca
     ca_path = Path(ca).expanduser() if ca else default_ca
-    insecure: bool | None = True if flags.get("insecure") else None
-    if insecure is None and flags.get("ca_cert"):
-        insecure = False
-    if insecure is None:
-        insecure = _env_bool(env, "EDGEFLEET_INSECURE") or None
-    if insecure is None and explicit_ca:
-        insecure = False
-    if insecure is None and ctx is not None:
-        insecure = ctx.insecure
     return Resolved(
         coordinator=str(coordinator),
         admin_token=str(admin_token),
         ca_cert=ca_path,
-        insecure=bool(insecure),
+        insecure=_insecure(flags, env, ctx),
         context=ctx.name if ctx else None,
     )
