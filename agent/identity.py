@@ -55,7 +55,8 @@ def ensure_state_dir(state_dir: Path) -> None:
             os.chmod(state_dir, 0o700)
     except OSError as exc:
         raise IdentityError(
-            f"cannot make the state dir {state_dir} private (0700): {exc}"
+            f"cannot make the state dir {state_dir} private (0700): {exc.strerror or exc}; "
+            "it must be a directory this user owns"
         ) from None
 
 

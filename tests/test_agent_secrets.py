@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import ensure_state_dir
+from agent.identity import IdentityError, ensure_state_dir
 from agent.telemetry import TELEMETRY_FILE, TelemetryBuffer
 from coordinator.admin_client import AdminClient
 from coordinator.simulate import SimulatedFleet
@@ -53,6 +53,12 @@ def test_a_new_state_dir_is_0700_and_an_existing_one_is_tightened(tmp_path: Path
     loose.chmod(0o755)
     ensure_state_dir(loose)
     assert _mode(loose) == 0o700
+
+
+def test_a_state_dir_that_cannot_be_made_private_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(IdentityError, match=r"^cannot make the state dir .* private \(0700\): "):
+        ensure_state_dir(tmp_path / "file" / "state")
 
 
 def test_the_telemetry_database_is_0600_and_an_existing_one_is_tightened(tmp_path: Path) -> None:

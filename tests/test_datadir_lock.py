@@ -47,6 +47,23 @@ def test_a_locked_data_dir_is_refused_with_the_holders_pid(tmp_path: Path) -> No
     assert (tmp_path / "coordinator.lock").read_text().strip() == str(os.getpid())
 
 
+def test_a_holder_that_has_not_written_its_pid_yet_is_named_unknown(tmp_path: Path) -> None:
+    hold = (
+        "import fcntl, os, sys, time; "
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
+    path = str(tmp_path / "coordinator.lock")
+    holder = subprocess.Popen([sys.executable, "-c", hold, path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataDirLocked, match=r"another coordinator \(pid unknown\)"):
+            lock_data_dir(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _has_flower() -> bool:
     try:
         from coordinator.fl.superlink import SuperLinkSupervisor  # noqa: F401
