@@ -76,10 +76,10 @@ def test_a_fallback_dir_owned_by_another_user_is_refused(deep: Path) -> None:
         EmbeddedRedis.start(deep)
 
 
-def _refuses_a_foreign_redis_at(sock: Path, data: Path, elsewhere: Path) -> None:
+def _refuses_a_foreign_redis_at(sock: Path, data: Path, elsewhere: Path, *extra: str) -> None:
     """Run a redis-server of our own user but not for ``data`` at ``sock``; start must refuse it."""
     elsewhere.mkdir()
-    args = ["--port", "0", "--unixsocket", str(sock), "--dir", str(elsewhere), "--save", ""]
+    args = ["--port", "0", "--unixsocket", str(sock), "--dir", str(elsewhere), "--save", "", *extra]
     foreign = subprocess.Popen(
         [redis_server_binary(), *args],
         stdout=subprocess.DEVNULL,
@@ -108,6 +108,16 @@ def test_a_foreign_redis_at_the_data_dir_socket_is_not_adopted(tmp_path: Path) -
     data = tmp_path / "data"
     (data / "redis").mkdir(parents=True, mode=0o700)
     _refuses_a_foreign_redis_at(data / "redis" / "redis.sock", data, tmp_path / "foreign")
+
+
+def test_a_redis_that_wrote_our_pidfile_but_serves_another_dir_is_not_adopted(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    (data / "redis").mkdir(parents=True, mode=0o700)
+    pidfile = str(data / "redis" / "redis.pid")
+    sock = data / "redis" / "redis.sock"
+    _refuses_a_foreign_redis_at(sock, data, tmp_path / "foreign", "--pidfile", pidfile)
 
 
 def test_our_own_server_is_still_adopted_at_the_fallback_socket(deep: Path) -> None:
