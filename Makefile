@@ -42,10 +42,10 @@ check-lock:
 
 # The one way to change dependency versions: edit pyproject.toml, then `make lock` (needs the
 # package index) and commit locks/. pip-tools runs from its own virtualenv, not the project's.
-lock:
+lock:  # keeps current pins; `make lock UPGRADE=--upgrade` takes the newest allowed
 	test -x .venv-lock/bin/pip-compile || ($(PYTHON) -m venv .venv-lock && \
 		.venv-lock/bin/pip install --quiet --disable-pip-version-check 'pip-tools==7.6.2')
-	.venv-lock/bin/python scripts/lock.py --pip-compile .venv-lock/bin/pip-compile
+	.venv-lock/bin/python scripts/lock.py --pip-compile .venv-lock/bin/pip-compile $(UPGRADE)
 
 check-protos: $(STAMP)
 	$(PY) scripts/gen_protos.py --check

@@ -113,7 +113,7 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def compile_profile(profile: str, pip_compile: str) -> None:
+def compile_profile(profile: str, pip_compile: str, upgrade: bool = False) -> None:
     pyproject = load_pyproject()
     LOCKS.mkdir(exist_ok=True)
     out = lock_path(profile)
@@ -124,6 +124,8 @@ def compile_profile(profile: str, pip_compile: str) -> None:
             lines.append(f"-c {lock_path('dev')}")
         req_in.write_text("\n".join(lines) + "\n")
         tmp_out = Path(tmp) / f"{profile}.txt"
+        if out.is_file() and not upgrade:  # pip-compile keeps the pins it finds there
+            tmp_out.write_text(out.read_text())
         cmd = [
             pip_compile,
             "--quiet",
@@ -134,6 +136,7 @@ def compile_profile(profile: str, pip_compile: str) -> None:
             "--no-emit-find-links",
             "--no-header",
             "--annotation-style=line",
+            *(["--upgrade"] if upgrade else []),
             "--output-file",
             str(tmp_out),
             str(req_in),
@@ -222,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="append", choices=sorted(PROFILES), help="re-lock only these profiles"
     )
+    parser.add_argument(
+        "--upgrade", action="store_true", help="take the newest allowed versions (else keep pins)"
+    )
     parser.add_argument("--pip-compile", default=shutil.which("pip-compile") or "pip-compile")
     args = parser.parse_args(argv)
     if args.check:
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if "dev" in profiles:  # the others are constrained by it: make it first
         profiles = ["dev", *[p for p in profiles if p != "dev"]]
     for profile in profiles:
-        compile_profile(profile, args.pip_compile)
+        compile_profile(profile, args.pip_compile, upgrade=args.upgrade)
     return check()
 
 

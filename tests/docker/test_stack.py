@@ -86,15 +86,21 @@ class Stack:
     ca_pem: bytes = b""  # the CA the coordinator published, once the stack is up
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [*compose_cmd(self.project, *self.files), *args],
             env=self.env,
             cwd=REPO,
             capture_output=True,
             text=True,
-            check=check,
+            check=False,
             timeout=600,
         )
+        if check and done.returncode != 0:  # say why, not only the exit status
+            raise AssertionError(
+                f"docker-compose {' '.join(args)} exited {done.returncode}:\n"
+                f"{(done.stdout + done.stderr)[-3000:]}"
+            )
+        return done
 
     def edgefleet(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The operator CLI on the host, against the containerized coordinator."""
@@ -305,7 +311,11 @@ def run_stack(
     )
     started = time.monotonic()
     try:
-        s.compose("up", "-d", "--no-build", *services)
+        try:
+            s.compose("up", "-d", "--no-build", *services)
+        except AssertionError as exc:  # an unhealthy service: its logs say why
+            logs = s.compose("logs", "--no-color", "--tail", "60", check=False).stdout
+            raise AssertionError(f"{exc}\n--- compose logs ---\n{logs[-6000:]}") from None
         # The agents wait for a healthy coordinator, so by now its CA exists and is published.
         s.fetch_ca(tmp_path / "stack-ca.pem")
         yield s
