@@ -249,6 +249,8 @@ def check_repeated_fields(
 ) -> None:
     """Lists far beyond their caps are refused: a stored device never carries more."""
     address, _ = served
+    # at most ~8 MiB of accelerator names: past gRPC's 4 MiB limit, but never 110k x 70 KB in RAM
+    n_accelerators = min(n_accelerators, 8 * 1024 * 1024 // accelerator_chars)
     profile = profile_to_proto(get_profile("rpi4"))
     profile.accelerators.extend(["a" * accelerator_chars] * n_accelerators)
     del profile.precisions[:]
