@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, cast
@@ -597,7 +598,7 @@ def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
         agent_version=raw.get("agent_version", ""),
         labels=json.loads(raw.get("labels") or "{}"),
         reported_state=raw.get("reported_state", "starting"),
-        uptime_seconds=float(raw.get("uptime_seconds") or 0.0),
+        uptime_seconds=_finite(raw.get("uptime_seconds")),
         active_variant=raw.get("active_variant", ""),
         last_sequence=_count(raw.get("last_sequence")),
         previous_variant=raw.get("previous_variant", ""),
@@ -606,12 +607,19 @@ def _record_from_hash(raw: dict[str, str]) -> DeviceRecord:
         desired=_desired_from([raw.get(f"desired_{name}") for name in DESIRED_FIELDS]),
         telemetry_records=_count(raw.get("telemetry_records")),
         telemetry_sequence=_count(raw.get("telemetry_sequence")),
-        benchmark_macs_per_second=float(raw.get("benchmark_macs_per_second") or 0.0),
+        benchmark_macs_per_second=_finite(raw.get("benchmark_macs_per_second")),
         benchmark_method=raw.get("benchmark_method", ""),
         revoked=raw.get("revoked") == "1",
         cert_serial=raw.get("cert_serial", ""),
         key_sha256=raw.get("key_sha256", ""),
     )
+
+
+def _finite(text: str | None) -> float:
+    """A stored reading, or 0.0 if it is not finite (a NaN stored before validation refused it):
+    no listing, JSON output or dashboard downstream can hold one."""
+    value = float(text or 0.0)
+    return value if math.isfinite(value) else 0.0
 
 
 def _count(text: str | None) -> int:

@@ -212,16 +212,19 @@ def test_out_of_range_heartbeats_are_refused(
 
 
 def test_a_store_written_before_the_bounds_still_lists(redis_url: str) -> None:
-    """A sequence Lua wrapped to -2**63 (the old bug) reads back as 0, not as a crash."""
+    """A sequence Lua wrapped to -2**63 (the old bug) reads back as 0, not as a crash, and a
+    NaN uptime stored before validation refused it reads back as 0, not as NaN."""
 
     async def body(r: Registry, store: FleetStore) -> None:
         e = await r.register(TOKEN, reg())
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         await client.hset(
-            f"edgefleet:device:{e.device_id}", "telemetry_sequence", "-9223372036854775808"
+            f"edgefleet:device:{e.device_id}",
+            mapping={"telemetry_sequence": "-9223372036854775808", "uptime_seconds": "nan"},
         )
         await client.aclose()
-        assert device_to_proto(await r.get_device(e.device_id)).telemetry_sequence == 0
+        device = device_to_proto(await r.get_device(e.device_id))
+        assert device.telemetry_sequence == 0 and device.uptime_seconds == 0.0
 
     run(redis_url, body)
 
