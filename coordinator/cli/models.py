@@ -223,9 +223,13 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build compressed variants of a model (default: every recipe family and pipeline)."""
-    from coordinator.compression.recipes import DEFAULT_RECIPES, parse_recipes
+    from coordinator.compression.recipes import DEFAULT_RECIPES, RecipeError, parse_recipes
 
-    parsed = parse_recipes(recipes if recipes else list(DEFAULT_RECIPES))  # validate first
+    try:
+        parsed = parse_recipes(recipes if recipes else list(DEFAULT_RECIPES))  # validate first
+    except RecipeError as exc:  # a usage error: nothing was read or built yet
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     store = _store(data_dir)
     store.model(name)  # fail fast on an unknown model, before importing torch
 

@@ -58,8 +58,6 @@ def test_report_writes_png_svg_and_table(built: BuiltModel, tmp_path: Path) -> N
     ("args", "message"),
     [
         (("variants", "no-such-model"), "unknown model 'no-such-model'"),
-        (("build", MODEL, "--recipes", "int8-static,teleport"), "unknown recipe step 'teleport'"),
-        (("build", MODEL, "--recipes", "prune-unstructured:sparsity=1.2"), "impossible"),
         (("add", "other", "--arch", "transformer-xl"), "unknown architecture 'transformer-xl'"),
         (("add", MODEL), "already exists"),
         (("show", "ffffffffff"), "unknown variant"),
@@ -71,6 +69,19 @@ def test_errors_are_one_line_without_traceback(
     code, out, err = _invoke(built.store, *args)
     assert code == 1
     assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+
+
+@pytest.mark.parametrize(
+    ("recipes", "message"),
+    [
+        ("int8-static,teleport", "unknown recipe step 'teleport'"),
+        ("prune-unstructured:sparsity=1.2", "impossible"),
+    ],
+)
+def test_malformed_recipes_are_usage_errors(built: BuiltModel, recipes: str, message: str) -> None:
+    code, out, err = _invoke(built.store, "build", MODEL, "--recipes", recipes)
+    assert code == 2 and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
 
 
