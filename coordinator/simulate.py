@@ -4,8 +4,9 @@ Each simulated device is a separate ``edgefleet-agent`` process with its own
 state dir (so re-running a simulation brings back the same devices) and its
 own log file. Profiles are assigned round-robin so a mixed fleet is easy to ask
 for. The enrollment token reaches each agent through a token file or the
-environment, never its command line (``/proc/PID/cmdline`` is world-readable). Stopping sends SIGTERM (agents say goodbye and exit 0) and only kills
-what does not exit in time.
+environment, never its command line (``/proc/PID/cmdline`` is world-readable).
+Stopping sends SIGTERM (agents say goodbye and exit 0) and only kills what does
+not exit in time.
 """
 
 from __future__ import annotations
