@@ -1,4 +1,4 @@
-"""One coordinator per data dir (issue 14): a second start is refused and the first keeps serving."""
+"""One coordinator per data dir (issue 14): a second start is refused, the first keeps serving."""
 
 from __future__ import annotations
 
