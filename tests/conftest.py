@@ -30,6 +30,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.embedded_redis import redis_server_binary
 
+# The CLI reads named contexts from $EDGEFLEET_CONFIG (else ~/.config/edgefleet/config.toml); the
+# suite must not pick up a developer's own contexts. Subprocesses inherit this too (no EDGEFLEET_
+# filtering touches it: _env and cli_env re-add it below).
+_NO_CONTEXTS = str(Path(__file__).resolve().parent / "no-such-edgefleet-config.toml")
+os.environ["EDGEFLEET_CONFIG"] = _NO_CONTEXTS
+
 ADMIN_TOKEN = "test-admin-token"
 ENROLL_TOKEN = "test-enroll-token"
 
@@ -98,6 +104,7 @@ def redis_url(redis_server: str) -> str:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     env.update(EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN, EDGEFLEET_ENROLL_TOKEN=ENROLL_TOKEN)
+    env.update(EDGEFLEET_CONFIG=_NO_CONTEXTS)
     env.update(extra)
     return env
 
@@ -106,6 +113,7 @@ def cli_env(address: str, token: str = ADMIN_TOKEN) -> dict[str, str]:
     """Environment for running the `edgefleet` CLI against a test coordinator (plaintext)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     env.update(EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=token, EDGEFLEET_INSECURE="1")
+    env.update(EDGEFLEET_CONFIG=_NO_CONTEXTS)
     return env
 
 
