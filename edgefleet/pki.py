@@ -105,6 +105,8 @@ def check_csr(csr_pem: bytes) -> CheckedCsr:
         raise PkiError(f"larger than {MAX_CSR_BYTES // 1024} KiB")
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
+    except x509.InvalidVersion:
+        raise PkiError("unsupported CSR version (expected version 1)") from None
     except ValueError:
         raise PkiError("not a PEM certificate signing request") from None
     try:

@@ -103,6 +103,9 @@ def bad_csrs() -> dict[str, bytes]:
         "off-curve": _pem(der[:point] + bytes([der[point] ^ 1]) + der[point + 1 :]),
         "unknown-curve": _pem(der.replace(P256_OID, bytes.fromhex("06082a8648ce3d030109"))),
         "bad-signature": _pem(der[:-1] + bytes([der[-1] ^ 1])),
+        # version 2 instead of 1: cryptography raises InvalidVersion, not a ValueError
+        # (found by the -m slow fuzzer: it reached the client as UNKNOWN)
+        "bad-version": _pem(der.replace(b"\x02\x01\x00", b"\x02\x01\x01", 1)),
     }
 
 
