@@ -341,6 +341,7 @@ def csr_cases(draw: st.DrawFn) -> tuple[bytes, bool]:
                 "truncate",
                 "curve",
                 "point",
+                "version",
                 "junk-pem",
                 "not-pem",
                 "oversize",
@@ -361,6 +362,9 @@ def csr_cases(draw: st.DrawFn) -> tuple[bytes, bool]:
     if kind == "point" and b"\x03\x42\x00\x04" in der:
         at = der.index(b"\x03\x42\x00\x04") + 4 + draw(st.integers(0, 63))
         return _armor(der[:at] + bytes([der[at] ^ 1]) + der[at + 1 :]), False
+    if kind == "version":  # CertificationRequestInfo.version: only 0 (v1) exists
+        version = bytes([draw(st.integers(1, 255))])
+        return _armor(der.replace(b"\x02\x01\x00", b"\x02\x01" + version, 1)), False
     if kind == "junk-pem":
         return _armor(draw(st.binary(min_size=1, max_size=600))), False
     if kind == "oversize":
