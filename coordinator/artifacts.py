@@ -32,6 +32,7 @@ import grpc
 from coordinator.compression.variant_store import UnknownVariantError, VariantStore
 from coordinator.errors import CoordinatorError, InvalidArgument, NotFound, PermissionDenied
 from coordinator.limits import StreamLimitError, StreamSlots
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import Registry
 from coordinator.rollouts import RolloutManager
 from coordinator.servicers import _guard, bearer_token, peer_device_id
@@ -151,9 +152,11 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         slots: StreamSlots,
         rollouts: RolloutManager | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be > 0")
+        self._metrics = metrics  # counts refused authentications (edgefleet_auth_failures_total)
         self._registry = registry
         self._cache = ArchiveCache(variants)
         self._slots = slots
@@ -203,7 +206,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         request: artifact_pb2.DownloadArtifactRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
-        await _guard(context, lambda: self._authorize(request, context))
+        await _guard(context, lambda: self._authorize(request, context), self._metrics)
         try:
             with self._slots.hold(request.device_id):
                 archive = await _guard(context, lambda: self._cache.get(request.variant_id))
@@ -255,9 +258,10 @@ def add_artifact_service(
     variants: VariantStore,
     slots: StreamSlots,
     rollouts: RolloutManager | None = None,
+    metrics: CoordinatorMetrics | None = None,
 ) -> str:
     """Serve ArtifactService on ``server``; return its full name (for health and reflection)."""
     artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(
-        ArtifactServicer(registry, variants, slots, rollouts), server
+        ArtifactServicer(registry, variants, slots, rollouts, metrics=metrics), server
     )
     return SERVICE_NAME

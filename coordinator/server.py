@@ -258,7 +258,7 @@ class Coordinator:
             AdminServicer(registry, tokens, rollouts, metrics), server
         )
         slots = StreamSlots(limits.max_streams_per_device, limits.max_streams)
-        artifacts = add_artifact_service(server, registry, variants, slots, rollouts)
+        artifacts = add_artifact_service(server, registry, variants, slots, rollouts, metrics)
         service_names = (*SERVICE_NAMES, artifacts)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

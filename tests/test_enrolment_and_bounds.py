@@ -21,7 +21,10 @@ import redis.asyncio as aioredis
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from coordinator.artifacts import ArtifactServicer
+from coordinator.compression.variant_store import VariantStore
 from coordinator.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from coordinator.limits import StreamSlots
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import (
     DeviceStatus,
@@ -44,7 +47,7 @@ from edgefleet.catalog import get_profile
 from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.pki import CertificateAuthority, device_id_of, make_csr, new_key
 from edgefleet.profiles import ProfileError
-from edgefleet.v1 import admin_pb2, device_pb2
+from edgefleet.v1 import admin_pb2, artifact_pb2, device_pb2
 from edgefleet.wire import profile_from_proto, profile_to_proto
 
 T = TypeVar("T")
@@ -450,3 +453,22 @@ def test_auth_failures_are_counted_by_reason(redis_url: str) -> None:
     assert count("credential") == 1
     assert count("revoked") == 2
     assert count("admin_token") == 0
+
+
+def test_a_refused_download_is_an_auth_failure_too(redis_url: str, tmp_path: Path) -> None:
+    metrics = CoordinatorMetrics()
+
+    async def body(r: Registry, store: FleetStore) -> None:
+        e = await r.register(TOKEN, reg())
+        variants = VariantStore(tmp_path)
+        servicer = ArtifactServicer(r, variants, StreamSlots(2, 8), metrics=metrics)
+        request = artifact_pb2.DownloadArtifactRequest(device_id=e.device_id, variant_id="0" * 64)
+        with pytest.raises(Aborted):
+            async for _ in servicer.DownloadArtifact(request, FakeContext("wrong")):  # type: ignore[arg-type]
+                pass
+
+    run(redis_url, body)
+    assert (
+        metrics.registry.get_sample_value("edgefleet_auth_failures_total", {"reason": "credential"})
+        == 1
+    )
