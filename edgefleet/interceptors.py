@@ -105,7 +105,12 @@ async def _write_within(
     now, so what it holds (a stream slot, an open file) is released at once.
     """
     write = asyncio.ensure_future(context.write(message))
-    done, _ = await asyncio.wait({write}, timeout=seconds)
+    try:
+        done, _ = await asyncio.wait({write}, timeout=seconds)
+    except BaseException:  # the call was cancelled meanwhile: do not leave the write behind
+        write.cancel()
+        write.add_done_callback(_consume)
+        raise
     if done:
         write.result()
         return

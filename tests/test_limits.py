@@ -202,6 +202,9 @@ def test_stream_caps_refuse_the_greedy_device_while_others_download(
         10,
         "the refusals in the RPC metrics",
     )
+    coord.stop()  # refused and cancelled streams are routine: nothing logged as an error
+    log = coord.log.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
 
 
 def test_an_unread_stream_is_cancelled_after_the_write_deadline(
@@ -238,6 +241,9 @@ def test_an_unread_stream_is_cancelled_after_the_write_deadline(
             assert "read nothing for 1 s" in (info.value.details() or "")
 
     _run(body())
+    coord.stop()
+    log = coord.log.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
 
 
 def test_a_device_downloads_only_its_desired_variant(
