@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.battery import measured_temperature_c
 from agent.inference_server import InferenceServer
-from edgefleet.metric_names import variant_inferences_metric
+from edgefleet.metric_names import call_overhead_metric, variant_inferences_metric
 
 if TYPE_CHECKING:
     from agent.finetune import FinetuneResult
@@ -48,6 +48,7 @@ class AgentWork:
         self._train_busy = 0.0
         self._results: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
+        self._overheads_measured: set[str] = set()
 
     async def start(self) -> None:
         cfg = self.session.config
@@ -67,8 +68,25 @@ class AgentWork:
             if cfg.workload_rate > 0:
                 self.workload = Workload(serving, self.shard, cfg.workload_rate)
                 self.workload.start()
+        self._measure_overheads(None)
         if serving.variant_id:
             self.variant_activated()
+
+    def _measure_overheads(self, only: set[str] | None) -> None:
+        """Measure runtimes' per-call overhead in a thread; ``sample`` reports it."""
+        profile = self.session.config.profile
+        if only is not None:
+            only -= self._overheads_measured
+            if not only:
+                return
+        self._overheads_measured |= set(profile.runtimes) if only is None else only
+
+        def run() -> None:
+            from agent.runtimes.overhead import measure_call_overheads
+
+            self._results.put(("overheads", measure_call_overheads(profile, only)))
+
+        threading.Thread(target=run, name="call-overhead", daemon=True).start()
 
     async def stop(self) -> None:
         if self.workload is not None:
@@ -77,7 +95,10 @@ class AgentWork:
             await self.server.stop()
 
     def variant_activated(self) -> None:
-        """Start the one fine-tuning run ``--finetune`` asked for, once a variant serves."""
+        """Measure the serving runtime's call overhead if start-up skipped it (torch), and
+        start the one fine-tuning run ``--finetune`` asked for, once a variant serves."""
+        if self.session.serving.runtime_name:
+            self._measure_overheads({self.session.serving.runtime_name})
         scope = self.session.config.finetune_scope
         if not scope or self._finetune_started or self.shard is None:
             return
@@ -120,7 +141,10 @@ class AgentWork:
                 kind, payload = self._results.get_nowait()
             except queue.Empty:
                 break
-            if kind == "refused":
+            if kind == "overheads":
+                for runtime, ms in payload.items():
+                    telemetry.metric(call_overhead_metric(runtime), ms, {"runtime": runtime})
+            elif kind == "refused":
                 log.error("fine-tuning refused: %s", payload)
                 telemetry.event("finetune_refused", str(payload)[:1024])
             else:

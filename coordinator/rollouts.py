@@ -20,7 +20,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -30,7 +30,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import DEVICE_ID_RE
 from coordinator.selection import Policy, Selection, VariantFacts, select
 from coordinator.store import Desired, DeviceRecord, FleetStore
-from edgefleet.metric_names import variant_inferences_metric
+from edgefleet.metric_names import call_overhead_metric, variant_inferences_metric
 
 STRATEGIES = ("all", "canary", "waves")
 ACTIVE_STATES = ("running", "paused")
@@ -74,6 +74,11 @@ class PlannedDevice:
     variant_bytes: int
     predicted_latency_ms: float
     previous: Desired
+    #: What the device measured for the variant it served before (0: none). The prediction
+    #: above is calibrated by it, so the latency gate compares with the device's own baseline.
+    baseline_latency_ms: float = 0.0
+    #: The runtime's per-call overhead included in the prediction (0: not reported yet).
+    call_overhead_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,8 @@ class Explanation:
     selection: Selection
     device_macs_per_second: float
     latency_correction: float
+    baseline_latency_ms: float = 0.0  # measured latency of the variant the device serves
+    call_overhead_ms: Mapping[str, float] = field(default_factory=dict)  # per runtime
 
 
 @dataclass
@@ -290,16 +297,14 @@ class RolloutManager:
         metrics = await self._store.latest_metrics(record.id)
         known = {v.id: v for v in variants}
         predictor = model_for_device(record, self._host_mps, known, metrics)
+        observed = metrics.get("inference_latency_ms", 0.0)
         return Explanation(
             select(record.profile, variants, predictor, device_policy(record, policy)),
             predictor.device_macs_per_second,
             predictor.correction,
+            observed if observed > 0 and record.active_variant in known else 0.0,
+            predictor.call_overhead_ms,
         )
-
-    async def _select(
-        self, record: DeviceRecord, variants: list[VariantFacts], policy: Policy
-    ) -> Selection:
-        return (await self._explain(record, variants, policy)).selection
 
     async def get(self, rollout_id: str) -> Rollout:
         doc = await self._store.get_rollout(rollout_id)
@@ -338,27 +343,27 @@ class RolloutManager:
                 "pause, finish or roll it back first"
             )
         rollout_id = f"ro-{uuid.uuid4().hex[:10]}"
-        planned: list[tuple[DeviceRecord, Selection]] = []
+        planned: list[tuple[DeviceRecord, Explanation]] = []
         skipped: list[SkippedDevice] = []
         for record in matched:
-            selection = await self._select(record, variants, request.policy)
-            if selection.winner is None:
-                skipped.append(SkippedDevice(record.id, record.name, selection.reason))
+            explained = await self._explain(record, variants, request.policy)
+            if explained.selection.winner is None:
+                skipped.append(SkippedDevice(record.id, record.name, explained.selection.reason))
             else:
-                planned.append((record, selection))
+                planned.append((record, explained))
         if not planned:
             raise FailedPrecondition(
                 f"no selected device can run any variant of {request.model!r}: {skipped[0].reason}"
             )
 
-        def order(item: tuple[DeviceRecord, Selection]) -> str:  # stable, spread over profiles
+        def order(item: tuple[DeviceRecord, Explanation]) -> str:  # stable, spread over profiles
             return hashlib.sha256(f"{rollout_id}:{item[0].id}".encode()).hexdigest()
 
         planned.sort(key=order)
         waves = assign_waves(len(planned), fractions)
         devices = []
-        for (record, selection), wave in zip(planned, waves, strict=True):
-            winner = selection.winner
+        for (record, explained), wave in zip(planned, waves, strict=True):
+            winner = explained.selection.winner
             assert winner is not None and winner.runtime is not None
             devices.append(
                 PlannedDevice(
@@ -372,6 +377,8 @@ class RolloutManager:
                     variant_bytes=winner.variant.bundle_bytes,
                     predicted_latency_ms=winner.predicted_latency_ms or 0.0,
                     previous=replace(record.desired, generation=0),
+                    baseline_latency_ms=explained.baseline_latency_ms,
+                    call_overhead_ms=explained.call_overhead_ms.get(winner.runtime, 0.0),
                 )
             )
         now = self._clock()
@@ -515,7 +522,7 @@ class RolloutManager:
             unjudged = ""
             if not failed and activated:
                 metrics = await self._store.latest_metrics(device.device_id)
-                failed = _metric_failure(metrics, gate, device.predicted_latency_ms)
+                failed = _metric_failure(metrics, gate, device)
                 unjudged = _missing_evidence(metrics, gate, device.variant)
             out.append(DeviceHealth(device.device_id, activated, failed, unjudged))
         return out
@@ -622,15 +629,27 @@ def rollback_cause(message: str) -> str:
     return "other"
 
 
-def _metric_failure(metrics: dict[str, float], gate: Gate, predicted_ms: float) -> str:
+def expected_latency_ms(metrics: dict[str, float], device: PlannedDevice) -> float:
+    """The planned prediction, plus the runtime's per-call overhead if the device reported it
+    only after the rollout was planned (agents measure it in the background at start)."""
+    reported = metrics.get(call_overhead_metric(device.runtime), 0.0)
+    if device.runtime == "mcu-sim" or not math.isfinite(reported):
+        return device.predicted_latency_ms
+    return device.predicted_latency_ms + max(0.0, reported - device.call_overhead_ms)
+
+
+def _metric_failure(metrics: dict[str, float], gate: Gate, device: PlannedDevice) -> str:
+    predicted_ms = expected_latency_ms(metrics, device)
     error_rate = metrics.get("inference_error_rate")
     if error_rate is not None and error_rate > gate.max_error_rate:
         return f"error rate {error_rate:.1%} > {gate.max_error_rate:.1%}"
     latency = metrics.get("inference_latency_ms")
     if latency is not None and predicted_ms > 0 and latency / predicted_ms > gate.max_latency_ratio:
+        baseline = device.baseline_latency_ms
+        basis = f"; this device's baseline {baseline:.3g} ms" if baseline > 0 else ""
         return (
             f"latency {latency:.3g} ms is {latency / predicted_ms:.1f}x the predicted "
-            f"{predicted_ms:.3g} ms (limit {gate.max_latency_ratio:g}x)"
+            f"{predicted_ms:.3g} ms (limit {gate.max_latency_ratio:g}x{basis})"
         )
     accuracy = metrics.get("inference_accuracy")
     if accuracy is not None and accuracy < gate.min_accuracy:

@@ -7,10 +7,18 @@ for. The enrollment token reaches each agent through a token file or the
 environment, never its command line (``/proc/PID/cmdline`` is world-readable).
 Stopping sends SIGTERM (agents say goodbye and exit 0) and only kills what does
 not exit in time.
+
+With ``local_data`` each device gets its own part of the dataset (``--partition
+i/N``) and, with ``workload_rate``, replays it as requests: a simulated fleet then
+serves, reports inference counts and accuracy (so rollout gates have evidence to
+judge), and joins federated rounds like the demo's devices. Agents are started so
+that they get SIGTERM if the process that started them dies, whatever killed it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -58,6 +66,8 @@ class SimulatedFleet:
         extra_args: Sequence[str] = (),
         labels_by_profile: Mapping[str, Mapping[str, str]] | None = None,
         extra_args_by_index: Mapping[int, Sequence[str]] | None = None,
+        local_data: str = "",
+        workload_rate: float = 0.0,
     ) -> SimulatedFleet:
         if count < 1:
             raise ValueError("--devices must be at least 1")
@@ -93,10 +103,18 @@ class SimulatedFleet:
                     for key, value in (labels_by_profile or {}).get(profile, {}).items()
                     for arg in ("--label", f"{key}={value}")
                 ],
+                *workload_args(local_data, workload_rate, i, count),
                 *extra_args,
                 *(extra_args_by_index or {}).get(i, ()),
             ]
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                preexec_fn=_terminate_with_parent,
+            )
             log.close()
             agents.append(SimulatedAgent(name, profile, state_dir, proc))
         return cls(agents)
@@ -123,6 +141,41 @@ class SimulatedFleet:
             else:
                 report.failed.append(f"{agent.name}: exit {code}")
         return report
+
+
+def interrupt_on_sigterm() -> None:
+    """From now on the first SIGTERM raises KeyboardInterrupt (later ones are ignored), so
+    ``kill`` (a service manager, a CI job's timeout) reaches the same clean stop of the fleet
+    as Ctrl-C instead of leaving its agents running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the stop finish
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def workload_args(local_data: str, rate: float, index: int, count: int) -> list[str]:
+    """Agent flags for device ``index`` of ``count``: its part of ``local_data`` and the rate
+    at which it replays it (none without local data)."""
+    if not local_data:
+        return []
+    args = ["--local-data", local_data]
+    if local_data == "digits":
+        args += ["--partition", f"{index}/{count}"]
+    if rate > 0:
+        args += ["--workload-rate", f"{rate:g}"]
+    return args
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the parent dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _agent_env(enroll_token: str, token_file: Path | None) -> dict[str, str]:

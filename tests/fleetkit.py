@@ -242,3 +242,66 @@ class ScriptedDevice:
                 metadata=(("authorization", f"Bearer {self.credential}"),),
                 timeout=5,
             )
+
+
+def linear_digits_onnx() -> tuple[bytes, float, float]:
+    """A real ONNX classifier for the agents' ``--local-data digits`` samples ([1, 1, 8, 8]):
+    one linear layer fitted by least squares, so a workload reports a real accuracy. Returns
+    the graph, its accuracy on held-out samples and its median latency in onnxruntime here
+    (batch 1, warm, as the build host measures a variant)."""
+    import statistics
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from agent.workload import LocalDataSpec, load_local_data
+
+    shard = load_local_data(LocalDataSpec(source="digits"))
+    x = shard.x_train.reshape(len(shard.x_train), -1)
+    onehot = np.eye(10, dtype=np.float32)[shard.y_train]
+    ones = np.ones((len(x), 1), np.float32)
+    solution = np.linalg.lstsq(np.hstack([x, ones]), onehot, rcond=None)[0].astype(np.float32)
+    w, b = solution[:-1], solution[-1]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("MatMul", ["f", "w"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["y"]),
+        ],
+        "linear-digits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    data = bytes(model.SerializeToString())
+    held_out = shard.x_eval.reshape(len(shard.x_eval), -1)
+    accuracy = float(((held_out @ w + b).argmax(axis=1) == shard.y_eval).mean())
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sample = shard.x_eval[:1]
+    times = []
+    for _ in range(200):
+        start = time.perf_counter()
+        session.run(None, {"x": sample})
+        times.append((time.perf_counter() - start) * 1000.0)
+    return data, accuracy, statistics.median(times[20:])
+
+
+def add_linear_digits_model(data_dir: Path, name: str = "digits") -> str:
+    """A one-variant model the simulated fleet's digits workload really runs (onnxruntime,
+    fp32, 640 MACs: the small-model case where per-call overhead is most of the latency)."""
+    onnx_bytes, accuracy, latency_ms = linear_digits_onnx()
+    store = VariantStore(data_dir)
+    body = variant_manifest(name, "fp32", "fp32", accuracy, 2600, 4096, 640, latency_ms)
+    for table in (body["runtimes"], body["metrics"]["runtimes"]):
+        table.pop("torch", None)
+    body["input"] = {"shape": [1, 1, 8, 8], "dtype": "float32"}
+    vid = store.put(body, {"model.onnx": onnx_bytes})
+    store.add_model(
+        ModelEntry(name=name, architecture={"name": "linear"}, dataset="digits", base=vid)
+    )
+    store.add_variant(name, vid)
+    return vid

@@ -631,3 +631,54 @@ def test_rolling_back_a_device_that_had_no_variant_leaves_it_serving_nothing(
         wait_for(endpoint.exists, 30, f"agent restart; {agent.log}")
         address = json.loads(endpoint.read_text())["address"]
         assert serving() == ""  # the endpoint starts after the cached variant is restored
+
+
+def test_small_model_prediction_includes_the_measured_call_overhead() -> None:
+    """The audit's case: a tiny variant predicted at 0.035 ms measured 0.209 ms, because one
+    call through the runtime costs more than the model's compute. With the per-call overhead
+    the agent measured (reported as a metric) in the prediction, that device passes."""
+    from coordinator.latency import model_for_device
+    from coordinator.rollouts import Gate, PlannedDevice, _metric_failure
+    from coordinator.store import Desired, DeviceRecord
+    from edgefleet.metric_names import call_overhead_metric
+
+    tiny = facts("tiny", "fp32", 0.98, 10_000, 0.03, macs=20_000)
+    record = DeviceRecord(
+        id="d", name="d", profile=get_profile("phone-flagship"), instance_key="k",
+        credential_sha256="", registered_at=0.0, last_seen=0.0,
+        benchmark_macs_per_second=40e9,
+    )  # fmt: skip
+    bare = model_for_device(record, 45e9, {}, {})
+    overhead = {call_overhead_metric("onnxruntime"): 0.17, call_overhead_metric("torch"): 0.3}
+    measured = model_for_device(record, 45e9, {}, overhead)
+    assert measured.call_overhead_ms == {"onnxruntime": 0.17, "torch": 0.3}
+    before, after = bare.predict_ms(tiny, "onnxruntime"), measured.predict_ms(tiny, "onnxruntime")
+    assert after == pytest.approx(before + 0.17)
+
+    def planned(predicted: float, baseline: float = 0.0) -> PlannedDevice:
+        return PlannedDevice(
+            "d", "d", "phone-flagship", 0, "tiny", "tiny", "onnxruntime", 1, predicted,
+            Desired(), baseline_latency_ms=baseline,
+        )  # fmt: skip
+
+    observed = {"inference_latency_ms": 0.209}
+    assert "5.9x the predicted" in _metric_failure(observed, Gate(), planned(0.0352))
+    assert _metric_failure(observed, Gate(), planned(after)) == ""
+    # a real regression still fails, and the message names the device's own baseline
+    slow = _metric_failure({"inference_latency_ms": 2.0}, Gate(), planned(after, 0.2))
+    assert "the predicted" in slow and "baseline 0.2 ms" in slow
+    # an overhead the agent reported only after the rollout was planned still counts
+    late = {**observed, call_overhead_metric("onnxruntime"): 0.17}
+    assert _metric_failure(late, Gate(), planned(0.0352)) == ""
+    # the refined model (the device's baseline on another variant) keeps the overhead
+    refined = measured.refined(tiny, "onnxruntime", observed_ms=after * 2)
+    assert refined.call_overhead_ms == measured.call_overhead_ms
+    assert refined.predict_ms(tiny, "onnxruntime") == pytest.approx(after * 2)
+
+
+def test_the_agent_measures_a_call_overhead_per_runtime() -> None:
+    from agent.runtimes.overhead import measure_call_overheads
+
+    measured = measure_call_overheads(get_profile("rpi4"), calls=5, gap=0.0)
+    assert "onnxruntime" in measured and measured["onnxruntime"] > 0
+    assert measure_call_overheads(get_profile("cortex-m4"), calls=5, gap=0.0) == {}  # mcu-sim

@@ -518,11 +518,19 @@ def simulate(
         ),
     ] = "process",
     image: Annotated[str, typer.Option(help="agent image for --backend docker")] = "",
+    local_data: Annotated[
+        str, typer.Option(help="each agent's part of this dataset ('' = none; process backend)")
+    ] = "digits",
+    workload_rate: Annotated[
+        float, typer.Option(help="requests/s each agent replays from its local data")
+    ] = 2.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Start N simulated devices (agent processes or containers) against a coordinator,
-    then stop them cleanly."""
-    from coordinator.simulate import SimulatedFleet
+    then stop them cleanly (on Ctrl-C or SIGTERM)."""
+    from coordinator.simulate import SimulatedFleet, interrupt_on_sigterm
+
+    interrupt_on_sigterm()
     from edgefleet.tokenfile import read_token_file
 
     token = read_token_file(token_file) if token_file is not None else token
@@ -559,6 +567,8 @@ def simulate(
             count=devices,
             state_root=state_dir,
             extra_args=transport,
+            local_data=local_data,
+            workload_rate=workload_rate,
         )
         where = f"{state_dir}/*/agent.log"
     else:
