@@ -529,8 +529,6 @@ def simulate(
     """Start N simulated devices (agent processes or containers) against a coordinator,
     then stop them cleanly (on Ctrl-C or SIGTERM)."""
     from coordinator.simulate import SimulatedFleet, interrupt_on_sigterm
-
-    interrupt_on_sigterm()
     from edgefleet.tokenfile import read_token_file
 
     token = read_token_file(token_file) if token_file is not None else token
@@ -574,6 +572,7 @@ def simulate(
     else:
         raise fail("--backend must be 'process' or 'docker'")
     err_console.print(f"started {devices} agents ({', '.join(names)}); logs: {where}")
+    interrupt_on_sigterm()  # (before this, agents die with simulate: see SimulatedFleet)
     try:
         if admin_token:
             with client(coordinator, admin_token) as c:
