@@ -87,3 +87,52 @@ def test_an_empty_desired_state_unloads_only_when_the_coordinator_assigned_it(
     assert asyncio.run(reconcile(3)) == "" and unloaded
     assert cache.current() == "" and cache.previous() == vid
     assert asyncio.run(reconcile(3)) == ""  # idempotent
+
+
+def test_the_served_count_is_per_variant_and_restarts_with_each_load() -> None:
+    """A rollout gate judges a variant by what it served: right after a swap the count must
+    not still be the previous variant's (that would pass a gate on someone else's evidence)."""
+    from collections.abc import Mapping
+    from types import SimpleNamespace
+    from typing import Any
+
+    import numpy as np
+
+    from agent.runtimes import MemoryUsage, Runtime
+    from agent.serving import Serving
+    from edgefleet.catalog import get_profile
+    from edgefleet.metric_names import variant_inferences_metric
+
+    class Echo(Runtime):
+        name = "onnxruntime"
+
+        def _load(self, bundle: Any, entry: Mapping[str, Any]) -> None:
+            pass
+
+        def _infer(self, batch: Any) -> Any:
+            return batch.astype(np.float32)
+
+        def memory(self) -> MemoryUsage:
+            return MemoryUsage(0, 0, "none")
+
+    def bundle(vid: str) -> Any:
+        manifest = {
+            "runtimes": {"onnxruntime": {}},
+            "precision": "fp32",
+            "input": {"shape": [1, 2], "dtype": "float32"},
+        }
+        return SimpleNamespace(variant_id=vid, manifest=manifest)
+
+    serving = Serving(get_profile("rpi4"), opener=lambda name, profile: Echo(profile))
+    a, b = "a" * 64, "b" * 64
+    assert serving.load(bundle(a)) is None
+    for _ in range(3):
+        serving.infer(np.zeros((1, 2), np.float32))
+    assert serving.variant_requests == 3
+    assert serving.load(bundle(b)) is None
+    assert serving.variant_requests == 0
+    serving.infer(np.zeros((1, 2), np.float32))
+    assert serving.variant_requests == 1 and serving.total_requests == 4
+    assert variant_inferences_metric(b) == "inference_variant_count_bbbbbbbbbbbb"
+    serving.unload()
+    assert serving.variant_id == "" and serving.variant_requests == 0
