@@ -80,8 +80,9 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
         ("grpc.http2.max_ping_strikes", 2),
-        # calls in flight on one connection; more wait for HTTP/2 flow control
-        ("grpc.max_concurrent_streams", 100),
+        # calls in flight on one connection (an edge gateway multiplexes many devices on
+        # one); more wait in the client until one finishes
+        ("grpc.max_concurrent_streams", 1000),
     ]
 
 
