@@ -36,6 +36,7 @@ lint: check-lock $(STAMP) check-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	PYTHONPATH=.:agent:coordinator $(VENV)/bin/lint-imports
 
 check-lock:
 	$(PYTHON) scripts/lock.py --check

@@ -33,14 +33,14 @@ from typing import Any
 
 import grpc
 
-from agent.artifacts import ArtifactCache
 from benchmarks.desired import assign_variant
-from coordinator.compression.variant_store import VariantStore
-from coordinator.demo import start_coordinator_process, stop_process
-from coordinator.tokens import ENROLL_TOKEN_FILE
+from edgefleet.agent.artifacts import ArtifactCache
 from edgefleet.archive import pack_directory
 from edgefleet.catalog import get_profile
+from edgefleet.coordinator.tokens import ENROLL_TOKEN_FILE
+from edgefleet.devtools.demo import start_coordinator_process, stop_process
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc, device_pb2, device_pb2_grpc
+from edgefleet.variant_store import VariantStore
 from edgefleet.wire import profile_to_proto
 
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.compression.build import (
+from edgefleet.modelops.build import (
     BuildOptions,
     build_variants,
     manifest_summary,
     register_model,
 )
-from coordinator.compression.data import load_dataset
-from coordinator.compression.measure import LatencyConfig, host_info
-from coordinator.compression.recipes import DEFAULT_RECIPES
-from coordinator.compression.variant_store import VariantStore
+from edgefleet.modelops.data import load_dataset
+from edgefleet.modelops.measure import LatencyConfig, host_info
+from edgefleet.modelops.recipes import DEFAULT_RECIPES
+from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ArchitectureSpec
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from coordinator.store import Desired, FleetStore
+from edgefleet.coordinator.store import Desired, FleetStore
 
 __all__ = ["assign_variant"]
 

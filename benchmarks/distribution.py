@@ -16,7 +16,7 @@
    device), and one load process runs every device with grpc.aio over its own connection,
    through the agent's own code: heartbeat with active/previous/failed variant, then one
    ``Reconciler.reconcile`` pass over an ``ArtifactCache`` (the same order, wait and interval
-   as ``agent/session.py``). Then ``CreateRollout`` through the admin API, and the clock runs
+   as ``agent/edgefleet/agent/session.py``). Then ``CreateRollout`` through the admin API, and the clock runs
    until the rollout reads ``succeeded``. Reported: bytes the devices received, wall time to
    ``succeeded`` (it includes the heartbeat polling, the controller's passes and each wave's
    ``--soak``, which is the point: that is what an operator waits for), and per-device
@@ -60,21 +60,21 @@ from typing import Any
 import grpc
 import psutil
 
-from agent.artifacts import ArtifactCache, DownloadResult
-from agent.backoff import Backoff
-from agent.reconcile import Reconciler, ReconcileStatus
-from agent.session import RECONCILE_WAIT_SECONDS, RPC_TIMEOUT_SECONDS
-from agent.transport import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS
 from benchmarks import artifacts as artifact_bench
-from coordinator.admin_client import AdminClient, AdminClientError
-from coordinator.compression.variant_store import VariantStore
-from coordinator.demo import start_coordinator_process, stop_process
-from coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
-from edgefleet import __version__
+from edgefleet.agent.artifacts import ArtifactCache, DownloadResult
+from edgefleet.agent.backoff import Backoff
+from edgefleet.agent.reconcile import Reconciler, ReconcileStatus
+from edgefleet.agent.session import RECONCILE_WAIT_SECONDS, RPC_TIMEOUT_SECONDS
+from edgefleet.agent.transport import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS
 from edgefleet.archive import pack_directory
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient, AdminClientError
+from edgefleet.coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
+from edgefleet.devtools.demo import start_coordinator_process, stop_process
 from edgefleet.perf import device_benchmark
 from edgefleet.v1 import admin_pb2, artifact_pb2_grpc, device_pb2, device_pb2_grpc
+from edgefleet.variant_store import VariantStore
+from edgefleet.version import __version__
 from edgefleet.wire import profile_to_proto
 
 MODEL = "digits"

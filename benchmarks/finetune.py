@@ -4,12 +4,12 @@
 
 Trains a DS-CNN (width 0.5) on digits as the coordinator does (``register_model``), builds its
 fp32 bundle and its static-int8 bundle (which carries the mcu-sim graph), and loads them the way
-the agent does (``agent.serving.Serving``): the fp32 bundle into the ``torch`` runtime of an
+the agent does (``edgefleet.agent.serving.Serving``): the fp32 bundle into the ``torch`` runtime of an
 ``rpi4`` device and the int8 bundle into the ``mcu-sim`` runtime of a ``cortex-m7``. One simulated
-device's local data is ``agent.workload.load_local_data``: a Dirichlet partition of the 40 % of
+device's local data is ``edgefleet.agent.workload.load_local_data``: a Dirichlet partition of the 40 % of
 digits the coordinator never trains on, shifted by Gaussian noise and a seeded 90-degree rotation
 (``--data-shift noise=F,rotate=K`` on the agent). Each scope is then fine-tuned with the agent's
-own ``agent.finetune.finetune`` -- ``full``, ``tinytl`` (biases + head) and ``head`` on torch, the
+own ``edgefleet.agent.finetune.finetune`` -- ``full``, ``tinytl`` (biases + head) and ``head`` on torch, the
 last layer on mcu-sim -- always from the same served variant (the agent trains a copy), and for
 each the table shows:
 
@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.finetune import FinetuneResult
-    from agent.runtimes import Runtime
+    from edgefleet.agent.finetune import FinetuneResult
+    from edgefleet.agent.runtimes import Runtime
     from edgefleet.fl.partition import Shard
 
 KIB = 1024
@@ -171,13 +171,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from agent.finetune import FinetuneRefused, default_budget, finetune
-    from agent.serving import Serving
-    from agent.workload import LocalDataSpec, load_local_data
-    from coordinator.compression.build import BuildOptions, build_variants, register_model
-    from coordinator.compression.measure import LatencyConfig
-    from coordinator.compression.variant_store import VariantStore
+    from edgefleet.agent.finetune import FinetuneRefused, default_budget, finetune
+    from edgefleet.agent.serving import Serving
+    from edgefleet.agent.workload import LocalDataSpec, load_local_data
     from edgefleet.catalog import get_profile
+    from edgefleet.modelops.build import BuildOptions, build_variants, register_model
+    from edgefleet.modelops.measure import LatencyConfig
+    from edgefleet.variant_store import VariantStore
     from edgefleet.zoo import ArchitectureSpec
 
     torch.set_num_threads(args.threads)

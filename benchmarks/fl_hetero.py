@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from coordinator.fl.local import LocalFederation, pretrain_biased, wait_progress
-from coordinator.fl.serverapp import device_facts, pick_width
+from edgefleet.devtools.fl_local import LocalFederation, pretrain_biased, wait_progress
+from edgefleet.flower.serverapp import device_facts, pick_width
 
 PROFILES = ("rpi4", "phone-flagship", "cortex-m7", "esp32-s3", "cortex-m4", "rpi-zero2w")
 FORCED = {4: {"width": 0.25}}  # the cortex-m4 trains a quarter-width slice

@@ -72,12 +72,12 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2
 
-from coordinator.demo import start_coordinator_process, stop_process
-from coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
-from edgefleet import __version__
 from edgefleet.catalog import CATALOG
+from edgefleet.coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
+from edgefleet.devtools.demo import start_coordinator_process, stop_process
 from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+from edgefleet.version import __version__
 from edgefleet.wire import profile_to_proto
 
 RPC_TIMEOUT_SECONDS = 10.0  # what the real agent uses

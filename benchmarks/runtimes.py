@@ -12,7 +12,7 @@ runtime's own footprint rather than the benchmark's:
 * peak RSS of the process (``VmHWM``), the RSS after loading, and ``memory_bytes()``,
 * test accuracy, as a check that every row served the same model.
 
-A last subprocess imports the agent (``agent.main``: gRPC, protos, session) and measures its
+A last subprocess imports the agent (``edgefleet.agent.main``: gRPC, protos, session) and measures its
 idle RSS without a runtime and with the onnxruntime runtime holding the int8 variant.
 """
 
@@ -74,7 +74,7 @@ def _load(bundle_dir: str, key_hex: str) -> Any:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one runtime on one bundle; runs in its own process."""
     rss_start = _rss()
-    from agent.runtimes import open_runtime
+    from edgefleet.agent.runtimes import open_runtime
     from edgefleet.catalog import get_profile
 
     bundle = _load(args.bundle, args.key)
@@ -111,12 +111,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def idle_worker(args: argparse.Namespace) -> dict[str, Any]:
     """The agent's idle RSS, before and after it opens onnxruntime with the int8 variant."""
-    import agent.main  # noqa: F401  (the agent process's own imports: gRPC, protos, session)
+    import edgefleet.agent.main  # noqa: F401  (the agent process's own imports: gRPC, protos, session)
 
     gc.collect()
     time.sleep(0.2)
     agent_only = _rss()
-    from agent.runtimes import open_runtime
+    from edgefleet.agent.runtimes import open_runtime
     from edgefleet.catalog import get_profile
 
     rt = open_runtime("onnxruntime", get_profile("rpi4"))
@@ -176,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from coordinator.compression.build import BuildOptions, build_variants, register_model
-    from coordinator.compression.data import load_dataset
-    from coordinator.compression.measure import LatencyConfig, host_info
     from edgefleet.bundle import public_key_hex
+    from edgefleet.modelops.build import BuildOptions, build_variants, register_model
+    from edgefleet.modelops.data import load_dataset
+    from edgefleet.modelops.measure import LatencyConfig, host_info
     from edgefleet.zoo import ArchitectureSpec
 
     with tempfile.TemporaryDirectory() as tmp:
-        from coordinator.compression.variant_store import VariantStore
+        from edgefleet.variant_store import VariantStore
 
         store = VariantStore(Path(tmp) / "store")
         options = BuildOptions(latency=LatencyConfig(warmup=2, runs=5))

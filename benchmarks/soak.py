@@ -88,12 +88,12 @@ from benchmarks.fleet_load import (
     register_call,
     source_revision,
 )
-from coordinator.demo import start_coordinator_process, stop_process
-from coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
-from edgefleet import __version__
 from edgefleet.catalog import CATALOG
+from edgefleet.coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
+from edgefleet.devtools.demo import start_coordinator_process, stop_process
 from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2
+from edgefleet.version import __version__
 
 REFRESH_METRIC = "edgefleet_fleet_refresh_duration_seconds"
 HEARTBEATS_METRIC = "edgefleet_heartbeats_total"

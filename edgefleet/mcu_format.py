@@ -1,6 +1,6 @@
 """The MCU integer-graph format: the few constants both the exporter and the emulator must share.
 
-The coordinator writes ``mcu.json`` + ``mcu.safetensors`` (see ``coordinator.compression.mcu``);
+The coordinator writes ``mcu.json`` + ``mcu.safetensors`` (see ``edgefleet.modelops.mcu``);
 the device's ``mcu-sim`` runtime executes them. The agent must never import coordinator code, so
 the spec constants live here, in the small shared package, and nothing else does: this module
 imports only the standard library.

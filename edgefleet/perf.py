@@ -9,7 +9,7 @@ second in a small dense matrix product (the core of conv/linear inference).
 - A simulated device class cannot be measured on this host, so it reports the
   nominal figure of its core: clock x peak MACs per cycle x 0.8 (a sustained
   fraction typical of BLAS kernels). Measured latencies from the fleet then
-  refine each device's prediction (see ``coordinator.latency``).
+  refine each device's prediction (see ``edgefleet.coordinator.latency``).
 - A microcontroller runs integer kernels (CMSIS-NN style); its figure is int8
   MACs per second, and ``cycles_per_mac`` feeds the MCU cycle model.
 """

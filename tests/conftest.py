@@ -28,7 +28,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.embedded_redis import redis_server_binary
+from edgefleet.coordinator.embedded_redis import redis_server_binary
 
 # The CLI reads named contexts from $EDGEFLEET_CONFIG (else ~/.config/edgefleet/config.toml); the
 # suite must not pick up a developer's own contexts. Subprocesses inherit this too (no EDGEFLEET_
@@ -167,7 +167,7 @@ class CoordinatorProc:
                 [
                     sys.executable,
                     "-m",
-                    "coordinator.cli.main",
+                    "edgefleet.cli.main",
                     "coordinator",
                     "start",
                     "--port",
@@ -241,7 +241,14 @@ class AgentProc:
         self.state_dir.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "--state-dir", str(self.state_dir), *self.args],
+                [
+                    sys.executable,
+                    "-m",
+                    "edgefleet.agent",
+                    "--state-dir",
+                    str(self.state_dir),
+                    *self.args,
+                ],
                 stdout=log,
                 stderr=log,
                 env=_env(),

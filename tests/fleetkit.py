@@ -15,11 +15,11 @@ from typing import Any
 
 import grpc
 
-from coordinator.compression.variant_store import ModelEntry, VariantStore
 from edgefleet.catalog import get_profile
 from edgefleet.metric_names import variant_inferences_metric
 from edgefleet.profiles import DeviceProfile
 from edgefleet.v1 import device_pb2, device_pb2_grpc
+from edgefleet.variant_store import ModelEntry, VariantStore
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ENROLL_TOKEN
 
@@ -256,7 +256,7 @@ def linear_digits_onnx() -> tuple[bytes, float, float]:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from agent.workload import LocalDataSpec, load_local_data
+    from edgefleet.agent.workload import LocalDataSpec, load_local_data
 
     shard = load_local_data(LocalDataSpec(source="digits"))
     x = shard.x_train.reshape(len(shard.x_train), -1)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.backoff import Backoff
-from agent.identity import Identity, IdentityError, load_identity, save_identity
+from edgefleet.agent.backoff import Backoff
+from edgefleet.agent.identity import Identity, IdentityError, load_identity, save_identity
 
 
 def test_backoff_grows_exponentially_up_to_the_cap() -> None:
@@ -67,8 +67,8 @@ def test_an_empty_desired_state_unloads_only_when_the_coordinator_assigned_it(
     "no variant": the agent stops serving and the bundle is kept as previous."""
     import asyncio
 
-    from agent.artifacts import ArtifactCache
-    from agent.reconcile import Reconciler
+    from edgefleet.agent.artifacts import ArtifactCache
+    from edgefleet.agent.reconcile import Reconciler
     from edgefleet.v1 import device_pb2
 
     cache = ArtifactCache(tmp_path)
@@ -98,8 +98,8 @@ def test_the_served_count_is_per_variant_and_restarts_with_each_load() -> None:
 
     import numpy as np
 
-    from agent.runtimes import MemoryUsage, Runtime
-    from agent.serving import Serving
+    from edgefleet.agent.runtimes import MemoryUsage, Runtime
+    from edgefleet.agent.serving import Serving
     from edgefleet.catalog import get_profile
     from edgefleet.metric_names import variant_inferences_metric
 

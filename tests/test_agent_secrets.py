@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import IdentityError, ensure_state_dir
-from agent.telemetry import TELEMETRY_FILE, TelemetryBuffer
-from coordinator.admin_client import AdminClient
-from coordinator.simulate import SimulatedFleet
+from edgefleet.agent.identity import IdentityError, ensure_state_dir
+from edgefleet.agent.telemetry import TELEMETRY_FILE, TelemetryBuffer
+from edgefleet.client.admin_client import AdminClient
+from edgefleet.devtools.simulate import SimulatedFleet
 from edgefleet.tokenfile import TokenFileError, read_token_file
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, wait_for
 
@@ -104,7 +104,15 @@ def _agent(coord: CoordinatorProc, state: Path, *args: str) -> subprocess.Popen[
     with log.open("ab") as out:
         flags = ["--profile", "rpi4", "--name", state.name, "--state-dir", str(state), *args]
         return subprocess.Popen(
-            [sys.executable, "-m", "agent", "--coordinator", coord.address, "--insecure", *flags],
+            [
+                sys.executable,
+                "-m",
+                "edgefleet.agent",
+                "--coordinator",
+                coord.address,
+                "--insecure",
+                *flags,
+            ],
             stdout=out,
             stderr=out,
             env=_env_without_tokens(),
@@ -178,7 +186,7 @@ def test_simulate_cli_takes_a_token_file(
         EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN,
         EDGEFLEET_INSECURE="1",
     )
-    cmd = [sys.executable, "-m", "coordinator.cli.main", "simulate", "--devices", "1"]
+    cmd = [sys.executable, "-m", "edgefleet.cli.main", "simulate", "--devices", "1"]
     cmd += ["--profiles", "rpi4", "--state-dir", str(tmp_path / "sim"), "--duration", "0.2"]
     ok = subprocess.run(
         [*cmd, "--token-file", str(_token_file(tmp_path)), "--json"],

@@ -27,14 +27,19 @@ import grpc
 import pytest
 import redis
 
-from agent.artifacts import ArtifactCache, IntegrityError, TransferError, UnknownVariantError
-from agent.reconcile import Reconciler
-from coordinator.admin_client import AdminClient
-from coordinator.compression.variant_store import VariantStore
+from edgefleet.agent.artifacts import (
+    ArtifactCache,
+    IntegrityError,
+    TransferError,
+    UnknownVariantError,
+)
+from edgefleet.agent.reconcile import Reconciler
 from edgefleet.archive import Limits, UnsafeArchiveError, pack_directory, unpack_archive
 from edgefleet.bundle import public_key_hex
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient
 from edgefleet.v1 import admin_pb2, artifact_pb2, artifact_pb2_grpc, device_pb2, device_pb2_grpc
+from edgefleet.variant_store import VariantStore
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, free_port, wait_for
 from tests.fleetkit import add_servable_model

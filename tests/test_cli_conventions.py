@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli import common, rollout_cmds
-from coordinator.cli.jsonout import dumps
-from coordinator.cli.main import app
-from coordinator.cli.settings import ConfigError, EdgefleetConfig, resolve
+from edgefleet.cli import common, rollout_cmds
+from edgefleet.cli.main import app
+from edgefleet.cli.settings import ConfigError, EdgefleetConfig, resolve
+from edgefleet.client.jsonout import dumps
 from edgefleet.v1 import admin_pb2
 
 runner = CliRunner()
@@ -139,7 +139,7 @@ def test_exit_codes_of_the_installed_command() -> None:
     """The console entry point itself (not CliRunner): 0, 2 for usage, 1 for runtime."""
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        code = "from coordinator.cli.main import main; main()"
+        code = "from edgefleet.cli.main import main; main()"
         return subprocess.run(
             [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
         )
@@ -301,7 +301,7 @@ def test_precedence_per_setting(_isolated: Path, tmp_path: Path) -> None:
 
 def test_config_file_round_trips_awkward_names(_isolated: Path) -> None:
     config = EdgefleetConfig(_isolated, current_context='we"ird')
-    from coordinator.cli.settings import Context
+    from edgefleet.cli.settings import Context
 
     config.contexts['we"ird'] = Context('we"ird', coordinator="h:1", insecure=False)
     config.save()
@@ -347,7 +347,7 @@ def test_every_json_writer_is_the_shared_one() -> None:
 
 
 def test_completion_of_profiles_and_recipes() -> None:
-    from coordinator.cli.completion import complete_profiles, complete_recipes
+    from edgefleet.cli.completion import complete_profiles, complete_recipes
 
     assert "rpi4,rpi-zero2w" in complete_profiles("rpi4,rpi-z")
     assert complete_recipes("fp16,prune-channels+int8-s") == ["fp16,prune-channels+int8-static"]
@@ -393,7 +393,7 @@ def test_simulated_agents_dial_the_resolved_coordinator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """simulate hands its address to agents itself: it must resolve it like client() does."""
-    from coordinator import simulate
+    from edgefleet.devtools import simulate
 
     dialled: list[str] = []
 

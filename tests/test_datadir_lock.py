@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
-from coordinator.admin_client import AdminClient
-from coordinator.datadir_lock import DataDirLocked, lock_data_dir
+from edgefleet.client.admin_client import AdminClient
+from edgefleet.coordinator.datadir_lock import DataDirLocked, lock_data_dir
 from tests.conftest import (
     ADMIN_TOKEN,
     AgentProc,
@@ -25,7 +25,7 @@ from tests.conftest import (
 
 HOLD = (
     "import sys, time; from pathlib import Path; "
-    "from coordinator.datadir_lock import lock_data_dir; "
+    "from edgefleet.coordinator.datadir_lock import lock_data_dir; "
     "lock_data_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)"
 )
 
@@ -66,7 +66,7 @@ def test_a_holder_that_has_not_written_its_pid_yet_is_named_unknown(tmp_path: Pa
 
 def _has_flower() -> bool:
     try:
-        from coordinator.fl.superlink import SuperLinkSupervisor  # noqa: F401
+        from edgefleet.coordinator.fl.superlink import SuperLinkSupervisor  # noqa: F401
     except ImportError:
         return False
     return True

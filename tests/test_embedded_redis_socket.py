@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator.embedded_redis import (
+from edgefleet.coordinator.embedded_redis import (
     EmbeddedRedis,
     EmbeddedRedisError,
     fallback_dir,

@@ -21,19 +21,24 @@ import redis.asyncio as aioredis
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from coordinator.artifacts import ArtifactServicer
-from coordinator.compression.variant_store import VariantStore
-from coordinator.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from coordinator.limits import StreamSlots
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.registry import (
+from edgefleet.catalog import get_profile
+from edgefleet.coordinator.artifacts import ArtifactServicer
+from edgefleet.coordinator.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from edgefleet.coordinator.limits import StreamSlots
+from edgefleet.coordinator.metrics import CoordinatorMetrics
+from edgefleet.coordinator.registry import (
     DeviceStatus,
     HeartbeatReport,
     Registration,
     Registry,
     RegistrySettings,
 )
-from coordinator.servicers import (
+from edgefleet.coordinator.servicers import (
     AdminServicer,
     DeviceServicer,
     _policy,
@@ -41,13 +46,13 @@ from coordinator.servicers import (
     gate_from_proto,
     validate_rollout_id,
 )
-from coordinator.store import FleetStore, TelemetryIn
-from coordinator.tokens import Tokens
-from edgefleet.catalog import get_profile
+from edgefleet.coordinator.store import FleetStore, TelemetryIn
+from edgefleet.coordinator.tokens import Tokens
 from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.pki import CertificateAuthority, device_id_of, make_csr, new_key
 from edgefleet.profiles import ProfileError
 from edgefleet.v1 import admin_pb2, artifact_pb2, device_pb2
+from edgefleet.variant_store import VariantStore
 from edgefleet.wire import profile_from_proto, profile_to_proto
 
 T = TypeVar("T")

@@ -24,7 +24,8 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.registry import (
+from edgefleet.catalog import get_profile
+from edgefleet.coordinator.registry import (
     Enrollment,
     FleetSummary,
     HeartbeatReport,
@@ -33,9 +34,8 @@ from coordinator.registry import (
     Registry,
     RegistrySettings,
 )
-from coordinator.store import SCHEMA_VERSION, FleetStore, StoreError
-from coordinator.tokens import Tokens
-from edgefleet.catalog import get_profile
+from edgefleet.coordinator.store import SCHEMA_VERSION, FleetStore, StoreError
+from edgefleet.coordinator.tokens import Tokens
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ENROLL_TOKEN, CoordinatorProc, wait_for

@@ -28,7 +28,7 @@ def cli(address: str, *args: str, token: str = ADMIN_TOKEN) -> subprocess.Comple
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     env.update(EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=token, EDGEFLEET_INSECURE="1")
     return subprocess.run(
-        [sys.executable, "-m", "coordinator.cli.main", *args],
+        [sys.executable, "-m", "edgefleet.cli.main", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -205,7 +205,7 @@ def test_simulate_starts_a_mixed_fleet_and_stops_it_cleanly(
         [
             sys.executable,
             "-m",
-            "coordinator.cli.main",
+            "edgefleet.cli.main",
             "simulate",
             "--devices",
             "5",
@@ -245,7 +245,7 @@ def test_every_command_has_help() -> None:
         ["profiles", "ls"],
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "coordinator.cli.main", *args, "--help"],
+            [sys.executable, "-m", "edgefleet.cli.main", *args, "--help"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -253,14 +253,17 @@ def test_every_command_has_help() -> None:
         assert result.returncode == 0, (args, result.stderr)
         assert "Usage" in result.stdout
     agent = subprocess.run(
-        [sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edgefleet.agent", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert agent.returncode == 0 and "--state-dir" in agent.stdout
 
 
 def test_profiles_ls_json_lists_the_catalog() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli.main", "profiles", "ls", "--json"],
+        [sys.executable, "-m", "edgefleet.cli.main", "profiles", "ls", "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -279,7 +282,7 @@ def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "coordinator.cli.main",
+            "edgefleet.cli.main",
             "demo",
             "--data-dir",
             "demo",
@@ -318,7 +321,7 @@ def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
 
 
 def test_demo_check_names_what_the_demo_did_not_deliver() -> None:
-    from coordinator.demo import demo_problems
+    from edgefleet.devtools.demo import demo_problems
 
     good = {
         "rollout": {"state": "succeeded"},

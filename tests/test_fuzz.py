@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from coordinator.admin_client import AdminClient
-from coordinator.tokens import sha256_hex
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient
+from edgefleet.coordinator.tokens import sha256_hex
 from edgefleet.limits import (
     MAX_ACCELERATORS,
     MAX_PRECISIONS,

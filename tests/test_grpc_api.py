@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from coordinator.admin_client import AdminClient
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient
 from edgefleet.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto

@@ -31,13 +31,12 @@ import grpc
 import pytest
 import redis
 
-from agent.inference_server import MAX_DIMS, InferenceServer
-from coordinator.artifacts import ArtifactServicer
-from coordinator.compression.variant_store import VariantStore
-from coordinator.errors import PermissionDenied
-from coordinator.limits import Limits, StreamSlots, server_options
-from coordinator.store import Desired, DeviceRecord
+from edgefleet.agent.inference_server import MAX_DIMS, InferenceServer
 from edgefleet.catalog import get_profile
+from edgefleet.coordinator.artifacts import ArtifactServicer
+from edgefleet.coordinator.errors import PermissionDenied
+from edgefleet.coordinator.limits import Limits, StreamSlots, server_options
+from edgefleet.coordinator.store import Desired, DeviceRecord
 from edgefleet.v1 import (
     artifact_pb2,
     artifact_pb2_grpc,
@@ -46,6 +45,7 @@ from edgefleet.v1 import (
     inference_pb2,
     inference_pb2_grpc,
 )
+from edgefleet.variant_store import VariantStore
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ENROLL_TOKEN, CoordinatorProc, wait_for
 
@@ -402,7 +402,7 @@ def test_reported_variants_cannot_grow_the_metric_series(
 def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
     script = (
         "import resource\n"
-        "from coordinator.limits import raise_fd_limit\n"
+        "from edgefleet.coordinator.limits import raise_fd_limit\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
         "before, after = raise_fd_limit()\n"

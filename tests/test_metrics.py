@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.metrics import CoordinatorMetrics, profile_label
+from edgefleet.coordinator.metrics import CoordinatorMetrics, profile_label
 from tests.conftest import ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
 
 FAST = ("--offline-after", "2", "--heartbeat-interval", "0.5")

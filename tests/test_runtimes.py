@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save as save_np
 
-from agent.runtimes import (
+from edgefleet.agent.runtimes import (
     BudgetExceededError,
     BundleFormatError,
     InputDtypeError,
@@ -35,16 +35,16 @@ from agent.runtimes import (
     TrainingUnsupportedError,
     open_runtime,
 )
-from agent.runtimes.mcu_sim import McuSimRuntime, requantize
-from coordinator.compression.build import BuildOptions, build_variants, register_model
-from coordinator.compression.data import Dataset, load_dataset
-from coordinator.compression.measure import LatencyConfig
-from coordinator.compression.variant_store import VariantStore
+from edgefleet.agent.runtimes.mcu_sim import McuSimRuntime, requantize
 from edgefleet.bundle import Bundle
 from edgefleet.catalog import get_profile
 from edgefleet.mcu_format import MCU_FORMAT, MCU_FORMAT_VERSION
+from edgefleet.modelops.build import BuildOptions, build_variants, register_model
+from edgefleet.modelops.data import Dataset, load_dataset
+from edgefleet.modelops.measure import LatencyConfig
 from edgefleet.perf import cycles_per_mac
 from edgefleet.profiles import DeviceProfile
+from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ArchitectureSpec
 
 #: Largest |mcu-sim - onnxruntime| on the int8 output tensor we accept, in LSBs (output
@@ -260,7 +260,7 @@ def test_open_runtime_refuses_runtimes_the_profile_does_not_run() -> None:
 
 def test_importing_the_runtime_package_loads_no_numerical_library() -> None:
     code = (
-        "import sys, agent.runtimes; "
+        "import sys, edgefleet.agent.runtimes; "
         "print(sorted(m for m in ('torch', 'onnxruntime', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

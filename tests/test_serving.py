@@ -20,18 +20,18 @@ import grpc
 import numpy as np
 import pytest
 
-from agent.battery import Battery
-from agent.finetune import FinetuneRefused, finetune
-from agent.serving import Serving
-from agent.workload import DIGITS_SPLIT_SEED, LocalDataSpec, load_local_data
-from coordinator.admin_client import AdminClient
-from coordinator.compression.build import BuildOptions, register_model
-from coordinator.compression.data import SPLIT_SEED, load_dataset
-from coordinator.compression.measure import LatencyConfig
-from coordinator.compression.variant_store import VariantStore
+from edgefleet.agent.battery import Battery
+from edgefleet.agent.finetune import FinetuneRefused, finetune
+from edgefleet.agent.serving import Serving
+from edgefleet.agent.workload import DIGITS_SPLIT_SEED, LocalDataSpec, load_local_data
 from edgefleet.bundle import Bundle
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient
+from edgefleet.modelops.build import BuildOptions, register_model
+from edgefleet.modelops.data import SPLIT_SEED, load_dataset
+from edgefleet.modelops.measure import LatencyConfig
 from edgefleet.v1 import admin_pb2, device_pb2, inference_pb2, inference_pb2_grpc
+from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ArchitectureSpec
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, wait_for
 from tests.fleetkit import make_model
@@ -267,7 +267,7 @@ def test_planning_fine_tuning_leaves_the_model_untouched() -> None:
     """The measuring pass must not fold its dummy input into BatchNorm statistics."""
     import torch
 
-    from agent.finetune import plan_memory
+    from edgefleet.agent.finetune import plan_memory
     from edgefleet.zoo import ArchitectureSpec, build_model
 
     model = build_model(ArchitectureSpec.zoo("ds-cnn", width=0.5))

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from coordinator.admin_client import AdminClient
+from edgefleet.client.admin_client import AdminClient
 from edgefleet.metric_names import variant_inferences_metric
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, CoordinatorProc, cli_env, wait_for
@@ -48,7 +48,7 @@ def test_simulated_fleet_serves_passes_a_judged_canary_and_stops_on_sigterm(
     with log.open("wb") as out:
         sim = subprocess.Popen(
             [
-                sys.executable, "-m", "coordinator.cli.main", "simulate",
+                sys.executable, "-m", "edgefleet.cli.main", "simulate",
                 "--devices", "2", "--profiles", "phone-flagship,rpi4",
                 "--state-dir", str(sim_root), "--workload-rate", "10",
             ],

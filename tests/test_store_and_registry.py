@@ -11,18 +11,18 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from coordinator.embedded_redis import EmbeddedRedis
-from coordinator.errors import InvalidArgument, NotFound, Unauthenticated
-from coordinator.registry import (
+from edgefleet.catalog import get_profile
+from edgefleet.coordinator.embedded_redis import EmbeddedRedis
+from edgefleet.coordinator.errors import InvalidArgument, NotFound, Unauthenticated
+from edgefleet.coordinator.registry import (
     DeviceStatus,
     HeartbeatReport,
     Registration,
     Registry,
     RegistrySettings,
 )
-from coordinator.store import FleetStore, StoreError
-from coordinator.tokens import Tokens
-from edgefleet.catalog import get_profile
+from edgefleet.coordinator.store import FleetStore, StoreError
+from edgefleet.coordinator.tokens import Tokens
 
 T = TypeVar("T")
 TOKENS = Tokens(admin="a", enroll="enroll-secret", admin_source="test", enroll_source="test")

@@ -18,12 +18,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from agent.telemetry import TelemetryBuffer
-from coordinator.errors import InvalidArgument
-from coordinator.registry import Registration, Registry, RegistrySettings
-from coordinator.store import FleetStore, TelemetryIn
-from coordinator.tokens import Tokens
+from edgefleet.agent.telemetry import TelemetryBuffer
 from edgefleet.catalog import get_profile
+from edgefleet.coordinator.errors import InvalidArgument
+from edgefleet.coordinator.registry import Registration, Registry, RegistrySettings
+from edgefleet.coordinator.store import FleetStore, TelemetryIn
+from edgefleet.coordinator.tokens import Tokens
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
 
 TOKENS = Tokens(admin="a", enroll="e", admin_source="t", enroll_source="t")
@@ -123,7 +123,7 @@ def _device(address: str, name: str) -> dict[str, Any] | None:
         EDGEFLEET_COORDINATOR=address, EDGEFLEET_ADMIN_TOKEN=ADMIN_TOKEN, EDGEFLEET_INSECURE="1"
     )
     listed = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli.main", "devices", "ls", "--json"],
+        [sys.executable, "-m", "edgefleet.cli.main", "devices", "ls", "--json"],
         capture_output=True,
         text=True,
         env=env,

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.admin_client import AdminClient, AdminClientError
 from edgefleet.catalog import get_profile
+from edgefleet.client.admin_client import AdminClient, AdminClientError
 from edgefleet.pki import device_id_of, key_pem, make_csr, new_key
 from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
@@ -206,7 +206,7 @@ def test_cli_needs_the_ca_or_an_explicit_insecure(
 
     def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "coordinator.cli.main", *args],
+            [sys.executable, "-m", "edgefleet.cli.main", *args],
             capture_output=True,
             text=True,
             env={**base, **env},

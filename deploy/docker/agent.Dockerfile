@@ -33,10 +33,16 @@ COPY locks/ /src/locks/
 RUN sh /tmp/install-deps.sh "$EXTRAS"
 COPY edgefleet/ /src/edgefleet/
 COPY agent/ /src/agent/
+# The wheel is one distribution over three folders; the coordinator side is built here and then
+# removed, so the runtime stage carries only the shared namespace and the agent.
+COPY coordinator/ /src/coordinator/
 RUN set -eu; \
     if [ -f /tmp/build-extras/pip.conf ]; then export PIP_CONFIG_FILE=/tmp/build-extras/pip.conf; fi; \
     /opt/venv/bin/pip install --no-deps --no-build-isolation /src; \
     /opt/venv/bin/pip uninstall -y -q pip setuptools wheel; \
+    site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+    rm -rf "$site/edgefleet/coordinator" "$site/edgefleet/cli" "$site/edgefleet/modelops" \
+           "$site/edgefleet/devtools"; \
     rm -f /opt/venv/bin/edgefleet   # the operator CLI entry point; its code is not in this image
 
 # --- runtime: the venv on the bare python stage, run as an unprivileged user.

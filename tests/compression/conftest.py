@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.compression.build import BuildOptions, build_variants, register_model
-from coordinator.compression.data import Dataset, load_dataset
-from coordinator.compression.measure import LatencyConfig
-from coordinator.compression.variant_store import VariantStore
+from edgefleet.modelops.build import BuildOptions, build_variants, register_model
+from edgefleet.modelops.data import Dataset, load_dataset
+from edgefleet.modelops.measure import LatencyConfig
+from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ArchitectureSpec
 
 MODEL = "digits-dscnn"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli.models import models_app
-from coordinator.compression.variant_store import VariantStore
+from edgefleet.cli.models import models_app
+from edgefleet.variant_store import VariantStore
 
 from .conftest import MODEL, BuiltModel
 
@@ -106,5 +106,5 @@ def test_corrupt_bundle_is_refused_by_the_cli(store_copy: VariantStore, built: B
 
 
 def test_cli_module_does_not_import_torch() -> None:
-    code = "import sys, coordinator.cli.models; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, edgefleet.cli.models; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.compression.recipes import (
+from edgefleet.modelops.recipes import (
     DEFAULT_RECIPES,
     RecipeError,
     parse_recipe,

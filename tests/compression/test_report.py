@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.compression.report import AXES, Point, _figure, pareto_front, write_report
+from edgefleet.modelops.report import AXES, Point, _figure, pareto_front, write_report
 
 RECIPES = [
     "fp32", "fp16", "int8-dynamic", "int8-static", "prune-unstructured", "prune-channels",

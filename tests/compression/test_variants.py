@@ -17,14 +17,14 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import load as load_np
 
-from coordinator.compression.build import load_torch_model, manifest_summary
-from coordinator.compression.data import Dataset
-from coordinator.compression.measure import count_macs
-from coordinator.compression.memplan import plan_memory
-from coordinator.compression.onnx_export import export_onnx
-from coordinator.compression.train import predict
-from coordinator.compression.variant_store import VariantStore
 from edgefleet.bundle import FileHashMismatch
+from edgefleet.modelops.build import load_torch_model, manifest_summary
+from edgefleet.modelops.data import Dataset
+from edgefleet.modelops.measure import count_macs
+from edgefleet.modelops.memplan import plan_memory
+from edgefleet.modelops.onnx_export import export_onnx
+from edgefleet.modelops.train import predict
+from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ArchitectureSpec, build_model
 
 from .conftest import BuiltModel

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from coordinator.compression.data import Dataset
-from coordinator.compression.transforms import low_rank
+from edgefleet.modelops.data import Dataset
+from edgefleet.modelops.transforms import low_rank
 from edgefleet.zoo import (
     ArchitectureError,
     ArchitectureSpec,

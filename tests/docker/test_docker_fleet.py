@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.admin_client import AdminClient
-from coordinator.docker_fleet import (
+from edgefleet.catalog import CATALOG, get_profile
+from edgefleet.client.admin_client import AdminClient
+from edgefleet.devtools.docker_fleet import (
     AGENT_MEMORY_FLOOR,
     CONTAINER_CA_PATH,
     CPU_CAP,
@@ -33,7 +34,6 @@ from coordinator.docker_fleet import (
     container_limits,
     remove_stale,
 )
-from edgefleet.catalog import CATALOG, get_profile
 from edgefleet.pki import CertificateAuthority, device_id_of
 from edgefleet.profiles import GIB, MIB, DeviceClass
 from edgefleet.v1 import admin_pb2
@@ -244,7 +244,7 @@ def test_simulate_cli_docker_backend_uses_tls(
         [
             sys.executable,
             "-m",
-            "coordinator.cli.main",
+            "edgefleet.cli.main",
             "--ca-cert",
             str(coordinator.data_dir / "tls" / "ca.pem"),
             "simulate",

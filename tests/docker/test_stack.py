@@ -34,8 +34,8 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.docker_fleet import ContainerLimits, container_limits
 from edgefleet.catalog import get_profile
+from edgefleet.devtools.docker_fleet import ContainerLimits, container_limits
 from edgefleet.pki import device_id_of
 from tests.conftest import free_port
 from tests.docker.conftest import REPO, TIMINGS

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Context, RecordDict
 
-from agent.fl.clientapp import _facts
-from agent.fl.supernode import node_config_for
+from edgefleet.agent.fl.clientapp import _facts
+from edgefleet.agent.fl.supernode import node_config_for
 from edgefleet.fl import mlp_numpy
 from edgefleet.fl.budget import training_bytes, widest_activation
 
 
 def test_clientapp_module_does_not_import_torch() -> None:
-    code = "import sys, agent.fl.clientapp; print('torch' in sys.modules)"
+    code = "import sys, edgefleet.agent.fl.clientapp; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
 

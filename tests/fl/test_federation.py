@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.fl.supernode import SuperNodeSupervisor
-from coordinator.fl.local import LocalFederation, free_port, pretrain_biased, wait_progress
+from edgefleet.agent.fl.supernode import SuperNodeSupervisor
+from edgefleet.devtools.fl_local import LocalFederation, free_port, pretrain_biased, wait_progress
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.fl.local import pretrain_biased
+from edgefleet.devtools.fl_local import pretrain_biased
 from tests.conftest import ENROLL_TOKEN, AgentProc, CoordinatorProc, _env, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(420)
@@ -61,7 +61,7 @@ def _train(coord: CoordinatorProc, runs: Path, init: Path, rounds: int, name: st
     cwd = Path(os.path.commonpath([runs, coord.data_dir]))
     return subprocess.Popen(
         [
-            sys.executable, "-m", "coordinator.cli.main", "train", "start", "mlp",
+            sys.executable, "-m", "edgefleet.cli.main", "train", "start", "mlp",
             "--rounds", str(rounds), "--strategy", "heterofl", "--min-devices", "3",
             "--init", str(init), "--local-epochs", "2",
             "--runs-dir", os.path.relpath(runs, cwd),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.fl.superlink import flwr_env
+from edgefleet.coordinator.fl.superlink import flwr_env
 from edgefleet.fl.process import FlowerTls
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.fl import heterofl
-from coordinator.fl import model as fl_model
+from edgefleet.flower import heterofl
+from edgefleet.flower import model as fl_model
 
 
 def test_slice_takes_the_leading_block() -> None:

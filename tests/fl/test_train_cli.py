@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli.train_cmds import train_app
+from edgefleet.cli.train_cmds import train_app
 
 runner = CliRunner()
 
@@ -27,7 +27,7 @@ def fl_snapshot(redis_url: str) -> tuple[list[Any], dict[str, int]]:
 
     import redis.asyncio as aioredis
 
-    from coordinator.store import FleetStore
+    from edgefleet.coordinator.store import FleetStore
 
     async def read() -> tuple[list[Any], dict[str, int]]:
         store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
@@ -115,7 +115,7 @@ def test_a_running_record_whose_serverapp_is_gone_reads_as_failed(tmp_path: Path
 
 def test_rounds_are_recorded_in_the_fleet_state_for_metrics(redis_url: str) -> None:
     """`train start --redis-url` puts each round where the coordinator exports edgefleet_fl_*."""
-    from coordinator.cli.train_cmds import _report_rounds
+    from edgefleet.cli.train_cmds import _report_rounds
 
     rounds = [
         {"round": 1, "train_loss": 0.9, "test_acc": 0.5, "participants": ["a", "b"]},
@@ -134,7 +134,7 @@ def test_round_records_wait_for_an_unreachable_fleet_state_and_go_out_once(
 ) -> None:
     """A coordinator restarting takes its embedded Redis away for a moment: following the run
     must neither fail nor lose or double a record; a succeeded run records no failed round."""
-    from coordinator.cli.train_cmds import _follow, _RoundReporter
+    from edgefleet.cli.train_cmds import _follow, _RoundReporter
 
     run = tmp_path / "r"
     run.mkdir()
@@ -191,8 +191,8 @@ def test_click_range_and_choice_errors_are_usage_errors(tmp_path: Path, args: li
 
 
 def test_strategy_choices_match_the_serverapp() -> None:
-    from coordinator.cli.train_cmds import FL_STRATEGIES
-    from coordinator.fl.serverapp import STRATEGIES
+    from edgefleet.cli.train_cmds import FL_STRATEGIES
+    from edgefleet.flower.serverapp import STRATEGIES
 
     assert FL_STRATEGIES == STRATEGIES
 
@@ -200,7 +200,7 @@ def test_strategy_choices_match_the_serverapp() -> None:
 def test_runs_dir_defaults_to_the_data_dir_not_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from coordinator.cli.train_cmds import _runs_dir
+    from edgefleet.cli.train_cmds import _runs_dir
 
     monkeypatch.chdir(tmp_path)
     assert _runs_dir(None, Path("d")) == tmp_path / "d" / "fl-runs"
@@ -228,8 +228,8 @@ def _finished(final: float, initial: float) -> dict[str, Any]:
 def _fake_run(monkeypatch: pytest.MonkeyPatch, doc: dict[str, Any]) -> list[str]:
     """Everything after validation stubbed: the run 'finishes' with ``doc``; returns the
     names of models _publish was asked to register."""
-    from coordinator.cli import train_cmds
-    from coordinator.fl import superlink
+    from edgefleet.cli import train_cmds
+    from edgefleet.coordinator.fl import superlink
 
     published: list[str] = []
     monkeypatch.setattr(superlink, "write_app", lambda path, config: path)
@@ -274,7 +274,7 @@ def test_an_improved_model_reports_its_accuracy_without_a_warning(
 
 
 def test_accuracy_falls_back_to_the_base_variant_when_the_run_has_no_initial() -> None:
-    from coordinator.cli.train_cmds import _accuracy, _accuracy_line
+    from edgefleet.cli.train_cmds import _accuracy, _accuracy_line
 
     class Store:
         def load(self, vid: str) -> Any:

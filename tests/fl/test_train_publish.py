@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli.train_cmds import train_app
-from coordinator.compression.variant_store import ModelEntry, VariantStore
+from edgefleet.cli.train_cmds import train_app
+from edgefleet.variant_store import ModelEntry, VariantStore
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc
 
 runner = CliRunner()
@@ -64,9 +64,9 @@ def test_finished_run_becomes_a_new_model_rebuilt_and_rolled_out(
     coordinator_factory: Callable[..., CoordinatorProc],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from coordinator.cli import common
-    from coordinator.compression.build import BuildOptions, build_variants, register_model
-    from coordinator.compression.measure import LatencyConfig
+    from edgefleet.cli import common
+    from edgefleet.modelops.build import BuildOptions, build_variants, register_model
+    from edgefleet.modelops.measure import LatencyConfig
     from edgefleet.zoo import ArchitectureSpec
     from tests.fleetkit import ScriptedDevice
 

@@ -38,10 +38,10 @@ import grpc
 import pytest
 import redis
 
-from agent.artifacts import ArtifactCache, IntegrityError
-from agent.telemetry import TelemetryBuffer
-from coordinator.admin_client import AdminClient, AdminClientError
-from coordinator.rollouts import Rollout
+from edgefleet.agent.artifacts import ArtifactCache, IntegrityError
+from edgefleet.agent.telemetry import TelemetryBuffer
+from edgefleet.client.admin_client import AdminClient, AdminClientError
+from edgefleet.coordinator.rollouts import Rollout
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
 from tests.fleetkit import ScriptedDevice, add_servable_model
@@ -409,7 +409,7 @@ def test_coordinator_kill9_during_a_federated_run_never_touches_the_round(
     """20 seeded kill -9s of the coordinator while a federated run is in flight on two real
     agents' SuperNodes: every restart adopts the same SuperLink process (its own process
     group, its pidfile), so the run never notices -- it finishes with every round complete."""
-    from coordinator.fl.local import pretrain_biased
+    from edgefleet.devtools.fl_local import pretrain_biased
     from tests.conftest import _env, free_port
 
     rng = random.Random(SEED + 1)
@@ -430,7 +430,7 @@ def test_coordinator_kill9_during_a_federated_run_never_touches_the_round(
     rounds = 10
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "coordinator.cli.main", "train", "start", "mlp",
+            sys.executable, "-m", "edgefleet.cli.main", "train", "start", "mlp",
             "--rounds", str(rounds), "--min-devices", "2", "--init", str(init),
             "--runs-dir", str(runs), "--data-dir", str(data), "--name", "crash", "--json",
         ],

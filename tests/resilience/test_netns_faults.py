@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from agent.artifacts import ArtifactCache
-from agent.telemetry import TelemetryBuffer
-from coordinator.admin_client import AdminClient, AdminClientError
+from edgefleet.agent.artifacts import ArtifactCache
+from edgefleet.agent.telemetry import TelemetryBuffer
+from edgefleet.client.admin_client import AdminClient, AdminClientError
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, wait_for
 from tests.fleetkit import add_servable_model

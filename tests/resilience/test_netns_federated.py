@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from coordinator.fl.local import pretrain_biased
+from edgefleet.devtools.fl_local import pretrain_biased
 from tests.conftest import ENROLL_TOKEN, _env, free_port, wait_for
 from tests.resilience.conftest import NetnsAgentProc, NetnsCoordinatorProc, NetnsLab
 
@@ -35,7 +35,7 @@ def _supernode_running(agent: NetnsAgentProc) -> bool:
 def _train(data: Path, runs: Path, init: Path, name: str, rounds: int, min_devices: int) -> Any:
     return subprocess.Popen(
         [
-            sys.executable, "-m", "coordinator.cli.main", "train", "start", "mlp",
+            sys.executable, "-m", "edgefleet.cli.main", "train", "start", "mlp",
             "--rounds", str(rounds), "--strategy", "fedavg", "--min-devices", str(min_devices),
             "--round-timeout", str(ROUND_TIMEOUT), "--init", str(init), "--runs-dir", str(runs),
             "--data-dir", str(data), "--name", name, "--json",

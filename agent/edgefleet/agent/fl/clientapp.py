@@ -1,0 +1,164 @@
+"""Our Flower ClientApp: fine-tune on the device's local shard and report train+eval at once.
+
+Why it looks the way it does:
+
+* Flower 1.41 starts a fresh ``flwr-clientapp`` process for **every** message, so module-level
+  imports are paid every round. This module imports numpy and Flower's public message API
+  only; torch (for conv nets) is imported inside the handler, and the zoo ``mlp`` is trained
+  in numpy (:mod:`edgefleet.fl.mlp_numpy`) without torch at all.
+* Evaluation is folded into the ``train`` reply: the client first scores the global model it
+  received on its held-out data, then fine-tunes and scores again. One message per round
+  instead of two halves the per-round message overhead.
+* The device's identity, resources and data come from its SuperNode's ``node_config``
+  (``device-id``, ``profile``, ``ram-bytes``, ``battery``, ``labels``, ``data-path`` ...), which
+  the agent's supervisor sets; the ``query`` handler reports them so the ServerApp can select
+  participants (Flower itself only knows node ids).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from edgefleet.fl.budget import training_bytes, widest_activation
+
+__all__ = ["app", "training_bytes", "widest_activation"]
+
+app = ClientApp()
+
+#: Fraction of the device's RAM the agent lets one fine-tuning step use.
+DEFAULT_BUDGET_FRACTION = 0.25
+FACT_KEYS = (
+    "device-id", "profile", "ram-bytes", "battery", "health", "labels", "width", "runtime",
+    "proxy",
+)  # fmt: skip
+
+
+def _facts(context: Context) -> dict[str, Any]:
+    """The node's self-description: node_config, refreshed from the agent's status file."""
+    cfg = dict(context.node_config)
+    facts = {k: cfg[k] for k in FACT_KEYS if k in cfg}
+    status = cfg.get("status-path")
+    if isinstance(status, str) and status and Path(status).exists():
+        try:
+            live = json.loads(Path(status).read_text())
+            facts.update({k: v for k, v in live.items() if k in FACT_KEYS})
+        except (OSError, ValueError):
+            pass  # a torn status file must not fail the query; node_config still answers
+    return facts
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Report this device's facts (for participant selection)."""
+    facts = _facts(context)
+    record = ConfigRecord(
+        {k: v if isinstance(v, int | float) else str(v) for k, v in facts.items()}
+    )
+    return Message(RecordDict({"facts": record}), reply_to=msg)
+
+
+def _num(cfg: Mapping[str, object], key: str, default: float) -> float:
+    """A numeric config value (Flower's record values are a wide union)."""
+    value = cfg.get(key, default)
+    return float(value) if isinstance(value, int | float | str) else default
+
+
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray[Any, Any]]:
+    return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in record.items()}
+
+
+def _record(params: dict[str, np.ndarray[Any, Any]]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in params.items()})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Score the received global model, fine-tune it locally, score again; reply with all."""
+    t0 = time.perf_counter()
+    from edgefleet.fl.partition import load_shard
+
+    cfg = msg.content.config_records.get("config", ConfigRecord())
+    arrays = next(iter(msg.content.array_records.values()))
+    shard = load_shard(str(context.node_config["data-path"]))
+    arch = str(cfg.get("arch", "mlp"))
+    epochs = int(_num(cfg, "local-epochs", 1))
+    batch = int(_num(cfg, "batch-size", 32))
+    lr = _num(cfg, "lr", 0.05)
+    mu = _num(cfg, "proximal-mu", 0.0)
+    seed = int(_num(cfg, "server-round", 0)) * 1000 + int(
+        _num(context.node_config, "partition-id", 0)
+    )
+    params = _arrays(arrays)
+
+    num_params = sum(int(v.size) for v in params.values())
+    widest = widest_activation(v.shape for v in params.values())
+    ram = int(context.node_config.get("ram-bytes", 0) or 0)
+    budget = int(ram * float(context.node_config.get("budget-fraction", DEFAULT_BUDGET_FRACTION)))
+    while budget and batch > 1 and training_bytes(num_params, batch, widest) > budget:
+        batch //= 2  # shrink the batch before giving up: memory, not data, is the limit
+    if budget and training_bytes(num_params, batch, widest) > budget:
+        raise MemoryError(
+            f"training {num_params} params needs {training_bytes(num_params, 1, widest)} B, "
+            f"budget is {budget} B"
+        )
+
+    if arch == "mlp":
+        from edgefleet.fl import mlp_numpy
+
+        pre_loss, pre_acc = mlp_numpy.evaluate(params, shard.x_eval, shard.y_eval)
+        new, train_loss = mlp_numpy.train(
+            params, shard.x_train, shard.y_train, epochs=epochs, batch_size=batch, lr=lr,
+            proximal_mu=mu, seed=seed,
+        )  # fmt: skip
+        post_loss, post_acc = mlp_numpy.evaluate(new, shard.x_eval, shard.y_eval)
+    else:
+        from edgefleet.agent.fl.torch_train import fit
+
+        arch_cfg = json.loads(str(cfg.get("arch-config", "{}")))
+        new, train_loss, (pre_loss, pre_acc), (post_loss, post_acc) = fit(
+            arch, arch_cfg, params, shard, epochs=epochs, batch_size=batch, lr=lr,
+            proximal_mu=mu, seed=seed,
+        )  # fmt: skip
+
+    metrics = MetricRecord(
+        {
+            "num-examples": len(shard.y_train),
+            "train-loss": train_loss,
+            "eval-loss": pre_loss,
+            "eval-acc": pre_acc,
+            "local-eval-loss": post_loss,
+            "local-eval-acc": post_acc,
+            "eval-examples": len(shard.y_eval),
+            "batch-size": batch,
+            "client-seconds": time.perf_counter() - t0,
+        }
+    )
+    return Message(RecordDict({"arrays": _record(new), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received model on the local held-out data (used once after the last round)."""
+    from edgefleet.fl import mlp_numpy
+    from edgefleet.fl.partition import load_shard
+
+    cfg = msg.content.config_records.get("config", ConfigRecord())
+    params = _arrays(next(iter(msg.content.array_records.values())))
+    shard = load_shard(str(context.node_config["data-path"]))
+    arch = str(cfg.get("arch", "mlp"))
+    if arch == "mlp":
+        loss, acc = mlp_numpy.evaluate(params, shard.x_eval, shard.y_eval)
+    else:
+        from edgefleet.agent.fl.torch_train import score
+
+        loss, acc = score(arch, json.loads(str(cfg.get("arch-config", "{}"))), params, shard)
+    metrics = MetricRecord({"num-examples": len(shard.y_eval), "eval-loss": loss, "eval-acc": acc})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

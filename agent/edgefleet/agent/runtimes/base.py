@@ -1,0 +1,265 @@
+"""The one interface every on-device runtime implements, and the errors it raises.
+
+Why an ABC with the checks in the base class: the refusals that protect a device (a bundle built
+for another runtime, a precision the hardware cannot execute, an input of the wrong shape) must
+behave the same whichever runtime serves, so they are written once here and each runtime only
+fills in ``_load``/``_infer``. The agent keeps serving its previous variant when ``load`` raises.
+
+This module imports neither numpy, torch nor onnxruntime: the agent's base install has none of
+them, and a device pays only for the runtime it opens (see :func:`edgefleet.agent.runtimes.open_runtime`).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgefleet.bundle import Bundle
+from edgefleet.profiles import DeviceProfile
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = [
+    "PRECISION_NEEDS",
+    "BudgetExceededError",
+    "BundleFormatError",
+    "InferenceError",
+    "InputDtypeError",
+    "InputError",
+    "InputShapeError",
+    "MemoryUsage",
+    "NotLoadedError",
+    "PrecisionUnsupportedError",
+    "Runtime",
+    "RuntimeLoadError",
+    "RuntimeMissingError",
+    "RuntimeUnavailableError",
+    "TrainingUnsupportedError",
+]
+
+#: Which device precisions a manifest precision needs. Dynamic int8 quantises activations at
+#: run time from float ranges, so it needs float arithmetic as well as int8 kernels.
+PRECISION_NEEDS: Mapping[str, frozenset[str]] = {
+    "fp32": frozenset({"fp32"}),
+    "fp16": frozenset({"fp16"}),
+    "int8": frozenset({"int8"}),
+    "int8-dynamic": frozenset({"int8", "fp32"}),
+}
+
+
+class RuntimeLoadError(Exception):
+    """Base class: this runtime refuses this bundle (or cannot run at all) on this device."""
+
+
+class RuntimeUnavailableError(RuntimeLoadError):
+    """The device's profile does not offer the runtime, or its package is not installed."""
+
+
+class RuntimeMissingError(RuntimeLoadError):
+    """The bundle carries no files for this runtime (built for another runtime)."""
+
+
+class PrecisionUnsupportedError(RuntimeLoadError):
+    """The bundle's precision needs arithmetic the device does not have (e.g. fp16 on an MCU)."""
+
+
+class BundleFormatError(RuntimeLoadError):
+    """The runtime's files are malformed, of an unknown version, or use an unsupported op."""
+
+
+class BudgetExceededError(RuntimeLoadError):
+    """The bundle does not fit the device (flash or SRAM); carries both numbers."""
+
+    def __init__(self, resource: str, needed: int, available: int, detail: str = "") -> None:
+        self.resource = resource
+        self.needed = needed
+        self.available = available
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"{resource}: bundle needs {needed} bytes but the device has {available} bytes "
+            f"(over by {needed - available}){extra}"
+        )
+
+
+class TrainingUnsupportedError(RuntimeLoadError):
+    """This runtime (or this variant's precision) cannot be fine-tuned on the device."""
+
+
+class InferenceError(Exception):
+    """Base class: this request cannot be served (the loaded variant stays loaded)."""
+
+
+class NotLoadedError(InferenceError):
+    """``infer`` was called before a bundle was loaded."""
+
+
+class InputError(InferenceError):
+    """The input does not match the variant's input spec."""
+
+
+class InputShapeError(InputError):
+    """The input's shape differs from the manifest's ``input.shape`` (batch dim excepted)."""
+
+
+class InputDtypeError(InputError):
+    """The input's dtype differs from the manifest's ``input.dtype``."""
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """What a loaded runtime holds: ``weights`` (parameters, in flash on an MCU) and ``working``
+    (activation arena, session/allocator state). ``method`` says how it was obtained."""
+
+    weights: int
+    working: int
+    method: str
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.working
+
+
+class Runtime(ABC):
+    """Load a verified bundle, run batches, report memory; optionally expose a training hook.
+
+    Subclasses set ``name`` (the key under the manifest's ``runtimes``) and implement
+    ``_load``/``_infer``/``memory``. ``infer`` accepts any batch size: the manifest's input shape
+    is recorded at batch 1 and its first dimension is the batch.
+    """
+
+    name: ClassVar[str]
+    supports_training: ClassVar[bool] = False
+    #: "wall" (measured around ``_infer``) or "cycle-model" (simulated device time).
+    latency_source: ClassVar[str] = "wall"
+
+    def __init__(self, profile: DeviceProfile, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        self.profile = profile
+        self.threads = threads
+        self._bundle: Bundle | None = None
+        self.last_latency_ms: float | None = None
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self, bundle: Bundle) -> None:
+        """Check the bundle is for this runtime and device, then load it (replacing any other).
+
+        On any refusal the previously loaded variant stays loaded and serving.
+        """
+        entry = self.runtime_entry(bundle)
+        self.check_precision(bundle)
+        self._load(bundle, entry)
+        self._bundle = bundle
+        self.last_latency_ms = None
+
+    def runtime_entry(self, bundle: Bundle) -> Mapping[str, Any]:
+        runtimes = bundle.manifest.get("runtimes")
+        if not isinstance(runtimes, Mapping) or self.name not in runtimes:
+            have = ", ".join(sorted(runtimes)) if isinstance(runtimes, Mapping) else "none"
+            raise RuntimeMissingError(
+                f"variant {bundle.variant_id[:12]} has no {self.name} files "
+                f"(it carries: {have or 'none'})"
+            )
+        entry = runtimes[self.name]
+        if not isinstance(entry, Mapping):
+            raise BundleFormatError(f"manifest runtimes.{self.name} is not an object")
+        return entry
+
+    def check_precision(self, bundle: Bundle) -> None:
+        precision = str(bundle.manifest.get("precision", ""))
+        needs = PRECISION_NEEDS.get(precision)
+        if needs is None:
+            raise PrecisionUnsupportedError(f"unknown variant precision {precision!r}")
+        missing = needs - set(self.profile.precisions)
+        if missing:
+            raise PrecisionUnsupportedError(
+                f"variant {bundle.variant_id[:12]} is {precision}, which needs "
+                f"{'+'.join(sorted(needs))} arithmetic; device profile {self.profile.name!r} "
+                f"supports only {', '.join(self.profile.precisions)}"
+            )
+
+    @abstractmethod
+    def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
+        """Build the runtime state from the verified bytes; raise a RuntimeLoadError to refuse."""
+
+    @property
+    def loaded(self) -> bool:
+        return self._bundle is not None
+
+    @property
+    def bundle(self) -> Bundle:
+        if self._bundle is None:
+            raise NotLoadedError(f"{self.name}: no variant loaded")
+        return self._bundle
+
+    @property
+    def variant_id(self) -> str | None:
+        return None if self._bundle is None else self._bundle.variant_id
+
+    @property
+    def input_spec(self) -> Mapping[str, Any]:
+        spec = self.bundle.manifest.get("input")
+        if not isinstance(spec, Mapping):
+            raise BundleFormatError("manifest has no input spec")
+        return spec
+
+    # -- inference -------------------------------------------------------------------------
+
+    def validate_input(self, batch: npt.NDArray[Any]) -> None:
+        """Refuse a batch whose trailing shape or dtype differs from the manifest's input."""
+        spec = self.input_spec
+        want = [int(d) for d in spec["shape"]]
+        shape = tuple(getattr(batch, "shape", ()))
+        if len(shape) != len(want) or list(shape[1:]) != want[1:] or shape[0] < 1:
+            raise InputShapeError(
+                f"input shape {list(shape)} does not match the variant's input "
+                f"[N, {', '.join(str(d) for d in want[1:])}] (N >= 1)"
+            )
+        dtype = str(getattr(batch, "dtype", type(batch).__name__))
+        if dtype != str(spec.get("dtype", "float32")):
+            raise InputDtypeError(
+                f"input dtype {dtype} does not match the variant's input dtype {spec['dtype']}"
+            )
+
+    def infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Logits (float32, ``[N, classes]``) for a batch; sets ``last_latency_ms``."""
+        if self._bundle is None:
+            raise NotLoadedError(f"{self.name}: no variant loaded")
+        self.validate_input(batch)
+        start = time.perf_counter()
+        logits = self._infer(batch)
+        if self.latency_source == "wall":
+            self.last_latency_ms = (time.perf_counter() - start) * 1000.0
+        return logits
+
+    def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+        """Class indices (argmax of the logits; ties go to the lowest index)."""
+        out: npt.NDArray[np.intp] = self.infer(batch).argmax(axis=1)
+        return out
+
+    @abstractmethod
+    def _infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Run a validated batch."""
+
+    # -- memory and training ---------------------------------------------------------------
+
+    @abstractmethod
+    def memory(self) -> MemoryUsage:
+        """Bytes the loaded variant holds, split into weights and working memory."""
+
+    def memory_bytes(self) -> int:
+        return self.memory().total
+
+    def trainable(self, scope: str = "full") -> Any:
+        """A trainable model for on-device fine-tuning; runtimes without training refuse."""
+        raise TrainingUnsupportedError(f"the {self.name} runtime is inference-only")
+
+    def unload(self) -> None:
+        """Drop the loaded variant and free what it holds."""
+        self._bundle = None

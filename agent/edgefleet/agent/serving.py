@@ -1,0 +1,317 @@
+"""The variant a device serves: one loaded runtime, swapped atomically on activation.
+
+Why a separate object rather than letting the inference endpoint open runtimes itself: the
+reconciler decides *when* a variant may become active, and it must learn *before* activating
+whether the device can actually run it (wrong runtime, unsupported precision, an MCU arena
+over its SRAM). :meth:`Serving.accept` is that hook: it builds and loads a fresh runtime next
+to the one serving; only when the load succeeded does it swap the two under a lock, so a
+request is always answered by exactly one complete variant and a refused bundle leaves the
+previous variant serving.
+
+Every request goes through :meth:`Serving.infer`, which is also where the per-interval
+measurements the coordinator relays are taken (``inference_*`` metric names, see
+``coordinator/edgefleet/coordinator/metrics.py::relay_device_metric``): median latency, request and error counts,
+error rate, and accuracy over requests that carried labels.
+
+Requests are serialised by a lock: a small device runs one inference at a time (and the
+runtimes are not all safe to call concurrently), so queueing here is the honest model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.agent.runtimes import (
+    InferenceError,
+    InputError,
+    NotLoadedError,
+    Runtime,
+    RuntimeLoadError,
+    open_runtime,
+)
+from edgefleet.bundle import Bundle
+from edgefleet.profiles import DeviceProfile
+from edgefleet.v1 import device_pb2
+
+if TYPE_CHECKING:  # numpy only where a runtime is loaded
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["LATENCY_BOUNDS_MS", "InferResult", "IntervalStats", "Serving"]
+
+log = logging.getLogger("edgefleet.agent.serving")
+
+#: Upper bounds (ms) of the local latency histogram: from an MCU's sub-ms kernels to a
+#: struggling SBC. Cumulative counts, Prometheus-style, so they can be exported later as is.
+LATENCY_BOUNDS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
+#: Remembered so a restarted agent serves the active variant with the runtime it was
+#: activated for (the desired state that named it may not be repeated until a change).
+SERVING_FILE = "serving.json"
+
+
+@dataclass(frozen=True)
+class InferResult:
+    logits: np.ndarray[Any, np.dtype[np.float32]]
+    argmax: list[int]
+    latency_ms: float
+    latency_source: str
+    variant_id: str
+    runtime: str
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    """One telemetry interval's inference measurements (what ``_sample`` buffers)."""
+
+    requests: int
+    errors: int
+    rejected: int
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    accuracy: float | None
+    labelled: int
+    seconds: float
+    busy_seconds: float  # device time spent inferring (drives the battery model)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def metrics(self) -> dict[str, float]:
+        """Agent metric names as the coordinator relays and the rollout gates read them."""
+        out = {
+            "inference_count": float(self.requests),
+            "inference_errors": float(self.errors),
+            "inference_rejected": float(self.rejected),
+            "inference_throughput_rps": self.requests / self.seconds if self.seconds else 0.0,
+        }
+        if self.error_rate is not None:
+            out["inference_error_rate"] = self.error_rate
+        if self.latency_ms_p50 is not None:
+            out["inference_latency_ms"] = self.latency_ms_p50
+        if self.latency_ms_p95 is not None:
+            out["inference_latency_p95_ms"] = self.latency_ms_p95
+        if self.accuracy is not None:
+            out["inference_accuracy"] = self.accuracy
+        return out
+
+
+@dataclass
+class _Counters:
+    started: float = field(default_factory=time.monotonic)
+    latencies: list[float] = field(default_factory=list)
+    requests: int = 0
+    errors: int = 0
+    rejected: int = 0
+    correct: int = 0
+    labelled: int = 0
+    busy_seconds: float = 0.0
+
+
+class Serving:
+    """Holds the active runtime; thread-safe (the endpoint and workload call from threads)."""
+
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        state_dir: Path | None = None,
+        threads: int = 1,
+        opener: Callable[[str, DeviceProfile], Runtime] | None = None,
+    ) -> None:
+        self.profile = profile
+        self.state_dir = state_dir
+        self.threads = threads
+        self._open = opener or (lambda name, p: open_runtime(name, p, threads=threads))
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self._interval = _Counters()
+        self.total_requests = 0
+        self.total_errors = 0
+        self.total_rejected = 0
+        #: Requests the active variant has served since it was loaded: the evidence a rollout
+        #: gate needs before it may judge the variant (``edgefleet.metric_names``).
+        self.variant_requests = 0
+        self.histogram = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        self.last_refusal = ""
+
+    # -- activation --------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return self._runtime
+
+    @property
+    def variant_id(self) -> str:
+        rt = self._runtime
+        return (rt.variant_id or "") if rt is not None else ""
+
+    @property
+    def runtime_name(self) -> str:
+        rt = self._runtime
+        return rt.name if rt is not None else ""
+
+    def choose_runtime(self, bundle: Bundle, wanted: str = "") -> str:
+        """The runtime to serve ``bundle`` with: the one the coordinator named, else the first
+        of the profile's runtimes that the bundle carries files for (profile order = the
+        device's preference)."""
+        if wanted:
+            return wanted
+        carried = bundle.manifest.get("runtimes")
+        carried = carried if isinstance(carried, dict) else {}
+        for name in self.profile.runtimes:
+            if name in carried:
+                return name
+        return self.profile.runtimes[0] if self.profile.runtimes else ""
+
+    def load(self, bundle: Bundle, runtime: str = "") -> str | None:
+        """Load ``bundle`` into a fresh runtime and swap it in; a reason string on refusal.
+
+        The old runtime keeps serving until the new one has loaded completely.
+        """
+        name = self.choose_runtime(bundle, runtime)
+        if not name:
+            return self._refuse(f"device profile {self.profile.name!r} lists no runtime")
+        try:
+            fresh = self._open(name, self.profile)
+            fresh.load(bundle)
+        except RuntimeLoadError as exc:  # includes RuntimeUnavailableError
+            return self._refuse(f"cannot serve variant {bundle.variant_id[:12]} with {name}: {exc}")
+        with self._lock:
+            old, self._runtime = self._runtime, fresh
+            self.variant_requests = 0
+        if old is not None:
+            old.unload()
+        self.last_refusal = ""
+        self._remember(bundle.variant_id, name)
+        log.info("serving variant %s with %s", bundle.variant_id[:12], name)
+        return None
+
+    def unload(self) -> None:
+        """Serve nothing: requests get NotLoadedError (FAILED_PRECONDITION) from now on, and a
+        restarted agent does not bring the variant back."""
+        with self._lock:
+            old, self._runtime = self._runtime, None
+            self.variant_requests = 0
+        if old is None:
+            return
+        old.unload()
+        if self.state_dir is not None:
+            (self.state_dir / SERVING_FILE).unlink(missing_ok=True)
+        log.info("unloaded variant %s: serving nothing", (old.variant_id or "")[:12])
+
+    def accept(self, bundle: Bundle, desired: device_pb2.DesiredState) -> str | None:
+        """The reconciler's ``accept`` hook: serve the bundle now or say why not."""
+        return self.load(bundle, desired.runtime)
+
+    def restore(self, bundle: Bundle | None) -> str | None:
+        """At start-up: serve the variant the cache says is active, with its last runtime."""
+        if bundle is None:
+            return None
+        runtime = ""
+        if self.state_dir is not None:
+            try:
+                saved = json.loads((self.state_dir / SERVING_FILE).read_text())
+                if saved.get("variant_id") == bundle.variant_id:
+                    runtime = str(saved.get("runtime", ""))
+            except (OSError, ValueError):
+                pass
+        return self.load(bundle, runtime)
+
+    def _refuse(self, reason: str) -> str:
+        self.last_refusal = reason
+        log.error("%s; still serving %s", reason, self.variant_id[:12] or "nothing")
+        return reason
+
+    def _remember(self, variant_id: str, runtime: str) -> None:
+        if self.state_dir is None:
+            return
+        path = self.state_dir / SERVING_FILE
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"variant_id": variant_id, "runtime": runtime}))
+            tmp.replace(path)
+        except OSError as exc:  # serving goes on; only a restart would pick the default
+            log.warning("cannot record the serving runtime: %s", exc)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def input_shape(self) -> list[int]:
+        """The active variant's input shape at batch 1 (raises NotLoadedError)."""
+        rt = self._runtime
+        if rt is None:
+            raise NotLoadedError("no variant is active on this device yet")
+        return [int(d) for d in rt.input_spec["shape"]]
+
+    def infer(self, batch: npt.NDArray[Any], labels: Sequence[int] | None = None) -> InferResult:
+        """Run ``batch`` on the active variant and account for it.
+
+        Raises ``NotLoadedError`` (nothing active; not counted), ``InputError`` (counted as
+        rejected: the caller's fault, so it does not count against the variant in rollout
+        gates) or ``InferenceError`` (counted as an error).
+        """
+        with self._lock:
+            rt = self._runtime
+            if rt is None:
+                raise NotLoadedError("no variant is active on this device yet")
+            c = self._interval
+            try:
+                logits = rt.infer(batch)
+            except InputError:
+                c.rejected += 1
+                self.total_rejected += 1
+                raise
+            except Exception as exc:
+                c.requests += 1
+                c.errors += 1
+                self.variant_requests += 1
+                self.total_requests += 1
+                self.total_errors += 1
+                if isinstance(exc, InferenceError):
+                    raise
+                raise InferenceError(f"{rt.name} failed: {exc!r}") from exc
+            latency = float(rt.last_latency_ms or 0.0)
+            argmax = [int(i) for i in logits.argmax(axis=1)]
+            c.requests += 1
+            self.variant_requests += 1
+            self.total_requests += 1
+            c.latencies.append(latency)
+            c.busy_seconds += latency / 1000.0
+            self.histogram[_bucket(latency)] += 1
+            if labels is not None and len(labels) == len(argmax):
+                c.labelled += len(labels)
+                c.correct += sum(int(a == int(b)) for a, b in zip(argmax, labels, strict=True))
+            return InferResult(
+                logits, argmax, latency, rt.latency_source, rt.variant_id or "", rt.name
+            )
+
+    def take_interval(self) -> IntervalStats:
+        """This interval's figures; starts the next interval."""
+        with self._lock:
+            c, self._interval = self._interval, _Counters()
+        lat = sorted(c.latencies)
+        return IntervalStats(
+            requests=c.requests,
+            errors=c.errors,
+            rejected=c.rejected,
+            latency_ms_p50=statistics.median(lat) if lat else None,
+            latency_ms_p95=lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
+            accuracy=c.correct / c.labelled if c.labelled else None,
+            labelled=c.labelled,
+            seconds=time.monotonic() - c.started,
+            busy_seconds=c.busy_seconds,
+        )
+
+
+def _bucket(latency_ms: float) -> int:
+    for i, bound in enumerate(LATENCY_BOUNDS_MS):
+        if latency_ms <= bound:
+            return i
+    return len(LATENCY_BOUNDS_MS)

@@ -1,0 +1,317 @@
+"""``edgefleet models``: register base models, build compressed variants, compare them.
+
+Mounted by ``edgefleet.cli.main`` as ``app.add_typer(models_app, name="models")``. Torch and
+the compression stack are imported inside the commands that need them, so ``edgefleet --help``
+and ``models ls`` stay fast. Every failure is one ``error: ...`` line on stderr and exit code 1
+(set ``EDGEFLEET_DEBUG=1`` to see the traceback instead).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.cli.completion import DATASETS, complete_models, complete_recipes
+from edgefleet.client.jsonout import print_json
+
+__all__ = ["models_app"]
+
+models_app = typer.Typer(
+    help="Register models and build compressed, measured, signed variants.",
+    no_args_is_help=True,
+)
+# Piped output (CI logs, the README) gets a wide console so table columns are not truncated.
+_out = Console() if sys.stdout.isatty() else Console(width=200)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="EDGEFLEET_DATA_DIR",
+        help="variant store and model index (default ./.edgefleet)",
+        show_default=False,
+        resolve_path=True,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+ModelArg = Annotated[str, typer.Argument(help="a registered model", autocompletion=complete_models)]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, not a bug (only from modules already loaded)."""
+    from edgefleet.bundle import BundleError
+    from edgefleet.modelops.data import DatasetError
+    from edgefleet.modelops.recipes import RecipeError
+    from edgefleet.variant_store import StoreError
+
+    errors: list[type[BaseException]] = [BundleError, StoreError, RecipeError, DatasetError]
+    zoo = sys.modules.get("edgefleet.zoo")
+    if zoo is not None:
+        errors += [zoo.ArchitectureError, zoo.CheckpointMismatchError]
+    return tuple(errors)
+
+
+def _cli_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn any exception into one line on stderr and a non-zero exit (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if os.environ.get("EDGEFLEET_DEBUG"):
+                raise
+            known = isinstance(exc, _user_errors())
+            prefix = "error" if known else f"error ({type(exc).__name__})"
+            typer.echo(f"{prefix}: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _store(data_dir: Path | None) -> Any:
+    from edgefleet.variant_store import VariantStore, resolve_data_dir
+
+    return VariantStore(resolve_data_dir(data_dir))
+
+
+def _rows(store: Any, name: str) -> list[dict[str, Any]]:
+    from edgefleet.modelops.build import manifest_summary
+
+    entry = store.model(name)
+    return [manifest_summary(store.load(v)) for v in entry.variants]
+
+
+def _progress_bar(total: int) -> tuple[Any, Callable[[str, str], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    task = bar.add_task("starting", total=total)
+
+    def update(label: str, stage: str) -> None:
+        if stage == "done":
+            bar.update(task, advance=1, description=f"built {label}")
+        else:
+            bar.update(task, description=f"{label}: {stage}")
+
+    return bar, update
+
+
+@models_app.command("add")
+@_cli_errors
+def add(
+    name: Annotated[str, typer.Argument(help="a name for the model")],
+    arch: Annotated[str, typer.Option(help="ds-cnn | resnet-8 | mlp | custom")] = "ds-cnn",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="training/validation/test data (offline)", click_type=click.Choice(DATASETS)
+        ),
+    ] = "digits",
+    width: Annotated[float, typer.Option(help="width multiplier of zoo architectures")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="training epochs for the base model")] = 30,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="load these weights instead of training")
+    ] = None,
+    import_path: Annotated[
+        str | None, typer.Option(help="custom model factory, 'package.module:Factory'")
+    ] = None,
+    config: Annotated[str, typer.Option(help="JSON kwargs for a custom factory")] = "{}",
+    latency_runs: Annotated[int, typer.Option(help="timed runs per runtime")] = 300,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train (or load) a base model and register it with its measured fp32 variant."""
+    from edgefleet.modelops.build import BuildOptions, register_model
+    from edgefleet.modelops.data import load_dataset
+    from edgefleet.modelops.measure import LatencyConfig
+    from edgefleet.variant_store import StoreError
+    from edgefleet.zoo import ArchitectureError, ArchitectureSpec
+
+    data = load_dataset(dataset)
+    if arch == "custom":
+        if not import_path:
+            raise ArchitectureError("--arch custom needs --import-path package.module:Factory")
+        if checkpoint is None:
+            raise ArchitectureError("--arch custom needs --checkpoint (we do not train it)")
+        try:
+            kwargs = json.loads(config)
+        except json.JSONDecodeError as exc:
+            raise ArchitectureError(f"--config is not JSON: {exc}") from exc
+        spec = ArchitectureSpec.custom(import_path, kwargs, data.input_shape)
+    else:
+        spec = ArchitectureSpec.zoo(
+            arch, width=width, num_classes=data.num_classes, input_shape=data.input_shape
+        )
+    if epochs < 1 and checkpoint is None:
+        raise ArchitectureError("--epochs must be at least 1")
+    store = _store(data_dir)
+    if any(m.name == name for m in store.models()):
+        raise StoreError(f"model {name!r} already exists")
+    options = BuildOptions(latency=LatencyConfig(runs=latency_runs))
+    bar, update = _progress_bar(1)
+    with bar:
+        entry = register_model(
+            store,
+            name,
+            spec,
+            dataset,
+            epochs=epochs,
+            checkpoint=checkpoint,
+            options=options,
+            progress=update,
+        )
+    row = _rows(store, name)[0]
+    if as_json:
+        print_json({"name": entry.name, "base": row})
+    else:
+        _out.print(
+            f"registered [bold]{name}[/] ({arch}): base {row['id'][:12]}, "
+            f"test accuracy {100 * row['accuracy']:.2f}%, {row['bytes']} bytes"
+        )
+
+
+@models_app.command("ls")
+@_cli_errors
+def ls(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered models."""
+    store = _store(data_dir)
+    models = store.models()
+    if as_json:
+        print_json([m.to_json() for m in models])
+        return
+    table = Table("name", "architecture", "dataset", "base", "variants")
+    for m in models:
+        table.add_row(m.name, m.architecture["name"], m.dataset, m.base[:12], str(len(m.variants)))
+    _out.print(table)
+
+
+@models_app.command("build")
+@_cli_errors
+def build(
+    name: ModelArg,
+    recipes: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated recipes, e.g. int8-static,prune-channels:ratio=0.5",
+            autocompletion=complete_recipes,
+        ),
+    ] = None,
+    latency_runs: Annotated[int, typer.Option(help="timed runs per runtime")] = 300,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build compressed variants of a model (default: every recipe family and pipeline)."""
+    from edgefleet.modelops.recipes import DEFAULT_RECIPES, RecipeError, parse_recipes
+
+    try:
+        parsed = parse_recipes(recipes if recipes else list(DEFAULT_RECIPES))  # validate first
+    except RecipeError as exc:  # a usage error: nothing was read or built yet
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    store = _store(data_dir)
+    store.model(name)  # fail fast on an unknown model, before importing torch
+
+    from edgefleet.modelops.build import BuildOptions, build_variants
+    from edgefleet.modelops.measure import LatencyConfig
+
+    options = BuildOptions(latency=LatencyConfig(runs=latency_runs))
+    bar, update = _progress_bar(len(parsed))
+    with bar:
+        ids = build_variants(store, name, parsed, options=options, progress=update)
+    if as_json:
+        print_json(ids)
+    else:
+        _out.print(f"built {len(ids)} variant(s) of {name}; see `edgefleet models variants {name}`")
+
+
+@models_app.command("variants")
+@_cli_errors
+def variants(
+    name: ModelArg,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Table of a model's variants (each bundle verified before it is shown)."""
+    rows = _rows(_store(data_dir), name)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(
+        "id",
+        "recipe",
+        "bytes",
+        "weight B",
+        "params",
+        "MACs",
+        "peak mem",
+        "acc",
+        "ms p50",
+        "ms p95",
+        title=f"{name}: variants (accuracy on the test split, onnxruntime, batch 1)",
+    )
+    for r in rows:
+        table.add_row(
+            r["id"][:12],
+            r["recipe"],
+            f"{r['bytes']:,}",
+            f"{r['weight_bytes']:,}",
+            f"{r['params']:,}",
+            f"{r['macs']:,}",
+            f"{r['peak_memory_bytes']:,}",
+            f"{100 * r['accuracy']:.2f}%",
+            f"{r['latency_ms']:.4f}",
+            f"{r['latency_ms_p95']:.4f}",
+        )
+    _out.print(table)
+
+
+@models_app.command("show")
+@_cli_errors
+def show(
+    variant_id: Annotated[str, typer.Argument(help="variant id or unique prefix (6+ hex)")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Verify a variant's bundle and print its manifest."""
+    bundle = _store(data_dir).load(variant_id)
+    print_json({"id": bundle.variant_id, **bundle.manifest})
+
+
+@models_app.command("report")
+@_cli_errors
+def report(
+    name: ModelArg,
+    out: Annotated[Path, typer.Option(help="directory for the plots and table")] = Path("report"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Write Pareto plots (accuracy vs bytes, vs latency) as PNG/SVG plus the table."""
+    from edgefleet.modelops.report import Point, terminal_plot, write_report
+
+    rows = _rows(_store(data_dir), name)
+    paths = write_report(out, name, rows)
+    points = [Point(r["recipe"], float(r["bytes"]), float(r["accuracy"])) for r in rows]
+    _out.print("accuracy vs bytes (log); ● = Pareto frontier")
+    _out.print(terminal_plot(points), markup=False, highlight=False)
+    for p in paths:
+        _out.print(f"wrote {p}")

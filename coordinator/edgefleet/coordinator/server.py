@@ -1,0 +1,480 @@
+"""Start and stop the coordinator: Redis, the gRPC server, health and reflection.
+
+The server binds to 127.0.0.1 by default; serving other interfaces is an
+explicit choice (``--host``). The standard health and reflection services are
+served next to ours so ``grpcurl`` and load balancers work without our protos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from edgefleet.bundle import public_key_hex
+from edgefleet.coordinator.artifacts import add_artifact_service
+from edgefleet.coordinator.datadir_lock import lock_data_dir
+from edgefleet.coordinator.embedded_redis import EmbeddedRedis
+from edgefleet.coordinator.errors import Unavailable
+from edgefleet.coordinator.limits import Limits, StreamSlots, raise_fd_limit, server_options
+from edgefleet.coordinator.metrics import CoordinatorMetrics
+from edgefleet.coordinator.registry import Registry, RegistrySettings
+from edgefleet.coordinator.rollout_controller import RolloutController
+from edgefleet.coordinator.rollouts import RolloutManager
+from edgefleet.coordinator.rpc_metrics import MetricsInterceptor
+from edgefleet.coordinator.servicers import AdminServicer, DeviceServicer
+from edgefleet.coordinator.store import FleetStore
+from edgefleet.coordinator.tokens import Tokens
+from edgefleet.coordinator.variants import KnownVariants, model_variants
+from edgefleet.interceptors import ValidationInterceptor, WriteDeadlineInterceptor
+from edgefleet.perf import measure_host
+from edgefleet.pki import CertificateAuthority
+from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
+from edgefleet.variant_store import VariantStore
+
+if TYPE_CHECKING:
+    from edgefleet.coordinator.fl.superlink import SuperLinkSupervisor
+
+log = logging.getLogger(__name__)
+
+REDIS_URL_ENV = "EDGEFLEET_REDIS_URL"
+SERVICE_NAMES = (
+    device_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+REDIS_MAX_CONNECTIONS = 64
+REDIS_POOL_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    redis_url: str | None = None
+    settings: RegistrySettings = field(default_factory=RegistrySettings)
+    insecure: bool = False  # plaintext, one port: only with --insecure (logged loudly)
+    device_port: int = 0  # mutual-TLS device endpoint; 0 = any free port
+    tls_hosts: tuple[str, ...] = ()  # extra names/addresses for the server certificate
+    metrics_port: int = 9464  # 0 = any free port, -1 = no metrics endpoint
+    metrics_refresh: float = 5.0  # seconds between reads of the fleet gauges from Redis
+    rollout_interval: float = 2.0  # seconds between rollout controller passes
+    host_macs_per_second: float = 0.0  # 0 = measure this host at start (latency model)
+    # Flower SuperLink for federated fine-tuning: "local" (run and supervise one),
+    # "off", or the HOST:PORT of an external one (agents are told where it is)
+    superlink: str = "off"
+    superlink_port: int = 0  # for "local"; 0 = any free port
+    # the host agents are told to reach the device port and SuperLink at ("" = host); needed
+    # when binding a wildcard such as 0.0.0.0, which is not an address a device can dial
+    advertise_host: str = ""
+    limits: Limits = field(default_factory=Limits)  # streams, connections (issue 14)
+
+    @property
+    def public_host(self) -> str:
+        return self.advertise_host or self.host
+
+
+class Coordinator:
+    """A running coordinator. Use ``await Coordinator.start(config)`` then ``await stop()``."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        server: grpc.aio.Server,
+        store: FleetStore,
+        embedded: EmbeddedRedis | None,
+        tokens: Tokens,
+        port: int,
+        health_servicer: health.aio.HealthServicer,
+        registry: Registry,
+        metrics: CoordinatorMetrics,
+    ) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.port = port
+        self.metrics = metrics
+        self.metrics_port: int | None = None
+        self._server = server
+        self._store = store
+        self._embedded = embedded
+        self._health = health_servicer
+        self._registry = registry
+        self._metrics_http: WSGIServer | None = None
+        self.rollout_controller: RolloutController | None = None
+        self.device_endpoint = ""
+        self._refresh_task: asyncio.Task[None] | None = None
+        self.superlink: SuperLinkSupervisor | None = None
+        self.superlink_address = ""
+
+    @property
+    def metrics_address(self) -> str | None:
+        return None if self.metrics_port is None else f"{self.config.host}:{self.metrics_port}"
+
+    def _start_metrics(self) -> None:
+        if self.config.metrics_port < 0:
+            return
+        try:
+            http, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {self.config.host}:{self.config.metrics_port}: {exc} "
+                "(choose another --metrics-port, 0 for any, -1 for none)"
+            ) from exc
+        self._metrics_http = http
+        self.metrics_port = int(http.server_port)
+        self._refresh_task = asyncio.create_task(self._refresh_fleet_gauges())
+
+    async def refresh_fleet_gauges(self) -> None:
+        """Read the fleet counts from Redis into the device gauges (also called by tests).
+
+        The counts come from the store's per-profile liveness indexes, kept on
+        write: one round trip of O(profiles x log N), not a read of every device.
+        """
+        start = time.perf_counter()
+        try:
+            summary = await self._registry.fleet_summary()
+            latest, outcomes = await self._store.fl_snapshot()
+        except Unavailable:  # Redis away: say so, keep the last values, try again next time
+            self.metrics.state_store_up.set(0)
+            return
+        counts: dict[tuple[str, str], int] = {}
+        for p in summary.by_profile:
+            counts[("online", p.profile)] = p.online
+            counts[("offline", p.profile)] = p.offline
+        self.metrics.set_fleet(counts)
+        if self.superlink is not None:
+            self.metrics.superlink_up.set(1 if self.superlink.running() else 0)
+        elif self.superlink_address:
+            self.metrics.superlink_up.set(-1)
+        self.metrics.set_federated(latest, outcomes)
+        self.metrics.state_store_up.set(1)
+        self.metrics.fleet_refresh_seconds.set(time.perf_counter() - start)
+
+    async def _refresh_fleet_gauges(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await self.refresh_fleet_gauges()
+            took = time.perf_counter() - start
+            # A refresh is cheap (counts are kept on write), but never let it use more than a
+            # third of the loop's time if Redis is slow (heartbeats come first).
+            await asyncio.sleep(max(self.config.metrics_refresh, 2 * took))
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def device_address(self) -> str:
+        """Where devices send every call after Register (mutual TLS), or ``address``."""
+        return self.device_endpoint or self.address
+
+    @property
+    def redis_description(self) -> str:
+        if self._embedded is not None:
+            return f"embedded redis at {self._embedded.url} (data in {self._embedded.data_dir})"
+        return f"redis at {_redact(self.config.redis_url or '')}"
+
+    @classmethod
+    async def start(cls, config: CoordinatorConfig) -> Coordinator:
+        lock_data_dir(config.data_dir)  # first: a second coordinator must touch nothing here
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        raise_fd_limit()
+        tokens = Tokens.load(config.data_dir)
+        embedded = None
+        url = config.redis_url
+        if not url:
+            embedded = await asyncio.to_thread(EmbeddedRedis.start, config.data_dir)
+            url = embedded.url
+        # A waiting pool: under a burst, calls queue for a connection instead of
+        # failing with "Too many connections" (redis-py's default pool refuses).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_POOL_TIMEOUT_SECONDS,
+        )
+        client = aioredis.Redis.from_pool(pool)
+        store = FleetStore(client)
+        try:
+            await store.check()
+        except Exception:
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            raise
+        tls_dir = config.data_dir / "tls"
+        ca = None if config.insecure else CertificateAuthority.load_or_create(tls_dir)
+        registry = Registry(store, tokens, config.settings, ca=ca)
+
+        metrics = CoordinatorMetrics()
+        limits = config.limits
+        server = grpc.aio.server(
+            # outermost first: metrics count what validation refuses; the write deadline
+            # is innermost, where a stream's messages are written
+            interceptors=[
+                MetricsInterceptor(metrics),
+                ValidationInterceptor(),
+                WriteDeadlineInterceptor(limits.stream_write_timeout),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+                *server_options(limits),
+            ],
+        )
+        variants = VariantStore(config.data_dir)
+        bundle_keys = (public_key_hex(variants.public_key()),)
+        device_servicer = DeviceServicer(
+            registry, metrics, bundle_keys, known_variant=KnownVariants(variants)
+        )
+        device_pb2_grpc.add_DeviceServiceServicer_to_server(device_servicer, server)
+        host_mps = (
+            config.host_macs_per_second or (await asyncio.to_thread(measure_host)).macs_per_second
+        )
+        rollouts = RolloutManager(
+            store, lambda model: model_variants(variants, model), host_mps, metrics=metrics
+        )
+        controller = RolloutController(rollouts, store, config.rollout_interval)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(registry, tokens, rollouts, metrics), server
+        )
+        slots = StreamSlots(limits.max_streams_per_device, limits.max_streams)
+        artifacts = add_artifact_service(server, registry, variants, slots, rollouts, metrics)
+        service_names = (*SERVICE_NAMES, artifacts)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port, device_port = _bind(server, config, ca, tls_dir)
+        except OSError:
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            raise
+        if device_port:
+            device_servicer.device_endpoint = f"{config.public_host}:{device_port}"
+        await server.start()
+        for name in ("", *service_names):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        coordinator = cls(
+            config, server, store, embedded, tokens, port, health_servicer, registry, metrics
+        )
+        coordinator.rollout_controller = controller
+        coordinator.device_endpoint = device_servicer.device_endpoint
+        controller.start()
+        try:
+            coordinator._start_metrics()
+        except OSError:
+            await coordinator.stop(grace=0)
+            raise
+        try:
+            federation = await coordinator._start_federation(ca, tls_dir)
+        except (OSError, RuntimeError):
+            await coordinator.stop(grace=0)
+            raise
+        device_servicer.federation = federation
+        coordinator._write_info_file()
+        return coordinator
+
+    async def _start_federation(
+        self, ca: CertificateAuthority | None, tls_dir: Path
+    ) -> device_pb2.Federation | None:
+        """Run (``--superlink local``) or point at (``HOST:PORT``) the fleet's SuperLink.
+
+        The local SuperLink serves TLS with a certificate from this coordinator's CA, so
+        agents verify it with the CA they already hold; it lives in its own process group
+        with a pidfile, so a coordinator killed -9 and restarted adopts it and federated runs
+        in flight carry on.
+        """
+        mode = self.config.superlink
+        if mode in ("", "off"):
+            return None
+        if mode != "local":
+            self.superlink_address = mode
+            return device_pb2.Federation(superlink_address=mode, tls=ca is not None)
+        from edgefleet.coordinator.fl.superlink import (
+            SuperLinkSupervisor,
+            free_port,
+            superlink_tls,
+            wait_listening,
+        )
+
+        tls = None if ca is None else superlink_tls(tls_dir, _server_hosts(self.config))
+        port = self.config.superlink_port or free_port(self.config.host)
+        state = self.config.data_dir / "superlink"
+        supervisor = SuperLinkSupervisor(
+            state, host=self.config.host, port=port, tls=tls, pidfile=state / "superlink.pid"
+        )
+        await asyncio.to_thread(supervisor.start)
+        self.superlink = supervisor
+        self.superlink_address = f"{self.config.public_host}:{port}"
+        local = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+        if not await asyncio.to_thread(wait_listening, local, port, 30.0):
+            raise RuntimeError(
+                f"the SuperLink did not open {self.superlink_address} within 30 s "
+                f"(see {state / 'superlink.log'})"
+            )
+        log.info(
+            "SuperLink %s at %s (%s)",
+            "adopted" if supervisor.adopted else "started",
+            self.superlink_address,
+            "TLS" if tls else "plaintext",
+        )
+        return device_pb2.Federation(superlink_address=self.superlink_address, tls=tls is not None)
+
+    def _write_info_file(self) -> None:
+        """Tell local tools (simulate, demo) where this coordinator listens."""
+        info = {
+            "address": self.address,
+            "device_address": self.device_address,
+            "metrics_address": self.metrics_address,
+            "ca_cert": None if self.config.insecure else str(self.config.data_dir / "tls/ca.pem"),
+            "superlink": self.superlink_address or None,
+            # the embedded Redis only (a socket in the data dir, no secret): local tools such as
+            # `train start` record rounds there; an external URL may carry a password
+            "embedded_redis": self._embedded.url if self._embedded is not None else None,
+            "pid": os.getpid(),
+        }
+        tmp = self.config.data_dir / "coordinator.json.tmp"
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self.config.data_dir / "coordinator.json")
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop in dependency order; every step is bounded so shutdown never hangs.
+
+        The embedded Redis is saved and stopped last, whatever happened before.
+        """
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if self.rollout_controller is not None:
+            steps.append(("rollout controller", self.rollout_controller.stop))
+        if self._refresh_task is not None:
+            task = self._refresh_task
+            task.cancel()
+            steps.append(("metrics refresh", lambda: asyncio.wait([task])))
+        if self._metrics_http is not None:
+            http = self._metrics_http
+            steps.append(("metrics endpoint", lambda: asyncio.to_thread(_close_http, http)))
+        if self.superlink is not None:
+            superlink = self.superlink
+            steps.append(("superlink", lambda: asyncio.to_thread(superlink.stop, 5.0)))
+        steps.append(("health", self._health.enter_graceful_shutdown))
+        steps.append(("grpc server", lambda: self._server.stop(grace)))
+        steps.append(("state store client", self._store.close))
+        if self._embedded is not None:
+            embedded = self._embedded
+            steps.append(("embedded redis", lambda: asyncio.to_thread(embedded.stop)))
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step(), timeout=grace + 10)
+            except TimeoutError:
+                log.warning("stopping the %s took over %.0fs; moving on", name, grace + 10)
+            except Exception:
+                log.exception("stopping the %s failed; moving on", name)
+            log.debug("stopped the %s", name)
+        (self.config.data_dir / "coordinator.json").unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def _close_http(server: WSGIServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def _bind(
+    server: grpc.aio.Server,
+    config: CoordinatorConfig,
+    ca: CertificateAuthority | None,
+    tls_dir: Path,
+) -> tuple[int, int]:
+    """Open the ports: (main port, mutual-TLS device port or 0 in insecure mode).
+
+    TLS mode serves two endpoints from one server and one certificate: the main
+    one authenticates the server only (Register with an enrollment token, the
+    admin API with its token, health and reflection); the device endpoint also
+    requires a client certificate signed by our CA, whose device id every device
+    call is checked against. gRPC's Python API cannot ask for a client
+    certificate without requiring it, hence two ports.
+    """
+    address = f"{config.host}:{config.port}"
+    try:
+        if ca is None:
+            log.warning(
+                "INSECURE: serving plaintext gRPC without TLS or device certificates on %s "
+                "(--insecure); anyone who can reach it can read and forge traffic",
+                address,
+            )
+            port = server.add_insecure_port(address)
+            return _check_bound(port, address), 0
+        hosts = _server_hosts(config)
+        key, cert = ca.server_certificate(tls_dir, hosts)
+        port = _check_bound(
+            server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)])), address
+        )
+        device_address = f"{config.host}:{config.device_port}"
+        mutual = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca.cert_pem, require_client_auth=True
+        )
+        device_port = _check_bound(server.add_secure_port(device_address, mutual), device_address)
+        return port, device_port
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+
+
+def _server_hosts(config: CoordinatorConfig) -> list[str]:
+    """Names/addresses the server certificate (gRPC and SuperLink) must cover."""
+    hosts = [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
+    return hosts + ([config.advertise_host] if config.advertise_host else [])
+
+
+def _check_bound(port: int, address: str) -> int:
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: port in use")
+    return port
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a redis URL before printing it."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+async def run_until_signalled(
+    config: CoordinatorConfig, on_ready: Callable[[Coordinator], None] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain in-flight calls and stop Redis cleanly."""
+    coordinator = await Coordinator.start(config)
+    if on_ready is not None:
+        on_ready(coordinator)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await coordinator.stop()

@@ -1,0 +1,196 @@
+"""Hardware-aware selection: which variant of a model each device should run, and why.
+
+Core logic on plain objects (no Redis, no gRPC, no torch) so every decision can
+be reproduced and explained. Two steps:
+
+1. **Constraints** from the device profile. Each variant either fits or fails
+   with the exact budget that is short and by how much:
+   - precision: the device must support the variant's precision (an MCU: int8 only);
+   - runtime: one of the variant's graphs must run in a runtime the device has;
+   - storage: flash/disk >= the bundle's bytes (an MCU: >= its flash image);
+   - memory: RAM/SRAM >= weights + peak activations (from the memory planner)
+     + the runtime's own overhead;
+   - latency: the predicted latency (see ``edgefleet.coordinator.latency``) <= the SLO, if any.
+2. **Policy** among what fits: take the most accurate variant; among those within
+   ``accuracy_tolerance`` of it (default 0.5 points), the lowest predicted latency,
+   then the fewest bytes. A practitioner's choice: a faster variant that is as
+   good as makes no difference saves battery and headroom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgefleet.profiles import DeviceProfile
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# Memory a runtime needs beyond the model's weights and activations (resident
+# interpreter, libraries, allocator slack), measured as agent process RSS with
+# the runtime loaded and no model. mcu-sim is the TFLite-Micro-style
+# interpreter's own state on the device, not our emulator's Python process.
+RUNTIME_OVERHEAD_BYTES: dict[str, int] = {
+    "torch": 180 * MIB,
+    "onnxruntime": 40 * MIB,
+    "mcu-sim": 16 * KIB,
+}
+# Preference when two runtimes predict the same latency: the lighter one.
+RUNTIME_ORDER = ("mcu-sim", "onnxruntime", "torch")
+
+PRECISION_FAMILY = {
+    "fp32": "fp32",
+    "fp16": "fp16",
+    "int8": "int8",
+    "int8-static": "int8",
+    "int8-dynamic": "int8",
+}
+
+
+@dataclass(frozen=True)
+class VariantFacts:
+    """What selection needs to know about one variant (from its manifest)."""
+
+    id: str
+    model: str
+    recipe: str
+    precision: str
+    bundle_bytes: int
+    weight_bytes: int
+    peak_memory_bytes: int
+    accuracy: float
+    macs: int
+    runtimes: tuple[str, ...]
+    host_latency_ms: dict[str, float] = field(default_factory=dict)  # per runtime
+    mcu_flash_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    accuracy_tolerance: float = 0.005  # 0.5 percentage points
+    latency_slo_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    variant: VariantFacts
+    runtime: str | None
+    predicted_latency_ms: float | None
+    failures: tuple[str, ...] = ()
+
+    @property
+    def fits(self) -> bool:
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class Selection:
+    winner: Verdict | None
+    verdicts: tuple[Verdict, ...]
+    reason: str
+
+
+class LatencyPredictor:
+    """Anything that predicts a variant's latency in one runtime on one device."""
+
+    def predict_ms(self, variant: VariantFacts, runtime: str) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+
+def human_bytes(n: int) -> str:
+    size = float(abs(n))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            text = f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            return ("-" if n < 0 else "") + text
+        size /= 1024
+    return f"{n} B"
+
+
+def _memory_need(v: VariantFacts, runtime: str) -> int:
+    return v.weight_bytes + v.peak_memory_bytes + RUNTIME_OVERHEAD_BYTES.get(runtime, 0)
+
+
+def judge(
+    profile: DeviceProfile, v: VariantFacts, predictor: LatencyPredictor, policy: Policy
+) -> Verdict:
+    """Check one variant against one device; name every budget it breaks."""
+    failures: list[str] = []
+    family = PRECISION_FAMILY.get(v.precision, v.precision)
+    if family not in profile.precisions:
+        failures.append(
+            f"precision: {v.precision} not supported (device: {', '.join(profile.precisions)})"
+        )
+    usable = [r for r in RUNTIME_ORDER if r in v.runtimes and r in profile.runtimes]
+    if not usable:
+        failures.append(
+            f"runtime: variant has {', '.join(v.runtimes) or 'none'}, "
+            f"device runs {', '.join(profile.runtimes) or 'none'}"
+        )
+    storage_need = v.mcu_flash_bytes if profile.is_mcu and v.mcu_flash_bytes else v.bundle_bytes
+    if storage_need > profile.storage_bytes:
+        kind = "flash" if profile.is_mcu else "storage"
+        failures.append(
+            f"{kind}: needs {human_bytes(storage_need)}, has {human_bytes(profile.storage_bytes)}"
+            f" (short by {human_bytes(storage_need - profile.storage_bytes)})"
+        )
+    runtime: str | None = None
+    latency: float | None = None
+    if usable:
+        # among runtimes whose memory fits, the fastest; else report the lightest's shortfall
+        fitting = [r for r in usable if _memory_need(v, r) <= profile.ram_bytes]
+        if not fitting:
+            r = min(usable, key=lambda x: _memory_need(v, x))
+            need = _memory_need(v, r)
+            kind = "sram" if profile.is_mcu else "ram"
+            failures.append(
+                f"{kind}: needs {human_bytes(need)} (weights {human_bytes(v.weight_bytes)} + "
+                f"activations {human_bytes(v.peak_memory_bytes)} + {r} "
+                f"{human_bytes(RUNTIME_OVERHEAD_BYTES.get(r, 0))}), has "
+                f"{human_bytes(profile.ram_bytes)} (short by {human_bytes(need - profile.ram_bytes)})"
+            )
+            fitting = [r]
+        runtime = min(fitting, key=lambda r: (predictor.predict_ms(v, r), RUNTIME_ORDER.index(r)))
+        latency = predictor.predict_ms(v, runtime)
+        if policy.latency_slo_ms is not None and latency > policy.latency_slo_ms:
+            failures.append(
+                f"latency: predicted {latency:.3g} ms > SLO {policy.latency_slo_ms:.3g} ms"
+            )
+    return Verdict(v, runtime, latency, tuple(failures))
+
+
+def select(
+    profile: DeviceProfile,
+    variants: list[VariantFacts],
+    predictor: LatencyPredictor,
+    policy: Policy | None = None,
+) -> Selection:
+    """Judge every variant and pick by the policy above. ``winner`` is None if nothing fits."""
+    policy = policy or Policy()
+    verdicts = tuple(judge(profile, v, predictor, policy) for v in variants)
+    fits = [v for v in verdicts if v.fits]
+    if not variants:
+        return Selection(None, verdicts, "the model has no variants yet (edgefleet models build)")
+    if not fits:
+        return Selection(None, verdicts, _why_nothing_fits(verdicts))
+    best = max(v.variant.accuracy for v in fits)
+    pool = [v for v in fits if v.variant.accuracy >= best - policy.accuracy_tolerance - 1e-12]
+    winner = min(
+        pool, key=lambda v: (v.predicted_latency_ms or 0.0, v.variant.bundle_bytes, v.variant.id)
+    )
+    reason = (
+        f"{len(fits)} of {len(verdicts)} variants fit; most accurate {best:.2%}; "
+        f"{len(pool)} within {policy.accuracy_tolerance * 100:.1f} pt of it; "
+        f"chose {winner.variant.recipe} ({winner.variant.accuracy:.2%}) for the lowest "
+        f"predicted latency {winner.predicted_latency_ms:.3g} ms on {winner.runtime}"
+    )
+    return Selection(winner, verdicts, reason)
+
+
+def _why_nothing_fits(verdicts: tuple[Verdict, ...]) -> str:
+    """Name the budget that blocks the variant closest to fitting."""
+    closest = min(verdicts, key=lambda v: (len(v.failures), v.variant.bundle_bytes))
+    return (
+        f"no variant fits this device; closest is {closest.variant.recipe} "
+        f"({closest.variant.id[:12]}): {'; '.join(closest.failures)}"
+    )

@@ -1,0 +1,93 @@
+"""Read what selection needs about a model's variants from the variant store.
+
+Only manifests are read here (no hashing of every file): selection needs the
+measured numbers, and the agent verifies every byte and the signature before
+it uses a bundle, so a tampered manifest cannot get anything executed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from edgefleet.bundle import MANIFEST_NAME
+from edgefleet.coordinator.variant_selection import VariantFacts
+from edgefleet.variant_store import UnknownModelError, VariantStore
+
+_VARIANT_ID = re.compile(r"[0-9a-f]{64}")
+
+
+class VariantReadError(RuntimeError):
+    """A variant's manifest is missing or unreadable."""
+
+
+class UnknownModel(LookupError):
+    """No model of that name in the variant store."""
+
+
+def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFacts:
+    metrics = manifest["metrics"]
+    measured = metrics.get("runtimes", {})
+    files = manifest.get("files", {})
+    mcu = metrics.get("mcu") or {}
+    return VariantFacts(
+        id=variant_id,
+        model=str(manifest.get("model", "")),
+        recipe=str(manifest.get("recipe_label", "")),
+        precision=str(manifest["precision"]),
+        bundle_bytes=sum(int(f["bytes"]) for f in files.values()),
+        weight_bytes=int(metrics["weight_bytes"]),
+        peak_memory_bytes=int(metrics["peak_memory_bytes"]),
+        accuracy=float(metrics["accuracy"]),
+        macs=int(metrics["macs"]),
+        runtimes=tuple(sorted(manifest.get("runtimes", {}))),
+        host_latency_ms={
+            name: float(m["latency_ms_p50"])
+            for name, m in measured.items()
+            if "latency_ms_p50" in m
+        },
+        mcu_flash_bytes=int(mcu["flash_bytes"]) if "flash_bytes" in mcu else None,
+    )
+
+
+def read_facts(store: VariantStore, variant_id: str) -> VariantFacts:
+    path = store.variants_dir / variant_id / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+        return facts_from_manifest(variant_id, manifest)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VariantReadError(f"variant {variant_id[:12]}: unreadable manifest ({exc})") from exc
+
+
+def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
+    """The base and every built variant of ``model`` (raises ``UnknownModel``)."""
+    try:
+        entry = store.model(model)
+    except UnknownModelError as exc:
+        raise UnknownModel(str(exc)) from exc
+    ids = list(dict.fromkeys([entry.base, *entry.variants]))
+    return [read_facts(store, v) for v in ids]
+
+
+class KnownVariants:
+    """Is this a variant in the store? For labels and checks on ids a device reports.
+
+    A device may report any string as its active variant; only a full id of a bundle in
+    the store counts as known. Hits are remembered (variants are immutable and few), a
+    miss is a stat of one directory, so a new variant is known as soon as it is stored.
+    """
+
+    def __init__(self, store: VariantStore) -> None:
+        self._store = store
+        self._known: set[str] = set()
+
+    def __call__(self, variant_id: str) -> bool:
+        if variant_id in self._known:
+            return True
+        if not _VARIANT_ID.fullmatch(variant_id):
+            return False
+        if (self._store.variants_dir / variant_id / MANIFEST_NAME).is_file():
+            self._known.add(variant_id)
+            return True
+        return False

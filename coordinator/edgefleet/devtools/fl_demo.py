@@ -1,0 +1,107 @@
+"""The federated step of ``make demo``: two rounds on the demo fleet's own agents, before/after.
+
+Same path as ``edgefleet train start`` with no target: the coordinator runs a SuperLink (TLS,
+its own CA), and the demo's agents that were given local data (``--local-data digits
+--partition i/N``) have each started their own SuperNode against it -- among them a Cortex-M4,
+whose agent hosts the SuperNode for it and trains within its SRAM budget. Our ServerApp and
+ClientApp run the rounds with HeteroFL, so a device whose budget cannot hold the full model
+trains a width slice (``devices`` in the result says which).
+
+The global model starts from an MLP trained on a small biased subset (a few samples of five
+classes), so the accuracy it starts at is low and what two rounds of the devices' own data add
+is visible. Accuracy is measured on the devices' held-out data (each shard keeps 40% it never
+trains on): before = the base model as the devices scored it in round 1, after = the final
+model as they score it at the end. Kept fast on purpose (the demo is interactive): evaluation
+folded into the train reply, the fast SuperExec poll, the SuperNodes started while the variants
+were rolled out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.coordinator.fl.superlink import submit, write_app
+from edgefleet.devtools.fl_local import pretrain_biased, wait_progress
+
+__all__ = ["FederatedStep", "federated_step"]
+
+#: Local training is milliseconds per epoch on a shard (numpy MLP) while a round costs seconds of
+#: Flower overhead, so more local epochs buy accuracy for free: with 1 the two rounds barely move
+#: the biased base (45.0% -> 46.1% measured), with 5 they take it to ~76%.
+LOCAL_EPOCHS = 5
+
+
+@dataclass(frozen=True)
+class FederatedStep:
+    """What the demo prints: held-out accuracy before and after, and each round."""
+
+    acc_before: float
+    acc_after: float
+    seconds: float
+    #: "device-id (profile)" -> the model width it trained
+    devices: dict[str, float] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one line per round plus the before/after line."""
+        out = []
+        for r in self.rounds:
+            acc = r.get("client_local_acc")
+            out.append(
+                f"round {r['round']}: {len(r['participants'])} device(s), "
+                f"accuracy after local training {'-' if acc is None else f'{100 * acc:.1f}%'}, "
+                f"{r['seconds']:.1f}s"
+            )
+        out.append(
+            f"federated fine-tuning: held-out accuracy {100 * self.acc_before:.1f}% -> "
+            f"{100 * self.acc_after:.1f}% in {len(self.rounds)} rounds on "
+            f"{len(self.devices)} devices ({self.seconds:.1f}s)"
+        )
+        return out
+
+
+def federated_step(
+    root: Path,
+    superlink: str,
+    ca: Path | None,
+    *,
+    devices: int = 4,
+    rounds: int = 2,
+    strategy: str = "heterofl",
+    seed: int = 0,
+    timeout: float = 180.0,
+) -> FederatedStep:
+    """Run ``rounds`` rounds on the ``devices`` SuperNodes of the SuperLink at ``superlink``.
+
+    ``root`` keeps the run's files (app, run record, final weights). Raises ``RuntimeError``
+    with the ServerApp's reason if the run fails, ``TimeoutError`` if it does not finish in
+    ``timeout``.
+    """
+    t0 = time.monotonic()
+    root.mkdir(parents=True, exist_ok=True)
+    init = pretrain_biased("mlp", root / "init.npz", seed)
+    out = root / "demo"
+    app = write_app(
+        root / "app",
+        {"num-rounds": rounds, "strategy": strategy, "min-devices": devices,
+         "init-path": str(init), "local-epochs": LOCAL_EPOCHS, "lr": 0.05, "seed": seed,
+         "out-dir": str(out), "node-wait-timeout": 120.0},
+    )  # fmt: skip
+    submit(app, root / "flwr-home", superlink, ca=ca)
+    doc = wait_progress(out, timeout=timeout)
+    if doc["state"] != "succeeded":
+        raise RuntimeError(f"federated demo step {doc['state']}: {doc.get('reason')}")
+    return FederatedStep(
+        acc_before=float(doc["rounds"][0]["client_eval_acc"]),
+        acc_after=float(doc["final"]["client_eval_acc"]),
+        seconds=time.monotonic() - t0,
+        devices={
+            f"{d['device']} ({d['profile']})": float(d["width"])
+            for d in doc["devices"].values()
+            if d["selected"]
+        },
+        rounds=list(doc["rounds"]),
+    )

@@ -1,0 +1,166 @@
+"""A federation on loopback: one supervised SuperLink and N supervised SuperNodes with shards.
+
+Used by the tests, ``benchmarks/fl_rounds.py`` and ``edgefleet train start --local N``. Each
+SuperNode is configured the way an agent configures its own (device id, profile, resources,
+a non-IID digits shard), so what runs here is the same code path as on a fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.agent.fl.supernode import FAST_POLL_ENV, SuperNodeSupervisor
+from edgefleet.catalog import get_profile
+from edgefleet.coordinator.fl.superlink import (
+    SuperLinkSupervisor,
+    free_port,
+    submit,
+    superlink_tls,
+    wait_listening,
+    write_app,
+)
+from edgefleet.fl.partition import make_shards, save_shard
+from edgefleet.fl.process import FlowerTls
+
+__all__ = ["LocalFederation", "free_port", "pretrain_biased", "wait_progress"]
+
+
+def pretrain_biased(
+    arch: str, out: Path, seed: int = 0, classes: int = 5, per_class: int = 8
+) -> Path:
+    """A base model trained on a small biased subset (a few samples of the first classes).
+
+    The federated runs start from it, so improvement on the clients' data is measurable.
+    """
+    from edgefleet.fl import mlp_numpy
+    from edgefleet.flower import model as fl_model
+    from edgefleet.modelops.data import load_dataset
+
+    ds = load_dataset("digits")
+    idx = np.concatenate([np.flatnonzero(ds.y_train == c)[:per_class] for c in range(classes)])
+    params = fl_model.initial_params(arch, seed=seed)
+    if arch == "mlp":
+        params, _ = mlp_numpy.train(params, ds.x_train[idx], ds.y_train[idx], epochs=20, lr=0.05)
+    return fl_model.save_params(params, out)
+
+
+@dataclass
+class LocalFederation:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
+
+    root: Path
+    num_nodes: int = 2
+    profiles: Sequence[str] = ("rpi4",)
+    alpha: float = 0.5
+    seed: int = 0
+    env: Mapping[str, str] = field(default_factory=lambda: dict(FAST_POLL_ENV))
+    superlink: SuperLinkSupervisor | None = None
+    supernodes: list[SuperNodeSupervisor] = field(default_factory=list)
+    port: int = 0
+    #: per-node overrides of the reported facts, e.g. ``{4: {"width": 0.25}}``
+    node_facts: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
+    #: serve the SuperLink over TLS (a CA made in ``root/tls``), as a fleet's coordinator does
+    tls: bool = False
+    flower_tls: FlowerTls | None = None
+
+    @property
+    def address(self) -> str:
+        """The SuperLink's host:port."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> LocalFederation:
+        """Shards on disk, SuperLink up, SuperNodes up."""
+        from edgefleet.modelops.data import load_dataset
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        ds = load_dataset("digits")
+        np.savez(self.root / "test.npz", x=ds.x_test, y=ds.y_test)
+        self.port = self.port or free_port()
+        if self.tls:
+            self.flower_tls = superlink_tls(self.root / "tls", ["127.0.0.1", "localhost"])
+        self.superlink = SuperLinkSupervisor(
+            self.root / "superlink", port=self.port, env=self.env, tls=self.flower_tls
+        )
+        self.superlink.start()
+        _wait_port(self.port)
+        self.shards = make_shards(ds.x_train, ds.y_train, self.num_nodes, self.alpha, self.seed)
+        for i in range(self.num_nodes):
+            self.add_node(i, **self.node_facts.get(i, {}))
+        return self
+
+    def add_node(self, i: int, **facts: object) -> SuperNodeSupervisor:
+        """Start SuperNode ``i`` (its facts from the catalog profile, overridable)."""
+        profile = get_profile(self.profiles[i % len(self.profiles)])
+        shard = save_shard(self.shards[i], self.root / "data" / f"shard-{i}.npz")
+        node_config: dict[str, object] = {
+            "device-id": f"sim-{i:03d}",
+            "partition-id": i,
+            "num-partitions": self.num_nodes,
+            "profile": profile.name,
+            "ram-bytes": profile.ram_bytes,
+            "battery": 80,
+            "health": "ok",
+            "data-path": str(shard),
+            **facts,
+        }
+        node = SuperNodeSupervisor(
+            self.address, node_config, self.root / f"node-{i}", port=free_port(), env=self.env,
+            tls=FlowerTls(self.flower_tls.ca) if self.flower_tls else None,
+        )  # fmt: skip
+        node.start()
+        self.supernodes.append(node)
+        return node
+
+    def run(self, config: Mapping[str, object], name: str = "run") -> Path:
+        """Submit our app with ``config``; returns the progress directory."""
+        out = self.root / name
+        cfg = {"test-path": str(self.root / "test.npz"), "out-dir": str(out), **config}
+        app = write_app(self.root / f"app-{name}", cfg)
+        submit(
+            app, self.root / "flwr-home", self.address,
+            ca=self.flower_tls.ca if self.flower_tls else None,
+        )  # fmt: skip
+        return out
+
+    def stop(self) -> None:
+        """Stop every SuperNode (in parallel: each may wait for its ClientApp), then the
+        SuperLink."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.supernodes))) as pool:
+            list(pool.map(lambda node: node.stop(timeout=3.0), self.supernodes))
+        if self.superlink is not None:
+            self.superlink.stop(timeout=3.0)
+
+    def __enter__(self) -> LocalFederation:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    if not wait_listening("127.0.0.1", port, timeout):
+        raise TimeoutError(f"SuperLink did not open port {port}")
+
+
+def wait_progress(out_dir: Path, timeout: float = 300.0) -> dict[str, Any]:
+    """Block until the run in ``out_dir`` has finished (succeeded or failed)."""
+    path = out_dir / "progress.json"
+    deadline = time.monotonic() + timeout
+    doc: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if path.exists():
+            doc = json.loads(path.read_text())
+            if doc.get("state") != "running":
+                return doc
+        time.sleep(0.2)
+    raise TimeoutError(
+        f"run in {out_dir} did not finish in {timeout:.0f}s (last: {doc.get('state')})"
+    )

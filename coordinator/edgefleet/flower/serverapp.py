@@ -1,0 +1,443 @@
+"""Our Flower ServerApp: select participants, drive rounds fast, aggregate heterogeneous widths.
+
+What Flower gives us and we reuse: transport, node liveness, ``FedAvg``/``FedProx`` and the
+DP wrappers from ``flwr.serverapp.strategy`` (their ``configure_train``/``aggregate_train``).
+What we add:
+
+* **Selection.** Before the first round every node is asked (``query`` message) for its
+  facts -- device id, profile, RAM, battery, health, labels -- which its SuperNode's
+  ``node_config`` carries; a selection expression (:mod:`edgefleet.flower.participants`) keeps the
+  eligible ones. Flower's own samplers then only ever see those nodes (:class:`SelectedGrid`).
+* **Heterogeneous aggregation** (``strategy=heterofl``): each device gets the width that
+  fits its memory budget, trains the leading slice of the global model, and slices are merged
+  element-wise (:mod:`edgefleet.flower.heterofl`).
+* **A short-poll round driver.** ``Grid.send_and_receive`` sleeps 3 s between pulls; we push
+  with ``grid.push_messages`` and pull every ``poll-interval`` (50 ms), and the ClientApp folds
+  evaluation into its train reply, so a round is one message exchange, not two.
+* **A record per round** (participants, loss, accuracy, seconds) written atomically to
+  ``out-dir/progress.json`` after every round, which the CLI and the coordinator read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import strategy as fl_strategy
+
+from edgefleet.flower import heterofl
+from edgefleet.flower import model as fl_model
+from edgefleet.flower.participants import parse_selection
+
+__all__ = ["RunSettings", "SelectedGrid", "app", "device_facts", "pick_width", "run_rounds"]
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+STRATEGIES = ("fedavg", "fedprox", "heterofl")
+WIDTHS = (1.0, 0.5, 0.25)
+
+
+@dataclass
+class RunSettings:
+    """The run config (``[tool.flwr.app.config]`` / ``flwr run --run-config``), typed."""
+
+    num_rounds: int = 3
+    strategy: str = "fedavg"
+    min_devices: int = 2
+    select: str = ""
+    arch: str = "mlp"
+    arch_config: str = ""
+    init_path: str = ""
+    test_path: str = ""
+    out_dir: str = ""
+    lr: float = 0.05
+    local_epochs: int = 1
+    batch_size: int = 32
+    proximal_mu: float = 0.01
+    fraction_train: float = 1.0
+    poll_interval: float = 0.05
+    round_timeout: float = 120.0
+    node_wait_timeout: float = 60.0
+    budget_fraction: float = 0.25
+    dp: str = "none"
+    dp_noise: float = 0.0
+    dp_clip: float = 10.0
+    final_evaluate: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
+        """Read kebab-case keys; unknown keys are ignored, bad values fail loudly."""
+        out = cls()
+        for f in cls.__dataclass_fields__.values():
+            key = f.name.replace("_", "-")
+            if key in cfg:
+                default = getattr(out, f.name)
+                value = cfg[key]
+                setattr(
+                    out,
+                    f.name,
+                    type(default)(value) if not isinstance(default, bool) else bool(value),
+                )
+        if out.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {', '.join(STRATEGIES)}, got {out.strategy!r}"
+            )
+        if out.dp not in ("none", "server-fixed"):
+            # client-fixed also needs Flower's fixedclipping_mod on our ClientApp, which is not
+            # wired yet: refuse it rather than run with clients that do not clip.
+            raise ValueError(f"dp must be none or server-fixed, got {out.dp!r}")
+        if out.dp != "none" and out.strategy == "heterofl":
+            raise ValueError("dp applies to fedavg/fedprox (Flower's DP wrappers), not heterofl")
+        parse_selection(out.select)  # fail before any round on a bad expression
+        return out
+
+
+class SelectedGrid(Grid):
+    """A view of a Grid that only shows the selected nodes, so Flower's samplers respect
+    our selection; ``send_and_receive`` polls at our short interval instead of every 3 s."""
+
+    def __init__(self, grid: Grid, node_ids: Iterable[int], poll_interval: float = 0.05) -> None:
+        self._grid = grid
+        self.node_ids = list(node_ids)
+        self.poll_interval = poll_interval
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+        ttl: float | None = None,
+    ) -> Message:  # fmt: skip
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        online = set(self._grid.get_node_ids())
+        return [n for n in self.node_ids if n in online]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return exchange(self._grid, list(messages), timeout or 3600.0, self.poll_interval)
+
+
+def exchange(
+    grid: Grid, messages: Sequence[Message], timeout: float, poll_interval: float
+) -> list[Message]:
+    """Push ``messages`` and pull replies every ``poll_interval`` until all came or ``timeout``.
+
+    A node that dies mid-round costs at most ``timeout``; its missing reply is simply absent
+    (Flower also turns messages to nodes it sees go offline into error replies).
+    """
+    if not messages:
+        return []
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(pending)))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if pending:
+            time.sleep(poll_interval)
+    return replies
+
+
+def _labels(text: object) -> dict[str, str]:
+    pairs = (p.split("=", 1) for p in str(text or "").split(",") if "=" in p)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def device_facts(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalise a node's reported ``node_config`` facts to the selection vocabulary."""
+    return {
+        "device": str(raw.get("device-id", "")),
+        "profile": str(raw.get("profile", "")),
+        "ram": float(raw.get("ram-bytes", 0) or 0),
+        "battery": float(raw["battery"]) if "battery" in raw else 100.0,  # mains-powered
+        "health": str(raw.get("health", "ok")),
+        "labels": _labels(raw.get("labels")),
+        "width": float(raw["width"]) if "width" in raw else None,
+        "runtime": str(raw.get("runtime", "")),
+        # a microcontroller's agent hosts the SuperNode for it (``proxy = "agent"``)
+        "proxy": str(raw.get("proxy", "")),
+    }
+
+
+def pick_width(
+    facts: Mapping[str, Any], arch: str, budget_fraction: float, override: str = ""
+) -> float | None:
+    """The widest model whose fine-tuning fits the device's RAM budget (None: none fits)."""
+    from edgefleet.fl.budget import training_bytes, widest_activation
+
+    if facts.get("width"):
+        return float(facts["width"])
+    budget = float(facts.get("ram") or 0) * budget_fraction
+    for width in WIDTHS:
+        shp = fl_model.shapes(arch, width, override)
+        n = sum(int(np.prod(s)) for s in shp.values())
+        widest = widest_activation(shp.values())
+        if not budget or training_bytes(n, 8, widest) <= budget:
+            return width
+    return None
+
+
+class _Recorder:
+    """Round records written atomically so a reader never sees half a file."""
+
+    def __init__(self, out_dir: str, settings: RunSettings) -> None:
+        self.dir = Path(out_dir) if out_dir else None
+        self.doc: dict[str, Any] = {
+            "state": "running", "settings": asdict(settings), "rounds": [], "devices": {},
+            "started": time.time(), "pid": os.getpid(),
+        }  # fmt: skip
+
+    def write(self, **update: Any) -> None:
+        self.doc.update(update)
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "progress.json.tmp"
+        tmp.write_text(json.dumps(self.doc, indent=1, default=str))
+        tmp.replace(self.dir / "progress.json")
+
+
+def _arrays_of(msg: Message) -> dict[str, Any]:
+    rec = next(iter(msg.content.array_records.values()))
+    return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in rec.items()}
+
+
+def _record(params: Mapping[str, Any]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in params.items()})
+
+
+def _homogeneous(settings: RunSettings, n_selected: int) -> fl_strategy.Strategy:
+    """Flower's own FedAvg/FedProx, optionally wrapped in Flower's DP strategies."""
+    common: dict[str, Any] = {
+        "fraction_train": settings.fraction_train, "fraction_evaluate": 0.0,
+        "min_train_nodes": settings.min_devices, "min_available_nodes": settings.min_devices,
+    }  # fmt: skip
+    base: fl_strategy.Strategy = (
+        fl_strategy.FedProx(proximal_mu=settings.proximal_mu, **common)
+        if settings.strategy == "fedprox"
+        else fl_strategy.FedAvg(**common)
+    )
+    sampled = max(settings.min_devices, int(n_selected * settings.fraction_train))
+    if settings.dp == "server-fixed":
+        return fl_strategy.DifferentialPrivacyServerSideFixedClipping(
+            base, settings.dp_noise, settings.dp_clip, sampled
+        )
+    if settings.dp == "client-fixed":
+        return fl_strategy.DifferentialPrivacyClientSideFixedClipping(
+            base, settings.dp_noise, settings.dp_clip, sampled
+        )
+    return base
+
+
+def _weighted(replies: Sequence[Message], key: str, weight_key: str) -> float | None:
+    num = den = 0.0
+    for r in replies:
+        m = next(iter(r.content.metric_records.values()), None)
+        if m is None or key not in m:
+            continue
+        w = float(m.get(weight_key, 1))  # type: ignore[arg-type]
+        num += w * float(m[key])  # type: ignore[arg-type]
+        den += w
+    return num / den if den else None
+
+
+def run_rounds(grid: Grid, settings: RunSettings) -> dict[str, Any]:
+    """The whole run: wait for devices, select, ``num_rounds`` rounds, final evaluation."""
+    rec = _Recorder(settings.out_dir, settings)
+    rec.write()
+    try:
+        return _run(grid, settings, rec)
+    except Exception as exc:
+        rec.write(state="failed", reason=f"{type(exc).__name__}: {exc}", finished=time.time())
+        raise
+
+
+def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
+    selection = parse_selection(settings.select)
+    deadline = time.monotonic() + settings.node_wait_timeout
+    while len(list(grid.get_node_ids())) < settings.min_devices:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {settings.min_devices} SuperNodes connected")
+        time.sleep(0.2)
+
+    # Ask every node for its facts once per run (Flower knows node ids only).
+    nodes = list(grid.get_node_ids())
+    queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    facts: dict[int, dict[str, Any]] = {}
+    for reply in exchange(grid, queries, 60.0, settings.poll_interval):
+        if reply.has_error():
+            continue
+        raw = dict(next(iter(reply.content.config_records.values()), ConfigRecord()))
+        facts[reply.metadata.src_node_id] = device_facts(raw)
+    selected = [n for n in nodes if n in facts and selection.matches(facts[n])]
+    widths: dict[int, float] = {}
+    if settings.strategy == "heterofl":
+        for n in list(selected):
+            w = pick_width(facts[n], settings.arch, settings.budget_fraction, settings.arch_config)
+            if w is None:
+                selected.remove(n)  # cannot hold even the narrowest slice
+            else:
+                widths[n] = w
+    rec.write(
+        devices={
+            str(n): {**f, "selected": n in selected, "width": widths.get(n, 1.0)}
+            for n, f in facts.items()
+        }
+    )
+    if len(selected) < settings.min_devices:
+        raise RuntimeError(
+            f"only {len(selected)} device(s) match {settings.select or 'the run'} "
+            f"(of {len(facts)} answering); --min-devices is {settings.min_devices}"
+        )
+
+    params = (
+        fl_model.load_params(settings.init_path)
+        if settings.init_path
+        else fl_model.initial_params(
+            settings.arch, seed=settings.seed, override=settings.arch_config
+        )
+    )
+    test = np.load(settings.test_path) if settings.test_path else None
+
+    def test_score(p: Mapping[str, Any]) -> tuple[float, float] | tuple[None, None]:
+        if test is None:
+            return None, None
+        return fl_model.score(settings.arch, dict(p), test["x"], test["y"])
+
+    initial_loss, initial_acc = test_score(params)
+    rec.write(initial={"test_loss": initial_loss, "test_acc": initial_acc})
+    view = SelectedGrid(grid, selected, settings.poll_interval)
+    strategy = _homogeneous(settings, len(selected)) if settings.strategy != "heterofl" else None
+    local_shapes = {
+        w: fl_model.shapes(settings.arch, w, settings.arch_config) for w in set(widths.values())
+    }
+
+    for rnd in range(1, settings.num_rounds + 1):
+        t0 = time.monotonic()
+        online = list(view.get_node_ids())
+        if len(online) < settings.min_devices:
+            # Flower's samplers would wait (forever) for enough nodes; a round must not hang.
+            raise RuntimeError(
+                f"round {rnd}: {len(online)} selected device(s) online, "
+                f"min-devices is {settings.min_devices}"
+            )
+        config = ConfigRecord(
+            {
+                "arch": settings.arch, "lr": settings.lr, "local-epochs": settings.local_epochs,
+                "batch-size": settings.batch_size, "server-round": rnd,
+                "proximal-mu": settings.proximal_mu if settings.strategy == "fedprox" else 0.0,
+            }
+        )  # fmt: skip
+        if strategy is not None:
+            messages = list(strategy.configure_train(rnd, _record(params), config, view))
+        else:
+            messages = []
+            for n in view.get_node_ids():
+                w = widths[n]
+                cfg = ConfigRecord(dict(config))
+                cfg["arch-config"] = json.dumps(
+                    fl_model.arch_config(settings.arch, w, settings.arch_config)
+                )
+                local = heterofl.slice_params(params, local_shapes[w])
+                content = RecordDict({"arrays": _record(local), "config": cfg})
+                messages.append(Message(content, dst_node_id=n, message_type=MessageType.TRAIN))
+        if settings.arch != "mlp" and strategy is not None:
+            for m in messages:
+                m.content.config_records["config"]["arch-config"] = json.dumps(
+                    fl_model.arch_config(settings.arch, 1.0, settings.arch_config)
+                )
+        replies = exchange(grid, messages, settings.round_timeout, settings.poll_interval)
+        ok = [r for r in replies if not r.has_error()]
+        failed = len(messages) - len(ok)
+        if len(ok) < settings.min_devices:
+            raise RuntimeError(
+                f"round {rnd}: {len(ok)} of {len(messages)} devices replied "
+                f"(min-devices {settings.min_devices})"
+            )
+        if strategy is not None:
+            agg, _ = strategy.aggregate_train(rnd, ok)
+            if agg is not None:
+                params = {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in agg.items()}
+        else:
+            updates = []
+            for r in ok:
+                metrics = next(iter(r.content.metric_records.values()))
+                updates.append((_arrays_of(r), float(metrics["num-examples"])))  # type: ignore[arg-type]
+            params = heterofl.aggregate(params, updates)
+        test_loss, test_acc = test_score(params)
+        round_doc = {
+            "round": rnd,
+            "participants": [facts[r.metadata.src_node_id]["device"] for r in ok],
+            "failed": failed,
+            "train_loss": _weighted(ok, "train-loss", "num-examples"),
+            # the global model of the previous round, scored on each client's held-out data
+            "client_eval_acc": _weighted(ok, "eval-acc", "eval-examples"),
+            "client_local_acc": _weighted(ok, "local-eval-acc", "eval-examples"),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": time.monotonic() - t0,
+            "ended": time.time(),
+        }
+        rec.doc["rounds"].append(round_doc)
+        rec.write()
+        log.info("round %s: %s", rnd, round_doc)
+
+    final: dict[str, Any] = {"test_loss": None, "test_acc": None, "client_eval_acc": None}
+    final["test_loss"], final["test_acc"] = test_score(params)
+    if settings.final_evaluate:
+        cfg = ConfigRecord({"arch": settings.arch})
+        msgs = []
+        for n in view.get_node_ids():
+            w = widths.get(n, 1.0)
+            cfg_n = ConfigRecord(
+                {
+                    **dict(cfg),
+                    "arch-config": json.dumps(
+                        fl_model.arch_config(settings.arch, w, settings.arch_config)
+                    ),
+                }
+            )
+            local = heterofl.slice_params(params, local_shapes[w]) if widths else params
+            content = RecordDict({"arrays": _record(local), "config": cfg_n})
+            msgs.append(Message(content, dst_node_id=n, message_type=MessageType.EVALUATE))
+        replies = [
+            r
+            for r in exchange(grid, msgs, settings.round_timeout, settings.poll_interval)
+            if not r.has_error()
+        ]
+        final["client_eval_acc"] = _weighted(replies, "eval-acc", "num-examples")
+    if rec.dir is not None:
+        fl_model.save_params(params, rec.dir / "final.npz")
+    rec.write(state="succeeded", final=final, finished=time.time())
+    return rec.doc
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point Flower calls in the ``flwr-serverapp`` process."""
+    settings = RunSettings.from_run_config(dict(context.run_config))
+    run_rounds(grid, settings)

@@ -1,0 +1,319 @@
+"""The build pipeline: register a base model, then turn recipes into measured, signed variants.
+
+One function per user-visible action (``register_model``, ``build_variants``), each a straight
+line: rebuild the base from its verified bundle -> float steps -> export -> precision step ->
+measure -> sign and store -> index. Float prefixes of pipelines are cached within one build so
+``prune-channels`` and ``prune-channels+int8-static`` share one pruned network (training is
+seeded, so sharing changes no result).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+import edgefleet.version
+from edgefleet.bundle import Bundle
+from edgefleet.modelops.data import Dataset, load_dataset
+from edgefleet.modelops.mcu import McuExportError, export_mcu
+from edgefleet.modelops.measure import (
+    LatencyConfig,
+    count_macs,
+    host_info,
+    measure_onnxruntime,
+    measure_torch,
+    weight_bytes,
+)
+from edgefleet.modelops.memplan import plan_memory
+from edgefleet.modelops.onnx_export import export_onnx
+from edgefleet.modelops.quantize import to_fp16, to_int8_dynamic, to_int8_static
+from edgefleet.modelops.recipes import Recipe, RecipeError, parse_recipe
+from edgefleet.modelops.train import TrainConfig, evaluate, train
+from edgefleet.modelops.transforms import apply_float_step, sparsity
+from edgefleet.variant_store import ModelEntry, StoreError, VariantStore
+from edgefleet.zoo import (
+    ArchitectureSpec,
+    build_model,
+    load_checkpoint,
+    load_state_dict_strict,
+)
+
+__all__ = [
+    "BuildOptions",
+    "Progress",
+    "build_variants",
+    "load_torch_model",
+    "make_variant",
+    "manifest_summary",
+    "register_model",
+]
+
+#: ``progress(recipe_label, stage)`` - stages: "transform", "export", "measure", "sign", "done".
+Progress = Callable[[str, str], None]
+_PRECISION_BYTES = {"fp32": 4, "fp16": 2, "int8-dynamic": 4, "int8": 1}
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    seed: int = 0
+
+
+def _noop(_label: str, _stage: str) -> None:
+    return None
+
+
+def _state_bytes(model: nn.Module, dtype: torch.dtype) -> bytes:
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    return save_safetensors(state)
+
+
+def load_torch_model(bundle: Bundle) -> nn.Module:
+    """Rebuild the float network of a verified bundle (fp32 and fp16 variants carry one)."""
+    torch_rt = bundle.manifest["runtimes"].get("torch")
+    if torch_rt is None:
+        raise StoreError(f"variant {bundle.variant_id[:12]} has no torch weights")
+    model = build_model(ArchitectureSpec.from_json(bundle.manifest["architecture"]))
+    state = load_safetensors(bundle.file(torch_rt["file"]))
+    load_state_dict_strict(model, {k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
+def make_variant(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    recipe: Recipe,
+    data: Dataset,
+    options: BuildOptions,
+    progress_label: str | None = None,
+    progress: Progress = _noop,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Export, measure and describe a float network under ``recipe``'s precision step.
+
+    Returns ``(manifest_body, files)`` ready for :meth:`VariantStore.put`.
+    """
+    label = progress_label or recipe.label
+    progress(label, "export")
+    float_graph = export_onnx(model, spec.input_shape)
+    precision = recipe.precision
+    files: dict[str, bytes] = {}
+    runtimes: dict[str, Any] = {}
+    mcu_info: dict[str, Any] | None = None
+    if precision == "fp32":
+        deploy = float_graph
+        files["weights.safetensors"] = _state_bytes(model, torch.float32)
+        runtimes["torch"] = {"file": "weights.safetensors", "dtype": "float32"}
+    elif precision == "fp16":
+        deploy = to_fp16(float_graph)
+        files["weights.safetensors"] = _state_bytes(model, torch.float16)
+        runtimes["torch"] = {"file": "weights.safetensors", "dtype": "float16"}
+    elif precision == "int8-dynamic":
+        deploy = to_int8_dynamic(float_graph)
+    else:
+        step = recipe.steps[-1].params
+        calib = data.x_train[: int(step["calibration"])]
+        deploy = to_int8_static(float_graph, calib, str(step["method"]))
+        try:
+            mcu = export_mcu(deploy)
+        except McuExportError as exc:
+            mcu_info = {"error": str(exc)}
+        else:
+            files["mcu.json"] = json.dumps(mcu.graph, indent=1, sort_keys=True).encode()
+            files["mcu.safetensors"] = _numpy_safetensors(mcu.tensors)
+            runtimes["mcu-sim"] = {"graph": "mcu.json", "tensors": "mcu.safetensors"}
+            mcu_info = {
+                "flash_bytes": len(files["mcu.safetensors"]),
+                "tensor_bytes": mcu.weight_bytes,
+            }
+    onnx_bytes = deploy.SerializeToString()
+    files["model.onnx"] = onnx_bytes
+    runtimes["onnxruntime"] = {"file": "model.onnx"}
+
+    progress(label, "measure")
+    x, y = data.x_test, data.y_test
+    measured: dict[str, Any] = {
+        "onnxruntime": measure_onnxruntime(onnx_bytes, x, y, options.latency).to_json()
+    }
+    if "torch" in runtimes:
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        measured["torch"] = measure_torch(
+            copy.deepcopy(model), x, y, options.latency, dtype
+        ).to_json()
+    plan = plan_memory(float_graph, _PRECISION_BYTES[precision])
+    params = sum(p.numel() for p in model.parameters())
+    metrics: dict[str, Any] = {
+        "accuracy": measured["onnxruntime"]["accuracy"],
+        "latency_ms": measured["onnxruntime"]["latency_ms_p50"],
+        "latency_ms_p95": measured["onnxruntime"]["latency_ms_p95"],
+        "bytes": len(onnx_bytes),
+        # What a sparse model saves once compressed for transfer or flash (zlib, level 9).
+        "gzip_bytes": len(zlib.compress(onnx_bytes, 9)),
+        "weight_bytes": weight_bytes(deploy),
+        "params": int(params),
+        "sparsity": round(sparsity(model), 6),
+        "macs": count_macs(float_graph),
+        "peak_memory_bytes": plan.arena_bytes,
+        "peak_memory_lower_bound_bytes": plan.lower_bound_bytes,
+        "runtimes": measured,
+        "test_samples": len(y),
+        "latency_runs": options.latency.runs,
+        "host": host_info(),
+    }
+    if mcu_info is not None:
+        metrics["mcu"] = mcu_info
+    body = {
+        "architecture": spec.to_json(),
+        "recipe": recipe.to_json(),
+        "recipe_label": recipe.label,
+        "precision": precision,
+        "input": data.input_spec(),
+        "output": {"name": "logits", "shape": [1, data.num_classes], "dtype": "float32"},
+        "runtimes": runtimes,
+        "metrics": metrics,
+        "seed": options.seed,
+        "edgefleet_version": edgefleet.version.__version__,
+    }
+    return body, files
+
+
+def _numpy_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+
+
+def register_model(
+    store: VariantStore,
+    name: str,
+    spec: ArchitectureSpec,
+    dataset: str,
+    *,
+    epochs: int = 30,
+    checkpoint: Path | None = None,
+    options: BuildOptions | None = None,
+    progress: Progress = _noop,
+) -> ModelEntry:
+    """Train (or load from ``checkpoint``) a base model and store it as the ``fp32`` variant."""
+    options = options or BuildOptions()
+    if not name or "/" in name or name.startswith("."):
+        raise StoreError(f"illegal model name {name!r}")
+    try:
+        store.model(name)
+    except StoreError:
+        pass
+    else:
+        raise StoreError(f"model {name!r} already exists")
+    data = load_dataset(dataset)
+    if tuple(spec.input_shape) != data.input_shape:
+        raise StoreError(
+            f"architecture input {spec.input_shape} != dataset input {data.input_shape}"
+        )
+    torch.manual_seed(options.seed)
+    model = build_model(spec)
+    if checkpoint is not None:
+        progress("fp32", "load")
+        load_state_dict_strict(model, load_checkpoint(checkpoint))
+        source: dict[str, Any] = {"checkpoint": str(checkpoint)}
+    else:
+        progress("fp32", "train")
+        config = TrainConfig(epochs=epochs, seed=options.seed)
+        train(model, data, config)
+        source = {"trained": {"epochs": epochs, "lr": config.lr, "seed": options.seed}}
+    body, files = make_variant(model, spec, Recipe(()), data, options, "fp32", progress)
+    body["model"] = name
+    body["parent"] = None
+    progress("fp32", "sign")
+    variant_id = store.put(body, files)
+    entry = ModelEntry(name, spec.to_json(), dataset, variant_id, [variant_id], source)
+    store.add_model(entry)
+    progress("fp32", "done")
+    return entry
+
+
+def build_variants(
+    store: VariantStore,
+    name: str,
+    recipes: Sequence[str | Recipe],
+    *,
+    options: BuildOptions | None = None,
+    progress: Progress = _noop,
+) -> list[str]:
+    """Build every recipe against model ``name``'s base; return the new variant ids in order."""
+    options = options or BuildOptions()
+    parsed = [r if isinstance(r, Recipe) else parse_recipe(r) for r in recipes]
+    entry = store.model(name)
+    base_bundle = store.load(entry.base)
+    base = load_torch_model(base_bundle)
+    base_spec = ArchitectureSpec.from_json(base_bundle.manifest["architecture"])
+    data = load_dataset(entry.dataset)
+    base_acc = evaluate(base, data.x_test, data.y_test)
+    cache: dict[str, tuple[nn.Module, ArchitectureSpec]] = {"": (base, base_spec)}
+    ids = []
+    for recipe in parsed:
+        if not recipe.steps:
+            ids.append(entry.base)
+            progress("fp32", "done")
+            continue
+        float_steps = [
+            s for s in recipe.steps if s.kind not in ("fp16", "int8-dynamic", "int8-static")
+        ]
+        model, spec = cache[""]
+        prefix = ""
+        for step in float_steps:
+            prefix = f"{prefix}+{step.label}" if prefix else step.label
+            if prefix not in cache:
+                progress(recipe.label, "transform")
+                try:
+                    cache[prefix] = apply_float_step(step, model, spec, data, options.seed)
+                except RecipeError:
+                    raise
+                except Exception as exc:  # a library refusing a configuration
+                    raise RecipeError(f"{recipe.label}: {step.kind} failed: {exc}") from exc
+            model, spec = cache[prefix]
+        body, files = make_variant(model, spec, recipe, data, options, recipe.label, progress)
+        body["model"] = name
+        body["parent"] = entry.base
+        body["metrics"]["parent_accuracy"] = round(base_acc, 6)
+        progress(recipe.label, "sign")
+        variant_id = store.put(body, files)
+        store.add_variant(name, variant_id)
+        ids.append(variant_id)
+        progress(recipe.label, "done")
+    return ids
+
+
+def manifest_summary(bundle: Bundle) -> dict[str, Any]:
+    """The flat row the CLI and benchmark print for one variant."""
+    m = bundle.manifest
+    metrics = m["metrics"]
+    return {
+        "id": bundle.variant_id,
+        "model": m.get("model"),
+        "recipe": m["recipe_label"],
+        "precision": m["precision"],
+        "bytes": metrics["bytes"],
+        "gzip_bytes": metrics.get("gzip_bytes"),
+        "weight_bytes": metrics["weight_bytes"],
+        "params": metrics["params"],
+        "macs": metrics["macs"],
+        "peak_memory_bytes": metrics["peak_memory_bytes"],
+        "accuracy": metrics["accuracy"],
+        "latency_ms": metrics["latency_ms"],
+        "latency_ms_p95": metrics["latency_ms_p95"],
+        "runtimes": metrics["runtimes"],
+        "mcu_flash_bytes": (metrics.get("mcu") or {}).get("flash_bytes"),
+    }
