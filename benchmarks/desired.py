@@ -14,7 +14,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from edgefleet.coordinator.store import Desired, FleetStore
+from edgefleet.coordinator.state.model import Desired
+from edgefleet.coordinator.state.store import FleetStore
 
 __all__ = ["assign_variant"]
 

@@ -46,7 +46,8 @@ from edgefleet.coordinator.servicers import (
     gate_from_proto,
     validate_rollout_id,
 )
-from edgefleet.coordinator.store import FleetStore, TelemetryIn
+from edgefleet.coordinator.state.model import TelemetryIn
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.pki import CertificateAuthority, device_id_of, make_csr, new_key

@@ -34,7 +34,9 @@ from edgefleet.coordinator.registry import (
     Registry,
     RegistrySettings,
 )
-from edgefleet.coordinator.store import SCHEMA_VERSION, FleetStore, StoreError
+from edgefleet.coordinator.state.keys import SCHEMA_VERSION
+from edgefleet.coordinator.state.model import StoreError
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto

@@ -128,11 +128,11 @@ def test_the_contracts_hold_and_fail_on_a_forbidden_import(tmp_path: Path) -> No
         shutil.copytree(REPO / name, copy / name, ignore=ignore)
     shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
     victim = copy / "agent" / "edgefleet" / "agent" / "backoff.py"
-    victim.write_text(victim.read_text() + "\nimport edgefleet.coordinator.store  # noqa\n")
+    victim.write_text(victim.read_text() + "\nimport edgefleet.coordinator.state.store  # noqa\n")
     roots = (copy, copy / "agent", copy / "coordinator")
     bad = subprocess.run(
         [lint, "--no-cache"], cwd=copy, env=_namespace_env(*roots),
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert bad.returncode != 0
-    assert "edgefleet.agent.backoff -> edgefleet.coordinator.store" in bad.stdout
+    assert "edgefleet.agent.backoff -> edgefleet.coordinator.state.store" in bad.stdout

@@ -36,7 +36,7 @@ from edgefleet.catalog import get_profile
 from edgefleet.coordinator.artifacts import ArtifactServicer
 from edgefleet.coordinator.errors import PermissionDenied
 from edgefleet.coordinator.limits import Limits, StreamSlots, server_options
-from edgefleet.coordinator.store import Desired, DeviceRecord
+from edgefleet.coordinator.state.model import Desired, DeviceRecord
 from edgefleet.v1 import (
     artifact_pb2,
     artifact_pb2_grpc,

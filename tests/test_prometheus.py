@@ -28,7 +28,8 @@ import yaml
 
 from edgefleet.catalog import get_profile
 from edgefleet.client.admin_client import AdminClient
-from edgefleet.coordinator.store import FederatedRound, FleetStore
+from edgefleet.coordinator.state.model import FederatedRound
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.v1 import admin_pb2, device_pb2, device_pb2_grpc
 from edgefleet.wire import profile_to_proto
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port, wait_for

@@ -644,7 +644,7 @@ def test_small_model_prediction_includes_the_measured_call_overhead() -> None:
     the agent measured (reported as a metric) in the prediction, that device passes."""
     from edgefleet.coordinator.latency import model_for_device
     from edgefleet.coordinator.rollouts import Gate, PlannedDevice, _metric_failure
-    from edgefleet.coordinator.store import Desired, DeviceRecord
+    from edgefleet.coordinator.state.model import Desired, DeviceRecord
     from edgefleet.metric_names import call_overhead_metric
 
     tiny = facts("tiny", "fp32", 0.98, 10_000, 0.03, macs=20_000)

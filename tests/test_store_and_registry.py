@@ -21,7 +21,8 @@ from edgefleet.coordinator.registry import (
     Registry,
     RegistrySettings,
 )
-from edgefleet.coordinator.store import FleetStore, StoreError
+from edgefleet.coordinator.state.model import StoreError
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 
 T = TypeVar("T")

@@ -22,7 +22,8 @@ from edgefleet.agent.telemetry import TelemetryBuffer
 from edgefleet.catalog import get_profile
 from edgefleet.coordinator.errors import InvalidArgument
 from edgefleet.coordinator.registry import Registration, Registry, RegistrySettings
-from edgefleet.coordinator.store import FleetStore, TelemetryIn
+from edgefleet.coordinator.state.model import TelemetryIn
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
 

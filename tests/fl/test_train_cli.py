@@ -27,7 +27,7 @@ def fl_snapshot(redis_url: str) -> tuple[list[Any], dict[str, int]]:
 
     import redis.asyncio as aioredis
 
-    from edgefleet.coordinator.store import FleetStore
+    from edgefleet.coordinator.state.store import FleetStore
 
     async def read() -> tuple[list[Any], dict[str, int]]:
         store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))

@@ -292,7 +292,8 @@ def _report_rounds(
 
     import redis.asyncio as aioredis
 
-    from edgefleet.coordinator.store import FederatedRound, FleetStore
+    from edgefleet.coordinator.state.model import FederatedRound
+    from edgefleet.coordinator.state.store import FleetStore
 
     def nan_if_none(v: Any) -> float:
         return float("nan") if v is None else float(v)

@@ -42,7 +42,7 @@ from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry
 from edgefleet.coordinator.rollouts import RolloutManager
 from edgefleet.coordinator.servicers import _guard, bearer_token, peer_device_id
-from edgefleet.coordinator.store import DeviceRecord
+from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 from edgefleet.variant_store import UnknownVariantError, VariantStore
 

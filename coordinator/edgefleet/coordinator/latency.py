@@ -29,7 +29,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from edgefleet.coordinator.store import DeviceRecord
+from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.coordinator.variant_selection import PRECISION_FAMILY, LatencyPredictor, VariantFacts
 from edgefleet.metric_names import call_overhead_metric
 from edgefleet.perf import cycles_per_mac, precision_speedup

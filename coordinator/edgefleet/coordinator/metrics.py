@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from edgefleet.catalog import CATALOG
 from edgefleet.coordinator.errors import AUTH_FAILURE_REASONS
-from edgefleet.coordinator.store import FederatedRound
+from edgefleet.coordinator.state.model import FederatedRound
 from edgefleet.version import __version__
 
 # gRPC unary calls on loopback take ~1 ms; a coordinator under load tens of ms.

@@ -27,13 +27,8 @@ from edgefleet.coordinator.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from edgefleet.coordinator.store import (
-    Desired,
-    DeviceRecord,
-    FleetStore,
-    TelemetryIn,
-    TelemetryOutcome,
-)
+from edgefleet.coordinator.state.model import Desired, DeviceRecord, TelemetryIn, TelemetryOutcome
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens, new_secret, secrets_match, sha256_hex
 from edgefleet.limits import (
     DEFAULT_PAGE_SIZE,

@@ -15,7 +15,7 @@ import uuid
 
 from edgefleet.coordinator.errors import CoordinatorError
 from edgefleet.coordinator.rollouts import RolloutManager
-from edgefleet.coordinator.store import FleetStore
+from edgefleet.coordinator.state.store import FleetStore
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "rollout-controller"

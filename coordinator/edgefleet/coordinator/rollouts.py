@@ -28,7 +28,8 @@ from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, No
 from edgefleet.coordinator.latency import model_for_device
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import DEVICE_ID_RE
-from edgefleet.coordinator.store import Desired, DeviceRecord, FleetStore
+from edgefleet.coordinator.state.model import Desired, DeviceRecord
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.variant_selection import Policy, Selection, VariantFacts, select
 from edgefleet.metric_names import call_overhead_metric, variant_inferences_metric
 

@@ -37,7 +37,7 @@ from edgefleet.coordinator.rollout_controller import RolloutController
 from edgefleet.coordinator.rollouts import RolloutManager
 from edgefleet.coordinator.rpc_metrics import MetricsInterceptor
 from edgefleet.coordinator.servicers import AdminServicer, DeviceServicer
-from edgefleet.coordinator.store import FleetStore
+from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.coordinator.variants import KnownVariants, model_variants
 from edgefleet.interceptors import ValidationInterceptor, WriteDeadlineInterceptor

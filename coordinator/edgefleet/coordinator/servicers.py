@@ -49,7 +49,7 @@ from edgefleet.coordinator.rollouts import (
     RolloutRequest,
     device_status,
 )
-from edgefleet.coordinator.store import Desired, TelemetryIn
+from edgefleet.coordinator.state.model import Desired, TelemetryIn
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.coordinator.variant_selection import Policy, Verdict
 from edgefleet.limits import (

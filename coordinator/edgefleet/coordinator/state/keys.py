@@ -1,0 +1,119 @@
+"""The name of every Redis key the coordinator uses, under one prefix, and the schema version.
+
+Why a module of its own: every concept module of ``state`` builds its keys here, so one place
+says what is stored where (and which keys a Lua script touches), and a second coordinator on the
+same Redis only needs another prefix. The schema version lives beside the names because a change
+of layout is a change of these names or of what is under them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "edgefleet:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names of every key the coordinator uses, under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def device(self, device_id: str) -> str:
+        """Hash with the device's record (see ``DeviceRecord``)."""
+        return f"{self.prefix}device:{device_id}"
+
+    @property
+    def last_seen(self) -> str:
+        """Sorted set: member = device id, score = unix time of the last heartbeat."""
+        return f"{self.prefix}devices:last_seen"
+
+    def enrollment(self, instance_key: str) -> str:
+        """String: the device id an agent instance key was enrolled as (makes Register idempotent)."""
+        return f"{self.prefix}enrollment:{instance_key}"
+
+    def profile_members(self, profile: str) -> str:
+        """Set of device ids with a given profile name."""
+        return f"{self.prefix}profile:{profile}:devices"
+
+    def profile_live(self, profile: str) -> str:
+        """Sorted set: devices of a profile whose last report was not ``stopping``,
+        score = unix time of the last heartbeat (the fleet counts' liveness index)."""
+        return f"{self.prefix}profile:{profile}:live"
+
+    @property
+    def profile_prefix(self) -> str:
+        """What ``profile_members``/``profile_live`` start with (Lua scripts build them)."""
+        return f"{self.prefix}profile:"
+
+    @property
+    def profiles(self) -> str:
+        """Set: profile names that have at least one device."""
+        return f"{self.prefix}profiles"
+
+    def device_metrics(self, device_id: str) -> str:
+        """Hash: metric name -> last value the device reported."""
+        return f"{self.prefix}device:{device_id}:metrics"
+
+    @property
+    def events(self) -> str:
+        """Stream of device events (capped), newest last."""
+        return f"{self.prefix}events"
+
+    def rollout(self, rollout_id: str) -> str:
+        """String: the rollout's JSON document (with a ``version`` for compare-and-set)."""
+        return f"{self.prefix}rollout:{rollout_id}"
+
+    @property
+    def rollouts(self) -> str:
+        """Sorted set: rollout ids by creation time."""
+        return f"{self.prefix}rollouts"
+
+    @property
+    def rollout_claims(self) -> str:
+        """Hash: device id -> the rollout that last claimed it (active while that rollout is)."""
+        return f"{self.prefix}rollout-claims"
+
+    def fl_rounds(self, model: str) -> str:
+        """Hash: the latest federated round of a model (round, loss, accuracy, participants...)."""
+        return f"{self.prefix}fl:{model}:latest"
+
+    @property
+    def fl_models(self) -> str:
+        """Set: models that ever ran federated rounds."""
+        return f"{self.prefix}fl:models"
+
+    @property
+    def fl_outcomes(self) -> str:
+        """Hash: outcome (completed, failed) -> rounds, over all models."""
+        return f"{self.prefix}fl:outcomes"
+
+    def enroll_token(self, token_sha256: str) -> str:
+        """Hash: a limited-use enrollment token (uses left); expires with the token."""
+        return f"{self.prefix}enroll-token:{token_sha256}"
+
+    @property
+    def revoked(self) -> str:
+        """Set: revoked device ids."""
+        return f"{self.prefix}devices:revoked"
+
+    @property
+    def revoked_identities(self) -> str:
+        """Set: what a revoked device enrolled with, ``instance:<instance key>`` and
+        ``key:<sha256 of its public key>``. Register refuses them; removal keeps them."""
+        return f"{self.prefix}revoked:identities"
+
+    def lease(self, name: str) -> str:
+        """String: owner of a lease (e.g. which replica runs the rollout controller)."""
+        return f"{self.prefix}lease:{name}"
+
+    @property
+    def schema_version(self) -> str:
+        return f"{self.prefix}schema"
+
+
+# 2: per-profile liveness sorted sets and the profiles set (fleet counts kept on
+# write). A schema-1 store is upgraded at start by ``FleetStore.check`` (one pass
+# over the devices); a schema-1 coordinator refuses a schema-2 store.
+SCHEMA_VERSION = "2"
+UPGRADABLE_SCHEMAS = ("1",)
