@@ -63,8 +63,9 @@ import psutil
 from benchmarks import artifacts as artifact_bench
 from edgefleet.agent.artifacts import ArtifactCache, DownloadResult
 from edgefleet.agent.backoff import Backoff
+from edgefleet.agent.desired import Desired
 from edgefleet.agent.reconcile import Reconciler, ReconcileStatus
-from edgefleet.agent.session import RECONCILE_WAIT_SECONDS, RPC_TIMEOUT_SECONDS
+from edgefleet.agent.session import RECONCILE_WAIT_SECONDS, RPC_TIMEOUT_SECONDS, desired_from_proto
 from edgefleet.agent.transport import CHANNEL_OPTIONS as AGENT_CHANNEL_OPTIONS
 from edgefleet.archive import pack_directory
 from edgefleet.catalog import get_profile
@@ -118,7 +119,7 @@ class SimAgent:
     keys: tuple[str, ...] = ()
     sequence: int = 0
     status: ReconcileStatus = field(default_factory=ReconcileStatus)
-    desired: device_pb2.DesiredState = field(default_factory=device_pb2.DesiredState)
+    desired: Desired = field(default_factory=Desired)
     seen_at: dict[str, float] = field(default_factory=dict)  # variant -> first desired
     active_at: dict[str, float] = field(default_factory=dict)  # variant -> first active
     bytes_received: int = 0
@@ -178,7 +179,7 @@ class SimAgent:
             metadata=self.metadata,
             timeout=RPC_TIMEOUT_SECONDS,
         )
-        self.desired = reply.desired
+        self.desired = desired_from_proto(reply.desired)  # as AgentSession converts it
         target = reply.desired.variant_id
         if target and target != self.status.active_variant and target not in self.seen_at:
             self.seen_at[target] = time.monotonic()

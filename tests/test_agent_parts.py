@@ -68,18 +68,20 @@ def test_an_empty_desired_state_unloads_only_when_the_coordinator_assigned_it(
     import asyncio
 
     from edgefleet.agent.artifacts import ArtifactCache
+    from edgefleet.agent.desired import Desired
     from edgefleet.agent.reconcile import Reconciler
-    from edgefleet.v1 import device_pb2
+    from tests.test_activation import FakeRunner
 
     cache = ArtifactCache(tmp_path)
     vid = "ab" * 32
     (cache.variants_dir / vid).mkdir()
     cache.activate(vid)
-    unloaded: list[bool] = []
-    rec = Reconciler(cache, unload=lambda: unloaded.append(True))
+    runner = FakeRunner()
+    unloaded = runner.unloaded
+    rec = Reconciler(cache, runner=runner)
 
     async def reconcile(generation: int) -> str:
-        desired = device_pb2.DesiredState(generation=generation, variant_id="")
+        desired = Desired(generation=generation, variant_id="")
         status = await rec.reconcile(desired, None, ())  # type: ignore[arg-type]
         return status.active_variant
 

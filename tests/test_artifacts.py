@@ -33,6 +33,7 @@ from edgefleet.agent.artifacts import (
     TransferError,
     UnknownVariantError,
 )
+from edgefleet.agent.desired import Desired
 from edgefleet.agent.reconcile import Reconciler
 from edgefleet.archive import Limits, UnsafeArchiveError, pack_directory, unpack_archive
 from edgefleet.bundle import public_key_hex
@@ -132,8 +133,8 @@ async def with_stub(address: str, body: Callable[[Any], Awaitable[T]]) -> T:
         return await body(artifact_pb2_grpc.ArtifactServiceStub(ch))
 
 
-def desired(variant_id: str) -> device_pb2.DesiredState:
-    return device_pb2.DesiredState(generation=1, variant_id=variant_id)
+def desired(variant_id: str) -> Desired:
+    return Desired(generation=1, variant_id=variant_id)
 
 
 def allow(env: Env, device: Device, variant_id: str) -> None:
@@ -142,7 +143,7 @@ def allow(env: Env, device: Device, variant_id: str) -> None:
         r.hset(f"edgefleet:device:{device.device_id}", "desired_variant", variant_id)
 
 
-def assign(env: Env, device: Device, variant_id: str) -> device_pb2.DesiredState:
+def assign(env: Env, device: Device, variant_id: str) -> Desired:
     allow(env, device, variant_id)
     return desired(variant_id)
 
@@ -169,7 +170,7 @@ def test_download_verify_activate_rollback_gc(env: Env, device: Device, tmp_path
         # Level-triggered: the same desired state again changes nothing and fetches nothing.
         s = await rec.reconcile(assign(env, device, env.b), stub, device.metadata)
         assert (s.active_variant, s.previous_variant) == (env.b, env.a)
-        s = await rec.reconcile(device_pb2.DesiredState(), stub, device.metadata)
+        s = await rec.reconcile(Desired(), stub, device.metadata)
         assert s.active_variant == env.b  # "" desired: leave what is served alone
 
     _run(with_stub(env.address, body))
@@ -178,7 +179,7 @@ def test_download_verify_activate_rollback_gc(env: Env, device: Device, tmp_path
     assert served is not None and served.variant_id == env.b
     assert served.file("weights.bin") == _bundle_files(1, BIG)["weights.bin"]
     assert (cache.root / "current").is_symlink()
-    assert cache.rollback() == env.a
+    assert rec.machine.rollback() == env.a
     assert (cache.current(), cache.previous()) == (env.a, env.b)
     assert sorted(p.name for p in cache.variants_dir.iterdir()) == sorted([env.a, env.b])
     assert list(cache.downloads_dir.iterdir()) == []  # nothing half-done left behind

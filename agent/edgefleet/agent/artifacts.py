@@ -5,8 +5,10 @@ Layout under ``<state dir>/artifacts/``::
     downloads/<id>.part     bytes of the archive received so far (appended chunk by chunk)
     downloads/<id>.json     the archive's size and sha256 as the coordinator announced them
     variants/<id>/          verified bundles, content-addressed by variant id (manifest sha256)
-    current -> variants/<id>    the bundle being served
-    previous -> variants/<id>   the bundle kept for rollback
+    activation.json         what is served and what is in flight (``edgefleet.agent.activation``): the
+                            single source of truth for the two links below
+    current -> variants/<id>    the bundle being served (derived from the record)
+    previous -> variants/<id>   the bundle kept for rollback (derived from the record)
 
 Why it is built this way:
 
@@ -20,8 +22,11 @@ Why it is built this way:
   ``load_bundle`` (signature by a key the coordinator gave at registration, expected variant
   id, every file's hash). Only then is it renamed to ``variants/<id>``: a half-written or
   unverified bundle is never at a path anything reads.
-- **Atomic activation**: ``current`` and ``previous`` are symlinks swapped with ``os.replace``
-  of a freshly made link, so a reader sees the old bundle or the new one, never neither.
+- **Atomic activation**: the activation record is written first (atomically), then
+  ``current`` and ``previous``, symlinks swapped with ``os.replace`` of a freshly made link, so
+  a reader sees the old bundle or the new one, never neither. The stages around it (verify,
+  load into a runtime, commit or roll back, and recovery after a crash) are
+  ``edgefleet.agent.update``'s.
 - **Slow links**: with ``link_kbps`` set (a simulated device profile) the agent reads the
   stream at that rate; gRPC flow control then slows the sender. There is no deadline that
   grows with size: each chunk must arrive within ``idle_timeout`` seconds, however many
@@ -44,15 +49,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgefleet.agent.activation import ActivationRecord, ActivationStore, Stage
 from edgefleet.archive import DEFAULT_LIMITS, Limits, UnsafeArchiveError, unpack_archive
 from edgefleet.bundle import Bundle, BundleError, load_bundle
+from edgefleet.fsutil import atomic_write
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 
 __all__ = [
@@ -168,6 +175,7 @@ class ArtifactCache:
         self._trusted = parse_public_keys(trusted_keys)
         #: Offsets of every DownloadArtifact request made, in order (diagnostics and tests).
         self.request_offsets: list[int] = []
+        self.store = ActivationStore(self.root)
         for d in (self.variants_dir, self.downloads_dir):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -177,21 +185,20 @@ class ArtifactCache:
 
     # --- state ----------------------------------------------------------------------------
 
-    def _link(self, name: str) -> str:
-        try:
-            target = os.readlink(self.root / name)
-        except (FileNotFoundError, OSError):
-            return ""
-        variant_id = Path(target).name
-        return variant_id if (self.variants_dir / variant_id).is_dir() else ""
+    def activation(self) -> ActivationRecord:
+        """The activation record: what is served, kept, and in flight (never writes)."""
+        return self.store.read()
+
+    def _present(self, variant_id: str) -> str:
+        return variant_id if variant_id and (self.variants_dir / variant_id).is_dir() else ""
 
     def current(self) -> str:
-        """The id of the bundle being served, or "" if none."""
-        return self._link("current")
+        """The id of the bundle being served, or "" if none (from the activation record)."""
+        return self._present(self.activation().variant)
 
     def previous(self) -> str:
-        """The id of the bundle kept for rollback, or "" if none."""
-        return self._link("previous")
+        """The id of the bundle kept for rollback, or "" if none (from the activation record)."""
+        return self._present(self.activation().previous)
 
     def has(self, variant_id: str) -> bool:
         return bool(_VARIANT_ID.match(variant_id)) and (self.variants_dir / variant_id).is_dir()
@@ -360,9 +367,7 @@ class ArtifactCache:
 
     def _write_announced(self, variant_id: str, size: int, sha: str) -> None:
         path = self.downloads_dir / f"{variant_id}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"size": size, "sha256": sha}))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"size": size, "sha256": sha}))
 
     async def _verify_archive(self, variant_id: str, expected_sha: str) -> None:
         part = self.downloads_dir / f"{variant_id}.part"
@@ -399,53 +404,46 @@ class ArtifactCache:
 
     # --- activation -----------------------------------------------------------------------
 
-    def _point(self, name: str, variant_id: str) -> None:
-        """Atomically make ``<root>/<name>`` a symlink to ``variants/<variant_id>``."""
-        tmp = self.root / f".{name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-        os.symlink(Path("variants") / variant_id, tmp)
-        try:
-            os.replace(tmp, self.root / name)
-        except OSError:
-            _discard(tmp)
-            raise
-        _fsync_dir(self.root)
-
-    def activate(self, variant_id: str) -> None:
-        """Serve ``variant_id`` (already fetched); the bundle served until now becomes previous."""
+    def activate(self, variant_id: str, runtime: str = "", generation: int = 0) -> None:
+        """Serve ``variant_id`` (already fetched) in one commit; the bundle served until now
+        becomes previous. No runtime is involved: the update machine stages one first."""
         if not self.has(variant_id):
             raise ArtifactError(f"variant {variant_id[:12]} is not in the cache")
-        current = self.current()
-        if current == variant_id:
+        record = self.activation()
+        if record.stage == Stage.IDLE and record.variant == variant_id:
             return
-        # previous first: a crash in between leaves current == previous, both valid.
-        if current:
-            self._point("previous", current)
-        self._point("current", variant_id)
-        log.info("activated variant %s (previous %s)", variant_id[:12], current[:12] or "none")
+        self.store.commit(
+            ActivationRecord(
+                stage=Stage.COMMIT,
+                variant=record.variant,
+                previous=record.previous,
+                generation=generation or record.generation,
+                runtime=record.runtime,
+                target=variant_id,
+                target_runtime=runtime,
+            )
+        )
+        log.info(
+            "activated variant %s (previous %s)", variant_id[:12], record.variant[:12] or "none"
+        )
 
-    def deactivate(self) -> str:
+    def deactivate(self, generation: int = 0) -> str:
         """Serve nothing (the coordinator rolled back to "no variant"); the bundle served until
         now becomes previous, kept for a quick return. Returns its id ("" if none)."""
-        current = self.current()
-        if not current:
+        record = self.activation()
+        if not record.variant:
             return ""
-        # previous first: a crash in between leaves current == previous, both valid.
-        self._point("previous", current)
-        _discard(self.root / "current")
-        _fsync_dir(self.root)
-        log.info("deactivated variant %s: serving nothing", current[:12])
-        return current
-
-    def rollback(self) -> str:
-        """Swap current and previous; return the id now served."""
-        previous, current = self.previous(), self.current()
-        if not previous:
-            raise ArtifactError("no previous variant to roll back to")
-        self._point("current", previous)
-        if current:
-            self._point("previous", current)
-        log.info("rolled back to variant %s", previous[:12])
-        return previous
+        self.store.commit(
+            replace(
+                record,
+                stage=Stage.COMMIT,
+                generation=generation or record.generation,
+                target="",
+                target_runtime="",
+            )
+        )
+        log.info("deactivated variant %s: serving nothing", record.variant[:12])
+        return record.variant
 
     def gc(self, keep: Iterable[str] = ()) -> list[str]:
         """Delete bundles and partial downloads other than current, previous and ``keep``."""

@@ -10,6 +10,11 @@ trickles over a slow link (a device that stopped heartbeating for the length of 
 would look dead to the rollout gates). ``reconcile`` starts the task, waits at most
 ``wait_seconds`` for it, and activates the bundle on the first call that finds it finished.
 
+Activation itself is :class:`edgefleet.agent.update.UpdateMachine`'s: the stages
+(fetch, verify, stage, commit or rollback) are persisted in the activation record, and a new
+reconciler (an agent restart) first recovers whatever a crash left in flight. The reconciler
+takes :class:`~edgefleet.agent.desired.Desired`, never the wire message.
+
 Failures are remembered per variant: a bundle that fails verification is retried with
 exponential backoff rather than on every heartbeat, and is reported as ``failed_variant``
 with its reason until some variant activates successfully. Transient transfer errors (cut
@@ -27,18 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgefleet.agent.artifacts import ArtifactCache, ArtifactError, DownloadResult, Metadata
-from edgefleet.bundle import Bundle
-from edgefleet.v1 import artifact_pb2_grpc, device_pb2
+from edgefleet.agent.desired import Desired
+from edgefleet.agent.update import Runner, UpdateMachine
+from edgefleet.v1 import artifact_pb2_grpc
 
 __all__ = ["ReconcileStatus", "Reconciler"]
 
 log = logging.getLogger("edgefleet.agent.reconcile")
-
-#: Called with a verified bundle before it is activated; returns a reason to refuse it
-#: (e.g. "runtime onnxruntime not available") or None to accept.
-AcceptHook = Callable[[Bundle, device_pb2.DesiredState], str | None]
-#: Called when the coordinator wants no variant served (stop serving the active one).
-UnloadHook = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ class Reconciler:
         backoff_base: float = 5.0,
         backoff_max: float = 600.0,
         transient_backoff_max: float = 30.0,
-        accept: AcceptHook | None = None,
-        unload: UnloadHook | None = None,
+        runner: Runner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cache = cache
@@ -81,13 +80,14 @@ class Reconciler:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._transient_max = transient_backoff_max
-        self._accept = accept
-        self._unload = unload
+        #: The persisted stages; constructing the reconciler recovers from a crash.
+        self.machine = UpdateMachine(cache, runner)
+        self.machine.recover()
         self._clock = clock
         self._failures: dict[str, _Failure] = {}
         self._reported: tuple[str, str] = ("", "")
         self._task: asyncio.Task[DownloadResult] | None = None
-        self._task_desired: device_pb2.DesiredState | None = None
+        self._task_desired: Desired | None = None
         #: The last download that completed over the wire (diagnostics and tests).
         self.last_download: DownloadResult | None = None
 
@@ -108,10 +108,12 @@ class Reconciler:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ArtifactError):
                 await task
+        if task is not None:
+            self.machine.rollback_update()  # the fetch is abandoned: back to idle
 
     async def reconcile(
         self,
-        desired: device_pb2.DesiredState,
+        desired: Desired,
         stub: artifact_pb2_grpc.ArtifactServiceStub,
         metadata: Metadata,
     ) -> ReconcileStatus:
@@ -120,7 +122,7 @@ class Reconciler:
         if not target:
             await self._cancel_task()
             if desired.generation > 0:  # told to serve nothing (a rollback to "no variant")
-                self._serve_nothing()
+                self._serve_nothing(desired.generation)
             # generation 0: the coordinator never assigned anything (e.g. its store was
             # reset); leave whatever is served alone rather than take a device down
             return self.status()
@@ -137,6 +139,7 @@ class Reconciler:
             failure = self._failures.get(target)
             if failure is not None and self._clock() < failure.retry_at:
                 return self.status()
+            self.machine.fetch(desired)
             self._task = asyncio.create_task(
                 self.cache.fetch(target, stub, metadata, self.device_id),
                 name=f"fetch-{target[:12]}",
@@ -151,31 +154,28 @@ class Reconciler:
             await self._finish(task, desired)
         return self.status()
 
-    async def _finish(
-        self, task: asyncio.Task[DownloadResult], desired: device_pb2.DesiredState
-    ) -> None:
+    async def _finish(self, task: asyncio.Task[DownloadResult], desired: Desired) -> None:
         self._task, self._task_desired = None, None
         target = desired.variant_id
         try:
             result = task.result()
             if not result.cached:
                 self.last_download = result
-            if self._accept is not None:
-                bundle = await asyncio.to_thread(self.cache.load, target)
-                refusal = self._accept(bundle, desired)
-                if refusal:
-                    raise ArtifactError(refusal)
-            self.cache.activate(target)
+            await self.machine.install(desired)  # verify, stage, commit (rolls back on error)
         except asyncio.CancelledError:
+            self.machine.rollback_update()
             return
         except ArtifactError as exc:
+            self.machine.rollback_update()
             self._record_failure(target, exc)
             return
         except OSError as exc:  # disk full, permissions: the device cannot take it now
+            self.machine.rollback_update()
             self._record_failure(target, ArtifactError(f"cannot store variant: {exc}"))
             return
         except Exception as exc:  # a bug or an unforeseen error must not stop the heartbeats
             log.exception("unexpected error while fetching variant %s", target[:12])
+            self.machine.rollback_update()
             err = ArtifactError(f"unexpected error: {exc!r}")
             err.permanent = False
             self._record_failure(target, err)
@@ -187,10 +187,8 @@ class Reconciler:
             "variant %s active%s", target[:12], f"; removed {len(removed)} old" if removed else ""
         )
 
-    def _serve_nothing(self) -> None:
-        if self._unload is not None:
-            self._unload()
-        if self.cache.deactivate():
+    def _serve_nothing(self, generation: int) -> None:
+        if self.machine.serve_nothing(generation):
             self._reported = ("", "")
 
     def _record_failure(self, target: str, exc: ArtifactError) -> None:

@@ -3,10 +3,12 @@
 Why a separate object rather than letting the inference endpoint open runtimes itself: the
 reconciler decides *when* a variant may become active, and it must learn *before* activating
 whether the device can actually run it (wrong runtime, unsupported precision, an MCU arena
-over its SRAM). :meth:`Serving.accept` is that hook: it builds and loads a fresh runtime next
-to the one serving; only when the load succeeded does it swap the two under a lock, so a
-request is always answered by exactly one complete variant and a refused bundle leaves the
-previous variant serving.
+over its SRAM). The update machine (``edgefleet.agent.update``) drives it in two
+steps: :meth:`Serving.stage` builds and loads a fresh runtime next to the one serving (a
+refusal leaves the previous variant serving), and only once the commit is persisted in the
+activation record does :meth:`Serving.swap` swap the two under a lock, so a request is always
+answered by exactly one complete, committed variant. Which runtime serves the active variant
+is the activation record's to remember, not this object's.
 
 Every request goes through :meth:`Serving.infer`, which is also where the per-interval
 measurements the coordinator relays are taken (``inference_*`` metric names, see
@@ -19,7 +21,6 @@ runtimes are not all safe to call concurrently), so queueing here is the honest 
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import threading
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.agent.desired import Desired
 from edgefleet.agent.runtimes import (
     InferenceError,
     InputError,
@@ -39,7 +41,6 @@ from edgefleet.agent.runtimes import (
 )
 from edgefleet.bundle import Bundle
 from edgefleet.profiles import DeviceProfile
-from edgefleet.v1 import device_pb2
 
 if TYPE_CHECKING:  # numpy only where a runtime is loaded
     import numpy as np
@@ -52,9 +53,9 @@ log = logging.getLogger("edgefleet.agent.serving")
 #: Upper bounds (ms) of the local latency histogram: from an MCU's sub-ms kernels to a
 #: struggling SBC. Cumulative counts, Prometheus-style, so they can be exported later as is.
 LATENCY_BOUNDS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
-#: Remembered so a restarted agent serves the active variant with the runtime it was
-#: activated for (the desired state that named it may not be repeated until a change).
-SERVING_FILE = "serving.json"
+#: Written by agents before the activation record (``edgefleet.agent.activation``) held the runtime;
+#: read once by the record when a state dir has no activation record yet, then removed.
+LEGACY_SERVING_FILE = "serving.json"
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Serving:
         self._open = opener or (lambda name, p: open_runtime(name, p, threads=threads))
         self._lock = threading.Lock()
         self._runtime: Runtime | None = None
+        self._staged: Runtime | None = None
         self._interval = _Counters()
         self.total_requests = 0
         self.total_errors = 0
@@ -171,11 +173,12 @@ class Serving:
                 return name
         return self.profile.runtimes[0] if self.profile.runtimes else ""
 
-    def load(self, bundle: Bundle, runtime: str = "") -> str | None:
-        """Load ``bundle`` into a fresh runtime and swap it in; a reason string on refusal.
+    def stage(self, bundle: Bundle, runtime: str = "") -> str | None:
+        """Load ``bundle`` into a fresh runtime next to the one serving; a reason on refusal.
 
-        The old runtime keeps serving until the new one has loaded completely.
+        Nothing is served from it until :meth:`swap`; :meth:`abort` drops it.
         """
+        self.abort()
         name = self.choose_runtime(bundle, runtime)
         if not name:
             return self._refuse(f"device profile {self.profile.name!r} lists no runtime")
@@ -184,45 +187,60 @@ class Serving:
             fresh.load(bundle)
         except RuntimeLoadError as exc:  # includes RuntimeUnavailableError
             return self._refuse(f"cannot serve variant {bundle.variant_id[:12]} with {name}: {exc}")
+        self._staged = fresh
+        return None
+
+    def swap(self) -> None:
+        """Serve the staged runtime (the old one is unloaded once no request holds it)."""
+        fresh, self._staged = self._staged, None
+        if fresh is None:
+            return
         with self._lock:
             old, self._runtime = self._runtime, fresh
             self.variant_requests = 0
         if old is not None:
             old.unload()
         self.last_refusal = ""
-        self._remember(bundle.variant_id, name)
-        log.info("serving variant %s with %s", bundle.variant_id[:12], name)
-        return None
+        self._forget_legacy()
+        log.info("serving variant %s with %s", (fresh.variant_id or "")[:12], fresh.name)
+
+    def abort(self) -> None:
+        """Drop a staged runtime that will not be served."""
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            staged.unload()
+
+    def load(self, bundle: Bundle, runtime: str = "") -> str | None:
+        """Stage and swap at once (start-up, tests); a reason string on refusal.
+
+        The old runtime keeps serving until the new one has loaded completely.
+        """
+        refusal = self.stage(bundle, runtime)
+        if refusal is None:
+            self.swap()
+        return refusal
 
     def unload(self) -> None:
-        """Serve nothing: requests get NotLoadedError (FAILED_PRECONDITION) from now on, and a
-        restarted agent does not bring the variant back."""
+        """Serve nothing: requests get NotLoadedError (FAILED_PRECONDITION) from now on."""
+        self.abort()
         with self._lock:
             old, self._runtime = self._runtime, None
             self.variant_requests = 0
         if old is None:
             return
         old.unload()
-        if self.state_dir is not None:
-            (self.state_dir / SERVING_FILE).unlink(missing_ok=True)
+        self._forget_legacy()
         log.info("unloaded variant %s: serving nothing", (old.variant_id or "")[:12])
 
-    def accept(self, bundle: Bundle, desired: device_pb2.DesiredState) -> str | None:
-        """The reconciler's ``accept`` hook: serve the bundle now or say why not."""
+    def accept(self, bundle: Bundle, desired: Desired) -> str | None:
+        """Serve the bundle now with the runtime ``desired`` names, or say why not."""
         return self.load(bundle, desired.runtime)
 
-    def restore(self, bundle: Bundle | None) -> str | None:
-        """At start-up: serve the variant the cache says is active, with its last runtime."""
+    def restore(self, bundle: Bundle | None, runtime: str = "") -> str | None:
+        """At start-up: serve the variant the activation record says is active, with the
+        runtime the record holds for it."""
         if bundle is None:
             return None
-        runtime = ""
-        if self.state_dir is not None:
-            try:
-                saved = json.loads((self.state_dir / SERVING_FILE).read_text())
-                if saved.get("variant_id") == bundle.variant_id:
-                    runtime = str(saved.get("runtime", ""))
-            except (OSError, ValueError):
-                pass
         return self.load(bundle, runtime)
 
     def _refuse(self, reason: str) -> str:
@@ -230,16 +248,9 @@ class Serving:
         log.error("%s; still serving %s", reason, self.variant_id[:12] or "nothing")
         return reason
 
-    def _remember(self, variant_id: str, runtime: str) -> None:
-        if self.state_dir is None:
-            return
-        path = self.state_dir / SERVING_FILE
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps({"variant_id": variant_id, "runtime": runtime}))
-            tmp.replace(path)
-        except OSError as exc:  # serving goes on; only a restart would pick the default
-            log.warning("cannot record the serving runtime: %s", exc)
+    def _forget_legacy(self) -> None:
+        if self.state_dir is not None:
+            (self.state_dir / LEGACY_SERVING_FILE).unlink(missing_ok=True)
 
     # -- requests ----------------------------------------------------------------------
 

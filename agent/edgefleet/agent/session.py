@@ -23,6 +23,7 @@ import psutil
 from edgefleet.agent.artifacts import ArtifactCache
 from edgefleet.agent.battery import Battery
 from edgefleet.agent.config import AgentConfig, FatalAgentError
+from edgefleet.agent.desired import Desired
 from edgefleet.agent.federation import FederationMember, FederationTarget
 from edgefleet.agent.identity import Identity, load_identity, new_instance_key, save_identity
 from edgefleet.agent.reconcile import Reconciler
@@ -44,6 +45,18 @@ RPC_TIMEOUT_SECONDS = 10.0
 # continues in the background; a small bundle is usually active within the same pass).
 RECONCILE_WAIT_SECONDS = 1.0
 TELEMETRY_BATCH = 200
+
+
+def desired_from_proto(message: device_pb2.DesiredState) -> Desired:
+    """The wire's desired state as the plain value everything past the session works with."""
+    return Desired(
+        generation=int(message.generation),
+        variant_id=message.variant_id,
+        runtime=message.runtime,
+        model=message.model,
+        rollout_id=message.rollout_id,
+        variant_bytes=int(message.variant_bytes),
+    )
 
 
 @dataclass
@@ -80,11 +93,10 @@ class AgentSession:
             self.artifacts,
             device_id=self._identity.device_id,
             wait_seconds=RECONCILE_WAIT_SECONDS,
-            accept=self.serving.accept,
-            unload=self.serving.unload,
+            runner=self.serving,
         )
         self.variant_status = self.reconciler.status()
-        self._desired_state = device_pb2.DesiredState()
+        self._desired_state = Desired()
         self.transport = Transport(config.coordinator, config.state_dir, config.ca_cert)
         self._artifacts_stub: artifact_pb2_grpc.ArtifactServiceStub | None = None
         self.federation = FederationMember(
@@ -184,7 +196,7 @@ class AgentSession:
             timeout=timeout,
         )
         self._interval = reply.heartbeat_interval_seconds or self._interval
-        self._desired_state = reply.desired
+        self._desired_state = desired_from_proto(reply.desired)
         self._federation_target = (
             FederationTarget(reply.federation.superlink_address, reply.federation.tls)
             if reply.HasField("federation")

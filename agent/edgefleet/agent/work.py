@@ -69,7 +69,8 @@ class AgentWork:
         cfg = self.config
         serving = self.serving
         bundle = await asyncio.to_thread(self.artifacts.load_current)
-        if bundle is not None and (refusal := serving.restore(bundle)):
+        runtime = self.artifacts.activation().runtime  # the record says what it ran with
+        if bundle is not None and (refusal := serving.restore(bundle, runtime)):
             self.telemetry.event("variant_refused", refusal)
         if cfg.inference_port is not None:
             self.server = InferenceServer(serving, cfg.inference_port)
