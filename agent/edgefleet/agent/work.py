@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.battery import measured_temperature_c
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["INFERENCE_FILE", "AgentWork"]
 
 log = logging.getLogger("edgefleet.agent.work")
+
+#: How long a stopping agent waits for its measurement / fine-tuning threads.
+STOP_JOIN_SECONDS = 30.0
 
 #: Written into the state dir once the endpoint listens: how local apps (and tests) find it.
 INFERENCE_FILE = "inference.json"
@@ -63,6 +67,7 @@ class AgentWork:
         self._train_busy = 0.0
         self._results: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
         self._overheads_measured: set[str] = set()
 
     async def start(self) -> None:
@@ -102,13 +107,25 @@ class AgentWork:
 
             self._results.put(("overheads", measure_call_overheads(profile, only)))
 
-        threading.Thread(target=run, name="call-overhead", daemon=True).start()
+        self._spawn(run, "call-overhead")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        """Run ``target`` in a daemon thread that :meth:`stop` waits for.
+
+        Why waited for: these threads run onnxruntime or torch, whose C++ thread pools abort the
+        whole process ("terminate called without an active exception", exit -6) if the
+        interpreter exits while a call is in flight -- a SIGTERM right after start-up did."""
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     async def stop(self) -> None:
         if self.workload is not None:
             await asyncio.to_thread(self.workload.stop)
         if self.server is not None:
             await self.server.stop()
+        for thread in self._threads:  # bounded: a fine-tune that outlives this is abandoned
+            await asyncio.to_thread(thread.join, STOP_JOIN_SECONDS)
 
     def variant_activated(self) -> None:
         """Measure the serving runtime's call overhead if start-up skipped it (torch), and
@@ -138,7 +155,7 @@ class AgentWork:
                 return
             self._results.put(("done", result))
 
-        threading.Thread(target=run, name="finetune", daemon=True).start()
+        self._spawn(run, "finetune")
 
     def sample(self) -> None:
         """Buffer this interval's inference, battery, temperature and fine-tuning figures."""
