@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from edgefleet.fsutil import atomic_write
 
 DEVICE_URI_PREFIX = "edgefleet:device:"
 
@@ -52,11 +53,7 @@ def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret with mode 0600 (created that way, never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
+    atomic_write(path, data, mode=0o600)
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.bundle import Bundle, load_bundle, write_bundle
+from edgefleet.fsutil import atomic_write
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -198,9 +199,7 @@ class VariantStore:
         return data
 
     def _write_index(self, data: Mapping[str, Any]) -> None:
-        tmp = self.index_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.index_path)
+        atomic_write(self.index_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def models(self) -> list[ModelEntry]:
         return [ModelEntry.from_json(m) for m in self._read_index()["models"].values()]

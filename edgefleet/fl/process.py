@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.fsutil import atomic_write
+
 __all__ = [
     "FlowerTls",
     "SupervisedProcess",
@@ -186,9 +188,7 @@ class SupervisedProcess:
     def _write_pidfile(self) -> None:
         if self.pidfile is not None and self.pid is not None:
             self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.pidfile.with_suffix(".tmp")
-            tmp.write_text(f"{self.pid}\n")
-            tmp.replace(self.pidfile)
+            atomic_write(self.pidfile, f"{self.pid}\n")
 
     def _spawn(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115

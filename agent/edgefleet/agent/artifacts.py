@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgefleet.agent.activation import ActivationRecord, ActivationStore, Stage
 from edgefleet.archive import DEFAULT_LIMITS, Limits, UnsafeArchiveError, unpack_archive
 from edgefleet.bundle import Bundle, BundleError, load_bundle
+from edgefleet.fsutil import atomic_write
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 
 __all__ = [
@@ -366,9 +367,7 @@ class ArtifactCache:
 
     def _write_announced(self, variant_id: str, size: int, sha: str) -> None:
         path = self.downloads_dir / f"{variant_id}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"size": size, "sha256": sha}))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"size": size, "sha256": sha}))
 
     async def _verify_archive(self, variant_id: str, expected_sha: str) -> None:
         part = self.downloads_dir / f"{variant_id}.part"

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet.fsutil import atomic_write
 from edgefleet.profiles import DeviceProfile
 
 if TYPE_CHECKING:
@@ -186,9 +186,7 @@ class FederationMember:
         status: dict[str, object] = {"health": health}
         if battery is not None:
             status["battery"] = round(battery, 1)
-        tmp = self.dir / "status.json.tmp"
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, self.dir / "status.json")
+        atomic_write(self.dir / "status.json", json.dumps(status))
 
     def stop(self) -> None:
         if self.node is not None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.finetune_plan import FinetuneRefused, FinetuneResult, MemoryPlan
 from edgefleet.agent.runtimes import Runtime, TrainingUnsupportedError
+from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
 
 if TYPE_CHECKING:
     from edgefleet.fl.partition import Shard
@@ -44,9 +45,6 @@ __all__ = [
     "finetune",
 ]
 
-#: Share of the profile's RAM fine-tuning may use: the OS, the agent and the served variant
-#: need the rest. On an MCU the budget is the SRAM the serving arena leaves free.
-DEFAULT_RAM_FRACTION = 0.25
 SCOPE_ORDER = ("full", "tinytl", "head")
 
 
@@ -142,15 +140,7 @@ def plan_memory(
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
-    return MemoryPlan(
-        scope=scope,
-        batch_size=batch_size,
-        params=params,
-        grads=trainable,
-        optimizer_state=trainable,  # SGD momentum buffer
-        activations=per_sample * batch_size,
-        budget=budget,
-    )
+    return MemoryPlan.sgd_momentum(scope, batch_size, params, trainable, per_sample, budget)
 
 
 def _accuracy(model: Any, x: Any, y: Any) -> float:

@@ -20,21 +20,17 @@ from edgefleet.agent.finetune_plan import FinetuneRefused, FinetuneResult, Memor
 
 if TYPE_CHECKING:
     from edgefleet.agent.runtimes import Runtime
+    from edgefleet.agent.runtimes.mcu_sim import McuSimRuntime
     from edgefleet.fl.partition import Shard
 
 __all__ = ["finetune_last_layer"]
 
 
-def _features(rt: Any, x: np.ndarray[Any, Any], upto: int) -> np.ndarray[Any, Any]:
+def _features(rt: McuSimRuntime, x: np.ndarray[Any, Any], upto: int) -> np.ndarray[Any, Any]:
     """Int8 backbone activations entering op ``upto``, as float (x_q - zero point)."""
-    from edgefleet.agent.runtimes.mcu_sim import _run_op
-
     g = rt.graph
-    vals = {g.input: rt.quantize_input(x)}
+    vals = rt.activations(rt.quantize_input(x), stop=upto)
     n = x.shape[0]
-    for index, op in enumerate(g.ops[:upto]):
-        y = _run_op(op, g, vals, rt._luts, index)
-        vals[op["output"]] = y.reshape(n, *g.tensors[op["output"]].shape[1:])
     head = g.ops[upto]
     zp = g.tensors[head["inputs"][0]].zero_point
     q = vals[head["inputs"][0]]
@@ -70,13 +66,12 @@ def finetune_last_layer(
     b = b_q * per_channel
     classes, feats = w.shape
     head = (w.size + b.size) * 4
-    plan = MemoryPlan(
-        scope="head",
-        batch_size=batch_size,
-        params=head,
-        grads=head,
-        optimizer_state=head,  # momentum
-        activations=batch_size * (feats + classes) * 4,
+    plan = MemoryPlan.sgd_momentum(
+        "head",
+        batch_size,
+        head,
+        head,
+        activation_bytes_per_sample=(feats + classes) * 4,
         budget=budget,
     )
     if not plan.fits:

@@ -9,13 +9,14 @@ of creating a twin.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from edgefleet.fsutil import atomic_write
 
 IDENTITY_FILE = "identity.json"
 
@@ -81,19 +82,4 @@ def load_identity(state_dir: Path) -> Identity | None:
 def save_identity(state_dir: Path, identity: Identity) -> None:
     ensure_state_dir(state_dir)
     path = state_dir / IDENTITY_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(identity), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    dir_fd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, json.dumps(asdict(identity)), mode=0o600)

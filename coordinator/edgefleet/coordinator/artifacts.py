@@ -43,6 +43,7 @@ from edgefleet.coordinator.registry import Registry
 from edgefleet.coordinator.rollouts import RolloutManager
 from edgefleet.coordinator.servicers import _guard, bearer_token, peer_device_id
 from edgefleet.coordinator.state.model import DeviceRecord
+from edgefleet.fsutil import atomic_write
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 from edgefleet.variant_store import UnknownVariantError, VariantStore
 
@@ -127,9 +128,7 @@ class ArchiveCache:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, tar_path)
-            meta_tmp = meta_path.with_suffix(f".json.tmp-{os.getpid()}")
-            meta_tmp.write_text(json.dumps({"size": info.size, "sha256": info.sha256}))
-            os.replace(meta_tmp, meta_path)
+            atomic_write(meta_path, json.dumps({"size": info.size, "sha256": info.sha256}))
         finally:
             tmp.unlink(missing_ok=True)
         log.info(

@@ -34,6 +34,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as fl_strategy
 
+from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
 from edgefleet.flower import heterofl
 from edgefleet.flower import model as fl_model
 from edgefleet.flower.participants import parse_selection
@@ -67,7 +68,7 @@ class RunSettings:
     poll_interval: float = 0.05
     round_timeout: float = 120.0
     node_wait_timeout: float = 60.0
-    budget_fraction: float = 0.25
+    budget_fraction: float = DEFAULT_RAM_FRACTION  # the ClientApp's and fine-tuning's too
     dp: str = "none"
     dp_noise: float = 0.0
     dp_clip: float = 10.0

@@ -27,14 +27,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from edgefleet.fl.budget import training_bytes, widest_activation
+from edgefleet.fl.budget import DEFAULT_RAM_FRACTION, training_bytes, widest_activation
 
 __all__ = ["app", "training_bytes", "widest_activation"]
 
 app = ClientApp()
 
-#: Fraction of the device's RAM the agent lets one fine-tuning step use.
-DEFAULT_BUDGET_FRACTION = 0.25
+#: Fraction of the device's RAM the agent lets one fine-tuning step use (the shared one).
+DEFAULT_BUDGET_FRACTION = DEFAULT_RAM_FRACTION
 FACT_KEYS = (
     "device-id", "profile", "ram-bytes", "battery", "health", "labels", "width", "runtime",
     "proxy",
