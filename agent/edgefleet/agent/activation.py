@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+from edgefleet.fsutil import atomic_write
+
 __all__ = ["RECORD_FILE", "ActivationRecord", "ActivationStore", "Stage"]
 
 log = logging.getLogger("edgefleet.agent.update")
@@ -137,13 +139,7 @@ class ActivationStore:
         return ActivationRecord(variant=current, previous=self._link("previous"), runtime=runtime)
 
     def write(self, record: ActivationRecord) -> None:
-        tmp = self.root / f".{RECORD_FILE}.tmp-{os.getpid()}"
-        with tmp.open("w") as fh:
-            fh.write(record.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.root)
+        atomic_write(self.path, record.to_json())
 
     def links_agree(self, record: ActivationRecord) -> bool:
         return (self._link("current"), self._link("previous")) == (

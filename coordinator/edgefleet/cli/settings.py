@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefleet.fsutil import atomic_write
+
 __all__ = [
     "CONFIG_ENV",
     "ConfigError",
@@ -177,10 +179,7 @@ class EdgefleetConfig:
     def save(self) -> None:
         """Write atomically (a crash leaves the old file), readable by the owner only."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(self.to_toml(), encoding="utf-8")
-        tmp.chmod(0o600)
-        tmp.replace(self.path)
+        atomic_write(self.path, self.to_toml(), mode=0o600)
 
 
 @dataclass(frozen=True)

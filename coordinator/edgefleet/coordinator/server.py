@@ -40,6 +40,7 @@ from edgefleet.coordinator.servicers import AdminServicer, DeviceServicer
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.coordinator.variants import KnownVariants, model_variants
+from edgefleet.fsutil import atomic_write
 from edgefleet.interceptors import ValidationInterceptor, WriteDeadlineInterceptor
 from edgefleet.perf import measure_host
 from edgefleet.pki import CertificateAuthority
@@ -356,9 +357,7 @@ class Coordinator:
             "embedded_redis": self._embedded.url if self._embedded is not None else None,
             "pid": os.getpid(),
         }
-        tmp = self.config.data_dir / "coordinator.json.tmp"
-        tmp.write_text(json.dumps(info))
-        tmp.replace(self.config.data_dir / "coordinator.json")
+        atomic_write(self.config.data_dir / "coordinator.json", json.dumps(info))
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -38,6 +38,7 @@ from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
 from edgefleet.flower import heterofl
 from edgefleet.flower import model as fl_model
 from edgefleet.flower.participants import parse_selection
+from edgefleet.fsutil import atomic_write
 
 __all__ = ["RunSettings", "SelectedGrid", "app", "device_facts", "pick_width", "run_rounds"]
 
@@ -217,9 +218,7 @@ class _Recorder:
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "progress.json.tmp"
-        tmp.write_text(json.dumps(self.doc, indent=1, default=str))
-        tmp.replace(self.dir / "progress.json")
+        atomic_write(self.dir / "progress.json", json.dumps(self.doc, indent=1, default=str))
 
 
 def _arrays_of(msg: Message) -> dict[str, Any]:
