@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.devtools.fl_local import LocalFederation, pretrain_biased, wait_progress
+from edgefleet.fl.contract import Node
 from edgefleet.flower.serverapp import device_facts, pick_width
 
 PROFILES = ("rpi4", "phone-flagship", "cortex-m7", "esp32-s3", "cortex-m4", "rpi-zero2w")
-FORCED = {4: {"width": 0.25}}  # the cortex-m4 trains a quarter-width slice
+FORCED = {4: {Node.WIDTH: 0.25}}  # the cortex-m4 trains a quarter-width slice
 
 
 def compare(rounds: int = 5) -> list[dict[str, Any]]:
@@ -41,7 +42,7 @@ def compare(rounds: int = 5) -> list[dict[str, Any]]:
             for node in fed.supernodes:
                 facts = device_facts({**node.node_config})
                 if pick_width(facts, "mlp", 0.25) == 1.0:
-                    full.append(str(node.node_config["device-id"]))
+                    full.append(str(node.node_config[Node.DEVICE_ID]))
             only_full = " or ".join(f"device=={d}" for d in full)
             common: dict[str, Any] = {
                 "num-rounds": rounds, "init-path": str(init), "local-epochs": 2,

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgefleet.agent.fl.supernode import FAST_POLL_ENV
 from edgefleet.coordinator.fl.superlink import submit, write_app
 from edgefleet.devtools.fl_local import LocalFederation, wait_progress
+from edgefleet.fl.contract import FAST_POLL_ENV
 
 TINY = json.dumps({"in_features": 64, "hidden": [32], "num_classes": 10})
 

@@ -23,12 +23,12 @@ import pytest
 from edgefleet.agent.battery import Battery
 from edgefleet.agent.finetune import FinetuneRefused, finetune
 from edgefleet.agent.serving import Serving
-from edgefleet.agent.workload import DIGITS_SPLIT_SEED, LocalDataSpec, load_local_data
+from edgefleet.agent.workload import LocalDataSpec, load_local_data
 from edgefleet.bundle import Bundle
 from edgefleet.catalog import get_profile
 from edgefleet.client.admin_client import AdminClient
 from edgefleet.modelops.build import BuildOptions, register_model
-from edgefleet.modelops.data import SPLIT_SEED, load_dataset
+from edgefleet.modelops.data import load_dataset
 from edgefleet.modelops.measure import LatencyConfig
 from edgefleet.v1 import admin_pb2, device_pb2, inference_pb2, inference_pb2_grpc
 from edgefleet.variant_store import VariantStore
@@ -54,10 +54,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     spec = ArchitectureSpec.zoo("ds-cnn", width=0.5)
     entry = register_model(store, "digits", spec, "digits", epochs=8, options=options)
     yield Built(data_dir, entry.base)
-
-
-def test_agent_split_seed_matches_the_coordinator() -> None:
-    assert DIGITS_SPLIT_SEED == SPLIT_SEED
 
 
 # --- in-process: refusals, fine-tuning memory, battery ---------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet.fl.contract import Node
 from edgefleet.fsutil import atomic_write
 from edgefleet.profiles import DeviceProfile
 
@@ -137,12 +138,10 @@ class FederationMember:
             str(shard),
             labels=self.labels,
             status_path=str(self.dir / "status.json"),
+            runtime=self.profile.runtimes[0] if self.profile.runtimes else "torch",
+            proxy="agent" if self.profile.is_mcu else "",
+            partition_id=self.local_data.partition if self.local_data is not None else None,
         )
-        config["runtime"] = self.profile.runtimes[0] if self.profile.runtimes else "torch"
-        if self.profile.is_mcu:
-            config["proxy"] = "agent"
-        if self.local_data is not None:
-            config["partition-id"] = self.local_data.partition
         node = SuperNodeSupervisor(
             target.superlink_address, config, self.dir, port=self._port(), tls=tls,
             pidfile=self.dir / "supernode.pid",
@@ -183,9 +182,9 @@ class FederationMember:
         """Live facts for the ClientApp's query (atomic: a reader never sees half a file)."""
         if self.node is None:
             return
-        status: dict[str, object] = {"health": health}
+        status: dict[str, object] = {Node.HEALTH: health}
         if battery is not None:
-            status["battery"] = round(battery, 1)
+            status[Node.BATTERY] = round(battery, 1)
         atomic_write(self.dir / "status.json", json.dumps(status))
 
     def stop(self) -> None:

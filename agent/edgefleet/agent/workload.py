@@ -25,17 +25,14 @@ from typing import TYPE_CHECKING
 
 from edgefleet.agent.runtimes import InferenceError, NotLoadedError
 from edgefleet.agent.serving import Serving
+from edgefleet.fl.contract import DIGITS_SPLIT_SEED
 
 if TYPE_CHECKING:
     from edgefleet.fl.partition import Shard
 
-__all__ = ["DIGITS_SPLIT_SEED", "LocalDataSpec", "Workload", "load_local_data"]
+__all__ = ["LocalDataSpec", "Workload", "load_local_data"]
 
 log = logging.getLogger("edgefleet.agent.workload")
-
-#: Mirrors ``coordinator/edgefleet/modelops/data.py::SPLIT_SEED`` (the agent must not import the
-#: coordinator); tests/test_serving.py checks the two agree.
-DIGITS_SPLIT_SEED = 20240601
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.agent.fl.supernode import FAST_POLL_ENV, SuperNodeSupervisor
+from edgefleet.agent.fl.supernode import SuperNodeSupervisor, node_config_for
 from edgefleet.catalog import get_profile
 from edgefleet.coordinator.fl.superlink import (
     SuperLinkSupervisor,
@@ -27,6 +27,7 @@ from edgefleet.coordinator.fl.superlink import (
     wait_listening,
     write_app,
 )
+from edgefleet.fl.contract import FAST_POLL_ENV, Node
 from edgefleet.fl.partition import make_shards, save_shard
 from edgefleet.fl.process import FlowerTls
 
@@ -101,16 +102,13 @@ class LocalFederation:
         profile = get_profile(self.profiles[i % len(self.profiles)])
         shard = save_shard(self.shards[i], self.root / "data" / f"shard-{i}.npz")
         node_config: dict[str, object] = {
-            "device-id": f"sim-{i:03d}",
-            "partition-id": i,
-            "num-partitions": self.num_nodes,
-            "profile": profile.name,
-            "ram-bytes": profile.ram_bytes,
-            "battery": 80,
-            "health": "ok",
-            "data-path": str(shard),
+            **node_config_for(
+                f"sim-{i:03d}", profile.name, profile.ram_bytes, str(shard), battery=80,
+                partition_id=i,
+            ),
+            Node.NUM_PARTITIONS: self.num_nodes,
             **facts,
-        }
+        }  # fmt: skip
         node = SuperNodeSupervisor(
             self.address, node_config, self.root / f"node-{i}", port=free_port(), env=self.env,
             tls=FlowerTls(self.flower_tls.ca) if self.flower_tls else None,

@@ -1,8 +1,9 @@
 """Our Flower ServerApp: select participants, drive rounds fast, aggregate heterogeneous widths.
 
 What Flower gives us and we reuse: transport, node liveness, ``FedAvg``/``FedProx`` and the
-DP wrappers from ``flwr.serverapp.strategy`` (their ``configure_train``/``aggregate_train``).
-What we add:
+DP wrappers from ``flwr.serverapp.strategy`` (their ``configure_train``/``aggregate_train``/
+``configure_evaluate``). One round loop drives every strategy through that interface. What we
+add:
 
 * **Selection.** Before the first round every node is asked (``query`` message) for its
   facts -- device id, profile, RAM, battery, health, labels -- which its SuperNode's
@@ -10,12 +11,16 @@ What we add:
   eligible ones. Flower's own samplers then only ever see those nodes (:class:`SelectedGrid`).
 * **Heterogeneous aggregation** (``strategy=heterofl``): each device gets the width that
   fits its memory budget, trains the leading slice of the global model, and slices are merged
-  element-wise (:mod:`edgefleet.flower.heterofl`).
+  element-wise -- a Flower strategy of its own (:class:`edgefleet.flower.strategies.HeteroFL`,
+  the math in :mod:`edgefleet.flower.heterofl`).
 * **A short-poll round driver.** ``Grid.send_and_receive`` sleeps 3 s between pulls; we push
   with ``grid.push_messages`` and pull every ``poll-interval`` (50 ms), and the ClientApp folds
   evaluation into its train reply, so a round is one message exchange, not two.
 * **A record per round** (participants, loss, accuracy, seconds) written atomically to
   ``out-dir/progress.json`` after every round, which the CLI and the coordinator read.
+
+The node-config keys, record names and config/metric keys shared with the ClientApp are in
+:mod:`edgefleet.fl.contract`.
 """
 
 from __future__ import annotations
@@ -30,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as fl_strategy
 
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
-from edgefleet.flower import heterofl
+from edgefleet.fl.contract import Metric, NodeFacts, Record, TrainConfig
 from edgefleet.flower import model as fl_model
 from edgefleet.flower.participants import parse_selection
+from edgefleet.flower.strategies import HeteroFL, arrays_of, to_record
 from edgefleet.fsutil import atomic_write
 
 __all__ = ["RunSettings", "SelectedGrid", "app", "device_facts", "pick_width", "run_rounds"]
@@ -164,25 +170,9 @@ def exchange(
     return replies
 
 
-def _labels(text: object) -> dict[str, str]:
-    pairs = (p.split("=", 1) for p in str(text or "").split(",") if "=" in p)
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
 def device_facts(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Normalise a node's reported ``node_config`` facts to the selection vocabulary."""
-    return {
-        "device": str(raw.get("device-id", "")),
-        "profile": str(raw.get("profile", "")),
-        "ram": float(raw.get("ram-bytes", 0) or 0),
-        "battery": float(raw["battery"]) if "battery" in raw else 100.0,  # mains-powered
-        "health": str(raw.get("health", "ok")),
-        "labels": _labels(raw.get("labels")),
-        "width": float(raw["width"]) if "width" in raw else None,
-        "runtime": str(raw.get("runtime", "")),
-        # a microcontroller's agent hosts the SuperNode for it (``proxy = "agent"``)
-        "proxy": str(raw.get("proxy", "")),
-    }
+    return NodeFacts.from_node_config(raw).selection_view()
 
 
 def pick_width(
@@ -221,20 +211,26 @@ class _Recorder:
         atomic_write(self.dir / "progress.json", json.dumps(self.doc, indent=1, default=str))
 
 
-def _arrays_of(msg: Message) -> dict[str, Any]:
-    rec = next(iter(msg.content.array_records.values()))
-    return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in rec.items()}
+def _strategy(
+    settings: RunSettings, widths: Mapping[int, float], n_selected: int
+) -> fl_strategy.Strategy:
+    """HeteroFL, or Flower's own FedAvg/FedProx optionally wrapped in Flower's DP strategies.
 
-
-def _record(params: Mapping[str, Any]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in params.items()})
-
-
-def _homogeneous(settings: RunSettings, n_selected: int) -> fl_strategy.Strategy:
-    """Flower's own FedAvg/FedProx, optionally wrapped in Flower's DP strategies."""
+    Availability is the round loop's to check (it fails a round rather than wait), so no
+    strategy waits for nodes: ``min_available_nodes`` and ``min_evaluate_nodes`` are 0 and the
+    final evaluation goes to every selected node still online.
+    """
+    fraction_evaluate = 1.0 if settings.final_evaluate else 0.0
+    if settings.strategy == "heterofl":
+        return HeteroFL(
+            widths, settings.arch, settings.arch_config, fraction_train=settings.fraction_train,
+            fraction_evaluate=fraction_evaluate, min_train_nodes=settings.min_devices,
+        )  # fmt: skip
     common: dict[str, Any] = {
-        "fraction_train": settings.fraction_train, "fraction_evaluate": 0.0,
-        "min_train_nodes": settings.min_devices, "min_available_nodes": settings.min_devices,
+        "fraction_train": settings.fraction_train, "fraction_evaluate": fraction_evaluate,
+        "min_train_nodes": settings.min_devices, "min_evaluate_nodes": 0,
+        "min_available_nodes": 0, "weighted_by_key": Metric.NUM_EXAMPLES,
+        "arrayrecord_key": Record.ARRAYS, "configrecord_key": Record.CONFIG,
     }  # fmt: skip
     base: fl_strategy.Strategy = (
         fl_strategy.FedProx(proximal_mu=settings.proximal_mu, **common)
@@ -291,7 +287,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     for reply in exchange(grid, queries, 60.0, settings.poll_interval):
         if reply.has_error():
             continue
-        raw = dict(next(iter(reply.content.config_records.values()), ConfigRecord()))
+        raw = dict(reply.content.config_records.get(Record.FACTS, ConfigRecord()))
         facts[reply.metadata.src_node_id] = device_facts(raw)
     selected = [n for n in nodes if n in facts and selection.matches(facts[n])]
     widths: dict[int, float] = {}
@@ -331,10 +327,9 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     initial_loss, initial_acc = test_score(params)
     rec.write(initial={"test_loss": initial_loss, "test_acc": initial_acc})
     view = SelectedGrid(grid, selected, settings.poll_interval)
-    strategy = _homogeneous(settings, len(selected)) if settings.strategy != "heterofl" else None
-    local_shapes = {
-        w: fl_model.shapes(settings.arch, w, settings.arch_config) for w in set(widths.values())
-    }
+    strategy = _strategy(settings, widths, len(selected))
+    arrays = to_record(params)
+    full_width = json.dumps(fl_model.arch_config(settings.arch, 1.0, settings.arch_config))
 
     for rnd in range(1, settings.num_rounds + 1):
         t0 = time.monotonic()
@@ -347,29 +342,15 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             )
         config = ConfigRecord(
             {
-                "arch": settings.arch, "lr": settings.lr, "local-epochs": settings.local_epochs,
-                "batch-size": settings.batch_size, "server-round": rnd,
-                "proximal-mu": settings.proximal_mu if settings.strategy == "fedprox" else 0.0,
+                TrainConfig.ARCH: settings.arch, TrainConfig.ARCH_CONFIG: full_width,
+                TrainConfig.LR: settings.lr, TrainConfig.LOCAL_EPOCHS: settings.local_epochs,
+                TrainConfig.BATCH_SIZE: settings.batch_size, TrainConfig.SERVER_ROUND: rnd,
+                TrainConfig.PROXIMAL_MU: (
+                    settings.proximal_mu if settings.strategy == "fedprox" else 0.0
+                ),
             }
         )  # fmt: skip
-        if strategy is not None:
-            messages = list(strategy.configure_train(rnd, _record(params), config, view))
-        else:
-            messages = []
-            for n in view.get_node_ids():
-                w = widths[n]
-                cfg = ConfigRecord(dict(config))
-                cfg["arch-config"] = json.dumps(
-                    fl_model.arch_config(settings.arch, w, settings.arch_config)
-                )
-                local = heterofl.slice_params(params, local_shapes[w])
-                content = RecordDict({"arrays": _record(local), "config": cfg})
-                messages.append(Message(content, dst_node_id=n, message_type=MessageType.TRAIN))
-        if settings.arch != "mlp" and strategy is not None:
-            for m in messages:
-                m.content.config_records["config"]["arch-config"] = json.dumps(
-                    fl_model.arch_config(settings.arch, 1.0, settings.arch_config)
-                )
+        messages = list(strategy.configure_train(rnd, arrays, config, view))
         replies = exchange(grid, messages, settings.round_timeout, settings.poll_interval)
         ok = [r for r in replies if not r.has_error()]
         failed = len(messages) - len(ok)
@@ -378,25 +359,19 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
                 f"round {rnd}: {len(ok)} of {len(messages)} devices replied "
                 f"(min-devices {settings.min_devices})"
             )
-        if strategy is not None:
-            agg, _ = strategy.aggregate_train(rnd, ok)
-            if agg is not None:
-                params = {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in agg.items()}
-        else:
-            updates = []
-            for r in ok:
-                metrics = next(iter(r.content.metric_records.values()))
-                updates.append((_arrays_of(r), float(metrics["num-examples"])))  # type: ignore[arg-type]
-            params = heterofl.aggregate(params, updates)
+        aggregated, _ = strategy.aggregate_train(rnd, ok)
+        if aggregated is not None:
+            params = arrays_of(aggregated)  # float32, whatever a DP wrapper's noise made it
+            arrays = to_record(params)
         test_loss, test_acc = test_score(params)
         round_doc = {
             "round": rnd,
             "participants": [facts[r.metadata.src_node_id]["device"] for r in ok],
             "failed": failed,
-            "train_loss": _weighted(ok, "train-loss", "num-examples"),
+            "train_loss": _weighted(ok, Metric.TRAIN_LOSS, Metric.NUM_EXAMPLES),
             # the global model of the previous round, scored on each client's held-out data
-            "client_eval_acc": _weighted(ok, "eval-acc", "eval-examples"),
-            "client_local_acc": _weighted(ok, "local-eval-acc", "eval-examples"),
+            "client_eval_acc": _weighted(ok, Metric.EVAL_ACC, Metric.EVAL_EXAMPLES),
+            "client_local_acc": _weighted(ok, Metric.LOCAL_EVAL_ACC, Metric.EVAL_EXAMPLES),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": time.monotonic() - t0,
@@ -409,27 +384,17 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     final: dict[str, Any] = {"test_loss": None, "test_acc": None, "client_eval_acc": None}
     final["test_loss"], final["test_acc"] = test_score(params)
     if settings.final_evaluate:
-        cfg = ConfigRecord({"arch": settings.arch})
-        msgs = []
-        for n in view.get_node_ids():
-            w = widths.get(n, 1.0)
-            cfg_n = ConfigRecord(
-                {
-                    **dict(cfg),
-                    "arch-config": json.dumps(
-                        fl_model.arch_config(settings.arch, w, settings.arch_config)
-                    ),
-                }
-            )
-            local = heterofl.slice_params(params, local_shapes[w]) if widths else params
-            content = RecordDict({"arrays": _record(local), "config": cfg_n})
-            msgs.append(Message(content, dst_node_id=n, message_type=MessageType.EVALUATE))
+        # every selected node still online scores the final model (its own slice under HeteroFL)
+        config = ConfigRecord(
+            {TrainConfig.ARCH: settings.arch, TrainConfig.ARCH_CONFIG: full_width}
+        )
+        messages = list(strategy.configure_evaluate(settings.num_rounds, arrays, config, view))
         replies = [
             r
-            for r in exchange(grid, msgs, settings.round_timeout, settings.poll_interval)
+            for r in exchange(grid, messages, settings.round_timeout, settings.poll_interval)
             if not r.has_error()
         ]
-        final["client_eval_acc"] = _weighted(replies, "eval-acc", "num-examples")
+        final["client_eval_acc"] = _weighted(replies, Metric.EVAL_ACC, Metric.NUM_EXAMPLES)
     if rec.dir is not None:
         fl_model.save_params(params, rec.dir / "final.npz")
     rec.write(state="succeeded", final=final, finished=time.time())

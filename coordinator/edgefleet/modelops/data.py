@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet.fl.contract import DIGITS_SPLIT_SEED
+
 __all__ = ["DATASETS", "Dataset", "DatasetError", "load_dataset"]
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 DATASETS = ("digits",)
-SPLIT_SEED = 20240601
 
 
 class DatasetError(ValueError):
@@ -68,10 +69,10 @@ def load_dataset(name: str) -> Dataset:
     x = (digits.images.astype(np.float32) * scale)[:, None, :, :]
     y = digits.target.astype(np.int64)
     x_train, x_rest, y_train, y_rest = train_test_split(
-        x, y, test_size=0.4, random_state=SPLIT_SEED, stratify=y
+        x, y, test_size=0.4, random_state=DIGITS_SPLIT_SEED, stratify=y
     )
     x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, test_size=0.5, random_state=SPLIT_SEED, stratify=y_rest
+        x_rest, y_rest, test_size=0.5, random_state=DIGITS_SPLIT_SEED, stratify=y_rest
     )
     return Dataset(
         name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes=10, input_scale=scale

@@ -12,7 +12,8 @@ Why it looks the way it does:
 * The device's identity, resources and data come from its SuperNode's ``node_config``
   (``device-id``, ``profile``, ``ram-bytes``, ``battery``, ``labels``, ``data-path`` ...), which
   the agent's supervisor sets; the ``query`` handler reports them so the ServerApp can select
-  participants (Flower itself only knows node ids).
+  participants (Flower itself only knows node ids). Those keys, the message records and their
+  keys are the shared contract in :mod:`edgefleet.fl.contract`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION, training_bytes, widest_activation
+from edgefleet.fl.contract import FACT_KEYS, Metric, Node, Record, TrainConfig
 
 __all__ = ["app", "training_bytes", "widest_activation"]
 
@@ -35,17 +37,13 @@ app = ClientApp()
 
 #: Fraction of the device's RAM the agent lets one fine-tuning step use (the shared one).
 DEFAULT_BUDGET_FRACTION = DEFAULT_RAM_FRACTION
-FACT_KEYS = (
-    "device-id", "profile", "ram-bytes", "battery", "health", "labels", "width", "runtime",
-    "proxy",
-)  # fmt: skip
 
 
 def _facts(context: Context) -> dict[str, Any]:
     """The node's self-description: node_config, refreshed from the agent's status file."""
     cfg = dict(context.node_config)
     facts = {k: cfg[k] for k in FACT_KEYS if k in cfg}
-    status = cfg.get("status-path")
+    status = cfg.get(Node.STATUS_PATH)
     if isinstance(status, str) and status and Path(status).exists():
         try:
             live = json.loads(Path(status).read_text())
@@ -62,7 +60,7 @@ def query(msg: Message, context: Context) -> Message:
     record = ConfigRecord(
         {k: v if isinstance(v, int | float) else str(v) for k, v in facts.items()}
     )
-    return Message(RecordDict({"facts": record}), reply_to=msg)
+    return Message(RecordDict({Record.FACTS: record}), reply_to=msg)
 
 
 def _num(cfg: Mapping[str, object], key: str, default: float) -> float:
@@ -85,23 +83,23 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     from edgefleet.fl.partition import load_shard
 
-    cfg = msg.content.config_records.get("config", ConfigRecord())
+    cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
     arrays = next(iter(msg.content.array_records.values()))
-    shard = load_shard(str(context.node_config["data-path"]))
-    arch = str(cfg.get("arch", "mlp"))
-    epochs = int(_num(cfg, "local-epochs", 1))
-    batch = int(_num(cfg, "batch-size", 32))
-    lr = _num(cfg, "lr", 0.05)
-    mu = _num(cfg, "proximal-mu", 0.0)
-    seed = int(_num(cfg, "server-round", 0)) * 1000 + int(
-        _num(context.node_config, "partition-id", 0)
+    shard = load_shard(str(context.node_config[Node.DATA_PATH]))
+    arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
+    epochs = int(_num(cfg, TrainConfig.LOCAL_EPOCHS, 1))
+    batch = int(_num(cfg, TrainConfig.BATCH_SIZE, 32))
+    lr = _num(cfg, TrainConfig.LR, 0.05)
+    mu = _num(cfg, TrainConfig.PROXIMAL_MU, 0.0)
+    seed = int(_num(cfg, TrainConfig.SERVER_ROUND, 0)) * 1000 + int(
+        _num(context.node_config, Node.PARTITION_ID, 0)
     )
     params = _arrays(arrays)
 
     num_params = sum(int(v.size) for v in params.values())
     widest = widest_activation(v.shape for v in params.values())
-    ram = int(context.node_config.get("ram-bytes", 0) or 0)
-    budget = int(ram * float(context.node_config.get("budget-fraction", DEFAULT_BUDGET_FRACTION)))
+    ram = int(context.node_config.get(Node.RAM_BYTES, 0) or 0)
+    budget = int(ram * _num(context.node_config, Node.BUDGET_FRACTION, DEFAULT_BUDGET_FRACTION))
     while budget and batch > 1 and training_bytes(num_params, batch, widest) > budget:
         batch //= 2  # shrink the batch before giving up: memory, not data, is the limit
     if budget and training_bytes(num_params, batch, widest) > budget:
@@ -122,7 +120,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         from edgefleet.agent.fl.torch_train import fit
 
-        arch_cfg = json.loads(str(cfg.get("arch-config", "{}")))
+        arch_cfg = json.loads(str(cfg.get(TrainConfig.ARCH_CONFIG, "{}")))
         new, train_loss, (pre_loss, pre_acc), (post_loss, post_acc) = fit(
             arch, arch_cfg, params, shard, epochs=epochs, batch_size=batch, lr=lr,
             proximal_mu=mu, seed=seed,
@@ -130,18 +128,19 @@ def train(msg: Message, context: Context) -> Message:
 
     metrics = MetricRecord(
         {
-            "num-examples": len(shard.y_train),
-            "train-loss": train_loss,
-            "eval-loss": pre_loss,
-            "eval-acc": pre_acc,
-            "local-eval-loss": post_loss,
-            "local-eval-acc": post_acc,
-            "eval-examples": len(shard.y_eval),
-            "batch-size": batch,
-            "client-seconds": time.perf_counter() - t0,
+            Metric.NUM_EXAMPLES: len(shard.y_train),
+            Metric.TRAIN_LOSS: train_loss,
+            Metric.EVAL_LOSS: pre_loss,
+            Metric.EVAL_ACC: pre_acc,
+            Metric.LOCAL_EVAL_LOSS: post_loss,
+            Metric.LOCAL_EVAL_ACC: post_acc,
+            Metric.EVAL_EXAMPLES: len(shard.y_eval),
+            Metric.BATCH_SIZE: batch,
+            Metric.CLIENT_SECONDS: time.perf_counter() - t0,
         }
     )
-    return Message(RecordDict({"arrays": _record(new), "metrics": metrics}), reply_to=msg)
+    content = RecordDict({Record.ARRAYS: _record(new), Record.METRICS: metrics})
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()
@@ -150,15 +149,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     from edgefleet.fl import mlp_numpy
     from edgefleet.fl.partition import load_shard
 
-    cfg = msg.content.config_records.get("config", ConfigRecord())
+    cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
     params = _arrays(next(iter(msg.content.array_records.values())))
-    shard = load_shard(str(context.node_config["data-path"]))
-    arch = str(cfg.get("arch", "mlp"))
+    shard = load_shard(str(context.node_config[Node.DATA_PATH]))
+    arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
     if arch == "mlp":
         loss, acc = mlp_numpy.evaluate(params, shard.x_eval, shard.y_eval)
     else:
         from edgefleet.agent.fl.torch_train import score
 
-        loss, acc = score(arch, json.loads(str(cfg.get("arch-config", "{}"))), params, shard)
-    metrics = MetricRecord({"num-examples": len(shard.y_eval), "eval-loss": loss, "eval-acc": acc})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+        arch_cfg = json.loads(str(cfg.get(TrainConfig.ARCH_CONFIG, "{}")))
+        loss, acc = score(arch, arch_cfg, params, shard)
+    metrics = MetricRecord(
+        {Metric.NUM_EXAMPLES: len(shard.y_eval), Metric.EVAL_LOSS: loss, Metric.EVAL_ACC: acc}
+    )
+    return Message(RecordDict({Record.METRICS: metrics}), reply_to=msg)

@@ -11,12 +11,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from edgefleet.fl.contract import FAST_POLL_ENV, Node, NodeFacts
 from edgefleet.fl.process import FlowerTls, SupervisedProcess, flower_bin, write_toml_table
 
-__all__ = ["FAST_POLL_ENV", "SuperNodeSupervisor", "flower_bin", "node_config_for"]
-
-#: SuperExec polls for ClientApp tasks every 1 s by default; 50 ms costs nothing measurable.
-FAST_POLL_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "FLWR_TELEMETRY_ENABLED": "0"}
+__all__ = ["SuperNodeSupervisor", "flower_bin", "node_config_for"]
 
 
 class SuperNodeSupervisor(SupervisedProcess):
@@ -34,8 +32,8 @@ class SuperNodeSupervisor(SupervisedProcess):
         env: Mapping[str, str] | None = None,
         pidfile: Path | None = None,
     ) -> None:
-        if "device-id" not in node_config:
-            raise ValueError("node_config must carry the device id ('device-id')")
+        if Node.DEVICE_ID not in node_config:
+            raise ValueError(f"node_config must carry the device id ({Node.DEVICE_ID!r})")
         state_dir.mkdir(parents=True, exist_ok=True)
         self.node_config = dict(node_config)
         config_path = write_toml_table(state_dir / "node-config.toml", self.node_config)
@@ -52,7 +50,7 @@ class SuperNodeSupervisor(SupervisedProcess):
         merged.setdefault("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
         super().__init__(
             argv, env=merged, log_path=state_dir / "supernode.log",
-            name=f"supernode[{node_config['device-id']}]", pidfile=pidfile,
+            name=f"supernode[{node_config[Node.DEVICE_ID]}]", pidfile=pidfile,
         )  # fmt: skip
 
 
@@ -66,26 +64,24 @@ def node_config_for(
     labels: Mapping[str, str] | None = None,
     status_path: str = "",
     width: float | None = None,
+    runtime: str = "",
+    proxy: str = "",
+    partition_id: int | None = None,
 ) -> dict[str, object]:
     """The ``node_config`` an agent gives its SuperNode (what our ServerApp selects on).
 
+    The facts (:class:`edgefleet.fl.contract.NodeFacts`) plus where the local data is.
     ``status_path`` names a JSON file the agent rewrites with live facts (``battery``,
     ``health``); the ClientApp reads it when asked, so selection sees current values without
     restarting the SuperNode.
     """
-    cfg: dict[str, object] = {
-        "device-id": device_id,
-        "profile": profile,
-        "ram-bytes": int(ram_bytes),
-        "data-path": data_path,
-        "health": "ok",
-    }
-    if battery is not None:
-        cfg["battery"] = float(battery)
-    if labels:
-        cfg["labels"] = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    facts = NodeFacts(
+        device_id, profile, int(ram_bytes), battery=battery, labels=dict(labels or {}),
+        width=width, runtime=runtime, proxy=proxy,
+    )  # fmt: skip
+    cfg = {**facts.to_node_config(), Node.DATA_PATH: data_path}
     if status_path:
-        cfg["status-path"] = status_path
-    if width is not None:
-        cfg["width"] = float(width)
+        cfg[Node.STATUS_PATH] = status_path
+    if partition_id is not None:
+        cfg[Node.PARTITION_ID] = int(partition_id)
     return cfg

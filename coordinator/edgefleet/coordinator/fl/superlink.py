@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from edgefleet.fl.contract import FAST_POLL_ENV
 from edgefleet.fl.process import (
     FlowerTls,
     SupervisedProcess,
@@ -31,7 +32,6 @@ from edgefleet.fl.process import (
 )
 
 __all__ = [
-    "FAST_ENV",
     "OUR_COMPONENTS",
     "SuperLinkSupervisor",
     "flwr_env",
@@ -43,8 +43,6 @@ __all__ = [
     "write_app",
 ]
 
-#: SuperExec's task poll (default 1 s) shortened; telemetry off (no network).
-FAST_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "FLWR_TELEMETRY_ENABLED": "0"}
 OUR_COMPONENTS = {
     "serverapp": "edgefleet.flower.serverapp:app",
     "clientapp": "edgefleet.agent.fl.clientapp:app",
@@ -82,7 +80,7 @@ class SuperLinkSupervisor(SupervisedProcess):
         argv += tls.superlink_args() if tls is not None else ["--insecure"]
         self.tls = tls
         super().__init__(
-            argv, env={**FAST_ENV, **(env or {})}, log_path=state_dir / "superlink.log",
+            argv, env={**FAST_POLL_ENV, **(env or {})}, log_path=state_dir / "superlink.log",
             name="superlink", pidfile=pidfile,
         )  # fmt: skip
 
@@ -152,7 +150,7 @@ def flwr_env(home: Path, address: str, ca: Path | None = None) -> dict[str, str]
         f'[superlink]\ndefault = "edgefleet"\n\n[superlink.edgefleet]\n'
         f'address = "{address}"\n{security}'
     )
-    return with_flower_path({**os.environ, **FAST_ENV, "FLWR_HOME": str(home)})
+    return with_flower_path({**os.environ, **FAST_POLL_ENV, "FLWR_HOME": str(home)})
 
 
 def submit(

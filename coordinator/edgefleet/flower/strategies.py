@@ -1,0 +1,155 @@
+"""HeteroFL as a Flower strategy, so one round loop drives it and Flower's FedAvg/FedProx alike.
+
+:class:`HeteroFL` is a :class:`flwr.serverapp.strategy.FedAvg` whose messages differ per node:
+``configure_train`` sends every node the leading slice of the global model at the width it was
+given (:func:`edgefleet.flower.serverapp.pick_width` picks it from the node's RAM budget) with
+that width's zoo config, and ``aggregate_train`` merges the slices element-wise
+(:mod:`edgefleet.flower.heterofl`). The metrics are aggregated like FedAvg's.
+
+Sampling never waits: Flower's sampler sleeps until enough nodes are online, while our round
+loop checks availability before a round and fails it rather than hang.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from edgefleet.fl.contract import Metric, Record, TrainConfig
+from edgefleet.flower import heterofl
+from edgefleet.flower import model as fl_model
+
+__all__ = ["HeteroFL", "arrays_of", "to_record"]
+
+
+def to_record(params: Mapping[str, Any]) -> ArrayRecord:
+    """numpy arrays as the ArrayRecord a message carries."""
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in params.items()})
+
+
+def arrays_of(record: ArrayRecord) -> fl_model.Arrays:
+    """An ArrayRecord as float32 numpy arrays."""
+    return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in record.items()}
+
+
+class HeteroFL(FedAvg):
+    """Width-sliced federated averaging (Diao et al., ICLR 2021) on the Message API.
+
+    ``widths`` maps each eligible node id to its model width; nodes without one are never
+    sampled. The global model travels as the full-width ArrayRecord Flower's loop passes in.
+    """
+
+    def __init__(
+        self,
+        widths: Mapping[int, float],
+        arch: str,
+        arch_override: str = "",
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=0,
+            min_available_nodes=0,
+            weighted_by_key=Metric.NUM_EXAMPLES,
+            arrayrecord_key=Record.ARRAYS,
+            configrecord_key=Record.CONFIG,
+        )
+        self.widths = dict(widths)
+        self.arch = arch
+        levels = set(self.widths.values())
+        self._shapes = {w: fl_model.shapes(arch, w, arch_override) for w in levels}
+        self._arch_configs = {
+            w: json.dumps(fl_model.arch_config(arch, w, arch_override)) for w in levels
+        }
+        #: the global model of the round in flight (aggregation merges the slices into it)
+        self._global: fl_model.Arrays | None = None
+
+    def summary(self) -> None:
+        super().summary()
+        log(INFO, "\t└──> HeteroFL nodes per width: %s", self._at(self.widths))
+
+    def _sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        nodes = [n for n in grid.get_node_ids() if n in self.widths]
+        size = min(len(nodes), max(int(len(nodes) * fraction), minimum))
+        return nodes if size >= len(nodes) else random.sample(nodes, size)
+
+    def _sliced(
+        self, params: fl_model.Arrays, config: ConfigRecord, nodes: Iterable[int], kind: str
+    ) -> list[Message]:
+        messages = []
+        for node in nodes:
+            width = self.widths[node]
+            cfg = ConfigRecord(dict(config))
+            cfg[TrainConfig.ARCH_CONFIG] = self._arch_configs[width]
+            local = heterofl.slice_params(params, self._shapes[width])
+            content = RecordDict(
+                {self.arrayrecord_key: to_record(local), self.configrecord_key: cfg}
+            )
+            messages.append(Message(content, dst_node_id=node, message_type=kind))
+        return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Each sampled node gets its width's slice of the global model and zoo config."""
+        if self.fraction_train == 0.0:
+            return []
+        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes)
+        log(INFO, "configure_train: %s nodes at widths %s", len(nodes), self._at(nodes))
+        self._global = arrays_of(arrays)
+        config[TrainConfig.SERVER_ROUND] = server_round
+        return self._sliced(self._global, config, nodes, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Every global element: the mean over the nodes whose slice holds it."""
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid or self._global is None:
+            return None, None
+        updates = []
+        for msg in valid:
+            metrics = next(iter(msg.content.metric_records.values()))
+            weight = float(metrics[self.weighted_by_key])  # type: ignore[arg-type]
+            updates.append((arrays_of(next(iter(msg.content.array_records.values()))), weight))
+        merged = heterofl.aggregate(self._global, updates)
+        contents = [msg.content for msg in valid]
+        return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Each node scores its own slice of the global model."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        nodes = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
+        config[TrainConfig.SERVER_ROUND] = server_round
+        return self._sliced(arrays_of(arrays), config, nodes, MessageType.EVALUATE)
+
+    def _at(self, nodes: Iterable[int]) -> dict[float, int]:
+        at: dict[float, int] = {}
+        for node in nodes:
+            at[self.widths[node]] = at.get(self.widths[node], 0) + 1
+        return dict(sorted(at.items(), reverse=True))
