@@ -338,7 +338,7 @@ def test_dumps_sanitizes_nested_non_finite_values() -> None:
 def test_every_json_writer_is_the_shared_one() -> None:
     """No CLI module serialises --json output with json.dumps of its own."""
     cli = Path(common.__file__).parent
-    for path in [*cli.glob("*.py"), cli.parent / "demo.py"]:
+    for path in [*cli.glob("*.py"), cli.parent / "devtools" / "demo.py"]:
         if path.name == "jsonout.py":
             continue
         source = path.read_text()

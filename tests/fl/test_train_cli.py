@@ -134,7 +134,8 @@ def test_round_records_wait_for_an_unreachable_fleet_state_and_go_out_once(
 ) -> None:
     """A coordinator restarting takes its embedded Redis away for a moment: following the run
     must neither fail nor lose or double a record; a succeeded run records no failed round."""
-    from edgefleet.cli.train_cmds import _follow, _RoundReporter
+    from edgefleet.cli.train_cmds import _RoundReporter
+    from edgefleet.cli.train_follow import follow_rounds as _follow
 
     run = tmp_path / "r"
     run.mkdir()
@@ -191,7 +192,7 @@ def test_click_range_and_choice_errors_are_usage_errors(tmp_path: Path, args: li
 
 
 def test_strategy_choices_match_the_serverapp() -> None:
-    from edgefleet.cli.train_cmds import FL_STRATEGIES
+    from edgefleet.cli.train_validate import FL_STRATEGIES
     from edgefleet.flower.serverapp import STRATEGIES
 
     assert FL_STRATEGIES == STRATEGIES
@@ -200,7 +201,7 @@ def test_strategy_choices_match_the_serverapp() -> None:
 def test_runs_dir_defaults_to_the_data_dir_not_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgefleet.cli.train_cmds import _runs_dir
+    from edgefleet.cli.train_validate import resolve_runs_dir as _runs_dir
 
     monkeypatch.chdir(tmp_path)
     assert _runs_dir(None, Path("d")) == tmp_path / "d" / "fl-runs"
@@ -228,20 +229,22 @@ def _finished(final: float, initial: float) -> dict[str, Any]:
 def _fake_run(monkeypatch: pytest.MonkeyPatch, doc: dict[str, Any]) -> list[str]:
     """Everything after validation stubbed: the run 'finishes' with ``doc``; returns the
     names of models _publish was asked to register."""
-    from edgefleet.cli import train_cmds
+    from edgefleet.cli import train_follow, train_publish, train_validate
     from edgefleet.coordinator.fl import superlink
 
     published: list[str] = []
     monkeypatch.setattr(superlink, "write_app", lambda path, config: path)
     monkeypatch.setattr(superlink, "submit", lambda *a, **k: 1)
-    monkeypatch.setattr(train_cmds, "_follow", lambda *a, **k: doc)
-    monkeypatch.setattr(train_cmds, "_store", lambda data_dir: type("S", (), {"models": list})())
+    monkeypatch.setattr(train_follow, "follow_rounds", lambda *a, **k: doc)
+    monkeypatch.setattr(
+        train_validate, "open_store", lambda data_dir: type("S", (), {"models": list})()
+    )
 
     def publish(store: Any, new_model: str, *rest: Any) -> dict[str, Any]:
         published.append(new_model)
         return {"registered": {"model": new_model}}
 
-    monkeypatch.setattr(train_cmds, "_publish", publish)
+    monkeypatch.setattr(train_publish, "_publish", publish)
     return published
 
 
@@ -274,7 +277,7 @@ def test_an_improved_model_reports_its_accuracy_without_a_warning(
 
 
 def test_accuracy_falls_back_to_the_base_variant_when_the_run_has_no_initial() -> None:
-    from edgefleet.cli.train_cmds import _accuracy, _accuracy_line
+    from edgefleet.cli.train_publish import _accuracy, _accuracy_line
 
     class Store:
         def load(self, vid: str) -> Any:

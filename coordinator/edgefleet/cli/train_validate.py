@@ -1,0 +1,258 @@
+"""``train start``, step 1 of 4: validate -- everything refused before a run starts.
+
+``train start`` is validate -> submit -> follow -> publish (``train_submit``, ``train_follow``,
+``train_publish``), split so each step reads on its own and the first one provably has no side
+effects: a usage error (exit 2) or a refusal (exit 1) leaves no run directory, no federation
+and no model behind. :func:`validate` turns the options into a :class:`RunPlan` that the later
+steps only carry out.
+
+It also knows what the federated app can train (:data:`MODELS` at width 1.0 on
+:data:`FL_DATASET`), which a registered MODEL must match exactly, and where run records live.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgefleet.cli.common import fail, usage_error
+from edgefleet.cli.completion import complete_models
+
+if TYPE_CHECKING:
+    from edgefleet.variant_store import ModelEntry, VariantStore
+    from edgefleet.zoo import ArchitectureSpec
+
+MODELS = ("mlp", "ds-cnn", "resnet-8")
+#: coordinator/edgefleet/flower/serverapp.py STRATEGIES (not imported: it loads Flower; a test keeps them equal)
+FL_STRATEGIES = ("fedavg", "fedprox", "heterofl")
+DP_MODES = ("none", "server-fixed")
+#: the SuperNodes' shards and the held-out split are digits (coordinator/edgefleet/devtools/fl_local.py, clientapp)
+FL_DATASET = "digits"
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """``train start``'s options as given (see the command for their help)."""
+
+    model: str
+    rounds: int
+    strategy: str
+    min_devices: int
+    select: str
+    init: Path | None
+    superlink: str
+    superlink_ca: Path | None
+    local: int
+    profiles: str
+    lr: float
+    local_epochs: int
+    proximal_mu: float
+    dp: str
+    dp_noise: float
+    dp_clip: float
+    round_timeout: float
+    name: str
+    runs_dir: Path | None
+    timeout: float
+    redis_url: str
+    register: bool
+    rebuild: bool
+    deploy: str
+    deploy_strategy: str
+    latency_runs: int
+    data_dir: Path | None
+    coordinator: str
+    admin_token: str
+    as_json: bool
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: what to train, where it runs, where its record goes, what becomes of it."""
+
+    options: StartOptions
+    arch: str  #: the architecture the federated app trains
+    store: VariantStore | None  #: opened when MODEL is registered or the result will be
+    base_entry: ModelEntry | None  #: MODEL, when it is a registered model
+    recipes: list[str]  #: --rebuild: the recipes of MODEL's variants
+    register: bool  #: the result becomes model ``new_model``
+    runs_dir: Path
+    run_name: str
+    run_dir: Path
+    new_model: str
+    superlink: str  #: "" with --local
+    superlink_ca: Path | None
+    redis_url: str  #: "" when rounds are not recorded in a fleet's state
+
+
+def open_store(data_dir: Path | None) -> VariantStore:
+    from edgefleet.variant_store import VariantStore, resolve_data_dir
+
+    return VariantStore(resolve_data_dir(data_dir))
+
+
+def resolve_runs_dir(runs_dir: Path | None, data_dir: Path | None) -> Path:
+    """``--runs-dir``, else DATA_DIR/fl-runs; absolute, so a run's record does not depend on
+    the directory the command was started from (the ServerApp writes to this path)."""
+    from edgefleet.variant_store import resolve_data_dir
+
+    return (runs_dir or resolve_data_dir(data_dir) / "fl-runs").absolute()
+
+
+def complete_model(incomplete: str) -> list[str]:
+    """Architectures the federated app trains, then registered models."""
+    return [m for m in MODELS if m.startswith(incomplete)] + complete_models(incomplete)
+
+
+def fl_spec(arch: str) -> ArchitectureSpec:
+    """The zoo spec of what the federated app trains for ``arch`` (full width, digits)."""
+    from edgefleet.flower import model as fl_model
+    from edgefleet.zoo import ArchitectureSpec
+
+    return ArchitectureSpec(arch, fl_model.arch_config(arch, 1.0), fl_model.INPUT_SHAPE)
+
+
+def validate(o: StartOptions) -> RunPlan:
+    """Check every option and resolve MODEL, the SuperLink and the run's name; start nothing.
+
+    Usage errors (exit 2) come first, before the variant store is even read; then what needs
+    the store or the coordinator's record (exit 1).
+    """
+    from edgefleet.flower.participants import parse_selection
+
+    _check_numbers(
+        lr=(o.lr, 0.0, False),
+        local_epochs=(o.local_epochs, 1, True),
+        proximal_mu=(o.proximal_mu, 0.0, True),
+        dp_noise=(o.dp_noise, 0.0, True),
+        dp_clip=(o.dp_clip, 0.0, False),
+        round_timeout=(o.round_timeout, 0.0, False),
+        timeout=(o.timeout, 0.0, False),
+        local=(o.local, 0, True),
+    )
+    if o.superlink and o.local:
+        raise usage_error("give at most one of --superlink HOST:PORT or --local N")
+    try:
+        parse_selection(o.select)  # a bad expression fails here, before anything starts
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    if o.rebuild and o.model in MODELS:
+        raise usage_error(
+            f"--rebuild re-runs the recipes of a registered model's variants; {o.model!r} is an "
+            "architecture (register it with `edgefleet models add`, build, then train that)"
+        )
+    store, base_entry, recipes = None, None, []
+    if o.model in MODELS:
+        arch = o.model
+    else:
+        from edgefleet.variant_store import UnknownModelError
+
+        store = open_store(o.data_dir)
+        try:
+            base_entry = store.model(o.model)
+        except UnknownModelError:
+            raise fail(
+                f"unknown model {o.model!r}: neither an architecture the federated app trains "
+                f"({', '.join(MODELS)}) nor a registered model (edgefleet models ls)"
+            ) from None
+        arch = _fl_arch_of(base_entry)
+        recipes = _recipes_of(store, base_entry) if o.rebuild else []
+    if o.rebuild and not recipes:
+        raise fail(f"--rebuild: model {o.model!r} has no compressed variants to rebuild")
+    register = o.register or base_entry is not None or o.rebuild or bool(o.deploy)
+    runs_dir = resolve_runs_dir(o.runs_dir, o.data_dir)
+    superlink, superlink_ca, redis_url = o.superlink, o.superlink_ca, o.redis_url
+    if not superlink and not o.local:
+        superlink, superlink_ca, fleet_redis = _fleet_superlink(o.data_dir)
+        # rounds go into the fleet's state (edgefleet_fl_* metrics) without being asked
+        redis_url = redis_url or fleet_redis
+    run_name = o.name or f"{o.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (runs_dir / run_name).absolute()
+    if run_dir.exists():
+        raise fail(f"run {run_name!r} already exists in {runs_dir}")
+    new_model = f"{o.model}-ft-{run_name}"
+    if register:
+        store = store or open_store(o.data_dir)
+        if any(m.name == new_model for m in store.models()):
+            raise fail(f"model {new_model!r} already exists in the variant store")
+    return RunPlan(
+        options=o, arch=arch, store=store, base_entry=base_entry, recipes=recipes,
+        register=register, runs_dir=runs_dir, run_name=run_name, run_dir=run_dir,
+        new_model=new_model, superlink=superlink, superlink_ca=superlink_ca, redis_url=redis_url,
+    )  # fmt: skip
+
+
+def _check_numbers(**values: tuple[float, float, bool]) -> None:
+    """Refuse NaN, infinities and out-of-range numbers before anything starts (exit 2).
+
+    Each value is ``(value, lowest, lowest_allowed)``; names are the options' own.
+    """
+    for name, (value, low, inclusive) in values.items():
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise usage_error(f"{flag} must be a finite number, got {value}")
+        if value < low or (value == low and not inclusive):
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise usage_error(f"{flag} must be {bound}, got {value:g}")
+
+
+def _fl_arch_of(entry: ModelEntry) -> str:
+    """The FL architecture a registered model maps to, or a one-line refusal.
+
+    Only exact matches are accepted: the run's weights are loaded into ``entry``'s spec with
+    a strict state-dict check, and a near match (other width, other classes) would either fail
+    after the run or, worse, register weights under a spec that does not describe them.
+    """
+    from edgefleet.zoo import ArchitectureSpec
+
+    spec = ArchitectureSpec.from_json(entry.architecture)
+    supported = f"federated fine-tuning trains {', '.join(MODELS)} at width 1.0 on {FL_DATASET}"
+    if spec.name not in MODELS:
+        raise fail(f"model {entry.name!r} is a {spec.name!r} architecture; {supported}")
+    if entry.dataset != FL_DATASET:
+        raise fail(f"model {entry.name!r} was trained on {entry.dataset!r}; {supported}")
+    want = fl_spec(spec.name)
+    if spec.low_rank or (spec.config, spec.input_shape) != (want.config, want.input_shape):
+        raise fail(
+            f"model {entry.name!r} is {spec.name} with config {json.dumps(spec.config)}, not the "
+            f"one the federated app trains ({json.dumps(want.config)}); {supported}"
+        )
+    return spec.name
+
+
+def _recipes_of(store: VariantStore, entry: ModelEntry) -> list[str]:
+    """The recipe labels ``entry``'s variants were built with, in build order, from their
+    manifests (each bundle verified on load); the base (``fp32``) is registered anyway."""
+    labels: list[str] = []
+    for vid in entry.variants:
+        if vid == entry.base:
+            continue
+        label = str(store.load(vid).manifest.get("recipe_label") or "fp32")
+        if label != "fp32" and label not in labels:
+            labels.append(label)
+    return labels
+
+
+def _fleet_superlink(data_dir: Path | None) -> tuple[str, Path | None, str]:
+    """The SuperLink the coordinator on this data dir runs, the CA that verifies it, and its
+    embedded Redis ("" for an external one: pass --redis-url / EDGEFLEET_REDIS_URL)."""
+    from edgefleet.variant_store import resolve_data_dir
+
+    info_path = resolve_data_dir(data_dir) / "coordinator.json"
+    if not info_path.exists():
+        raise fail(
+            f"no coordinator runs with data dir {info_path.parent} (start one, or give "
+            "--superlink HOST:PORT, or --local N for simulated devices)"
+        )
+    info = json.loads(info_path.read_text())
+    if not info.get("superlink"):
+        raise fail(
+            f"the coordinator at {info.get('address')} runs no SuperLink "
+            "(restart it with --superlink local, or give --superlink HOST:PORT)"
+        )
+    ca = info.get("ca_cert")
+    return str(info["superlink"]), Path(ca) if ca else None, str(info.get("embedded_redis") or "")
