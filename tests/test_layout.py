@@ -57,13 +57,20 @@ def test_pyproject_installs_exactly_the_packages_on_disk() -> None:
 
 
 def test_the_wheel_holds_only_the_edgefleet_namespace(tmp_path: Path) -> None:
+    # built from a copy: setuptools writes build/ and *.egg-info into the source tree
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("edgefleet", "agent", "coordinator"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
+         "-w", str(tmp_path / "dist"), str(src)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = tmp_path.glob("edgefleet-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("edgefleet-*.whl")
     tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"edgefleet"}
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -226,7 +226,7 @@ class NetnsAgentProc(AgentProc):
                     self.netns,
                     sys.executable,
                     "-m",
-                    "agent",
+                    "edgefleet.agent",
                     "--state-dir",
                     str(self.state_dir),
                     *self.args,

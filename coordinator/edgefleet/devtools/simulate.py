@@ -87,7 +87,7 @@ class SimulatedFleet:
             cmd = [
                 sys.executable,
                 "-m",
-                "agent",
+                "edgefleet.agent",
                 "--coordinator",
                 coordinator,
                 "--profile",
