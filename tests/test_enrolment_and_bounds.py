@@ -22,7 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from edgefleet.catalog import get_profile
-from edgefleet.coordinator.artifacts import ArtifactServicer
+from edgefleet.coordinator.api.admin_service import AdminServicer, gate_from_proto
+from edgefleet.coordinator.api.artifact_service import ArtifactServicer
+from edgefleet.coordinator.api.convert import device_to_proto
+from edgefleet.coordinator.api.device_service import DeviceServicer
 from edgefleet.coordinator.errors import (
     InvalidArgument,
     NotFound,
@@ -38,17 +41,10 @@ from edgefleet.coordinator.registry import (
     Registry,
     RegistrySettings,
 )
-from edgefleet.coordinator.servicers import (
-    AdminServicer,
-    DeviceServicer,
-    _policy,
-    device_to_proto,
-    gate_from_proto,
-    validate_rollout_id,
-)
 from edgefleet.coordinator.state.model import TelemetryIn
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
+from edgefleet.coordinator.validation import checked_policy, validate_rollout_id
 from edgefleet.limits import MAX_PAGE_SIZE
 from edgefleet.pki import CertificateAuthority, device_id_of, make_csr, new_key
 from edgefleet.profiles import ProfileError
@@ -249,9 +245,9 @@ def test_non_finite_rollout_and_policy_numbers_are_refused() -> None:
             gate_from_proto(gate)
         assert info.value.field == f"gate.{name}"
     with pytest.raises(InvalidArgument):
-        _policy(math.nan, 0.0)
+        checked_policy(math.nan, 0.0)
     with pytest.raises(InvalidArgument):
-        _policy(0.0, math.inf)
+        checked_policy(0.0, math.inf)
 
 
 # --- 3. repeated fields are capped, listings are paged ------------------------------------

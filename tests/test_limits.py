@@ -33,7 +33,7 @@ import redis
 
 from edgefleet.agent.inference_server import MAX_DIMS, InferenceServer
 from edgefleet.catalog import get_profile
-from edgefleet.coordinator.artifacts import ArtifactServicer
+from edgefleet.coordinator.api.artifact_service import ArtifactServicer
 from edgefleet.coordinator.errors import PermissionDenied
 from edgefleet.coordinator.limits import Limits, StreamSlots, server_options
 from edgefleet.coordinator.state.model import Desired, DeviceRecord

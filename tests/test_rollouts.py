@@ -19,12 +19,8 @@ from edgefleet.catalog import get_profile
 from edgefleet.client.admin_client import AdminClient, AdminClientError
 from edgefleet.coordinator.errors import InvalidArgument
 from edgefleet.coordinator.latency import DeviceLatencyModel
-from edgefleet.coordinator.rollouts import (
-    RolloutRequest,
-    assign_waves,
-    validate_selector,
-    wave_fractions,
-)
+from edgefleet.coordinator.rollouts.document import RolloutRequest
+from edgefleet.coordinator.rollouts.planning import assign_waves, validate_selector, wave_fractions
 from edgefleet.coordinator.variant_selection import Policy, VariantFacts, select
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, CoordinatorProc, wait_for
@@ -565,8 +561,8 @@ def test_a_canary_with_enough_traffic_passes(fleet) -> None:  # type: ignore[no-
 
 
 def test_unset_min_inferences_takes_the_default_and_zero_is_kept() -> None:
-    from edgefleet.coordinator.rollouts import DEFAULT_MIN_INFERENCES, Rollout
-    from edgefleet.coordinator.servicers import gate_from_proto
+    from edgefleet.coordinator.api.admin_service import gate_from_proto
+    from edgefleet.coordinator.rollouts.document import DEFAULT_MIN_INFERENCES, Rollout
 
     assert gate_from_proto(admin_pb2.RolloutGate()).min_inferences == DEFAULT_MIN_INFERENCES > 0
     assert gate_from_proto(admin_pb2.RolloutGate(min_inferences=0)).min_inferences == 0
@@ -643,7 +639,8 @@ def test_small_model_prediction_includes_the_measured_call_overhead() -> None:
     call through the runtime costs more than the model's compute. With the per-call overhead
     the agent measured (reported as a metric) in the prediction, that device passes."""
     from edgefleet.coordinator.latency import model_for_device
-    from edgefleet.coordinator.rollouts import Gate, PlannedDevice, _metric_failure
+    from edgefleet.coordinator.rollouts.document import Gate, PlannedDevice
+    from edgefleet.coordinator.rollouts.gates import metric_failure
     from edgefleet.coordinator.state.model import Desired, DeviceRecord
     from edgefleet.metric_names import call_overhead_metric
 
@@ -667,14 +664,14 @@ def test_small_model_prediction_includes_the_measured_call_overhead() -> None:
         )  # fmt: skip
 
     observed = {"inference_latency_ms": 0.209}
-    assert "5.9x the predicted" in _metric_failure(observed, Gate(), planned(0.0352))
-    assert _metric_failure(observed, Gate(), planned(after)) == ""
+    assert "5.9x the predicted" in metric_failure(observed, Gate(), planned(0.0352))
+    assert metric_failure(observed, Gate(), planned(after)) == ""
     # a real regression still fails, and the message names the device's own baseline
-    slow = _metric_failure({"inference_latency_ms": 2.0}, Gate(), planned(after, 0.2))
+    slow = metric_failure({"inference_latency_ms": 2.0}, Gate(), planned(after, 0.2))
     assert "the predicted" in slow and "baseline 0.2 ms" in slow
     # an overhead the agent reported only after the rollout was planned still counts
     late = {**observed, call_overhead_metric("onnxruntime"): 0.17}
-    assert _metric_failure(late, Gate(), planned(0.0352)) == ""
+    assert metric_failure(late, Gate(), planned(0.0352)) == ""
     # the refined model (the device's baseline on another variant) keeps the overhead
     refined = measured.refined(tiny, "onnxruntime", observed_ms=after * 2)
     assert refined.call_overhead_ms == measured.call_overhead_ms

@@ -41,7 +41,7 @@ import redis
 from edgefleet.agent.artifacts import ArtifactCache, IntegrityError
 from edgefleet.agent.telemetry import TelemetryBuffer
 from edgefleet.client.admin_client import AdminClient, AdminClientError
-from edgefleet.coordinator.rollouts import Rollout
+from edgefleet.coordinator.rollouts.document import Rollout
 from edgefleet.v1 import admin_pb2
 from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
 from tests.fleetkit import ScriptedDevice, add_servable_model

@@ -19,7 +19,7 @@ __all__ = [
     "complete_recipes",
 ]
 
-#: ``edgefleet deploy --strategy`` (coordinator/edgefleet/coordinator/rollouts.py STRATEGIES)
+#: ``edgefleet deploy --strategy`` (coordinator/edgefleet/coordinator/rollouts/document.py STRATEGIES)
 DEPLOY_STRATEGIES = ("all", "canary", "waves")
 #: datasets ``models add --dataset`` can load offline (coordinator/edgefleet/modelops/data.py)
 DATASETS = ("digits",)

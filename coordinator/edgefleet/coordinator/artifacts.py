@@ -1,4 +1,5 @@
-"""The artifact service: variant bundles streamed to agents in resumable chunks.
+"""Variant archives for the artifact service: built once, cached, and handed only to the
+device meant to run them (the streaming itself is ``api.artifact_service``).
 
 A bundle directory is served as its deterministic archive (``edgefleet.archive``), built
 once per variant and cached under ``<data dir>/artifacts/``. Because the archive of a bundle
@@ -22,12 +23,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import grpc
 
 from edgefleet.archive import pack_directory
 from edgefleet.bundle import BundleError
@@ -37,31 +34,16 @@ from edgefleet.coordinator.errors import (
     NotFound,
     PermissionDenied,
 )
-from edgefleet.coordinator.limits import StreamLimitError, StreamSlots
-from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry
-from edgefleet.coordinator.rollouts import RolloutManager
-from edgefleet.coordinator.servicers import _guard, bearer_token, peer_device_id
+from edgefleet.coordinator.rollouts.manager import RolloutManager
 from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.fsutil import atomic_write
-from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 from edgefleet.variant_store import UnknownVariantError, VariantStore
 
-__all__ = [
-    "CHUNK_BYTES",
-    "SERVICE_NAME",
-    "ArchiveCache",
-    "ArtifactServicer",
-    "CachedArchive",
-    "add_artifact_service",
-]
+__all__ = ["ArchiveCache", "CachedArchive", "authorize_download"]
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME: str = artifact_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name
-# 64 KiB: large enough that per-message overhead is small, small enough that a device on a
-# slow link sees progress (and resumes losing little) every fraction of a second.
-CHUNK_BYTES = 64 * 1024
 _VARIANT_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -140,132 +122,50 @@ class ArchiveCache:
         return CachedArchive(variant_id, tar_path, info.size, info.sha256)
 
 
-class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: ignore[misc]
-    """DownloadArtifact: authenticate the device, then stream the archive from an offset.
+async def authorize_download(
+    registry: Registry,
+    rollouts: RolloutManager | None,
+    device_id: str,
+    credential: str,
+    peer_device_id: str | None,
+    variant_id: str,
+    offset: int,
+) -> DeviceRecord:
+    """The device's record if it may download ``variant_id`` from ``offset``.
 
     A device gets only the variant it is desired to run (or, during a rollout, the one it
-    would roll back to): PERMISSION_DENIED otherwise, so a credential is not a key to the
-    whole model store. Streams in flight are capped per device and in total
-    (:class:`StreamSlots`, RESOURCE_EXHAUSTED over a cap).
+    would roll back to): PermissionDenied otherwise, so a credential is not a key to the
+    whole model store.
     """
-
-    def __init__(
-        self,
-        registry: Registry,
-        variants: VariantStore,
-        slots: StreamSlots,
-        rollouts: RolloutManager | None = None,
-        chunk_bytes: int = CHUNK_BYTES,
-        metrics: CoordinatorMetrics | None = None,
-    ) -> None:
-        if chunk_bytes <= 0:
-            raise ValueError("chunk_bytes must be > 0")
-        self._metrics = metrics  # counts refused authentications (edgefleet_auth_failures_total)
-        self._registry = registry
-        self._cache = ArchiveCache(variants)
-        self._slots = slots
-        self._rollouts = rollouts
-        self._chunk = chunk_bytes
-
-    async def _authorize(
-        self,
-        request: artifact_pb2.DownloadArtifactRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        record = await self._registry.authenticate_device(
-            request.device_id, bearer_token(context), peer_device_id(context)
+    record = await registry.authenticate_device(device_id, credential, peer_device_id)
+    if not _VARIANT_ID.match(variant_id):
+        raise InvalidArgument("variant_id", "must be a full 64-hex-digit variant id")
+    if offset < 0:
+        raise InvalidArgument("offset", "must be >= 0")
+    if variant_id != record.desired.variant and (
+        variant_id != await _rollback_target(rollouts, record)
+    ):
+        raise PermissionDenied(
+            f"device {record.id} may download only its desired variant "
+            f"({record.desired.variant[:12] or 'none assigned'}), "
+            f"not {variant_id[:12]}"
         )
-        if not _VARIANT_ID.match(request.variant_id):
-            raise InvalidArgument("variant_id", "must be a full 64-hex-digit variant id")
-        if request.offset < 0:
-            raise InvalidArgument("offset", "must be >= 0")
-        if request.variant_id != record.desired.variant and (
-            request.variant_id != await self._rollback_target(record)
-        ):
-            raise PermissionDenied(
-                f"device {record.id} may download only its desired variant "
-                f"({record.desired.variant[:12] or 'none assigned'}), "
-                f"not {request.variant_id[:12]}"
-            )
+    return record
 
-    async def _rollback_target(self, record: DeviceRecord) -> str:
-        """The variant the device goes back to if its current rollout is rolled back, or "".
 
-        Read only for a request that is not for the desired variant (rare for an agent,
-        which fetches nothing else), so a normal download costs no rollout read.
-        """
-        if self._rollouts is None or not record.desired.rollout:
-            return ""
-        try:
-            rollout = await self._rollouts.get(record.desired.rollout)
-        except CoordinatorError:  # gone: nothing to roll back to
-            return ""
-        for planned in rollout.devices:
-            if planned.device_id == record.id:
-                return planned.previous.variant
+async def _rollback_target(rollouts: RolloutManager | None, record: DeviceRecord) -> str:
+    """The variant the device goes back to if its current rollout is rolled back, or "".
+
+    Read only for a request that is not for the desired variant (rare for an agent,
+    which fetches nothing else), so a normal download costs no rollout read.
+    """
+    if rollouts is None or not record.desired.rollout:
         return ""
-
-    async def DownloadArtifact(
-        self,
-        request: artifact_pb2.DownloadArtifactRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
-        await _guard(context, lambda: self._authorize(request, context), self._metrics)
-        try:
-            with self._slots.hold(request.device_id):
-                archive = await _guard(context, lambda: self._cache.get(request.variant_id))
-                chunks = self._stream(archive, request.offset, context)
-                async with contextlib.aclosing(chunks):  # the archive closes with the call
-                    async for chunk in chunks:
-                        yield chunk
-        except StreamLimitError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-
-    async def _stream(
-        self,
-        archive: CachedArchive,
-        offset: int,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncGenerator[artifact_pb2.ArtifactChunk, None]:
-        if offset > archive.size:
-            await context.abort(
-                grpc.StatusCode.OUT_OF_RANGE,
-                f"offset {offset} is beyond the archive's {archive.size} bytes "
-                "(discard the partial download and start from 0)",
-            )
-        if offset == archive.size:
-            # Nothing left to send, but the client still learns size and hash to verify with.
-            yield artifact_pb2.ArtifactChunk(
-                offset=offset, data=b"", total_bytes=archive.size, archive_sha256=archive.sha256
-            )
-            return
-        # Local-disk reads of one chunk take microseconds; they are done inline rather than
-        # in a thread so the stream is not paced by thread hand-offs.
-        with archive.path.open("rb") as fh:
-            fh.seek(offset)
-            while offset < archive.size:
-                data = fh.read(min(self._chunk, archive.size - offset))
-                if not data:
-                    await context.abort(grpc.StatusCode.INTERNAL, "archive shrank while streaming")
-                yield artifact_pb2.ArtifactChunk(
-                    offset=offset,
-                    data=data,
-                    total_bytes=archive.size,
-                    archive_sha256=archive.sha256,
-                )
-                offset += len(data)
-
-
-def add_artifact_service(
-    server: grpc.aio.Server,
-    registry: Registry,
-    variants: VariantStore,
-    slots: StreamSlots,
-    rollouts: RolloutManager | None = None,
-    metrics: CoordinatorMetrics | None = None,
-) -> str:
-    """Serve ArtifactService on ``server``; return its full name (for health and reflection)."""
-    artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(
-        ArtifactServicer(registry, variants, slots, rollouts, metrics=metrics), server
-    )
-    return SERVICE_NAME
+    try:
+        rollout = await rollouts.get(record.desired.rollout)
+    except CoordinatorError:  # gone: nothing to roll back to
+        return ""
+    for planned in rollout.devices:
+        if planned.device_id == record.id:
+            return planned.previous.variant
+    return ""

@@ -1,8 +1,8 @@
 """Errors of the coordinator's core logic, each mapping to one gRPC status code.
 
-Core logic raises these with a message meant for the caller; the servicers
-translate them (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE) at
-the edge.
+Core logic raises these with a message meant for the caller; the gRPC API
+(``edgefleet.coordinator.api.guard``) translates them (UNAUTHENTICATED, PERMISSION_DENIED,
+INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE) at the edge.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The device registry: enrolment, heartbeats, liveness and fleet views.
 
 Core logic only: it takes and returns plain objects, raises ``edgefleet.coordinator.errors``
-and reaches state through ``FleetStore``, so it can be tested without gRPC.
+and reaches state through ``FleetStore``, so it can be tested without gRPC. The bounds on
+what a device sends (fields, labels, telemetry batches) are ``coordinator.validation``'s.
 
 Liveness is derived, not stored: a device is ``online`` while its last heartbeat
 is younger than ``offline_after`` and its last report was not a clean shutdown.
@@ -12,8 +13,6 @@ status to be right, and a coordinator restart cannot leave a stale status.
 from __future__ import annotations
 
 import bisect
-import math
-import re
 import time
 import uuid
 from collections import Counter
@@ -30,14 +29,13 @@ from edgefleet.coordinator.errors import (
 from edgefleet.coordinator.state.model import Desired, DeviceRecord, TelemetryIn, TelemetryOutcome
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens, new_secret, secrets_match, sha256_hex
-from edgefleet.limits import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
-    MAX_UPTIME_SECONDS,
-    finite_problem,
-    int_problem,
-    shown_id,
+from edgefleet.coordinator.validation import (
+    validate_device_id,
+    validate_heartbeat,
+    validate_registration,
+    validate_telemetry,
 )
+from edgefleet.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from edgefleet.pki import (
     MAX_CSR_BYTES,
     CertificateAuthority,
@@ -48,24 +46,10 @@ from edgefleet.pki import (
 )
 from edgefleet.profiles import DeviceProfile
 
-DEVICE_ID_RE = re.compile(r"^dev-[0-9a-f]{12}$")
-_INSTANCE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
-_LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62}[a-z0-9])?$")
-_MAX_LABELS = 32
-_MAX_LABEL_VALUE = 256
-_METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-MAX_TELEMETRY_BATCH = 500
-_MAX_TELEMETRY_LABELS = 8
-_MAX_EVENT_MESSAGE = 1024
-MAX_SAFE_TIME = 2.0**40  # unix seconds: year ~36812, far beyond any real clock
-
 
 class DeviceStatus(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
-
-
-AGENT_STATES = ("starting", "ready", "degraded", "stopping")
 
 
 @dataclass(frozen=True)
@@ -148,70 +132,6 @@ class FleetSummary:
     offline_after: float
 
 
-def validate_device_id(device_id: str, field: str = "device_id") -> None:
-    if not device_id:
-        raise InvalidArgument(field, "required")
-    if not DEVICE_ID_RE.match(device_id):
-        raise InvalidArgument(field, f"malformed id {shown_id(device_id)} (expected dev-<12 hex>)")
-
-
-def _check_int(field: str, value: int, low: int = 0) -> None:
-    problem = int_problem(value, low=low)
-    if problem:
-        raise InvalidArgument(field, problem)
-
-
-def _check_finite(field: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
-    problem = finite_problem(value, low=low, high=high)
-    if problem:
-        raise InvalidArgument(field, problem)
-
-
-def _validate_registration(reg: Registration) -> None:
-    if not _INSTANCE_KEY_RE.match(reg.instance_key):
-        raise InvalidArgument("instance_key", "must be 8-128 characters of [A-Za-z0-9_-]")
-    if not reg.name or len(reg.name) > 64 or not reg.name.isprintable():
-        raise InvalidArgument("name", "must be 1-64 printable characters")
-    if len(reg.agent_version) > 64:
-        raise InvalidArgument("agent_version", "longer than 64 characters")
-    mps = reg.benchmark_macs_per_second
-    if not math.isfinite(mps) or mps < 0 or mps > 1e16:
-        raise InvalidArgument("benchmark.macs_per_second", "must be a finite rate >= 0")
-    if len(reg.benchmark_method) > 128:
-        raise InvalidArgument("benchmark.method", "longer than 128 characters")
-    if len(reg.labels) > _MAX_LABELS:
-        raise InvalidArgument("labels", f"at most {_MAX_LABELS} labels")
-    for key, value in reg.labels.items():
-        if not _LABEL_KEY_RE.match(key):
-            raise InvalidArgument(f"labels[{key[:40]!r}]", "key must be lowercase [a-z0-9._/-]")
-        if len(value) > _MAX_LABEL_VALUE or not value.isprintable():
-            raise InvalidArgument(f"labels[{key}]", "value must be <= 256 printable characters")
-
-
-def _validate_telemetry(records: list[TelemetryIn]) -> None:
-    if len(records) > MAX_TELEMETRY_BATCH:
-        raise InvalidArgument("records", f"at most {MAX_TELEMETRY_BATCH} records per call")
-    previous = 0
-    for i, r in enumerate(records):
-        where = f"records[{i}]"
-        if r.sequence <= previous:
-            raise InvalidArgument(f"{where}.sequence", "must be > 0 and strictly ascending")
-        _check_int(f"{where}.sequence", r.sequence)
-        previous = r.sequence
-        if not _METRIC_NAME_RE.match(r.name):
-            raise InvalidArgument(f"{where}.name", "must match [a-z][a-z0-9_]{0,62}")
-        if r.value is not None:
-            _check_finite(f"{where}.value", r.value)
-        _check_finite(f"{where}.time_unix", r.time_unix, low=0, high=MAX_SAFE_TIME)
-        if len(r.message) > _MAX_EVENT_MESSAGE:
-            raise InvalidArgument(f"{where}.message", f"longer than {_MAX_EVENT_MESSAGE}")
-        if len(r.labels) > _MAX_TELEMETRY_LABELS:
-            raise InvalidArgument(f"{where}.labels", f"at most {_MAX_TELEMETRY_LABELS} labels")
-        for key, value in r.labels.items():
-            if not _LABEL_KEY_RE.match(key) or len(value) > _MAX_LABEL_VALUE:
-                raise InvalidArgument(f"{where}.labels", f"bad label {key[:40]!r}")
-
-
 class Registry:
     """Enrols devices, records heartbeats, and answers fleet queries."""
 
@@ -283,7 +203,7 @@ class Registry:
         is signed after the write, from a CSR already proven signable, with the
         serial the record already holds.
         """
-        _validate_registration(reg)
+        validate_registration(reg)
         csr = self._check_csr(csr_pem)
         spend = self._enroll_token_to_spend(enroll_token)
         now = self._clock()
@@ -354,15 +274,7 @@ class Registry:
         report: HeartbeatReport,
         peer_device_id: str | None = None,
     ) -> Desired:
-        if report.state not in AGENT_STATES:
-            raise InvalidArgument("state", f"must be one of {', '.join(AGENT_STATES)}")
-        _check_int("sequence", report.sequence)
-        _check_finite("uptime_seconds", report.uptime_seconds, low=0, high=MAX_UPTIME_SECONDS)
-        for name in ("active_variant", "previous_variant", "failed_variant"):
-            if len(getattr(report, name)) > 128:
-                raise InvalidArgument(name, "longer than 128 characters")
-        if len(report.failure_reason) > 1024:
-            raise InvalidArgument("failure_reason", "longer than 1024 characters")
+        validate_heartbeat(report)
         validate_device_id(device_id)
         self._check_peer(device_id, peer_device_id)
         if not credential:
@@ -400,7 +312,7 @@ class Registry:
         batch is ascending and deduplication is by high-water mark, so those
         are its last ``accepted`` records): only they may feed fleet metrics.
         """
-        _validate_telemetry(records)
+        validate_telemetry(records)
         record = await self.authenticate_device(device_id, credential, peer_device_id)
         outcome = await self._store.record_telemetry(device_id, records)
         if outcome is None:  # removed between the two calls

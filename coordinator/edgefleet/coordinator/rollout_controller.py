@@ -14,7 +14,7 @@ import logging
 import uuid
 
 from edgefleet.coordinator.errors import CoordinatorError
-from edgefleet.coordinator.rollouts import RolloutManager
+from edgefleet.coordinator.rollouts.manager import RolloutManager
 from edgefleet.coordinator.state.store import FleetStore
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from edgefleet.bundle import public_key_hex
-from edgefleet.coordinator.artifacts import add_artifact_service
+from edgefleet.coordinator.api.admin_service import AdminServicer
+from edgefleet.coordinator.api.artifact_service import add_artifact_service
+from edgefleet.coordinator.api.device_service import DeviceServicer
+from edgefleet.coordinator.api.metrics_interceptor import MetricsInterceptor
 from edgefleet.coordinator.datadir_lock import lock_data_dir
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
 from edgefleet.coordinator.errors import Unavailable
@@ -34,9 +37,7 @@ from edgefleet.coordinator.limits import Limits, StreamSlots, raise_fd_limit, se
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry, RegistrySettings
 from edgefleet.coordinator.rollout_controller import RolloutController
-from edgefleet.coordinator.rollouts import RolloutManager
-from edgefleet.coordinator.rpc_metrics import MetricsInterceptor
-from edgefleet.coordinator.servicers import AdminServicer, DeviceServicer
+from edgefleet.coordinator.rollouts.manager import RolloutManager
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.coordinator.variants import KnownVariants, model_variants

@@ -1,5 +1,4 @@
-"""Staged rollouts: deploy a model's best-fitting variants to a selection of devices,
-wave by wave, gated on reported health, rolling back automatically.
+"""The rollout manager: creates rollouts, answers queries, and advances them.
 
 Level-triggered, like a Kubernetes controller: the rollout document in Redis is
 the whole truth, and every ``tick`` (a) writes each device's desired state from
@@ -9,252 +8,47 @@ resumes on restart exactly where the document says, and a lost message is
 repaired by the next tick. Transitions are compare-and-set on a version, so two
 replicas never apply conflicting ones.
 
-States: ``running`` -> ``succeeded`` | ``rolled_back``; ``running`` <-> ``paused``;
-an operator can roll back a running or paused rollout at any time.
+An operator can pause, resume, or roll back a running or paused rollout at any time. What
+to deploy where is :mod:`.planning`; whether a device is healthy is :mod:`.gates`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
-from edgefleet.coordinator.latency import model_for_device
 from edgefleet.coordinator.metrics import CoordinatorMetrics
-from edgefleet.coordinator.registry import DEVICE_ID_RE
+from edgefleet.coordinator.rollouts.document import (
+    ACTIVE_STATES,
+    Rollout,
+    RolloutRequest,
+    SkippedDevice,
+)
+from edgefleet.coordinator.rollouts.gates import (
+    NO_TRAFFIC,
+    ROLLBACK_CAUSES,
+    DeviceHealth,
+    device_status,
+    metric_failure,
+    missing_evidence,
+    rollback_cause,
+)
+from edgefleet.coordinator.rollouts.planning import (
+    Explanation,
+    busy_rollout,
+    explain,
+    plan_devices,
+    selector_matches,
+    validate_selector,
+    wave_fractions,
+)
 from edgefleet.coordinator.state.model import Desired, DeviceRecord
 from edgefleet.coordinator.state.store import FleetStore
-from edgefleet.coordinator.variant_selection import Policy, Selection, VariantFacts, select
-from edgefleet.metric_names import call_overhead_metric, variant_inferences_metric
-
-STRATEGIES = ("all", "canary", "waves")
-ACTIVE_STATES = ("running", "paused")
-DEFAULT_WAVES = (0.05, 0.25, 1.0)
-DEFAULT_CANARY = 0.1
-#: Requests each device must have served with its new variant before its wave can pass.
-DEFAULT_MIN_INFERENCES = 20
-NO_TRAFFIC = "no traffic: cannot judge"
-SLO_LABEL = "latency-slo-ms"
-
-
-@dataclass(frozen=True)
-class Gate:
-    """When a wave counts as healthy, and when a rollout must roll back.
-
-    A device that reports no inferences reports no error rate, latency or accuracy either,
-    so without ``min_inferences`` every such gate would pass on no evidence. A wave whose
-    devices have served fewer requests with the new variant holds ("no traffic: cannot
-    judge") and, like a wave that never activates, rolls back when ``wave_timeout_seconds``
-    runs out: a variant nobody could judge is not left half-deployed. 0 turns it off.
-    """
-
-    soak_seconds: float = 30.0
-    max_failed_devices: int = 0  # activation failures tolerated per rollout
-    max_error_rate: float = 0.05  # reported inference_error_rate
-    max_latency_ratio: float = 3.0  # reported inference_latency_ms / predicted
-    min_accuracy: float = 0.0  # reported inference_accuracy (where labels exist)
-    wave_timeout_seconds: float = 600.0
-    min_inferences: int = DEFAULT_MIN_INFERENCES
-
-
-@dataclass(frozen=True)
-class PlannedDevice:
-    device_id: str
-    name: str
-    profile: str
-    wave: int
-    variant: str
-    recipe: str
-    runtime: str
-    variant_bytes: int
-    predicted_latency_ms: float
-    previous: Desired
-    #: What the device measured for the variant it served before (0: none). The prediction
-    #: above is calibrated by it, so the latency gate compares with the device's own baseline.
-    baseline_latency_ms: float = 0.0
-    #: The runtime's per-call overhead included in the prediction (0: not reported yet).
-    call_overhead_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class SkippedDevice:
-    device_id: str
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Rollout:
-    id: str
-    model: str
-    selector: str
-    strategy: str
-    waves: tuple[float, ...]
-    gate: Gate
-    devices: tuple[PlannedDevice, ...]
-    skipped: tuple[SkippedDevice, ...]
-    state: str = "running"
-    current_wave: int = 0
-    wave_started_at: float = 0.0
-    wave_healthy_since: float = 0.0
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    message: str = ""
-    version: int = 0
-
-    def in_applied_waves(self) -> list[PlannedDevice]:
-        return [d for d in self.devices if d.wave <= self.current_wave]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> Rollout:
-        d: dict[str, Any] = json.loads(text)
-        return cls(
-            id=d["id"],
-            model=d["model"],
-            selector=d["selector"],
-            strategy=d["strategy"],
-            waves=tuple(d["waves"]),
-            # a rollout stored before min_inferences existed keeps the gate it was created with
-            gate=Gate(**{"min_inferences": 0, **d["gate"]}),
-            devices=tuple(
-                PlannedDevice(**{**p, "previous": Desired(**p["previous"])}) for p in d["devices"]
-            ),
-            skipped=tuple(SkippedDevice(**s) for s in d["skipped"]),
-            state=d["state"],
-            current_wave=d["current_wave"],
-            wave_started_at=d["wave_started_at"],
-            wave_healthy_since=d["wave_healthy_since"],
-            created_at=d["created_at"],
-            updated_at=d["updated_at"],
-            message=d["message"],
-            version=d["version"],
-        )
-
-
-@dataclass(frozen=True)
-class RolloutRequest:
-    model: str
-    selector: str
-    strategy: str = "all"
-    waves: tuple[float, ...] = ()
-    canary_fraction: float = DEFAULT_CANARY
-    gate: Gate = field(default_factory=Gate)
-    policy: Policy = field(default_factory=Policy)
-
-
-# --- selectors ----------------------------------------------------------------------------
-
-
-def selector_matches(selector: str, record: DeviceRecord) -> bool:
-    """``all``, ``profile:NAME`` (or a bare profile name), ``label:KEY=VALUE``,
-    ``device:ID``; comma-separated terms match any of them."""
-    for raw in selector.split(","):
-        term = raw.strip()
-        kind, sep, value = term.partition(":")
-        if term == "all":
-            return True
-        if not sep:
-            kind, value = "profile", term
-        if kind == "profile" and record.profile.name == value:
-            return True
-        if kind == "device" and record.id == value:
-            return True
-        if kind == "label":
-            key, _, want = value.partition("=")
-            if record.labels.get(key) == want:
-                return True
-    return False
-
-
-def validate_selector(selector: str) -> None:
-    if not selector.strip():
-        raise InvalidArgument("selector", "required (e.g. all, profile:rpi4, label:site=lab)")
-    for raw in selector.split(","):
-        term = raw.strip()
-        kind, sep, value = term.partition(":")
-        if term == "all" or (not sep and term):
-            continue
-        if kind not in ("profile", "label", "device") or not value:
-            raise InvalidArgument("selector", f"bad term {term!r}")
-        if kind == "label" and "=" not in value:
-            raise InvalidArgument("selector", f"label terms are label:KEY=VALUE, got {term!r}")
-        if kind == "device" and not DEVICE_ID_RE.match(value):
-            raise InvalidArgument("selector", f"malformed device id in {term!r}")
-
-
-def wave_fractions(request: RolloutRequest) -> tuple[float, ...]:
-    if request.strategy not in STRATEGIES:
-        raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}")
-    if request.strategy == "all":
-        return (1.0,)
-    if request.strategy == "canary":
-        if not 0 < request.canary_fraction < 1:
-            raise InvalidArgument("canary_fraction", "must be between 0 and 1 (exclusive)")
-        return (request.canary_fraction, 1.0)
-    waves = request.waves or DEFAULT_WAVES
-    if any(not 0 < w <= 1 for w in waves) or list(waves) != sorted(set(waves)):
-        raise InvalidArgument("waves", "must be increasing fractions in (0, 1]")
-    return (*waves, 1.0) if waves[-1] < 1.0 else tuple(waves)
-
-
-def assign_waves(count: int, fractions: Sequence[float]) -> list[int]:
-    """Wave index of each of ``count`` ordered devices: wave i ends at ceil(f_i * count),
-    and every wave gets at least one device while devices remain."""
-    out: list[int] = []
-    for wave, fraction in enumerate(fractions):
-        end = max(len(out) + 1, math.ceil(fraction * count))
-        while len(out) < min(end, count):
-            out.append(wave)
-    return out
-
-
-def device_policy(record: DeviceRecord, policy: Policy) -> Policy:
-    """The deploy's policy, tightened by the device's own latency budget.
-
-    A device may carry a label ``latency-slo-ms`` (set with ``edgefleet-agent
-    --label latency-slo-ms=5``): the per-inference budget of the application it
-    serves. The stricter of it and the deploy's SLO applies.
-    """
-    raw = record.labels.get(SLO_LABEL)
-    if raw is None:
-        return policy
-    try:
-        own = float(raw)
-    except ValueError:
-        return policy
-    if not math.isfinite(own) or own <= 0:
-        return policy
-    slo = own if policy.latency_slo_ms is None else min(own, policy.latency_slo_ms)
-    return replace(policy, latency_slo_ms=slo)
-
-
-# --- the manager --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Explanation:
-    selection: Selection
-    device_macs_per_second: float
-    latency_correction: float
-    baseline_latency_ms: float = 0.0  # measured latency of the variant the device serves
-    call_overhead_ms: Mapping[str, float] = field(default_factory=dict)  # per runtime
-
-
-@dataclass
-class DeviceHealth:
-    device_id: str
-    activated: bool
-    failed: str = ""  # non-empty: why the device counts against the gate
-    unjudged: str = ""  # non-empty: activated, but too little traffic to judge it yet
+from edgefleet.coordinator.variant_selection import Policy, VariantFacts
 
 
 class RolloutManager:
@@ -296,16 +90,7 @@ class RolloutManager:
         self, record: DeviceRecord, variants: list[VariantFacts], policy: Policy
     ) -> Explanation:
         metrics = await self._store.latest_metrics(record.id)
-        known = {v.id: v for v in variants}
-        predictor = model_for_device(record, self._host_mps, known, metrics)
-        observed = metrics.get("inference_latency_ms", 0.0)
-        return Explanation(
-            select(record.profile, variants, predictor, device_policy(record, policy)),
-            predictor.device_macs_per_second,
-            predictor.correction,
-            observed if observed > 0 and record.active_variant in known else 0.0,
-            predictor.call_overhead_ms,
-        )
+        return explain(record, variants, policy, self._host_mps, metrics)
 
     async def get(self, rollout_id: str) -> Rollout:
         doc = await self._store.get_rollout(rollout_id)
@@ -356,46 +141,22 @@ class RolloutManager:
             raise FailedPrecondition(
                 f"no selected device can run any variant of {request.model!r}: {skipped[0].reason}"
             )
-
-        def order(item: tuple[DeviceRecord, Explanation]) -> str:  # stable, spread over profiles
-            return hashlib.sha256(f"{rollout_id}:{item[0].id}".encode()).hexdigest()
-
-        planned.sort(key=order)
-        waves = assign_waves(len(planned), fractions)
-        devices = []
-        for (record, explained), wave in zip(planned, waves, strict=True):
-            winner = explained.selection.winner
-            assert winner is not None and winner.runtime is not None
-            devices.append(
-                PlannedDevice(
-                    device_id=record.id,
-                    name=record.name,
-                    profile=record.profile.name,
-                    wave=wave,
-                    variant=winner.variant.id,
-                    recipe=winner.variant.recipe,
-                    runtime=winner.runtime,
-                    variant_bytes=winner.variant.bundle_bytes,
-                    predicted_latency_ms=winner.predicted_latency_ms or 0.0,
-                    previous=replace(record.desired, generation=0),
-                    baseline_latency_ms=explained.baseline_latency_ms,
-                    call_overhead_ms=explained.call_overhead_ms.get(winner.runtime, 0.0),
-                )
-            )
+        devices = plan_devices(rollout_id, planned, fractions)
+        last_wave = max(d.wave for d in devices)
         now = self._clock()
         rollout = Rollout(
             id=rollout_id,
             model=request.model,
             selector=request.selector,
             strategy=request.strategy,
-            waves=fractions[: max(waves) + 1],
+            waves=fractions[: last_wave + 1],
             gate=request.gate,
             devices=tuple(devices),
             skipped=tuple(skipped),
             wave_started_at=now,
             created_at=now,
             updated_at=now,
-            message=f"wave 1 of {max(waves) + 1}: {waves.count(0)} device(s)",
+            message=f"wave 1 of {last_wave + 1}: {sum(d.wave == 0 for d in devices)} device(s)",
         )
         refused = await self._store.create_rollout(
             rollout_id, rollout.to_json(), now, [d.device_id for d in devices]
@@ -523,8 +284,8 @@ class RolloutManager:
             unjudged = ""
             if not failed and activated:
                 metrics = await self._store.latest_metrics(device.device_id)
-                failed = _metric_failure(metrics, gate, device)
-                unjudged = _missing_evidence(metrics, gate, device.variant)
+                failed = metric_failure(metrics, gate, device)
+                unjudged = missing_evidence(metrics, gate, device.variant)
             out.append(DeviceHealth(device.device_id, activated, failed, unjudged))
         return out
 
@@ -597,77 +358,3 @@ class RolloutManager:
         if message == rollout.message and not rollout.wave_healthy_since:
             return None  # nothing changed: no write
         return self._transition(rollout, wave_healthy_since=0.0, message=message)
-
-
-def device_status(rollout: Rollout, device: PlannedDevice, health: DeviceHealth | None) -> str:
-    """waiting | pending | active | failed | rolled_back, as operators read it."""
-    if device.wave > rollout.current_wave:
-        return "waiting"
-    if rollout.state == "rolled_back":
-        return "rolled_back"
-    if health is None:
-        return "pending"
-    if health.failed:
-        return "failed"
-    return "active" if health.activated else "pending"
-
-
-_CAUSE_NEEDLES = (
-    ("by operator", "operator"),
-    ("activation failed", "activation"),
-    ("error rate", "error_rate"),
-    ("latency", "latency"),
-    ("accuracy", "accuracy"),
-    ("timed out", "timeout"),
-)
-ROLLBACK_CAUSES = tuple(cause for _, cause in _CAUSE_NEEDLES)
-
-
-def rollback_cause(message: str) -> str:
-    for needle, cause in _CAUSE_NEEDLES:
-        if needle in message:
-            return cause
-    return "other"
-
-
-def expected_latency_ms(metrics: dict[str, float], device: PlannedDevice) -> float:
-    """The planned prediction, plus the runtime's per-call overhead if the device reported it
-    only after the rollout was planned (agents measure it in the background at start)."""
-    reported = metrics.get(call_overhead_metric(device.runtime), 0.0)
-    if device.runtime == "mcu-sim" or not math.isfinite(reported):
-        return device.predicted_latency_ms
-    return device.predicted_latency_ms + max(0.0, reported - device.call_overhead_ms)
-
-
-def _metric_failure(metrics: dict[str, float], gate: Gate, device: PlannedDevice) -> str:
-    predicted_ms = expected_latency_ms(metrics, device)
-    error_rate = metrics.get("inference_error_rate")
-    if error_rate is not None and error_rate > gate.max_error_rate:
-        return f"error rate {error_rate:.1%} > {gate.max_error_rate:.1%}"
-    latency = metrics.get("inference_latency_ms")
-    if latency is not None and predicted_ms > 0 and latency / predicted_ms > gate.max_latency_ratio:
-        baseline = device.baseline_latency_ms
-        basis = f"; this device's baseline {baseline:.3g} ms" if baseline > 0 else ""
-        return (
-            f"latency {latency:.3g} ms is {latency / predicted_ms:.1f}x the predicted "
-            f"{predicted_ms:.3g} ms (limit {gate.max_latency_ratio:g}x{basis})"
-        )
-    accuracy = metrics.get("inference_accuracy")
-    if accuracy is not None and accuracy < gate.min_accuracy:
-        return f"accuracy {accuracy:.1%} < {gate.min_accuracy:.1%}"
-    return ""
-
-
-def _missing_evidence(metrics: dict[str, float], gate: Gate, variant: str) -> str:
-    """Why the device's traffic is too little to judge ``variant`` ("" when it is enough)."""
-    served = int(metrics.get(variant_inferences_metric(variant), 0.0))
-    if served >= gate.min_inferences:
-        return ""
-    return f"{served} of {gate.min_inferences} inferences served"
-
-
-def busy_rollout(device_id: str, rollouts: list[Rollout]) -> str:
-    for r in rollouts:
-        if r.state in ACTIVE_STATES and any(d.device_id == device_id for d in r.devices):
-            return r.id
-    return "?"

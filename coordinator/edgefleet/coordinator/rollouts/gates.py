@@ -1,0 +1,93 @@
+"""Rollout gates: whether a device in an applied wave is healthy, from what it reports.
+
+A device fails the gate when its activation failed, or when its reported error rate,
+latency (against the prediction the rollout was planned with, adjusted for the runtime's
+per-call overhead) or accuracy is out of bounds; it is *unjudged* while it has served too
+few requests with the new variant for any of those numbers to mean something. Pure
+functions of telemetry, so the manager only reads the store and applies the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgefleet.coordinator.rollouts.document import Gate, PlannedDevice, Rollout
+from edgefleet.metric_names import call_overhead_metric, variant_inferences_metric
+
+NO_TRAFFIC = "no traffic: cannot judge"
+
+
+@dataclass
+class DeviceHealth:
+    device_id: str
+    activated: bool
+    failed: str = ""  # non-empty: why the device counts against the gate
+    unjudged: str = ""  # non-empty: activated, but too little traffic to judge it yet
+
+
+def device_status(rollout: Rollout, device: PlannedDevice, health: DeviceHealth | None) -> str:
+    """waiting | pending | active | failed | rolled_back, as operators read it."""
+    if device.wave > rollout.current_wave:
+        return "waiting"
+    if rollout.state == "rolled_back":
+        return "rolled_back"
+    if health is None:
+        return "pending"
+    if health.failed:
+        return "failed"
+    return "active" if health.activated else "pending"
+
+
+_CAUSE_NEEDLES = (
+    ("by operator", "operator"),
+    ("activation failed", "activation"),
+    ("error rate", "error_rate"),
+    ("latency", "latency"),
+    ("accuracy", "accuracy"),
+    ("timed out", "timeout"),
+)
+ROLLBACK_CAUSES = tuple(cause for _, cause in _CAUSE_NEEDLES)
+
+
+def rollback_cause(message: str) -> str:
+    for needle, cause in _CAUSE_NEEDLES:
+        if needle in message:
+            return cause
+    return "other"
+
+
+def expected_latency_ms(metrics: dict[str, float], device: PlannedDevice) -> float:
+    """The planned prediction, plus the runtime's per-call overhead if the device reported it
+    only after the rollout was planned (agents measure it in the background at start)."""
+    reported = metrics.get(call_overhead_metric(device.runtime), 0.0)
+    if device.runtime == "mcu-sim" or not math.isfinite(reported):
+        return device.predicted_latency_ms
+    return device.predicted_latency_ms + max(0.0, reported - device.call_overhead_ms)
+
+
+def metric_failure(metrics: dict[str, float], gate: Gate, device: PlannedDevice) -> str:
+    predicted_ms = expected_latency_ms(metrics, device)
+    error_rate = metrics.get("inference_error_rate")
+    if error_rate is not None and error_rate > gate.max_error_rate:
+        return f"error rate {error_rate:.1%} > {gate.max_error_rate:.1%}"
+    latency = metrics.get("inference_latency_ms")
+    if latency is not None and predicted_ms > 0 and latency / predicted_ms > gate.max_latency_ratio:
+        baseline = device.baseline_latency_ms
+        basis = f"; this device's baseline {baseline:.3g} ms" if baseline > 0 else ""
+        return (
+            f"latency {latency:.3g} ms is {latency / predicted_ms:.1f}x the predicted "
+            f"{predicted_ms:.3g} ms (limit {gate.max_latency_ratio:g}x{basis})"
+        )
+    accuracy = metrics.get("inference_accuracy")
+    if accuracy is not None and accuracy < gate.min_accuracy:
+        return f"accuracy {accuracy:.1%} < {gate.min_accuracy:.1%}"
+    return ""
+
+
+def missing_evidence(metrics: dict[str, float], gate: Gate, variant: str) -> str:
+    """Why the device's traffic is too little to judge ``variant`` ("" when it is enough)."""
+    served = int(metrics.get(variant_inferences_metric(variant), 0.0))
+    if served >= gate.min_inferences:
+        return ""
+    return f"{served} of {gate.min_inferences} inferences served"

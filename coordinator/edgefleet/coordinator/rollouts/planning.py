@@ -1,0 +1,186 @@
+"""Planning a rollout: which devices, which variant each, and in which wave.
+
+Pure functions over device records and variant facts, no I/O: a selector picks devices,
+variant selection picks each device's best-fitting variant under the deploy's policy
+tightened by the device's own latency budget, and a stable per-rollout order spreads the
+devices over the waves. Kept apart from the manager so a plan can be read (and tested)
+without Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from edgefleet.coordinator.errors import InvalidArgument
+from edgefleet.coordinator.latency import model_for_device
+from edgefleet.coordinator.rollouts.document import (
+    ACTIVE_STATES,
+    DEFAULT_WAVES,
+    STRATEGIES,
+    PlannedDevice,
+    Rollout,
+    RolloutRequest,
+)
+from edgefleet.coordinator.state.model import DeviceRecord
+from edgefleet.coordinator.validation import DEVICE_ID_RE
+from edgefleet.coordinator.variant_selection import Policy, Selection, VariantFacts, select
+
+SLO_LABEL = "latency-slo-ms"
+
+
+def selector_matches(selector: str, record: DeviceRecord) -> bool:
+    """``all``, ``profile:NAME`` (or a bare profile name), ``label:KEY=VALUE``,
+    ``device:ID``; comma-separated terms match any of them."""
+    for raw in selector.split(","):
+        term = raw.strip()
+        kind, sep, value = term.partition(":")
+        if term == "all":
+            return True
+        if not sep:
+            kind, value = "profile", term
+        if kind == "profile" and record.profile.name == value:
+            return True
+        if kind == "device" and record.id == value:
+            return True
+        if kind == "label":
+            key, _, want = value.partition("=")
+            if record.labels.get(key) == want:
+                return True
+    return False
+
+
+def validate_selector(selector: str) -> None:
+    if not selector.strip():
+        raise InvalidArgument("selector", "required (e.g. all, profile:rpi4, label:site=lab)")
+    for raw in selector.split(","):
+        term = raw.strip()
+        kind, sep, value = term.partition(":")
+        if term == "all" or (not sep and term):
+            continue
+        if kind not in ("profile", "label", "device") or not value:
+            raise InvalidArgument("selector", f"bad term {term!r}")
+        if kind == "label" and "=" not in value:
+            raise InvalidArgument("selector", f"label terms are label:KEY=VALUE, got {term!r}")
+        if kind == "device" and not DEVICE_ID_RE.match(value):
+            raise InvalidArgument("selector", f"malformed device id in {term!r}")
+
+
+def wave_fractions(request: RolloutRequest) -> tuple[float, ...]:
+    if request.strategy not in STRATEGIES:
+        raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}")
+    if request.strategy == "all":
+        return (1.0,)
+    if request.strategy == "canary":
+        if not 0 < request.canary_fraction < 1:
+            raise InvalidArgument("canary_fraction", "must be between 0 and 1 (exclusive)")
+        return (request.canary_fraction, 1.0)
+    waves = request.waves or DEFAULT_WAVES
+    if any(not 0 < w <= 1 for w in waves) or list(waves) != sorted(set(waves)):
+        raise InvalidArgument("waves", "must be increasing fractions in (0, 1]")
+    return (*waves, 1.0) if waves[-1] < 1.0 else tuple(waves)
+
+
+def assign_waves(count: int, fractions: Sequence[float]) -> list[int]:
+    """Wave index of each of ``count`` ordered devices: wave i ends at ceil(f_i * count),
+    and every wave gets at least one device while devices remain."""
+    out: list[int] = []
+    for wave, fraction in enumerate(fractions):
+        end = max(len(out) + 1, math.ceil(fraction * count))
+        while len(out) < min(end, count):
+            out.append(wave)
+    return out
+
+
+def device_policy(record: DeviceRecord, policy: Policy) -> Policy:
+    """The deploy's policy, tightened by the device's own latency budget.
+
+    A device may carry a label ``latency-slo-ms`` (set with ``edgefleet-agent
+    --label latency-slo-ms=5``): the per-inference budget of the application it
+    serves. The stricter of it and the deploy's SLO applies.
+    """
+    raw = record.labels.get(SLO_LABEL)
+    if raw is None:
+        return policy
+    try:
+        own = float(raw)
+    except ValueError:
+        return policy
+    if not math.isfinite(own) or own <= 0:
+        return policy
+    slo = own if policy.latency_slo_ms is None else min(own, policy.latency_slo_ms)
+    return replace(policy, latency_slo_ms=slo)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    selection: Selection
+    device_macs_per_second: float
+    latency_correction: float
+    baseline_latency_ms: float = 0.0  # measured latency of the variant the device serves
+    call_overhead_ms: Mapping[str, float] = field(default_factory=dict)  # per runtime
+
+
+def explain(
+    record: DeviceRecord,
+    variants: list[VariantFacts],
+    policy: Policy,
+    host_macs_per_second: float,
+    metrics: dict[str, float],
+) -> Explanation:
+    """The variant selection for one device, given the metrics it last reported."""
+    known = {v.id: v for v in variants}
+    predictor = model_for_device(record, host_macs_per_second, known, metrics)
+    observed = metrics.get("inference_latency_ms", 0.0)
+    return Explanation(
+        select(record.profile, variants, predictor, device_policy(record, policy)),
+        predictor.device_macs_per_second,
+        predictor.correction,
+        observed if observed > 0 and record.active_variant in known else 0.0,
+        predictor.call_overhead_ms,
+    )
+
+
+def plan_devices(
+    rollout_id: str,
+    chosen: list[tuple[DeviceRecord, Explanation]],
+    fractions: Sequence[float],
+) -> list[PlannedDevice]:
+    """Each device with a winning variant, in a stable order spread over profiles, placed
+    in its wave."""
+
+    def order(item: tuple[DeviceRecord, Explanation]) -> str:  # stable, spread over profiles
+        return hashlib.sha256(f"{rollout_id}:{item[0].id}".encode()).hexdigest()
+
+    ordered = sorted(chosen, key=order)
+    waves = assign_waves(len(ordered), fractions)
+    devices = []
+    for (record, explained), wave in zip(ordered, waves, strict=True):
+        winner = explained.selection.winner
+        assert winner is not None and winner.runtime is not None
+        devices.append(
+            PlannedDevice(
+                device_id=record.id,
+                name=record.name,
+                profile=record.profile.name,
+                wave=wave,
+                variant=winner.variant.id,
+                recipe=winner.variant.recipe,
+                runtime=winner.runtime,
+                variant_bytes=winner.variant.bundle_bytes,
+                predicted_latency_ms=winner.predicted_latency_ms or 0.0,
+                previous=replace(record.desired, generation=0),
+                baseline_latency_ms=explained.baseline_latency_ms,
+                call_overhead_ms=explained.call_overhead_ms.get(winner.runtime, 0.0),
+            )
+        )
+    return devices
+
+
+def busy_rollout(device_id: str, rollouts: list[Rollout]) -> str:
+    for r in rollouts:
+        if r.state in ACTIVE_STATES and any(d.device_id == device_id for d in r.devices):
+            return r.id
+    return "?"
