@@ -23,11 +23,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgefleet.mcu_format import ACTIVATION_DTYPE, LAYOUT, MCU_FORMAT, MCU_FORMAT_VERSION
 from edgefleet.modelops.onnx_export import static_shapes
 
 __all__ = ["MCU_FORMAT", "McuExport", "McuExportError", "export_mcu", "quantize_multiplier"]
 
-MCU_FORMAT = "edgefleet-mcu"
 _SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
@@ -154,7 +154,12 @@ def export_mcu(model: onnx.ModelProto) -> McuExport:
             shape = g.shapes.get(float_name) or g.shapes.get(qname)
             if shape is None:
                 raise McuExportError(f"unknown shape for {float_name!r}")
-            tensors[qname] = {"shape": shape, "scale": scale, "zero_point": zp, "dtype": "int8"}
+            tensors[qname] = {
+                "shape": shape,
+                "scale": scale,
+                "zero_point": zp,
+                "dtype": ACTIVATION_DTYPE,
+            }
         return qname
 
     graph_input = model.graph.input[0].name
@@ -189,8 +194,8 @@ def export_mcu(model: onnx.ModelProto) -> McuExport:
         raise McuExportError("graph output is not dequantised from an int8 tensor")
     out.graph = {
         "format": MCU_FORMAT,
-        "version": 1,
-        "layout": "NCHW",
+        "version": MCU_FORMAT_VERSION,
+        "layout": LAYOUT,
         "input": input_q,
         "output": tensor(dq.input[0]),
         "tensors": tensors,
