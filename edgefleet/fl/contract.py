@@ -182,7 +182,7 @@ class NodeFacts:
         )
 
     def selection_view(self) -> dict[str, Any]:
-        """The selection vocabulary (:mod:`edgefleet.flower.participants` fields)."""
+        """The selection vocabulary (:mod:`edgefleet.selectors` fields)."""
         return {
             "device": self.device,
             "profile": self.profile,

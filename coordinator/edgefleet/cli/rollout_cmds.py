@@ -27,6 +27,7 @@ from edgefleet.cli.common import (
 from edgefleet.cli.completion import DEPLOY_STRATEGIES, complete_models
 from edgefleet.client import render
 from edgefleet.client.render import rollout_to_dict
+from edgefleet.selectors import EXAMPLES, ROLLOUT_FIELDS, SelectionError, parse_selection
 from edgefleet.v1 import admin_pb2
 
 rollout_app = typer.Typer(help="Watch and steer rollouts.", no_args_is_help=True)
@@ -79,6 +80,17 @@ def _canary_fraction(percent: float) -> float:
     return percent / 100
 
 
+def _check_to(value: str) -> str:
+    """``--to`` is a selector (edgefleet.selectors): a bad one is a usage error, before any RPC."""
+    if not value.strip():
+        raise usage_error(f"--to needs a selector ({EXAMPLES})")
+    try:
+        parse_selection(value, ROLLOUT_FIELDS)
+    except SelectionError as exc:
+        raise usage_error(f"--to: {exc}") from None
+    return value
+
+
 def deploy(
     model: Annotated[
         str, typer.Argument(help="model name (edgefleet models ls)", autocompletion=complete_models)
@@ -86,7 +98,10 @@ def deploy(
     to: Annotated[
         str,
         typer.Option(
-            "--to", help="devices: all | profile:NAME | label:KEY=VALUE | device:ID (comma = or)"
+            "--to",
+            help="devices: all | profile:NAME | label:KEY=VALUE | device:ID (comma = or), or an "
+            "expression such as 'ram>=512MiB and labels.site=lab' (README: Selecting devices)",
+            callback=_check_to,
         ),
     ] = "all",
     strategy: Annotated[

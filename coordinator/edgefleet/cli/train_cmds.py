@@ -209,7 +209,14 @@ def start(
         str, typer.Option(click_type=click.Choice(FL_STRATEGIES), help="aggregation")
     ] = "fedavg",
     min_devices: Annotated[int, typer.Option("--min-devices", min=1)] = 2,
-    select: Annotated[str, typer.Option("--select", help="e.g. 'battery>30 and ram>=512MiB'")] = "",
+    select: Annotated[
+        str,
+        typer.Option(
+            "--select",
+            metavar="SELECTOR",
+            help="which devices train, e.g. 'battery>30 and ram>=512MiB' or profile:rpi4",
+        ),
+    ] = "",
     init: Annotated[Path | None, typer.Option(help="initial weights (.npz)")] = None,
     superlink: Annotated[
         str,
@@ -260,7 +267,10 @@ def start(
     deploy: Annotated[
         str,
         typer.Option(
-            "--deploy", metavar="SELECTOR", help="roll the result out, e.g. all | profile:rpi4"
+            "--deploy",
+            metavar="SELECTOR",
+            help="roll the result out to these devices (the --select language), e.g. all | "
+            "profile:rpi4 | 'ram>=1GiB and labels.site=lab'",
         ),
     ] = "",
     deploy_strategy: Annotated[

@@ -122,7 +122,7 @@ def validate(o: StartOptions) -> RunPlan:
     Usage errors (exit 2) come first, before the variant store is even read; then what needs
     the store or the coordinator's record (exit 1).
     """
-    from edgefleet.flower.participants import parse_selection
+    from edgefleet.selectors import ROLLOUT_FIELDS, parse_selection
 
     _check_numbers(
         lr=(o.lr, 0.0, False),
@@ -140,6 +140,10 @@ def validate(o: StartOptions) -> RunPlan:
         parse_selection(o.select)  # a bad expression fails here, before anything starts
     except ValueError as exc:
         raise usage_error(str(exc)) from None
+    try:  # so does a bad --deploy selector (the same language), not after the training
+        parse_selection(o.deploy, ROLLOUT_FIELDS)
+    except ValueError as exc:
+        raise usage_error(f"--deploy: {exc}") from None
     if o.rebuild and o.model in MODELS:
         raise usage_error(
             f"--rebuild re-runs the recipes of a registered model's variants; {o.model!r} is an "

@@ -41,9 +41,9 @@ from edgefleet.coordinator.rollouts.planning import (
     Explanation,
     busy_rollout,
     explain,
+    parse_selector,
     plan_devices,
     selector_matches,
-    validate_selector,
     wave_fractions,
 )
 from edgefleet.coordinator.state.model import Desired, DeviceRecord
@@ -109,13 +109,13 @@ class RolloutManager:
     # creation ---------------------------------------------------------------------------
 
     async def create(self, request: RolloutRequest) -> Rollout:
-        validate_selector(request.selector)
+        selector = parse_selector(request.selector)  # parsed once, matched per device
         fractions = wave_fractions(request)
         variants = self._model_variants(request.model)
         if not variants:
             raise FailedPrecondition(f"model {request.model!r} has no variants to deploy")
         records = await self._store.get_many(await self._store.list_ids())
-        matched = [r for r in records if selector_matches(request.selector, r)]
+        matched = [r for r in records if selector_matches(selector, r)]
         if not matched:
             raise FailedPrecondition(f"selector {request.selector!r} matches no device")
         # A quick refusal with a count; not atomic, so the store's claim at the end decides

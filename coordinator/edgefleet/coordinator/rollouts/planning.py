@@ -13,6 +13,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from edgefleet.coordinator.errors import InvalidArgument
 from edgefleet.coordinator.latency import model_for_device
@@ -27,45 +28,46 @@ from edgefleet.coordinator.rollouts.document import (
 from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.coordinator.validation import DEVICE_ID_RE
 from edgefleet.coordinator.variant_selection import Policy, Selection, VariantFacts, select
+from edgefleet.selectors import EXAMPLES, ROLLOUT_FIELDS, SelectionError, parse_selection
+from edgefleet.selectors import Selection as Selector
 
 SLO_LABEL = "latency-slo-ms"
 
 
-def selector_matches(selector: str, record: DeviceRecord) -> bool:
-    """``all``, ``profile:NAME`` (or a bare profile name), ``label:KEY=VALUE``,
-    ``device:ID``; comma-separated terms match any of them."""
-    for raw in selector.split(","):
-        term = raw.strip()
-        kind, sep, value = term.partition(":")
-        if term == "all":
-            return True
-        if not sep:
-            kind, value = "profile", term
-        if kind == "profile" and record.profile.name == value:
-            return True
-        if kind == "device" and record.id == value:
-            return True
-        if kind == "label":
-            key, _, want = value.partition("=")
-            if record.labels.get(key) == want:
-                return True
-    return False
+def device_facts(record: DeviceRecord) -> dict[str, Any]:
+    """What a rollout selector (:mod:`edgefleet.selectors`) sees of a device record."""
+    return {
+        "device": record.id,
+        "profile": record.profile.name,
+        "ram": float(record.profile.ram_bytes),
+        "runtime": tuple(record.profile.runtimes),  # any of them
+        "labels": dict(record.labels),
+    }
+
+
+def parse_selector(selector: str) -> Selector:
+    """Parse a rollout's selector (``all``, ``profile:rpi4``, ``label:site=lab``,
+    ``device:ID``, ``ram>=1GiB and labels.site=lab``...) or raise InvalidArgument (one line)."""
+    if not selector.strip():
+        raise InvalidArgument("selector", f"required ({EXAMPLES})")
+    try:
+        parsed = parse_selection(selector, ROLLOUT_FIELDS)
+    except SelectionError as exc:
+        raise InvalidArgument("selector", str(exc)) from None
+    for cond in parsed.predicate.conditions():
+        if cond.field == "device" and not DEVICE_ID_RE.match(str(cond.value)):
+            raise InvalidArgument("selector", f"malformed device id {cond.value!r} in {selector!r}")
+    return parsed
+
+
+def selector_matches(selector: str | Selector, record: DeviceRecord) -> bool:
+    """Whether ``record`` is selected (a string is parsed first; see :func:`parse_selector`)."""
+    parsed = parse_selector(selector) if isinstance(selector, str) else selector
+    return parsed.matches(device_facts(record))
 
 
 def validate_selector(selector: str) -> None:
-    if not selector.strip():
-        raise InvalidArgument("selector", "required (e.g. all, profile:rpi4, label:site=lab)")
-    for raw in selector.split(","):
-        term = raw.strip()
-        kind, sep, value = term.partition(":")
-        if term == "all" or (not sep and term):
-            continue
-        if kind not in ("profile", "label", "device") or not value:
-            raise InvalidArgument("selector", f"bad term {term!r}")
-        if kind == "label" and "=" not in value:
-            raise InvalidArgument("selector", f"label terms are label:KEY=VALUE, got {term!r}")
-        if kind == "device" and not DEVICE_ID_RE.match(value):
-            raise InvalidArgument("selector", f"malformed device id in {term!r}")
+    parse_selector(selector)
 
 
 def wave_fractions(request: RolloutRequest) -> tuple[float, ...]:
