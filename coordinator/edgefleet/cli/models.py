@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli.completion import DATASETS, complete_models, complete_recipes
+from edgefleet.cli.completion import complete_models, complete_recipes
 from edgefleet.client.jsonout import print_json
 
 __all__ = ["models_app"]
@@ -126,9 +125,16 @@ def add(
     dataset: Annotated[
         str,
         typer.Option(
-            help="training/validation/test data (offline)", click_type=click.Choice(DATASETS)
+            help="digits, or your data: an .npz (x, y[, split, groups]) or a folder "
+            "DIR/<label>/*.wav|png|jpg",
         ),
     ] = "digits",
+    sample_rate: Annotated[int, typer.Option(help="audio folders: sample rate, Hz")] = 16000,
+    window: Annotated[float, typer.Option(help="audio folders: window length, s")] = 1.0,
+    image_size: Annotated[
+        str, typer.Option(help="image folders: HxW every image is resized to")
+    ] = "32x32",
+    image_mode: Annotated[str, typer.Option(help="image folders: L (grayscale) or RGB")] = "L",
     width: Annotated[float, typer.Option(help="width multiplier of zoo architectures")] = 1.0,
     epochs: Annotated[int, typer.Option(help="training epochs for the base model")] = 30,
     checkpoint: Annotated[
@@ -143,13 +149,24 @@ def add(
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or load) a base model and register it with its measured fp32 variant."""
-    from edgefleet.modelops.build import BuildOptions, register_model
-    from edgefleet.modelops.data import load_dataset
+    from edgefleet.modelops.build import BuildOptions, check_model_fits, register_model
+    from edgefleet.modelops.data import DatasetError, load_dataset
     from edgefleet.modelops.measure import LatencyConfig
-    from edgefleet.variant_store import StoreError
+    from edgefleet.variant_store import StoreError, resolve_data_dir
     from edgefleet.zoo import ArchitectureError, ArchitectureSpec
 
-    data = load_dataset(dataset)
+    try:
+        h, w = (int(v) for v in image_size.lower().split("x"))
+    except ValueError as exc:
+        raise DatasetError(f"--image-size {image_size!r}: use HxW, e.g. 32x32") from exc
+    data = load_dataset(
+        dataset,
+        resolve_data_dir(data_dir),
+        rate=sample_rate,
+        window_s=window,
+        size=(h, w),
+        mode=image_mode,
+    )
     if arch == "custom":
         if not import_path:
             raise ArchitectureError("--arch custom needs --import-path package.module:Factory")
@@ -164,6 +181,8 @@ def add(
         spec = ArchitectureSpec.zoo(
             arch, width=width, num_classes=data.num_classes, input_shape=data.input_shape
         )
+    if checkpoint is None:  # with a checkpoint, register_model checks the loaded model
+        check_model_fits(None, spec, data)
     if epochs < 1 and checkpoint is None:
         raise ArchitectureError("--epochs must be at least 1")
     store = _store(data_dir)
@@ -176,7 +195,7 @@ def add(
             store,
             name,
             spec,
-            dataset,
+            data,
             epochs=epochs,
             checkpoint=checkpoint,
             options=options,

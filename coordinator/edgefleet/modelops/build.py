@@ -25,7 +25,7 @@ from torch import nn
 
 import edgefleet.version
 from edgefleet.bundle import Bundle
-from edgefleet.modelops.data import Dataset, load_dataset
+from edgefleet.modelops.data import Dataset, DatasetError, load_dataset, store_dataset
 from edgefleet.modelops.mcu import McuExportError, export_mcu
 from edgefleet.modelops.measure import (
     LatencyConfig,
@@ -181,6 +181,8 @@ def make_variant(
         "recipe_label": recipe.label,
         "precision": precision,
         "input": data.input_spec(),
+        # the data's hash and which rows were the test split: every variant of a model the same
+        "dataset": data.info,
         "output": {"name": "logits", "shape": [1, data.num_classes], "dtype": "float32"},
         "runtimes": runtimes,
         "metrics": metrics,
@@ -196,18 +198,45 @@ def _numpy_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
     return save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
 
 
+def check_model_fits(model: nn.Module | None, spec: ArchitectureSpec, data: Dataset) -> None:
+    """One row of the dataset through the model: it must run and give one logit per class.
+
+    ``model`` ``None`` builds a fresh one from ``spec`` (a check before any training or export).
+    """
+    if model is None:
+        model = build_model(spec)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(data.x_val[:1]))
+    except Exception as exc:  # any shape error the layers raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(
+            f"{spec.name} does not take dataset {data.name} input {data.input_shape}: {first}"
+        ) from exc
+    if tuple(out.shape) != (1, data.num_classes):
+        raise DatasetError(
+            f"{spec.name} gives outputs {tuple(out.shape[1:])} but dataset {data.name} has "
+            f"{data.num_classes} classes"
+        )
+
+
 def register_model(
     store: VariantStore,
     name: str,
     spec: ArchitectureSpec,
-    dataset: str,
+    dataset: str | Dataset,
     *,
     epochs: int = 30,
     checkpoint: Path | None = None,
     options: BuildOptions | None = None,
     progress: Progress = _noop,
 ) -> ModelEntry:
-    """Train (or load from ``checkpoint``) a base model and store it as the ``fp32`` variant."""
+    """Train (or load from ``checkpoint``) a base model and store it as the ``fp32`` variant.
+
+    ``dataset`` is a built-in name, a path to the user's data, or an already loaded
+    :class:`Dataset`; user data is kept in the data dir (with its split) once the model is in.
+    """
     options = options or BuildOptions()
     if not name or "/" in name or name.startswith("."):
         raise StoreError(f"illegal model name {name!r}")
@@ -217,10 +246,11 @@ def register_model(
         pass
     else:
         raise StoreError(f"model {name!r} already exists")
-    data = load_dataset(dataset)
+    data = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, store.root)
     if tuple(spec.input_shape) != data.input_shape:
-        raise StoreError(
-            f"architecture input {spec.input_shape} != dataset input {data.input_shape}"
+        raise DatasetError(
+            f"{spec.name}: architecture input {spec.input_shape} != "
+            f"dataset {data.name} input {data.input_shape}"
         )
     torch.manual_seed(options.seed)
     model = build_model(spec)
@@ -228,7 +258,8 @@ def register_model(
         progress("fp32", "load")
         load_state_dict_strict(model, load_checkpoint(checkpoint))
         source: dict[str, Any] = {"checkpoint": str(checkpoint)}
-    else:
+    check_model_fits(model, spec, data)
+    if checkpoint is None:
         progress("fp32", "train")
         config = TrainConfig(epochs=epochs, seed=options.seed)
         train(model, data, config)
@@ -238,7 +269,8 @@ def register_model(
     body["parent"] = None
     progress("fp32", "sign")
     variant_id = store.put(body, files)
-    entry = ModelEntry(name, spec.to_json(), dataset, variant_id, [variant_id], source)
+    store_dataset(data, store.root)
+    entry = ModelEntry(name, spec.to_json(), data.name, variant_id, [variant_id], source)
     store.add_model(entry)
     progress("fp32", "done")
     return entry
@@ -259,7 +291,7 @@ def build_variants(
     base_bundle = store.load(entry.base)
     base = load_torch_model(base_bundle)
     base_spec = ArchitectureSpec.from_json(base_bundle.manifest["architecture"])
-    data = load_dataset(entry.dataset)
+    data = load_dataset(entry.dataset, store.root)
     base_acc = evaluate(base, data.x_test, data.y_test)
     cache: dict[str, tuple[nn.Module, ArchitectureSpec]] = {"": (base, base_spec)}
     ids = []
