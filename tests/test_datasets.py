@@ -335,3 +335,20 @@ def test_the_package_is_light_numpy_only_at_import() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_dataset_completion_offers_builtins_kept_copies_and_npz_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgefleet.cli.completion import complete_datasets
+
+    (tmp_path / "data" / "datasets").mkdir(parents=True)
+    (tmp_path / "data" / "datasets" / "sensors-0123456789ab.npz").write_bytes(b"")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "kws.npz").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    monkeypatch.setenv("EDGEFLEET_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert complete_datasets("") == ["data/", "digits", "runs/", "sensors-0123456789ab"]
+    assert complete_datasets("runs/") == ["runs/kws.npz"]
+    assert complete_datasets("se") == ["sensors-0123456789ab"]

@@ -9,10 +9,12 @@ data dir completes nothing rather than printing a traceback into the prompt. Clo
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "DATASETS",
     "DEPLOY_STRATEGIES",
+    "complete_datasets",
     "complete_models",
     "complete_profile",
     "complete_profiles",
@@ -21,7 +23,8 @@ __all__ = [
 
 #: ``edgefleet deploy --strategy`` (coordinator/edgefleet/coordinator/rollouts/document.py STRATEGIES)
 DEPLOY_STRATEGIES = ("all", "canary", "waves")
-#: datasets ``models add --dataset`` can load offline (coordinator/edgefleet/modelops/data.py)
+#: built-in datasets of ``models add --dataset`` (coordinator/edgefleet/modelops/data.py); any
+#: other value is a path to the user's data (edgefleet.datasets)
 DATASETS = ("digits",)
 
 
@@ -44,6 +47,23 @@ def complete_models(incomplete: str) -> list[str]:
     except Exception:  # completion must never break the shell
         return []
     return _matching("", incomplete, names)
+
+
+def complete_datasets(incomplete: str) -> list[str]:
+    """Built-in datasets, user data kept in the data dir, and ``.npz`` files or folders here."""
+    try:
+        from edgefleet.variant_store import resolve_data_dir
+
+        stored = [p.stem for p in (resolve_data_dir(None) / "datasets").glob("*.npz")]
+        here = Path(incomplete) if incomplete.endswith("/") else Path(incomplete).parent
+        local = [
+            str(p) + ("/" if p.is_dir() else "")
+            for p in here.iterdir()
+            if (p.is_dir() or p.suffix == ".npz") and not p.name.startswith(".")
+        ]
+    except Exception:  # completion must never break the shell
+        return list(_matching("", incomplete, DATASETS))
+    return _matching("", incomplete, [*DATASETS, *stored, *local])
 
 
 def _profile_names() -> list[str]:

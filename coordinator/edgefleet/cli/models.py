@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli.completion import complete_models, complete_recipes
+from edgefleet.cli.completion import complete_datasets, complete_models, complete_recipes
 from edgefleet.client.jsonout import print_json
 
 __all__ = ["models_app"]
@@ -127,6 +127,7 @@ def add(
         typer.Option(
             help="digits, or your data: an .npz (x, y[, split, groups]) or a folder "
             "DIR/<label>/*.wav|png|jpg",
+            autocompletion=complete_datasets,
         ),
     ] = "digits",
     sample_rate: Annotated[int, typer.Option(help="audio folders: sample rate, Hz")] = 16000,
