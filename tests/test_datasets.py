@@ -118,6 +118,10 @@ def test_audio_loader_cuts_one_second_windows_and_groups_by_recording(tmp_path: 
         and len({s for s in ("train", "val", "test") for r in two if r in getattr(d, s)}) == 1
     )
     assert np.abs(d.x).max() < 1.0
+    assert d.input_scale == 1.0 / 32768.0
+    save_npz(d, tmp_path / "kept.npz")
+    kept = load_npz(tmp_path / "kept.npz")
+    assert kept.input_scale == d.input_scale and kept.source == d.source
     short = load_audio_dir(root, rate=16000, window_s=0.25)
     assert short.input_shape == (1, 1, 4000)
     assert load_path(root).sha256 == d.sha256
@@ -131,7 +135,7 @@ def test_image_loader_resizes_grayscale_or_rgb(tmp_path: Path) -> None:
         _image(root / label / "x.jpg", value)
     gray = load_image_dir(root, size=(8, 6))
     assert gray.input_shape == (1, 8, 6) and gray.classes == ("cat", "dog") and len(gray.y) == 8
-    assert gray.x.min() >= 0.0 and gray.x.max() <= 1.0
+    assert gray.x.min() >= 0.0 and gray.x.max() <= 1.0 and gray.input_scale == 1.0 / 255.0
     rgb = load_path(root, size=(4, 4), mode="RGB")
     assert rgb.input_shape == (3, 4, 4)
 

@@ -31,7 +31,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def load_npz(path: Path, name: str | None = None) -> Dataset:
     """``x`` (N, ...) numeric, ``y`` (N,) integer; optional ``split``, ``groups``, ``classes``
-    (label names, indexed by ``y``) and ``source`` (where a :func:`save_npz` copy came from)."""
+    (label names, indexed by ``y``), ``source`` (where a :func:`save_npz` copy came from) and
+    ``input_scale`` (what a device multiplies raw values by to get ``x``; default 1)."""
     where = path.name
     try:
         with path.open("rb") as f:
@@ -48,7 +49,9 @@ def load_npz(path: Path, name: str | None = None) -> Dataset:
                     has = ", ".join(sorted(keys)) or "nothing"
                     raise DatasetError(f"{where}: missing array {key!r} (has: {has})")
             arrays: dict[str, npt.NDArray[Any]] = {
-                k: z[k] for k in ("x", "y", "split", "groups", "classes", "source") if k in keys
+                k: z[k]
+                for k in ("x", "y", "split", "groups", "classes", "source", "input_scale")
+                if k in keys
             }
     except DatasetError:
         raise
@@ -70,6 +73,7 @@ def load_npz(path: Path, name: str | None = None) -> Dataset:
         classes=None if classes is None else [str(c) for c in classes.tolist()],
         groups=arrays.get("groups"),
         split=arrays.get("split"),
+        input_scale=float(arrays.get("input_scale", 1.0)),
         where=where,
     )
 
@@ -134,6 +138,7 @@ def load_audio_dir(
         np.asarray(ys, dtype=np.int64),
         classes=[label for label, _ in labels],
         groups=np.asarray(groups),
+        input_scale=1.0 / 32768.0,  # a device feeds int16 samples times this
         where=root.name,
     )
 
@@ -173,6 +178,7 @@ def load_image_dir(
         np.stack(xs),
         np.asarray(ys, dtype=np.int64),
         classes=[label for label, _ in labels],
+        input_scale=1.0 / 255.0,  # a device feeds 8-bit pixels times this
         where=root.name,
     )
 
@@ -209,6 +215,7 @@ def save_npz(data: Dataset, path: Path) -> None:
         "classes": np.asarray(data.classes),
         "split": data.split_labels(),
         "source": np.asarray(data.source),
+        "input_scale": np.asarray(data.input_scale, dtype=np.float64),
     }
     if data.groups is not None:
         arrays["groups"] = data.groups
