@@ -31,7 +31,7 @@ def agents_running(state_root: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "agent" in cmdline and any(str(state_root) in arg for arg in cmdline):
+        if "edgefleet.agent" in cmdline and any(str(state_root) in arg for arg in cmdline):
             found.append(proc)
     return found
 
@@ -71,7 +71,13 @@ def test_simulated_fleet_serves_passes_a_judged_canary_and_stops_on_sigterm(
                     selector="all",
                     strategy="canary",
                     canary_fraction=0.5,
-                    gate=admin_pb2.RolloutGate(soak_seconds=1, wave_timeout_seconds=60),
+                    # Simulated devices serve on this host but are predicted at their
+                    # profile's nominal rate, so their latency ratio is host load, not a
+                    # prediction error (seen at 3.2x on a loaded 2-core box): the ratio is
+                    # loosened here; what this test holds is the evidence gate.
+                    gate=admin_pb2.RolloutGate(
+                        soak_seconds=1, wave_timeout_seconds=60, max_latency_ratio=20.0
+                    ),
                 )
             )
             assert rollout.gate.min_inferences > 0
