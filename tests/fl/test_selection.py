@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.flower.participants import SelectionError, parse_selection
+from edgefleet.selectors import SelectionError, parse_selection
 
 RPI = {"profile": "rpi4", "ram": 4 * 1024**3, "battery": 80, "health": "ok", "labels": {}}
 M4 = {"profile": "cortex-m4", "ram": 640 * 1024, "battery": 60, "health": "ok", "labels": {}}

@@ -7,7 +7,7 @@ add:
 
 * **Selection.** Before the first round every node is asked (``query`` message) for its
   facts -- device id, profile, RAM, battery, health, labels -- which its SuperNode's
-  ``node_config`` carries; a selection expression (:mod:`edgefleet.flower.participants`) keeps the
+  ``node_config`` carries; a selection expression (:mod:`edgefleet.selectors`) keeps the
   eligible ones. Flower's own samplers then only ever see those nodes (:class:`SelectedGrid`).
 * **Heterogeneous aggregation** (``strategy=heterofl``): each device gets the width that
   fits its memory budget, trains the leading slice of the global model, and slices are merged
@@ -42,9 +42,9 @@ from flwr.serverapp import strategy as fl_strategy
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
 from edgefleet.fl.contract import Metric, NodeFacts, Record, TrainConfig
 from edgefleet.flower import model as fl_model
-from edgefleet.flower.participants import parse_selection
 from edgefleet.flower.strategies import HeteroFL, arrays_of, to_record
 from edgefleet.fsutil import atomic_write
+from edgefleet.selectors import parse_selection
 
 __all__ = ["RunSettings", "SelectedGrid", "app", "device_facts", "pick_width", "run_rounds"]
 
