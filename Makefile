@@ -46,7 +46,7 @@ check-lock:
 lock:  # keeps current pins; `make lock UPGRADE=--upgrade` takes the newest allowed
 	test -x .venv-lock/bin/pip-compile || ($(PYTHON) -m venv .venv-lock && \
 		.venv-lock/bin/pip install --quiet --disable-pip-version-check 'pip-tools==7.6.2')
-	.venv-lock/bin/python scripts/lock.py --pip-compile .venv-lock/bin/pip-compile $(UPGRADE)
+	.venv-lock/bin/python scripts/lock.py --pip-compile $(CURDIR)/.venv-lock/bin/pip-compile $(UPGRADE)
 
 check-protos: $(STAMP)
 	$(PY) scripts/gen_protos.py --check

@@ -17,7 +17,7 @@ Profiles (one lock each, because an agent-only install must stay light):
 
     dev                   everything: ``make demo``, ``make test``, ``.ci/run``
     base                  the base install (the agent Docker image)
-    agent                 base + agent-onnx + agent-mcu (an agent on a Pi or a phone)
+    agent                 base + agent-onnx + agent-mcu + agent-tflm + agent-litert (a Pi, a phone, an MCU's host)
     coordinator           base + coordinator (the coordinator Docker image)
     coordinator-compress  base + coordinator + compress (a coordinator image that builds variants)
 
@@ -50,11 +50,13 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "agent-onnx",
         "agent-torch",
         "agent-mcu",
+        "agent-tflm",
+        "agent-litert",
         "docker",
         "dev",
     ),
     "base": (),
-    "agent": ("agent-onnx", "agent-mcu"),
+    "agent": ("agent-onnx", "agent-mcu", "agent-tflm", "agent-litert"),
     "coordinator": ("coordinator",),
     "coordinator-compress": ("coordinator", "compress"),
 }
