@@ -47,6 +47,9 @@ def test_rounds_improve_accuracy_on_clients_held_out_data(
     before = rounds[0]["client_eval_acc"]  # the base model, scored by the clients
     after = doc["final"]["client_eval_acc"]
     assert after > before + 0.1, (before, after)
+    # each device's own held-out accuracy, before (round 1's received model) and after
+    assert sorted(rounds[0]["device_eval_acc"]) == ["sim-000", "sim-001"]
+    assert sorted(doc["final"]["device_eval_acc"]) == ["sim-000", "sim-001"]
     assert doc["final"]["test_acc"] > doc["initial"]["test_acc"]
     assert (out / "final.npz").exists()
 

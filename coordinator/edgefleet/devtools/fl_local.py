@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edgefleet.agent.fl.supernode import SuperNodeSupervisor, node_config_for
 from edgefleet.catalog import get_profile
@@ -28,7 +29,7 @@ from edgefleet.coordinator.fl.superlink import (
     write_app,
 )
 from edgefleet.fl.contract import FAST_POLL_ENV, Node
-from edgefleet.fl.partition import make_shards, save_shard
+from edgefleet.fl.partition import Shard, make_shards, save_shard
 from edgefleet.fl.process import FlowerTls
 
 __all__ = ["LocalFederation", "free_port", "pretrain_biased", "wait_progress"]
@@ -71,6 +72,11 @@ class LocalFederation:
     #: serve the SuperLink over TLS (a CA made in ``root/tls``), as a fleet's coordinator does
     tls: bool = False
     flower_tls: FlowerTls | None = None
+    #: each node's local data (one shard per node, e.g. one voice each from
+    #: ``edgefleet.fl.partition.group_shards``); default: Dirichlet shards of digits
+    local_shards: Sequence[Shard] | None = None
+    #: the server-side test set ``(x, y)``; default: the digits test split
+    test_set: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
 
     @property
     def address(self) -> str:
@@ -82,8 +88,12 @@ class LocalFederation:
         from edgefleet.modelops.data import load_dataset
 
         self.root.mkdir(parents=True, exist_ok=True)
-        ds = load_dataset("digits")
-        np.savez(self.root / "test.npz", x=ds.x_test, y=ds.y_test)
+        if self.local_shards is not None and len(self.local_shards) < self.num_nodes:
+            raise ValueError(f"{len(self.local_shards)} local shards for {self.num_nodes} nodes")
+        if self.test_set is None or self.local_shards is None:
+            ds = load_dataset("digits")
+        x_test, y_test = self.test_set if self.test_set is not None else (ds.x_test, ds.y_test)
+        np.savez(self.root / "test.npz", x=x_test, y=y_test)
         self.port = self.port or free_port()
         if self.tls:
             self.flower_tls = superlink_tls(self.root / "tls", ["127.0.0.1", "localhost"])
@@ -92,7 +102,11 @@ class LocalFederation:
         )
         self.superlink.start()
         _wait_port(self.port)
-        self.shards = make_shards(ds.x_train, ds.y_train, self.num_nodes, self.alpha, self.seed)
+        self.shards = (
+            list(self.local_shards)
+            if self.local_shards is not None
+            else make_shards(ds.x_train, ds.y_train, self.num_nodes, self.alpha, self.seed)
+        )
         for i in range(self.num_nodes):
             self.add_node(i, **self.node_facts.get(i, {}))
         return self

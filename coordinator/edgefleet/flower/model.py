@@ -84,16 +84,20 @@ def load_params(path: str | Path) -> Arrays:
 
 
 def score(
-    arch: str, params: Arrays, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
+    arch: str,
+    params: Arrays,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    override: str = "",
 ) -> tuple[float, float]:
-    """Loss and accuracy of the global model on ``(x, y)``."""
+    """Loss and accuracy of the global model on ``(x, y)`` (``override``: its full config)."""
     if arch == "mlp":
         from edgefleet.fl import mlp_numpy
 
         return mlp_numpy.evaluate(params, x, y)
     import torch
 
-    model = _build(arch, arch_config(arch, 1.0))
+    model = _build(arch, arch_config(arch, 1.0, override))
     ref = model.state_dict()
     model.load_state_dict(
         {k: torch.from_numpy(np.array(v)).to(ref[k].dtype) for k, v in params.items()}

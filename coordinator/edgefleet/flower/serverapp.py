@@ -261,6 +261,21 @@ def _weighted(replies: Sequence[Message], key: str, weight_key: str) -> float | 
     return num / den if den else None
 
 
+def _per_device(
+    replies: Sequence[Message], facts: Mapping[int, Mapping[str, Any]], key: str
+) -> dict[str, float]:
+    """``{device id: metric}`` over the replies that carry ``key``."""
+    out: dict[str, float] = {}
+    for r in replies:
+        metrics = next(iter(r.content.metric_records.values()), None)
+        if metrics is not None and key in metrics:
+            device = str(
+                facts.get(r.metadata.src_node_id, {}).get("device", r.metadata.src_node_id)
+            )
+            out[device] = float(metrics[key])  # type: ignore[arg-type]
+    return out
+
+
 def run_rounds(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     """The whole run: wait for devices, select, ``num_rounds`` rounds, final evaluation."""
     rec = _Recorder(settings.out_dir, settings)
@@ -322,7 +337,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     def test_score(p: Mapping[str, Any]) -> tuple[float, float] | tuple[None, None]:
         if test is None:
             return None, None
-        return fl_model.score(settings.arch, dict(p), test["x"], test["y"])
+        return fl_model.score(settings.arch, dict(p), test["x"], test["y"], settings.arch_config)
 
     initial_loss, initial_acc = test_score(params)
     rec.write(initial={"test_loss": initial_loss, "test_acc": initial_acc})
@@ -372,6 +387,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             # the global model of the previous round, scored on each client's held-out data
             "client_eval_acc": _weighted(ok, Metric.EVAL_ACC, Metric.EVAL_EXAMPLES),
             "client_local_acc": _weighted(ok, Metric.LOCAL_EVAL_ACC, Metric.EVAL_EXAMPLES),
+            # per device: personalization is measured device by device, not only on average
+            "device_eval_acc": _per_device(ok, facts, Metric.EVAL_ACC),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": time.monotonic() - t0,
@@ -395,6 +412,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             if not r.has_error()
         ]
         final["client_eval_acc"] = _weighted(replies, Metric.EVAL_ACC, Metric.NUM_EXAMPLES)
+        final["device_eval_acc"] = _per_device(replies, facts, Metric.EVAL_ACC)
     if rec.dir is not None:
         fl_model.save_params(params, rec.dir / "final.npz")
     rec.write(state="succeeded", final=final, finished=time.time())
