@@ -16,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgefleet.limits import MAX_ACCELERATORS, MAX_PRECISIONS, MAX_PROFILE_STRING, MAX_RUNTIMES
 
 Precision = Literal["fp32", "fp16", "int8"]
-Runtime = Literal["torch", "onnxruntime", "mcu-sim"]
+Runtime = Literal["torch", "onnxruntime", "litert", "tflm", "mcu-sim"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "mcu-sim")
+RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "litert", "tflm", "mcu-sim")
+#: What a microcontroller can run: TensorFlow Lite Micro's interpreter and its emulator.
+MCU_RUNTIMES: frozenset[str] = frozenset({"tflm", "mcu-sim"})
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -74,12 +76,14 @@ class DeviceProfile(BaseModel):
 
     @model_validator(mode="after")
     def _mcu_is_integer_only(self) -> DeviceProfile:
-        """A microcontroller has no FPU budget for float inference: int8 and mcu-sim only."""
+        """A microcontroller has no FPU budget for float inference: int8, and only the MCU
+        runtimes (TFLM or its emulator); mcu-sim models an MCU, so it is for MCU profiles only.
+        TFLM itself is portable C++ and may be listed anywhere."""
         if self.device_class is DeviceClass.MCU:
             if set(self.precisions) != {"int8"}:
                 raise ValueError("precisions: an mcu profile supports only int8")
-            if set(self.runtimes) - {"mcu-sim"}:
-                raise ValueError("runtimes: an mcu profile runs only the mcu-sim runtime")
+            if set(self.runtimes) - MCU_RUNTIMES:
+                raise ValueError("runtimes: an mcu profile runs only the tflm and mcu-sim runtimes")
         elif "mcu-sim" in self.runtimes:
             raise ValueError("runtimes: mcu-sim is only for mcu profiles")
         return self
