@@ -284,6 +284,8 @@ def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
             "-m",
             "edgefleet.cli.main",
             "demo",
+            "--task",
+            "digits",  # the quick task; `make demo` (CI) runs the default, kws
             "--data-dir",
             "demo",
             "--epochs",

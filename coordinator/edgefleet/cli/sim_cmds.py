@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 
 from edgefleet.cli.common import (
@@ -155,6 +156,14 @@ def simulate(
 @one_line_errors
 def demo(
     devices: Annotated[int, typer.Option("--devices", "-n", help="fleet size")] = 8,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="kws: keyword spotting on the built-in espeak-ng set (MFCC frontend, DS-CNN); "
+            "digits: the 8x8 smoke task",
+            click_type=click.Choice(["kws", "digits"]),
+        ),
+    ] = "kws",
     data_dir: Annotated[
         Path, typer.Option(help="demo state (wiped first)", resolve_path=True)
     ] = Path(".edgefleet/demo"),
@@ -180,7 +189,7 @@ def demo(
 ) -> None:
     """Run the end-to-end demo: train and compress a model, start a coordinator and a
     simulated mixed fleet, deploy with a canary, and show what each device runs and why."""
-    from edgefleet.devtools.demo import DEMO_RECIPES, run_demo
+    from edgefleet.devtools.demo import run_demo
 
     run_demo(
         devices=devices,
@@ -189,7 +198,8 @@ def demo(
         err_console=err_console,
         as_json=as_json,
         epochs=epochs,
-        recipes=[r for r in recipes.split(",") if r] or DEMO_RECIPES,
+        recipes=[r for r in recipes.split(",") if r] or None,
         federated_rounds=federated_rounds,
         strict=strict,
+        task_name=task,
     )

@@ -1,7 +1,8 @@
 """The end-to-end demo behind ``make demo``.
 
-It runs everything for real: trains a base model on the offline digits set and
-builds compressed variants (``edgefleet models``), starts a coordinator with its
+It runs everything for real: trains a base model on a task (``--task kws``, the default:
+keyword spotting on the built-in espeak-ng set with the MFCC frontend in the model; or
+``digits``) and builds compressed variants (``edgefleet models``), starts a coordinator with its
 embedded Redis and one agent process per simulated device, deploys the model
 with a canary rollout (each device gets the variant that fits it; agents
 download, verify and activate it), prints what each device runs and why, and
@@ -29,6 +30,7 @@ from edgefleet.client.admin_client import AdminClient, AdminClientError
 from edgefleet.client.jsonout import dumps as strict_json
 from edgefleet.client.jsonout import print_json
 from edgefleet.coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE
+from edgefleet.devtools.demo_tasks import TASKS, DemoTask, OwnModelFederation, kws_fl_inputs
 from edgefleet.devtools.simulate import SimulatedFleet
 from edgefleet.v1 import admin_pb2
 
@@ -107,19 +109,10 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
         return proc.wait()
 
 
-DEMO_MODEL = "digits"
-# The per-inference budget of the application each device class serves in the
-# demo (a device label read by selection): a Zero 2 W runs a camera pipeline with
-# a tight frame budget, a Cortex-M4 does keyword spotting at 100 Hz (10 ms).
-DEMO_BUDGETS = {"rpi-zero2w": {"latency-slo-ms": "1.5"}, "cortex-m4": {"latency-slo-ms": "10"}}
-# A spread of the survey's families: quantization, pruning, distillation and a pipeline.
-DEMO_RECIPES = (
-    "fp16",
-    "int8-static",
-    "prune-channels:ratio=0.5:epochs=4+int8-static",
-    "distill:width=0.5:epochs=10",
-    "distill:width=0.25:epochs=10+int8-static",
-)
+#: the default demo task (``edgefleet demo --task``): see ``edgefleet.devtools.demo_tasks``
+DEFAULT_TASK = "kws"
+#: the default task's recipes (kept as a name for callers that list them)
+DEMO_RECIPES = TASKS[DEFAULT_TASK].recipes
 
 
 def _cli(*args: str, capture: bool) -> subprocess.CompletedProcess[str]:
@@ -136,20 +129,25 @@ def _cli(*args: str, capture: bool) -> subprocess.CompletedProcess[str]:
 
 
 def build_demo_model(
-    data_dir: Path, err_console: Console, as_json: bool, epochs: int, recipes: Sequence[str]
+    data_dir: Path,
+    err_console: Console,
+    as_json: bool,
+    epochs: int,
+    recipes: Sequence[str],
+    task: DemoTask = TASKS[DEFAULT_TASK],
 ) -> list[dict[str, Any]]:
-    """Train the base model on digits and build its variants; return the variants table."""
+    """Train the task's base model and build its variants; return the variants table."""
     store = ["--data-dir", str(data_dir)]
-    add = ["models", "add", DEMO_MODEL, "--arch", "ds-cnn", "--width", "0.5"]
+    add = ["models", "add", task.model, "--dataset", task.dataset, *task.add_args]
     add += ["--epochs", str(epochs), "--latency-runs", "100"]
     err_console.print(f"  edgefleet {' '.join(add[:-2])}")
     _cli(*add, *store, capture=as_json)
-    build = ["models", "build", DEMO_MODEL, "--recipes", ",".join(recipes)]
+    build = ["models", "build", task.model, "--recipes", ",".join(recipes)]
     err_console.print(f"  edgefleet {' '.join(build)}")
     _cli(*build, "--latency-runs", "100", *store, capture=as_json)
     if not as_json:
-        _cli("models", "variants", DEMO_MODEL, *store, capture=False)
-    listed = _cli("models", "variants", DEMO_MODEL, "--json", *store, capture=True)
+        _cli("models", "variants", task.model, *store, capture=False)
+    listed = _cli("models", "variants", task.model, "--json", *store, capture=True)
     variants: list[dict[str, Any]] = json.loads(listed.stdout)
     return variants
 
@@ -173,10 +171,10 @@ def choices_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def device_choices(client: AdminClient) -> list[dict[str, Any]]:
+def device_choices(client: AdminClient, model: str) -> list[dict[str, Any]]:
     rows = []
     for d in sorted(client.list_devices(), key=lambda d: d.name):
-        e = client.explain_device(d.id, DEMO_MODEL)
+        e = client.explain_device(d.id, model)
         chosen = next((c for c in e.candidates if c.chosen), None)
         rows.append(
             {
@@ -198,18 +196,26 @@ def device_choices(client: AdminClient) -> list[dict[str, Any]]:
 
 
 #: Demo devices (indexes into the fleet) that get local data and so join federated rounds with
-#: their own SuperNode: a phone, a Pi 4, a Pi Zero 2 W and a Cortex-M4 (through its agent).
+#: their own SuperNode: a phone, a Pi 4, a Pi Zero 2 W and a Cortex-M4 (through its agent,
+#: training a HeteroFL width slice of the MLP within its SRAM budget).
 FEDERATED_DEVICES = (0, 2, 3, 6)
+#: With the deployed KWS model itself (FedAvg, full width): two phones, a Pi 4, a Zero 2 W.
+FEDERATED_DEVICES_OWN_MODEL = (0, 1, 2, 3)
 
 
-def federated_devices(devices: int) -> list[int]:
+def federated_devices(devices: int, preferred: Sequence[int] = FEDERATED_DEVICES) -> list[int]:
     """Which of ``devices`` demo agents take part (the preferred mix, else the first ones)."""
-    chosen = [i for i in FEDERATED_DEVICES if i < devices]
-    return chosen if len(chosen) >= 2 else list(range(min(devices, len(FEDERATED_DEVICES))))
+    chosen = [i for i in preferred if i < devices]
+    return chosen if len(chosen) >= 2 else list(range(min(devices, len(preferred))))
 
 
 def _federated(
-    data_dir: Path, rounds: int, devices: int, err_console: Console, as_json: bool
+    data_dir: Path,
+    rounds: int,
+    devices: int,
+    err_console: Console,
+    as_json: bool,
+    own_model: OwnModelFederation | None = None,
 ) -> dict[str, Any]:
     """Federated fine-tuning on Flower with the fleet's own SuperNodes, accuracy before/after."""
     from edgefleet.devtools.fl_demo import federated_step
@@ -217,13 +223,19 @@ def _federated(
     info = json.loads((data_dir / "coordinator.json").read_text())
     if not info.get("superlink"):
         raise AdminClientError("the demo coordinator runs no SuperLink (is flwr installed?)")
+    what = "mlp --strategy heterofl" if own_model is None else f"{own_model.arch} --strategy fedavg"
     err_console.print(
-        f"  edgefleet train start mlp --rounds {rounds} --strategy heterofl "
+        f"  edgefleet train start {what} --rounds {rounds} "
         f"--min-devices {devices}   (SuperLink {info['superlink']})"
     )
     ca = Path(info["ca_cert"]) if info.get("ca_cert") else None
     step = federated_step(
-        data_dir / "federated", info["superlink"], ca, devices=devices, rounds=rounds
+        data_dir / "federated",
+        info["superlink"],
+        ca,
+        devices=devices,
+        rounds=rounds,
+        own_model=(own_model.arch, own_model.arch_config, own_model.init) if own_model else None,
     )
     if not as_json:
         for line in step.lines():
@@ -233,6 +245,7 @@ def _federated(
         "acc_after": step.acc_after,
         "rounds": len(step.rounds),
         "devices": step.devices,
+        "per_device": {d: {"before": b, "after": a} for d, (b, a) in step.per_device.items()},
         "seconds": round(step.seconds, 1),
     }
 
@@ -268,17 +281,29 @@ def run_demo(
     err_console: Console,
     as_json: bool,
     epochs: int = 15,
-    recipes: Sequence[str] = DEMO_RECIPES,
+    recipes: Sequence[str] | None = None,
     federated_rounds: int = 2,
     strict: bool = True,
+    task_name: str = DEFAULT_TASK,
 ) -> None:
     from edgefleet.client.admin_client import wait_until_online
     from edgefleet.client.render import rollout_to_dict
 
+    task = TASKS[task_name]
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    err_console.print("[bold]1/5[/bold] training a base model on digits and building variants")
-    variants = build_demo_model(data_dir, err_console, as_json, epochs, recipes)
+    err_console.print(
+        f"[bold]1/5[/bold] training a base model on {task.dataset} and building variants"
+    )
+    variants = build_demo_model(
+        data_dir, err_console, as_json, epochs, recipes or task.recipes, task
+    )
+    own_model: OwnModelFederation | None = None
+    preferred = FEDERATED_DEVICES
+    if federated_rounds > 0 and task.federated == "own-model":
+        preferred = FEDERATED_DEVICES_OWN_MODEL
+        n_fl = len(federated_devices(devices, preferred))
+        own_model = kws_fl_inputs(data_dir, task.model, n_fl, data_dir / "federated")
     err_console.print(f"[bold]2/5[/bold] starting a coordinator (state in {data_dir})")
     coordinator, address = start_coordinator_process(
         data_dir,
@@ -286,7 +311,7 @@ def run_demo(
         insecure=False,
         superlink="local" if federated_rounds > 0 else "off",
     )
-    fl_devices = federated_devices(devices) if federated_rounds > 0 else []
+    fl_devices = federated_devices(devices, preferred) if federated_rounds > 0 else []
     fleet: SimulatedFleet | None = None
     try:
         admin = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
@@ -302,23 +327,33 @@ def run_demo(
             profiles=DEMO_PROFILES,
             count=devices,
             state_root=data_dir / "agents",
-            labels_by_profile=DEMO_BUDGETS,
+            labels_by_profile=task.budgets,
             extra_args=["--ca-cert", str(ca_path)],
             # these start their own SuperNode as soon as a heartbeat names the SuperLink, so
             # they are ready by the time the rollout is done
             extra_args_by_index={
-                index: ["--local-data", "digits", "--partition", f"{k}/{len(fl_devices)}"]
+                index: (
+                    ["--local-data", str(own_model.shards[k].resolve())]
+                    if own_model is not None
+                    else ["--local-data", "digits", "--partition", f"{k}/{len(fl_devices)}"]
+                )
                 for k, index in enumerate(fl_devices)
             },
+        )
+        voices = (
+            {fleet.agents[i].name: own_model.groups[k] for k, i in enumerate(fl_devices)}
+            if own_model is not None
+            else {}
         )
         with AdminClient(address, admin, ca_cert=ca) as client:
             wait_until_online(client, {a.name for a in fleet.agents}, timeout=60)
             err_console.print(
-                "[bold]4/5[/bold] edgefleet deploy digits --to all --strategy canary --soak 2"
+                f"[bold]4/5[/bold] edgefleet deploy {task.model} --to all --strategy canary "
+                "--soak 2"
             )
             rollout = client.create_rollout(
                 admin_pb2.CreateRolloutRequest(
-                    model=DEMO_MODEL,
+                    model=task.model,
                     selector="all",
                     strategy="canary",
                     canary_fraction=0.25,
@@ -339,14 +374,16 @@ def run_demo(
             err_console.print(f"  rollout {rollout.id}: {rollout.state} ({rollout.message})")
             listed = client.list_devices()
             summary = client.fleet_summary()
-            choices = device_choices(client)
+            choices = device_choices(client, task.model)
         federated: dict[str, Any] | None = None
         if federated_rounds > 0:
             federated = _federated(
-                data_dir, federated_rounds, len(fl_devices), err_console, as_json
+                data_dir, federated_rounds, len(fl_devices), err_console, as_json, own_model
             )
+            federated["voices"] = voices  # agent name -> the voice its local data holds
         err_console.print("[bold]5/5[/bold] the fleet as the coordinator sees it")
         result = {
+            "task": task_name,
             "variants": variants,
             "rollout": rollout_to_dict(rollout),
             "devices": [render.device_to_dict(d) for d in listed],

@@ -18,6 +18,7 @@ were rolled out.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class FederatedStep:
     #: "device-id (profile)" -> the model width it trained
     devices: dict[str, float] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: device id -> (held-out accuracy of the model it received first, of the final model)
+    per_device: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """Human-readable summary, one line per round plus the before/after line."""
@@ -55,6 +58,8 @@ class FederatedStep:
                 f"accuracy after local training {'-' if acc is None else f'{100 * acc:.1f}%'}, "
                 f"{r['seconds']:.1f}s"
             )
+        for device, (before, after) in sorted(self.per_device.items()):
+            out.append(f"  {device}: {100 * before:.1f}% -> {100 * after:.1f}%")
         out.append(
             f"federated fine-tuning: held-out accuracy {100 * self.acc_before:.1f}% -> "
             f"{100 * self.acc_after:.1f}% in {len(self.rounds)} rounds on "
@@ -73,23 +78,33 @@ def federated_step(
     strategy: str = "heterofl",
     seed: int = 0,
     timeout: float = 180.0,
+    own_model: tuple[str, dict[str, Any], Path] | None = None,
 ) -> FederatedStep:
     """Run ``rounds`` rounds on the ``devices`` SuperNodes of the SuperLink at ``superlink``.
 
-    ``root`` keeps the run's files (app, run record, final weights). Raises ``RuntimeError``
-    with the ServerApp's reason if the run fails, ``TimeoutError`` if it does not finish in
-    ``timeout``.
+    ``root`` keeps the run's files (app, run record, final weights). ``own_model`` (arch, its
+    full config, initial weights) fine-tunes that model with FedAvg instead of the biased MLP.
+    Raises ``RuntimeError`` with the ServerApp's reason if the run fails, ``TimeoutError`` if it
+    does not finish in ``timeout``.
     """
     t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
-    init = pretrain_biased("mlp", root / "init.npz", seed)
     out = root / "demo"
-    app = write_app(
-        root / "app",
-        {"num-rounds": rounds, "strategy": strategy, "min-devices": devices,
-         "init-path": str(init), "local-epochs": LOCAL_EPOCHS, "lr": 0.05, "seed": seed,
-         "out-dir": str(out), "node-wait-timeout": 120.0},
-    )  # fmt: skip
+    config: dict[str, Any] = {
+        "num-rounds": rounds, "min-devices": devices, "seed": seed, "out-dir": str(out),
+        "node-wait-timeout": 120.0,
+    }  # fmt: skip
+    if own_model is None:
+        init = pretrain_biased("mlp", root / "init.npz", seed)
+        config |= {"strategy": strategy, "init-path": str(init), "local-epochs": LOCAL_EPOCHS,
+                   "lr": 0.05}  # fmt: skip
+    else:
+        arch, arch_config, init = own_model
+        # a trained conv net: a small learning rate, a few epochs on the device's own voice
+        config |= {"strategy": "fedavg", "arch": arch, "arch-config": json.dumps(arch_config),
+                   "init-path": str(init), "local-epochs": 3, "lr": 0.01,
+                   "batch-size": 16}  # fmt: skip
+    app = write_app(root / "app", config)
     submit(app, root / "flwr-home", superlink, ca=ca)
     doc = wait_progress(out, timeout=timeout)
     if doc["state"] != "succeeded":
@@ -104,4 +119,8 @@ def federated_step(
             if d["selected"]
         },
         rounds=list(doc["rounds"]),
+        per_device={
+            d: (float(acc), float(doc["final"].get("device_eval_acc", {}).get(d, float("nan"))))
+            for d, acc in doc["rounds"][0].get("device_eval_acc", {}).items()
+        },
     )
