@@ -20,9 +20,15 @@ a package, and add a second torch-importing shared module to keep out of the lig
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib
+import importlib.util
+import inspect
+import sys
+import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ __all__ = [
     "architecture_of",
     "build_model",
     "load_state_dict_strict",
+    "with_source",
 ]
 
 JSON = dict[str, Any]
@@ -60,12 +67,70 @@ def _scaled(channels: int, width: float) -> int:
     return max(4, round(channels * width))
 
 
+#: a kernel, stride or padding: one int for both axes or (height, width); JSON gives lists
+Pair = int | tuple[int, int] | list[int]
+
+
+def _same(kernel: tuple[int, int]) -> tuple[int, int]:
+    """Padding that keeps an odd kernel's output the input's size at stride 1."""
+    return (kernel[0] // 2, kernel[1] // 2)
+
+
+def _block_stride(stride: int, input_1d: bool) -> tuple[int, int]:
+    """A block's stride; 1-D nets stride along the signal only (their height is 1)."""
+    return (1, stride) if input_1d else (stride, stride)
+
+
+def _geometry(
+    stem_kernel: tuple[int, int],
+    stem_stride: tuple[int, int],
+    stem_padding: tuple[int, int],
+    kernel: tuple[int, int],
+    *,
+    input_1d: bool,
+) -> JSON:
+    return {
+        "stem_kernel": list(stem_kernel),
+        "stem_stride": list(stem_stride),
+        "stem_padding": list(stem_padding),
+        "kernel": list(kernel),
+        "input_1d": input_1d,
+    }
+
+
+def _as_1d(config: JSON) -> JSON:
+    """A 2-D conv config for (C, L) windows: every (h, w) geometry becomes (1, h).
+
+    Why Conv2d with (1, k) kernels on a (C, 1, L) view rather than Conv1d: the whole
+    downstream stack speaks 2-D -- torch-pruning's groups, the low-rank conv twin, the
+    exporter's Conv/ReduceMean over H and W, onnxruntime's QDQ quantiser and the MCU format
+    (conv2d / depthwise_conv2d / global average pool over H, W, as TFLite Micro and CMSIS-NN
+    run 1-D models too). The only extra op is one Unsqueeze at the input. The first kernel
+    axis is taken as the time axis (the 10 of KWS's 10x4 stem is along the 49 frames).
+    """
+    out = dict(config)
+    for key in ("stem_kernel", "stem_stride", "kernel"):
+        if key in out:
+            out[key] = [1, _pair(out[key])[0]]
+    if "stem_padding" in out:
+        out["stem_padding"] = [0, _pair(out["stem_padding"])[0]]
+    out["input_1d"] = True
+    return out
+
+
 class DSCNN(nn.Module):
     """Depthwise-separable CNN (DS-CNN / MobileNet-v1 style, as in MLPerf Tiny KWS).
 
-    A 3x3 stem, then blocks of depthwise 3x3 + pointwise 1x1 (each with BatchNorm + ReLU),
+    A dense stem conv, then blocks of depthwise + pointwise 1x1 (each with BatchNorm + ReLU),
     global average pooling and one linear classifier. ``channels[0]`` is the stem width;
     ``channels[i]`` (i >= 1) is the output width of block i.
+
+    The stem's kernel, stride and padding are config because MLPerf Tiny's KWS net starts with
+    a 10x4 stride-2 conv over the 49x10 MFCC map (that first layer carries most of the time
+    downsampling); their defaults are the original 3x3/1/1 so manifests written before these
+    keys existed rebuild the same network. ``input_1d`` takes (C, L) signal windows: the
+    forward adds a unit height and every kernel is (1, k), so the net stays Conv2d throughout
+    (see :func:`conv_config_for`).
     """
 
     def __init__(
@@ -74,12 +139,25 @@ class DSCNN(nn.Module):
         strides: list[int],
         num_classes: int = 10,
         in_channels: int = 1,
+        stem_kernel: Pair = (3, 3),
+        stem_stride: Pair = (1, 1),
+        stem_padding: Pair = (1, 1),
+        kernel: Pair = (3, 3),
+        input_1d: bool = False,
     ) -> None:
         super().__init__()
         if len(strides) != len(channels) - 1:
             raise ArchitectureError("ds-cnn: need one stride per block (len(channels) - 1)")
+        k = _pair(kernel)
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False),
+            nn.Conv2d(
+                in_channels,
+                channels[0],
+                _pair(stem_kernel),
+                stride=_pair(stem_stride),
+                padding=_pair(stem_padding),
+                bias=False,
+            ),
             nn.BatchNorm2d(channels[0]),
             nn.ReLU(),
         )
@@ -87,7 +165,15 @@ class DSCNN(nn.Module):
         for c_in, c_out, stride in zip(channels[:-1], channels[1:], strides, strict=True):
             blocks.append(
                 nn.Sequential(
-                    nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False),
+                    nn.Conv2d(
+                        c_in,
+                        c_in,
+                        k,
+                        stride=_block_stride(stride, input_1d),
+                        padding=_same(k),
+                        groups=c_in,
+                        bias=False,
+                    ),
                     nn.BatchNorm2d(c_in),
                     nn.ReLU(),
                     nn.Conv2d(c_in, c_out, 1, bias=False),
@@ -99,24 +185,34 @@ class DSCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels[-1], num_classes)
         self.strides = list(strides)
+        self.input_1d = bool(input_1d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_1d:
+            x = x.unsqueeze(2)  # (N, C, L) -> (N, C, 1, L)
         x = self.blocks(self.stem(x))
         out: torch.Tensor = self.classifier(torch.flatten(self.pool(x), 1))
         return out
 
     def config(self) -> JSON:
         """Constructor kwargs read from the live layers (valid after channel pruning)."""
-        stem = self.stem[0]
-        channels = [_out_channels(stem)]
+        stem = _conv_of(self.stem[0])
+        channels = [_out_channels(self.stem[0])]
+        kernel = list(_pair(stem.kernel_size))
         for block in self.blocks:
             assert isinstance(block, nn.Sequential)
             channels.append(_out_channels(block[3]))
+            kernel = list(_pair(block[0].kernel_size))
         return {
             "channels": channels,
             "strides": self.strides,
             "num_classes": self.classifier.out_features,
-            "in_channels": _in_channels(stem),
+            "in_channels": _in_channels(self.stem[0]),
+            "stem_kernel": list(_pair(stem.kernel_size)),
+            "stem_stride": list(_pair(stem.stride)),
+            "stem_padding": list(_pair(stem.padding)),
+            "kernel": kernel,
+            "input_1d": self.input_1d,
         }
 
     @staticmethod
@@ -133,23 +229,55 @@ class DSCNN(nn.Module):
             "strides": [1, 2, 1, 1],
             "num_classes": num_classes,
             "in_channels": in_channels,
+            **_geometry((3, 3), (1, 1), (1, 1), (3, 3), input_1d=False),
+        }
+
+    @staticmethod
+    def kws_config(width: float, num_classes: int, in_channels: int) -> JSON:
+        """MLPerf Tiny's KWS DS-CNN (``ds_cnn`` in mlcommons/tiny ``keras_model.py``).
+
+        Conv 64 filters 10x4 stride 2, then four depthwise-separable blocks of 64 channels
+        (depthwise 3x3 + pointwise 1x1, BN + ReLU each, stride 1), average pool, FC. On the
+        49x10 MFCC map that is 25x5 after the stem and 2.66 M MACs. Keras' ``padding='same'``
+        pads the 10-row kernel 4 above and 5 below; torch's Conv2d pads symmetrically, so we
+        pad 5/5 rows and 1/1 columns: the same 25x5 output and MACs, the window grid shifted
+        by one row (a separate Pad op would cost a copy and is not in the MCU format).
+        Differences that vanish at inference: no conv biases (BatchNorm follows and the
+        exporter folds it in) and no dropout; the final pool averages all 25x5 cells (Keras'
+        24x5 pool window drops the last row).
+        """
+        return {
+            "channels": [_scaled(64, width)] * 5,
+            "strides": [1, 1, 1, 1],
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            **_geometry((10, 4), (2, 2), (5, 1), (3, 3), input_1d=False),
         }
 
 
 class _ResidualBlock(nn.Module):
-    """Two 3x3 convs with a residual; a 1x1 projection when the shape changes."""
+    """Two kxk convs with a residual; a 1x1 projection when the shape changes."""
 
-    def __init__(self, c_in: int, c_mid: int, c_out: int, stride: int) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_mid: int,
+        c_out: int,
+        stride: int,
+        kernel: tuple[int, int] = (3, 3),
+        input_1d: bool = False,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_mid, 3, stride=stride, padding=1, bias=False)
+        s = _block_stride(stride, input_1d)
+        self.conv1 = nn.Conv2d(c_in, c_mid, kernel, stride=s, padding=_same(kernel), bias=False)
         self.bn1 = nn.BatchNorm2d(c_mid)
-        self.conv2 = nn.Conv2d(c_mid, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c_mid, c_out, kernel, padding=_same(kernel), bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+                nn.Conv2d(c_in, c_out, 1, stride=s, bias=False), nn.BatchNorm2d(c_out)
             )
         self.stride = stride
 
@@ -165,6 +293,12 @@ class ResNet8(nn.Module):
 
     ``stage_channels`` are the residual-stream widths (tied by the additions);
     ``mid_channels`` are the inner widths of each block, which pruning can cut independently.
+    The default config is MLPerf Tiny IC's ``resnet_v1_eembc``: a 16-filter 3x3 stem, stages
+    16/32/64 with strides 1/2/2, 1x1 strided projections, average pool, FC; 12.5 M MACs and
+    ~78k parameters on 32x32x3. The reference's projections have no BatchNorm and its convs
+    have biases; ours put a BatchNorm after every conv, which the exporter folds into the conv,
+    so the exported graph has the reference's ops and MACs. ``kernel`` and ``input_1d`` serve
+    other inputs, as in :class:`DSCNN`.
     """
 
     def __init__(
@@ -175,25 +309,31 @@ class ResNet8(nn.Module):
         strides: list[int],
         num_classes: int = 10,
         in_channels: int = 1,
+        kernel: Pair = (3, 3),
+        input_1d: bool = False,
     ) -> None:
         super().__init__()
         if not len(stage_channels) == len(mid_channels) == len(strides):
             raise ArchitectureError("resnet-8: stage_channels, mid_channels, strides must align")
+        k = _pair(kernel)
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, stem_channels, k, padding=_same(k), bias=False),
             nn.BatchNorm2d(stem_channels),
             nn.ReLU(),
         )
         stages: list[nn.Module] = []
         c_in = stem_channels
         for c_out, c_mid, stride in zip(stage_channels, mid_channels, strides, strict=True):
-            stages.append(_ResidualBlock(c_in, c_mid, c_out, stride))
+            stages.append(_ResidualBlock(c_in, c_mid, c_out, stride, k, input_1d))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_in, num_classes)
+        self.input_1d = bool(input_1d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_1d:
+            x = x.unsqueeze(2)  # (N, C, L) -> (N, C, 1, L)
         x = self.stages(self.stem(x))
         out: torch.Tensor = self.classifier(torch.flatten(self.pool(x), 1))
         return out
@@ -208,6 +348,8 @@ class ResNet8(nn.Module):
             "strides": [b.stride for b in blocks],
             "num_classes": self.classifier.out_features,
             "in_channels": _in_channels(stem),
+            "kernel": list(_pair(_conv_of(stem).kernel_size)),
+            "input_1d": self.input_1d,
         }
 
     @staticmethod
@@ -220,6 +362,8 @@ class ResNet8(nn.Module):
             "strides": [1, 2, 2],
             "num_classes": num_classes,
             "in_channels": in_channels,
+            "kernel": [3, 3],
+            "input_1d": False,
         }
 
 
@@ -315,6 +459,15 @@ def _out_channels(module: nn.Module) -> int:
     raise ArchitectureError(f"not a conv/linear layer: {type(module).__name__}")
 
 
+def _conv_of(module: nn.Module) -> nn.Conv2d:
+    """The conv that sets a layer's geometry (a low-rank pair keeps it in ``down``)."""
+    if isinstance(module, LowRankConv2d):
+        return module.down
+    if isinstance(module, nn.Conv2d):
+        return module
+    raise ArchitectureError(f"not a conv layer: {type(module).__name__}")
+
+
 def _in_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Conv2d):
         return module.in_channels
@@ -334,12 +487,35 @@ class _Entry:
     #: Whether the third default_config argument is the input channel count (conv nets)
     #: or the flattened feature count (MLP).
     flat_input: bool
+    #: one line for ``--arch`` help and errors
+    doc: str = ""
+
+    def config_for(
+        self, name: str, width: float, num_classes: int, input_shape: tuple[int, ...]
+    ) -> JSON:
+        """The default config for a dataset's rows: (C, H, W) maps or (C, L) windows."""
+        if self.flat_input:
+            return self.default_config(width, num_classes, _numel(input_shape))
+        if len(input_shape) not in (2, 3):
+            raise ArchitectureError(
+                f"{name} takes (C, H, W) maps or (C, L) signal windows, not rows of shape "
+                f"{tuple(input_shape)}; use mlp, or reshape x to (N, 1, L)"
+            )
+        config = self.default_config(width, num_classes, input_shape[0])
+        return _as_1d(config) if len(input_shape) == 2 else config
 
 
 ARCHITECTURES: Mapping[str, _Entry] = {
-    "ds-cnn": _Entry(DSCNN, DSCNN.default_config, flat_input=False),
-    "resnet-8": _Entry(ResNet8, ResNet8.default_config, flat_input=False),
-    "mlp": _Entry(MLP, MLP.default_config, flat_input=True),
+    "ds-cnn": _Entry(
+        DSCNN, DSCNN.default_config, False, "DS-CNN, 3x3 stem, 64-256 channels (small inputs)"
+    ),
+    "ds-cnn-kws": _Entry(
+        DSCNN, DSCNN.kws_config, False, "MLPerf Tiny KWS DS-CNN: 10x4/2 stem, 4 x 64-ch blocks"
+    ),
+    "resnet-8": _Entry(
+        ResNet8, ResNet8.default_config, False, "MLPerf Tiny IC ResNet-8 (16/32/64)"
+    ),
+    "mlp": _Entry(MLP, MLP.default_config, True, "two hidden layers on the flattened input"),
 }
 
 
@@ -348,7 +524,8 @@ class ArchitectureSpec:
     """Everything needed to rebuild a network; serialised verbatim into bundle manifests.
 
     ``name`` is a zoo name or ``"custom"``; custom models carry ``import_path`` as
-    ``"package.module:Factory"`` where ``Factory(**config)`` returns an ``nn.Module``.
+    ``"package.module:Factory"`` where ``Factory(**config)`` returns an ``nn.Module``, and,
+    once registered, ``module_source``: the text of that module (see :func:`with_source`).
     """
 
     name: str
@@ -356,15 +533,19 @@ class ArchitectureSpec:
     input_shape: tuple[int, ...]
     import_path: str | None = None
     low_rank: dict[str, int] = field(default_factory=dict)
+    module_source: str | None = None
 
     def to_json(self) -> JSON:
-        return {
+        out = {
             "name": self.name,
             "config": self.config,
             "input_shape": list(self.input_shape),
             "import_path": self.import_path,
             "low_rank": dict(self.low_rank),
         }
+        if self.module_source is not None:  # zoo manifests stay byte-identical
+            out["module_source"] = self.module_source
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ArchitectureSpec:
@@ -375,6 +556,7 @@ class ArchitectureSpec:
                 input_shape=tuple(int(d) for d in data["input_shape"]),
                 import_path=data.get("import_path"),
                 low_rank={str(k): int(v) for k, v in dict(data.get("low_rank") or {}).items()},
+                module_source=_optional_str(data.get("module_source")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArchitectureError(f"malformed architecture spec: {exc}") from exc
@@ -395,8 +577,8 @@ class ArchitectureSpec:
             raise ArchitectureError(f"unknown architecture {name!r} (known: {known})")
         if not 0.0 < width <= 4.0:
             raise ArchitectureError(f"width multiplier must be in (0, 4], got {width}")
-        third = _numel(input_shape) if entry.flat_input else input_shape[0]
-        return cls(name, entry.default_config(width, num_classes, third), tuple(input_shape))
+        config = entry.config_for(name, width, num_classes, tuple(input_shape))
+        return cls(name, config, tuple(input_shape))
 
     @classmethod
     def custom(
@@ -404,6 +586,12 @@ class ArchitectureSpec:
     ) -> ArchitectureSpec:
         """A user's own ``nn.Module`` factory, addressed by ``module:attribute``."""
         return cls("custom", dict(config), tuple(input_shape), import_path=import_path)
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"module_source must be text, got {type(value).__name__}")
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -429,12 +617,131 @@ def _import_factory(import_path: str) -> Callable[..., nn.Module]:
     return factory  # type: ignore[no-any-return]
 
 
+def with_source(spec: ArchitectureSpec) -> ArchitectureSpec:
+    """``spec`` with the text of its custom module, so rebuilds need no ``PYTHONPATH``.
+
+    Why the source and not a pickle: the text is what the user wrote and reviews, it is
+    signed into every bundle's manifest like the config, and a rebuild runs exactly the code
+    that was registered even if the user's file changes or is gone. One file only: a model
+    module that imports other modules of the user's own (relative imports, or a sibling file
+    found next to it) is refused here, because those would not be stored; installed packages
+    (torch, numpy, ...) are imported as usual.
+    """
+    if spec.name != "custom" or spec.import_path is None or spec.module_source is not None:
+        return spec
+    _import_factory(spec.import_path)  # a clear error if it does not import at all
+    module_name = spec.import_path.partition(":")[0]
+    module = sys.modules[module_name]
+    try:
+        path = Path(inspect.getsourcefile(module) or "")
+    except TypeError:
+        path = Path()
+    if path.suffix != ".py" or not path.is_file():
+        raise ArchitectureError(
+            f"{module_name!r} has no Python source file to store with the model "
+            "(a compiled or built-in module); put the factory in a .py file"
+        )
+    text = path.read_text(encoding="utf-8")
+    root = path.parents[module_name.count(".")]
+    own = _own_imports(text, root, path)
+    if own:
+        raise ArchitectureError(
+            f"{path.name} imports {own[0]!r} from your own code, which would not be stored "
+            "with the model; put the model in one module (installed packages are fine)"
+        )
+    return replace(spec, module_source=text)
+
+
+def _own_imports(text: str, root: Path, path: Path) -> list[str]:
+    """Modules ``text`` imports that are relative, or are files under ``root`` (the user's)."""
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as exc:
+        raise ArchitectureError(f"{path.name}: {exc}") from exc
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                return [f"{'.' * node.level}{node.module or ''}"]
+            names.append(node.module or "")
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    own = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name.partition(".")[0])
+        except (ImportError, ValueError):
+            continue
+        origin = Path(found.origin).resolve() if found and found.origin else None
+        if origin is None or origin == path.resolve() or _installed(origin):
+            continue
+        if origin.is_relative_to(root.resolve()):
+            own.append(name)
+    return own
+
+
+def _installed(origin: Path) -> bool:
+    """Part of an installation (a venv inside the user's project counts as installed)."""
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    return any(origin.is_relative_to(p) for p in prefixes) or bool(
+        {"site-packages", "dist-packages"} & set(origin.parts)
+    )
+
+
+def _factory_from_source(spec: ArchitectureSpec) -> Callable[..., nn.Module]:
+    """The factory of a stored module, executed as a private module (once per process).
+
+    Trust: the text comes from the model index or a bundle whose signature was verified,
+    and it is the code the user's own import ran at registration.
+    """
+    assert spec.module_source is not None and spec.import_path is not None
+    original, _, attr = spec.import_path.partition(":")
+    digest = hashlib.sha256(spec.module_source.encode()).hexdigest()[:16]
+    private = f"_edgefleet_model_{digest}"
+    module = sys.modules.get(private)
+    if module is None:
+        module = types.ModuleType(private)
+        module.__file__ = f"<{original} as stored with the model>"
+        sys.modules[private] = module  # dataclasses and typing look their module up by name
+        try:
+            exec(compile(spec.module_source, module.__file__, "exec"), module.__dict__)
+        except Exception as exc:
+            del sys.modules[private]
+            raise ArchitectureError(
+                f"the stored source of {original!r} fails to run: {type(exc).__name__}: "
+                f"{_first_line(exc)}"
+            ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ArchitectureError(f"{spec.import_path!r} is not a callable in its stored source")
+    return factory  # type: ignore[no-any-return]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def build_model(spec: ArchitectureSpec) -> nn.Module:
-    """Construct an (untrained) network exactly as ``spec`` describes it, in eval mode."""
+    """Construct an (untrained) network exactly as ``spec`` describes it, in eval mode.
+
+    A custom spec with ``module_source`` runs that stored text; without it (before
+    registration) the import path is imported from ``sys.path``.
+    """
     if spec.name == "custom":
         if spec.import_path is None:
             raise ArchitectureError("custom architecture needs an import_path")
-        model = _import_factory(spec.import_path)(**spec.config)
+        if spec.module_source is not None:
+            factory = _factory_from_source(spec)
+        else:
+            factory = _import_factory(spec.import_path)
+        try:
+            model = factory(**spec.config)
+        except Exception as exc:  # the user's constructor: any error is a config problem
+            raise ArchitectureError(
+                f"{spec.import_path}(**{spec.config}) failed: {type(exc).__name__}: "
+                f"{_first_line(exc)}"
+            ) from exc
         if not isinstance(model, nn.Module):
             raise ArchitectureError(f"{spec.import_path!r} did not return an nn.Module")
     else:
@@ -464,7 +771,12 @@ def architecture_of(model: nn.Module, template: ArchitectureSpec) -> Architectur
         if isinstance(m, LowRankLinear | LowRankConv2d)
     }
     return ArchitectureSpec(
-        template.name, config, template.input_shape, template.import_path, low_rank
+        template.name,
+        config,
+        template.input_shape,
+        template.import_path,
+        low_rank,
+        template.module_source,
     )
 
 
@@ -498,9 +810,9 @@ def _low_rank_twin(layer: nn.Module, rank: int, name: str) -> nn.Module:
 
 
 def _pair(value: object) -> tuple[int, int]:
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return (value, value)
-    if isinstance(value, tuple) and len(value) == 2:
+    if isinstance(value, tuple | list) and len(value) == 2:
         return (int(value[0]), int(value[1]))
     raise ArchitectureError(f"unsupported conv geometry {value!r}")
 
