@@ -30,7 +30,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from edgefleet.coordinator.state.model import DeviceRecord
-from edgefleet.coordinator.variant_selection import PRECISION_FAMILY, LatencyPredictor, VariantFacts
+from edgefleet.coordinator.variant_selection import (
+    CYCLE_MODEL_RUNTIMES,
+    PRECISION_FAMILY,
+    LatencyPredictor,
+    VariantFacts,
+)
 from edgefleet.metric_names import call_overhead_metric
 from edgefleet.perf import cycles_per_mac, precision_speedup
 from edgefleet.profiles import DeviceProfile
@@ -47,7 +52,7 @@ class DeviceLatencyModel(LatencyPredictor):
     call_overhead_ms: Mapping[str, float] = field(default_factory=dict)  # per runtime
 
     def uncorrected_ms(self, v: VariantFacts, runtime: str) -> float:
-        if runtime == "mcu-sim":
+        if runtime in CYCLE_MODEL_RUNTIMES:
             cycles = v.macs * cycles_per_mac(self.profile)
             return cycles / (self.profile.cpu_mhz * 1e3)
         return self.call_overhead_ms.get(runtime, 0.0) + self._model_ms(v, runtime)

@@ -28,15 +28,23 @@ MIB = 1024 * KIB
 
 # Memory a runtime needs beyond the model's weights and activations (resident
 # interpreter, libraries, allocator slack), measured as agent process RSS with
-# the runtime loaded and no model. mcu-sim is the TFLite-Micro-style
-# interpreter's own state on the device, not our emulator's Python process.
+# the runtime loaded and no model. mcu-sim and tflm are TensorFlow Lite Micro's
+# own state on the device, not the agent's Python process. litert: 9 MiB to
+# import ai-edge-litert plus 3.4 MiB for an interpreter with XNNPACK (measured
+# on this x86-64 host, 2026-12-03), rounded up.
 RUNTIME_OVERHEAD_BYTES: dict[str, int] = {
     "torch": 180 * MIB,
     "onnxruntime": 40 * MIB,
+    "litert": 16 * MIB,
+    "tflm": 16 * KIB,
     "mcu-sim": 16 * KIB,
 }
-# Preference when two runtimes predict the same latency: the lighter one.
-RUNTIME_ORDER = ("mcu-sim", "onnxruntime", "torch")
+# Preference when two runtimes predict the same latency: the device's own (the
+# order its profile lists them in), then the lighter one.
+RUNTIME_ORDER = ("mcu-sim", "tflm", "litert", "onnxruntime", "torch")
+# Runtimes whose latency is simulated microcontroller time from the cycle model
+# (never host wall time): the same prediction the agent reports.
+CYCLE_MODEL_RUNTIMES = frozenset({"mcu-sim", "tflm"})
 
 PRECISION_FAMILY = {
     "fp32": "fp32",
@@ -150,7 +158,14 @@ def judge(
                 f"{human_bytes(profile.ram_bytes)} (short by {human_bytes(need - profile.ram_bytes)})"
             )
             fitting = [r]
-        runtime = min(fitting, key=lambda r: (predictor.predict_ms(v, r), RUNTIME_ORDER.index(r)))
+        runtime = min(
+            fitting,
+            key=lambda r: (
+                predictor.predict_ms(v, r),
+                profile.runtimes.index(r),
+                RUNTIME_ORDER.index(r),
+            ),
+        )
         latency = predictor.predict_ms(v, runtime)
         if policy.latency_slo_ms is not None and latency > policy.latency_slo_ms:
             failures.append(

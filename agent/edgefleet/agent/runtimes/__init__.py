@@ -1,10 +1,12 @@
-"""On-device runtimes behind one interface: ``torch``, ``onnxruntime`` and ``mcu-sim``.
+"""On-device runtimes behind one interface: ``torch``, ``onnxruntime``, ``litert``, ``tflm`` and
+``mcu-sim``.
 
 Use :func:`open_runtime` with the device's profile, then ``load(bundle)`` a verified bundle and
 ``infer(batch)``. Importing this package imports no numerical library: each implementation
 module is imported only when a runtime of that kind is opened, so a device carries (and pays
 the memory of) exactly the runtime it uses. Extras: ``agent-onnx`` (numpy + onnxruntime),
-``agent-torch`` (torch + safetensors + numpy), ``agent-mcu`` (numpy).
+``agent-torch`` (torch + safetensors + numpy), ``agent-mcu`` (numpy), ``agent-tflm`` (numpy +
+tflite-micro: TensorFlow Lite Micro's interpreter), ``agent-litert`` (numpy + ai-edge-litert).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
     "torch": ("edgefleet.agent.runtimes.torch_rt", "TorchRuntime", "agent-torch"),
     "onnxruntime": ("edgefleet.agent.runtimes.ort", "OrtRuntime", "agent-onnx"),
     "mcu-sim": ("edgefleet.agent.runtimes.mcu_sim", "McuSimRuntime", "agent-mcu"),
+    "tflm": ("edgefleet.agent.runtimes.tflm", "TflmRuntime", "agent-tflm"),
+    "litert": ("edgefleet.agent.runtimes.litert", "LiteRtRuntime", "agent-litert"),
 }
 
 

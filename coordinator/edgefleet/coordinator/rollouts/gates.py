@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from edgefleet.coordinator.rollouts.document import Gate, PlannedDevice, Rollout
+from edgefleet.coordinator.variant_selection import CYCLE_MODEL_RUNTIMES
 from edgefleet.metric_names import call_overhead_metric, variant_inferences_metric
 
 NO_TRAFFIC = "no traffic: cannot judge"
@@ -61,7 +62,7 @@ def expected_latency_ms(metrics: dict[str, float], device: PlannedDevice) -> flo
     """The planned prediction, plus the runtime's per-call overhead if the device reported it
     only after the rollout was planned (agents measure it in the background at start)."""
     reported = metrics.get(call_overhead_metric(device.runtime), 0.0)
-    if device.runtime == "mcu-sim" or not math.isfinite(reported):
+    if device.runtime in CYCLE_MODEL_RUNTIMES or not math.isfinite(reported):
         return device.predicted_latency_ms
     return device.predicted_latency_ms + max(0.0, reported - device.call_overhead_ms)
 

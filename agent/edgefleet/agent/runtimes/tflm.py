@@ -1,0 +1,225 @@
+"""``tflm``: TensorFlow Lite Micro's own interpreter running the bundle's full-integer ``.tflite``.
+
+Why TFLM itself and not only our emulator: TFLM's reference kernels and arena planner are what
+an MCU build of the model executes, so its outputs and its arena are the reference every
+microcontroller result is judged against (``tflite-micro`` on the package index is that C++
+interpreter with Python bindings: 0.7 MB, numpy + flatbuffers).
+
+* **Flash**: the ``.tflite`` bytes (the model array a firmware links); over the profile's
+  flash, ``load`` refuses with both numbers.
+* **SRAM**: the arena is TFLM's, found by TFLM: the smallest ``arena_size`` its allocator accepts
+  for this model (a binary search between what ``print_allocations`` reports and an arena that
+  works), and the interpreter that serves is built with exactly that arena, so the figure is
+  proven, not estimated. It is a little above ``print_allocations``' total (temporary buffers
+  during ``Prepare``, the allocator's own objects), and it is what a firmware must reserve for
+  ``tensor_arena``; both numbers are kept (``arena_bytes``, ``reported_arena_bytes``).
+* **Latency** is simulated device time, as for mcu-sim: the variant's MACs x the core's cycles
+  per int8 MAC (:func:`edgefleet.perf.cycles_per_mac`) at the profile's clock, the coordinator's
+  own prediction, so the host's wall time never poses as a microcontroller's.
+
+TFLM prints its allocation report and allocation failures to the C ``stderr``; they are read
+by pointing file descriptor 2 at a temporary file for the few milliseconds of a load, under a
+lock. A line another thread writes to stderr in that window goes to the same file and is
+written back to stderr afterwards, TFLM's own lines excepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tflite_micro.python.tflite_micro import runtime as tflm  # type: ignore[import-untyped]
+
+from edgefleet.agent.runtimes.base import (
+    BudgetExceededError,
+    BundleFormatError,
+    InferenceError,
+    MemoryUsage,
+    Runtime,
+)
+from edgefleet.agent.runtimes.tflite_io import TensorQuant, input_mapper, quant_from_details
+from edgefleet.bundle import Bundle
+from edgefleet.perf import cycles_per_mac
+from edgefleet.profiles import DeviceProfile
+
+__all__ = ["TflmArena", "TflmRuntime", "measure_arena"]
+
+_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
+#: Lines TFLM writes while it is measured (the report, and failures of too-small arenas).
+_TFLM_LINE = re.compile(
+    r"^\[RecordingMicroAllocator\]|^Failed |^tensorflow/lite/micro/|^Node .* failed to prepare|"
+    r"^Arena size is too small|^$"
+)
+_CAPTURE = threading.Lock()
+_MAX_ARENA = 256 * 1024 * 1024  # no microcontroller model needs more; a bigger one is refused
+
+
+@contextmanager
+def _c_stderr() -> Iterator[list[str]]:
+    """Collect what C code writes to fd 2 inside the block (lines, in the yielded list)."""
+    lines: list[str] = []
+    with _CAPTURE, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
+            foreign = [line for line in lines if not _TFLM_LINE.search(line)]
+            if foreign:
+                sys.stderr.write("\n".join(foreign) + "\n")
+
+
+class TflmArena:
+    """TFLM's arena for one model: ``arena_bytes`` (smallest accepted) and what it reported."""
+
+    def __init__(self, arena_bytes: int, reported_bytes: int) -> None:
+        self.arena_bytes = arena_bytes
+        self.reported_bytes = reported_bytes
+
+
+def _interpreter(model: bytes, arena: int) -> Any:
+    """A TFLM interpreter with ``arena`` bytes that has run once (``Prepare`` and scratch done),
+    or ``None`` if TFLM cannot allocate the model in that arena."""
+    try:
+        it = tflm.Interpreter.from_bytes(model, arena_size=arena)
+        details = it.get_input_details(0)
+        it.set_input(np.zeros([int(d) for d in details["shape"]], details["dtype"]), 0)
+        it.invoke()
+    except RuntimeError:
+        return None
+    return it
+
+
+def measure_arena(model: bytes) -> tuple[TflmArena, Any]:
+    """TFLM's arena for ``model`` and an interpreter built with exactly that arena.
+
+    Raises ``BundleFormatError`` when TFLM cannot parse or prepare the model at any size.
+    """
+    with _c_stderr() as lines:
+        try:
+            probe_size = max(64 * 1024, 10 * len(model))
+            probe = _interpreter(model, probe_size)
+            while probe is None and probe_size < _MAX_ARENA:
+                probe_size *= 4
+                probe = _interpreter(model, probe_size)
+        except Exception as exc:  # flatbuffer parsing raises struct errors, ValueError, ...
+            raise BundleFormatError(f"TFLM cannot load model.tflite: {exc}") from exc
+        if probe is None:
+            failed = True
+        else:
+            failed = False
+            probe.print_allocations()
+            del probe
+    if failed:
+        why = next((line for line in lines if line.strip()), "no reason given")
+        raise BundleFormatError(f"TFLM cannot prepare model.tflite: {why}")
+    match = next((m for m in map(_TOTAL.search, lines) if m), None)
+    reported = int(match.group(1)) if match else 0
+    with _c_stderr():
+        low, high = reported, probe_size
+        while low < high:  # smallest arena TFLM accepts; construction is ~ms for MCU models
+            mid = (low + high) // 2
+            if _interpreter(model, mid) is None:
+                low = mid + 1
+            else:
+                high = mid
+        final = _interpreter(model, low)
+    assert final is not None, "an arena TFLM accepted once must be accepted again"
+    return TflmArena(low, reported), final
+
+
+class TflmRuntime(Runtime):
+    """TensorFlow Lite Micro over ``model.tflite``: int8 in and out, the arena TFLM needs."""
+
+    name = "tflm"
+    latency_source = "cycle-model"
+
+    def __init__(self, profile: DeviceProfile, threads: int = 1) -> None:
+        super().__init__(profile, threads)
+        self._it: Any = None
+        self._in = self._out = TensorQuant(1.0, 0)
+        self._perm: tuple[int, ...] | None = None
+        self._in_shape: tuple[int, ...] = ()
+        self._ms_per_sample = 0.0
+        self.arena: TflmArena | None = None
+        self.flash_bytes = 0
+
+    def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
+        model = bundle.file(str(entry.get("file", "model.tflite")))
+        if len(model) > self.profile.storage_bytes:
+            raise BudgetExceededError(
+                "flash",
+                len(model),
+                self.profile.storage_bytes,
+                f"model.tflite on {self.profile.name}",
+            )
+        arena, it = measure_arena(model)
+        if arena.arena_bytes > self.profile.ram_bytes:
+            raise BudgetExceededError(
+                "SRAM arena",
+                arena.arena_bytes,
+                self.profile.ram_bytes,
+                f"TFLM's tensor arena for model.tflite on {self.profile.name}",
+            )
+        in_details, out_details = it.get_input_details(0), it.get_output_details(0)
+        shape = tuple(int(d) for d in in_details["shape"])
+        layout = entry.get("layout")
+        self._perm = input_mapper(
+            bundle.manifest.get("input", {}).get("shape", []),
+            shape,
+            None if layout is None else str(layout),
+        )
+        self._in = quant_from_details(in_details, "input")
+        self._out = quant_from_details(out_details, "output")
+        self._in_shape, self._it, self.arena, self.flash_bytes = shape, it, arena, len(model)
+        macs = int(bundle.manifest.get("metrics", {}).get("macs", 0))
+        self._ms_per_sample = macs * cycles_per_mac(self.profile) / (self.profile.cpu_mhz * 1e3)
+
+    def quantize_input(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.int8]:
+        """The batch as the model's int8 input tensors, ``[N, *model input shape[1:]]``."""
+        x = batch if self._perm is None else np.transpose(batch, self._perm)
+        return self._in.quantize(x).reshape(batch.shape[0], *self._in_shape[1:])
+
+    def run_int8(self, q: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
+        """TFLM's int8 output for each int8 input row (TFLM runs one sample per invoke)."""
+        rows = []
+        for row in q:
+            self._it.set_input(row[None], 0)
+            self._it.invoke()
+            rows.append(np.array(self._it.get_output(0), dtype=np.int8).reshape(-1))
+        return np.stack(rows)
+
+    def _infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        try:
+            q = self.run_int8(self.quantize_input(batch))
+        except RuntimeError as exc:  # TFLM's invoke failed: the variant stays loaded
+            raise InferenceError(f"TFLM invoke failed: {exc}") from exc
+        self.last_latency_ms = self._ms_per_sample * batch.shape[0]
+        return self._out.dequantize(q)
+
+    def memory(self) -> MemoryUsage:
+        if self.arena is None:
+            return MemoryUsage(0, 0, "not loaded")
+        return MemoryUsage(
+            weights=self.flash_bytes,
+            working=self.arena.arena_bytes,
+            method="flash: model.tflite; SRAM: the smallest tensor arena TFLM accepts "
+            f"(its allocation report says {self.arena.reported_bytes} bytes)",
+        )
+
+    def unload(self) -> None:
+        self._it, self.arena, self.flash_bytes = None, None, 0
+        super().unload()
