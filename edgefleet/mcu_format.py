@@ -20,6 +20,8 @@ int32, multipliers int32, shifts int8); per-tensor ones are plain integers in th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ACTIVATION_DTYPE",
     "EXPORTED_OPS",
@@ -28,7 +30,17 @@ __all__ = [
     "MCU_FORMAT_VERSION",
     "Q31_SHIFT",
     "SUPPORTED_OPS",
+    "TFLITE_FILE",
+    "TFLITE_LAYOUT",
+    "nhwc_flat_order",
 ]
+
+#: The full-integer TFLite model in every int8 (static) bundle: what TFLM, LiteRT and mcu-sim run.
+TFLITE_FILE = "model.tflite"
+#: 4-D tensors in ``model.tflite`` are NHWC (TFLite's convention); a runtime feeding the
+#: manifest's NCHW input transposes it with ``batch.transpose(0, 2, 3, 1)``. 2-D inputs are
+#: fed as they are.
+TFLITE_LAYOUT = "NHWC"
 
 MCU_FORMAT = "edgefleet-mcu"
 MCU_FORMAT_VERSION = 1
@@ -39,8 +51,26 @@ Q31_SHIFT = 31
 
 #: Ops the coordinator's exporter emits today (a QDQ graph of the zoo networks).
 EXPORTED_OPS = frozenset(
-    {"conv2d", "depthwise_conv2d", "fully_connected", "global_average_pool", "reshape", "add"}
+    {
+        "conv2d",
+        "depthwise_conv2d",
+        "fully_connected",
+        "global_average_pool",
+        "reshape",
+        "add",
+        "max_pool2d",
+        "average_pool2d",
+    }
 )
 #: Ops the emulator executes: the exported ones plus the rest of the CMSIS-NN set the zoo's
 #: architectures may need (windowed pooling, standalone ReLU/ReLU6 clamps, int8 softmax).
 SUPPORTED_OPS = EXPORTED_OPS | frozenset({"max_pool2d", "average_pool2d", "clamp", "softmax"})
+
+
+def nhwc_flat_order(chw: Sequence[int]) -> list[int]:
+    """For a tensor of NCHW shape ``[C, H, W]`` (batch dropped): the NCHW flat index of each
+    element in NHWC flatten order. A fully-connected layer after a flatten reads its input in
+    this order in ``model.tflite``, so the exporter permutes its weight columns with it and
+    the emulator permutes them back."""
+    c, h, w = (int(d) for d in chw)
+    return [ci * h * w + hi * w + wi for hi in range(h) for wi in range(w) for ci in range(c)]

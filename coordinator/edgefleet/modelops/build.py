@@ -39,6 +39,13 @@ from edgefleet.modelops.memplan import plan_memory
 from edgefleet.modelops.onnx_export import export_onnx
 from edgefleet.modelops.quantize import to_fp16, to_int8_dynamic, to_int8_static
 from edgefleet.modelops.recipes import Recipe, RecipeError, parse_recipe
+from edgefleet.modelops.tflite_export import (
+    TFLITE_FILE,
+    TFLITE_LAYOUT,
+    TfliteExportError,
+    export_tflite,
+)
+from edgefleet.modelops.tflm_arena import TflmLoadError, tflm_arena
 from edgefleet.modelops.train import TrainConfig, evaluate, train
 from edgefleet.modelops.transforms import apply_float_step, sparsity
 from edgefleet.variant_store import ModelEntry, StoreError, VariantStore
@@ -139,6 +146,21 @@ def make_variant(
                 "flash_bytes": len(files["mcu.safetensors"]),
                 "tensor_bytes": mcu.weight_bytes,
             }
+            # The full-integer .tflite (TFLM, LiteRT, mcu-sim run it) and TFLM's own arena.
+            try:
+                tflite = export_tflite(mcu)
+                arena = tflm_arena(tflite)
+            except (TfliteExportError, TflmLoadError) as exc:
+                mcu_info["tflite_error"] = str(exc)
+            else:
+                files[TFLITE_FILE] = tflite
+                runtimes["mcu-sim"]["model"] = TFLITE_FILE
+                mcu_info["tflite"] = {
+                    "file": TFLITE_FILE,
+                    "bytes": len(tflite),
+                    "layout": TFLITE_LAYOUT,
+                    **arena.to_json(),
+                }
     onnx_bytes = deploy.SerializeToString()
     files["model.onnx"] = onnx_bytes
     runtimes["onnxruntime"] = {"file": "model.onnx"}

@@ -42,7 +42,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if real < 0:
         raise McuExportError(f"negative requantisation scale {real}")
     q, shift = math.frexp(real)  # real = q * 2**shift, q in [0.5, 1)
-    q_fixed = round(q * (1 << 31))
+    q_fixed = math.floor(q * (1 << 31) + 0.5)  # TfliteRound: half away from zero (q > 0)
     if q_fixed == 1 << 31:
         q_fixed //= 2
         shift += 1
@@ -174,6 +174,14 @@ def export_mcu(model: onnx.ModelProto) -> McuExport:
             a, b = (tensor(g.activation(i)) for i in node.input)
             y, _ = g.quantised_output(node.output[0])
             ops.append(_add_op(a, b, tensor(y), tensors))
+        elif op in ("MaxPool", "AveragePool"):
+            x = tensor(g.activation(node.input[0]))
+            y, _ = g.quantised_output(node.output[0])
+            ops.append(_window_pool_op(node, x, tensor(y), tensors))
+        elif op == "GlobalAveragePool":
+            x = tensor(g.activation(node.input[0]))
+            y, _ = g.quantised_output(node.output[0])
+            ops.append(_global_mean_op(x, tensor(y), tensors))
         elif op == "ReduceMean":
             x = tensor(g.activation(node.input[0]))
             y, _ = g.quantised_output(node.output[0])
@@ -273,6 +281,8 @@ def _dense_op(
         "activation_min": -128,
         "activation_max": 127,
         "output_zero_point": zp_out,
+        # per output channel, as float32 (what .tflite stores and TFLM derives multipliers from)
+        "weight_scale": [float(np.float32(s)) for s in w_scale],
     }
 
 
@@ -315,10 +325,50 @@ def _mean_op(
         axes = [int(a) for a in g.const(node.input[1])]
     if sorted(int(a) % len(shape) for a in axes or []) != [2, 3]:
         raise McuExportError("only a global average over H and W is supported")
+    return _global_mean_op(x, y, tensors)
+
+
+def _global_mean_op(x: str, y: str, tensors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """TFLM's int8 MEAN over H and W (``reference_ops::QuantizedMeanOrSum``).
+
+    TFLM quantises ``s_in / s_out`` and then folds ``1 / count`` into the integer multiplier
+    (``(multiplier << shift) / count``, ``shift = floor(log2(count))`` clamped to 32 and to
+    ``31 + shift_out``), so the emulator and TFLM requantise the int32 sum identically.
+    """
+    shape = tensors[x]["shape"]
     count = int(shape[2] * shape[3])
-    op = _requant_op("global_average_pool", x, y, tensors, extra=1.0 / count)
+    op = _requant_op("global_average_pool", x, y, tensors)
+    fold = min(count.bit_length() - 1, 32, 31 + op["shift"])
+    op["multiplier"] = (op["multiplier"] << fold) // count
+    op["shift"] -= fold
     op["count"] = count
     return op
+
+
+def _window_pool_op(
+    node: onnx.NodeProto, x: str, y: str, tensors: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """MaxPool / AveragePool: int8 in and out at the SAME scale, as TFLite's kernels require."""
+    attrs = _attrs(node)
+    kind = "max_pool2d" if node.op_type == "MaxPool" else "average_pool2d"
+    a, b = tensors[x], tensors[y]
+    if (a["scale"], a["zero_point"]) != (b["scale"], b["zero_point"]):
+        raise McuExportError(f"{node.op_type}: output quantisation differs from the input's")
+    if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        raise McuExportError(f"{node.op_type}: ceil_mode and dilations are not supported")
+    if kind == "average_pool2d" and attrs.get("count_include_pad", 0):
+        raise McuExportError("AveragePool: count_include_pad=1 is not supported")
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    return {
+        "op": kind,
+        "inputs": [x],
+        "output": y,
+        "kernel": kernel,
+        "stride": [int(s) for s in attrs.get("strides", kernel)],
+        "padding": [int(p) for p in attrs.get("pads", [0, 0, 0, 0])],
+        "activation_min": -128,
+        "activation_max": 127,
+    }
 
 
 def _add_op(a: str, b: str, y: str, tensors: dict[str, dict[str, Any]]) -> dict[str, Any]:
