@@ -42,6 +42,7 @@ __all__ = [
     "ArchitectureError",
     "ArchitectureSpec",
     "CheckpointMismatchError",
+    "InputShapeError",
     "LowRankConv2d",
     "LowRankLinear",
     "ResNet8",
@@ -56,6 +57,10 @@ JSON = dict[str, Any]
 
 class ArchitectureError(ValueError):
     """An architecture name, config or import path that cannot be built."""
+
+
+class InputShapeError(ArchitectureError):
+    """A zoo family that cannot take rows of the dataset's shape (e.g. a conv net on (F,))."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -497,8 +502,8 @@ class _Entry:
         if self.flat_input:
             return self.default_config(width, num_classes, _numel(input_shape))
         if len(input_shape) not in (2, 3):
-            raise ArchitectureError(
-                f"{name} takes (C, H, W) maps or (C, L) signal windows, not rows of shape "
+            raise InputShapeError(
+                f"{name} needs rows of (C, H, W) maps or (C, L) signal windows, not "
                 f"{tuple(input_shape)}; use mlp, or reshape x to (N, 1, L)"
             )
         config = self.default_config(width, num_classes, input_shape[0])

@@ -121,7 +121,9 @@ def _progress_bar(total: int) -> tuple[Any, Callable[[str, str], None]]:
 @_cli_errors
 def add(
     name: Annotated[str, typer.Argument(help="a name for the model")],
-    arch: Annotated[str, typer.Option(help="ds-cnn | resnet-8 | mlp | custom")] = "ds-cnn",
+    arch: Annotated[
+        str, typer.Option(help="ds-cnn | ds-cnn-kws | resnet-8 | mlp | custom")
+    ] = "ds-cnn",
     dataset: Annotated[
         str,
         typer.Option(
@@ -154,7 +156,7 @@ def add(
     from edgefleet.modelops.data import DatasetError, load_dataset
     from edgefleet.modelops.measure import LatencyConfig
     from edgefleet.variant_store import StoreError, resolve_data_dir
-    from edgefleet.zoo import ArchitectureError, ArchitectureSpec
+    from edgefleet.zoo import ArchitectureError, ArchitectureSpec, InputShapeError
 
     try:
         h, w = (int(v) for v in image_size.lower().split("x"))
@@ -179,11 +181,24 @@ def add(
             raise ArchitectureError(f"--config is not JSON: {exc}") from exc
         spec = ArchitectureSpec.custom(import_path, kwargs, data.input_shape)
     else:
-        spec = ArchitectureSpec.zoo(
-            arch, width=width, num_classes=data.num_classes, input_shape=data.input_shape
-        )
+        try:
+            spec = ArchitectureSpec.zoo(
+                arch, width=width, num_classes=data.num_classes, input_shape=data.input_shape
+            )
+        except InputShapeError as exc:
+            raise DatasetError(
+                f"{arch} does not take dataset {data.name} input {data.input_shape}: {exc}"
+            ) from exc
     if checkpoint is None:  # with a checkpoint, register_model checks the loaded model
         check_model_fits(None, spec, data)
+    elif not _has_user_split(dataset):
+        typer.echo(
+            f"warning: your checkpoint is scored on {data.name}'s test split, made by a seeded "
+            "60/20/20 split of all rows; if you trained on any of these rows the score is "
+            "inflated: give the .npz a 'split' array marking the rows you trained on as "
+            "train/val",
+            err=True,
+        )
     if epochs < 1 and checkpoint is None:
         raise ArchitectureError("--epochs must be at least 1")
     store = _store(data_dir)
@@ -210,6 +225,17 @@ def add(
             f"registered [bold]{name}[/] ({arch}): base {row['id'][:12]}, "
             f"test accuracy {100 * row['accuracy']:.2f}%, {row['bytes']} bytes"
         )
+
+
+def _has_user_split(dataset: str) -> bool:
+    """Whether ``--dataset`` is an .npz that names its own train/val/test rows."""
+    import numpy as np
+
+    path = Path(dataset).expanduser()
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    with np.load(path, allow_pickle=False) as npz:
+        return "split" in npz.files
 
 
 @models_app.command("ls")
@@ -242,7 +268,7 @@ def build(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build compressed variants of a model (default: every recipe family and pipeline)."""
+    """Build compressed variants of a model (default: every recipe that applies to it)."""
     from edgefleet.modelops.recipes import DEFAULT_RECIPES, RecipeError, parse_recipes
 
     try:
@@ -256,6 +282,9 @@ def build(
     from edgefleet.modelops.build import BuildOptions, build_variants
     from edgefleet.modelops.measure import LatencyConfig
 
+    if not recipes:  # the defaults: only those that apply to this model, each skip said
+        parsed = parse_recipes(_applicable_defaults(store, name))
+
     options = BuildOptions(latency=LatencyConfig(runs=latency_runs))
     bar, update = _progress_bar(len(parsed))
     with bar:
@@ -264,6 +293,24 @@ def build(
         print_json(ids)
     else:
         _out.print(f"built {len(ids)} variant(s) of {name}; see `edgefleet models variants {name}`")
+
+
+def _applicable_defaults(store: Any, name: str) -> list[str]:
+    """The default recipes that apply to model ``name``; skips and notes go to stderr."""
+    from edgefleet.modelops.applicable import default_recipes
+    from edgefleet.modelops.build import load_torch_model
+    from edgefleet.modelops.data import load_dataset
+    from edgefleet.zoo import ArchitectureSpec
+
+    entry = store.model(name)
+    base = store.load(entry.base)
+    spec = ArchitectureSpec.from_json(base.manifest["architecture"])
+    found = default_recipes(load_torch_model(base), spec, load_dataset(entry.dataset, store.root))
+    for recipe, why in found.skipped.items():
+        typer.echo(f"skipped {recipe}: {why}", err=True)
+    for note in found.notes:
+        typer.echo(f"note: {note}", err=True)
+    return found.recipes
 
 
 @models_app.command("variants")

@@ -54,6 +54,7 @@ from edgefleet.zoo import (
     build_model,
     load_checkpoint,
     load_state_dict_strict,
+    with_source,
 )
 
 __all__ = [
@@ -115,7 +116,14 @@ def make_variant(
     """
     label = progress_label or recipe.label
     progress(label, "export")
-    float_graph = export_onnx(model, spec.input_shape)
+    try:
+        float_graph = export_onnx(model, spec.input_shape)
+    except Exception as exc:  # torch.export's report is dozens of lines; keep its first
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(
+            f"{label}: the model cannot be exported to ONNX (torch.export): "
+            f"{type(exc).__name__}: {first}"
+        ) from exc
     precision = recipe.precision
     files: dict[str, bytes] = {}
     runtimes: dict[str, Any] = {}
@@ -221,24 +229,41 @@ def _numpy_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
 
 
 def check_model_fits(model: nn.Module | None, spec: ArchitectureSpec, data: Dataset) -> None:
-    """One row of the dataset through the model: it must run and give one logit per class.
+    """A dataset-shaped zero batch through the model: it must run and give (N, classes) logits.
 
-    ``model`` ``None`` builds a fresh one from ``spec`` (a check before any training or export).
+    ``model`` ``None`` builds a fresh one from ``spec``. This runs before any training or
+    export so a wrong input or output shape is one line naming both shapes, not the
+    exporter's ~40-line trace; a batch of 2 (not 1) so a model that drops or mixes up the
+    batch axis is caught too. Only classifiers are registered: every metric, gate and
+    selection downstream is top-1 accuracy, which means nothing for, say, an autoencoder.
     """
     if model is None:
         model = build_model(spec)
     model.eval()
+    what = spec.import_path if spec.name == "custom" else spec.name
+    batch = torch.zeros(2, *data.input_shape)
     try:
         with torch.no_grad():
-            out = model(torch.from_numpy(data.x_val[:1]))
+            out = model(batch)
     except Exception as exc:  # any shape error the layers raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatasetError(
-            f"{spec.name} does not take dataset {data.name} input {data.input_shape}: {first}"
+            f"{what} does not take dataset {data.name} input {data.input_shape} "
+            f"(rows of x): {first}"
         ) from exc
-    if tuple(out.shape) != (1, data.num_classes):
+    if not isinstance(out, torch.Tensor):
         raise DatasetError(
-            f"{spec.name} gives outputs {tuple(out.shape[1:])} but dataset {data.name} has "
+            f"{what} returns {type(out).__name__}, not a tensor of logits (N, classes)"
+        )
+    if out.dim() != 2 or out.shape[0] != 2:
+        raise DatasetError(
+            f"{what} is not a classifier: a batch {tuple(batch.shape)} gives output "
+            f"{tuple(out.shape)}, expected (2, {data.num_classes}) logits, one per class of "
+            f"{data.name}"
+        )
+    if out.shape[1] != data.num_classes:
+        raise DatasetError(
+            f"{what} gives {out.shape[1]} outputs per row but dataset {data.name} has "
             f"{data.num_classes} classes"
         )
 
@@ -274,6 +299,7 @@ def register_model(
             f"{spec.name}: architecture input {spec.input_shape} != "
             f"dataset {data.name} input {data.input_shape}"
         )
+    spec = with_source(spec)  # a custom module's text travels with the model from here on
     torch.manual_seed(options.seed)
     model = build_model(spec)
     if checkpoint is not None:

@@ -27,13 +27,18 @@ from edgefleet.zoo import (
     low_rank_compatible,
 )
 
-__all__ = ["apply_float_step", "sparsity"]
+__all__ = ["apply_float_step", "factorisable_layers", "prunable_layers", "sparsity"]
 
 Model = tuple[nn.Module, ArchitectureSpec]
 
 
 def _weighted_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def prunable_layers(model: nn.Module) -> list[str]:
+    """Names of the Conv2d / Linear layers magnitude pruning works on."""
+    return [n for n, _ in _weighted_layers(model)]
 
 
 def sparsity(model: nn.Module) -> float:
@@ -166,6 +171,12 @@ def low_rank(
     if epochs:
         train(model, data, TrainConfig(epochs=epochs, lr=1e-3, seed=seed))
     return _rebuilt(model, new_spec), new_spec
+
+
+def factorisable_layers(model: nn.Module, energy: float) -> list[str]:
+    """Names of the layers :func:`low_rank` would split at ``energy`` (an SVD each, no copy)."""
+    with torch.no_grad():
+        return [n for n, m in model.named_modules() if _factorise(m, energy) is not None]
 
 
 def _factorise(layer: nn.Module, energy: float) -> nn.Module | None:
