@@ -55,8 +55,8 @@ __all__ = ["TflmArena", "TflmRuntime", "measure_arena"]
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 #: Lines TFLM writes while it is measured (the report, and failures of too-small arenas).
 _TFLM_LINE = re.compile(
-    r"^\[RecordingMicroAllocator\]|^Failed |^tensorflow/lite/micro/|^Node .* failed to prepare|"
-    r"^Arena size is too small|^$"
+    r"^\[RecordingMicroAllocator\]|^(Failed|Unable|Couldn't) |^tensorflow/lite/micro/|"
+    r"^Node .* failed to prepare|^Arena size is too small|^$"
 )
 _CAPTURE = threading.Lock()
 _MAX_ARENA = 256 * 1024 * 1024  # no microcontroller model needs more; a bigger one is refused
