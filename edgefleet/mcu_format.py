@@ -20,6 +20,7 @@ int32, multipliers int32, shifts int8); per-tensor ones are plain integers in th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "TFLITE_FILE",
     "TFLITE_LAYOUT",
     "nhwc_flat_order",
+    "quantize_multiplier",
 ]
 
 #: The full-integer TFLite model in every int8 (static) bundle: what TFLM, LiteRT and mcu-sim run.
@@ -64,7 +66,7 @@ EXPORTED_OPS = frozenset(
 )
 #: Ops the emulator executes: the exported ones plus the rest of the CMSIS-NN set the zoo's
 #: architectures may need (windowed pooling, standalone ReLU/ReLU6 clamps, int8 softmax).
-SUPPORTED_OPS = EXPORTED_OPS | frozenset({"max_pool2d", "average_pool2d", "clamp", "softmax"})
+SUPPORTED_OPS = EXPORTED_OPS | frozenset({"clamp", "softmax", "pad"})
 
 
 def nhwc_flat_order(chw: Sequence[int]) -> list[int]:
@@ -74,3 +76,26 @@ def nhwc_flat_order(chw: Sequence[int]) -> list[int]:
     the emulator permutes them back."""
     c, h, w = (int(d) for d in chw)
     return [ci * h * w + hi * w + wi for hi in range(h) for wi in range(w) for ci in range(c)]
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """TFLite's ``QuantizeMultiplier``: ``real ~= multiplier * 2**(shift - 31)``, Q31 multiplier.
+
+    Shared by the exporter and the emulator, which derives every multiplier from the
+    ``.tflite``'s float32 scales exactly as TFLM's ``Prepare`` does (double arithmetic,
+    ``TfLiteRound`` = half away from zero, a shift below -31 flushes to zero).
+    """
+    if real == 0.0:
+        return 0, 0
+    if real < 0 or not math.isfinite(real):
+        raise ValueError(f"requantisation scale {real} is not a positive finite number")
+    q, shift = math.frexp(real)  # real = q * 2**shift, q in [0.5, 1)
+    q_fixed = math.floor(q * (1 << 31) + 0.5)
+    if q_fixed == 1 << 31:
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    if shift > 30:
+        raise ValueError(f"requantisation scale {real} too large for int32 fixed point")
+    return int(q_fixed), int(shift)

@@ -15,7 +15,6 @@ Integer tensors go to ``mcu.safetensors``; the graph (ops, shapes, scales) to ``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgefleet.mcu_format import ACTIVATION_DTYPE, LAYOUT, MCU_FORMAT, MCU_FORMAT_VERSION
+from edgefleet.mcu_format import quantize_multiplier as _quantize_multiplier
 from edgefleet.modelops.onnx_export import static_shapes
 
 __all__ = ["MCU_FORMAT", "McuExport", "McuExportError", "export_mcu", "quantize_multiplier"]
@@ -36,21 +36,11 @@ class McuExportError(ValueError):
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
-    """TFLite's QuantizeMultiplier: ``real ~= multiplier * 2**(shift - 31)``, multiplier in Q31."""
-    if real == 0.0:
-        return 0, 0
-    if real < 0:
-        raise McuExportError(f"negative requantisation scale {real}")
-    q, shift = math.frexp(real)  # real = q * 2**shift, q in [0.5, 1)
-    q_fixed = math.floor(q * (1 << 31) + 0.5)  # TfliteRound: half away from zero (q > 0)
-    if q_fixed == 1 << 31:
-        q_fixed //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    if shift > 30:
-        raise McuExportError(f"requantisation scale {real} too large for int32 fixed point")
-    return int(q_fixed), int(shift)
+    """TFLite's QuantizeMultiplier (:func:`edgefleet.mcu_format.quantize_multiplier`)."""
+    try:
+        return _quantize_multiplier(real)
+    except ValueError as exc:
+        raise McuExportError(str(exc)) from exc
 
 
 def _multipliers(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,12 +23,19 @@ import numpy as np
 from edgefleet.agent.runtimes.base import BundleFormatError
 from edgefleet.mcu_format import LAYOUT, MCU_FORMAT, MCU_FORMAT_VERSION, SUPPORTED_OPS
 
-__all__ = ["DENSE_OPS", "McuGraph", "TensorInfo", "parse_graph", "read_safetensors"]
+__all__ = [
+    "DENSE_OPS",
+    "McuGraph",
+    "TensorInfo",
+    "check_graph",
+    "parse_graph",
+    "read_safetensors",
+]
 
 _ST_DTYPES = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64}
 #: ops with int8 weights, an int32 bias and per-output-channel requantisation
 DENSE_OPS = ("conv2d", "depthwise_conv2d", "fully_connected")
-_SAME_QPARAMS = ("max_pool2d", "average_pool2d", "clamp")
+_SAME_QPARAMS = ("max_pool2d", "average_pool2d", "clamp", "pad")
 
 
 def read_safetensors(data: bytes) -> dict[str, np.ndarray[Any, Any]]:
@@ -121,6 +128,17 @@ def parse_graph(graph_bytes: bytes, tensor_bytes: bytes) -> McuGraph:
         raise BundleFormatError(f"mcu.json is malformed: {exc}") from exc
     if len(tensors) != len(graph["tensors"]):
         raise BundleFormatError("mcu graph: every activation tensor must be int8")
+    return check_graph(first, last, tensors, ops, params)
+
+
+def check_graph(
+    first: str,
+    last: str,
+    tensors: Mapping[str, TensorInfo],
+    ops: Sequence[Mapping[str, Any]],
+    params: Mapping[str, np.ndarray[Any, Any]],
+) -> McuGraph:
+    """Every op known, every tensor defined before it is read, parameters typed and shaped."""
     defined = {first}
     for index, op in enumerate(ops):
         kind = op.get("op")

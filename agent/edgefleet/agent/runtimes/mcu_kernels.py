@@ -107,9 +107,10 @@ def _conv(op: Mapping[str, Any], g: McuGraph, x: npt.NDArray[np.int8]) -> I32:
         acc = np.empty((n, o, ho * wo), dtype=np.int32)
         for gi in range(groups):
             cols = np.stack([tap[:, gi * cin_g : (gi + 1) * cin_g] for tap in taps], axis=2)
-            cols = cols.reshape(n, cin_g * kh * kw, ho * wo)
+            cols = cols.reshape(n, cin_g * kh * kw, ho * wo).astype(np.float64)
             wg = w[gi * per : (gi + 1) * per].reshape(per, cin_g * kh * kw)
-            acc[:, gi * per : (gi + 1) * per] = np.matmul(wg, cols)
+            # float64 (BLAS) is exact here: |products| < 2**16, sums far below 2**53
+            acc[:, gi * per : (gi + 1) * per] = np.matmul(wg.astype(np.float64), cols)
         acc = acc.reshape(n, o, ho, wo)
     acc += g.params[op["bias"]][None, :, None, None]
     return acc
@@ -120,7 +121,8 @@ def _dense(op: Mapping[str, Any], g: McuGraph, x: npt.NDArray[np.int8]) -> npt.N
     if op["op"] == "fully_connected":
         zp = g.tensors[op["inputs"][0]].zero_point
         xs = x.reshape(x.shape[0], -1).astype(np.int32) - np.int32(zp)
-        acc: I32 = np.matmul(xs, g.params[op["weight"]].astype(np.int32).T)
+        wf = g.params[op["weight"]].astype(np.float64).T
+        acc: I32 = np.matmul(xs.astype(np.float64), wf).astype(np.int32)  # exact, see _conv
         acc += g.params[op["bias"]][None, :]
         y = requantize(acc, mult[None, :], shift[None, :])
     else:
@@ -193,6 +195,9 @@ def run_op(
         )
     if kind in ("max_pool2d", "average_pool2d"):
         return _pool(op, g, x)
+    if kind == "pad":  # TFLM PAD (int8): the output zero point, i.e. real 0, fills the border
+        padded: npt.NDArray[np.int8] = _pad(x, op, int(op["value"])).astype(np.int8)
+        return padded
     if kind == "clamp":  # ReLU: min = zero point; ReLU6: max = zero point + round(6 / scale)
         return clamp_int8(x, int(op["activation_min"]), int(op["activation_max"]))
     if kind == "softmax":

@@ -39,6 +39,7 @@ import numpy.typing as npt
 from edgefleet.agent.runtimes.base import (
     BudgetExceededError,
     BundleFormatError,
+    InputError,
     MemoryUsage,
     Runtime,
 )
@@ -50,6 +51,7 @@ from edgefleet.agent.runtimes.mcu_kernels import (
     run_graph,
     softmax_lut,
 )
+from edgefleet.agent.runtimes.mcu_tflite import parse_tflite, schema_available
 from edgefleet.arena import ArenaPlan, Lifetimes
 from edgefleet.bundle import Bundle
 from edgefleet.perf import cycles_per_mac
@@ -226,18 +228,20 @@ class McuSimRuntime(Runtime):
         self.flash_bytes = 0
 
     def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
-        graph_bytes = bundle.file(str(entry.get("graph", "mcu.json")))
-        tensor_bytes = bundle.file(str(entry.get("tensors", "mcu.safetensors")))
-        flash = len(graph_bytes) + len(tensor_bytes)
-        if flash > self.profile.storage_bytes:
-            raise BudgetExceededError(
-                "flash",
-                flash,
-                self.profile.storage_bytes,
-                f"weights {len(tensor_bytes)} + graph {len(graph_bytes)} bytes on "
-                f"{self.profile.name}",
+        if entry.get("model") and schema_available():
+            # the same file TFLM and LiteRT load, parsed as TFLM's Prepare reads it
+            model = bundle.file(str(entry["model"]))
+            self._check_flash(len(model), f"{entry['model']} {len(model)} bytes")
+            graph = parse_tflite(model)
+            flash = len(model)
+        else:  # bundles from before model.tflite, or an agent without the tflite schema
+            graph_bytes = bundle.file(str(entry.get("graph", "mcu.json")))
+            tensor_bytes = bundle.file(str(entry.get("tensors", "mcu.safetensors")))
+            flash = len(graph_bytes) + len(tensor_bytes)
+            self._check_flash(
+                flash, f"weights {len(tensor_bytes)} + graph {len(graph_bytes)} bytes"
             )
-        graph = parse_graph(graph_bytes, tensor_bytes)
+            graph = parse_graph(graph_bytes, tensor_bytes)
         plan = plan_arena(graph)
         if plan.arena_bytes > self.profile.ram_bytes:
             raise BudgetExceededError(
@@ -254,6 +258,12 @@ class McuSimRuntime(Runtime):
         self._graph, self._luts, self.plan, self.flash_bytes = graph, luts, plan, flash
         self.estimate = estimate_cycles(graph, self.profile, self.cycle_model)
 
+    def _check_flash(self, flash: int, what: str) -> None:
+        if flash > self.profile.storage_bytes:
+            raise BudgetExceededError(
+                "flash", flash, self.profile.storage_bytes, f"{what} on {self.profile.name}"
+            )
+
     @property
     def graph(self) -> McuGraph:
         if self._graph is None:
@@ -264,6 +274,9 @@ class McuSimRuntime(Runtime):
         """Float input -> int8, exactly as the ONNX graph's ``QuantizeLinear`` does it
         (float32 division, round half to even, saturate), so every runtime sees one input."""
         info = self.graph.tensors[self.graph.input]
+        if np.issubdtype(batch.dtype, np.floating) and np.isnan(batch).any():
+            # NaN has no int8 value (a cast would be undefined); refused on every MCU runtime
+            raise InputError("input contains NaN: refused before quantisation")
         q = np.rint(batch.astype(np.float32) / np.float32(info.scale))
         q = q.reshape(batch.shape[0], *info.shape[1:]) + np.float32(info.zero_point)
         return clamp_int8(np.clip(q, -128, 127).astype(np.int32))
@@ -313,7 +326,8 @@ class McuSimRuntime(Runtime):
         return MemoryUsage(
             weights=self.flash_bytes,
             working=self.plan.arena_bytes,
-            method="flash: mcu.safetensors + mcu.json; SRAM: greedy arena plan of the int8 graph",
+            method="flash: model.tflite (or mcu.safetensors + mcu.json); SRAM: greedy arena "
+            "plan of the int8 graph",
         )
 
     def unload(self) -> None:
