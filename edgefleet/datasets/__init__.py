@@ -3,6 +3,7 @@
 Shared and light (numpy at module level; pillow only when images are loaded). Everything a model
 is trained and measured on is a :class:`Dataset`: checked, split once (seeded, stratified,
 group-aware) and hashed, so every variant of a model is measured on the same test rows.
+:func:`load_kws` is the built-in keyword-spotting set, synthesized offline with espeak-ng and cached.
 """
 
 from edgefleet.datasets.core import (
@@ -14,6 +15,7 @@ from edgefleet.datasets.core import (
     make_dataset,
     split_rows,
 )
+from edgefleet.datasets.kws import KWS_SIZES, KwsSpec, generate_kws, load_kws
 from edgefleet.datasets.loaders import (
     load_audio_dir,
     load_image_dir,
@@ -23,13 +25,17 @@ from edgefleet.datasets.loaders import (
 )
 
 __all__ = [
+    "KWS_SIZES",
     "SPLIT_NAMES",
     "SPLIT_SEED",
     "Dataset",
     "DatasetError",
+    "KwsSpec",
     "content_hash",
+    "generate_kws",
     "load_audio_dir",
     "load_image_dir",
+    "load_kws",
     "load_npz",
     "load_path",
     "make_dataset",
