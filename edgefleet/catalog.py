@@ -2,8 +2,10 @@
 
 Numbers come from vendor datasheets of a representative board for each class
 (named in ``cpu``), so simulated fleets behave like the devices they stand for.
-Microcontrollers are simulated: RAM is their on-chip SRAM, storage their flash,
-and they run integer-only (int8) inference.
+Microcontrollers are simulated: RAM is their on-chip SRAM (and the largest contiguous
+region of it), storage their flash, and they run integer-only (int8) inference; their
+latency comes from the per-op cycle model of their core (``edgefleet.cycles``), which reads
+the core from ``cpu``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         storage_bytes=256 * GIB,
         accelerators=("gpu:adreno-740", "npu:hexagon"),
         precisions=("fp32", "fp16", "int8"),
-        runtimes=("torch", "onnxruntime"),
+        runtimes=("torch", "onnxruntime", "litert"),
         battery_mah=5000,
         link_kbps=100_000,
         simulated=True,
@@ -38,7 +40,7 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         storage_bytes=64 * GIB,
         accelerators=("gpu:mali-g52",),
         precisions=("fp32", "int8"),
-        runtimes=("onnxruntime",),
+        runtimes=("onnxruntime", "litert"),
         battery_mah=5000,
         link_kbps=20_000,
         simulated=True,
@@ -53,7 +55,7 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         ram_bytes=8 * GIB,
         storage_bytes=64 * GIB,
         precisions=("fp32", "fp16", "int8"),
-        runtimes=("torch", "onnxruntime"),
+        runtimes=("torch", "onnxruntime", "litert"),
         link_kbps=1_000_000,
         simulated=True,
     ),
@@ -67,7 +69,7 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         ram_bytes=4 * GIB,
         storage_bytes=32 * GIB,
         precisions=("fp32", "int8"),
-        runtimes=("torch", "onnxruntime"),
+        runtimes=("torch", "onnxruntime", "litert"),
         link_kbps=1_000_000,
         simulated=True,
     ),
@@ -81,7 +83,7 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         ram_bytes=1 * GIB,
         storage_bytes=16 * GIB,
         precisions=("fp32", "int8"),
-        runtimes=("onnxruntime",),
+        runtimes=("onnxruntime", "litert"),
         link_kbps=300_000,
         simulated=True,
     ),
@@ -95,7 +97,7 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         ram_bytes=512 * MIB,
         storage_bytes=16 * GIB,
         precisions=("fp32", "int8"),
-        runtimes=("onnxruntime",),
+        runtimes=("onnxruntime", "litert"),
         link_kbps=20_000,
         simulated=True,
     ),
@@ -110,56 +112,126 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         storage_bytes=16 * GIB,
         accelerators=("gpu:maxwell-128",),
         precisions=("fp32", "fp16", "int8"),
-        runtimes=("torch", "onnxruntime"),
+        runtimes=("torch", "onnxruntime", "litert"),
         link_kbps=1_000_000,
         simulated=True,
     ),
+    # Microcontrollers: the boards published results are measured on, with their real clocks
+    # and SRAM maps (vendor datasheets / reference manuals). ``sram_region_bytes`` is the
+    # largest contiguous bank, where the runtime's one arena array must fit.
     DeviceProfile(
-        name="cortex-m7",
+        name="nucleo-l4r5zi",
         device_class=DeviceClass.MCU,
         arch="armv7em",
-        cpu="STM32H743 (Cortex-M7 480 MHz)",
+        cpu="STM32L4R5ZI (Cortex-M4F 120 MHz; MLPerf Tiny reference board)",
         cpu_cores=1,
-        cpu_mhz=480,
-        ram_bytes=1 * MIB,
+        cpu_mhz=120,
+        # SRAM1 192 KB + SRAM2 64 KB + SRAM3 384 KB, mapped back to back from 0x2000_0000
+        ram_bytes=640 * KIB,
         storage_bytes=2 * MIB,
         precisions=("int8",),
-        runtimes=("mcu-sim",),
+        runtimes=("mcu-sim", "tflm"),
+        link_kbps=250,
+        simulated=True,
+    ),
+    DeviceProfile(
+        name="nucleo-h7a3zi-q",
+        device_class=DeviceClass.MCU,
+        arch="armv7em",
+        cpu="STM32H7A3ZI (Cortex-M7 280 MHz; MLPerf Tiny reference board)",
+        cpu_cores=1,
+        cpu_mhz=280,
+        # 1 MB AXI SRAM (3 banks, contiguous) + 128 KB AHB SRAM + 128 KB DTCM + 64 KB ITCM
+        # + 32 KB SRD SRAM + 4 KB backup: ~1.4 MB
+        ram_bytes=1380 * KIB,
+        sram_region_bytes=1024 * KIB,
+        storage_bytes=2 * MIB,
+        precisions=("int8",),
+        runtimes=("mcu-sim", "tflm"),
         link_kbps=1_000,
         simulated=True,
     ),
     DeviceProfile(
-        name="cortex-m4",
+        name="stm32h743",
         device_class=DeviceClass.MCU,
         arch="armv7em",
-        cpu="STM32L4R5 (Cortex-M4F 120 MHz, MLPerf Tiny reference board)",
+        cpu="STM32H743ZI (Cortex-M7 480 MHz; NUCLEO-H743ZI2)",
         cpu_cores=1,
-        cpu_mhz=120,
-        ram_bytes=640 * KIB,
+        cpu_mhz=480,
+        # 512 KB AXI SRAM + 288 KB D2 SRAM1-3 + 64 KB SRAM4 + 128 KB DTCM + 64 KB ITCM + ...
+        ram_bytes=1 * MIB,
+        sram_region_bytes=512 * KIB,
         storage_bytes=2 * MIB,
         precisions=("int8",),
-        runtimes=("mcu-sim",),
+        runtimes=("mcu-sim", "tflm"),
+        link_kbps=1_000,
+        simulated=True,
+    ),
+    DeviceProfile(
+        name="nucleo-u575zi-q",
+        device_class=DeviceClass.MCU,
+        arch="armv8m-main",
+        cpu="STM32U575ZI (Cortex-M33 160 MHz)",
+        cpu_cores=1,
+        cpu_mhz=160,
+        # SRAM1 192 KB + SRAM2 64 KB + SRAM3 512 KB contiguous, SRAM4 16 KB apart
+        ram_bytes=784 * KIB,
+        sram_region_bytes=768 * KIB,
+        storage_bytes=2 * MIB,
+        precisions=("int8",),
+        runtimes=("mcu-sim", "tflm"),
         link_kbps=250,
+        simulated=True,
+    ),
+    DeviceProfile(
+        name="ek-ra8m1",
+        device_class=DeviceClass.MCU,
+        arch="armv8.1m-main",
+        cpu="Renesas RA8M1 (Cortex-M85 480 MHz, Helium)",
+        cpu_cores=1,
+        cpu_mhz=480,
+        # 1 MB SRAM including 128 KB of tightly coupled memory (ITCM + DTCM) at its own address
+        ram_bytes=1 * MIB,
+        sram_region_bytes=896 * KIB,
+        storage_bytes=2 * MIB,
+        precisions=("int8",),
+        runtimes=("mcu-sim", "tflm"),
+        link_kbps=1_000,
         simulated=True,
     ),
     DeviceProfile(
         name="esp32-s3",
         device_class=DeviceClass.MCU,
         arch="xtensa-lx7",
-        cpu="ESP32-S3 (2x Xtensa LX7 240 MHz)",
+        cpu="ESP32-S3 (2x Xtensa LX7 240 MHz, PIE; ESP32-S3-WROOM-1 N8, no PSRAM)",
         cpu_cores=2,
         cpu_mhz=240,
+        # SRAM0 64 KB (instruction bus only) + SRAM1 416 KB + SRAM2 32 KB: SRAM1 is the
+        # largest data-addressable block (code placed in IRAM takes part of it on a real build)
         ram_bytes=512 * KIB,
+        sram_region_bytes=416 * KIB,
         storage_bytes=8 * MIB,
         precisions=("int8",),
-        runtimes=("mcu-sim",),
+        runtimes=("mcu-sim", "tflm"),
         battery_mah=1000,
         link_kbps=2_000,
         simulated=True,
     ),
 )
 
-CATALOG: dict[str, DeviceProfile] = {p.name: p for p in _CATALOG}
+#: Names profiles had before they were named after boards: the same board under its old
+#: name, so fleets, selectors ("profile:cortex-m4") and scripts written for them keep working.
+ALIASES: dict[str, str] = {"cortex-m4": "nucleo-l4r5zi", "cortex-m7": "stm32h743"}
+
+_BY_NAME = {p.name: p for p in _CATALOG}
+
+CATALOG: dict[str, DeviceProfile] = {
+    **_BY_NAME,
+    **{
+        alias: _BY_NAME[board].model_copy(update={"name": alias})
+        for alias, board in ALIASES.items()
+    },
+}
 
 
 class UnknownProfileError(KeyError):

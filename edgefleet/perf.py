@@ -10,16 +10,29 @@ second in a small dense matrix product (the core of conv/linear inference).
   nominal figure of its core: clock x peak MACs per cycle x 0.8 (a sustained
   fraction typical of BLAS kernels). Measured latencies from the fleet then
   refine each device's prediction (see ``edgefleet.coordinator.latency``).
-- A microcontroller runs integer kernels (CMSIS-NN style); its figure is int8
-  MACs per second, and ``cycles_per_mac`` feeds the MCU cycle model.
+- A microcontroller runs integer kernels (CMSIS-NN style); its latency comes from
+  the per-op cycle model of its core (``edgefleet.cycles``), and its figure here is
+  the int8 MACs per second of that model's dense (pointwise) kernel, for display and
+  for the agents' benchmark report.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from edgefleet.cycles import (
+    CORE_COSTS,
+    STALL_FACTOR,
+    Core,
+    core_from_cpu,
+    dense_fallback,
+    layers_from_json,
+    predict,
+)
 from edgefleet.profiles import DeviceProfile
 
 SUSTAINED_FRACTION = 0.8
@@ -34,11 +47,6 @@ _PEAK_MACS_PER_CYCLE: dict[str, float] = {
     "rpi3": 2.0,  # Cortex-A53: 1 x 128-bit (issued as 2 x 64)
     "rpi-zero2w": 2.0,  # Cortex-A53
     "jetson-nano": 4.0,  # Cortex-A57 (the GPU is not used by our CPU runtimes)
-    # MCUs: effective int8 MACs per cycle of CMSIS-NN / ESP-NN kernels (SIMD MACs
-    # less load/requantization overhead), in line with published MLPerf Tiny latencies.
-    "cortex-m7": 1.0,  # SMLAD dual MAC, dual-issue pipeline
-    "cortex-m4": 0.4,  # SMLAD, single issue
-    "esp32-s3": 1.0,  # PIE 128-bit SIMD
 }
 
 
@@ -60,15 +68,12 @@ _CORE_FAMILY: dict[str, str] = {
     "rpi3": "armv8.0",
     "rpi-zero2w": "armv8.0",
     "jetson-nano": "armv8.0",
-    "cortex-m7": "mcu",
-    "cortex-m4": "mcu",
-    "esp32-s3": "mcu",
 }
 
 
 def precision_speedup(profile: DeviceProfile, precision: str) -> float:
     """Throughput of ``precision`` kernels relative to fp32 on this device class (1.0 if unknown)."""
-    family = _CORE_FAMILY.get(profile.name)
+    family = "mcu" if profile.is_mcu else _CORE_FAMILY.get(profile.name)
     if family is None:
         return 1.0
     return _PRECISION_SPEEDUP[family].get(precision, 1.0)
@@ -80,8 +85,20 @@ class Benchmark:
     method: str
 
 
+def mcu_core(profile: DeviceProfile) -> Core:
+    """The core family whose kernels an MCU profile runs, read from its CPU description.
+
+    A profile naming no known core is costed as a Cortex-M4 (single-issue DSP, the slowest
+    family here), so an unknown board is never promised more than it can do."""
+    return core_from_cpu(profile.cpu) or Core.M4
+
+
 def nominal_benchmark(profile: DeviceProfile) -> Benchmark | None:
     """The catalog figure for a simulated device class, or None if the class is unknown."""
+    if profile.is_mcu:
+        core = mcu_core(profile)
+        mps = profile.cpu_mhz * 1e6 / cycles_per_mac(profile)
+        return Benchmark(mps, f"nominal:{core.value}:cycle-model")
     peak = _PEAK_MACS_PER_CYCLE.get(profile.name)
     if peak is None:
         return None
@@ -90,9 +107,22 @@ def nominal_benchmark(profile: DeviceProfile) -> Benchmark | None:
 
 
 def cycles_per_mac(profile: DeviceProfile) -> float:
-    """Cycles one int8 MAC costs on an MCU profile (inverse of its sustained rate)."""
-    peak = _PEAK_MACS_PER_CYCLE.get(profile.name, 1.0)
-    return 1.0 / (peak * SUSTAINED_FRACTION)
+    """Cycles one int8 MAC of a dense (pointwise) kernel costs on an MCU profile's core,
+    stalls included. A summary figure: predictions cost each op by its kind
+    (:func:`edgefleet.cycles.predict`)."""
+    return CORE_COSTS[mcu_core(profile)].dense * STALL_FACTOR
+
+
+def mcu_latency_ms(profile: DeviceProfile, metrics: Mapping[str, Any]) -> float:
+    """One inference on an MCU profile from a manifest's ``metrics``: its per-op counts
+    (``ops``) through the cycle model, or, for a manifest written before them, its MACs as
+    one pointwise layer. What the coordinator predicts, so a runtime reporting simulated
+    device time can report the same number (raises ``CycleModelError`` on malformed ops)."""
+    ops = metrics.get("ops")
+    layers = (
+        layers_from_json(ops) if ops is not None else dense_fallback(int(metrics.get("macs", 0)))
+    )
+    return predict(mcu_core(profile), layers, profile.cpu_mhz).ms
 
 
 def measure_host(duration: float = 0.3, size: int = 64) -> Benchmark:

@@ -73,6 +73,10 @@ class DeviceProfile(BaseModel):
     battery_mah: int = Field(default=0, ge=0, le=1_000_000)
     link_kbps: int = Field(default=0, ge=0, le=1_000_000_000)
     simulated: bool = False
+    #: Largest contiguous SRAM region (0: all of ``ram_bytes`` is one region). An MCU's SRAM
+    #: is several banks at separate addresses (the STM32H743's 1 MB is 512 KB AXI SRAM + 2 x
+    #: 128 KB + 32 KB + 64 KB DTCM ...); a runtime's arena is one array, so it must fit one.
+    sram_region_bytes: int = Field(default=0, ge=0, le=_MAX_BYTES)
 
     @model_validator(mode="after")
     def _mcu_is_integer_only(self) -> DeviceProfile:
@@ -89,9 +93,20 @@ class DeviceProfile(BaseModel):
             raise ValueError(f"runtimes: {mcu_only} is only for mcu profiles")
         return self
 
+    @model_validator(mode="after")
+    def _region_within_ram(self) -> DeviceProfile:
+        if self.sram_region_bytes > self.ram_bytes:
+            raise ValueError("sram_region_bytes: larger than ram_bytes")
+        return self
+
     @property
     def is_mcu(self) -> bool:
         return self.device_class is DeviceClass.MCU
+
+    @property
+    def largest_ram_region(self) -> int:
+        """Bytes of the largest contiguous RAM region: where an arena must fit."""
+        return min(self.sram_region_bytes or self.ram_bytes, self.ram_bytes)
 
 
 def validate_profile(data: dict[str, object]) -> DeviceProfile:

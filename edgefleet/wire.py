@@ -37,6 +37,7 @@ def profile_to_proto(profile: DeviceProfile) -> profile_pb2.DeviceProfile:
         battery_mah=profile.battery_mah,
         link_kbps=profile.link_kbps,
         simulated=profile.simulated,
+        sram_region_bytes=profile.sram_region_bytes,
     )
 
 
@@ -74,5 +75,6 @@ def profile_from_proto(msg: profile_pb2.DeviceProfile) -> DeviceProfile:
             "battery_mah": msg.battery_mah,
             "link_kbps": msg.link_kbps,
             "simulated": msg.simulated,
+            "sram_region_bytes": msg.sram_region_bytes,
         }
     )

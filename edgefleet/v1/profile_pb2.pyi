@@ -23,7 +23,7 @@ DEVICE_CLASS_MCU: DeviceClass
 DEVICE_CLASS_SERVER: DeviceClass
 
 class DeviceProfile(_message.Message):
-    __slots__ = ("name", "device_class", "arch", "cpu", "cpu_cores", "cpu_mhz", "ram_bytes", "storage_bytes", "accelerators", "precisions", "runtimes", "battery_mah", "link_kbps", "simulated")
+    __slots__ = ("name", "device_class", "arch", "cpu", "cpu_cores", "cpu_mhz", "ram_bytes", "storage_bytes", "accelerators", "precisions", "runtimes", "battery_mah", "link_kbps", "simulated", "sram_region_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_CLASS_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class DeviceProfile(_message.Message):
     BATTERY_MAH_FIELD_NUMBER: _ClassVar[int]
     LINK_KBPS_FIELD_NUMBER: _ClassVar[int]
     SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    SRAM_REGION_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     device_class: DeviceClass
     arch: str
@@ -52,4 +53,5 @@ class DeviceProfile(_message.Message):
     battery_mah: int
     link_kbps: int
     simulated: bool
-    def __init__(self, name: _Optional[str] = ..., device_class: _Optional[_Union[DeviceClass, str]] = ..., arch: _Optional[str] = ..., cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., cpu_mhz: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., accelerators: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., runtimes: _Optional[_Iterable[str]] = ..., battery_mah: _Optional[int] = ..., link_kbps: _Optional[int] = ..., simulated: _Optional[bool] = ...) -> None: ...
+    sram_region_bytes: int
+    def __init__(self, name: _Optional[str] = ..., device_class: _Optional[_Union[DeviceClass, str]] = ..., arch: _Optional[str] = ..., cpu: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., cpu_mhz: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., storage_bytes: _Optional[int] = ..., accelerators: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., runtimes: _Optional[_Iterable[str]] = ..., battery_mah: _Optional[int] = ..., link_kbps: _Optional[int] = ..., simulated: _Optional[bool] = ..., sram_region_bytes: _Optional[int] = ...) -> None: ...

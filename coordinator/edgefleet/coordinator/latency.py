@@ -19,8 +19,11 @@ roofline-style split turns it into a device prediction:
 
 times a per-device correction learnt from latencies the device reported (its
 own baseline: the measured latency of the variant it serves). A
-microcontroller's prediction comes from a cycle model instead: MACs x cycles
-per MAC at the profile's clock, the way MCU inference cost is usually estimated.
+microcontroller's prediction comes from the per-op cycle model of its core
+instead (``edgefleet.cycles``: each layer's MACs, outputs and elements at that
+op kind's cost on that core, at the profile's clock), from the per-layer counts
+in the variant's manifest; a manifest without them is costed as one pointwise
+layer of its MACs (a lower bound).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from edgefleet.coordinator.variant_selection import (
     LatencyPredictor,
     VariantFacts,
 )
+from edgefleet.cycles import dense_fallback, predict
 from edgefleet.metric_names import call_overhead_metric
-from edgefleet.perf import cycles_per_mac, precision_speedup
+from edgefleet.perf import mcu_core, precision_speedup
 from edgefleet.profiles import DeviceProfile
 
 _CORRECTION_BOUNDS = (0.1, 10.0)
@@ -53,8 +57,8 @@ class DeviceLatencyModel(LatencyPredictor):
 
     def uncorrected_ms(self, v: VariantFacts, runtime: str) -> float:
         if runtime in CYCLE_MODEL_RUNTIMES:
-            cycles = v.macs * cycles_per_mac(self.profile)
-            return cycles / (self.profile.cpu_mhz * 1e3)
+            layers = v.layers or dense_fallback(v.macs)
+            return predict(mcu_core(self.profile), layers, self.profile.cpu_mhz).ms
         return self.call_overhead_ms.get(runtime, 0.0) + self._model_ms(v, runtime)
 
     def _model_ms(self, v: VariantFacts, runtime: str) -> float:

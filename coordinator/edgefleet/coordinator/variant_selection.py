@@ -8,8 +8,10 @@ be reproduced and explained. Two steps:
    - precision: the device must support the variant's precision (an MCU: int8 only);
    - runtime: one of the variant's graphs must run in a runtime the device has;
    - storage: flash/disk >= the bundle's bytes (an MCU: >= its flash image);
-   - memory: RAM/SRAM >= weights + peak activations (from the memory planner)
-     + the runtime's own overhead;
+   - memory: RAM >= weights + peak activations (from the memory planner)
+     + the runtime's own overhead; on an MCU the weights stay in flash and the
+     activation arena + the runtime's state must fit the largest *contiguous* SRAM
+     region (an arena is one array; the STM32H743's 1 MB is a 512 KB bank and smaller ones);
    - latency: the predicted latency (see ``edgefleet.coordinator.latency``) <= the SLO, if any.
 2. **Policy** among what fits: take the most accurate variant; among those within
    ``accuracy_tolerance`` of it (default 0.5 points), the lowest predicted latency,
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edgefleet.cycles import Layer
 from edgefleet.profiles import DeviceProfile
 
 KIB = 1024
@@ -71,6 +74,8 @@ class VariantFacts:
     runtimes: tuple[str, ...]
     host_latency_ms: dict[str, float] = field(default_factory=dict)  # per runtime
     mcu_flash_bytes: int | None = None
+    #: per-op work of the int8 graph (manifest ``metrics.ops``), for the MCU cycle model
+    layers: tuple[Layer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,29 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _memory_need(v: VariantFacts, runtime: str) -> int:
-    return v.weight_bytes + v.peak_memory_bytes + RUNTIME_OVERHEAD_BYTES.get(runtime, 0)
+def _memory_need(v: VariantFacts, runtime: str, profile: DeviceProfile) -> int:
+    weights = 0 if profile.is_mcu else v.weight_bytes  # an MCU runs its weights from flash
+    return weights + v.peak_memory_bytes + RUNTIME_OVERHEAD_BYTES.get(runtime, 0)
+
+
+def _memory_failure(v: VariantFacts, runtime: str, profile: DeviceProfile) -> str:
+    need, overhead = _memory_need(v, runtime, profile), RUNTIME_OVERHEAD_BYTES.get(runtime, 0)
+    has = profile.largest_ram_region
+    if profile.is_mcu:
+        region = (
+            "" if has == profile.ram_bytes else f" contiguous (of {human_bytes(profile.ram_bytes)})"
+        )
+        return (
+            f"sram: needs {human_bytes(need)} (arena {human_bytes(v.peak_memory_bytes)} + {runtime} "
+            f"{human_bytes(overhead)}), has {human_bytes(has)}{region} "
+            f"(short by {human_bytes(need - has)})"
+        )
+    return (
+        f"ram: needs {human_bytes(need)} (weights {human_bytes(v.weight_bytes)} + "
+        f"activations {human_bytes(v.peak_memory_bytes)} + {runtime} "
+        f"{human_bytes(overhead)}), has "
+        f"{human_bytes(has)} (short by {human_bytes(need - has)})"
+    )
 
 
 def judge(
@@ -146,17 +172,11 @@ def judge(
     latency: float | None = None
     if usable:
         # among runtimes whose memory fits, the fastest; else report the lightest's shortfall
-        fitting = [r for r in usable if _memory_need(v, r) <= profile.ram_bytes]
+        room = profile.largest_ram_region
+        fitting = [r for r in usable if _memory_need(v, r, profile) <= room]
         if not fitting:
-            r = min(usable, key=lambda x: _memory_need(v, x))
-            need = _memory_need(v, r)
-            kind = "sram" if profile.is_mcu else "ram"
-            failures.append(
-                f"{kind}: needs {human_bytes(need)} (weights {human_bytes(v.weight_bytes)} + "
-                f"activations {human_bytes(v.peak_memory_bytes)} + {r} "
-                f"{human_bytes(RUNTIME_OVERHEAD_BYTES.get(r, 0))}), has "
-                f"{human_bytes(profile.ram_bytes)} (short by {human_bytes(need - profile.ram_bytes)})"
-            )
+            r = min(usable, key=lambda x: _memory_need(v, x, profile))
+            failures.append(_memory_failure(v, r, profile))
             fitting = [r]
         runtime = min(
             fitting,

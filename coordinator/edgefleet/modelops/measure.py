@@ -21,11 +21,13 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from edgefleet.cycles import Layer
 from edgefleet.modelops.onnx_export import INPUT_NAME, static_shapes
 
 __all__ = [
     "LatencyConfig",
     "RuntimeResult",
+    "count_layers",
     "count_macs",
     "host_info",
     "measure_onnxruntime",
@@ -92,6 +94,82 @@ def count_macs(model: onnx.ModelProto) -> int:
                 k = a[-2] if trans_a else a[-1]
                 total += int(np.prod(out)) * int(k)
     return total
+
+
+_POOL_OPS = frozenset(
+    {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean"}
+)
+_FUSABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})  # a clamp inside the producer's requantise
+_ACTIVATIONS = frozenset(
+    {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh"}
+)
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "BatchNormalization"})
+
+
+def count_layers(model: onnx.ModelProto) -> tuple[Layer, ...]:
+    """The graph's work per op, by kind, for the MCU cycle model (:mod:`edgefleet.cycles`).
+
+    Why here: the op kind decides the cycles per MAC on a microcontroller (a depthwise 3x3 runs
+    several times slower per MAC than a pointwise 1x1), so the manifest carries each layer's
+    MACs, outputs and element counts, not only the total :func:`count_macs` gives. A ReLU/Clip
+    right after the op that produced its only input is the clamp of that op's requantisation
+    (as TFLite fuses it) and a BatchNormalization after a Conv is folded into it: neither costs.
+    """
+    shapes = static_shapes(model)
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    consts = {t.name for t in model.graph.initializer}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers[i] = consumers.get(i, 0) + 1
+
+    def numel(name: str) -> int:
+        shape = shapes.get(name)
+        return int(np.prod(shape)) if shape else 0
+
+    layers: list[Layer] = []
+    for node in model.graph.node:
+        op, out = node.op_type, node.output[0]
+        src = node.input[0] if node.input else ""
+        fused = producer.get(src) in ("Conv", "Gemm", "MatMul", "Add") and consumers.get(src) == 1
+        if op == "Conv":
+            w, x, y = shapes.get(node.input[1]), shapes.get(src), shapes.get(out)
+            if not (w and x and y):
+                continue
+            cin_g, kh, kw = (int(d) for d in w[1:4]) if len(w) == 4 else (int(w[1]), 1, int(w[2]))
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            pixels = int(np.prod(y[2:]))
+            macs = numel(out) * cin_g * kh * kw
+            strided = any(
+                a.name == "strides" and any(s != 1 for s in a.ints) for a in node.attribute
+            )
+            if group > 1 and cin_g == 1 and group == x[1]:
+                layers.append(Layer("depthwise", macs=macs, outputs=numel(out)))
+            elif kh * kw == 1 and not strided:
+                layers.append(Layer("pointwise", macs=macs, outputs=numel(out)))
+            else:
+                layers.append(
+                    Layer("conv", macs=macs, outputs=numel(out), im2col=pixels * cin_g * kh * kw)
+                )
+        elif op in ("Gemm", "MatMul"):
+            a = shapes.get(src)
+            if a:
+                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+                k = int(a[-2] if trans_a else a[-1])
+                layers.append(Layer("fc", macs=numel(out) * k, outputs=numel(out)))
+        elif op in _POOL_OPS:
+            layers.append(Layer("pool", elements=numel(src)))
+        elif op == "BatchNormalization" and producer.get(src) == "Conv":
+            continue
+        elif op in _ELEMENTWISE and not all(i in consts for i in node.input[1:]):
+            layers.append(Layer("add", elements=numel(out)))
+        elif op in _ACTIVATIONS:
+            if not (op in _FUSABLE_ACTIVATIONS and fused):
+                layers.append(Layer("activation", elements=numel(out)))
+        elif op == "Softmax":
+            layers.append(Layer("softmax", elements=numel(out)))
+    return tuple(layers)
 
 
 def _latency(run: Callable[[np.ndarray], object], x: np.ndarray, cfg: LatencyConfig) -> list[float]:
