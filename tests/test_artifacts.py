@@ -140,7 +140,7 @@ def desired(variant_id: str) -> Desired:
 def allow(env: Env, device: Device, variant_id: str) -> None:
     """Make ``variant_id`` the device's desired variant: the only one the coordinator serves it."""
     with redis.Redis.from_url(env.redis_url) as r:
-        r.hset(f"edgefleet:device:{device.device_id}", "desired_variant", variant_id)
+        r.hset(f"{{edgefleet}}:device:{device.device_id}", "desired_variant", variant_id)
 
 
 def assign(env: Env, device: Device, variant_id: str) -> Desired:

@@ -227,7 +227,7 @@ def test_a_store_written_before_the_bounds_still_lists(redis_url: str) -> None:
         e = await r.register(TOKEN, reg())
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         await client.hset(
-            f"edgefleet:device:{e.device_id}",
+            f"{{edgefleet}}:device:{e.device_id}",
             mapping={"telemetry_sequence": "-9223372036854775808", "uptime_seconds": "nan"},
         )
         await client.aclose()

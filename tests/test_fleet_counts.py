@@ -146,11 +146,11 @@ def test_counts_follow_every_lifecycle_step(redis_url: str) -> None:
     # the revoked ids and identities, which outlive removal by design of the revoke path)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert sorted(client.keys("*")) == [
-        "edgefleet:devices:revoked",
-        "edgefleet:revoked:identities",
-        "edgefleet:schema",
+        "{edgefleet}:devices:revoked",
+        "{edgefleet}:revoked:identities",
+        "{edgefleet}:schema",
     ]
-    assert client.get("edgefleet:schema") == SCHEMA_VERSION
+    assert client.get("{edgefleet}:schema") == SCHEMA_VERSION
 
 
 def test_moving_the_last_device_of_a_profile_drops_the_profile(redis_url: str) -> None:
@@ -163,7 +163,7 @@ def test_moving_the_last_device_of_a_profile_drops_the_profile(redis_url: str) -
         await r.remove_device(a.device_id)
 
     run(redis_url, body)
-    assert redis.Redis.from_url(redis_url).keys("*") == [b"edgefleet:schema"]
+    assert redis.Redis.from_url(redis_url).keys("*") == [b"{edgefleet}:schema"]
 
 
 def test_random_fleet_histories_agree_with_the_scan(redis_url: str) -> None:
@@ -198,13 +198,13 @@ def make_old_format(redis_url: str, schema: str | None) -> None:
     """Turn the store into what a coordinator from before the liveness indexes wrote:
     the same records and indexes, minus the per-profile live sets and the profiles set."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    new_keys = [*client.keys("edgefleet:profile:*:live"), "edgefleet:profiles"]
+    new_keys = [*client.keys("{edgefleet}:profile:*:live"), "{edgefleet}:profiles"]
     assert len(new_keys) > 1
     client.delete(*new_keys)
     if schema is None:
-        client.delete("edgefleet:schema")
+        client.delete("{edgefleet}:schema")
     else:
-        client.set("edgefleet:schema", schema)
+        client.set("{edgefleet}:schema", schema)
 
 
 @pytest.mark.parametrize("old_schema", ["1", None])
@@ -234,12 +234,12 @@ def test_an_old_store_is_indexed_once_at_start(redis_url: str, old_schema: str |
 
     assert run(redis_url, after_upgrade) == before
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.get("edgefleet:schema") == SCHEMA_VERSION
-    assert client.scard("edgefleet:profiles") == 3
+    assert client.get("{edgefleet}:schema") == SCHEMA_VERSION
+    assert client.scard("{edgefleet}:profiles") == 3
 
 
 def test_a_store_from_an_unknown_schema_is_refused(redis_url: str) -> None:
-    redis.Redis.from_url(redis_url).set("edgefleet:schema", "99")
+    redis.Redis.from_url(redis_url).set("{edgefleet}:schema", "99")
 
     async def main() -> None:
         store = FleetStore(aioredis.Redis.from_url(redis_url, decode_responses=True))
@@ -298,7 +298,7 @@ def test_gauges_of_an_upgraded_store_and_a_goodbye(
     coord = coordinator_factory(
         "--redis-url", redis_url, "--offline-after", "120", "--heartbeat-interval", "5"
     )
-    assert redis.Redis.from_url(redis_url).get("edgefleet:schema") == SCHEMA_VERSION.encode()
+    assert redis.Redis.from_url(redis_url).get("{edgefleet}:schema") == SCHEMA_VERSION.encode()
 
     with grpc.insecure_channel(coord.address) as ch:
         stub = device_pb2_grpc.DeviceServiceStub(ch)

@@ -380,9 +380,9 @@ def check_csr(served_tls: tuple[grpc.Channel, str, str], case: tuple[bytes, bool
     channel, url, token = served_tls
     csr, signable = case
     client = redis.Redis.from_url(url, decode_responses=True)
-    token_key = f"edgefleet:enroll-token:{sha256_hex(token)}"
+    token_key = f"{{edgefleet}}:enroll-token:{sha256_hex(token)}"
     uses_before = int(client.hget(token_key, "uses") or 0)
-    devices_before = client.zcard("edgefleet:devices:last_seen")
+    devices_before = client.zcard("{edgefleet}:devices:last_seen")
     instance_key = uuid.uuid4().hex
     request = device_pb2.RegisterRequest(
         instance_key=instance_key,
@@ -402,8 +402,8 @@ def check_csr(served_tls: tuple[grpc.Channel, str, str], case: tuple[bytes, bool
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT), (code, details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         assert details.startswith("csr_pem:") and len(details) < 300
-        assert client.get(f"edgefleet:enrollment:{instance_key}") is None
-        assert client.zcard("edgefleet:devices:last_seen") == devices_before
+        assert client.get(f"{{edgefleet}}:enrollment:{instance_key}") is None
+        assert client.zcard("{edgefleet}:devices:last_seen") == devices_before
         assert int(client.hget(token_key, "uses") or 0) == uses_before
 
 
@@ -519,7 +519,7 @@ def check_telemetry(
         replay = call_code(stub.ReportTelemetry, request, reg.credential)  # the same batch again
         assert first in ALLOWED and replay == first
     record = redis.Redis.from_url(url, decode_responses=True).hgetall(
-        f"edgefleet:device:{reg.device_id}"
+        f"{{edgefleet}}:device:{reg.device_id}"
     )
     counted = int(record.get("telemetry_records") or 0)
     if first == grpc.StatusCode.OK:
@@ -661,4 +661,4 @@ def test_coordinator_still_serving_after_the_fuzzing(served: tuple[str, str]) ->
             token = page.next_page_token
     assert all(d.id.startswith("dev-") for d in seen)
     assert all(math.isfinite(d.uptime_seconds) for d in seen)
-    assert len(seen) == redis.Redis.from_url(url).zcard("edgefleet:devices:last_seen")
+    assert len(seen) == redis.Redis.from_url(url).zcard("{edgefleet}:devices:last_seen")

@@ -97,7 +97,7 @@ def _register(address: str, redis_url: str, variant: str) -> Device:
             timeout=10,
         )
     with redis.Redis.from_url(redis_url) as r:
-        r.hset(f"edgefleet:device:{reply.device_id}", "desired_variant", variant)
+        r.hset(f"{{edgefleet}}:device:{reply.device_id}", "desired_variant", variant)
     return Device(reply.device_id, reply.credential)
 
 
@@ -259,7 +259,7 @@ def test_a_device_downloads_only_its_desired_variant(
             assert code == grpc.StatusCode.PERMISSION_DENIED
             assert f"only its desired variant ({desired[:12]})" in msg
             with redis.Redis.from_url(redis_url) as r:  # a new desired state: now it may
-                r.hset(f"edgefleet:device:{device.device_id}", "desired_variant", other)
+                r.hset(f"{{edgefleet}}:device:{device.device_id}", "desired_variant", other)
             assert isinstance(await _download(ch, device, other), int)
             code, _ = await _refusal(ch, device, desired)
             assert code == grpc.StatusCode.PERMISSION_DENIED

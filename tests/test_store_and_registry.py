@@ -130,7 +130,7 @@ def test_remove_leaves_no_key_behind(redis_url: str) -> None:
 
     run(redis_url, body)
     keys = redis.Redis.from_url(redis_url, decode_responses=True).keys("*")
-    assert keys == ["edgefleet:schema"]
+    assert keys == ["{edgefleet}:schema"]
 
 
 def test_wrong_tokens_and_credentials_are_refused(redis_url: str) -> None:

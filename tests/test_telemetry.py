@@ -91,7 +91,7 @@ def test_coordinator_counts_each_sequence_once(redis_url: str) -> None:
     _store_run(redis_url, body)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert not [k for k in client.keys("*") if "device:" in k]  # metrics hash went too
-    [(_, fields)] = client.xrange("edgefleet:events")
+    [(_, fields)] = client.xrange("{edgefleet}:events")
     assert fields["kind"] == "registered" and fields["sequence"] == "16"
 
 

@@ -14,7 +14,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException
 
+from edgefleet.coordinator.state.connect import RedisClient
 from edgefleet.coordinator.state.keys import Keys
 from edgefleet.coordinator.state.model import StoreError
 
@@ -31,7 +33,7 @@ def unavailable_on_redis_error(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(*args, **kwargs)
-        except aioredis.RedisError as exc:
+        except (aioredis.RedisError, RedisClusterException) as exc:
             raise StoreError(f"state store unavailable: {exc}") from exc
 
     return wrapper
@@ -40,8 +42,9 @@ def unavailable_on_redis_error(
 class StateBase:
     """The client and key names every concept's mixin works with."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
-        """``client`` must be created with ``decode_responses=True`` (we store text only)."""
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
+        """``client`` must be created with ``decode_responses=True`` (we store text only):
+        one server or Sentinel's master (``redis.asyncio.Redis``) or a ``RedisCluster``."""
         self._redis = client
         self.keys = keys or Keys()
 

@@ -11,20 +11,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-
 from edgefleet.coordinator.state.base import StateBase, unavailable_on_redis_error
 from edgefleet.coordinator.state.codec import flatten, record_fields, record_from_hash
+from edgefleet.coordinator.state.connect import RedisClient
 from edgefleet.coordinator.state.keys import Keys
-from edgefleet.coordinator.state.model import DeviceRecord, DeviceRevoked, EnrollTokenRefused
+from edgefleet.coordinator.state.model import (
+    DeviceRecord,
+    DeviceRevoked,
+    EnrollTokenRefused,
+    StoreError,
+)
 
-# KEYS: device hash, last_seen zset, enrollment key, profile set of the new profile,
-#   live zset of the new profile, profiles set, revoked identities set,
-#   limited-use enrollment token hash.
-# ARGV: device id (used only when new), device key prefix, profile key prefix,
-#   last seen, new profile name, instance key, public key sha256 ("" = none),
-#   "1" to spend one use of the token in KEYS[8] ("0": the static token was used),
-#   then field/value pairs of the record.
+# KEYS: new device hash, last_seen zset, enrollment key, profile set of the new
+#   profile, live zset of the new profile, profiles set, revoked identities set,
+#   limited-use enrollment token hash, then what the caller read before the call:
+#   the hash of the device the instance key is enrolled as (else KEYS[1]), and the
+#   profile set and live zset of that device's profile (else KEYS[4], KEYS[5]).
+# ARGV: device id (used only when new), the enrolled device id read before ("" =
+#   none), that device's profile read before ("" = none), last seen, new profile
+#   name, instance key, public key sha256 ("" = none), "1" to spend one use of the
+#   token in KEYS[8] ("0": the static token was used), then field/value pairs.
+# Every key comes through KEYS (Redis Cluster, see keys.py): if the enrolment or
+# the old profile changed since the caller read them, nothing is written and
+# {"", -3} asks the caller to read again and retry.
 # Every refusal comes before the first write, and spending the token is part of
 # the same atomic script: a refused enrolment changes nothing, not even the
 # token's uses. The token is checked first, so only a caller holding one learns
@@ -39,30 +48,31 @@ _REGISTER = """
 if ARGV[8] == '1' and tonumber(redis.call('HGET', KEYS[8], 'uses') or '0') <= 0 then
   return {'', -2}
 end
-local existing = redis.call('GET', KEYS[3])
+local existing = redis.call('GET', KEYS[3]) or ''
+if existing ~= ARGV[2] then return {'', -3} end
+local live = existing ~= '' and redis.call('EXISTS', KEYS[9]) == 1
+local old_profile = ''
+if live then old_profile = redis.call('HGET', KEYS[9], 'profile_name') or '' end
+if old_profile ~= ARGV[3] then return {'', -3} end
 if redis.call('SISMEMBER', KEYS[7], 'instance:' .. ARGV[6]) == 1
     or (ARGV[7] ~= '' and redis.call('SISMEMBER', KEYS[7], 'key:' .. ARGV[7]) == 1) then
-  return {existing or '', -1}
+  return {existing, -1}
 end
 local id = ARGV[1]
 local created = 1
 local device_key = KEYS[1]
-local old_profile = nil
-if existing and redis.call('EXISTS', ARGV[2] .. existing) == 1 then
-  if redis.call('HGET', ARGV[2] .. existing, 'revoked') == '1' then return {existing, -1} end
+if live then
+  if redis.call('HGET', KEYS[9], 'revoked') == '1' then return {existing, -1} end
   id = existing
   created = 0
-  device_key = ARGV[2] .. existing
+  device_key = KEYS[9]
 end
 if ARGV[8] == '1' and redis.call('HINCRBY', KEYS[8], 'uses', -1) <= 0 then
   redis.call('DEL', KEYS[8])
 end
-if created == 0 then
-  old_profile = redis.call('HGET', device_key, 'profile_name')
-  if old_profile then
-    redis.call('SREM', ARGV[3] .. old_profile .. ':devices', id)
-    redis.call('ZREM', ARGV[3] .. old_profile .. ':live', id)
-  end
+if created == 0 and old_profile ~= '' then
+  redis.call('SREM', KEYS[10], id)
+  redis.call('ZREM', KEYS[11], id)
 end
 local keep = {id = true, registered_at = true}
 local fields = {}
@@ -81,44 +91,48 @@ redis.call('SET', KEYS[3], id)
 redis.call('SADD', KEYS[4], id)
 redis.call('ZADD', KEYS[5], ARGV[4], id)
 redis.call('SADD', KEYS[6], ARGV[5])
-if old_profile and old_profile ~= ARGV[5]
-    and redis.call('SCARD', ARGV[3] .. old_profile .. ':devices') == 0 then
+if old_profile ~= '' and old_profile ~= ARGV[5] and redis.call('SCARD', KEYS[10]) == 0 then
   redis.call('SREM', KEYS[6], old_profile)
 end
 return {id, created}
 """
 
 
-# KEYS: device hash, last_seen zset, device metrics hash, profiles set,
-# revoked identities set. ARGV: device id, enrollment prefix, profile prefix.
+# KEYS: device hash, last_seen zset, device metrics hash, profiles set, revoked
+# identities set, then what the caller read before the call: the enrollment key
+# of the device's instance key, the profile set and live zset of its profile.
+# ARGV: device id, the instance key and profile name read before ("" = none).
+# Returns 0 if the device is not there, -3 if its instance key or profile changed
+# since they were read (the caller reads again and retries), else 1.
 # Removing a revoked device keeps its revocation: its identities stay refused.
 _REMOVE = """
-local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'profile_name', 'revoked', 'key_sha256')
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local rec = redis.call('HMGET', KEYS[1], 'instance_key', 'profile_name', 'revoked', 'key_sha256')
+if (rec[1] or '') ~= ARGV[2] or (rec[2] or '') ~= ARGV[3] then return -3 end
 if rec[3] == '1' then
   if rec[1] then redis.call('SADD', KEYS[5], 'instance:' .. rec[1]) end
   if rec[4] and rec[4] ~= '' then redis.call('SADD', KEYS[5], 'key:' .. rec[4]) end
 end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if rec[1] then
-  local enrolled = ARGV[2] .. rec[1]
-  if redis.call('GET', enrolled) == ARGV[1] then redis.call('DEL', enrolled) end
-end
+if rec[1] and redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
 if rec[2] then
-  local members = ARGV[3] .. rec[2] .. ':devices'
-  redis.call('SREM', members, ARGV[1])
-  redis.call('ZREM', ARGV[3] .. rec[2] .. ':live', ARGV[1])
-  if redis.call('SCARD', members) == 0 then redis.call('SREM', KEYS[4], rec[2]) end
+  redis.call('SREM', KEYS[7], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
+  if redis.call('SCARD', KEYS[7]) == 0 then redis.call('SREM', KEYS[4], rec[2]) end
 end
 return 1
 """
+
+# How often a script answering "read again" (-3) is retried before giving up: each
+# retry means another writer changed the same device in between, which is rare.
+RETRIES = 8
 
 
 class DeviceState(StateBase):
     """Register, read, list and remove devices."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         super().__init__(client, keys)
         self._register = client.register_script(_REGISTER)
         self._remove = client.register_script(_REMOVE)
@@ -135,29 +149,44 @@ class DeviceState(StateBase):
         ``DeviceRevoked`` or ``EnrollTokenRefused`` having changed nothing.
         """
         k = self.keys
-        result = await self._register(
-            keys=[
-                k.device(record.id),
-                k.last_seen,
-                k.enrollment(record.instance_key),
-                k.profile_members(record.profile.name),
-                k.profile_live(record.profile.name),
-                k.profiles,
-                k.revoked_identities,
-                k.enroll_token(spend_token_sha256 or ""),
-            ],
-            args=[
-                record.id,
-                k.device(""),
-                k.profile_prefix,
-                repr(record.last_seen),
-                record.profile.name,
-                record.instance_key,
-                record.key_sha256,
-                "0" if spend_token_sha256 is None else "1",
-                *flatten(record_fields(record)),
-            ],
-        )
+        for _ in range(RETRIES):
+            existing = cast(str | None, await self._redis.get(k.enrollment(record.instance_key)))
+            old_profile = ""
+            if existing:
+                old_profile = (
+                    cast(str | None, await self._redis.hget(k.device(existing), "profile_name"))
+                    or ""
+                )
+            result = await self._register(
+                keys=[
+                    k.device(record.id),
+                    k.last_seen,
+                    k.enrollment(record.instance_key),
+                    k.profile_members(record.profile.name),
+                    k.profile_live(record.profile.name),
+                    k.profiles,
+                    k.revoked_identities,
+                    k.enroll_token(spend_token_sha256 or ""),
+                    k.device(existing or record.id),
+                    k.profile_members(old_profile or record.profile.name),
+                    k.profile_live(old_profile or record.profile.name),
+                ],
+                args=[
+                    record.id,
+                    existing or "",
+                    old_profile,
+                    repr(record.last_seen),
+                    record.profile.name,
+                    record.instance_key,
+                    record.key_sha256,
+                    "0" if spend_token_sha256 is None else "1",
+                    *flatten(record_fields(record)),
+                ],
+            )
+            if int(cast(Sequence[Any], result)[1]) != -3:
+                break
+        else:
+            raise StoreError("registration raced other writers of this device; try again")
         device_id, created = cast(Sequence[Any], result)
         if int(created) == -2:
             raise EnrollTokenRefused(
@@ -200,14 +229,29 @@ class DeviceState(StateBase):
     async def remove(self, device_id: str) -> bool:
         """Delete a device and every index entry pointing at it. False if it was not there."""
         k = self.keys
-        done = await self._remove(
-            keys=[
-                k.device(device_id),
-                k.last_seen,
-                k.device_metrics(device_id),
-                k.profiles,
-                k.revoked_identities,
-            ],
-            args=[device_id, k.enrollment(""), k.profile_prefix],
-        )
-        return bool(int(cast(int, done)))
+        for _ in range(RETRIES):
+            instance_key, profile = cast(
+                list[str | None],
+                await self._redis.hmget(k.device(device_id), ["instance_key", "profile_name"]),
+            )
+            done = int(
+                cast(
+                    int,
+                    await self._remove(
+                        keys=[
+                            k.device(device_id),
+                            k.last_seen,
+                            k.device_metrics(device_id),
+                            k.profiles,
+                            k.revoked_identities,
+                            k.enrollment(instance_key or ""),
+                            k.profile_members(profile or ""),
+                            k.profile_live(profile or ""),
+                        ],
+                        args=[device_id, instance_key or "", profile or ""],
+                    ),
+                )
+            )
+            if done != -3:
+                return done == 1
+        raise StoreError("removal raced other writers of this device; try again")

@@ -4,13 +4,31 @@ Why a module of its own: every concept module of ``state`` builds its keys here,
 says what is stored where (and which keys a Lua script touches), and a second coordinator on the
 same Redis only needs another prefix. The schema version lives beside the names because a change
 of layout is a change of these names or of what is under them.
+
+Hash tags (Redis Cluster, issue 18): every key of one fleet carries the same hash tag, the
+prefix ``{edgefleet}:``, so the whole fleet lives in one cluster slot. Why one tag per fleet and
+not one per device: the writes that must be atomic span a device *and* fleet-wide indexes (the
+register script touches the device hash, the last-seen index, the profile indexes, the revoked
+identities and an enrollment token; a rollout's creation claims many devices at once), and a Lua
+script or MULTI may only touch keys of one slot. Per-device tags would either tear those writes
+or force cross-slot protocols. One slot per fleet keeps every script atomic; Cluster then brings
+failover (each shard has replicas) and spreads *fleets* (prefixes) over shards, not one fleet's
+devices. One Redis primary serves well over 100k heartbeats a second, so the fleet sizes this
+project targets fit one slot. Every script also gets all its keys through ``KEYS`` (none is built
+from ``ARGV`` inside a script): a key that depends on stored data (a device's profile, the
+device an instance key enrolled as) is read first and passed in, and the script checks it still
+holds, answering "retry" if it changed in between (an optimistic, WATCH-like pattern).
+
+Schema 3 is this layout; a store written under the untagged prefix (``edgefleet:``, schema 1 or
+2, standalone Redis only) is renamed key by key at first start (``FleetStore.check``): one
+pipelined RENAME per key, seconds for 100k devices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_PREFIX = "edgefleet:"
+DEFAULT_PREFIX = "{edgefleet}:"
 
 
 @dataclass(frozen=True)
@@ -18,6 +36,19 @@ class Keys:
     """Names of every key the coordinator uses, under one prefix."""
 
     prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        """Refuse a prefix without a hash tag: its keys would scatter over a cluster's slots
+        and every multi-key script would fail with CROSSSLOT."""
+        start = self.prefix.find("{")
+        end = self.prefix.find("}", start + 1)
+        if start < 0 or end <= start + 1:
+            raise ValueError(f"key prefix {self.prefix!r} needs a hash tag such as '{{fleet}}:'")
+
+    @property
+    def legacy_prefix(self) -> str:
+        """The prefix before hash tags (``edgefleet:``), whose keys are renamed at start."""
+        return self.prefix.replace("{", "").replace("}", "")
 
     def device(self, device_id: str) -> str:
         """Hash with the device's record (see ``DeviceRecord``)."""
@@ -40,11 +71,6 @@ class Keys:
         """Sorted set: devices of a profile whose last report was not ``stopping``,
         score = unix time of the last heartbeat (the fleet counts' liveness index)."""
         return f"{self.prefix}profile:{profile}:live"
-
-    @property
-    def profile_prefix(self) -> str:
-        """What ``profile_members``/``profile_live`` start with (Lua scripts build them)."""
-        return f"{self.prefix}profile:"
 
     @property
     def profiles(self) -> str:
@@ -115,5 +141,8 @@ class Keys:
 # 2: per-profile liveness sorted sets and the profiles set (fleet counts kept on
 # write). A schema-1 store is upgraded at start by ``FleetStore.check`` (one pass
 # over the devices); a schema-1 coordinator refuses a schema-2 store.
-SCHEMA_VERSION = "2"
-UPGRADABLE_SCHEMAS = ("1",)
+# 3: every key under the hash-tagged prefix (Redis Cluster). Schemas 1 and 2, under
+# the untagged prefix, are renamed, then upgraded, at start. An older coordinator
+# finds no schema key under its prefix: stop every replica before upgrading.
+SCHEMA_VERSION = "3"
+UPGRADABLE_SCHEMAS = ("1", "2")

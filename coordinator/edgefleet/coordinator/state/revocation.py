@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from edgefleet.coordinator.state.base import StateBase, unavailable_on_redis_error
+from edgefleet.coordinator.state.connect import RedisClient
 from edgefleet.coordinator.state.keys import Keys
 
 # KEYS: device hash, revoked set, revoked identities set. ARGV: device id. The
@@ -33,7 +32,7 @@ return 1
 class RevocationState(StateBase):
     """Create enrollment tokens; revoke devices."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         super().__init__(client, keys)
         self._revoke = client.register_script(_REVOKE)
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-
 from edgefleet.coordinator.state.base import StateBase, unavailable_on_redis_error
 from edgefleet.coordinator.state.codec import DESIRED_FIELDS
+from edgefleet.coordinator.state.connect import RedisClient
 from edgefleet.coordinator.state.keys import Keys
-from edgefleet.coordinator.state.model import Desired, RolloutClash
+from edgefleet.coordinator.state.model import Desired, RolloutClash, StoreError
 
 # KEYS: device hash. ARGV: desired_* values in DESIRED_FIELDS order (generation ignored).
 # Level-triggered writes: nothing changes (and the generation does not bump)
@@ -58,38 +57,50 @@ end
 return 1
 """
 
-# KEYS: new rollout key, rollouts zset, rollout claims hash.
-# ARGV: rollout id, document, created at, rollout key prefix, then its device ids.
+# KEYS: new rollout key, rollouts zset, rollout claims hash, then the document key
+# of every rollout that held a claim on one of the devices when the caller read
+# the claims. ARGV: rollout id, document, created at, how many such rollouts (m),
+# their ids (in KEYS order), then the device ids.
 # Checking that no device is in an active rollout and claiming them for this one
 # is one atomic step: of concurrent creations over a device exactly one wins. A
 # claim counts only while the rollout holding it is running or paused (a claim
-# left by a rollout that has since ended is simply overwritten). Returns {"", ""}
-# when created, {device id, rollout id} of a clash, {"", id} if the id is taken.
+# left by a rollout that has since ended is simply overwritten). Every key comes
+# through KEYS (Redis Cluster, see keys.py): a claim by a rollout the caller did
+# not pass writes nothing and returns {"", "", "retry"} (read the claims again).
+# Returns {"", ""} when created, {device id, rollout id} of a clash, {"", id} if
+# the id is taken.
 _CREATE_ROLLOUT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'', ARGV[1]} end
+local m = tonumber(ARGV[4])
+local doc_key = {}
+for j = 1, m do doc_key[ARGV[4 + j]] = KEYS[3 + j] end
 local active = {}
-for i = 5, #ARGV do
+for i = 5 + m, #ARGV do
   local owner = redis.call('HGET', KEYS[3], ARGV[i])
   if owner then
+    if doc_key[owner] == nil then return {'', '', 'retry'} end
     if active[owner] == nil then
-      local doc = redis.call('GET', ARGV[4] .. owner)
+      local doc = redis.call('GET', doc_key[owner])
       local state = doc and cjson.decode(doc)['state'] or ''
       active[owner] = state == 'running' or state == 'paused'
     end
     if active[owner] then return {ARGV[i], owner} end
   end
 end
-for i = 5, #ARGV do redis.call('HSET', KEYS[3], ARGV[i], ARGV[1]) end
+for i = 5 + m, #ARGV do redis.call('HSET', KEYS[3], ARGV[i], ARGV[1]) end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {'', ''}
 """
 
+# How often creation is retried when claims changed between the read and the script.
+RETRIES = 8
+
 
 class RolloutState(StateBase):
     """Set desired states; create, read and update rollouts."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         super().__init__(client, keys)
         self._set_desired = client.register_script(_SET_DESIRED)
         self._update_rollout = client.register_script(_UPDATE_ROLLOUT)
@@ -114,12 +125,36 @@ class RolloutState(StateBase):
         """Store a new rollout and claim its devices in one atomic step; the clash if a
         device is already in an active rollout (or the id is taken), else None."""
         k = self.keys
-        result = await self._create_rollout(
-            keys=[k.rollout(rollout_id), k.rollouts, k.rollout_claims],
-            args=[rollout_id, document, repr(created_at), k.rollout(""), *device_ids],
-        )
-        device_id, owner = (str(x) for x in cast(Sequence[Any], result))
-        return RolloutClash(device_id, owner) if owner else None
+        for _ in range(RETRIES):
+            claims = (
+                cast(list[str | None], await self._redis.hmget(k.rollout_claims, list(device_ids)))
+                if device_ids
+                else []
+            )
+            owners = sorted({c for c in claims if c})
+            result = cast(
+                Sequence[Any],
+                await self._create_rollout(
+                    keys=[
+                        k.rollout(rollout_id),
+                        k.rollouts,
+                        k.rollout_claims,
+                        *(k.rollout(o) for o in owners),
+                    ],
+                    args=[
+                        rollout_id,
+                        document,
+                        repr(created_at),
+                        str(len(owners)),
+                        *owners,
+                        *device_ids,
+                    ],
+                ),
+            )
+            if len(result) == 2:
+                device_id, owner = (str(x) for x in result)
+                return RolloutClash(device_id, owner) if owner else None
+        raise StoreError("rollout creation raced other rollouts; try again")
 
     @unavailable_on_redis_error
     async def get_rollout(self, rollout_id: str) -> str | None:

@@ -11,9 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-
 from edgefleet.coordinator.state.base import StateBase, unavailable_on_redis_error
+from edgefleet.coordinator.state.connect import RedisClient
 from edgefleet.coordinator.state.keys import Keys
 from edgefleet.coordinator.state.model import TelemetryIn, TelemetryOutcome
 
@@ -55,7 +54,7 @@ MAX_EVENTS = 100_000
 class TelemetryState(StateBase):
     """Record and read device telemetry."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         super().__init__(client, keys)
         self._telemetry = client.register_script(_TELEMETRY)
 
