@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -152,14 +152,37 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the CA certificate's DER: what the fleet records in its state."""
+        return self.cert.fingerprint(hashes.SHA256()).hex()
+
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """The CA in ``directory`` (ca.key, ca.pem); PkiError (one line) if absent or broken.
+
+        Why separate from ``load_or_create``: a replica given a fleet directory must never
+        mint a CA of its own when the mounted one is missing, or it would silently start a
+        second fleet its agents cannot verify.
+        """
+        key_path, cert_path = directory / "ca.key", directory / "ca.pem"
+        for path in (key_path, cert_path):
+            if not path.is_file():
+                raise PkiError(f"no {path.name} in {directory} (run `edgefleet certs init --out`)")
+        try:
+            key = load_key(key_path.read_bytes())
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise PkiError(f"the CA in {directory} is unreadable: {exc}") from None
+        if cert.public_key() != key.public_key():
+            raise PkiError(f"{cert_path} does not belong to {key_path}")
+        return cls(key, cert)
+
     @classmethod
     def load_or_create(cls, directory: Path, name: str = "edgefleet CA") -> CertificateAuthority:
         key_path, cert_path = directory / "ca.key", directory / "ca.pem"
         if key_path.exists() and cert_path.exists():
-            return cls(
-                load_key(key_path.read_bytes()),
-                x509.load_pem_x509_certificate(cert_path.read_bytes()),
-            )
+            return cls.load(directory)
         key = new_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         cert = (
@@ -226,7 +249,13 @@ class CertificateAuthority:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             have = {str(n.value) for n in sans}
-            if wanted <= have and cert.not_valid_after_utc > _now() + dt.timedelta(days=7):
+            # reused only if this CA issued it: a replica moved onto a fleet CA (certs init)
+            # must not keep serving a certificate its agents cannot verify
+            if (
+                wanted <= have
+                and self.issued(cert)
+                and cert.not_valid_after_utc > _now() + dt.timedelta(days=7)
+            ):
                 return key_path.read_bytes(), cert_path.read_bytes()
         key = new_key()
         cert = self._issue(
@@ -235,6 +264,14 @@ class CertificateAuthority:
         write_private(key_path, key_pem(key))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return key_path.read_bytes(), cert_path.read_bytes()
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """True if this CA signed ``cert``."""
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
 
     def sign_device(self, csr: CheckedCsr, device_id: str, serial: int, days: int = 365) -> bytes:
         """A client certificate (PEM) for ``device_id`` from a CSR ``check_csr`` accepted.

@@ -55,7 +55,7 @@ class DeviceBenchmark(_message.Message):
     def __init__(self, macs_per_second: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("device_id", "credential", "heartbeat_interval_seconds", "bundle_public_keys", "certificate_pem", "ca_certificate_pem", "device_endpoint")
+    __slots__ = ("device_id", "credential", "heartbeat_interval_seconds", "bundle_public_keys", "certificate_pem", "ca_certificate_pem", "device_endpoint", "device_endpoints")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class RegisterResponse(_message.Message):
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     credential: str
     heartbeat_interval_seconds: float
@@ -70,7 +71,8 @@ class RegisterResponse(_message.Message):
     certificate_pem: bytes
     ca_certificate_pem: bytes
     device_endpoint: str
-    def __init__(self, device_id: _Optional[str] = ..., credential: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., bundle_public_keys: _Optional[_Iterable[str]] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., device_endpoint: _Optional[str] = ...) -> None: ...
+    device_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., credential: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., bundle_public_keys: _Optional[_Iterable[str]] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., device_endpoint: _Optional[str] = ..., device_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("device_id", "state", "sequence", "uptime_seconds", "active_variant", "previous_variant", "failed_variant", "failure_reason")
@@ -109,16 +111,20 @@ class DesiredState(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., variant_id: _Optional[str] = ..., model: _Optional[str] = ..., variant_bytes: _Optional[int] = ..., rollout_id: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("desired", "heartbeat_interval_seconds", "server_time_unix", "federation")
+    __slots__ = ("desired", "heartbeat_interval_seconds", "server_time_unix", "federation", "bundle_public_keys", "device_endpoints")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_PUBLIC_KEYS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     desired: DesiredState
     heartbeat_interval_seconds: float
     server_time_unix: float
     federation: Federation
-    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., server_time_unix: _Optional[float] = ..., federation: _Optional[_Union[Federation, _Mapping]] = ...) -> None: ...
+    bundle_public_keys: _containers.RepeatedScalarFieldContainer[str]
+    device_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., heartbeat_interval_seconds: _Optional[float] = ..., server_time_unix: _Optional[float] = ..., federation: _Optional[_Union[Federation, _Mapping]] = ..., bundle_public_keys: _Optional[_Iterable[str]] = ..., device_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Federation(_message.Message):
     __slots__ = ("superlink_address", "tls")

@@ -180,7 +180,9 @@ class ArtifactCache:
             d.mkdir(parents=True, exist_ok=True)
 
     def set_trusted_keys(self, hex_keys: Iterable[str]) -> None:
-        """Replace the signing keys bundles must carry (the coordinator sends them at enrolment)."""
+        """Replace the signing keys bundles must carry (sent at enrolment and with every
+        heartbeat, so a rotation applies at once: a bundle is verified against the current list
+        whenever it is loaded). A malformed key raises IntegrityError and changes nothing."""
         self._trusted = parse_public_keys(hex_keys)
 
     # --- state ----------------------------------------------------------------------------

@@ -33,6 +33,9 @@ class Identity:
     credential: str = ""
     bundle_public_keys: tuple[str, ...] = ()
     device_endpoint: str = ""  # where calls after Register go ("" = the coordinator address)
+    # every replica's device endpoint as the coordinator last listed them (failover order);
+    # persisted so an agent restarted while its replica is down still knows the others
+    device_endpoints: tuple[str, ...] = ()
 
     @property
     def enrolled(self) -> bool:
@@ -74,6 +77,7 @@ def load_identity(state_dir: Path) -> Identity | None:
             credential=str(data.get("credential", "")),
             bundle_public_keys=tuple(str(k) for k in data.get("bundle_public_keys", ())),
             device_endpoint=str(data.get("device_endpoint", "")),
+            device_endpoints=tuple(str(e) for e in data.get("device_endpoints", ())),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IdentityError(f"{path} is unreadable ({exc}); move it away to re-enrol") from exc

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--coordinator",
         default=os.environ.get(COORDINATOR_ENV, "127.0.0.1:50051"),
-        help=f"coordinator HOST:PORT (env {COORDINATOR_ENV}; default %(default)s)",
+        help="coordinator HOST:PORT, several as A,B,C (all kept: Register tries each in "
+        "turn), or one DNS name resolving to many replicas "
+        f"(env {COORDINATOR_ENV}; default %(default)s)",
     )
     token = parser.add_mutually_exclusive_group()
     token.add_argument(

@@ -6,6 +6,14 @@ agent never has to replay anything. When the coordinator is away the agent
 retries with exponential backoff and full jitter; when the coordinator has
 forgotten the device (removed, or its state wiped) the agent re-enrols under
 its instance key.
+
+Failover: the coordinator lists every live replica's device endpoint (at Register and in
+every heartbeat reply; persisted in the identity). When the endpoint in use stops answering,
+the agent moves to the next one after a short jittered pause (``FAILOVER_PAUSE_SECONDS``, so a
+fleet does not stampede the survivor in lockstep), and falls back to exponential backoff only
+once every listed endpoint failed in a row. Device identity is the mutual-TLS certificate and
+the shared credential in Redis, so any replica of the fleet accepts the device as it is.
+The trusted bundle signing keys come with every heartbeat reply too (key rotation).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import TYPE_CHECKING
 import grpc
 import psutil
 
-from edgefleet.agent.artifacts import ArtifactCache
+from edgefleet.agent.artifacts import ArtifactCache, IntegrityError
 from edgefleet.agent.battery import Battery
 from edgefleet.agent.config import AgentConfig, FatalAgentError
 from edgefleet.agent.desired import Desired
@@ -45,6 +53,18 @@ RPC_TIMEOUT_SECONDS = 10.0
 # continues in the background; a small bundle is usually active within the same pass).
 RECONCILE_WAIT_SECONDS = 1.0
 TELEMETRY_BATCH = 200
+# Pause before trying the next replica after one failed (uniform in [0, this]): long enough to
+# spread a fleet's reconnections, short enough that failover takes a heartbeat or two.
+FAILOVER_PAUSE_SECONDS = 1.0
+# gRPC codes that say "this endpoint is not answering": move to another replica
+_ENDPOINT_DOWN = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 
 
 def desired_from_proto(message: device_pb2.DesiredState) -> Desired:
@@ -108,10 +128,71 @@ class AgentSession:
             enabled=config.federation,
         )
         self._federation_target = FederationTarget()
+        self._endpoint_index = 0  # which of device_targets() the device channel dials
+        self._coordinator_index = 0  # which --coordinator address Register goes to
+        self._failed_in_a_row = 0  # endpoints that failed since the last success
+        self.failovers = 0  # how often the agent moved to another endpoint (tests read it)
+        self._refused_keys: tuple[str, ...] = ()
 
     @property
     def identity(self) -> Identity:
         return self._identity
+
+    def device_targets(self) -> list[str]:
+        """Where device calls may go, in failover order ("" = the coordinator address)."""
+        if self._identity.device_endpoints:
+            return list(self._identity.device_endpoints)
+        if self._identity.device_endpoint:
+            return [self._identity.device_endpoint]
+        return self.transport.coordinators
+
+    @property
+    def current_endpoint(self) -> str:
+        targets = self.device_targets()
+        return targets[self._endpoint_index % len(targets)]
+
+    @property
+    def enrollment_target(self) -> str:
+        addresses = self.transport.coordinators
+        return addresses[self._coordinator_index % len(addresses)]
+
+    def _fail_over(self, enrolling: bool) -> float:
+        """Move to the next address after a failure; the delay before trying it."""
+        self._failed_in_a_row += 1
+        if enrolling:
+            self._coordinator_index += 1
+            count = len(self.transport.coordinators)
+        else:
+            self._endpoint_index += 1
+            count = len(self.device_targets())
+        if count > 1:
+            self.failovers += 1
+        if self._failed_in_a_row < count:  # an untried address is left: go there soon
+            return self.config.backoff.rng.uniform(0.0, FAILOVER_PAUSE_SECONDS)
+        self._failed_in_a_row = 0  # a whole round failed: back off before the next one
+        return self.config.backoff.next_delay()
+
+    def _learn(self, keys: tuple[str, ...], endpoints: tuple[str, ...]) -> None:
+        """Keep the trusted signing keys and replica endpoints a reply carried (empty = same)."""
+        changed: dict[str, tuple[str, ...]] = {}
+        if keys and keys != self._identity.bundle_public_keys:
+            try:
+                self.artifacts.set_trusted_keys(keys)
+            except IntegrityError as exc:  # keep trusting what we trusted; say why once
+                if keys != self._refused_keys:
+                    log.error("ignoring the coordinator's signing keys: %s", exc)
+                    self._refused_keys = keys
+            else:
+                changed["bundle_public_keys"] = keys
+                log.info("trusted bundle signing keys: %s", ", ".join(k[:12] for k in keys))
+        if endpoints and endpoints != self._identity.device_endpoints:
+            current = self.current_endpoint
+            changed["device_endpoints"] = endpoints
+            # stay on the endpoint in use: the list may be reordered, not our connection
+            self._endpoint_index = endpoints.index(current) if current in endpoints else 0
+        if changed:
+            self._identity = replace(self._identity, **changed)  # type: ignore[arg-type]
+            save_identity(self.config.state_dir, self._identity)
 
     def _load_or_create_identity(self) -> Identity:
         identity = load_identity(self.config.state_dir)
@@ -169,7 +250,9 @@ class AgentSession:
             coordinator=self.config.coordinator,
             bundle_public_keys=tuple(reply.bundle_public_keys),
             device_endpoint=reply.device_endpoint,
+            device_endpoints=tuple(reply.device_endpoints),
         )
+        self._endpoint_index = 0  # the replica that enrolled us is listed first
         save_identity(self.config.state_dir, self._identity)
         self.artifacts.set_trusted_keys(self._identity.bundle_public_keys)
         self.reconciler.device_id = reply.device_id
@@ -196,6 +279,7 @@ class AgentSession:
             timeout=timeout,
         )
         self._interval = reply.heartbeat_interval_seconds or self._interval
+        self._learn(tuple(reply.bundle_public_keys), tuple(reply.device_endpoints))
         self._desired_state = desired_from_proto(reply.desired)
         self._federation_target = (
             FederationTarget(reply.federation.superlink_address, reply.federation.tls)
@@ -259,76 +343,98 @@ class AgentSession:
                 break  # the coordinator holds less than we sent; retry next interval
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with self.transport.enrollment_channel() as enrollment:
-            enroll_stub = device_pb2_grpc.DeviceServiceStub(enrollment)
-            device: grpc.aio.Channel | None = None
-            stub: device_pb2_grpc.DeviceServiceStub | None = None
-            state = device_pb2.AGENT_STATE_STARTING
-            await self.work.start()
-            try:
-                while not stop.is_set():
-                    # measure every interval, reachable or not: the buffer carries it over
-                    self._sample()
-                    try:
-                        if (
-                            self.transport.secure
-                            and self._identity.enrolled
-                            and not self.transport.has_certificate()
-                        ):
-                            self._forget_enrollment("no device certificate in the state dir")
-                        if not self._identity.enrolled:
-                            await self._register(enroll_stub)
-                            if device is not None:
-                                await device.close()
-                                device = None
-                        if device is None:
-                            device = self.transport.device_channel(self._identity.device_endpoint)
-                            stub = device_pb2_grpc.DeviceServiceStub(device)
-                            self._artifacts_stub = artifact_pb2_grpc.ArtifactServiceStub(device)
-                        assert stub is not None
-                        await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
-                        state = device_pb2.AGENT_STATE_READY
-                        await self._reconcile_federation()
-                        await self._reconcile(self._artifacts_stub)
-                        await self._flush_telemetry(stub, RPC_TIMEOUT_SECONDS)
-                        if self.config.backoff.attempt:
-                            log.info("coordinator reachable again at %s", self.config.coordinator)
-                        self.config.backoff.reset()
-                        delay = self._interval
-                    except grpc.aio.AioRpcError as err:
-                        code = err.code()
-                        if code == grpc.StatusCode.NOT_FOUND:
-                            self._forget_enrollment("coordinator does not know this device")
-                            continue
-                        if code in (
-                            grpc.StatusCode.UNAUTHENTICATED,
-                            grpc.StatusCode.PERMISSION_DENIED,
-                        ):
-                            self._forget_enrollment(
-                                f"coordinator rejected this device ({err.details()})"
-                            )
-                            continue
-                        if code == grpc.StatusCode.INVALID_ARGUMENT:
-                            raise FatalAgentError(
-                                f"coordinator refused a heartbeat: {err.details()}"
-                            ) from err
-                        delay = self.config.backoff.next_delay()
-                        log.warning(
-                            "coordinator %s unreachable (%s); retrying in %.1fs",
-                            self.config.coordinator,
-                            code.name,
-                            delay,
+        enrollment: grpc.aio.Channel | None = None
+        enrolled_via = -1
+        device: grpc.aio.Channel | None = None
+        dialled = ""
+        stub: device_pb2_grpc.DeviceServiceStub | None = None
+        state = device_pb2.AGENT_STATE_STARTING
+        await self.work.start()
+        try:
+            while not stop.is_set():
+                # measure every interval, reachable or not: the buffer carries it over
+                self._sample()
+                enrolling = False
+                try:
+                    if (
+                        self.transport.secure
+                        and self._identity.enrolled
+                        and not self.transport.has_certificate()
+                    ):
+                        self._forget_enrollment("no device certificate in the state dir")
+                    if not self._identity.enrolled:
+                        enrolling = True
+                        if enrollment is None or enrolled_via != self._coordinator_index:
+                            if enrollment is not None:
+                                await enrollment.close()
+                            enrollment = self.transport.enrollment_channel(self._coordinator_index)
+                            enrolled_via = self._coordinator_index
+                        await self._register(device_pb2_grpc.DeviceServiceStub(enrollment))
+                        enrolling = False
+                        if device is not None:
+                            await device.close()
+                            device = None
+                    if device is not None and dialled != self.current_endpoint:
+                        await device.close()  # failed over: dial the next replica
+                        device = None
+                    if device is None:
+                        dialled = self.current_endpoint
+                        device = self.transport.device_channel(dialled)
+                        stub = device_pb2_grpc.DeviceServiceStub(device)
+                        self._artifacts_stub = artifact_pb2_grpc.ArtifactServiceStub(device)
+                    assert stub is not None
+                    await self._heartbeat(stub, state, RPC_TIMEOUT_SECONDS)
+                    state = device_pb2.AGENT_STATE_READY
+                    await self._reconcile_federation()
+                    await self._reconcile(self._artifacts_stub)
+                    await self._flush_telemetry(stub, RPC_TIMEOUT_SECONDS)
+                    if self.config.backoff.attempt or self._failed_in_a_row:
+                        log.info("coordinator reachable again at %s", dialled)
+                    self.config.backoff.reset()
+                    self._failed_in_a_row = 0
+                    delay = self._interval
+                except grpc.aio.AioRpcError as err:
+                    code = err.code()
+                    if code == grpc.StatusCode.NOT_FOUND:
+                        self._forget_enrollment("coordinator does not know this device")
+                        continue
+                    if code in (
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                    ):
+                        self._forget_enrollment(
+                            f"coordinator rejected this device ({err.details()})"
                         )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                await self.reconciler.aclose()
-                await self.work.stop()
-                if stub is not None:
-                    await self._say_goodbye(stub)
-            finally:
-                await asyncio.to_thread(self.federation.stop)
-                if device is not None:
-                    await device.close()
+                        continue
+                    if code == grpc.StatusCode.INVALID_ARGUMENT:
+                        raise FatalAgentError(
+                            f"coordinator refused a heartbeat: {err.details()}"
+                        ) from err
+                    failed = self.enrollment_target if enrolling else dialled
+                    delay = (
+                        self._fail_over(enrolling)
+                        if code in _ENDPOINT_DOWN
+                        else self.config.backoff.next_delay()
+                    )
+                    log.warning(
+                        "coordinator %s unreachable (%s); trying %s in %.1fs",
+                        failed,
+                        code.name,
+                        self.enrollment_target if enrolling else self.current_endpoint,
+                        delay,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            await self.reconciler.aclose()
+            await self.work.stop()
+            if stub is not None:
+                await self._say_goodbye(stub)
+        finally:
+            await asyncio.to_thread(self.federation.stop)
+            if device is not None:
+                await device.close()
+            if enrollment is not None:
+                await enrollment.close()
         self.telemetry.close()
 
     async def _say_goodbye(self, stub: device_pb2_grpc.DeviceServiceStub) -> None:

@@ -5,6 +5,17 @@ server-authenticated TLS (trusting ``--ca-cert``) with a CSR for a key created
 here (mode 0600, never sent anywhere); every later call goes to the device
 endpoint the coordinator names, over mutual TLS with the certificate it issued,
 so no other device can speak for this one. Plaintext only with ``--insecure``.
+
+Several coordinators (``--coordinator A,B,C``) are all kept: Register tries them in turn, and
+the session moves between the device endpoints the coordinator lists (``session.py``). Each
+address is dialled on its own channel, so TLS checks each replica's certificate against the
+name dialled: every replica's server certificate carries its own advertised names as SANs
+(``--advertise-device``, ``--tls-host``). Why SANs and not one shared fleet name with
+``grpc.ssl_target_name_override``: an override would make any certificate of the fleet CA
+valid for any address (a compromised replica could then pose as a load balancer's name), and
+it breaks the moment a TCP load balancer or DNS name is put in front; SANs are what those
+expect. One DNS name resolving to many addresses works as one target: gRPC's resolver gets
+every address and the TLS name is the DNS name.
 """
 
 from __future__ import annotations
@@ -29,9 +40,22 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def split_addresses(coordinator: str) -> list[str]:
+    """``A,B,C`` as its addresses (a gRPC ``ipv4:``/``ipv6:`` scheme prefix is dropped: the
+    addresses are dialled one by one so that TLS checks each against its own name)."""
+    addresses = []
+    for item in coordinator.split(","):
+        item = item.strip()
+        for scheme in ("ipv4:", "ipv6:"):
+            item = item.removeprefix(scheme)
+        if item:
+            addresses.append(item)
+    return addresses or [coordinator]
+
+
 @dataclass
 class Transport:
-    coordinator: str
+    coordinator: str  # one address, a DNS name, or several: "A,B,C"
     state_dir: Path
     ca_cert: bytes | None  # None: plaintext (--insecure)
 
@@ -39,11 +63,18 @@ class Transport:
     def secure(self) -> bool:
         return self.ca_cert is not None
 
-    def enrollment_channel(self) -> grpc.aio.Channel:
+    @property
+    def coordinators(self) -> list[str]:
+        return split_addresses(self.coordinator)
+
+    def enrollment_channel(self, index: int = 0) -> grpc.aio.Channel:
+        """A channel to the ``index``-th coordinator address (modulo their number)."""
+        addresses = self.coordinators
+        target = addresses[index % len(addresses)]
         if self.ca_cert is None:
-            return grpc.aio.insecure_channel(self.coordinator, options=CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca_cert)
-        return grpc.aio.secure_channel(self.coordinator, creds, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
 
     def csr(self, name: str) -> bytes:
         """A CSR for this device's key (created on first use); b"" in plaintext mode."""
@@ -66,7 +97,7 @@ class Transport:
         return (self.state_dir / CERT_FILE).exists() and (self.state_dir / KEY_FILE).exists()
 
     def device_channel(self, endpoint: str) -> grpc.aio.Channel:
-        target = endpoint or self.coordinator
+        target = endpoint or self.coordinators[0]
         if self.ca_cert is None:
             return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         creds = grpc.ssl_channel_credentials(

@@ -117,6 +117,31 @@ def coordinator_start(
             min=0.1, help="seconds a download may wait for its client to read before it is cut"
         ),
     ] = Limits.stream_write_timeout,
+    fleet_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="EDGEFLEET_FLEET_DIR",
+            help="the fleet identity every replica shares (CA + bundle signing key, from "
+            "`edgefleet certs init --out DIR` or a mounted secret); default: DATA_DIR's own",
+            resolve_path=True,
+        ),
+    ] = None,
+    advertise_device: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_ADVERTISE_DEVICE",
+            help="stable NAME:PORT agents dial for this replica's device endpoint (e.g. a TCP "
+            "load balancer passing TLS through); added to the certificate",
+        ),
+    ] = "",
+    rotate_signing_key: Annotated[
+        bool,
+        typer.Option(
+            "--rotate-signing-key",
+            help="make this replica's signing key the fleet's (the old one must be listed in "
+            "the fleet dir's trusted-keys); without it a different key refuses to start",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Start the coordinator and serve until Ctrl-C.
@@ -151,6 +176,9 @@ def coordinator_start(
             max_streams=max_streams,
             stream_write_timeout=stream_write_timeout,
         ),
+        fleet_dir=fleet_dir,
+        advertise_device=advertise_device,
+        rotate_signing_key=rotate_signing_key,
     )
 
     def ready(c: Coordinator) -> None:
@@ -158,7 +186,7 @@ def coordinator_start(
             f"edgefleet coordinator listening on {c.address}"
             + (" (INSECURE: plaintext)\n" if insecure else " (TLS)\n")
             + (f"  device endpoint (mutual TLS): {c.device_address}\n" if not insecure else "")
-            + (f"  CA certificate: {data_dir / 'tls' / 'ca.pem'}\n" if not insecure else "")
+            + (f"  CA certificate: {c.ca_cert_path}\n" if c.ca_cert_path else "")
             + f"  metrics: {f'http://{c.metrics_address}/metrics' if c.metrics_address else 'off'}\n"
             f"  Flower SuperLink: {c.superlink_address or 'off'}\n"
             f"  state: {c.redis_description}\n"
@@ -213,12 +241,25 @@ def certs_init(
     host: Annotated[
         list[str] | None, typer.Option(help="names/IPs the server certificate covers (repeat)")
     ] = None,
+    fleet_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="provision a fleet identity in this new dir instead: one CA and one bundle "
+            "signing key for every replica (start each with --fleet-dir DIR)",
+            resolve_path=True,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create the coordinator's CA and server certificate (the coordinator also does this
-    on first start); prints the CA certificate path agents and the CLI must trust."""
+    on first start); prints the CA certificate path agents and the CLI must trust.
+    With --out DIR: provision one fleet identity (CA + signing key) shared by all replicas."""
     from edgefleet.pki import CertificateAuthority
 
+    if fleet_out is not None:
+        _fleet_init(fleet_out, as_json)
+        return
     tls = data_dir / "tls"
     ca = CertificateAuthority.load_or_create(tls)
     hosts = ["127.0.0.1", "localhost", *(host or [])]
@@ -230,6 +271,28 @@ def certs_init(
         out.print(
             f"CA certificate: {info['ca_cert']}\nserver certificate: {info['server_cert']} "
             f"({', '.join(hosts)})",
+            highlight=False,
+        )
+
+
+def _fleet_init(out_dir: Path, as_json: bool) -> None:
+    from edgefleet.coordinator.fleet_identity import init_fleet
+
+    identity = init_fleet(out_dir)
+    info = {
+        "fleet_dir": str(out_dir),
+        "ca_cert": str(out_dir / "ca.pem"),
+        "ca_sha256": identity.record()["ca_sha256"],
+        "signing_key": identity.signing_public,
+    }
+    if as_json:
+        print_json(info)
+    else:
+        out.print(
+            f"fleet identity in {out_dir} (keep ca.key and signing-key.pem secret)\n"
+            f"CA certificate: {info['ca_cert']} (sha256 {info['ca_sha256'][:16]}...)\n"
+            f"bundle signing key: {identity.signing_public}\n"
+            f"start every replica with --fleet-dir {out_dir} (or EDGEFLEET_FLEET_DIR)",
             highlight=False,
         )
 

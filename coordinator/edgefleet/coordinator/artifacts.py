@@ -11,7 +11,9 @@ The cache is written atomically (temp file, fsync, rename; the small ``.json`` s
 the size and hash goes last), so a crash mid-build leaves either nothing or a complete
 archive, never a torn one that would be streamed to a device. Before the first archive of a
 variant is built, the bundle is verified completely (hash, signature, every file): the
-coordinator never ships a bundle it would not load itself.
+coordinator never ships a bundle it would not load itself. "Signature" means by one of the
+fleet's trusted keys (the same list agents get with every heartbeat), not only the replica's
+own signing key: during a key rotation a bundle signed by the incoming key is servable.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edgefleet.archive import pack_directory
-from edgefleet.bundle import BundleError
+from edgefleet.bundle import BundleError, load_bundle
 from edgefleet.coordinator.errors import (
     CoordinatorError,
     InvalidArgument,
@@ -60,8 +65,14 @@ class CachedArchive:
 class ArchiveCache:
     """Builds each variant's archive once, atomically, and remembers where it is."""
 
-    def __init__(self, variants: VariantStore, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        variants: VariantStore,
+        directory: Path | None = None,
+        trusted_keys: Callable[[], Sequence[str]] | None = None,
+    ) -> None:
         self._variants = variants
+        self._trusted_keys = trusted_keys
         self.directory = directory or variants.root / "artifacts"
         self._locks: dict[str, asyncio.Lock] = {}
         self._known: dict[str, CachedArchive] = {}
@@ -95,8 +106,15 @@ class ArchiveCache:
         bundle_dir = self._variants.variants_dir / variant_id
         if not bundle_dir.is_dir():
             raise NotFound(f"unknown variant {variant_id}")
-        try:
-            self._variants.load(variant_id)  # full verification before it leaves this host
+        try:  # full verification before it leaves this host
+            if self._trusted_keys is None:
+                self._variants.load(variant_id)
+            else:
+                keys = [
+                    Ed25519PublicKey.from_public_bytes(bytes.fromhex(k))
+                    for k in self._trusted_keys()
+                ]
+                load_bundle(bundle_dir, keys, variant_id)
         except (BundleError, UnknownVariantError) as exc:
             log.error("refusing to serve variant %s: %s", variant_id[:12], exc)
             raise NotFound(f"variant {variant_id} is not servable: {exc}") from exc

@@ -25,7 +25,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from edgefleet.bundle import public_key_hex
 from edgefleet.coordinator.api.admin_service import AdminServicer
 from edgefleet.coordinator.api.artifact_service import add_artifact_service
 from edgefleet.coordinator.api.device_service import DeviceServicer
@@ -33,11 +32,13 @@ from edgefleet.coordinator.api.metrics_interceptor import MetricsInterceptor
 from edgefleet.coordinator.datadir_lock import lock_data_dir
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
 from edgefleet.coordinator.errors import Unavailable
+from edgefleet.coordinator.fleet_identity import TrustedKeys, check_fleet_record, load_identity
 from edgefleet.coordinator.limits import Limits, StreamSlots, raise_fd_limit, server_options
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry, RegistrySettings
 from edgefleet.coordinator.rollout_controller import RolloutController
 from edgefleet.coordinator.rollouts.manager import RolloutManager
+from edgefleet.coordinator.state.fleet_identity import FleetIdentityState
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.coordinator.variants import KnownVariants, model_variants
@@ -61,6 +62,10 @@ SERVICE_NAMES = (
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 REDIS_MAX_CONNECTIONS = 64
 REDIS_POOL_TIMEOUT_SECONDS = 10.0
+# How often a replica re-advertises its device endpoint, and how long an endpoint not
+# re-advertised stays in the list agents are given (a replica killed -9 drops out by then).
+ENDPOINT_REFRESH_SECONDS = 2.0
+ENDPOINT_TTL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,13 @@ class CoordinatorConfig:
     # when binding a wildcard such as 0.0.0.0, which is not an address a device can dial
     advertise_host: str = ""
     limits: Limits = field(default_factory=Limits)  # streams, connections (issue 14)
+    # the fleet identity (CA + bundle signing key) every replica shares; None = the data
+    # dir's own, created on first start (the embedded single-node default)
+    fleet_dir: Path | None = None
+    rotate_signing_key: bool = False  # accept a new signing key over the fleet's recorded one
+    # the stable NAME:PORT devices dial for this replica's device endpoint (e.g. a TCP load
+    # balancer's; TLS passes through it); "" = advertise_host (or host) and the device port
+    advertise_device: str = ""
 
     @property
     def public_host(self) -> str:
@@ -122,6 +134,10 @@ class Coordinator:
         self._refresh_task: asyncio.Task[None] | None = None
         self.superlink: SuperLinkSupervisor | None = None
         self.superlink_address = ""
+        self.ca_cert_path: Path | None = None  # the fleet CA agents and the CLI trust
+        self._fleet: FleetIdentityState | None = None
+        self._endpoint_task: asyncio.Task[None] | None = None
+        self.advertised_endpoint = ""  # in the fleet's list of device endpoints
 
     @property
     def metrics_address(self) -> str | None:
@@ -222,8 +238,20 @@ class Coordinator:
             if embedded is not None:
                 embedded.stop()
             raise
-        tls_dir = config.data_dir / "tls"
-        ca = None if config.insecure else CertificateAuthority.load_or_create(tls_dir)
+        tls_dir = config.data_dir / "tls"  # this replica's own server certificate
+        fleet = FleetIdentityState(client, store.keys)
+        try:
+            identity, ca_dir = load_identity(
+                config.fleet_dir, config.data_dir, tls=not config.insecure
+            )
+            trusted = TrustedKeys(identity)
+            await check_fleet_record(fleet, identity, trusted, rotate=config.rotate_signing_key)
+        except BaseException:
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            raise
+        ca = identity.ca
         registry = Registry(store, tokens, config.settings, ca=ca)
 
         metrics = CoordinatorMetrics()
@@ -244,9 +272,9 @@ class Coordinator:
             ],
         )
         variants = VariantStore(config.data_dir)
-        bundle_keys = (public_key_hex(variants.public_key()),)
+        variants.key_path = identity.signing_key_path  # the fleet's key, wherever it is mounted
         device_servicer = DeviceServicer(
-            registry, metrics, bundle_keys, known_variant=KnownVariants(variants)
+            registry, metrics, trusted.current, known_variant=KnownVariants(variants)
         )
         device_pb2_grpc.add_DeviceServiceServicer_to_server(device_servicer, server)
         host_mps = (
@@ -260,7 +288,9 @@ class Coordinator:
             AdminServicer(registry, tokens, rollouts, metrics), server
         )
         slots = StreamSlots(limits.max_streams_per_device, limits.max_streams)
-        artifacts = add_artifact_service(server, registry, variants, slots, rollouts, metrics)
+        artifacts = add_artifact_service(
+            server, registry, variants, slots, rollouts, metrics, trusted_keys=trusted.current
+        )
         service_names = (*SERVICE_NAMES, artifacts)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -275,7 +305,9 @@ class Coordinator:
                 embedded.stop()
             raise
         if device_port:
-            device_servicer.device_endpoint = f"{config.public_host}:{device_port}"
+            device_servicer.device_endpoint = (
+                config.advertise_device or f"{config.public_host}:{device_port}"
+            )
         await server.start()
         for name in ("", *service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -284,6 +316,15 @@ class Coordinator:
         )
         coordinator.rollout_controller = controller
         coordinator.device_endpoint = device_servicer.device_endpoint
+        coordinator.ca_cert_path = None if ca is None else ca_dir / "ca.pem"
+        coordinator._fleet = fleet
+        coordinator.advertised_endpoint = device_servicer.device_endpoint or (
+            config.advertise_device or f"{config.public_host}:{port}"
+        )
+        await coordinator._advertise(device_servicer)
+        coordinator._endpoint_task = asyncio.create_task(
+            coordinator._keep_advertising(device_servicer)
+        )
         controller.start()
         try:
             coordinator._start_metrics()
@@ -322,7 +363,17 @@ class Coordinator:
             wait_listening,
         )
 
-        tls = None if ca is None else superlink_tls(tls_dir, _server_hosts(self.config))
+        tls = None
+        if ca is not None and self.ca_cert_path is not None:
+            if self.config.fleet_dir is None:
+                tls = superlink_tls(tls_dir, _server_hosts(self.config))
+            else:  # the fleet's CA, mounted elsewhere: never mint one in the data dir
+                from edgefleet.fl.process import FlowerTls
+
+                ca.server_certificate(tls_dir, _server_hosts(self.config))
+                tls = FlowerTls(
+                    ca=self.ca_cert_path, cert=tls_dir / "server.pem", key=tls_dir / "server.key"
+                )
         port = self.config.superlink_port or free_port(self.config.host)
         state = self.config.data_dir / "superlink"
         supervisor = SuperLinkSupervisor(
@@ -351,7 +402,7 @@ class Coordinator:
             "address": self.address,
             "device_address": self.device_address,
             "metrics_address": self.metrics_address,
-            "ca_cert": None if self.config.insecure else str(self.config.data_dir / "tls/ca.pem"),
+            "ca_cert": None if self.ca_cert_path is None else str(self.ca_cert_path),
             "superlink": self.superlink_address or None,
             # the embedded Redis only (a socket in the data dir, no secret): local tools such as
             # `train start` record rounds there; an external URL may carry a password
@@ -359,6 +410,31 @@ class Coordinator:
             "pid": os.getpid(),
         }
         atomic_write(self.config.data_dir / "coordinator.json", json.dumps(info))
+
+    async def _advertise(self, servicer: DeviceServicer) -> None:
+        """Say this replica's device endpoint is live; hand agents every live one, ours first."""
+        if self._fleet is None:
+            return
+        now = time.time()
+        try:
+            await self._fleet.advertise_endpoint(self.advertised_endpoint, now)
+            live = await self._fleet.live_endpoints(now - ENDPOINT_TTL_SECONDS)
+        except Unavailable:  # Redis away: keep the last list; agents keep theirs too
+            return
+        others = [e for e in live if e != self.advertised_endpoint]
+        servicer.device_endpoints = [self.advertised_endpoint, *sorted(others)]
+
+    async def _keep_advertising(self, servicer: DeviceServicer) -> None:
+        while True:
+            await asyncio.sleep(ENDPOINT_REFRESH_SECONDS)
+            await self._advertise(servicer)
+
+    async def _withdraw(self) -> None:
+        if self._endpoint_task is not None:
+            self._endpoint_task.cancel()
+            await asyncio.wait([self._endpoint_task])
+        if self._fleet is not None and self.advertised_endpoint:
+            await self._fleet.withdraw_endpoint(self.advertised_endpoint)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -381,6 +457,7 @@ class Coordinator:
         if self.superlink is not None:
             superlink = self.superlink
             steps.append(("superlink", lambda: asyncio.to_thread(superlink.stop, 5.0)))
+        steps.append(("device endpoint", self._withdraw))  # agents stop being sent here
         steps.append(("health", self._health.enter_graceful_shutdown))
         steps.append(("grpc server", lambda: self._server.stop(grace)))
         steps.append(("state store client", self._store.close))
@@ -447,6 +524,8 @@ def _bind(
 def _server_hosts(config: CoordinatorConfig) -> list[str]:
     """Names/addresses the server certificate (gRPC and SuperLink) must cover."""
     hosts = [config.host, "127.0.0.1", "localhost", *config.tls_hosts]
+    if config.advertise_device:  # the name agents dial must verify: it becomes a SAN too
+        hosts.append(config.advertise_device.rpartition(":")[0].strip("[]"))
     return hosts + ([config.advertise_host] if config.advertise_host else [])
 
 

@@ -9,7 +9,7 @@ module authenticates the call, holds a stream slot, and streams.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -48,12 +48,13 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         rollouts: RolloutManager | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         metrics: CoordinatorMetrics | None = None,
+        trusted_keys: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be > 0")
         self._metrics = metrics  # counts refused authentications (edgefleet_auth_failures_total)
         self._registry = registry
-        self._cache = ArchiveCache(variants)
+        self._cache = ArchiveCache(variants, trusted_keys=trusted_keys)
         self._slots = slots
         self._rollouts = rollouts
         self._chunk = chunk_bytes
@@ -131,9 +132,16 @@ def add_artifact_service(
     slots: StreamSlots,
     rollouts: RolloutManager | None = None,
     metrics: CoordinatorMetrics | None = None,
+    trusted_keys: Callable[[], Sequence[str]] | None = None,
 ) -> str:
-    """Serve ArtifactService on ``server``; return its full name (for health and reflection)."""
+    """Serve ArtifactService on ``server``; return its full name (for health and reflection).
+
+    ``trusted_keys``: the fleet's signing keys a bundle may carry (default: the store's own).
+    """
     artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(
-        ArtifactServicer(registry, variants, slots, rollouts, metrics=metrics), server
+        ArtifactServicer(
+            registry, variants, slots, rollouts, metrics=metrics, trusted_keys=trusted_keys
+        ),
+        server,
     )
     return SERVICE_NAME

@@ -3,13 +3,18 @@
 Each method reads the caller's credential (bearer metadata, and on the device endpoint
 its certificate), converts the request to plain objects, calls the registry, and
 converts back; failures leave as status codes through :func:`.guard.guard`.
+
+Every Register and Heartbeat reply carries the fleet's trusted bundle signing keys and the
+device endpoints of every live replica, complete each time (level-triggered, like the desired
+state): a key rotation or a new replica reaches every agent within one heartbeat, and an agent
+whose replica dies already knows where to go next.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -55,15 +60,21 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
         self,
         registry: Registry,
         metrics: CoordinatorMetrics,
-        bundle_public_keys: tuple[str, ...] = (),
+        bundle_public_keys: Callable[[], Sequence[str]] | Sequence[str] = (),
         device_endpoint: str = "",
         known_variant: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._known_variant = known_variant  # bounds the variant label of relayed metrics
-        self._bundle_keys = list(bundle_public_keys)
+        # the fleet's trusted signing keys, read per reply (a rotation needs no restart)
+        fixed = () if callable(bundle_public_keys) else tuple(bundle_public_keys)
+        self._bundle_keys: Callable[[], Sequence[str]] = (
+            bundle_public_keys if callable(bundle_public_keys) else lambda: fixed
+        )
         self.device_endpoint = device_endpoint  # set by the server once the port is bound
+        # every live replica's device endpoint, ours first; kept current by the server
+        self.device_endpoints: list[str] = []
         # set by the server when it runs or knows a SuperLink; sent with every heartbeat
         self.federation: device_pb2.Federation | None = None
 
@@ -97,10 +108,11 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 device_id=enrolled.device_id,
                 credential=enrolled.credential,
                 heartbeat_interval_seconds=enrolled.heartbeat_interval,
-                bundle_public_keys=self._bundle_keys,
+                bundle_public_keys=self._bundle_keys(),
                 certificate_pem=enrolled.certificate_pem,
                 ca_certificate_pem=enrolled.ca_certificate_pem,
                 device_endpoint=self.device_endpoint,
+                device_endpoints=self.device_endpoints,
             )
 
         try:
@@ -134,6 +146,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):  # type: ignore[mis
                 heartbeat_interval_seconds=self._registry.settings.heartbeat_interval,
                 server_time_unix=time.time(),
                 federation=self.federation,
+                bundle_public_keys=self._bundle_keys(),
+                device_endpoints=self.device_endpoints,
             )
 
         try:
