@@ -55,7 +55,7 @@ __all__ = ["TflmArena", "TflmRuntime", "measure_arena"]
 _TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 #: Lines TFLM writes while it is measured (the report, and failures of too-small arenas).
 _TFLM_LINE = re.compile(
-    r"^\[RecordingMicroAllocator\]|^(Failed|Unable|Couldn't) |^tensorflow/lite/micro/|"
+    r"^\[RecordingMicroAllocator\]|^(Failed|Unable|Couldn't|Too many) |^tensorflow/lite/micro/|"
     r"^Node .* failed to prepare|^Arena size is too small|^$"
 )
 _CAPTURE = threading.Lock()
