@@ -203,3 +203,38 @@ def test_progress_bar_on_stderr_unless_quiet(capsys: pytest.CaptureFixture[str])
     quiet.step()
     quiet.done()
     assert capsys.readouterr().err == ""
+
+
+def test_load_dataset_builds_kws_under_the_data_dir(tiny: Dataset, data_dir: Path) -> None:
+    from edgefleet.modelops.data import DATASETS, load_dataset, store_dataset
+
+    assert "kws" in DATASETS
+    data = load_dataset("kws", data_dir, kws_size="tiny")  # the cache the fixture made
+    assert data.name == "kws" and data.num_classes == 12
+    assert data.info["sha256"] == tiny.sha256
+    assert data.input_scale == 1.0 / 32768.0
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (
+        len(tiny.train),
+        len(tiny.val),
+        len(tiny.test),
+    )
+    assert data.source is not None and data.source.groups is not None
+    before = sorted(p.name for p in (data_dir / "datasets").iterdir())
+    store_dataset(data, data_dir)  # a built-in is not copied again under its name
+    assert sorted(p.name for p in (data_dir / "datasets").iterdir()) == before
+
+
+def test_load_dataset_without_data_dir_uses_the_user_cache(
+    tiny: Dataset, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgefleet.modelops.data import load_dataset
+
+    cache = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    target = kws_cache_path(cache / "edgefleet", TINY)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(kws_cache_path(data_dir, TINY).read_bytes())
+    _no_espeak_path(tmp_path, monkeypatch)  # so only the cache can answer
+    assert load_dataset("kws", None, kws_size="tiny").info["sha256"] == tiny.sha256
+    with pytest.raises(DatasetError, match="unknown size 'big'"):
+        load_dataset("kws", None, kws_size="big")
