@@ -25,10 +25,12 @@ from torch import nn
 
 import edgefleet.version
 from edgefleet.bundle import Bundle
+from edgefleet.cycles import layers_to_json
 from edgefleet.modelops.data import Dataset, DatasetError, load_dataset, store_dataset
 from edgefleet.modelops.mcu import McuExportError, export_mcu
 from edgefleet.modelops.measure import (
     LatencyConfig,
+    count_layers,
     count_macs,
     host_info,
     measure_onnxruntime,
@@ -196,6 +198,7 @@ def make_variant(
         "params": int(params),
         "sparsity": round(sparsity(model), 6),
         "macs": count_macs(float_graph),
+        "ops": layers_to_json(count_layers(float_graph)),  # per-op work for the MCU cycle model
         "peak_memory_bytes": plan.arena_bytes,
         "peak_memory_lower_bound_bytes": plan.lower_bound_bytes,
         "runtimes": measured,
