@@ -36,7 +36,14 @@ from edgefleet.coordinator.variant_selection import (
 from edgefleet.modelops.data import Dataset, load_dataset
 from edgefleet.perf import cycles_per_mac
 from edgefleet.profiles import DeviceProfile, ProfileError, validate_profile
-from tests.tflite_models import FLOAT32, LinearInt8, fc_model, linear_digits_model
+from edgefleet.variant_store import VariantStore
+from tests.tflite_models import (
+    FLOAT32,
+    LinearInt8,
+    built_int8_digits,
+    fc_model,
+    linear_digits_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +295,32 @@ def test_selection_breaks_a_latency_tie_by_the_profiles_runtime_order() -> None:
     litert_variant = VariantFacts(**{**v.__dict__, "runtimes": ("litert", "onnxruntime")})
     verdict = judge(pi(), litert_variant, Flat(), Policy())
     assert verdict.runtime == "litert"
+
+
+# --- the builder's int8 variant: the same accuracy in TFLM, LiteRT and onnxruntime ----------
+
+
+def test_a_built_int8_variant_scores_onnxruntimes_accuracy_in_tflm_and_litert(
+    digits: Dataset,
+) -> None:
+    built = built_int8_digits()
+    bundle = VariantStore(built.data_dir).load(built.int8)
+    runtimes = bundle.manifest["runtimes"]
+    assert runtimes["tflm"] == runtimes["litert"] == {"file": "model.tflite", "layout": "NHWC"}
+    x, y = digits.x_test, digits.y_test
+    acc: dict[str, float] = {}
+    argmax: dict[str, np.ndarray[Any, Any]] = {}
+    for name, profile in (("onnxruntime", pi()), ("tflm", mcu()), ("litert", pi())):
+        rt = open_runtime(name, profile)
+        rt.load(bundle)
+        argmax[name] = rt.predict(x)
+        acc[name] = float((argmax[name] == y).mean())
+        if name == "tflm":
+            # TFLM's own arena, proven by serving with it; the build recorded the same model's
+            # allocation report (a lower bound of what TFLM accepts).
+            reported = bundle.manifest["metrics"]["mcu"]["tflite"]["arena_bytes"]
+            assert rt.memory().working >= reported > 0
+    print(f"accuracy on {len(y)} test digits: {acc}")
+    assert abs(acc["tflm"] - acc["onnxruntime"]) <= 0.001
+    assert abs(acc["litert"] - acc["onnxruntime"]) <= 0.001
+    assert acc["onnxruntime"] > 0.5  # a trained model, so agreement is not agreement on noise

@@ -9,8 +9,12 @@ per-tensor int8 activations, int32 bias at ``s_in * s_w``, file identifier ``TFL
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import flatbuffers  # type: ignore[import-untyped]
@@ -20,7 +24,14 @@ from tflite_micro.tensorflow.lite.micro.python import (  # type: ignore[import-u
     schema_py_generated as tfl,
 )
 
-__all__ = ["FLOAT32", "LinearInt8", "fc_model", "linear_digits_model"]
+__all__ = [
+    "FLOAT32",
+    "BuiltInt8",
+    "LinearInt8",
+    "built_int8_digits",
+    "fc_model",
+    "linear_digits_model",
+]
 
 FLOAT32: int = tfl.TensorType.FLOAT32
 
@@ -149,3 +160,36 @@ def linear_digits_model(
         input_shape=[1, 8, 8, 1],
     )
     return LinearInt8(model, np.asarray(w, np.float64), np.asarray(b, np.float64))
+
+
+@dataclass(frozen=True)
+class BuiltInt8:
+    """A variant store holding a trained DS-CNN on digits and its static-int8 variant."""
+
+    data_dir: Path
+    model: str
+    int8: str  # variant id
+    base: str
+
+
+_BUILT: dict[str, BuiltInt8] = {}
+
+
+def built_int8_digits() -> BuiltInt8:
+    """Built once per test session (training is most of a minute on 2 shared cores) and
+    shared by the runtime and export tests; removed at exit."""
+    if "digits" not in _BUILT:
+        from edgefleet.modelops.build import BuildOptions, build_variants, register_model
+        from edgefleet.modelops.measure import LatencyConfig
+        from edgefleet.variant_store import VariantStore
+        from edgefleet.zoo import ArchitectureSpec
+
+        root = Path(tempfile.mkdtemp(prefix="edgefleet-tflite-"))
+        atexit.register(shutil.rmtree, root, True)
+        store = VariantStore(root)
+        options = BuildOptions(latency=LatencyConfig(warmup=1, runs=3))
+        spec = ArchitectureSpec.zoo("ds-cnn", width=0.5)
+        entry = register_model(store, "digits", spec, "digits", epochs=4, options=options)
+        (int8,) = build_variants(store, "digits", ["int8-static"], options=options)
+        _BUILT["digits"] = BuiltInt8(root, "digits", int8, entry.base)
+    return _BUILT["digits"]
