@@ -28,8 +28,10 @@ from edgefleet.cycles import (
     CORE_COSTS,
     STALL_FACTOR,
     Core,
+    Layer,
     core_from_cpu,
     dense_fallback,
+    frontend_layers,
     layers_from_json,
     predict,
 )
@@ -113,16 +115,34 @@ def cycles_per_mac(profile: DeviceProfile) -> float:
     return CORE_COSTS[mcu_core(profile)].dense * STALL_FACTOR
 
 
-def mcu_latency_ms(profile: DeviceProfile, metrics: Mapping[str, Any]) -> float:
-    """One inference on an MCU profile from a manifest's ``metrics``: its per-op counts
-    (``ops``) through the cycle model, or, for a manifest written before them, its MACs as
-    one pointwise layer. What the coordinator predicts, so a runtime reporting simulated
-    device time can report the same number (raises ``CycleModelError`` on malformed ops)."""
+def manifest_layers(manifest: Mapping[str, Any]) -> tuple[Layer, ...]:
+    """A variant's work on an MCU from its manifest: the graph's per-op counts
+    (``metrics.ops``; a manifest written before them: its MACs as one pointwise layer) plus,
+    for a model whose input is raw audio, the MFCC frontend the device computes first
+    (``input.frontend`` over ``input.raw``'s samples, counted by ``FrontendSpec.cost``).
+    Malformed counts raise ``CycleModelError``, a bad frontend ``FrontendError`` (both
+    ``ValueError``)."""
+    metrics = manifest.get("metrics") or {}
     ops = metrics.get("ops")
-    layers = (
-        layers_from_json(ops) if ops is not None else dense_fallback(int(metrics.get("macs", 0)))
-    )
-    return predict(mcu_core(profile), layers, profile.cpu_mhz).ms
+    if ops is not None:
+        layers = layers_from_json(ops)
+    else:
+        layers = dense_fallback(int(metrics.get("macs", 0)))
+    spec = (manifest.get("input") or {}).get("frontend")
+    if isinstance(spec, Mapping):
+        from edgefleet.frontend import FrontendSpec
+
+        samples = int(manifest["input"]["raw"]["shape"][-1])
+        cost = FrontendSpec.from_dict(spec).cost(samples)
+        layers = (*layers, *frontend_layers({**cost.macs, **cost.ops}))
+    return layers
+
+
+def mcu_latency_ms(profile: DeviceProfile, manifest: Mapping[str, Any]) -> float:
+    """One inference of a variant on an MCU profile, from its manifest
+    (:func:`manifest_layers` through the cycle model): what the coordinator predicts, so a
+    runtime reporting simulated device time can report the same number."""
+    return predict(mcu_core(profile), manifest_layers(manifest), profile.cpu_mhz).ms
 
 
 def measure_host(duration: float = 0.3, size: int = 64) -> Benchmark:

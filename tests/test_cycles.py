@@ -28,7 +28,7 @@ from edgefleet.cycles import (
     layers_to_json,
     predict,
 )
-from edgefleet.perf import mcu_core, mcu_latency_ms
+from edgefleet.perf import manifest_layers, mcu_core, mcu_latency_ms
 from edgefleet.profiles import KIB, ProfileError, validate_profile
 
 # One KWS DS-CNN block on its 25x5x64 map: depthwise 3x3 and pointwise 64 -> 64.
@@ -195,12 +195,13 @@ def test_selection_predicts_per_op_from_the_manifest() -> None:
     }  # fmt: skip
     read = facts_from_manifest("v", manifest)
     assert read.layers == dw_heavy.layers
-    assert model.predict_ms(read, "tflm") == pytest.approx(mcu_latency_ms(m4, manifest["metrics"]))
+    assert model.predict_ms(read, "tflm") == pytest.approx(mcu_latency_ms(m4, manifest))
     # an older manifest without per-op counts: its MACs as one pointwise layer
     old_metrics = {k: v for k, v in manifest["metrics"].items() if k != "ops"}
-    old = facts_from_manifest("v", {**manifest, "metrics": old_metrics})
-    assert old.layers == () and model.predict_ms(old, "mcu-sim") > 0
-    assert model.predict_ms(old, "mcu-sim") == pytest.approx(mcu_latency_ms(m4, old_metrics))
+    old_manifest = {**manifest, "metrics": old_metrics}
+    old = facts_from_manifest("v", old_manifest)
+    assert [layer.kind for layer in old.layers] == ["pointwise"]
+    assert model.predict_ms(old, "mcu-sim") == pytest.approx(mcu_latency_ms(m4, old_manifest))
     manifest["metrics"]["ops"] = [{"op": "winograd"}]
     with pytest.raises(CycleModelError, match="winograd"):
         facts_from_manifest("v", manifest)
@@ -223,3 +224,26 @@ def test_the_int8_graphs_layers_are_counted_by_op_kind() -> None:
     rn = ArchitectureSpec.zoo("resnet-8", width=0.25, input_shape=(3, 8, 8))
     kinds = [layer.kind for layer in count_layers(export_onnx(build_model(rn), rn.input_shape))]
     assert kinds.count("add") == 3 and "activation" not in kinds and kinds[-1] == "fc"
+
+
+def test_a_model_with_an_audio_frontend_predicts_its_mfcc_too() -> None:
+    from edgefleet.frontend import FrontendSpec
+
+    spec = FrontendSpec.for_rate(16000)
+    metrics = {"macs": POINTWISE.macs, "ops": layers_to_json([POINTWISE])}
+    plain: dict[str, Any] = {"metrics": metrics, "input": {"shape": [1, 1, 49, 10]}}
+    audio: dict[str, Any] = {
+        "metrics": metrics,
+        "input": {
+            "shape": [1, 1, 49, 10],
+            "frontend": spec.to_dict(),
+            "raw": {"shape": [1, 16000]},
+        },
+    }
+    m4 = get_profile("nucleo-l4r5zi")
+    assert mcu_latency_ms(m4, audio) > mcu_latency_ms(m4, plain)
+    kinds = {layer.kind for layer in manifest_layers(audio)}
+    assert {"frontend-mac", "frontend-sqrt", "frontend-log"} <= kinds
+    bad = {**audio, "input": {**audio["input"], "frontend": {**spec.to_dict(), "n_mels": "x"}}}
+    with pytest.raises(ValueError, match="n_mels"):
+        manifest_layers(bad)

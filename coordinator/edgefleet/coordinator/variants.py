@@ -13,7 +13,7 @@ from typing import Any
 
 from edgefleet.bundle import MANIFEST_NAME
 from edgefleet.coordinator.variant_selection import VariantFacts
-from edgefleet.cycles import CycleModelError, layers_from_json
+from edgefleet.perf import manifest_layers
 from edgefleet.variant_store import UnknownModelError, VariantStore
 
 _VARIANT_ID = re.compile(r"[0-9a-f]{64}")
@@ -49,7 +49,7 @@ def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFac
             if "latency_ms_p50" in m
         },
         mcu_flash_bytes=int(mcu["flash_bytes"]) if "flash_bytes" in mcu else None,
-        layers=layers_from_json(metrics.get("ops", [])),
+        layers=manifest_layers(manifest),
     )
 
 
@@ -58,7 +58,7 @@ def read_facts(store: VariantStore, variant_id: str) -> VariantFacts:
     try:
         manifest = json.loads(path.read_text())
         return facts_from_manifest(variant_id, manifest)
-    except (OSError, ValueError, KeyError, TypeError, CycleModelError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VariantReadError(f"variant {variant_id[:12]}: unreadable manifest ({exc})") from exc
 
 
