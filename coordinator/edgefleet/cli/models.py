@@ -382,3 +382,7 @@ def report(
     _out.print(terminal_plot(points), markup=False, highlight=False)
     for p in paths:
         _out.print(f"wrote {p}")
+
+
+# `models export` lives in its own module (device artifacts); importing it registers the verb.
+from edgefleet.cli import models_export as _models_export  # noqa: E402, F401

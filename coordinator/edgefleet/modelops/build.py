@@ -165,6 +165,9 @@ def make_variant(
             else:
                 files[TFLITE_FILE] = tflite
                 runtimes["mcu-sim"]["model"] = TFLITE_FILE
+                # TFLM (microcontrollers) and LiteRT (phones, Pi-class boards) run it as is.
+                for name in ("tflm", "litert"):
+                    runtimes[name] = {"file": TFLITE_FILE, "layout": TFLITE_LAYOUT}
                 mcu_info["tflite"] = {
                     "file": TFLITE_FILE,
                     "bytes": len(tflite),
