@@ -11,6 +11,7 @@
 #   docker.io, containerd,    the Docker stack test and `simulate --backend docker`;
 #   docker-compose, debootstrap  debootstrap builds the local base image (no registry here)
 #   espeak-ng, sox            the offline keyword-spotting dataset (speech synthesis)
+#   gcc                       compiles the C source `models export --format c` writes
 #
 # Starts nothing: the tests start (and stop) the servers they need.
 set -euo pipefail
@@ -29,6 +30,7 @@ declare -A provides=(
   [debootstrap]=debootstrap
   [espeak-ng]=espeak-ng
   [sox]=sox
+  [gcc]=gcc
 )
 
 need=()
