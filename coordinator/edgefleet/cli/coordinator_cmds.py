@@ -54,9 +54,19 @@ def coordinator_start(
         str | None,
         typer.Option(
             envvar="EDGEFLEET_REDIS_URL",
-            help="use this Redis (redis://, rediss://, unix://) instead of the embedded one",
+            help="use this Redis instead of the embedded one: redis://, rediss://, unix://; "
+            "a cluster: redis+cluster://HOST:PORT,HOST:PORT,...; Sentinel: "
+            "redis+sentinel://HOST:PORT,.../SERVICE or .../SERVICE/DB",
         ),
     ] = None,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            envvar="EDGEFLEET_REDIS_CLUSTER",
+            help="--redis-url names a node of a Redis Cluster (same as redis+cluster://)",
+        ),
+    ] = False,
     offline_after: Annotated[
         float, typer.Option(help="seconds without a heartbeat before a device is offline")
     ] = 15.0,
@@ -159,7 +169,7 @@ def coordinator_start(
         data_dir=data_dir,
         host=host,
         port=port,
-        redis_url=redis_url or None,
+        redis_url=cluster_url(redis_url) if redis_cluster else redis_url or None,
         settings=RegistrySettings(
             offline_after=offline_after, heartbeat_interval=heartbeat_interval
         ),
@@ -205,6 +215,14 @@ def coordinator_start(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def cluster_url(url: str | None) -> str:
+    """``--redis-cluster``: ``redis[s]://`` becomes ``redis[s]+cluster://`` (one line otherwise)."""
+    scheme, sep, rest = (url or "").partition("://")
+    if not sep or scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        raise fail("--redis-cluster needs --redis-url redis://HOST:PORT (or rediss://)")
+    return f"{scheme.removesuffix('+cluster')}+cluster://{rest}"
 
 
 def resolve_superlink(value: str) -> str:

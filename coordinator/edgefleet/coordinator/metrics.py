@@ -7,8 +7,10 @@ label; profile names outside the catalog collapse to ``custom``; gRPC methods
 and codes are finite sets.
 
 Counters (registrations, heartbeats, RPCs) are per coordinator process; the
-fleet gauges (devices by status/profile) are read from Redis, so every replica
-reports the same fleet and dashboards aggregate them with ``max``, not ``sum``.
+fleet and rollout gauges (devices by status/profile, rollouts by state) are read
+from Redis by every replica, leader of the rollout controller or not, so every
+replica reports the same fleet and dashboards aggregate them with ``max``, not
+``sum``.
 """
 
 from __future__ import annotations
@@ -51,9 +53,17 @@ class CoordinatorMetrics:
         )
         self.state_store_up = Gauge(
             "edgefleet_state_store_up",
-            "1 when the last read of fleet state from Redis succeeded.",
+            "1 when Redis answered the last health probe or fleet read (0: this replica's "
+            "health is NOT_SERVING).",
             registry=r,
         )
+        self.state_store_persistent = Gauge(
+            "edgefleet_state_store_persistent",
+            "1 when Redis persists the fleet (AOF or RDB), 0 when it keeps nothing across a "
+            "restart (every device would re-enrol), -1 when it cannot be told (CONFIG refused).",
+            registry=r,
+        )
+        self.state_store_persistent.set(-1)
         self.superlink_up = Gauge(
             "edgefleet_superlink_up",
             "1 while the SuperLink this coordinator supervises runs (-1: external, 0: down, "

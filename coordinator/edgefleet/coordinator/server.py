@@ -3,6 +3,13 @@
 The server binds to 127.0.0.1 by default; serving other interfaces is an
 explicit choice (``--host``). The standard health and reflection services are
 served next to ours so ``grpcurl`` and load balancers work without our protos.
+
+Replica hygiene (issue 18): health follows Redis (a background probe sets every
+service NOT_SERVING while Redis does not answer, SERVING again when it does), so
+a load balancer stops routing to a replica that can only answer UNAVAILABLE; the
+fleet and rollout gauges are read from Redis on every replica; a clean stop
+releases the rollout-controller lease; an external Redis that persists nothing is
+reported loudly at start (log line and ``edgefleet_state_store_persistent``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +28,6 @@ from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -36,8 +43,9 @@ from edgefleet.coordinator.fleet_identity import TrustedKeys, check_fleet_record
 from edgefleet.coordinator.limits import Limits, StreamSlots, raise_fd_limit, server_options
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry, RegistrySettings
-from edgefleet.coordinator.rollout_controller import RolloutController
+from edgefleet.coordinator.rollout_controller import RolloutController, rollout_gauges
 from edgefleet.coordinator.rollouts.manager import RolloutManager
+from edgefleet.coordinator.state.connect import connect
 from edgefleet.coordinator.state.fleet_identity import FleetIdentityState
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
@@ -60,8 +68,6 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-REDIS_MAX_CONNECTIONS = 64
-REDIS_POOL_TIMEOUT_SECONDS = 10.0
 # How often a replica re-advertises its device endpoint, and how long an endpoint not
 # re-advertised stays in the list agents are given (a replica killed -9 drops out by then).
 ENDPOINT_REFRESH_SECONDS = 2.0
@@ -81,6 +87,7 @@ class CoordinatorConfig:
     metrics_port: int = 9464  # 0 = any free port, -1 = no metrics endpoint
     metrics_refresh: float = 5.0  # seconds between reads of the fleet gauges from Redis
     rollout_interval: float = 2.0  # seconds between rollout controller passes
+    health_probe_interval: float = 1.0  # seconds between pings of Redis for the health status
     host_macs_per_second: float = 0.0  # 0 = measure this host at start (latency model)
     # Flower SuperLink for federated fine-tuning: "local" (run and supervise one),
     # "off", or the HOST:PORT of an external one (agents are told where it is)
@@ -134,6 +141,14 @@ class Coordinator:
         self._refresh_task: asyncio.Task[None] | None = None
         self.superlink: SuperLinkSupervisor | None = None
         self.superlink_address = ""
+        self.rollouts: RolloutManager | None = None
+        self.service_names: tuple[str, ...] = ()
+        # how Redis persists the fleet ("aof", "rdb", "aof+rdb", "" none, None unknown)
+        self.redis_persistence: str | None = "aof"
+        # names this process's coordinator.json: pids repeat across containers (all pid 1)
+        self.instance = uuid.uuid4().hex
+        self._probe_task: asyncio.Task[None] | None = None
+        self._serving = True
         self.ca_cert_path: Path | None = None  # the fleet CA agents and the CLI trust
         self._fleet: FleetIdentityState | None = None
         self._endpoint_task: asyncio.Task[None] | None = None
@@ -169,6 +184,7 @@ class Coordinator:
         try:
             summary = await self._registry.fleet_summary()
             latest, outcomes = await self._store.fl_snapshot()
+            rollouts = None if self.rollouts is None else await rollout_gauges(self.rollouts)
         except Unavailable:  # Redis away: say so, keep the last values, try again next time
             self.metrics.state_store_up.set(0)
             return
@@ -177,6 +193,8 @@ class Coordinator:
             counts[("online", p.profile)] = p.online
             counts[("offline", p.profile)] = p.offline
         self.metrics.set_fleet(counts)
+        if rollouts is not None:  # from Redis, not from this replica's last tick as leader
+            self.metrics.set_rollouts(*rollouts)
         if self.superlink is not None:
             self.metrics.superlink_up.set(1 if self.superlink.running() else 0)
         elif self.superlink_address:
@@ -193,6 +211,37 @@ class Coordinator:
             # A refresh is cheap (counts are kept on write), but never let it use more than a
             # third of the loop's time if Redis is slow (heartbeats come first).
             await asyncio.sleep(max(self.config.metrics_refresh, 2 * took))
+
+    async def probe_state_store(self) -> bool:
+        """Ping Redis once and make health say what it found; True if Redis answered.
+
+        A replica whose Redis is away can only answer UNAVAILABLE, so every service
+        (and the overall "" status) is NOT_SERVING until Redis answers again.
+        """
+        ok = await self._store.ping(timeout=max(0.5, self.config.health_probe_interval))
+        if ok != self._serving:
+            if ok:
+                log.warning("Redis answers again: health SERVING")
+            else:
+                log.warning("Redis does not answer: health NOT_SERVING until it does")
+            self._serving = ok
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *self.service_names):
+                await self._health.set(name, status)
+        self.metrics.state_store_up.set(1 if ok else 0)
+        return ok
+
+    async def _probe_state_store(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_probe_interval)
+            try:
+                await self.probe_state_store()
+            except Exception:  # never let the probe die: health would freeze
+                log.exception("state store probe failed")
 
     @property
     def address(self) -> str:
@@ -220,16 +269,12 @@ class Coordinator:
         if not url:
             embedded = await asyncio.to_thread(EmbeddedRedis.start, config.data_dir)
             url = embedded.url
-        # A waiting pool: under a burst, calls queue for a connection instead of
-        # failing with "Too many connections" (redis-py's default pool refuses).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            decode_responses=True,
-            health_check_interval=30,
-            max_connections=REDIS_MAX_CONNECTIONS,
-            timeout=REDIS_POOL_TIMEOUT_SECONDS,
-        )
-        client = aioredis.Redis.from_pool(pool)
+        try:  # one server, a cluster or a sentinel-managed master: the URL's scheme says
+            client = connect(url)
+        except ValueError:
+            if embedded is not None:
+                embedded.stop()
+            raise
         store = FleetStore(client)
         try:
             await store.check()
@@ -238,6 +283,8 @@ class Coordinator:
             if embedded is not None:
                 embedded.stop()
             raise
+        persistence = "aof" if embedded is not None else await store.persistence()
+        _report_persistence(persistence)
         tls_dir = config.data_dir / "tls"  # this replica's own server certificate
         fleet = FleetIdentityState(client, store.keys)
         try:
@@ -315,6 +362,13 @@ class Coordinator:
             config, server, store, embedded, tokens, port, health_servicer, registry, metrics
         )
         coordinator.rollout_controller = controller
+        coordinator.rollouts = rollouts
+        coordinator.service_names = service_names
+        coordinator.redis_persistence = persistence
+        coordinator.metrics.state_store_persistent.set(
+            -1 if persistence is None else 1 if persistence else 0
+        )
+        coordinator._probe_task = asyncio.create_task(coordinator._probe_state_store())
         coordinator.device_endpoint = device_servicer.device_endpoint
         coordinator.ca_cert_path = None if ca is None else ca_dir / "ca.pem"
         coordinator._fleet = fleet
@@ -407,7 +461,9 @@ class Coordinator:
             # the embedded Redis only (a socket in the data dir, no secret): local tools such as
             # `train start` record rounds there; an external URL may carry a password
             "embedded_redis": self._embedded.url if self._embedded is not None else None,
+            "redis_persistence": self.redis_persistence,
             "pid": os.getpid(),
+            "instance": self.instance,
         }
         atomic_write(self.config.data_dir / "coordinator.json", json.dumps(info))
 
@@ -445,6 +501,10 @@ class Coordinator:
         The embedded Redis is saved and stopped last, whatever happened before.
         """
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if self._probe_task is not None:
+            probe = self._probe_task
+            probe.cancel()
+            steps.append(("health probe", lambda: asyncio.wait([probe])))
         if self.rollout_controller is not None:
             steps.append(("rollout controller", self.rollout_controller.stop))
         if self._refresh_task is not None:
@@ -472,8 +532,21 @@ class Coordinator:
             except Exception:
                 log.exception("stopping the %s failed; moving on", name)
             log.debug("stopped the %s", name)
-        (self.config.data_dir / "coordinator.json").unlink(missing_ok=True)
+        self._remove_info_file()
         log.info("stopped")
+
+    def _remove_info_file(self) -> None:
+        """Remove coordinator.json only if it is still ours: another coordinator that wrote
+        its own since (a replica sharing this data dir by mistake, or a successor) keeps it."""
+        path = self.config.data_dir / "coordinator.json"
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(info, dict) and info.get("instance") == self.instance:
+            path.unlink(missing_ok=True)
+        else:
+            log.warning("left %s alone: another coordinator wrote it", path)
 
 
 def _close_http(server: WSGIServer) -> None:
@@ -533,6 +606,25 @@ def _check_bound(port: int, address: str) -> int:
     if port == 0:
         raise OSError(f"cannot listen on {address}: port in use")
     return port
+
+
+def _report_persistence(persistence: str | None) -> None:
+    """One loud line when Redis keeps nothing across its own restart (issue 18): a restart
+    would silently re-key the whole fleet (devices re-enrol under new ids, rollouts and
+    revocations gone)."""
+    if persistence == "":
+        log.warning(
+            'DATA LOSS RISK: this Redis has no persistence (appendonly no, save ""): '
+            "restarting it loses every device, rollout and revocation. Enable AOF "
+            "(appendonly yes) and run replicas with Sentinel or Cluster (README: scale-out)"
+        )
+    elif persistence is None:
+        log.warning(
+            "cannot tell whether Redis persists the fleet (CONFIG GET refused); make sure "
+            "AOF or RDB is on (README: scale-out)"
+        )
+    else:
+        log.info("Redis persistence: %s", persistence)
 
 
 def _redact(url: str) -> str:

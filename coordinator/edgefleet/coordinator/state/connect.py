@@ -83,7 +83,7 @@ def parse_multi_host(url: str) -> MultiHostUrl:
         host, colon, port = item.strip().rpartition(":")
         host = host.strip("[]")
         if not colon or not host or not port.isdigit():
-            raise RedisUrlError(f"{scheme}:// needs host:port[,host:port...], got {item.strip()!r}")
+            raise RedisUrlError(f"{scheme}:// needs host:port,host:port,... got {item.strip()!r}")
         nodes.append((host, int(port)))
     return MultiHostUrl(
         scheme.lower(), username, password, tuple(nodes), tuple(p for p in path.split("/") if p)
@@ -130,7 +130,9 @@ def _cluster(u: MultiHostUrl, max_connections: int) -> RedisCluster:
 
 def _sentinel(u: MultiHostUrl, max_connections: int) -> aioredis.Redis:
     if not u.path:
-        raise RedisUrlError("redis+sentinel:// needs the service name: .../SERVICE[/DB]")
+        raise RedisUrlError(
+            "redis+sentinel:// needs the service name: HOST:PORT/SERVICE or .../SERVICE/DB"
+        )
     service = u.path[0]
     db = u.path[1] if len(u.path) > 1 else "0"
     if not db.isdigit():

@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from edgefleet.coordinator.state.base import StateBase, unavailable_on_redis_error
+from edgefleet.coordinator.state.connect import RedisClient
 from edgefleet.coordinator.state.keys import Keys
 
 # KEYS: the identity record. ARGV: the record we expect, the record to put in its place.
@@ -39,7 +38,7 @@ def _encode(record: dict[str, str]) -> str:
 class FleetIdentityState(StateBase):
     """The fleet record (``ca_sha256``, ``signing_key``) and the live device endpoints."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: RedisClient, keys: Keys | None = None) -> None:
         super().__init__(client, keys)
         self._replace = client.register_script(_REPLACE)
 

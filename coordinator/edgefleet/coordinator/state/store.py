@@ -10,6 +10,7 @@ hash tags, then rebuilding indexes a schema-1 store lacks), and whether Redis pe
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -97,6 +98,14 @@ class FleetStore(
             pipe.rename(old_schema, self.keys.schema_version)
             await pipe.execute(raise_on_error=False)
         return schema
+
+    async def ping(self, timeout: float) -> bool:
+        """True if Redis answers within ``timeout`` seconds (a stopped or frozen server does
+        not: the health probe must not hang with it)."""
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), timeout))
+        except (TimeoutError, OSError, aioredis.RedisError, RedisClusterException):
+            return False
 
     async def persistence(self) -> str | None:
         """How Redis keeps the fleet across its own restart: ``"aof"``, ``"rdb"``,
