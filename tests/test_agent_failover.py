@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgefleet.client.admin_client import AdminClient
-from edgefleet.coordinator.fleet_identity import init_fleet
+from edgefleet.fleet_dir import init_fleet
 from edgefleet.v1 import admin_pb2
 from tests.conftest import (
     ADMIN_TOKEN,

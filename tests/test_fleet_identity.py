@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.agent.artifacts import ArtifactCache, IntegrityError
 from edgefleet.bundle import public_key_hex, write_bundle
-from edgefleet.coordinator.fleet_identity import (
+from edgefleet.fleet_dir import (
     FleetIdentityError,
     TrustedKeys,
     init_fleet,

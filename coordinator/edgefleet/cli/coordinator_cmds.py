@@ -294,7 +294,7 @@ def certs_init(
 
 
 def _fleet_init(out_dir: Path, as_json: bool) -> None:
-    from edgefleet.coordinator.fleet_identity import init_fleet
+    from edgefleet.fleet_dir import init_fleet
 
     identity = init_fleet(out_dir)
     info = {

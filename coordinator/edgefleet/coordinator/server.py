@@ -10,6 +10,12 @@ a load balancer stops routing to a replica that can only answer UNAVAILABLE; the
 fleet and rollout gauges are read from Redis on every replica; a clean stop
 releases the rollout-controller lease; an external Redis that persists nothing is
 reported loudly at start (log line and ``edgefleet_state_store_persistent``).
+
+Size: over 500 lines because this is the one place that assembles a replica (Redis, the
+fleet identity, the gRPC server with its services and two ports, metrics, the SuperLink,
+the advertised device endpoint) and stops the parts in order. Each part's logic lives in
+its own module (``fleet_identity``, ``replica_endpoints``, ``limits``, ``fl.superlink``...);
+what stays is wiring that reads best as one start-up sequence.
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ from edgefleet.coordinator.api.metrics_interceptor import MetricsInterceptor
 from edgefleet.coordinator.datadir_lock import lock_data_dir
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
 from edgefleet.coordinator.errors import Unavailable
-from edgefleet.coordinator.fleet_identity import TrustedKeys, check_fleet_record, load_identity
+from edgefleet.coordinator.fleet_identity import check_fleet_record
 from edgefleet.coordinator.limits import Limits, StreamSlots, raise_fd_limit, server_options
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry, RegistrySettings
+from edgefleet.coordinator.replica_endpoints import ReplicaEndpoints, advertised_endpoint
 from edgefleet.coordinator.rollout_controller import RolloutController, rollout_gauges
 from edgefleet.coordinator.rollouts.manager import RolloutManager
 from edgefleet.coordinator.state.connect import connect
@@ -50,6 +57,7 @@ from edgefleet.coordinator.state.fleet_identity import FleetIdentityState
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
 from edgefleet.coordinator.variants import KnownVariants, model_variants
+from edgefleet.fleet_dir import TrustedKeys, load_identity
 from edgefleet.fsutil import atomic_write
 from edgefleet.interceptors import ValidationInterceptor, WriteDeadlineInterceptor
 from edgefleet.perf import measure_host
@@ -68,10 +76,6 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-# How often a replica re-advertises its device endpoint, and how long an endpoint not
-# re-advertised stays in the list agents are given (a replica killed -9 drops out by then).
-ENDPOINT_REFRESH_SECONDS = 2.0
-ENDPOINT_TTL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -150,9 +154,7 @@ class Coordinator:
         self._probe_task: asyncio.Task[None] | None = None
         self._serving = True
         self.ca_cert_path: Path | None = None  # the fleet CA agents and the CLI trust
-        self._fleet: FleetIdentityState | None = None
-        self._endpoint_task: asyncio.Task[None] | None = None
-        self.advertised_endpoint = ""  # in the fleet's list of device endpoints
+        self.endpoints: ReplicaEndpoints | None = None  # advertised in the fleet's list
 
     @property
     def metrics_address(self) -> str | None:
@@ -371,14 +373,14 @@ class Coordinator:
         coordinator._probe_task = asyncio.create_task(coordinator._probe_state_store())
         coordinator.device_endpoint = device_servicer.device_endpoint
         coordinator.ca_cert_path = None if ca is None else ca_dir / "ca.pem"
-        coordinator._fleet = fleet
-        coordinator.advertised_endpoint = device_servicer.device_endpoint or (
-            config.advertise_device or f"{config.public_host}:{port}"
+        coordinator.endpoints = ReplicaEndpoints(
+            fleet,
+            advertised_endpoint(
+                device_servicer.device_endpoint, config.advertise_device, config.public_host, port
+            ),
+            lambda live: setattr(device_servicer, "device_endpoints", live),
         )
-        await coordinator._advertise(device_servicer)
-        coordinator._endpoint_task = asyncio.create_task(
-            coordinator._keep_advertising(device_servicer)
-        )
+        await coordinator.endpoints.start()
         controller.start()
         try:
             coordinator._start_metrics()
@@ -467,31 +469,6 @@ class Coordinator:
         }
         atomic_write(self.config.data_dir / "coordinator.json", json.dumps(info))
 
-    async def _advertise(self, servicer: DeviceServicer) -> None:
-        """Say this replica's device endpoint is live; hand agents every live one, ours first."""
-        if self._fleet is None:
-            return
-        now = time.time()
-        try:
-            await self._fleet.advertise_endpoint(self.advertised_endpoint, now)
-            live = await self._fleet.live_endpoints(now - ENDPOINT_TTL_SECONDS)
-        except Unavailable:  # Redis away: keep the last list; agents keep theirs too
-            return
-        others = [e for e in live if e != self.advertised_endpoint]
-        servicer.device_endpoints = [self.advertised_endpoint, *sorted(others)]
-
-    async def _keep_advertising(self, servicer: DeviceServicer) -> None:
-        while True:
-            await asyncio.sleep(ENDPOINT_REFRESH_SECONDS)
-            await self._advertise(servicer)
-
-    async def _withdraw(self) -> None:
-        if self._endpoint_task is not None:
-            self._endpoint_task.cancel()
-            await asyncio.wait([self._endpoint_task])
-        if self._fleet is not None and self.advertised_endpoint:
-            await self._fleet.withdraw_endpoint(self.advertised_endpoint)
-
     async def wait(self) -> None:
         await self._server.wait_for_termination()
 
@@ -517,7 +494,8 @@ class Coordinator:
         if self.superlink is not None:
             superlink = self.superlink
             steps.append(("superlink", lambda: asyncio.to_thread(superlink.stop, 5.0)))
-        steps.append(("device endpoint", self._withdraw))  # agents stop being sent here
+        if self.endpoints is not None:  # first: agents stop being sent here
+            steps.append(("device endpoint", self.endpoints.stop))
         steps.append(("health", self._health.enter_graceful_shutdown))
         steps.append(("grpc server", lambda: self._server.stop(grace)))
         steps.append(("state store client", self._store.close))
