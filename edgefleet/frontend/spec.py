@@ -19,10 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy only where tables are built: the agent's base install has none
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "KINDS",
@@ -31,6 +32,7 @@ __all__ = [
     "FrontendError",
     "FrontendSpec",
     "hz_to_mel",
+    "manifest_cost",
     "mel_to_hz",
     "mel_weights",
 ]
@@ -171,6 +173,25 @@ class FrontendSpec:
                 f"frontend n_mels {self.n_mels} > fft_size/2 {self.fft_size // 2} bins"
             )
 
+    @classmethod
+    def for_rate(cls, sample_rate: int) -> FrontendSpec:
+        """MLPerf Tiny's timing at another sample rate: 40 ms windows every 20 ms, the FFT the
+        next power of two, the top band at 4 kHz or Nyquist, whichever is lower."""
+        if not _is_int(sample_rate) or sample_rate < 1000:
+            raise FrontendError(
+                f"frontend sample_rate must be an integer >= 1000, got {sample_rate!r}"
+            )
+        if sample_rate == 16000:
+            return cls()
+        win = round(0.04 * sample_rate)
+        return cls(
+            sample_rate=sample_rate,
+            window=win,
+            stride=round(0.02 * sample_rate),
+            fft_size=max(16, 1 << (win - 1).bit_length()),
+            fmax=min(4000.0, sample_rate / 2),
+        )
+
     # -- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,10 +298,14 @@ class FrontendSpec:
 
 def hz_to_mel(f: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """HTK mel scale: ``2595 log10(1 + f/700)``."""
+    import numpy as np
+
     return np.asarray(2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0))
 
 
 def mel_to_hz(m: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    import numpy as np
+
     return np.asarray(700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0))
 
 
@@ -291,6 +316,8 @@ def mel_weights(spec: FrontendSpec) -> npt.NDArray[np.float64]:
     points are equally spaced in mel between ``fmin`` and ``fmax``. (Uncached: use
     :func:`edgefleet.frontend.tables.mel_filterbank`.)
     """
+    import numpy as np
+
     freqs = np.linspace(0.0, spec.sample_rate / 2.0, spec.bins)
     points = mel_to_hz(np.linspace(hz_to_mel(spec.fmin), hz_to_mel(spec.fmax), spec.n_mels + 2))
     widths = np.diff(points)
@@ -299,3 +326,17 @@ def mel_weights(spec: FrontendSpec) -> npt.NDArray[np.float64]:
     upper = ramps[2:] / widths[1:, None]
     out: npt.NDArray[np.float64] = np.maximum(0.0, np.minimum(lower, upper))
     return out
+
+
+def manifest_cost(manifest: Mapping[str, Any]) -> FrontendCost | None:
+    """The frontend's cost for one inference of a variant, from its manifest (``None``: the
+    variant has no frontend). Selection charges it to the device; a malformed ``frontend`` or
+    ``raw`` raises :class:`FrontendError`."""
+    spec = manifest.get("input")
+    if not isinstance(spec, Mapping) or "frontend" not in spec:
+        return None
+    raw = spec.get("raw")
+    shape = raw.get("shape") if isinstance(raw, Mapping) else None
+    if not isinstance(shape, list) or not shape:
+        raise FrontendError("a manifest with a frontend needs input.raw.shape [1, samples]")
+    return FrontendSpec.from_dict(spec["frontend"]).cost(shape[-1])

@@ -255,11 +255,13 @@ class Serving:
     # -- requests ----------------------------------------------------------------------
 
     def input_shape(self) -> list[int]:
-        """The active variant's input shape at batch 1 (raises NotLoadedError)."""
+        """The shape a request carries at batch 1 (raises NotLoadedError): the raw audio for a
+        variant with a signal frontend (the runtime computes the features), else the
+        network's input."""
         rt = self._runtime
         if rt is None:
             raise NotLoadedError("no variant is active on this device yet")
-        return [int(d) for d in rt.input_spec["shape"]]
+        return [int(d) for d in rt.request_spec["shape"]]
 
     def infer(self, batch: npt.NDArray[Any], labels: Sequence[int] | None = None) -> InferResult:
         """Run ``batch`` on the active variant and account for it.

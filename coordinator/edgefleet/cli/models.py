@@ -138,6 +138,13 @@ def add(
         str, typer.Option(help="image folders: HxW every image is resized to")
     ] = "32x32",
     image_mode: Annotated[str, typer.Option(help="image folders: L (grayscale) or RGB")] = "L",
+    frontend: Annotated[
+        str,
+        typer.Option(
+            help="signal frontend in the model: mfcc (audio: 49x10 MFCC computed on the "
+            "device from raw audio), none (the network takes raw rows), auto (mfcc for audio)"
+        ),
+    ] = "auto",
     width: Annotated[float, typer.Option(help="width multiplier of zoo architectures")] = 1.0,
     epochs: Annotated[int, typer.Option(help="training epochs for the base model")] = 30,
     checkpoint: Annotated[
@@ -169,6 +176,7 @@ def add(
         window_s=window,
         size=(h, w),
         mode=image_mode,
+        frontend=frontend,
     )
     if arch == "custom":
         if not import_path:
@@ -299,13 +307,14 @@ def _applicable_defaults(store: Any, name: str) -> list[str]:
     """The default recipes that apply to model ``name``; skips and notes go to stderr."""
     from edgefleet.modelops.applicable import default_recipes
     from edgefleet.modelops.build import load_torch_model
-    from edgefleet.modelops.data import load_dataset
+    from edgefleet.modelops.data import frontend_of, load_dataset
     from edgefleet.zoo import ArchitectureSpec
 
     entry = store.model(name)
     base = store.load(entry.base)
     spec = ArchitectureSpec.from_json(base.manifest["architecture"])
-    found = default_recipes(load_torch_model(base), spec, load_dataset(entry.dataset, store.root))
+    data = load_dataset(entry.dataset, store.root, frontend=frontend_of(base.manifest))
+    found = default_recipes(load_torch_model(base), spec, data)
     for recipe, why in found.skipped.items():
         typer.echo(f"skipped {recipe}: {why}", err=True)
     for note in found.notes:

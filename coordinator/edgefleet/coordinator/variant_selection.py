@@ -12,7 +12,10 @@ be reproduced and explained. Two steps:
      + the runtime's own overhead; on an MCU the weights stay in flash and the
      activation arena + the runtime's state must fit the largest *contiguous* SRAM
      region (an arena is one array; the STM32H743's 1 MB is a 512 KB bank and smaller ones);
-   - latency: the predicted latency (see ``edgefleet.coordinator.latency``) <= the SLO, if any.
+   - latency: the predicted latency (see ``edgefleet.coordinator.latency``) <= the SLO, if any;
+   - a variant with a signal frontend (an audio model: MFCC on the device) also needs the
+     frontend's buffers in RAM/SRAM and, on an MCU, its constant tables in flash
+     (``FrontendSpec.cost``); its cycles are in the MCU latency model's per-op counts.
 2. **Policy** among what fits: take the most accurate variant; among those within
    ``accuracy_tolerance`` of it (default 0.5 points), the lowest predicted latency,
    then the fewest bytes. A practitioner's choice: a faster variant that is as
@@ -24,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edgefleet.cycles import Layer
+from edgefleet.frontend.spec import FrontendCost
 from edgefleet.profiles import DeviceProfile
 
 KIB = 1024
@@ -76,6 +80,8 @@ class VariantFacts:
     mcu_flash_bytes: int | None = None
     #: per-op work of the int8 graph (manifest ``metrics.ops``), for the MCU cycle model
     layers: tuple[Layer, ...] = ()
+    #: what the device's signal frontend costs per inference (``None``: no frontend)
+    frontend: FrontendCost | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,38 @@ def human_bytes(n: int) -> str:
 
 def _memory_need(v: VariantFacts, runtime: str, profile: DeviceProfile) -> int:
     weights = 0 if profile.is_mcu else v.weight_bytes  # an MCU runs its weights from flash
-    return weights + v.peak_memory_bytes + RUNTIME_OVERHEAD_BYTES.get(runtime, 0)
+    frontend = v.frontend.ram_bytes if v.frontend is not None else 0
+    return weights + v.peak_memory_bytes + RUNTIME_OVERHEAD_BYTES.get(runtime, 0) + frontend
+
+
+def _frontend_part(v: VariantFacts) -> str:
+    """`` + frontend N`` for the memory messages (empty without a frontend)."""
+    return "" if v.frontend is None else f" + frontend {human_bytes(v.frontend.ram_bytes)}"
+
+
+def frontend_share(v: VariantFacts, profile: DeviceProfile) -> str:
+    """What the frontend takes of this device, for explain: SRAM/RAM buffers, flash tables
+    on an MCU, and its share of the predicted MCU latency (the cycle model's frontend layers)."""
+    if v.frontend is None:
+        return ""
+    c = v.frontend
+    parts = [f"{human_bytes(c.ram_bytes)} {'sram' if profile.is_mcu else 'ram'}"]
+    if profile.is_mcu:
+        from edgefleet.cycles import predict
+        from edgefleet.perf import mcu_core
+
+        whole = predict(mcu_core(profile), v.layers, profile.cpu_mhz).ms if v.layers else 0.0
+        mine = predict(mcu_core(profile), _frontend_layers(c), profile.cpu_mhz).ms
+        share = f" ({mine / whole:.0%} of {whole:.3g} ms)" if whole > 0 else ""
+        parts += [f"{human_bytes(c.flash_bytes)} flash", f"{mine:.3g} ms{share}"]
+    parts.append(f"{c.total_macs / 1e6:.2f}M MACs")
+    return "frontend mfcc: " + ", ".join(parts)
+
+
+def _frontend_layers(c: FrontendCost) -> tuple[Layer, ...]:
+    from edgefleet.cycles import frontend_layers
+
+    return frontend_layers({**c.macs, **c.ops})
 
 
 def _memory_failure(v: VariantFacts, runtime: str, profile: DeviceProfile) -> str:
@@ -134,13 +171,13 @@ def _memory_failure(v: VariantFacts, runtime: str, profile: DeviceProfile) -> st
         )
         return (
             f"sram: needs {human_bytes(need)} (arena {human_bytes(v.peak_memory_bytes)} + {runtime} "
-            f"{human_bytes(overhead)}), has {human_bytes(has)}{region} "
+            f"{human_bytes(overhead)}{_frontend_part(v)}), has {human_bytes(has)}{region} "
             f"(short by {human_bytes(need - has)})"
         )
     return (
         f"ram: needs {human_bytes(need)} (weights {human_bytes(v.weight_bytes)} + "
         f"activations {human_bytes(v.peak_memory_bytes)} + {runtime} "
-        f"{human_bytes(overhead)}), has "
+        f"{human_bytes(overhead)}{_frontend_part(v)}), has "
         f"{human_bytes(has)} (short by {human_bytes(need - has)})"
     )
 
@@ -162,11 +199,14 @@ def judge(
             f"device runs {', '.join(profile.runtimes) or 'none'}"
         )
     storage_need = v.mcu_flash_bytes if profile.is_mcu and v.mcu_flash_bytes else v.bundle_bytes
-    if storage_need > profile.storage_bytes:
+    tables = v.frontend.flash_bytes if profile.is_mcu and v.frontend is not None else 0
+    if storage_need + tables > profile.storage_bytes:
         kind = "flash" if profile.is_mcu else "storage"
+        of = f" (+ frontend tables {human_bytes(tables)})" if tables else ""
         failures.append(
-            f"{kind}: needs {human_bytes(storage_need)}, has {human_bytes(profile.storage_bytes)}"
-            f" (short by {human_bytes(storage_need - profile.storage_bytes)})"
+            f"{kind}: needs {human_bytes(storage_need + tables)}{of}, has "
+            f"{human_bytes(profile.storage_bytes)}"
+            f" (short by {human_bytes(storage_need + tables - profile.storage_bytes)})"
         )
     runtime: str | None = None
     latency: float | None = None
@@ -219,7 +259,8 @@ def select(
         f"chose {winner.variant.recipe} ({winner.variant.accuracy:.2%}) for the lowest "
         f"predicted latency {winner.predicted_latency_ms:.3g} ms on {winner.runtime}"
     )
-    return Selection(winner, verdicts, reason)
+    share = frontend_share(winner.variant, profile)
+    return Selection(winner, verdicts, f"{reason}; {share}" if share else reason)
 
 
 def _why_nothing_fits(verdicts: tuple[Verdict, ...]) -> str:

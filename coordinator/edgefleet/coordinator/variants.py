@@ -13,6 +13,7 @@ from typing import Any
 
 from edgefleet.bundle import MANIFEST_NAME
 from edgefleet.coordinator.variant_selection import VariantFacts
+from edgefleet.frontend.spec import manifest_cost
 from edgefleet.perf import manifest_layers
 from edgefleet.variant_store import UnknownModelError, VariantStore
 
@@ -50,6 +51,7 @@ def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFac
         },
         mcu_flash_bytes=int(mcu["flash_bytes"]) if "flash_bytes" in mcu else None,
         layers=manifest_layers(manifest),
+        frontend=manifest_cost(manifest),
     )
 
 

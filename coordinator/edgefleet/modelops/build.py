@@ -26,7 +26,13 @@ from torch import nn
 import edgefleet.version
 from edgefleet.bundle import Bundle
 from edgefleet.cycles import layers_to_json
-from edgefleet.modelops.data import Dataset, DatasetError, load_dataset, store_dataset
+from edgefleet.modelops.data import (
+    Dataset,
+    DatasetError,
+    frontend_of,
+    load_dataset,
+    store_dataset,
+)
 from edgefleet.modelops.mcu import McuExportError, export_mcu
 from edgefleet.modelops.measure import (
     LatencyConfig,
@@ -345,7 +351,7 @@ def build_variants(
     base_bundle = store.load(entry.base)
     base = load_torch_model(base_bundle)
     base_spec = ArchitectureSpec.from_json(base_bundle.manifest["architecture"])
-    data = load_dataset(entry.dataset, store.root)
+    data = load_dataset(entry.dataset, store.root, frontend=frontend_of(base_bundle.manifest))
     base_acc = evaluate(base, data.x_test, data.y_test)
     cache: dict[str, tuple[nn.Module, ArchitectureSpec]] = {"": (base, base_spec)}
     ids = []

@@ -7,6 +7,11 @@ fills in ``_load``/``_infer``. The agent keeps serving its previous variant when
 
 This module imports neither numpy, torch nor onnxruntime: the agent's base install has none of
 them, and a device pays only for the runtime it opens (see :func:`edgefleet.agent.runtimes.open_runtime`).
+
+A bundle whose manifest input carries a ``frontend`` (an audio model: MFCC features in the
+network) takes *raw audio* (``input.raw``): ``infer`` turns it into the network's input here,
+once for every runtime (:meth:`Runtime.features`), in float on application processors and in
+fixed point (q15, as CMSIS-DSP's ``arm_mfcc_q15``) on a microcontroller profile.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgefleet.bundle import Bundle
+from edgefleet.frontend.spec import FrontendError, FrontendSpec
 from edgefleet.profiles import DeviceProfile
 
 if TYPE_CHECKING:
@@ -136,6 +142,9 @@ class Runtime(ABC):
     supports_training: ClassVar[bool] = False
     #: "wall" (measured around ``_infer``) or "cycle-model" (simulated device time).
     latency_source: ClassVar[str] = "wall"
+    #: a cycle-model runtime whose ``_infer`` time already covers the frontend (e.g. from
+    #: ``edgefleet.perf.mcu_latency_ms``) sets this, so ``infer`` does not add it twice
+    latency_includes_frontend: ClassVar[bool] = False
 
     def __init__(self, profile: DeviceProfile, threads: int = 1) -> None:
         if threads < 1:
@@ -143,6 +152,7 @@ class Runtime(ABC):
         self.profile = profile
         self.threads = threads
         self._bundle: Bundle | None = None
+        self._frontend: FrontendSpec | None = None
         self.last_latency_ms: float | None = None
 
     # -- loading ---------------------------------------------------------------------------
@@ -154,8 +164,10 @@ class Runtime(ABC):
         """
         entry = self.runtime_entry(bundle)
         self.check_precision(bundle)
+        frontend = _parse_frontend(bundle)
         self._load(bundle, entry)
         self._bundle = bundle
+        self._frontend = frontend
         self.last_latency_ms = None
 
     def runtime_entry(self, bundle: Bundle) -> Mapping[str, Any]:
@@ -209,17 +221,82 @@ class Runtime(ABC):
             raise BundleFormatError("manifest has no input spec")
         return spec
 
+    # -- the signal frontend -----------------------------------------------------------------
+
+    @property
+    def frontend(self) -> FrontendSpec | None:
+        """The loaded variant's frontend (``None``: the device feeds the network directly)."""
+        return getattr(self, "_frontend", None) if self._bundle is not None else None
+
+    @property
+    def request_spec(self) -> Mapping[str, Any]:
+        """What a request carries: ``input.raw`` (raw audio) with a frontend, else ``input``."""
+        spec = self.input_spec
+        raw = spec.get("raw") if self.frontend is not None else None
+        return raw if isinstance(raw, Mapping) else spec
+
+    @property
+    def frontend_fixed_point(self) -> bool:
+        """q15 on a microcontroller profile (its float MFCC would not be what it runs)."""
+        return bool(self.profile.is_mcu)
+
+    def is_raw(self, batch: npt.NDArray[Any]) -> bool:
+        """``batch`` is raw audio for the frontend (not already the network's input)."""
+        if self.frontend is None:
+            return False
+        want = [int(d) for d in self.request_spec["shape"]]
+        return list(getattr(batch, "shape", ())[1:]) == want[1:]
+
+    def features(self, batch: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """The network's input for ``batch``: the frontend's features of raw audio (float32,
+        the manifest's ``input.shape``), or ``batch`` itself when there is no frontend or it
+        already is the network's input. Runtimes that bypass :meth:`infer` call this."""
+        spec = self.frontend
+        if spec is None or not self.is_raw(batch):
+            return batch
+        if self.frontend_fixed_point:
+            from edgefleet.frontend.mfcc_q15 import mfcc_q15, to_float
+
+            return to_float(mfcc_q15(batch, spec))
+        from edgefleet.frontend.mfcc import mfcc
+
+        return mfcc(batch, spec)
+
+    def frontend_cycle_ms(self, batch_size: int) -> float:
+        """Simulated device time of the frontend for ``batch_size`` clips: the coordinator's
+        MCU cycle model over ``FrontendSpec.cost`` (``edgefleet.cycles.frontend_layers``), so
+        the latency a simulated device reports is the one selection predicted."""
+        spec = self.frontend
+        if spec is None:
+            return 0.0
+        from edgefleet.cycles import frontend_layers, predict
+        from edgefleet.perf import mcu_core
+
+        cost = spec.cost(int(self.request_spec["shape"][-1]))
+        layers = frontend_layers({**cost.macs, **cost.ops})
+        return batch_size * predict(mcu_core(self.profile), layers, self.profile.cpu_mhz).ms
+
     # -- inference -------------------------------------------------------------------------
 
     def validate_input(self, batch: npt.NDArray[Any]) -> None:
-        """Refuse a batch whose trailing shape or dtype differs from the manifest's input."""
+        """Refuse a batch whose trailing shape or dtype differs from the manifest's input
+        (with a frontend: raw audio, float32 or int16, or the network's input itself)."""
+        if self.frontend is not None and self.is_raw(batch):
+            dtype = str(getattr(batch, "dtype", type(batch).__name__))
+            if dtype not in ("float32", "int16") or getattr(batch, "shape", (0,))[0] < 1:
+                raise InputDtypeError(
+                    f"raw audio dtype {dtype} is not float32 (samples / 32768) or int16"
+                )
+            return
         spec = self.input_spec
         want = [int(d) for d in spec["shape"]]
         shape = tuple(getattr(batch, "shape", ()))
         if len(shape) != len(want) or list(shape[1:]) != want[1:] or shape[0] < 1:
+            raw = self.request_spec["shape"] if self.frontend is not None else None
+            also = f" or raw audio [N, {', '.join(str(d) for d in raw[1:])}]" if raw else ""
             raise InputShapeError(
                 f"input shape {list(shape)} does not match the variant's input "
-                f"[N, {', '.join(str(d) for d in want[1:])}] (N >= 1)"
+                f"[N, {', '.join(str(d) for d in want[1:])}]{also} (N >= 1)"
             )
         dtype = str(getattr(batch, "dtype", type(batch).__name__))
         if dtype != str(spec.get("dtype", "float32")):
@@ -233,9 +310,12 @@ class Runtime(ABC):
             raise NotLoadedError(f"{self.name}: no variant loaded")
         self.validate_input(batch)
         start = time.perf_counter()
-        logits = self._infer(batch)
+        raw = self.is_raw(batch)
+        logits = self._infer(self.features(batch))  # the frontend's time is the device's too
         if self.latency_source == "wall":
             self.last_latency_ms = (time.perf_counter() - start) * 1000.0
+        elif raw and self.last_latency_ms is not None and not self.latency_includes_frontend:
+            self.last_latency_ms += self.frontend_cycle_ms(int(batch.shape[0]))
         return logits
 
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
@@ -263,3 +343,32 @@ class Runtime(ABC):
     def unload(self) -> None:
         """Drop the loaded variant and free what it holds."""
         self._bundle = None
+        self._frontend = None
+
+
+def _parse_frontend(bundle: Bundle) -> FrontendSpec | None:
+    """The manifest's ``input.frontend`` checked before anything loads: a device must compute
+    exactly the features the model was trained on, or refuse the bundle."""
+    spec = bundle.manifest.get("input")
+    if not isinstance(spec, Mapping) or "frontend" not in spec:
+        return None
+    try:
+        frontend = FrontendSpec.from_dict(spec["frontend"])
+    except FrontendError as exc:
+        raise BundleFormatError(f"variant {bundle.variant_id[:12]}: {exc}") from exc
+    raw = spec.get("raw")
+    shape = raw.get("shape") if isinstance(raw, Mapping) else None
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        raise BundleFormatError(
+            f"variant {bundle.variant_id[:12]}: input.raw.shape must be [1, samples] "
+            "with a frontend"
+        )
+    try:
+        frontend.frames(shape[1])
+    except FrontendError as exc:
+        raise BundleFormatError(f"variant {bundle.variant_id[:12]}: {exc}") from exc
+    return frontend
