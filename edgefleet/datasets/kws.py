@@ -22,8 +22,14 @@ espeak-ng process per (voice, speed, pitch) that speaks all of its words separat
 pauses, cut apart at the pauses (a process per word is 3-4x slower here); if a cut does not
 give the expected number of words, that config falls back to one process per word.
 
-The result is cached per data dir as ``datasets/kws-<params hash>.npz`` (with its split), so the
-second load reads the file and never needs espeak-ng.
+The result is cached per data dir as ``datasets/kws-<params hash>.npz`` (with its split;
+uncompressed, since zlib took 3x longer than the synthesis), so the second load reads the file
+and never needs espeak-ng.
+
+Sizes were chosen by training MLPerf Tiny's 23k-parameter DS-CNN on 49x10 MFCC: the default
+(60 voices x 6 speed/pitch configs, 4,320 clips) reached 90 % on 12 held-out voices after 20
+epochs, with ``off``/``stop``/``_unknown_`` the hardest classes; harsher settings (SNR 0-20 dB,
+half the clips reverberated up to 0.6 s, 40 voices) stayed near 75 %.
 """
 
 from __future__ import annotations
@@ -105,17 +111,17 @@ class KwsSpec:
     unknown_per_config: int = 1
     silence_per_config: int = 1
     seed: int = 0
-    speed_wpm: tuple[int, int] = (110, 230)
-    pitch: tuple[int, int] = (10, 90)
+    speed_wpm: tuple[int, int] = (120, 210)
+    pitch: tuple[int, int] = (20, 80)
     #: peak level of the word, dBFS
     level_db: tuple[float, float] = (-24.0, -3.0)
     #: speech-to-noise ratio, dB (speech RMS over the word vs noise RMS)
-    snr_db: tuple[float, float] = (0.0, 20.0)
+    snr_db: tuple[float, float] = (5.0, 25.0)
     #: RMS of ``_silence_`` clips, dBFS
     silence_db: tuple[float, float] = (-65.0, -25.0)
     #: fraction of clips reverberated, and their RT60 range in seconds
-    reverb_fraction: float = 0.5
-    rt60_s: tuple[float, float] = (0.1, 0.6)
+    reverb_fraction: float = 0.3
+    rt60_s: tuple[float, float] = (0.1, 0.4)
 
     def params_hash(self) -> str:
         blob = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
@@ -129,8 +135,8 @@ class KwsSpec:
 #: named sizes: ``tiny`` for tests (seconds), ``default`` for the platform's KWS task
 KWS_SIZES = {
     "tiny": KwsSpec(voices=10, configs_per_voice=2),
-    "default": KwsSpec(voices=40, configs_per_voice=8),
-    "large": KwsSpec(voices=80, configs_per_voice=12),
+    "default": KwsSpec(voices=60, configs_per_voice=6),
+    "large": KwsSpec(voices=85, configs_per_voice=12),
 }
 
 
@@ -157,7 +163,7 @@ def load_kws(
         return load_npz(path, name="kws")
     data = generate_kws(spec, quiet=quiet, workers=workers)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_npz(data, path)
+    save_npz(data, path, compress=False)  # zlib would take longer than the synthesis
     return data
 
 

@@ -207,8 +207,11 @@ def load_path(
     return load_audio_dir(path, rate=rate, window_s=window_s)  # or says which folder is empty
 
 
-def save_npz(data: Dataset, path: Path) -> None:
-    """Write ``data`` with its split (and groups, classes) as an ``.npz`` that loads back equal."""
+def save_npz(data: Dataset, path: Path, *, compress: bool = True) -> None:
+    """Write ``data`` with its split (and groups, classes) as an ``.npz`` that loads back equal.
+
+    ``compress=False`` trades disk for time: zlib costs ~8 s of CPU per 1,000 one-second clips.
+    """
     arrays: dict[str, npt.NDArray[Any]] = {
         "x": data.x,
         "y": data.y,
@@ -221,5 +224,5 @@ def save_npz(data: Dataset, path: Path) -> None:
         arrays["groups"] = data.groups
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
-        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+        (np.savez_compressed if compress else np.savez)(f, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
