@@ -54,6 +54,7 @@ def test_kws_ds_cnn_is_mlperf_tinys_reference() -> None:
     model = build_model(spec)
     assert isinstance(model, DSCNN)
     stem = model.stem[0]
+    assert isinstance(stem, nn.Conv2d)
     assert (stem.out_channels, stem.kernel_size, stem.stride) == (64, (10, 4), (2, 2))
     # 'same'-style: 49x10 -> 25x5, as Keras' padding='same' at stride 2 gives
     seen: list[tuple[int, ...]] = []
@@ -63,7 +64,9 @@ def test_kws_ds_cnn_is_mlperf_tinys_reference() -> None:
     blocks = list(model.blocks)
     assert len(blocks) == 4
     for block in blocks:
+        assert isinstance(block, nn.Sequential)
         dw, pw = block[0], block[3]
+        assert isinstance(dw, nn.Conv2d) and isinstance(pw, nn.Conv2d)
         assert (dw.groups, dw.kernel_size, dw.stride) == (64, (3, 3), (1, 1))
         assert (pw.in_channels, pw.out_channels, pw.kernel_size) == (64, 64, (1, 1))
     assert count_macs(export_onnx(model, (1, 49, 10))) == KWS_MACS
