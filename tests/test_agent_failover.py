@@ -11,7 +11,9 @@ which endpoint the agent persisted), and the time it took is bounded loosely and
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import re
 import shutil
 import signal
@@ -20,7 +22,18 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgefleet.agent.backoff import Backoff
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.identity import load_identity
+from edgefleet.agent.session import FAILOVER_PAUSE_SECONDS, AgentSession
+from edgefleet.bundle import public_key_hex
+from edgefleet.catalog import get_profile
 from edgefleet.client.admin_client import AdminClient
+from edgefleet.coordinator.replica_endpoints import ReplicaEndpoints, advertised_endpoint
+from edgefleet.coordinator.state.fleet_identity import FleetIdentityState
 from edgefleet.fleet_dir import init_fleet
 from edgefleet.v1 import admin_pb2
 from tests.conftest import (
@@ -159,3 +172,115 @@ def test_agent_fails_over_to_the_surviving_replica_and_a_deploy_reaches_it(
 
         wait_for(active, 60, f"the deploy through B to reach the agent; log:\n{agent.log}")
         wait_for(lambda: admin.get_rollout(rollout.id).state == "succeeded", 30, "the rollout")
+
+
+def test_register_tries_the_next_coordinator_when_the_first_is_down(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    coord = coordinator_factory(*FAST)
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    agent = agent_factory(
+        f"ipv4:{dead},{coord.address}", "rpi4", "reg-agent", "--token", ENROLL_TOKEN
+    )
+    identity = agent.state_dir / "identity.json"
+    wait_for(
+        lambda: identity.exists() and bool(json.loads(identity.read_text()).get("device_id")),
+        30,
+        f"the agent to enrol through the second address; log:\n{agent.log}",
+    )
+    log = agent.log.read_text()
+    assert f"coordinator {dead} unreachable (UNAVAILABLE); trying {coord.address}" in log
+    # plaintext: the replica advertises its main address as its device endpoint
+    assert json.loads(identity.read_text())["device_endpoints"] == [coord.address]
+
+
+def _session(tmp_path: Path, coordinator: str = "127.0.0.1:1") -> AgentSession:
+    config = AgentConfig(
+        coordinator=coordinator,
+        profile=get_profile("rpi4"),
+        state_dir=tmp_path / "agent",
+        name="unit",
+        backoff=Backoff(rng=random.Random(7)),
+    )
+    return AgentSession(config)
+
+
+def test_failover_tries_every_endpoint_before_backing_off(tmp_path: Path) -> None:
+    session = _session(tmp_path)
+    session.learn_from_reply((), ("a:1", "b:2", "c:3"))
+    assert session.current_endpoint == "a:1"
+    visited, delays = [], []
+    for _ in range(3):
+        delays.append(session.fail_over(enrolling=False))
+        visited.append(session.current_endpoint)
+    assert visited == ["b:2", "c:3", "a:1"]
+    # the first two moves pause briefly (jittered); only a whole failed round backs off
+    assert all(0.0 <= d <= FAILOVER_PAUSE_SECONDS for d in delays[:2])
+    assert session.config.backoff.attempt == 1
+    assert session.failovers == 3
+
+
+def test_replies_update_endpoints_and_keys_but_never_with_a_malformed_key(tmp_path: Path) -> None:
+    session = _session(tmp_path)
+    session.learn_from_reply((), ("a:1", "b:2"))
+    session.fail_over(enrolling=False)
+    assert session.current_endpoint == "b:2"
+    session.learn_from_reply((), ("c:3", "b:2", "a:1"))  # reordered: stay where we are connected
+    assert session.current_endpoint == "b:2"
+    key = public_key_hex(Ed25519PrivateKey.generate().public_key())
+    session.learn_from_reply((key,), ())
+    session.learn_from_reply(("zz-not-a-key",), ())  # logged, ignored: the last good list stays
+    saved = load_identity(session.config.state_dir)
+    assert saved is not None
+    assert saved.bundle_public_keys == (key,)
+    assert saved.device_endpoints == ("c:3", "b:2", "a:1")  # persisted for a restart
+
+
+def test_advertised_endpoints_expire_unless_refreshed_and_clean_stops_withdraw(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        state = FleetIdentityState(client)
+        lists: dict[str, list[str]] = {"a": [], "b": []}
+
+        def replica(name: str, endpoint: str) -> ReplicaEndpoints:
+            return ReplicaEndpoints(
+                state, endpoint, lambda live: lists.__setitem__(name, live), 0.05, 0.6
+            )
+
+        a, b = replica("a", "a:1"), replica("b", "b:2")
+        await a.start()
+        await b.start()
+        await asyncio.sleep(0.2)
+        assert lists == {"a": ["a:1", "b:2"], "b": ["b:2", "a:1"]}  # each lists itself first
+        assert b._task is not None
+        b._task.cancel()  # "killed -9": stops refreshing, never withdraws
+        await asyncio.sleep(1.0)
+        assert lists["a"] == ["a:1"]  # dropped after the TTL
+        b = replica("b", "b:2")
+        await b.start()
+        await asyncio.sleep(0.2)
+        assert lists["a"] == ["a:1", "b:2"]
+        await b.stop()  # clean stop: gone at a's next refresh, not after the TTL
+        await asyncio.sleep(0.2)
+        assert lists["a"] == ["a:1"]
+        await a.stop()
+        await client.aclose()
+
+        # Redis away: the last list is kept, nothing raises
+        dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+        published: list[list[str]] = []
+        await ReplicaEndpoints(FleetIdentityState(dead), "c:3", published.append).advertise()
+        assert published == []
+        await dead.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_wildcard_bind_with_no_name_advertises_nothing() -> None:
+    assert advertised_endpoint("", "", "0.0.0.0", 50051) == ""
+    assert advertised_endpoint("", "lb.example:50052", "0.0.0.0", 50051) == "lb.example:50052"
+    assert advertised_endpoint("", "", "10.0.0.5", 50051) == "10.0.0.5:50051"
+    assert advertised_endpoint("dev.example:50052", "", "0.0.0.0", 50051) == "dev.example:50052"

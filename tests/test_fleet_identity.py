@@ -162,6 +162,9 @@ def test_replicas_share_the_fleet_identity_and_a_foreign_one_refuses_to_start(
     _write_key(rogue / "signing-key.pem", Ed25519PrivateKey.generate())
     line = start_refused(tmp_path / "d", *common, "--fleet-dir", str(rogue))
     assert "signing key" in line and "--rotate-signing-key" in line
+    # a rotation must keep trusting the key it replaces (agents still hold bundles it signed)
+    line = start_refused(tmp_path / "d", *common, "--fleet-dir", str(rogue), "--rotate-signing-key")
+    assert "list the fleet's current key" in line
 
     # the embedded default (its own data dir identity) cannot join this fleet by accident
     line = start_refused(tmp_path / "e", *common)

@@ -156,7 +156,7 @@ class AgentSession:
         addresses = self.transport.coordinators
         return addresses[self._coordinator_index % len(addresses)]
 
-    def _fail_over(self, enrolling: bool) -> float:
+    def fail_over(self, enrolling: bool) -> float:
         """Move to the next address after a failure; the delay before trying it."""
         self._failed_in_a_row += 1
         if enrolling:
@@ -172,7 +172,7 @@ class AgentSession:
         self._failed_in_a_row = 0  # a whole round failed: back off before the next one
         return self.config.backoff.next_delay()
 
-    def _learn(self, keys: tuple[str, ...], endpoints: tuple[str, ...]) -> None:
+    def learn_from_reply(self, keys: tuple[str, ...], endpoints: tuple[str, ...]) -> None:
         """Keep the trusted signing keys and replica endpoints a reply carried (empty = same)."""
         changed: dict[str, tuple[str, ...]] = {}
         if keys and keys != self._identity.bundle_public_keys:
@@ -279,7 +279,7 @@ class AgentSession:
             timeout=timeout,
         )
         self._interval = reply.heartbeat_interval_seconds or self._interval
-        self._learn(tuple(reply.bundle_public_keys), tuple(reply.device_endpoints))
+        self.learn_from_reply(tuple(reply.bundle_public_keys), tuple(reply.device_endpoints))
         self._desired_state = desired_from_proto(reply.desired)
         self._federation_target = (
             FederationTarget(reply.federation.superlink_address, reply.federation.tls)
@@ -412,7 +412,7 @@ class AgentSession:
                         ) from err
                     failed = self.enrollment_target if enrolling else dialled
                     delay = (
-                        self._fail_over(enrolling)
+                        self.fail_over(enrolling)
                         if code in _ENDPOINT_DOWN
                         else self.config.backoff.next_delay()
                     )
