@@ -51,6 +51,7 @@ def _no_espeak_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_classes_counts_and_row_format(tiny: Dataset) -> None:
+    assert tiny.name == "kws"
     assert tiny.classes == CLASSES
     assert tiny.classes[:10] == WORDS and tiny.classes[10:] == ("_silence_", "_unknown_")
     assert tiny.x.shape == (TINY.clips(), 1, 1, 16000)

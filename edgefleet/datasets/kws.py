@@ -40,6 +40,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -213,7 +214,7 @@ def generate_kws(spec: KwsSpec, *, quiet: bool = False, workers: int | None = No
     y = np.asarray([label for r in results for label in r[1]], dtype=np.int64)
     groups = np.asarray([names[v] for (v, _), r in zip(jobs, results, strict=True) for _ in r[1]])
     return make_dataset(
-        "load_kws",
+        "kws",
         f"espeak-ng kws {spec.voices} voices x {spec.configs_per_voice} configs "
         f"seed {spec.seed} ({spec.params_hash()})",
         x,
@@ -226,12 +227,17 @@ def generate_kws(spec: KwsSpec, *, quiet: bool = False, workers: int | None = No
 
 
 class _Progress:
-    """A one-line ``\\r`` bar on stderr (thread-safe enough: the GIL orders the writes)."""
+    """A one-line ``\\r`` bar on stderr, redrawn at most once per percent (workers call it)."""
 
     def __init__(self, total: int, quiet: bool) -> None:
         self.total, self.count, self.quiet = total, 0, quiet
+        self.lock = threading.Lock()
 
     def step(self) -> None:
+        with self.lock:
+            self._step()
+
+    def _step(self) -> None:
         self.count += 1
         if not self.quiet and (
             100 * self.count // self.total != 100 * (self.count - 1) // self.total
