@@ -309,18 +309,30 @@ def test_a_built_int8_variant_scores_onnxruntimes_accuracy_in_tflm_and_litert(
     assert runtimes["tflm"] == runtimes["litert"] == {"file": "model.tflite", "layout": "NHWC"}
     x, y = digits.x_test, digits.y_test
     acc: dict[str, float] = {}
-    argmax: dict[str, np.ndarray[Any, Any]] = {}
+    logits: dict[str, np.ndarray[Any, Any]] = {}
     for name, profile in (("onnxruntime", pi()), ("tflm", mcu()), ("litert", pi())):
         rt = open_runtime(name, profile)
         rt.load(bundle)
-        argmax[name] = rt.predict(x)
-        acc[name] = float((argmax[name] == y).mean())
+        logits[name] = rt.infer(x)
+        acc[name] = float((logits[name].argmax(1) == y).mean())
         if name == "tflm":
             # TFLM's own arena, proven by serving with it; the build recorded the same model's
             # allocation report (a lower bound of what TFLM accepts).
             reported = bundle.manifest["metrics"]["mcu"]["tflite"]["arena_bytes"]
             assert rt.memory().working >= reported > 0
     print(f"accuracy on {len(y)} test digits: {acc}")
-    assert abs(acc["tflm"] - acc["onnxruntime"]) <= 0.001
+    # LiteRT (XNNPACK) requantises as onnxruntime does: the same accuracy.
     assert abs(acc["litert"] - acc["onnxruntime"]) <= 0.001
+    # TFLM's reference kernels round half away from zero in fixed point where onnxruntime rounds
+    # half to even in float: outputs can sit 1 LSB apart, which can only move an argmax where
+    # onnxruntime's top two logits are within one output step (a near-tie). Within 0.1 pt, or
+    # every disagreement is such a near-tie (this build had one exact tie, test row 107).
+    step = float(np.min(np.diff(np.unique(logits["onnxruntime"]))))
+    top2 = np.sort(logits["onnxruntime"], axis=1)[:, -2:]
+    differ = np.flatnonzero(logits["tflm"].argmax(1) != logits["onnxruntime"].argmax(1))
+    print(f"tflm vs onnxruntime: argmax differs on rows {differ.tolist()}")
+    assert abs(acc["tflm"] - acc["onnxruntime"]) <= 0.001 or all(
+        top2[i, 1] - top2[i, 0] <= step * 1.01 for i in differ
+    )
+    assert len(differ) <= 0.01 * len(y)
     assert acc["onnxruntime"] > 0.5  # a trained model, so agreement is not agreement on noise
