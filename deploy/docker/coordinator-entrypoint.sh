@@ -23,9 +23,15 @@ for arg in "$@"; do
 done
 
 if [ "$insecure" = 0 ] && [ -n "${EDGEFLEET_CA_EXPORT:-}" ]; then
-    edgefleet certs init --data-dir "$data" --json >/dev/null
+    # a fleet identity shared by several replicas (EDGEFLEET_FLEET_DIR, a mounted secret)
+    # carries the CA to publish; otherwise the data dir's own, created here on first start
+    ca="${EDGEFLEET_FLEET_DIR:+$EDGEFLEET_FLEET_DIR/ca.pem}"
+    if [ -z "$ca" ]; then
+        edgefleet certs init --data-dir "$data" --json >/dev/null
+        ca="$data/tls/ca.pem"
+    fi
     tmp="$EDGEFLEET_CA_EXPORT.tmp.$$"
-    cp "$data/tls/ca.pem" "$tmp"
+    cp "$ca" "$tmp"
     chmod 0644 "$tmp"
     mv -f "$tmp" "$EDGEFLEET_CA_EXPORT"
     echo "edgefleet: CA certificate published at $EDGEFLEET_CA_EXPORT" >&2
