@@ -336,3 +336,13 @@ def test_a_built_int8_variant_scores_onnxruntimes_accuracy_in_tflm_and_litert(
     )
     assert len(differ) <= 0.01 * len(y)
     assert acc["onnxruntime"] > 0.5  # a trained model, so agreement is not agreement on noise
+
+
+def test_the_agent_measures_litert_call_overhead_and_none_for_tflm() -> None:
+    """Selection adds each runtime's per-call overhead to its latency prediction; without
+    LiteRT's, a Pi would be promised a latency its canary then misses."""
+    from edgefleet.agent.runtimes.overhead import measure_call_overheads
+
+    got = measure_call_overheads(pi(), calls=3, gap=0.0)
+    assert set(got) == {"litert", "onnxruntime"} and got["litert"] > 0
+    assert measure_call_overheads(mcu(), calls=3, gap=0.0) == {}

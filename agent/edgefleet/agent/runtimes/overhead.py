@@ -9,7 +9,8 @@ at start with a graph that does nothing, timed the way serving times a request (
 ``runtime_call_overhead_ms_<runtime>``. Calls are spaced out, as requests are, rather than run
 back to back in a warm loop, which would understate what a request pays.
 
-``mcu-sim`` reports a cycle-model latency with no wall-clock component, so it has none.
+``mcu-sim`` and ``tflm`` report a cycle-model latency with no wall-clock component, so they
+have none.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ log = logging.getLogger("edgefleet.agent.overhead")
 _IDENTITY_ONNX = base64.b64decode(
     "CAg6SwoQCgF4EgF5IghJZGVudGl0eRINY2FsbC1vdmVyaGVhZFoTCgF4Eg4KDAgBEggKAggBCgIIAWITCgF5Eg4KDAgB"
     "EggKAggBCgIIAUIECgAQDQ=="
+)
+#: TFLite model: y = RESHAPE(x, [1, 1]), x float32 [1, 1] (the agent ships no flatbuffers schema).
+_IDENTITY_TFLITE = base64.b64decode(
+    "GAAAAFRGTDMAAA4AFAAQAAwACAAAAAQADgAAABAAAAA8AAAAMAEAAAMAAAACAAAAKAAAAAwAAAAAAAYACAAEAAYAAAAE"
+    "AAAACAAAAAEAAAABAAAABAAEAAQAAAABAAAAEAAAAAwAFAAQAAwACAAEAAwAAAAQAAAAQAAAAEQAAABIAAAAAQAAABAA"
+    "AAAAAAoADAAAAAgABAAKAAAACAAAAAwAAAABAAAAAgAAAAIAAAAAAAAAAQAAAAEAAAACAAAAAQAAAAAAAAADAAAAaAAA"
+    "ADQAAAAEAAAAsP///wgAAAAMAAAAAQAAAHkAAAACAAAAAQAAAAEAAAAMABQAEAAPAAgABAAMAAAAEAAAAAEAAAAAAAAC"
+    "DAAAAAEAAABzAAAAAQAAAAIAAAAMAAwACAAAAAAABAAMAAAACAAAAAwAAAABAAAAeAAAAAIAAAABAAAAAQAAAAEAAAAQ"
+    "AAAADAAMAAsAAAAAAAQADAAAABYAAAAAAAAW"
 )
 CALLS = 21
 #: Packages measured only once a variant has made the agent import them anyway.
@@ -67,8 +77,26 @@ def _torch_call() -> Callable[[], Any]:
     return call
 
 
+def _litert_call() -> Callable[[], Any]:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-untyped]
+
+    it = Interpreter(model_content=_IDENTITY_TFLITE, num_threads=1)
+    it.allocate_tensors()
+    x = np.zeros((1, 1), np.float32)
+    src, dst = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+    def call() -> Any:
+        it.set_tensor(src, x)
+        it.invoke()
+        return np.array(it.get_tensor(dst), dtype=np.float32)
+
+    return call
+
+
 _CALLS: dict[str, tuple[str, Callable[[], Callable[[], Any]]]] = {
     "onnxruntime": ("onnxruntime", _ort_call),
+    "litert": ("ai_edge_litert", _litert_call),
     "torch": ("torch", _torch_call),
 }
 
