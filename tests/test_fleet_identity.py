@@ -124,6 +124,9 @@ def test_a_malformed_trusted_keys_edit_keeps_the_last_good_list(tmp_path: Path) 
     assert trusted.current() == (identity.signing_public, extra)  # a typo changes nothing
     identity.trusted_path.unlink()
     assert trusted.current() == (identity.signing_public,)
+    identity.trusted_path.write_text("zz-not-a-key\n")  # at start: refuse, one line
+    with pytest.raises(FleetIdentityError, match=r"trusted-keys:1: expected"):
+        TrustedKeys(identity)
 
 
 def test_a_server_certificate_from_another_ca_is_reissued(tmp_path: Path) -> None:
