@@ -393,5 +393,7 @@ def report(
         _out.print(f"wrote {p}")
 
 
-# `models export` lives in its own module (device artifacts); importing it registers the verb.
-from edgefleet.cli import models_export as _models_export  # noqa: E402, F401
+# `models export` lives in its own module (device artifacts).
+from edgefleet.cli.models_export import export as _export  # noqa: E402
+
+models_app.command("export")(_cli_errors(_export))

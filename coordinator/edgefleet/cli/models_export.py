@@ -12,7 +12,8 @@ and signature checked) before anything is written:
 ``VARIANT`` is a variant id (or a unique prefix of 6+ hex digits) or a recipe label of the
 model, e.g. ``int8-static``. Files are named from the model and the recipe
 (``digits_int8_static.tflite``) unless ``--name`` says otherwise. Lives in its own module, mounted
-on ``models_app`` by :mod:`edgefleet.cli.models`, to keep that module's size down.
+on ``models_app`` by :mod:`edgefleet.cli.models` (with its one-line error handling), to keep that
+module's size down.
 """
 
 from __future__ import annotations
@@ -24,12 +25,27 @@ from typing import Annotated, Any
 
 import typer
 
-from edgefleet.cli.models import DataDirOpt, JsonOpt, ModelArg, _cli_errors, _store, models_app
+from edgefleet.cli.completion import complete_models
 from edgefleet.client.jsonout import print_json
 
 __all__ = ["ExportFormat", "export"]
 
 _HEX = re.compile(r"[0-9a-f]{6,64}")
+
+# The same options as the other ``models`` verbs (not imported from there: ``models`` imports
+# this module to mount the verb, and the layout test forbids import circles).
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="EDGEFLEET_DATA_DIR",
+        help="variant store and model index (default ./.edgefleet)",
+        show_default=False,
+        resolve_path=True,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+ModelArg = Annotated[str, typer.Argument(help="a registered model", autocompletion=complete_models)]
 
 
 class ExportFormat(StrEnum):
@@ -77,8 +93,6 @@ def _tflite_bytes(bundle: Any) -> bytes:
     )
 
 
-@models_app.command("export")
-@_cli_errors
 def export(
     model: ModelArg,
     variant: Annotated[str, typer.Argument(help="variant id (6+ hex prefix) or recipe label")],
@@ -113,7 +127,9 @@ def _export(
 
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a directory")
-    bundle = _variant(_store(data_dir), model, variant)
+    from edgefleet.variant_store import VariantStore, resolve_data_dir
+
+    bundle = _variant(VariantStore(resolve_data_dir(data_dir)), model, variant)
     label = str(bundle.manifest.get("recipe_label", bundle.variant_id[:12]))
     stem = c_identifier(name or f"{model}_{label}")
     files: dict[str, bytes] = {}
