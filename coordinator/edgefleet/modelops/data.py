@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,7 @@ def is_raw_audio(data: Dataset) -> bool:
     )
 
 
-def frontend_of(manifest: dict[str, Any]) -> str | dict[str, Any]:
+def frontend_of(manifest: Mapping[str, Any]) -> str | dict[str, Any]:
     """The frontend a registered model was trained with (its base manifest's ``input``):
     the spec dict, or ``none`` (models without one, including audio models from before)."""
     spec = (manifest.get("input") or {}).get("frontend")
