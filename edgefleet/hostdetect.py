@@ -64,6 +64,8 @@ def _runtimes() -> tuple[str, ...]:
         found.append("torch")
     if importlib.util.find_spec("onnxruntime") is not None:
         found.append("onnxruntime")
+    if importlib.util.find_spec("ai_edge_litert") is not None:  # extra agent-litert
+        found.append("litert")
     return tuple(found)
 
 

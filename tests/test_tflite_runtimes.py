@@ -346,3 +346,11 @@ def test_the_agent_measures_litert_call_overhead_and_none_for_tflm() -> None:
     got = measure_call_overheads(pi(), calls=3, gap=0.0)
     assert set(got) == {"litert", "onnxruntime"} and got["litert"] > 0
     assert measure_call_overheads(mcu(), calls=3, gap=0.0) == {}
+
+
+def test_a_detected_host_offers_litert_when_it_is_installed() -> None:
+    from edgefleet.hostdetect import detect_host_profile
+
+    profile = detect_host_profile()
+    assert "litert" in profile.runtimes  # the dev environment installs ai-edge-litert
+    assert isinstance(open_runtime("litert", profile), LiteRtRuntime)
