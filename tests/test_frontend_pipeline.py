@@ -267,3 +267,34 @@ def test_selection_counts_the_frontend(built: Built) -> None:
     assert "frontend mfcc: 37.4 KiB sram, 8.2 KiB flash" in chosen.reason
     assert "% of " in frontend_share(facts, base)
     assert frontend_share(bare, base) == ""
+
+
+# -- bad input: one line each ----------------------------------------------------------------
+
+
+def test_frontend_refusals_are_one_line(wavs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet.cli.main import app
+    from edgefleet.frontend import FrontendError
+    from edgefleet.frontend.spec import manifest_cost
+
+    digits = load_dataset("digits")
+    with pytest.raises(DatasetError, match="needs raw audio rows; digits has none"):
+        with_frontend(digits, FrontendSpec().to_dict())
+    with pytest.raises(DatasetError, match="at least 640 samples"):
+        load_dataset(str(wavs), window_s=0.02)  # 320-sample rows: shorter than one window
+    with pytest.raises(FrontendError, match="sample_rate must be an integer >= 1000"):
+        FrontendSpec.for_rate(500)
+    with pytest.raises(FrontendError, match=r"needs input.raw.shape \[1, samples\]"):
+        manifest_cost({"input": {"frontend": FrontendSpec().to_dict()}})
+    assert manifest_cost({"input": {"shape": [1, 8, 8]}}) is None
+    data_dir = tmp_path / "data"
+    for args, message in (
+        (["--dataset", "digits", "--frontend", "mfcc"], "error: --frontend mfcc needs raw audio"),
+        (["--dataset", str(wavs), "--frontend", "plp"], "error: unknown frontend 'plp'"),
+    ):
+        res = CliRunner().invoke(app, ["models", "add", "m", *args, "--data-dir", str(data_dir)])
+        assert res.exit_code == 1, res.output
+        assert res.stderr.startswith(message) and res.stderr.count("\n") == 1
+        assert not data_dir.exists()
