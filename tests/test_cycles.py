@@ -247,3 +247,36 @@ def test_a_model_with_an_audio_frontend_predicts_its_mfcc_too() -> None:
     bad = {**audio, "input": {**audio["input"], "frontend": {**spec.to_dict(), "n_mels": "x"}}}
     with pytest.raises(ValueError, match="n_mels"):
         manifest_layers(bad)
+
+
+def test_strided_pointwise_standalone_activations_and_softmax_are_counted() -> None:
+    """A hand-built graph (no export): a strided 1x1 conv needs im2col (CMSIS-NN's fast 1x1
+    kernel takes stride 1 only), LeakyRelu is its own op in TFLite (only ReLU/ReLU6 fuse), a
+    ReLU after a Conv is fused, and Softmax is counted per element."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgefleet.modelops.measure import count_layers
+
+    w1 = numpy_helper.from_array(np.zeros((8, 4, 1, 1), np.float32), "w1")
+    w2 = numpy_helper.from_array(np.zeros((8, 1, 3, 3), np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], strides=[2, 2]),
+        helper.make_node("LeakyRelu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "w2"], ["c"], group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["d"]),
+        helper.make_node("Flatten", ["d"], ["e"]),
+        helper.make_node("Softmax", ["e"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w1, w2],
+    )
+    layers = count_layers(helper.make_model(graph))
+    assert [layer.kind for layer in layers] == ["conv", "activation", "depthwise", "softmax"]
+    strided, act, dw, soft = layers
+    assert strided.macs == 8 * 4 * 4 * 4 and strided.im2col == 4 * 4 * 4
+    assert act.elements == 8 * 4 * 4 and dw.macs == 8 * 4 * 4 * 9 and soft.elements == 128
