@@ -27,9 +27,9 @@ uncompressed, since zlib took 3x longer than the synthesis), so the second load 
 and never needs espeak-ng.
 
 Sizes were chosen by training MLPerf Tiny's 23k-parameter DS-CNN on 49x10 MFCC: the default
-(60 voices x 6 speed/pitch configs, 4,320 clips) reached 90 % on 12 held-out voices after 20
-epochs, with ``off``/``stop``/``_unknown_`` the hardest classes; harsher settings (SNR 0-20 dB,
-half the clips reverberated up to 0.6 s, 40 voices) stayed near 75 %.
+(60 voices x 6 speed/pitch configs, 4,320 clips) reached 87-90 % on 12 held-out voices after 20
+epochs, with ``off`` and ``_unknown_`` the hardest classes; harsher settings (SNR 0-20 dB, half
+the clips reverberated up to 0.6 s, 40 voices) stayed near 75 %, too hard for a small model.
 """
 
 from __future__ import annotations
