@@ -197,9 +197,10 @@ def add(
             raise DatasetError(
                 f"{arch} does not take dataset {data.name} input {data.input_shape}: {exc}"
             ) from exc
-    if checkpoint is None:  # with a checkpoint, register_model checks the loaded model
-        check_model_fits(None, spec, data)
-    elif not _has_user_split(dataset):
+    # Shapes do not depend on the weights: check before the progress bar and any loading, so a
+    # model that does not fit the data is one line on its own.
+    check_model_fits(None, spec, data)
+    if checkpoint is not None and not _has_user_split(dataset):
         typer.echo(
             f"warning: your checkpoint is scored on {data.name}'s test split, made by a seeded "
             "60/20/20 split of all rows; if you trained on any of these rows the score is "

@@ -9,8 +9,12 @@ seeded, so sharing changes no result).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+import logging
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,14 +128,7 @@ def make_variant(
     """
     label = progress_label or recipe.label
     progress(label, "export")
-    try:
-        float_graph = export_onnx(model, spec.input_shape)
-    except Exception as exc:  # torch.export's report is dozens of lines; keep its first
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RecipeError(
-            f"{label}: the model cannot be exported to ONNX (torch.export): "
-            f"{type(exc).__name__}: {first}"
-        ) from exc
+    float_graph = _export_or_one_line(model, spec, label)
     precision = recipe.precision
     files: dict[str, bytes] = {}
     runtimes: dict[str, Any] = {}
@@ -232,6 +229,33 @@ def make_variant(
         "edgefleet_version": edgefleet.version.__version__,
     }
     return body, files
+
+
+def _export_or_one_line(model: nn.Module, spec: ArchitectureSpec, label: str) -> Any:
+    """:func:`export_onnx`, with a failure as one line: its root cause, not ~40 lines.
+
+    torch.export explains a refusal at length, dumps the graphs it traced to stderr and logs
+    its shape solver's warnings; all of that is silenced for the call (stderr captured, logging
+    disabled up to ERROR) and the error keeps the first line of the innermost cause (e.g.
+    "Could not guard on data-dependent expression ...").
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return export_onnx(model, spec.input_shape)
+    except Exception as exc:
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause)).strip()
+        first = text.splitlines()[0] if text else type(cause).__name__
+        raise RecipeError(
+            f"{label}: the model cannot be exported to ONNX (torch.export): "
+            f"{type(cause).__name__}: {first}"
+        ) from exc
+    finally:
+        logging.disable(previous)
 
 
 def _numpy_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
