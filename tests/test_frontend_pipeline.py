@@ -173,6 +173,8 @@ def test_float_runtimes_compute_the_training_features(built: Built) -> None:
         np.testing.assert_allclose(rt.infer(raw), rt.infer(built.data.x_test), atol=1e-6)
         as_int16 = np.rint(raw * 32768).astype(np.int16)
         np.testing.assert_allclose(rt.infer(as_int16), rt.infer(raw), atol=1e-6)
+        rows = raw[:, None, None, :]  # dataset rows (N, 1, 1, T) are raw audio too
+        np.testing.assert_array_equal(rt.features(rows), built.data.x_test)
 
 
 def test_mcu_sim_computes_the_q15_features(built: Built) -> None:

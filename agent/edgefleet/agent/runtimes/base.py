@@ -241,11 +241,13 @@ class Runtime(ABC):
         return bool(self.profile.is_mcu)
 
     def is_raw(self, batch: npt.NDArray[Any]) -> bool:
-        """``batch`` is raw audio for the frontend (not already the network's input)."""
+        """``batch`` is raw audio for the frontend (not already the network's input):
+        ``[N, T]`` as requests carry it, or dataset rows ``[N, 1, T]`` / ``[N, 1, 1, T]``."""
         if self.frontend is None:
             return False
-        want = [int(d) for d in self.request_spec["shape"]]
-        return list(getattr(batch, "shape", ())[1:]) == want[1:]
+        samples = int(self.request_spec["shape"][-1])
+        shape = tuple(getattr(batch, "shape", ()))
+        return len(shape) >= 2 and shape[-1] == samples and all(d == 1 for d in shape[1:-1])
 
     def features(self, batch: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """The network's input for ``batch``: the frontend's features of raw audio (float32,
