@@ -31,7 +31,7 @@ from edgefleet.modelops.c_export import (
 )
 from edgefleet.variant_store import VariantStore
 from tests.prereqs import require_binaries
-from tests.tflite_models import BuiltInt8, built_int8_digits, fc_model
+from tests.tflite_models import FLOAT32, BuiltInt8, built_int8_digits, fc_model, repack
 
 runner = CliRunner()
 
@@ -228,5 +228,28 @@ def test_c_export_of_a_small_model_and_its_refusals(tmp_path: Path) -> None:
     assert c.arena_bytes == -(-arena.arena_bytes // 16) * 16
     with pytest.raises(CExportError, match="not a TFLite flatbuffer"):
         export_c(b"garbage" * 10, "bad")
-    with pytest.raises(CExportError, match="cannot parse|expected one subgraph"):
+    with pytest.raises(CExportError, match=r"cannot parse|expected one subgraph"):
         export_c(b"\x00\x00\x00\x00TFL3" + b"\xff" * 40, "bad")
+
+
+def test_c_export_refuses_what_firmware_io_cannot_describe_or_tflm_cannot_prepare() -> None:
+    rng = np.random.default_rng(1)
+    w, b = rng.integers(-127, 128, (4, 16)).astype(np.int8), np.zeros(4, np.int32)
+    model = fc_model(w, b, in_q=(0.1, 0), w_scale=0.01, out_q=(0.5, 0))
+
+    def per_channel_input(m: Any) -> None:
+        q = m.subgraphs[0].tensors[m.subgraphs[0].inputs[0]].quantization
+        q.scale, q.zeroPoint = [0.1, 0.2], [0, 0]
+
+    def two_outputs(m: Any) -> None:
+        m.subgraphs[0].outputs = [3, 0]
+
+    with pytest.raises(CExportError, match="not per-tensor quantised"):
+        export_c(repack(model, per_channel_input), "bad")
+    with pytest.raises(CExportError, match="expected one input and one output"):
+        export_c(repack(model, two_outputs), "bad")
+    inconsistent = fc_model(
+        w, b, in_q=(0.1, 0), w_scale=0.01, out_q=(0.5, 0), input_shape=[1, 16], input_type=FLOAT32
+    )
+    with pytest.raises(CExportError, match="TFLM cannot prepare the model"):
+        tflm_min_arena(inconsistent)

@@ -31,6 +31,7 @@ __all__ = [
     "built_int8_digits",
     "fc_model",
     "linear_digits_model",
+    "repack",
 ]
 
 FLOAT32: int = tfl.TensorType.FLOAT32
@@ -193,3 +194,12 @@ def built_int8_digits() -> BuiltInt8:
         (int8,) = build_variants(store, "digits", ["int8-static"], options=options)
         _BUILT["digits"] = BuiltInt8(root, "digits", int8, entry.base)
     return _BUILT["digits"]
+
+
+def repack(model: bytes, edit: Any) -> bytes:
+    """``model`` with ``edit(ModelT)`` applied: how a test breaks one field of a valid file."""
+    m = tfl.ModelT.InitFromObj(tfl.Model.GetRootAs(model, 0))
+    edit(m)
+    builder = flatbuffers.Builder(4096)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -36,7 +36,9 @@ __all__ = ["CExport", "CExportError", "TfliteSummary", "c_identifier", "export_c
 
 _ALIGN = 16
 _BYTES_PER_LINE = 12
-_MAX_ARENA = 256 * 1024 * 1024
+_MAX_ARENA = (
+    64 * 1024 * 1024
+)  # more than any MCU's SRAM: a model TFLM cannot prepare in it is refused
 
 
 class CExportError(ValueError):
@@ -165,15 +167,14 @@ def tflm_min_arena(model: bytes) -> int:
         return True
 
     with _quiet_c_stderr():
-        high = max(64 * 1024, 10 * len(model))
+        low, high = 1, max(64 * 1024, 10 * len(model))  # 10x the model: TFLM's default arena
         try:
-            while not works(high):
-                if high >= _MAX_ARENA:
+            if not works(high):
+                low, high = high + 1, _MAX_ARENA
+                if not works(high):
                     raise CExportError(f"TFLM cannot prepare the model in {_MAX_ARENA} bytes")
-                high *= 4
         except (struct.error, ValueError, IndexError) as exc:
             raise CExportError(f"TFLM cannot load the .tflite: {exc}") from exc
-        low = 1
         while low < high:
             mid = (low + high) // 2
             if works(mid):

@@ -59,7 +59,9 @@ _TFLM_LINE = re.compile(
     r"^Node .* failed to prepare|^Arena size is too small|^$"
 )
 _CAPTURE = threading.Lock()
-_MAX_ARENA = 256 * 1024 * 1024  # no microcontroller model needs more; a bigger one is refused
+#: Tried when the usual arena (10x the model, TFLM's own default) is too small. No MCU has more
+#: SRAM, so a model TFLM cannot prepare even in this is refused as unpreparable.
+_MAX_ARENA = 64 * 1024 * 1024
 
 
 @contextmanager
@@ -110,10 +112,11 @@ def measure_arena(model: bytes) -> tuple[TflmArena, Any]:
     """
     with _c_stderr() as lines:
         try:
+            low = 1
             probe_size = max(64 * 1024, 10 * len(model))
             probe = _interpreter(model, probe_size)
-            while probe is None and probe_size < _MAX_ARENA:
-                probe_size *= 4
+            if probe is None:
+                low, probe_size = probe_size + 1, _MAX_ARENA
                 probe = _interpreter(model, probe_size)
         except Exception as exc:  # flatbuffer parsing raises struct errors, ValueError, ...
             raise BundleFormatError(f"TFLM cannot load model.tflite: {exc}") from exc
@@ -129,7 +132,7 @@ def measure_arena(model: bytes) -> tuple[TflmArena, Any]:
     match = next((m for m in map(_TOTAL.search, lines) if m), None)
     reported = int(match.group(1)) if match else 0
     with _c_stderr():
-        low, high = reported, probe_size
+        low, high = max(low, reported), probe_size
         while low < high:  # smallest arena TFLM accepts; construction is ~ms for MCU models
             mid = (low + high) // 2
             if _interpreter(model, mid) is None:
