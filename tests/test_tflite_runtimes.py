@@ -354,3 +354,24 @@ def test_a_detected_host_offers_litert_when_it_is_installed() -> None:
     profile = detect_host_profile()
     assert "litert" in profile.runtimes  # the dev environment installs ai-edge-litert
     assert isinstance(open_runtime("litert", profile), LiteRtRuntime)
+
+
+def test_selection_offers_a_built_int8_variant_to_litert_and_tflm() -> None:
+    """The manifest names tflm and litert; on a Pi the runtime with the smaller measured call
+    overhead wins, on an MCU both predict the cycle model and the profile's order decides."""
+    from edgefleet.coordinator.latency import DeviceLatencyModel
+    from edgefleet.coordinator.variants import read_facts
+
+    built = built_int8_digits()
+    facts = read_facts(VariantStore(built.data_dir), built.int8)
+    assert {"litert", "tflm", "onnxruntime", "mcu-sim"} <= set(facts.runtimes)
+    rpi4 = get_profile("rpi4")
+    for fast, slow in (("litert", "onnxruntime"), ("onnxruntime", "litert")):
+        model = DeviceLatencyModel(rpi4, 1e9, 1e9, call_overhead_ms={fast: 0.01, slow: 0.5})
+        verdict = judge(rpi4, facts, model, Policy())
+        assert verdict.fits and verdict.runtime == fast
+    for order in (("tflm", "mcu-sim"), ("mcu-sim", "tflm")):
+        m7 = mcu("stm32h743", runtimes=order)
+        model = DeviceLatencyModel(m7, 1e8, 1e9)
+        assert model.predict_ms(facts, "tflm") == model.predict_ms(facts, "mcu-sim")
+        assert judge(m7, facts, model, Policy()).runtime == order[0]
