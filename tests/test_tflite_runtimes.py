@@ -375,3 +375,48 @@ def test_selection_offers_a_built_int8_variant_to_litert_and_tflm() -> None:
         model = DeviceLatencyModel(m7, 1e8, 1e9)
         assert model.predict_ms(facts, "tflm") == model.predict_ms(facts, "mcu-sim")
         assert judge(m7, facts, model, Policy()).runtime == order[0]
+
+
+def test_the_inference_service_answers_through_litert_on_a_pi_and_tflm_on_an_mcu(
+    digits: Dataset,
+) -> None:
+    """Catalog profiles, the built variant, the device's loopback gRPC endpoint: what an
+    application on the device sees (the runtime and where its latency comes from)."""
+    import asyncio
+
+    import grpc
+
+    from edgefleet.agent.inference_server import InferenceServer
+    from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+
+    built = built_int8_digits()
+    bundle = VariantStore(built.data_dir).load(built.int8)
+    x = digits.x_test[:8]
+
+    async def ask(profile: str, runtime: str) -> inference_pb2.InferResponse:
+        serving = Serving(get_profile(profile))
+        assert serving.load(bundle, runtime) is None
+        server = InferenceServer(serving, 0)
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                tensor = inference_pb2.Tensor(data=x.tobytes(), shape=list(x.shape))
+                response: inference_pb2.InferResponse = await stub.Infer(
+                    inference_pb2.InferRequest(tensor=tensor, labels=digits.y_test[:8].tolist())
+                )
+                return response
+        finally:
+            await server.stop()
+
+    pi_answer = asyncio.run(ask("rpi4", "litert"))
+    mcu_answer = asyncio.run(ask("stm32h743", "tflm"))
+    assert (pi_answer.runtime, pi_answer.latency_source) == ("litert", "wall")
+    assert (mcu_answer.runtime, mcu_answer.latency_source) == ("tflm", "cycle-model")
+    assert pi_answer.variant_id == mcu_answer.variant_id == built.int8
+    agree = [
+        a.argmax == b.argmax
+        for a, b in zip(pi_answer.predictions, mcu_answer.predictions, strict=True)
+    ]
+    assert len(agree) == 8 and sum(agree) >= 7  # one near-tie may round the other way in TFLM
+    assert mcu_answer.latency_ms > 0
