@@ -6,6 +6,7 @@ URLs; the rename of a store from before hash tags; every script's keys declared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import TypeVar
 
 import pytest
 import redis
+from grpc_health.v1 import health_pb2
 
 from edgefleet.catalog import get_profile
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
@@ -27,10 +29,11 @@ from edgefleet.coordinator.state.keys import SCHEMA_VERSION, Keys
 from edgefleet.coordinator.state.model import Desired, RolloutClash, TelemetryIn
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
-from tests.conftest import cli_env
+from tests.conftest import CoordinatorProc, cli_env, health_status, wait_for
 from tests.redis_procs import RedisCluster, redis_cluster, redis_sentinel
 
 T = TypeVar("T")
+SERVING = health_pb2.HealthCheckResponse.SERVING
 TOKENS = Tokens(admin="a", enroll="enroll-secret", admin_source="test", enroll_source="test")
 NOW = 1_800_000_000.0
 
@@ -305,3 +308,28 @@ def test_persistence_is_reported(backend: str, redis_url: str) -> None:
     expected = "aof+rdb" if backend.startswith("unix://") else ""
     assert asyncio.run(persistence(backend)) == expected
     assert asyncio.run(persistence(redis_url)) == ""
+
+
+def test_a_coordinator_serves_from_the_cluster(
+    cluster: RedisCluster, coordinator_factory: Callable[..., CoordinatorProc]
+) -> None:
+    """The real server on the cluster (``--redis-cluster`` with one seed node): it starts, is
+    SERVING, its controller takes the lease on the cluster, and it warns that no node persists."""
+    cluster.flush()
+    seed = f"redis://127.0.0.1:{cluster.nodes[1].port}"
+    coord = coordinator_factory("--redis-cluster", "--redis-url", seed, "--rollout-interval", "0.2")
+    assert health_status(coord.address) == SERVING
+    lease = Keys().lease("rollout-controller")
+
+    def leased() -> bool:
+        for node in cluster.nodes:
+            with (
+                redis.Redis(port=node.port, decode_responses=True) as client,
+                contextlib.suppress(redis.ResponseError),  # MOVED: another node's slot
+            ):
+                if client.get(lease):
+                    return True
+        return False
+
+    wait_for(leased, 10, "the lease on the cluster")
+    assert "DATA LOSS RISK" in coord.log.read_text()
