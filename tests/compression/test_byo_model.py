@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -371,3 +373,37 @@ def test_export_failure_through_the_api_is_a_recipe_error(user_code: Path) -> No
     assert "\n" not in str(info.value)
     assert store.models() == []
     assert json.dumps(spec.to_json())  # the spec itself stays plain JSON
+
+
+def _readme_example() -> str:
+    """The bash block after ``<!-- byo-example -->`` in the README, verbatim."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = readme.split("<!-- byo-example -->", 1)[1]
+    return after.split("```bash\n", 1)[1].split("\n```", 1)[0]
+
+
+@pytest.mark.slow  # three CLI processes and a training loop: ~30 s of CPU, minutes when shared
+def test_readme_example_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("EDGEFLEET_DATA_DIR", None)
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", _readme_example()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "registered gestures (custom)" in done.stdout
+    assert "built 6 variant(s) of gestures" in done.stdout
+    assert "skipped prune-channels: prune-channels changes layer widths" in done.stderr
+    assert "note: int8-static variants will have no mcu-sim files" in done.stderr
+    assert not (tmp_path / "my_net.py").exists()  # built without the user's file
+    assert "prune-unstructured:sparsity=0.6+int8-static" in done.stdout
+
+
+def test_the_readme_example_is_there() -> None:
+    script = _readme_example()
+    assert "--import-path my_net:make" in script and "rm my_net.py" in script
