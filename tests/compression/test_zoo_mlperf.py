@@ -234,3 +234,17 @@ def test_prune_low_rank_int8_and_mcu_work_on_new_shapes(
     assert any(isinstance(m, LowRankConv2d) for m in build_model(factored).modules())
     for variant in (low_rank, unstructured):
         _agrees_with_onnx(store, variant, data)
+
+
+@pytest.mark.parametrize("shape", [(1, 49, 10), (3, 128)])
+def test_distillation_students_keep_the_geometry(shape: tuple[int, ...]) -> None:
+    """A distilled student is the teacher's family at fewer channels, same kernels/strides."""
+    from edgefleet.modelops.transforms import _scale_config
+
+    teacher = ArchitectureSpec.zoo("ds-cnn-kws", num_classes=12, input_shape=shape)
+    config = _scale_config(teacher.config, 0.5)
+    assert config["channels"] == [32] * 5
+    for key in ("stem_kernel", "stem_stride", "stem_padding", "kernel", "input_1d"):
+        assert config[key] == teacher.config[key]
+    student = build_model(ArchitectureSpec("ds-cnn-kws", config, shape))
+    assert student(torch.zeros(2, *shape)).shape == (2, 12)
