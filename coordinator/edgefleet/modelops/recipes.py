@@ -236,7 +236,8 @@ def parse_recipes(text: str | Sequence[str]) -> list[Recipe]:
 
 
 #: What ``edgefleet models build`` does without ``--recipes``: every family, and the
-#: pipelines the survey recommends (prune -> int8, distill -> int8, prune -> distill -> int8).
+#: pipelines the survey recommends (prune -> int8, distill -> int8, prune -> distill -> int8),
+#: less those that cannot apply to the model (:mod:`edgefleet.modelops.applicable` says why).
 DEFAULT_RECIPES: tuple[str, ...] = (
     "fp16",
     "int8-dynamic",
