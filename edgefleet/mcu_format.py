@@ -1,7 +1,9 @@
 """The MCU integer-graph format: the few constants both the exporter and the emulator must share.
 
-The coordinator writes ``mcu.json`` + ``mcu.safetensors`` (see ``edgefleet.modelops.mcu``);
-the device's ``mcu-sim`` runtime executes them. The agent must never import coordinator code, so
+The coordinator writes ``mcu.json`` + ``mcu.safetensors`` (see ``edgefleet.modelops.mcu``) and,
+from the same integer graph, the full-integer ``model.tflite`` (``TFLITE_FILE``, NHWC; see
+``edgefleet.modelops.tflite_export``) that TFLite Micro, LiteRT and the device's ``mcu-sim``
+runtime execute (mcu-sim falls back to the JSON graph for older bundles). The agent must never import coordinator code, so
 the spec constants live here, in the small shared package, and nothing else does: this module
 imports only the standard library.
 

@@ -6,17 +6,26 @@ one is (a) the integer arithmetic of its kernels, which is *not* float math roun
 (b) whether its weights fit flash and its activation arena fits SRAM, and (c) how many cycles
 its kernels take. This module models exactly those three:
 
-* **Arithmetic** as in TFLite Micro / CMSIS-NN (``arm_nn_requantize``): int8 activations and
+* **The graph** is the bundle's ``model.tflite``, the very file TFLite Micro and LiteRT load
+  (:mod:`.mcu_tflite` reads it and derives every integer parameter as TFLM's ``Prepare``
+  does); bundles from before it, or an agent without the ``tflite-micro`` schema module, fall
+  back to ``mcu.json`` + ``mcu.safetensors`` (the same integer graph).
+* **Arithmetic** bit-exact with TFLite Micro's reference kernels (checked against TFLM's own
+  interpreter, 0 differing outputs: ``tests/test_mcu_tflm_exact.py``): int8 activations and
   weights, int32 accumulators (input offset applied before the multiply, int32 bias added),
   per-channel requantisation ``acc * multiplier * 2**(shift - 31)`` by a saturating rounding
   doubling high multiply and a rounding right shift, output offset and an activation clamp
   (ReLU/ReLU6 are clamps). Float appears only to quantise the input (as the ONNX graph's
-  ``QuantizeLinear`` does, so both runtimes see the same int8 input), to dequantise the logits
-  for reporting, and at load time to build the softmax lookup table (TFLM's ``Prepare``).
-* **Budgets**: flash = ``mcu.safetensors`` + ``mcu.json`` bytes; SRAM = the peak of a greedy
-  arena plan over the int8 graph (TFLM's greedy planner: lifetimes, largest-first placement,
-  16-byte alignment, kernel scratch buffers as CMSIS-NN sizes them). Over either, ``load``
-  refuses with both numbers.
+  ``QuantizeLinear`` does, so both runtimes see the same int8 input; NaN reads as real 0,
+  as in the ``tflm`` and ``litert`` runtimes, never an undefined cast), to dequantise the
+  logits for reporting, and at load time to build the softmax lookup table of ``mcu.json``
+  graphs.
+* **Budgets**: flash = ``model.tflite`` bytes (or ``mcu.safetensors`` + ``mcu.json``);
+  SRAM = the peak of a greedy arena plan over the int8 graph (TFLM's greedy planner:
+  lifetimes, largest-first placement, 16-byte alignment, kernel scratch buffers as CMSIS-NN
+  sizes them). It equals TFLM's reported arena head for graphs without im2col scratch and
+  exceeds it by that scratch otherwise (TFLM's reference kernels need none). Over either
+  budget, ``load`` refuses with both numbers.
 * **Latency** from a cycle model at the profile's clock (never host wall time): MACs x the
   core's cycles per int8 MAC (:func:`edgefleet.perf.cycles_per_mac`) + per-element requantise
   cost + memory traffic (activations in SRAM, weights streamed from flash) + per-layer setup.
@@ -39,19 +48,18 @@ import numpy.typing as npt
 from edgefleet.agent.runtimes.base import (
     BudgetExceededError,
     BundleFormatError,
-    InputError,
     MemoryUsage,
     Runtime,
 )
 from edgefleet.agent.runtimes.mcu_graph import McuGraph, parse_graph, read_safetensors
 from edgefleet.agent.runtimes.mcu_kernels import (
     I32,
-    clamp_int8,
     requantize,
     run_graph,
     softmax_lut,
 )
 from edgefleet.agent.runtimes.mcu_tflite import parse_tflite, schema_available
+from edgefleet.agent.runtimes.tflite_io import TensorQuant
 from edgefleet.arena import ArenaPlan, Lifetimes
 from edgefleet.bundle import Bundle
 from edgefleet.perf import cycles_per_mac
@@ -210,6 +218,22 @@ def estimate_cycles(
 # --- the runtime ----------------------------------------------------------------------------
 
 
+def _single_thread_blas() -> None:
+    """Keep numpy's BLAS on one thread in a process that simulates a (single-core) MCU.
+
+    The kernels' products are small float64 matmuls; multi-threaded OpenBLAS on them costs
+    10x more CPU when several simulated devices share the host's cores (measured: ResNet-8
+    23 ms single-threaded vs 275 ms with default threads under load). ``threadpoolctl`` is
+    used when installed (it is in the dev and coordinator environments); without it the
+    limit is left to ``OPENBLAS_NUM_THREADS``.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
 class McuSimRuntime(Runtime):
     """Integer-only inference with the device's flash/SRAM budgets and a cycle-model clock."""
 
@@ -255,6 +279,7 @@ class McuSimRuntime(Runtime):
             for i, op in enumerate(graph.ops)
             if op["op"] == "softmax"
         }
+        _single_thread_blas()
         self._graph, self._luts, self.plan, self.flash_bytes = graph, luts, plan, flash
         self.estimate = estimate_cycles(graph, self.profile, self.cycle_model)
 
@@ -271,15 +296,13 @@ class McuSimRuntime(Runtime):
         return self._graph
 
     def quantize_input(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.int8]:
-        """Float input -> int8, exactly as the ONNX graph's ``QuantizeLinear`` does it
-        (float32 division, round half to even, saturate), so every runtime sees one input."""
+        """Float input -> int8 exactly as the ONNX graph's ``QuantizeLinear`` does it (float32
+        division, round half to even, saturate), through the one quantiser the ``tflm`` and
+        ``litert`` runtimes use too (:class:`.tflite_io.TensorQuant`): NaN reads as real 0
+        (the zero point), infinities saturate, so every MCU runtime sees one input."""
         info = self.graph.tensors[self.graph.input]
-        if np.issubdtype(batch.dtype, np.floating) and np.isnan(batch).any():
-            # NaN has no int8 value (a cast would be undefined); refused on every MCU runtime
-            raise InputError("input contains NaN: refused before quantisation")
-        q = np.rint(batch.astype(np.float32) / np.float32(info.scale))
-        q = q.reshape(batch.shape[0], *info.shape[1:]) + np.float32(info.zero_point)
-        return clamp_int8(np.clip(q, -128, 127).astype(np.int32))
+        q = TensorQuant(info.scale, info.zero_point).quantize(batch)
+        return q.reshape(batch.shape[0], *info.shape[1:])
 
     def run_int8(self, q: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
         """The integer graph from the int8 input tensor to the int8 output tensor.
