@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +30,7 @@ from edgefleet.agent.backoff import Backoff
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.identity import load_identity
 from edgefleet.agent.session import FAILOVER_PAUSE_SECONDS, AgentSession
+from edgefleet.agent.transport import rendezvous_order
 from edgefleet.bundle import public_key_hex
 from edgefleet.catalog import get_profile
 from edgefleet.client.admin_client import AdminClient
@@ -118,44 +120,48 @@ def test_agent_fails_over_to_the_surviving_replica_and_a_deploy_reaches_it(
     )
     identity_path = agent.state_dir / "identity.json"
 
-    def identity() -> dict[str, object]:
+    def identity() -> dict[str, Any]:
         try:
             return dict(json.loads(identity_path.read_text()))
         except (OSError, ValueError):
             return {}
 
-    # Enrolled through A (first address); every replica's endpoint learnt from the replies.
+    # Every replica's endpoint learnt from the replies, in this device's rendezvous order: the
+    # first is its home replica, the one it heartbeats to.
     wait_for(
-        lambda: {endpoint_a, endpoint_b} <= set(identity().get("device_endpoints", [])),  # type: ignore[call-overload]
+        lambda: {endpoint_a, endpoint_b} == set(identity().get("device_endpoints", [])),
         30,
         f"the agent to enrol and learn both endpoints; log:\n{agent.log}",
     )
     device_id = str(identity()["device_id"])
-    assert identity()["device_endpoints"][0] == endpoint_a  # type: ignore[index]
+    order = tuple(identity()["device_endpoints"])
+    assert order == rendezvous_order(str(identity()["instance_key"]), (endpoint_a, endpoint_b))
     assert identity()["bundle_public_keys"] == [fleet_key]
-    before_a = heartbeats_ok(a)
-    wait_for(lambda: heartbeats_ok(a) >= before_a + 2, 10, "heartbeats to replica A")
-    b_before_kill = heartbeats_ok(b)
+    home, survivor = (a, b) if order[0] == endpoint_a else (b, a)
+    home_endpoint, survivor_endpoint = order
+    before = heartbeats_ok(home)
+    wait_for(lambda: heartbeats_ok(home) >= before + 2, 10, "heartbeats to the home replica")
+    survivor_before_kill = heartbeats_ok(survivor)
 
-    a.stop(signal.SIGKILL)
+    home.stop(signal.SIGKILL)
     killed = time.monotonic()
 
-    def online_on_b() -> bool:
-        if heartbeats_ok(b) < b_before_kill + 2:  # the agent heartbeats to B now
+    def online_on_survivor() -> bool:
+        if heartbeats_ok(survivor) < survivor_before_kill + 2:  # it heartbeats there now
             return False
-        with AdminClient(b.address, ADMIN_TOKEN, ca_cert=ca) as admin:
+        with AdminClient(survivor.address, ADMIN_TOKEN, ca_cert=ca) as admin:
             return admin.get_device(device_id).status == admin_pb2.DEVICE_STATUS_ONLINE
 
-    wait_for(online_on_b, FAILOVER_WITHIN_SECONDS, f"failover to B; log:\n{agent.log}")
+    wait_for(online_on_survivor, FAILOVER_WITHIN_SECONDS, f"failover; log:\n{agent.log}")
     took = time.monotonic() - killed
     print(f"agent online on the surviving replica {took:.1f}s after kill -9 of its replica")
     log = agent.log.read_text()
-    assert f"coordinator {endpoint_a} unreachable" in log
-    assert f"coordinator reachable again at {endpoint_b}" in log
+    assert f"coordinator {home_endpoint} unreachable" in log
+    assert f"coordinator reachable again at {survivor_endpoint}" in log
 
-    # A deploy through the survivor reaches the agent (B takes the controller lease once A's
-    # expires; the agent downloads from B's artifact service over mutual TLS).
-    with AdminClient(b.address, ADMIN_TOKEN, ca_cert=ca) as admin:
+    # A deploy through the survivor reaches the agent (it takes the controller lease once the
+    # dead replica's expires; the agent downloads from its artifact service over mutual TLS).
+    with AdminClient(survivor.address, ADMIN_TOKEN, ca_cert=ca) as admin:
         rollout = admin.create_rollout(
             admin_pb2.CreateRolloutRequest(
                 model="m",
@@ -170,7 +176,7 @@ def test_agent_fails_over_to_the_surviving_replica_and_a_deploy_reaches_it(
         def active() -> bool:
             return admin.get_device(device_id).active_variant == variants[0]
 
-        wait_for(active, 60, f"the deploy through B to reach the agent; log:\n{agent.log}")
+        wait_for(active, 60, f"the deploy to reach the agent; log:\n{agent.log}")
         wait_for(lambda: admin.get_rollout(rollout.id).state == "succeeded", 30, "the rollout")
 
 
@@ -209,12 +215,13 @@ def _session(tmp_path: Path, coordinator: str = "127.0.0.1:1") -> AgentSession:
 def test_failover_tries_every_endpoint_before_backing_off(tmp_path: Path) -> None:
     session = _session(tmp_path)
     session.learn_from_reply((), ("a:1", "b:2", "c:3"))
-    assert session.current_endpoint == "a:1"
+    order = rendezvous_order(session.identity.instance_key, ("a:1", "b:2", "c:3"))
+    assert session.current_endpoint == order[0]
     visited, delays = [], []
     for _ in range(3):
         delays.append(session.fail_over(enrolling=False))
         visited.append(session.current_endpoint)
-    assert visited == ["b:2", "c:3", "a:1"]
+    assert visited == [order[1], order[2], order[0]]
     # the first two moves pause briefly (jittered); only a whole failed round backs off
     assert all(0.0 <= d <= FAILOVER_PAUSE_SECONDS for d in delays[:2])
     assert session.config.backoff.attempt == 1
@@ -223,31 +230,53 @@ def test_failover_tries_every_endpoint_before_backing_off(tmp_path: Path) -> Non
 
 def test_replies_update_endpoints_and_keys_but_never_with_a_malformed_key(tmp_path: Path) -> None:
     session = _session(tmp_path)
+    instance = session.identity.instance_key
     session.learn_from_reply((), ("a:1", "b:2"))
+    first, second = rendezvous_order(instance, ("a:1", "b:2"))
+    assert session.current_endpoint == first
     session.fail_over(enrolling=False)
-    assert session.current_endpoint == "b:2"
-    session.learn_from_reply((), ("c:3", "b:2", "a:1"))  # reordered: stay where we are connected
-    assert session.current_endpoint == "b:2"
+    assert session.current_endpoint == second
+    session.learn_from_reply((), ("b:2", "a:1"))  # the same replicas: stay where we are
+    assert session.current_endpoint == second
+    session.learn_from_reply((), ("c:3", "b:2", "a:1"))  # one joined: go to our preferred
+    assert session.current_endpoint == rendezvous_order(instance, ("a:1", "b:2", "c:3"))[0]
     key = public_key_hex(Ed25519PrivateKey.generate().public_key())
     session.learn_from_reply((key,), ())
     session.learn_from_reply(("zz-not-a-key",), ())  # logged, ignored: the last good list stays
     saved = load_identity(session.config.state_dir)
     assert saved is not None
     assert saved.bundle_public_keys == (key,)
-    assert saved.device_endpoints == ("c:3", "b:2", "a:1")  # persisted for a restart
+    assert set(saved.device_endpoints) == {"a:1", "b:2", "c:3"}  # persisted for a restart
+
+
+def test_rendezvous_order_spreads_devices_and_moves_only_those_of_a_changed_replica() -> None:
+    replicas = ("r1:1", "r2:1", "r3:1")
+    devices = [f"instance-{i}" for i in range(600)]
+    home = {d: rendezvous_order(d, replicas)[0] for d in devices}
+    per_replica = [sum(1 for h in home.values() if h == r) for r in replicas]
+    assert min(per_replica) >= 150  # 200 each on average; no replica starved
+    # r3 gone: only its devices move, each to its own second choice
+    after = {d: rendezvous_order(d, replicas[:2])[0] for d in devices}
+    moved = {d for d in devices if after[d] != home[d]}
+    assert moved == {d for d in devices if home[d] == "r3:1"}
+    assert all(after[d] == rendezvous_order(d, replicas)[1] for d in moved)
 
 
 def test_advertised_endpoints_expire_unless_refreshed_and_clean_stops_withdraw(
     redis_url: str,
 ) -> None:
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-        state = FleetIdentityState(client)
+        clients: list[aioredis.Redis] = []
         lists: dict[str, list[str]] = {"a": [], "b": []}
 
         def replica(name: str, endpoint: str) -> ReplicaEndpoints:
+            clients.append(aioredis.Redis.from_url(redis_url, decode_responses=True))
             return ReplicaEndpoints(
-                state, endpoint, lambda live: lists.__setitem__(name, live), 0.05, 0.6
+                FleetIdentityState(clients[-1]),
+                endpoint,
+                lambda live: lists.__setitem__(name, live),
+                refresh=0.05,
+                ttl=0.6,
             )
 
         a, b = replica("a", "a:1"), replica("b", "b:2")
@@ -255,9 +284,10 @@ def test_advertised_endpoints_expire_unless_refreshed_and_clean_stops_withdraw(
         await b.start()
         await asyncio.sleep(0.2)
         assert lists == {"a": ["a:1", "b:2"], "b": ["b:2", "a:1"]}  # each lists itself first
-        assert b._task is not None
-        b._task.cancel()  # "killed -9": stops refreshing, never withdraws
-        await asyncio.sleep(1.0)
+        await b.stop(withdraw=False)  # "killed -9": stops refreshing, never withdraws
+        await asyncio.sleep(0.2)
+        assert lists["a"] == ["a:1", "b:2"]  # still listed within the TTL
+        await asyncio.sleep(0.8)
         assert lists["a"] == ["a:1"]  # dropped after the TTL
         b = replica("b", "b:2")
         await b.start()
@@ -267,7 +297,8 @@ def test_advertised_endpoints_expire_unless_refreshed_and_clean_stops_withdraw(
         await asyncio.sleep(0.2)
         assert lists["a"] == ["a:1"]
         await a.stop()
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
 
         # Redis away: the last list is kept, nothing raises
         dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")

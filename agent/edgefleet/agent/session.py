@@ -8,7 +8,10 @@ forgotten the device (removed, or its state wiped) the agent re-enrols under
 its instance key.
 
 Failover: the coordinator lists every live replica's device endpoint (at Register and in
-every heartbeat reply; persisted in the identity). When the endpoint in use stops answering,
+every heartbeat reply; persisted in the identity). The agent orders them by rendezvous
+hashing of its instance key, so a fleet spreads evenly over the replicas, and when a replica
+joins or comes back only the devices that prefer it move there (the rebalancing an L4 load
+balancer with max-connection-age would do, without one). When the endpoint in use stops answering,
 the agent moves to the next one after a short jittered pause (``FAILOVER_PAUSE_SECONDS``, so a
 fleet does not stampede the survivor in lockstep), and falls back to exponential backoff only
 once every listed endpoint failed in a row. Device identity is the mutual-TLS certificate and
@@ -37,7 +40,7 @@ from edgefleet.agent.identity import Identity, load_identity, new_instance_key, 
 from edgefleet.agent.reconcile import Reconciler
 from edgefleet.agent.serving import Serving
 from edgefleet.agent.telemetry import BufferedRecord, TelemetryBuffer
-from edgefleet.agent.transport import Transport
+from edgefleet.agent.transport import Transport, rendezvous_order
 from edgefleet.agent.work import AgentWork
 from edgefleet.perf import device_benchmark
 from edgefleet.v1 import artifact_pb2_grpc, device_pb2, device_pb2_grpc
@@ -185,11 +188,11 @@ class AgentSession:
             else:
                 changed["bundle_public_keys"] = keys
                 log.info("trusted bundle signing keys: %s", ", ".join(k[:12] for k in keys))
-        if endpoints and endpoints != self._identity.device_endpoints:
-            current = self.current_endpoint
-            changed["device_endpoints"] = endpoints
-            # stay on the endpoint in use: the list may be reordered, not our connection
-            self._endpoint_index = endpoints.index(current) if current in endpoints else 0
+        if endpoints and set(endpoints) != set(self._identity.device_endpoints):
+            # a replica joined, came back or left: go to this device's preferred one (the
+            # fleet rebalances); the same set in another order changes nothing
+            changed["device_endpoints"] = rendezvous_order(self._identity.instance_key, endpoints)
+            self._endpoint_index = 0
         if changed:
             self._identity = replace(self._identity, **changed)  # type: ignore[arg-type]
             save_identity(self.config.state_dir, self._identity)
@@ -250,9 +253,11 @@ class AgentSession:
             coordinator=self.config.coordinator,
             bundle_public_keys=tuple(reply.bundle_public_keys),
             device_endpoint=reply.device_endpoint,
-            device_endpoints=tuple(reply.device_endpoints),
+            device_endpoints=rendezvous_order(
+                self._identity.instance_key, tuple(reply.device_endpoints)
+            ),
         )
-        self._endpoint_index = 0  # the replica that enrolled us is listed first
+        self._endpoint_index = 0
         save_identity(self.config.state_dir, self._identity)
         self.artifacts.set_trusted_keys(self._identity.bundle_public_keys)
         self.reconciler.device_id = reply.device_id

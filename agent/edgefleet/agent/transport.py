@@ -20,6 +20,8 @@ every address and the TLS name is the DNS name.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,20 @@ def split_addresses(coordinator: str) -> list[str]:
         if item:
             addresses.append(item)
     return addresses or [coordinator]
+
+
+def rendezvous_order(key: str, endpoints: Iterable[str]) -> tuple[str, ...]:
+    """``endpoints`` in this device's failover order: highest-random-weight (rendezvous) hashing.
+
+    Why: every device ranks the replicas by ``sha256(key | endpoint)``, so devices spread evenly
+    over them, and adding or removing one replica moves only the devices that rank it first --
+    no coordination, no shared state, the same answer after a restart.
+    """
+
+    def weight(endpoint: str) -> bytes:
+        return hashlib.sha256(f"{key}|{endpoint}".encode()).digest()
+
+    return tuple(sorted(dict.fromkeys(endpoints), key=weight, reverse=True))
 
 
 @dataclass

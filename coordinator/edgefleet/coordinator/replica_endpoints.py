@@ -12,7 +12,6 @@ to well within ``ttl`` (NTP does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -61,6 +60,7 @@ class ReplicaEndpoints:
         self._refresh = refresh
         self._ttl = ttl
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def advertise(self) -> None:
         """One round: say we are live, read who else is (Redis away: keep the last list)."""
@@ -80,14 +80,21 @@ class ReplicaEndpoints:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self._refresh)
-            await self.advertise()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._refresh)
+                return
+            except TimeoutError:
+                await self.advertise()
 
-    async def stop(self) -> None:
-        """Stop advertising and withdraw, so agents are not sent here any more."""
+    async def stop(self, withdraw: bool = True) -> None:
+        """Stop advertising and (``withdraw``) leave the list, so agents are not sent here.
+
+        The loop is asked to finish its round rather than cancelled: a Redis command cut off
+        mid-flight can leave its pooled connection unusable for the withdrawal that follows.
+        ``withdraw=False`` is what a replica killed -9 amounts to (tests use it).
+        """
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self.endpoint:
+            await self._task
+        if withdraw and self.endpoint:
             await self._state.withdraw_endpoint(self.endpoint)
