@@ -10,23 +10,19 @@ from the manifest alone. So every architecture is constructed from a plain JSON-
 config, and :func:`architecture_of` reads the config back from a (possibly pruned) module.
 Low-rank factorization is recorded the same way, as ``{module name: rank}``.
 
-Size: one module on purpose. Each architecture family is small (MLP ~35 lines, DS-CNN ~75,
-ResNet-8 ~85); the rest is the contract that makes a manifest rebuildable -- the registry,
-:class:`ArchitectureSpec`, :func:`architecture_of` reading a (pruned) module back into a config,
-the low-rank twins and the strict checkpoint loader -- and every family must agree with all of
-it on its config keys and layer names. Splitting per family would spread that one contract over
+Size: one module on purpose. Each architecture family is small (MLP ~35 lines, DS-CNN ~135
+with its MLPerf Tiny KWS preset, ResNet-8 ~110); the rest is the contract that makes a manifest
+rebuildable -- the registry and its shape-aware defaults (maps and (C, L) windows), the conv
+geometry helpers, :class:`ArchitectureSpec`, :func:`architecture_of` reading a (pruned) module
+back into a config, the low-rank twins and the strict checkpoint loader -- and every family must
+agree with all of it on its config keys and layer names. (A custom model's stored source is
+handled by the torch-free :mod:`edgefleet.model_source`.) Splitting per family would spread that one contract over
 a package, and add a second torch-importing shared module to keep out of the light paths.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import importlib
-import importlib.util
-import inspect
-import sys
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from edgefleet import model_source
 
 __all__ = [
     "ARCHITECTURES",
@@ -625,97 +623,26 @@ def _import_factory(import_path: str) -> Callable[..., nn.Module]:
 def with_source(spec: ArchitectureSpec) -> ArchitectureSpec:
     """``spec`` with the text of its custom module, so rebuilds need no ``PYTHONPATH``.
 
-    Why the source and not a pickle: the text is what the user wrote and reviews, it is
-    signed into every bundle's manifest like the config, and a rebuild runs exactly the code
-    that was registered even if the user's file changes or is gone. One file only: a model
-    module that imports other modules of the user's own (relative imports, or a sibling file
-    found next to it) is refused here, because those would not be stored; installed packages
-    (torch, numpy, ...) are imported as usual.
+    See :mod:`edgefleet.model_source` for why the text and why one file only.
     """
     if spec.name != "custom" or spec.import_path is None or spec.module_source is not None:
         return spec
     _import_factory(spec.import_path)  # a clear error if it does not import at all
-    module_name = spec.import_path.partition(":")[0]
-    module = sys.modules[module_name]
     try:
-        path = Path(inspect.getsourcefile(module) or "")
-    except TypeError:
-        path = Path()
-    if path.suffix != ".py" or not path.is_file():
-        raise ArchitectureError(
-            f"{module_name!r} has no Python source file to store with the model "
-            "(a compiled or built-in module); put the factory in a .py file"
-        )
-    text = path.read_text(encoding="utf-8")
-    root = path.parents[module_name.count(".")]
-    own = _own_imports(text, root, path)
-    if own:
-        raise ArchitectureError(
-            f"{path.name} imports {own[0]!r} from your own code, which would not be stored "
-            "with the model; put the model in one module (installed packages are fine)"
-        )
+        text = model_source.read_source(spec.import_path.partition(":")[0])
+    except model_source.ModelSourceError as exc:
+        raise ArchitectureError(str(exc)) from exc
     return replace(spec, module_source=text)
 
 
-def _own_imports(text: str, root: Path, path: Path) -> list[str]:
-    """Modules ``text`` imports that are relative, or are files under ``root`` (the user's)."""
-    try:
-        tree = ast.parse(text, filename=str(path))
-    except SyntaxError as exc:
-        raise ArchitectureError(f"{path.name}: {exc}") from exc
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                return [f"{'.' * node.level}{node.module or ''}"]
-            names.append(node.module or "")
-        elif isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-    own = []
-    for name in names:
-        try:
-            found = importlib.util.find_spec(name.partition(".")[0])
-        except (ImportError, ValueError):
-            continue
-        origin = Path(found.origin).resolve() if found and found.origin else None
-        if origin is None or origin == path.resolve() or _installed(origin):
-            continue
-        if origin.is_relative_to(root.resolve()):
-            own.append(name)
-    return own
-
-
-def _installed(origin: Path) -> bool:
-    """Part of an installation (a venv inside the user's project counts as installed)."""
-    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    return any(origin.is_relative_to(p) for p in prefixes) or bool(
-        {"site-packages", "dist-packages"} & set(origin.parts)
-    )
-
-
 def _factory_from_source(spec: ArchitectureSpec) -> Callable[..., nn.Module]:
-    """The factory of a stored module, executed as a private module (once per process).
-
-    Trust: the text comes from the model index or a bundle whose signature was verified,
-    and it is the code the user's own import ran at registration.
-    """
+    """The factory in a custom spec's stored module source."""
     assert spec.module_source is not None and spec.import_path is not None
     original, _, attr = spec.import_path.partition(":")
-    digest = hashlib.sha256(spec.module_source.encode()).hexdigest()[:16]
-    private = f"_edgefleet_model_{digest}"
-    module = sys.modules.get(private)
-    if module is None:
-        module = types.ModuleType(private)
-        module.__file__ = f"<{original} as stored with the model>"
-        sys.modules[private] = module  # dataclasses and typing look their module up by name
-        try:
-            exec(compile(spec.module_source, module.__file__, "exec"), module.__dict__)
-        except Exception as exc:
-            del sys.modules[private]
-            raise ArchitectureError(
-                f"the stored source of {original!r} fails to run: {type(exc).__name__}: "
-                f"{_first_line(exc)}"
-            ) from exc
+    try:
+        module = model_source.module_from_source(original, spec.module_source)
+    except model_source.ModelSourceError as exc:
+        raise ArchitectureError(str(exc)) from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ArchitectureError(f"{spec.import_path!r} is not a callable in its stored source")
