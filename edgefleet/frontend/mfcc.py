@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.frontend.spec import FrontendError, FrontendSpec
-from edgefleet.frontend.tables import dct_matrix, mel_filterbank, window
+from edgefleet.frontend.tables import transposed, window
 
 __all__ = ["as_batch", "frame", "mfcc"]
 
@@ -58,7 +58,7 @@ def mfcc(audio: npt.NDArray[Any], spec: FrontendSpec | None = None) -> F32:
         raise FrontendError(f"the frontend takes float or int16 audio, got {batch.dtype}")
     frames = frame(x, spec) * window(spec)
     spectrum = np.abs(np.fft.rfft(frames, n=spec.fft_size, axis=-1))
-    mel = spectrum @ mel_filterbank(spec).T
+    mel = spectrum @ transposed(spec, "mel")
     logmel = np.log(mel + spec.log_floor)
-    out = (logmel @ dct_matrix(spec).T).astype(np.float32)
+    out = (logmel @ transposed(spec, "dct")).astype(np.float32)
     return out[:, None, :, :]

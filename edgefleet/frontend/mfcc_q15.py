@@ -87,8 +87,8 @@ def _tables(spec: FrontendSpec) -> dict[str, Any]:
         "tw_re": _q15(np.cos(2 * np.pi * k / n)),
         "tw_im": _q15(-np.sin(2 * np.pi * k / n)),
         "bitrev": rev,
-        "mel": _q15(mel_filterbank(spec)).astype(np.float64).T,  # (bins, n_mels)
-        "dct": _q15(dct_matrix(spec)).astype(np.float64).T,  # (n_mels, n_coeffs)
+        "mel": np.ascontiguousarray(_q15(mel_filterbank(spec)).astype(np.float64).T),
+        "dct": np.ascontiguousarray(_q15(dct_matrix(spec)).astype(np.float64).T),
         "log": np.rint(np.log1p(log_x) * (1 << _LOG_FRAC)).astype(np.int64),
         "log2_fft": bits,
     }
