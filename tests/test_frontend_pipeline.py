@@ -263,6 +263,12 @@ def test_selection_counts_the_frontend(built: Built) -> None:
     # cycles: the MCU latency model includes the frontend's layers
     kinds = {layer.kind for layer in facts.layers}
     assert {"frontend-mac", "frontend-sqrt", "frontend-log"} <= kinds
+    # application processors: the float MFCC's MACs at the device's rate join the prediction
+    from edgefleet.coordinator.latency import DeviceLatencyModel
+
+    model = DeviceLatencyModel(get_profile("rpi4"), 2e9, 20e9)
+    added = model.predict_ms(facts, "onnxruntime") - model.predict_ms(bare, "onnxruntime")
+    assert added == pytest.approx(cost.total_macs / 2e9 * 1e3) and added > 0
     # explain's reason names the frontend's share
     chosen = select(base, [facts], _Fixed())
     assert chosen.winner is not None

@@ -59,7 +59,20 @@ class DeviceLatencyModel(LatencyPredictor):
         if runtime in CYCLE_MODEL_RUNTIMES:
             layers = v.layers or dense_fallback(v.macs)
             return predict(mcu_core(self.profile), layers, self.profile.cpu_mhz).ms
-        return self.call_overhead_ms.get(runtime, 0.0) + self._model_ms(v, runtime)
+        return (
+            self.call_overhead_ms.get(runtime, 0.0)
+            + self._model_ms(v, runtime)
+            + self.frontend_ms(v)
+        )
+
+    def frontend_ms(self, v: VariantFacts) -> float:
+        """The float MFCC an application processor computes from raw audio before the network
+        (its MACs at the device's rate; the host-measured latency is the network's alone). On
+        an MCU the frontend is in the cycle model's layers instead."""
+        if v.frontend is None:
+            return 0.0
+        device = self.device_macs_per_second or self.host_macs_per_second
+        return v.frontend.total_macs / device * 1e3
 
     def _model_ms(self, v: VariantFacts, runtime: str) -> float:
         host_compute_ms = v.macs / self.host_macs_per_second * 1e3
