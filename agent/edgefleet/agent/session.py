@@ -421,12 +421,13 @@ class AgentSession:
                         if code in _ENDPOINT_DOWN
                         else self.config.backoff.next_delay()
                     )
+                    target = self.enrollment_target if enrolling else self.current_endpoint
                     log.warning(
-                        "coordinator %s unreachable (%s); trying %s in %.1fs",
+                        "coordinator %s unreachable (%s); retrying in %.1fs%s",
                         failed,
                         code.name,
-                        self.enrollment_target if enrolling else self.current_endpoint,
                         delay,
+                        "" if target == failed else f" with {target}",
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
