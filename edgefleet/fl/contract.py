@@ -96,6 +96,9 @@ class TrainConfig:
     BATCH_SIZE: Final = "batch-size"
     SERVER_ROUND: Final = "server-round"  # Flower's strategies set it too
     PROXIMAL_MU: Final = "proximal-mu"  # Flower's FedProx sets it too
+    #: JSON of the model's signal frontend (``FrontendSpec.to_dict()``) when the devices' local
+    #: data is raw audio: each device computes the features itself, as it does when serving
+    FRONTEND: Final = "frontend"
 
 
 class Metric:

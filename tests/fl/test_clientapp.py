@@ -57,3 +57,24 @@ def test_numpy_mlp_learns_and_matches_shapes() -> None:
     _, after = mlp_numpy.evaluate(new, x, y)
     assert after > max(before, 0.9)
     assert {k: v.shape for k, v in new.items()} == {k: v.shape for k, v in params.items()}
+
+
+def test_a_shard_of_raw_audio_becomes_the_models_features_on_the_device(tmp_path: Path) -> None:
+    """With the model's frontend in the round's config, the device computes the MFCC itself
+    from the raw audio it holds (the same code as serving), without torch."""
+    from edgefleet.agent.fl.clientapp import local_shard
+    from edgefleet.fl.contract import TrainConfig
+    from edgefleet.fl.partition import Shard, save_shard
+    from edgefleet.frontend import FrontendSpec
+    from edgefleet.frontend.mfcc import mfcc
+
+    rng = np.random.default_rng(0)
+    audio = (rng.normal(size=(6, 1, 1, 16000)) * 0.1).astype(np.float32)
+    path = save_shard(Shard(audio[:4], np.arange(4), audio[4:], np.arange(2)), tmp_path / "s.npz")
+    cfg = node_config_for("dev-1", "rpi4", 4 << 30, str(path), battery=90)
+    ctx = Context(1, 2, cfg, RecordDict(), {})  # type: ignore[arg-type]
+    spec = FrontendSpec()
+    shard = local_shard(ctx, {TrainConfig.FRONTEND: json.dumps(spec.to_dict())})
+    assert shard.x_train.shape == (4, 1, 49, 10)
+    assert np.allclose(shard.x_eval, mfcc(audio[4:], spec))
+    assert local_shard(ctx, {}).x_train.shape == (4, 1, 1, 16000)  # no frontend: as stored

@@ -236,6 +236,7 @@ def _federated(
         devices=devices,
         rounds=rounds,
         own_model=(own_model.arch, own_model.arch_config, own_model.init) if own_model else None,
+        frontend=own_model.frontend if own_model else "",
     )
     if not as_json:
         for line in step.lines():

@@ -78,6 +78,8 @@ class OwnModelFederation:
     init: Path
     shards: list[Path]
     groups: list[str]
+    #: the model's frontend (JSON) when the shards hold raw audio, else ""
+    frontend: str = ""
 
 
 def kws_fl_inputs(data_dir: Path, model: str, devices: int, out: Path) -> OwnModelFederation:
@@ -105,7 +107,13 @@ def kws_fl_inputs(data_dir: Path, model: str, devices: int, out: Path) -> OwnMod
     if data.source is None or data.source.groups is None:
         raise ValueError(f"dataset {entry['dataset']} has no groups to give each device one")
     test_groups = data.source.groups[data.source.test]
-    shards = group_shards(data.x_test, data.y_test, test_groups, eval_fraction=0.4)
+    # a device holds what its microphone gave it (raw audio) when the model has a frontend, and
+    # computes the features itself, as it does when serving
+    x_local = data.x_test_raw if data.frontend is not None else data.x_test
+    if x_local is None:
+        raise ValueError(f"dataset {entry['dataset']} kept no raw test audio for the devices")
+    shards = group_shards(x_local, data.y_test, test_groups, eval_fraction=0.4)
     names = sorted(shards, key=lambda g: (-len(shards[g].y_train), g))[:devices]
     paths = [save_shard(shards[g], out / "shards" / f"voice-{i}.npz") for i, g in enumerate(names)]
-    return OwnModelFederation(arch["name"], dict(arch["config"]), init, paths, names)
+    frontend = json.dumps(data.frontend) if data.frontend is not None else ""
+    return OwnModelFederation(arch["name"], dict(arch["config"]), init, paths, names, frontend)

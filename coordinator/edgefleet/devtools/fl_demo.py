@@ -79,11 +79,13 @@ def federated_step(
     seed: int = 0,
     timeout: float = 180.0,
     own_model: tuple[str, dict[str, Any], Path] | None = None,
+    frontend: str = "",
 ) -> FederatedStep:
     """Run ``rounds`` rounds on the ``devices`` SuperNodes of the SuperLink at ``superlink``.
 
     ``root`` keeps the run's files (app, run record, final weights). ``own_model`` (arch, its
-    full config, initial weights) fine-tunes that model with FedAvg instead of the biased MLP.
+    full config, initial weights) fine-tunes that model with FedAvg instead of the biased MLP;
+    ``frontend`` (JSON) tells devices holding raw audio which features to compute.
     Raises ``RuntimeError`` with the ServerApp's reason if the run fails, ``TimeoutError`` if it
     does not finish in ``timeout``.
     """
@@ -103,7 +105,7 @@ def federated_step(
         # a trained conv net: a small learning rate, a few epochs on the device's own voice
         config |= {"strategy": "fedavg", "arch": arch, "arch-config": json.dumps(arch_config),
                    "init-path": str(init), "local-epochs": 3, "lr": 0.01,
-                   "batch-size": 16}  # fmt: skip
+                   "batch-size": 16, "frontend": frontend}  # fmt: skip
     app = write_app(root / "app", config)
     submit(app, root / "flwr-home", superlink, ca=ca)
     doc = wait_progress(out, timeout=timeout)

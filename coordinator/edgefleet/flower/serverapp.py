@@ -64,6 +64,8 @@ class RunSettings:
     select: str = ""
     arch: str = "mlp"
     arch_config: str = ""
+    #: the model's signal frontend as JSON: devices hold raw audio and compute features
+    frontend: str = ""
     init_path: str = ""
     test_path: str = ""
     out_dir: str = ""
@@ -358,7 +360,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         config = ConfigRecord(
             {
                 TrainConfig.ARCH: settings.arch, TrainConfig.ARCH_CONFIG: full_width,
-                TrainConfig.LR: settings.lr, TrainConfig.LOCAL_EPOCHS: settings.local_epochs,
+                TrainConfig.FRONTEND: settings.frontend, TrainConfig.LR: settings.lr,
+                TrainConfig.LOCAL_EPOCHS: settings.local_epochs,
                 TrainConfig.BATCH_SIZE: settings.batch_size, TrainConfig.SERVER_ROUND: rnd,
                 TrainConfig.PROXIMAL_MU: (
                     settings.proximal_mu if settings.strategy == "fedprox" else 0.0
@@ -403,7 +406,11 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     if settings.final_evaluate:
         # every selected node still online scores the final model (its own slice under HeteroFL)
         config = ConfigRecord(
-            {TrainConfig.ARCH: settings.arch, TrainConfig.ARCH_CONFIG: full_width}
+            {
+                TrainConfig.ARCH: settings.arch,
+                TrainConfig.ARCH_CONFIG: full_width,
+                TrainConfig.FRONTEND: settings.frontend,
+            }
         )
         messages = list(strategy.configure_evaluate(settings.num_rounds, arrays, config, view))
         replies = [

@@ -30,6 +30,7 @@ from flwr.clientapp import ClientApp
 
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION, training_bytes, widest_activation
 from edgefleet.fl.contract import FACT_KEYS, Metric, Node, Record, TrainConfig
+from edgefleet.fl.partition import Shard
 
 __all__ = ["app", "training_bytes", "widest_activation"]
 
@@ -77,15 +78,33 @@ def _record(params: dict[str, np.ndarray[Any, Any]]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in params.items()})
 
 
+def local_shard(context: Context, cfg: Mapping[str, object]) -> Shard:
+    """The device's shard; raw audio becomes the model's features here, on the device.
+
+    With a ``frontend`` in the round's config the shard holds raw audio, as a device's
+    microphone gives it, and the same frontend code that serves the model computes the MFCC
+    (numpy only: no torch on this path).
+    """
+    from edgefleet.fl.partition import load_shard
+
+    shard = load_shard(str(context.node_config[Node.DATA_PATH]))
+    text = str(cfg.get(TrainConfig.FRONTEND, "") or "")
+    if not text:
+        return shard
+    from edgefleet.frontend import FrontendSpec
+    from edgefleet.frontend.mfcc import mfcc
+
+    spec = FrontendSpec.from_dict(json.loads(text))
+    return Shard(mfcc(shard.x_train, spec), shard.y_train, mfcc(shard.x_eval, spec), shard.y_eval)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Score the received global model, fine-tune it locally, score again; reply with all."""
     t0 = time.perf_counter()
-    from edgefleet.fl.partition import load_shard
-
     cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
     arrays = next(iter(msg.content.array_records.values()))
-    shard = load_shard(str(context.node_config[Node.DATA_PATH]))
+    shard = local_shard(context, cfg)
     arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
     epochs = int(_num(cfg, TrainConfig.LOCAL_EPOCHS, 1))
     batch = int(_num(cfg, TrainConfig.BATCH_SIZE, 32))
@@ -147,11 +166,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received model on the local held-out data (used once after the last round)."""
     from edgefleet.fl import mlp_numpy
-    from edgefleet.fl.partition import load_shard
 
     cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
     params = _arrays(next(iter(msg.content.array_records.values())))
-    shard = load_shard(str(context.node_config[Node.DATA_PATH]))
+    shard = local_shard(context, cfg)
     arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
     if arch == "mlp":
         loss, acc = mlp_numpy.evaluate(params, shard.x_eval, shard.y_eval)
