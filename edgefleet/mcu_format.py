@@ -64,6 +64,7 @@ EXPORTED_OPS = frozenset(
         "add",
         "max_pool2d",
         "average_pool2d",
+        "leaky_relu",
     }
 )
 #: Ops the emulator executes: the exported ones plus the rest of the CMSIS-NN set the zoo's

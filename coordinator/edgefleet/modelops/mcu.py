@@ -168,6 +168,10 @@ def export_mcu(model: onnx.ModelProto) -> McuExport:
             x = tensor(g.activation(node.input[0]))
             y, _ = g.quantised_output(node.output[0])
             ops.append(_window_pool_op(node, x, tensor(y), tensors))
+        elif op == "LeakyRelu":
+            x = tensor(g.activation(node.input[0]))
+            y, _ = g.quantised_output(node.output[0])
+            ops.append(_leaky_relu_op(node, x, tensor(y), tensors))
         elif op == "GlobalAveragePool":
             x = tensor(g.activation(node.input[0]))
             y, _ = g.quantised_output(node.output[0])
@@ -379,5 +383,33 @@ def _add_op(a: str, b: str, y: str, tensors: dict[str, dict[str, Any]]) -> dict[
         "input_zero_points": [tensors[a]["zero_point"], tensors[b]["zero_point"]],
         "multiplier": mo,
         "shift": sho,
+        "output_zero_point": tensors[y]["zero_point"],
+    }
+
+
+def _leaky_relu_op(
+    node: onnx.NodeProto, x: str, y: str, tensors: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """TFLM's int8 LEAKY_RELU: one requantisation for x >= 0, another (times alpha) below.
+
+    TFLM computes both real multipliers in float32 (``s_in * alpha / s_out``, ``s_in / s_out``)
+    before ``QuantizeMultiplier``; so does this, so the parameters agree to the bit.
+    """
+    alpha = np.float32(_attrs(node).get("alpha", 0.01))
+    if not alpha >= 0:
+        raise McuExportError("LeakyRelu: a negative alpha is not supported")
+    s_in, s_out = np.float32(tensors[x]["scale"]), np.float32(tensors[y]["scale"])
+    m_id, sh_id = quantize_multiplier(float(s_in / s_out))
+    m_a, sh_a = quantize_multiplier(float(s_in * alpha / s_out))
+    return {
+        "op": "leaky_relu",
+        "inputs": [x],
+        "output": y,
+        "alpha": float(alpha),
+        "multiplier": m_id,
+        "shift": sh_id,
+        "alpha_multiplier": m_a,
+        "alpha_shift": sh_a,
+        "input_zero_point": tensors[x]["zero_point"],
         "output_zero_point": tensors[y]["zero_point"],
     }

@@ -19,7 +19,7 @@ feeding an NCHW batch to a 4-D input transposes it (:func:`edgefleet.mcu_format.
 Ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MEAN (global average pooling, the
 kernel TFLM runs for a reduction over H and W, requantising to the output scale in one
 step), RESHAPE, QUANTIZE (int8 -> int8 requantisation where a reshape changes scale),
-MAX_POOL_2D, AVERAGE_POOL_2D and PAD (ONNX paddings TFLite's SAME cannot express, padded
+MAX_POOL_2D, AVERAGE_POOL_2D, LEAKY_RELU and PAD (ONNX paddings TFLite's SAME cannot express, padded
 with the input zero point, i.e. real 0). Weights are per-channel symmetric int8
 (``quantized_dimension`` = output channel), biases int32 at ``s_in * s_w[c]``, activations
 int8 with onnxruntime's scale/zero point. ReLU/ReLU6 are clamps the int8 range already
@@ -57,6 +57,7 @@ _VERSIONS = {
     _OP.MAX_POOL_2D: 2,
     _OP.AVERAGE_POOL_2D: 2,
     _OP.PAD: 2,
+    _OP.LEAKY_RELU: 2,
 }
 _BUFFER_ALIGN = 16  # TFLM reads weights in place; keep every constant 16-byte aligned
 
@@ -369,6 +370,18 @@ def _add(w: _Writer, op: Mapping[str, Any]) -> None:
     )
 
 
+def _leaky_relu(w: _Writer, op: Mapping[str, Any]) -> None:
+    opts = tfl.LeakyReluOptionsT()
+    opts.alpha = float(op["alpha"])
+    w.op(
+        _OP.LEAKY_RELU,
+        [w.activation(op["inputs"][0])],
+        [w.activation(op["output"])],
+        tfl.BuiltinOptions.LeakyReluOptions,
+        opts,
+    )
+
+
 _WRITERS = {
     "conv2d": _dense,
     "depthwise_conv2d": _dense,
@@ -378,6 +391,7 @@ _WRITERS = {
     "reshape": _reshape,
     "max_pool2d": _pool,
     "average_pool2d": _pool,
+    "leaky_relu": _leaky_relu,
 }
 
 

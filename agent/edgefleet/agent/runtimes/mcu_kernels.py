@@ -199,6 +199,11 @@ def run_op(
         )
     if kind in ("max_pool2d", "average_pool2d"):
         return _pool(op, g, x)
+    if kind == "leaky_relu":  # TFLM QuantizeLeakyRelu: a requantisation per sign
+        v = x.astype(np.int32) - np.int32(op["input_zero_point"])
+        pos = requantize(v, op["multiplier"], op["shift"])
+        neg = requantize(v, op["alpha_multiplier"], op["alpha_shift"])
+        return clamp_int8(np.where(v >= 0, pos, neg) + np.int32(op["output_zero_point"]))
     if kind == "pad":  # TFLM PAD (int8): the output zero point, i.e. real 0, fills the border
         padded: npt.NDArray[np.int8] = _pad(x, op, int(op["value"])).astype(np.int8)
         return padded

@@ -14,6 +14,8 @@ derived here from the file's float32 scales the way TFLM's kernels derive it in 
 * MEAN over H, W: ``QuantizeMultiplier(s_in / s_out)``, then ``1 / count`` folded into the
   integer multiplier (``reference_ops::QuantizedMeanOrSum``);
 * QUANTIZE int8 -> int8: ``QuantizeMultiplier(s_in / s_out)`` (``Requantize``);
+* LEAKY_RELU: ``s_in / s_out`` and ``s_in * alpha / s_out`` computed in float32
+  (``CalculateOpDataLeakyRelu``), one applied to x >= 0, the other below;
 * SAME padding: ``ComputePaddingHeightWidth``.
 
 The emulator keeps its NCHW kernels: the layout is undone here exactly (weights transposed
@@ -291,6 +293,25 @@ def _convert(r: _Reader, op: Any, index: int) -> dict[str, Any]:
             **_window(r, x, opts, kh, kw),
             "activation_min": lo,
             "activation_max": hi,
+        }
+    if code == ops.LEAKY_RELU:  # Prepare computes both real multipliers in float32
+        alpha = np.float32(opts.alpha)
+        s_in, s_out = np.float32(r.tensors[x].scale), np.float32(r.tensors[y].scale)
+        if not alpha >= 0:
+            raise BundleFormatError(f"model.tflite op {index}: LEAKY_RELU alpha < 0")
+        m_id, sh_id = _mult(float(s_in / s_out))
+        m_a, sh_a = _mult(float(s_in * alpha / s_out))
+        return {
+            "op": "leaky_relu",
+            "inputs": [x],
+            "output": y,
+            "alpha": float(alpha),
+            "multiplier": m_id,
+            "shift": sh_id,
+            "alpha_multiplier": m_a,
+            "alpha_shift": sh_a,
+            "input_zero_point": r.tensors[x].zero_point,
+            "output_zero_point": r.tensors[y].zero_point,
         }
     if code == ops.PAD:
         pads = r.const(int(op.inputs[1]), np.int32)
