@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -318,3 +319,56 @@ def test_a_wildcard_bind_with_no_name_advertises_nothing() -> None:
     assert advertised_endpoint("", "lb.example:50052", "0.0.0.0", 50051) == "lb.example:50052"
     assert advertised_endpoint("", "", "10.0.0.5", 50051) == "10.0.0.5:50051"
     assert advertised_endpoint("dev.example:50052", "", "0.0.0.0", 50051) == "dev.example:50052"
+
+
+@pytest.mark.slow  # ~35 s: a heartbeat deadline (10 s) and the endpoint TTL (10 s) elapse
+def test_a_hung_replica_is_left_and_its_devices_return_when_it_recovers(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """SIGSTOP, not kill: the TCP connection stays open and nothing answers, so the agent
+    learns of it only from its heartbeat's deadline. Once the replica runs again it
+    re-advertises, and the agent goes back to it (its rendezvous first choice): the fleet
+    rebalances without anyone restarting agents."""
+    fleet = tmp_path / "fleet"
+    init_fleet(fleet)
+    a, endpoint_a = replica(coordinator_factory, tmp_path, "a", fleet, redis_url)
+    b, endpoint_b = replica(coordinator_factory, tmp_path, "b", fleet, redis_url)
+    agent = agent_factory(
+        f"{a.address},{b.address}", "rpi4", "hung", "--token", ENROLL_TOKEN,
+        "--ca-cert", str(fleet / "ca.pem"),
+    )  # fmt: skip
+    identity_path = agent.state_dir / "identity.json"
+
+    def order() -> list[str]:
+        try:
+            return list(json.loads(identity_path.read_text()).get("device_endpoints", []))
+        except (OSError, ValueError):
+            return []
+
+    wait_for(lambda: len(order()) == 2, 30, f"both endpoints learnt; log:\n{agent.log}")
+    home, survivor = (a, b) if order()[0] == endpoint_a else (b, a)
+    assert home.proc is not None
+    before = heartbeats_ok(home)
+    wait_for(lambda: heartbeats_ok(home) >= before + 2, 10, "heartbeats to the home replica")
+    survivor_before = heartbeats_ok(survivor)
+
+    home.proc.send_signal(signal.SIGSTOP)
+    try:
+        hung = time.monotonic()
+        wait_for(lambda: heartbeats_ok(survivor) >= survivor_before + 2, 25, "failover")
+        print(f"left the hung replica after {time.monotonic() - hung:.1f}s")
+        assert "unreachable (DEADLINE_EXCEEDED)" in agent.log.read_text()
+        wait_for(lambda: len(order()) == 1, 20, "the hung replica to drop out of the list")
+    finally:
+        home.proc.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    home_before = heartbeats_ok(home)
+    wait_for(lambda: heartbeats_ok(home) >= home_before + 3, 20, "the agent back home")
+    print(f"back on its home replica {time.monotonic() - resumed:.1f}s after it resumed")
+    assert order()[0] == (endpoint_a if home is a else endpoint_b)
+    left = heartbeats_ok(survivor)  # and no longer heartbeating to the survivor
+    time.sleep(1.5)  # three heartbeat intervals
+    assert heartbeats_ok(survivor) == left
