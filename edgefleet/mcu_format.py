@@ -65,6 +65,8 @@ EXPORTED_OPS = frozenset(
         "max_pool2d",
         "average_pool2d",
         "leaky_relu",
+        "requantize",
+        "concat",
     }
 )
 #: Ops the emulator executes: the exported ones plus the rest of the CMSIS-NN set the zoo's

@@ -1,7 +1,7 @@
 """mcu-sim is TensorFlow Lite Micro bit for bit, and model.tflite is onnxruntime's accuracy.
 
 Every zoo architecture (mlp, ds-cnn, resnet-8, each at two widths) and a user's LeNet with
-MaxPool (and once with LeakyReLU) (an ``--import-path`` style factory, :class:`LeNet` below) is trained briefly on
+MaxPool (and once with LeakyReLU), and a two-branch net joined by Concat, (an ``--import-path`` style factory, :class:`LeNet` below) is trained briefly on
 digits and built as an int8 variant by the real build step (:func:`make_variant`: ORT's static
 QDQ -> integer graph -> ``model.tflite`` -> TFLM's arena). Then:
 
@@ -17,6 +17,7 @@ emulator do not run are refused with the op named; corrupt files are refused at 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,22 @@ class LeNet(nn.Module):
         return out
 
 
+class BranchNet(nn.Module):
+    """Two branches (3x3 and 1x1) concatenated along channels, then a classifier."""
+
+    def __init__(self, channels: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, channels, 3, padding=1)
+        self.b = nn.Conv2d(1, channels, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(2 * channels * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        out: torch.Tensor = self.fc(torch.flatten(self.pool(y), 1))
+        return out
+
+
 class SigmoidNet(nn.Module):
     """A model with an activation the MCU exporter does not cover (Sigmoid)."""
 
@@ -97,6 +114,7 @@ CASES: dict[str, tuple[ArchitectureSpec, int]] = {
     "resnet-8-0.25": (ArchitectureSpec.zoo("resnet-8", width=0.25), 8),
     "resnet-8-0.5": (ArchitectureSpec.zoo("resnet-8", width=0.5), 8),
     "lenet": (ArchitectureSpec.custom(f"{__name__}:LeNet", {"channels": 6}, (1, 8, 8)), 10),
+    "branch-concat": (ArchitectureSpec.custom(f"{__name__}:BranchNet", {}, (1, 8, 8)), 10),
     "lenet-leaky": (
         ArchitectureSpec.custom(f"{__name__}:LeNet", {"channels": 6, "leaky": 0.1}, (1, 8, 8)),
         30,
@@ -312,3 +330,56 @@ def test_onnx_maxpool_with_other_output_scale_is_refused(digits: Dataset) -> Non
     after.input[1] = "pool_out_scale"
     with pytest.raises(ValueError, match="MaxPool: output quantisation differs"):
         export_mcu(q)
+
+
+class _Odd(nn.Module):
+    """Concat along height, or a LeakyReLU with a negative slope: outside the MCU set."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.conv2 = nn.Conv2d(1, 2, 1)
+        self.fc = nn.Linear(2 * 8 * 8 * (2 if kind == "concat" else 1), 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.kind == "concat":
+            y = torch.cat([torch.relu(y), torch.relu(self.conv2(x))], 2)
+        else:
+            y = nn.functional.leaky_relu(y, -0.1)
+        out: torch.Tensor = self.fc(torch.flatten(y, 1))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("concat", "only a concatenation along channels"), ("leaky", "negative alpha")],
+)
+def test_exporter_refuses_concat_off_channels_and_negative_leaky_slopes(
+    digits: Dataset, kind: str, message: str
+) -> None:
+    q = to_int8_static(export_onnx(_Odd(kind).eval(), (1, 8, 8)), digits.x_train[:16], "minmax")
+    with pytest.raises(ValueError, match=message):
+        export_mcu(q)
+
+
+def test_a_concat_whose_inputs_keep_their_own_scales_is_refused_at_load(
+    digits: Dataset,
+) -> None:
+    from safetensors.numpy import save as save_np
+
+    from edgefleet.agent.runtimes.mcu_graph import parse_graph
+
+    q = to_int8_static(export_onnx(BranchNet().eval(), (1, 8, 8)), digits.x_train[:16], "minmax")
+    mcu = export_mcu(q)
+    kinds = [op["op"] for op in mcu.graph["ops"]]
+    assert "requantize" in kinds and "concat" in kinds  # the exporter aligned the scales
+    graph = json.loads(json.dumps(mcu.graph))
+    concat = next(op for op in graph["ops"] if op["op"] == "concat")
+    concat["inputs"] = [graph["ops"][i]["output"] for i in range(2)]  # the conv outputs
+    graph["ops"] = [op for op in graph["ops"] if op["op"] != "requantize"]
+    tensors = save_np({k: np.ascontiguousarray(v) for k, v in mcu.tensors.items()})
+    parse_graph(json.dumps(mcu.graph).encode(), tensors)  # the exported graph is accepted
+    with pytest.raises(BundleFormatError, match="inputs must have the output's quantisation"):
+        parse_graph(json.dumps(graph).encode(), tensors)

@@ -168,6 +168,8 @@ def export_mcu(model: onnx.ModelProto) -> McuExport:
             x = tensor(g.activation(node.input[0]))
             y, _ = g.quantised_output(node.output[0])
             ops.append(_window_pool_op(node, x, tensor(y), tensors))
+        elif op == "Concat":
+            ops.extend(_concat_ops(g, node, tensor, tensors))
         elif op == "LeakyRelu":
             x = tensor(g.activation(node.input[0]))
             y, _ = g.quantised_output(node.output[0])
@@ -413,3 +415,30 @@ def _leaky_relu_op(
         "input_zero_point": tensors[x]["zero_point"],
         "output_zero_point": tensors[y]["zero_point"],
     }
+
+
+def _concat_ops(
+    g: _Graph, node: onnx.NodeProto, tensor: Any, tensors: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Concat along channels. TFLM's int8 CONCATENATION copies bytes and so requires every
+    input at the output's scale and zero point; onnxruntime calibrates each input on its
+    own, so an input that differs is first requantised to the output's parameters (one
+    rounding, as onnxruntime's dequantise-concat-quantise does)."""
+    names = [tensor(g.activation(i)) for i in node.input]
+    y_name, _ = g.quantised_output(node.output[0])
+    y = tensor(y_name)
+    rank = len(tensors[y]["shape"])
+    if int(_attrs(node).get("axis", 1)) % rank != 1:
+        raise McuExportError("Concat: only a concatenation along channels is supported")
+    ops: list[dict[str, Any]] = []
+    inputs = []
+    for x in names:
+        a, b = tensors[x], tensors[y]
+        if (a["scale"], a["zero_point"]) != (b["scale"], b["zero_point"]):
+            scaled = f"{x}.to.{y}"
+            tensors[scaled] = {**a, "scale": b["scale"], "zero_point": b["zero_point"]}
+            ops.append(_requant_op("requantize", x, scaled, tensors))
+            x = scaled
+        inputs.append(x)
+    ops.append({"op": "concat", "inputs": inputs, "output": y, "axis": 1})
+    return ops

@@ -19,7 +19,8 @@ feeding an NCHW batch to a 4-D input transposes it (:func:`edgefleet.mcu_format.
 Ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, MEAN (global average pooling, the
 kernel TFLM runs for a reduction over H and W, requantising to the output scale in one
 step), RESHAPE, QUANTIZE (int8 -> int8 requantisation where a reshape changes scale),
-MAX_POOL_2D, AVERAGE_POOL_2D, LEAKY_RELU and PAD (ONNX paddings TFLite's SAME cannot express, padded
+MAX_POOL_2D, AVERAGE_POOL_2D, LEAKY_RELU, CONCATENATION (inputs first requantised to
+the output's parameters, which TFLM's int8 kernel requires) and PAD (ONNX paddings TFLite's SAME cannot express, padded
 with the input zero point, i.e. real 0). Weights are per-channel symmetric int8
 (``quantized_dimension`` = output channel), biases int32 at ``s_in * s_w[c]``, activations
 int8 with onnxruntime's scale/zero point. ReLU/ReLU6 are clamps the int8 range already
@@ -58,6 +59,7 @@ _VERSIONS = {
     _OP.AVERAGE_POOL_2D: 2,
     _OP.PAD: 2,
     _OP.LEAKY_RELU: 2,
+    _OP.CONCATENATION: 2,
 }
 _BUFFER_ALIGN = 16  # TFLM reads weights in place; keep every constant 16-byte aligned
 
@@ -382,6 +384,30 @@ def _leaky_relu(w: _Writer, op: Mapping[str, Any]) -> None:
     )
 
 
+def _requantize(w: _Writer, op: Mapping[str, Any]) -> None:
+    x, y = op["inputs"][0], op["output"]
+    xi = w.activation(x)
+    w.op(_OP.QUANTIZE, [xi], [w.activation(y)])  # int8 -> int8: TFLM's Requantize
+    if x in w.order:
+        w.order[y] = w.order[x]
+
+
+def _concat(w: _Writer, op: Mapping[str, Any]) -> None:
+    rank = len(w.info[op["output"]]["shape"])
+    if rank != 4 or int(op["axis"]) != 1:
+        raise TfliteExportError("concat: only a channel concatenation of 4-D tensors")
+    opts = tfl.ConcatenationOptionsT()
+    opts.axis = 3  # NCHW channels are NHWC's last axis
+    opts.fusedActivationFunction = int(tfl.ActivationFunctionType.NONE)
+    w.op(
+        _OP.CONCATENATION,
+        [w.activation(x) for x in op["inputs"]],
+        [w.activation(op["output"])],
+        tfl.BuiltinOptions.ConcatenationOptions,
+        opts,
+    )
+
+
 _WRITERS = {
     "conv2d": _dense,
     "depthwise_conv2d": _dense,
@@ -392,6 +418,8 @@ _WRITERS = {
     "max_pool2d": _pool,
     "average_pool2d": _pool,
     "leaky_relu": _leaky_relu,
+    "requantize": _requantize,
+    "concat": _concat,
 }
 
 

@@ -163,6 +163,15 @@ def check_graph(
             a, b = tensors[op["inputs"][0]], tensors[op["output"]]
             if (a.scale, a.zero_point) != (b.scale, b.zero_point):
                 raise BundleFormatError(f"mcu graph op {index} ({kind}) must keep its quantisation")
+        if kind == "concat":
+            out = tensors[op["output"]]
+            if any(
+                (tensors[i].scale, tensors[i].zero_point) != (out.scale, out.zero_point)
+                for i in op["inputs"]
+            ):
+                raise BundleFormatError(
+                    f"mcu graph op {index} (concat): inputs must have the output's quantisation"
+                )
         if kind == "softmax":
             out = tensors[op["output"]]
             if out.zero_point != -128 or not math.isclose(out.scale, 1 / 256):

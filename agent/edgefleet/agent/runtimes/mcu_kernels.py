@@ -175,7 +175,11 @@ def run_op(
     x = vals[op["inputs"][0]]
     if kind in DENSE_OPS:
         return _dense(op, g, x)
-    if kind in ("global_average_pool", "reshape"):
+    if kind == "concat":  # TFLM int8 CONCATENATION: inputs already at the output's scale
+        parts = [vals[name].reshape(x.shape[0], *vals[name].shape[1:]) for name in op["inputs"]]
+        joined: npt.NDArray[np.int8] = np.concatenate(parts, axis=int(op["axis"]))
+        return joined
+    if kind in ("global_average_pool", "reshape", "requantize"):
         acc = x.astype(np.int32) - np.int32(op["input_zero_point"])
         if kind == "global_average_pool":
             acc = acc.reshape(acc.shape[0], acc.shape[1], -1).sum(axis=2, dtype=np.int32)

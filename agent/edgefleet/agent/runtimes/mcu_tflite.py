@@ -14,6 +14,7 @@ derived here from the file's float32 scales the way TFLM's kernels derive it in 
 * MEAN over H, W: ``QuantizeMultiplier(s_in / s_out)``, then ``1 / count`` folded into the
   integer multiplier (``reference_ops::QuantizedMeanOrSum``);
 * QUANTIZE int8 -> int8: ``QuantizeMultiplier(s_in / s_out)`` (``Requantize``);
+* CONCATENATION (int8): a byte copy; TFLM requires every input at the output's parameters;
 * LEAKY_RELU: ``s_in / s_out`` and ``s_in * alpha / s_out`` computed in float32
   (``CalculateOpDataLeakyRelu``), one applied to x >= 0, the other below;
 * SAME padding: ``ComputePaddingHeightWidth``.
@@ -273,6 +274,17 @@ def _convert(r: _Reader, op: Any, index: int) -> dict[str, Any]:
         out["shift"] -= fold
         out["count"] = count
         return out
+    if code == ops.QUANTIZE and r.tensors[x].shape == r.tensors[y].shape:
+        if xi in r.order:
+            r.order[yi] = r.order[xi]
+        return _requant(r, "requantize", x, y)
+    if code == ops.CONCATENATION:
+        parts = [r.activation(int(i)) for i in op.inputs]
+        rank = len(r.tensors[y].shape)
+        axis = int(opts.axis) % rank
+        if rank != 4 or axis != 3 or int(opts.fusedActivationFunction) != 0:
+            raise BundleFormatError(f"model.tflite op {index}: only a plain channel concat")
+        return {"op": "concat", "inputs": parts, "output": y, "axis": 1}
     if code in (ops.RESHAPE, ops.QUANTIZE):
         src = r.tensors[x].shape
         if len(r.tensors[y].shape) != 2:
