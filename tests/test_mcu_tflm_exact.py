@@ -1,7 +1,7 @@
 """mcu-sim is TensorFlow Lite Micro bit for bit, and model.tflite is onnxruntime's accuracy.
 
 Every zoo architecture (mlp, ds-cnn, resnet-8, each at two widths) and a user's LeNet with
-MaxPool (and once with LeakyReLU), and a two-branch net joined by Concat, (an ``--import-path`` style factory, :class:`LeNet` below) is trained briefly on
+MaxPool (and once with LeakyReLU, once with AvgPool), and a two-branch net joined by Concat, (an ``--import-path`` style factory, :class:`LeNet` below) is trained briefly on
 digits and built as an int8 variant by the real build step (:func:`make_variant`: ORT's static
 QDQ -> integer graph -> ``model.tflite`` -> TFLM's arena). Then:
 
@@ -58,12 +58,14 @@ class LeNet(nn.Module):
     """A user's LeNet: conv-ReLU (or LeakyReLU)-MaxPool twice, then a linear classifier over
     an NCHW flatten (which the .tflite reads in NHWC order: the weight permutation is tested)."""
 
-    def __init__(self, channels: int = 6, num_classes: int = 10, leaky: float = 0.0) -> None:
+    def __init__(
+        self, channels: int = 6, num_classes: int = 10, leaky: float = 0.0, pool: str = "max"
+    ) -> None:
         super().__init__()
         self.leaky = leaky
         self.c1 = nn.Conv2d(1, channels, 3, padding=1)
         self.c2 = nn.Conv2d(channels, 2 * channels, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
         self.fc = nn.Linear(2 * channels * 2 * 2, num_classes)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,6 +116,10 @@ CASES: dict[str, tuple[ArchitectureSpec, int]] = {
     "resnet-8-0.25": (ArchitectureSpec.zoo("resnet-8", width=0.25), 8),
     "resnet-8-0.5": (ArchitectureSpec.zoo("resnet-8", width=0.5), 8),
     "lenet": (ArchitectureSpec.custom(f"{__name__}:LeNet", {"channels": 6}, (1, 8, 8)), 10),
+    "lenet-avgpool": (
+        ArchitectureSpec.custom(f"{__name__}:LeNet", {"channels": 6, "pool": "avg"}, (1, 8, 8)),
+        60,
+    ),
     "branch-concat": (ArchitectureSpec.custom(f"{__name__}:BranchNet", {}, (1, 8, 8)), 10),
     "lenet-leaky": (
         ArchitectureSpec.custom(f"{__name__}:LeNet", {"channels": 6, "leaky": 0.1}, (1, 8, 8)),

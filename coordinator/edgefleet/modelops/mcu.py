@@ -352,8 +352,11 @@ def _window_pool_op(
         raise McuExportError(f"{node.op_type}: output quantisation differs from the input's")
     if attrs.get("ceil_mode", 0) or any(d != 1 for d in attrs.get("dilations", [1, 1])):
         raise McuExportError(f"{node.op_type}: ceil_mode and dilations are not supported")
-    if kind == "average_pool2d" and attrs.get("count_include_pad", 0):
-        raise McuExportError("AveragePool: count_include_pad=1 is not supported")
+    pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+    if kind == "average_pool2d" and attrs.get("count_include_pad", 0) and any(pads):
+        # TFLite averages over the cells inside the input only (PyTorch's default counts
+        # padding, which matters only when there is padding)
+        raise McuExportError("AveragePool: count_include_pad=1 with padding is not supported")
     kernel = [int(k) for k in attrs["kernel_shape"]]
     return {
         "op": kind,
@@ -361,7 +364,7 @@ def _window_pool_op(
         "output": y,
         "kernel": kernel,
         "stride": [int(s) for s in attrs.get("strides", kernel)],
-        "padding": [int(p) for p in attrs.get("pads", [0, 0, 0, 0])],
+        "padding": pads,
         "activation_min": -128,
         "activation_max": 127,
     }
