@@ -41,12 +41,14 @@ TASKS: dict[str, DemoTask] = {
     "kws": DemoTask(
         model="kws",
         dataset="kws",
-        add_args=("--arch", "ds-cnn-kws", "--width", "0.5"),
+        # the MLPerf Tiny reference net at full width (23k parameters; at width 0.5 the base
+        # reached only ~78 % on the held-out voices)
+        add_args=("--arch", "ds-cnn-kws"),
         recipes=(
             "fp16",
             "int8-static",
             "prune-channels:ratio=0.5:epochs=4+int8-static",
-            "distill:width=0.5:epochs=8+int8-static",
+            "distill:width=0.5:epochs=10+int8-static",
         ),
         # a Zero 2 W answers within 5 ms so it can run the spotter every 20 ms frame hop; a
         # Cortex-M4 spots keywords four times a second (250 ms per 1 s window)
@@ -83,11 +85,14 @@ class OwnModelFederation:
 
 
 def kws_fl_inputs(data_dir: Path, model: str, devices: int, out: Path) -> OwnModelFederation:
-    """The base variant's weights as the global model, and one held-out voice per device.
+    """The base variant's weights as the global model; each device holds voices it never heard.
 
-    The devices' voices come from the test split (voices the model never trained on), so what
-    federated fine-tuning adds is adaptation to the fleet's own speakers; each shard keeps 40 %
-    of its voice's clips held out (per class) for the before/after accuracy.
+    The devices' voices are the validation and test voices (never trained on), dealt round-robin
+    so each device holds a few speakers -- its users; what federated fine-tuning adds is
+    adaptation to the fleet's own speakers. Each shard keeps 40 % of its clips held out (per
+    class) for the before/after accuracy. With one voice per device (72 clips: 4 per class to
+    train on) the before/after difference is within the noise of 24 held-out clips; a few
+    voices per device make it measurable (``benchmarks/fl_kws.py`` runs one voice per device).
     """
     from safetensors.numpy import load_file
 
@@ -104,16 +109,25 @@ def kws_fl_inputs(data_dir: Path, model: str, devices: int, out: Path) -> OwnMod
         {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}, out / "init.npz"
     )
     data = load_dataset(entry["dataset"], data_dir)
-    if data.source is None or data.source.groups is None:
-        raise ValueError(f"dataset {entry['dataset']} has no groups to give each device one")
-    test_groups = data.source.groups[data.source.test]
+    src = data.source
+    if src is None or src.groups is None:
+        raise ValueError(f"dataset {entry['dataset']} has no groups to give each device")
+    rows = np.concatenate([src.val, src.test])
     # a device holds what its microphone gave it (raw audio) when the model has a frontend, and
     # computes the features itself, as it does when serving
-    x_local = data.x_test_raw if data.frontend is not None else data.x_test
-    if x_local is None:
-        raise ValueError(f"dataset {entry['dataset']} kept no raw test audio for the devices")
-    shards = group_shards(x_local, data.y_test, test_groups, eval_fraction=0.4)
-    names = sorted(shards, key=lambda g: (-len(shards[g].y_train), g))[:devices]
-    paths = [save_shard(shards[g], out / "shards" / f"voice-{i}.npz") for i, g in enumerate(names)]
+    if data.frontend is not None:
+        x_local = src.x[rows]
+    else:
+        x_local = np.concatenate([data.x_val, data.x_test])
+    voices = src.groups[rows]
+    names = sorted(set(voices.tolist()))
+    owner = {v: i % devices for i, v in enumerate(names)}
+    device_of = np.asarray([f"device-{owner[v]}" for v in voices])
+    shards = group_shards(x_local, src.y[rows], device_of, eval_fraction=0.4)
+    paths = [
+        save_shard(shards[f"device-{i}"], out / "shards" / f"device-{i}.npz")
+        for i in range(devices)
+    ]
+    held = [",".join(v for v in names if owner[v] == i) for i in range(devices)]
     frontend = json.dumps(data.frontend) if data.frontend is not None else ""
-    return OwnModelFederation(arch["name"], dict(arch["config"]), init, paths, names, frontend)
+    return OwnModelFederation(arch["name"], dict(arch["config"]), init, paths, held, frontend)

@@ -102,9 +102,10 @@ def federated_step(
                    "lr": 0.05}  # fmt: skip
     else:
         arch, arch_config, init = own_model
-        # a trained conv net: a small learning rate, a few epochs on the device's own voice
+        # a trained conv net: a small learning rate, a few epochs on the devices' own voices
+        # (lr 0.01 or 3 epochs lost accuracy on the held-out clips in trials; 0.003 x 5 gained)
         config |= {"strategy": "fedavg", "arch": arch, "arch-config": json.dumps(arch_config),
-                   "init-path": str(init), "local-epochs": 3, "lr": 0.01,
+                   "init-path": str(init), "local-epochs": 5, "lr": 0.003,
                    "batch-size": 16, "frontend": frontend}  # fmt: skip
     app = write_app(root / "app", config)
     submit(app, root / "flwr-home", superlink, ca=ca)
