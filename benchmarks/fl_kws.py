@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     "batch-size": 16,
                     "node-wait-timeout": 120.0,
                     "round-timeout": 600.0,
-                }  # fmt: skip
+                }
             )
             doc = wait_progress(out, timeout=1800)
     if doc["state"] != "succeeded":
