@@ -192,6 +192,8 @@ def test_mcu_sim_computes_the_q15_features(built: Built) -> None:
     assert diff.mean() <= 0.1  # measured 0.067 (max 1.9)
     agree = (mcu.infer(raw).argmax(1) == ort.infer(built.data.x_test).argmax(1)).mean()
     assert agree >= Q15_AGREEMENT
+    # predict (the integer argmax the workload replay uses) takes raw audio too
+    np.testing.assert_array_equal(mcu.predict(raw), mcu.infer(raw).argmax(1))
     # the frontend's simulated cycles are part of the device's latency
     mcu.infer(raw[:2])
     with_frontend_ms = mcu.last_latency_ms

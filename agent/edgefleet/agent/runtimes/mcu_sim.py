@@ -339,7 +339,8 @@ class McuSimRuntime(Runtime):
     def predict(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
         """Class indices by an integer argmax over the int8 output (ties: the lowest index)."""
         self.validate_input(batch)
-        q = self.run_int8(self.quantize_input(batch))
+        # raw audio becomes features first (q15 on an MCU), as infer() does for every runtime
+        q = self.run_int8(self.quantize_input(self.features(batch)))
         out: npt.NDArray[np.intp] = q.reshape(q.shape[0], -1).argmax(axis=1)
         return out
 
