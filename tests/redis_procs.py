@@ -9,7 +9,9 @@ Every process runs from a temporary directory with no persistence and is killed 
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,21 @@ import redis
 
 from tests.conftest import free_port, wait_for
 from tests.prereqs import require_binaries
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too: an ephemeral
+    port above 55535 has no bus port, and such a node never joins (or never starts)."""
+    for _ in range(200):
+        port = random.randrange(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 @dataclass
@@ -57,7 +74,7 @@ class RedisProc:
             wait_for(settled, 30, f"redis-server on {self.port}")
             if proc.poll() is None:
                 return self
-            self.port = free_port()
+            self.port = cluster_port() if "--cluster-enabled" in self.extra else free_port()
         raise AssertionError(f"redis-server would not start: {log.read_text()[-600:]}")
 
     def answers(self) -> bool:
@@ -108,6 +125,7 @@ def redis_cluster(workdir: Path) -> Iterator[RedisCluster]:
             nodes.append(
                 RedisProc(
                     d,
+                    port=cluster_port(),
                     extra=("--cluster-enabled", "yes", "--cluster-config-file", str(d / "n.conf")),
                 ).start()
             )
