@@ -239,12 +239,17 @@ class _Progress:
 
     def _step(self) -> None:
         self.count += 1
+        # a terminal gets the redrawn bar; a log file (CI) one line per quarter, not 100 redraws
+        every = 1 if sys.stderr.isatty() else 25
         if not self.quiet and (
-            100 * self.count // self.total != 100 * (self.count - 1) // self.total
+            100 * self.count // self.total // every != 100 * (self.count - 1) // self.total // every
         ):
             filled = 30 * self.count // self.total
             bar = "#" * filled + "." * (30 - filled)
-            sys.stderr.write(f"\rkws: synthesizing [{bar}] {self.count}/{self.total} voice configs")
+            end = "\r" if sys.stderr.isatty() else "\n"
+            sys.stderr.write(
+                f"{end}kws: synthesizing [{bar}] {self.count}/{self.total} voice configs"
+            )
             sys.stderr.flush()
 
     def done(self) -> None:
