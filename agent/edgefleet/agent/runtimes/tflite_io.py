@@ -81,6 +81,12 @@ def input_mapper(
         )
     if layout not in (None, "NCHW", "NHWC"):
         raise BundleFormatError(f"unknown tflite input layout {layout!r} (NHWC or NCHW)")
+    if len(want) == 3 and len(have) == 4 and layout != "NCHW":
+        # a (C, L) signal window: the zoo views it as (C, 1, L), whose NHWC form is (1, L, C),
+        # so the sample's channels move last before the reshape (a plain reshape would
+        # interleave the channels: chance accuracy, not an error)
+        n, c, length = want
+        return (0, 2, 1) if have in ([n, 1, length, c], [n, length, 1, c]) and c > 1 else None
     if len(want) != 4 or len(have) != 4 or layout == "NCHW":
         return None
     n, c, h, w = want
