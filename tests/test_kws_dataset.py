@@ -193,13 +193,24 @@ def test_resampler_keeps_the_band_and_drops_what_would_alias() -> None:
             assert energy < 1e-3  # 9.5 kHz must not fold back to 6.5 kHz
 
 
-def test_progress_bar_on_stderr_unless_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_on_stderr_unless_quiet(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     bar = kws_module._Progress(4, quiet=False)
     for _ in range(4):
         bar.step()
     bar.done()
     err = capsys.readouterr().err
-    assert "\r" in err and "4/4 voice configs" in err and err.endswith("\n")
+    # captured stderr is not a terminal: one line per quarter, no redrawn bar
+    assert "\r" not in err and err.count("voice configs") == 4
+    assert "4/4 voice configs" in err and err.endswith("\n")
+    monkeypatch.setattr(kws_module.sys.stderr, "isatty", lambda: True)
+    tty = kws_module._Progress(200, quiet=False)
+    for _ in range(200):
+        tty.step()
+    tty.done()
+    err = capsys.readouterr().err
+    assert err.count("\r") == 100 and "200/200 voice configs" in err  # redrawn once per percent
     quiet = kws_module._Progress(4, quiet=True)
     quiet.step()
     quiet.done()
