@@ -7,6 +7,7 @@ no espeak-ng at all.
 
 from __future__ import annotations
 
+import sys
 import hashlib
 import shutil
 from pathlib import Path
@@ -204,7 +205,7 @@ def test_progress_bar_on_stderr_unless_quiet(
     # captured stderr is not a terminal: one line per quarter, no redrawn bar
     assert "\r" not in err and err.count("voice configs") == 4
     assert "4/4 voice configs" in err and err.endswith("\n")
-    monkeypatch.setattr(kws_module.sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     tty = kws_module._Progress(200, quiet=False)
     for _ in range(200):
         tty.step()
