@@ -7,9 +7,9 @@ no espeak-ng at all.
 
 from __future__ import annotations
 
-import sys
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
