@@ -88,6 +88,14 @@ class VariantFacts:
 class Policy:
     accuracy_tolerance: float = 0.005  # 0.5 percentage points
     latency_slo_ms: float | None = None
+    #: the variant the device runs now: kept while it fits, is within the accuracy tolerance
+    #: and within ``INCUMBENT_MARGIN`` of the fastest, so latency noise does not flap a fleet
+    #: between near-equal variants (every flip is a download and an activation)
+    incumbent: str = ""
+
+
+#: how much slower (predicted) the running variant may be than the fastest before it is replaced
+INCUMBENT_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -253,11 +261,21 @@ def select(
     winner = min(
         pool, key=lambda v: (v.predicted_latency_ms or 0.0, v.variant.bundle_bytes, v.variant.id)
     )
+    why = "for the lowest predicted latency"
+    kept = next((v for v in pool if policy.incumbent and v.variant.id == policy.incumbent), None)
+    if kept is not None and kept is not winner:
+        fastest = winner.predicted_latency_ms or 0.0
+        if (kept.predicted_latency_ms or 0.0) <= fastest * (1 + INCUMBENT_MARGIN):
+            winner = kept
+            why = (
+                f"kept as the running variant (within {INCUMBENT_MARGIN:.0%} of the fastest, "
+                f"{fastest:.3g} ms); predicted latency"
+            )
     reason = (
         f"{len(fits)} of {len(verdicts)} variants fit; most accurate {best:.2%}; "
         f"{len(pool)} within {policy.accuracy_tolerance * 100:.1f} pt of it; "
-        f"chose {winner.variant.recipe} ({winner.variant.accuracy:.2%}) for the lowest "
-        f"predicted latency {winner.predicted_latency_ms:.3g} ms on {winner.runtime}"
+        f"chose {winner.variant.recipe} ({winner.variant.accuracy:.2%}) {why} "
+        f"{winner.predicted_latency_ms:.3g} ms on {winner.runtime}"
     )
     share = frontend_share(winner.variant, profile)
     return Selection(winner, verdicts, f"{reason}; {share}" if share else reason)

@@ -97,12 +97,14 @@ def assign_waves(count: int, fractions: Sequence[float]) -> list[int]:
 
 
 def device_policy(record: DeviceRecord, policy: Policy) -> Policy:
-    """The deploy's policy, tightened by the device's own latency budget.
+    """The deploy's policy, tightened by the device's own latency budget, with the variant the
+    device runs now as the incumbent selection keeps among near-equals.
 
     A device may carry a label ``latency-slo-ms`` (set with ``edgefleet-agent
     --label latency-slo-ms=5``): the per-inference budget of the application it
     serves. The stricter of it and the deploy's SLO applies.
     """
+    policy = replace(policy, incumbent=record.active_variant or "")
     raw = record.labels.get(SLO_LABEL)
     if raw is None:
         return policy
