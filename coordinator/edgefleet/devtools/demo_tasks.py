@@ -73,7 +73,7 @@ TASKS: dict[str, DemoTask] = {
 
 @dataclass(frozen=True)
 class OwnModelFederation:
-    """Inputs of a federated run that fine-tunes a registered model on per-voice shards."""
+    """Inputs of a federated run that fine-tunes a registered model on the devices' voices."""
 
     arch: str
     arch_config: dict[str, Any]
