@@ -1,7 +1,8 @@
 # Two commands for a fresh clone: `make demo` and `make test`.
 # Both create the virtualenv in .venv/ on first use (and again when the lock changes), installing
 # exactly the versions in locks/dev.txt (pip --require-hashes), then the project itself.
-# `make test` also installs the system packages the suite uses (scripts/install_prereqs.sh).
+# `make test` also installs the system packages the suite uses (scripts/install_prereqs.sh);
+# `make demo` installs the one it needs (espeak-ng, for the keyword-spotting set).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +24,9 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) scripts/lock.py --verify-env dev
 	touch $(STAMP)
 
+# The demo's keyword-spotting set is synthesized with espeak-ng: the one system package it needs.
 demo: $(STAMP)
+	bash scripts/install_prereqs.sh espeak-ng
 	$(VENV)/bin/edgefleet demo
 
 prereqs:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages edgefleet's suite and demo use, on a Debian machine, if missing.
 #
-# Used by `make test` and `.ci/run` (one list, one place). Needs root or passwordless sudo; when
+# Used by `make test`, `make demo` (espeak-ng only: `install_prereqs.sh espeak-ng`) and `.ci/run`
+# (one list, one place). Needs root or passwordless sudo; when
 # it has neither it says which packages are missing and exits 0, so `make test` still runs and
 # the tests that need them skip with the reason (under CI=true those skips become failures).
 #
@@ -33,8 +34,17 @@ declare -A provides=(
   [gcc]=gcc
 )
 
+# with arguments, only those commands (`make demo` needs espeak-ng alone); without, all of them
+wanted=("$@")
+if ((${#wanted[@]} == 0)); then
+  wanted=("${!provides[@]}")
+fi
 need=()
-for cmd in "${!provides[@]}"; do
+for cmd in "${wanted[@]}"; do
+  if [ -z "${provides[$cmd]+x}" ]; then
+    echo "install_prereqs: unknown command '$cmd' (known: ${!provides[*]})" >&2
+    exit 2
+  fi
   command -v "$cmd" >/dev/null 2>&1 || need+=("${provides[$cmd]}")
 done
 if ((${#need[@]} == 0)); then
