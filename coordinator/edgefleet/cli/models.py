@@ -20,7 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.cli.completion import complete_datasets, complete_models, complete_recipes
+from edgefleet.cli.completion import complete_datasets, complete_recipes
+from edgefleet.cli.model_options import DataDirOpt, JsonOpt, ModelArg
 from edgefleet.client.jsonout import print_json
 
 __all__ = ["models_app"]
@@ -33,19 +34,6 @@ models_app = typer.Typer(
 _out = Console() if sys.stdout.isatty() else Console(width=200)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="EDGEFLEET_DATA_DIR",
-        help="variant store and model index (default ./.edgefleet)",
-        show_default=False,
-        resolve_path=True,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-ModelArg = Annotated[str, typer.Argument(help="a registered model", autocompletion=complete_models)]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -25,27 +25,12 @@ from typing import Annotated, Any
 
 import typer
 
-from edgefleet.cli.completion import complete_models
+from edgefleet.cli.model_options import DataDirOpt, JsonOpt, ModelArg
 from edgefleet.client.jsonout import print_json
 
 __all__ = ["ExportFormat", "export"]
 
 _HEX = re.compile(r"[0-9a-f]{6,64}")
-
-# The same options as the other ``models`` verbs (not imported from there: ``models`` imports
-# this module to mount the verb, and the layout test forbids import circles).
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="EDGEFLEET_DATA_DIR",
-        help="variant store and model index (default ./.edgefleet)",
-        show_default=False,
-        resolve_path=True,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-ModelArg = Annotated[str, typer.Argument(help="a registered model", autocompletion=complete_models)]
 
 
 class ExportFormat(StrEnum):
