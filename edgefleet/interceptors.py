@@ -85,7 +85,7 @@ async def drive(
         try:
             async for message in stream:
                 if write_timeout is None:
-                    await context.write(message)
+                    await _write_or_end(context, context.write(message))
                     continue
                 await _write_within(context, message, write_timeout)
         finally:
@@ -112,7 +112,7 @@ async def _write_within(
         write.add_done_callback(_consume)
         raise
     if done:
-        write.result()
+        await _write_or_end(context, write)
         return
     write.add_done_callback(_consume)
     status = asyncio.ensure_future(
@@ -124,6 +124,32 @@ async def _write_within(
     status.add_done_callback(_consume)
     await asyncio.sleep(0)  # let the abort mark the status sent before this handler ends
     raise asyncio.CancelledError("the client stopped reading")
+
+
+async def _write_or_end(
+    context: grpc.aio.ServicerContext[Any, Any], write: Awaitable[None]
+) -> None:
+    """Await a stream write; if it fails because the client already cancelled the call,
+    end this handler as cancelled (routine, logged by nobody) instead of failing it.
+
+    A write racing the client's cancel fails inside grpc's core ("execute_batch"), which
+    grpc.aio would log with a traceback for every download a device abandons.
+    """
+    try:
+        await write
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if _call_ended(context) or type(exc).__name__ == "ExecuteBatchError":
+            raise asyncio.CancelledError("the client ended the call") from exc
+        raise
+
+
+def _call_ended(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    try:
+        return bool(context.cancelled() or context.done())
+    except Exception:  # an older context without these: judge by the error alone
+        return False
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -309,8 +309,10 @@ def test_demo_runs_a_mixed_fleet_end_to_end(tmp_path: Path) -> None:
     assert shown["summary"]["online"] == len(shown["devices"])
     assert {v["recipe"] for v in shown["variants"]} >= {"fp32", "int8-static"}
     assert shown["rollout"]["state"] == "succeeded"
-    for choice in shown["choices"]:  # every device runs what explain says it should
-        assert choice["variant"] == choice["chosen"], choice
+    for choice in shown["choices"]:  # every device runs what selection chose for it
+        # at rollout time; measured latency may refine the prediction afterwards, so explain
+        # can prefer another variant by now (the next deploy moves there, not this one)
+        assert choice["variant"] == choice["desired"], choice
         if choice["chosen"] is None:  # a tight budget the quick build cannot meet: said why
             assert "no variant fits" in choice["reason"], choice
     assert sum(1 for c in shown["choices"] if c["chosen"]) >= 6

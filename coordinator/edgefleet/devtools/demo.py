@@ -166,9 +166,17 @@ def choices_table(rows: list[dict[str, Any]]) -> Table:
             r["recipe"],
             r["runtime"],
             f"{r['predicted_latency_ms']:.3g}",
-            r["reason"],
+            _why(r),
         )
     return table
+
+
+def _why(row: dict[str, Any]) -> str:
+    """Explain's reason, saying so when selection now prefers another variant than the one
+    running (measured latency refined the prediction after the rollout)."""
+    if row["chosen"] and row["variant"] and row["chosen"] != row["variant"]:
+        return f"now prefers {row['chosen'][:12]} (next deploy): {row['reason']}"
+    return str(row["reason"])
 
 
 def device_choices(client: AdminClient, model: str) -> list[dict[str, Any]]:
@@ -183,6 +191,10 @@ def device_choices(client: AdminClient, model: str) -> list[dict[str, Any]]:
                 "profile": d.profile.name,
                 "slo_ms": d.labels.get("latency-slo-ms", ""),
                 "variant": d.active_variant or None,
+                # what the rollout assigned this device (selection at rollout time) ...
+                "desired": d.desired.variant_id or None,
+                # ... and what selection picks now: after the device's measured latency refines
+                # the prediction it may prefer another variant, which the next deploy moves to
                 "chosen": e.chosen_variant or None,
                 "recipe": chosen.recipe if chosen else "-",
                 "runtime": chosen.runtime if chosen else "-",
