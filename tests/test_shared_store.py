@@ -1,0 +1,118 @@
+"""The shared variant store (issue 18.3): two data dirs on one real Redis see one store.
+
+Each test uses a real ``redis-server`` (the session fixture) and two stores with separate
+data dirs, standing for two replicas or a worker and a replica on different machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from edgefleet.bundle import FileHashMismatch
+from edgefleet.coordinator.shared_store import (
+    CHUNK_BYTES,
+    BlobError,
+    CorruptBlobError,
+    LocalStore,
+    SharedStore,
+    open_store,
+)
+from edgefleet.variant_store import ModelEntry, StoreError, UnknownModelError, UnknownVariantError
+from tests.fleetkit import variant_manifest
+
+
+def _pair(tmp_path: Path, url: str) -> tuple[SharedStore, SharedStore]:
+    a = open_store(tmp_path / "a", url, signing_key_path=tmp_path / "key.pem")
+    b = open_store(tmp_path / "b", url, signing_key_path=tmp_path / "key.pem")
+    assert isinstance(a, SharedStore) and isinstance(b, SharedStore)
+    return a, b
+
+
+def _variant(store: LocalStore, model: str, recipe: str, payload: bytes) -> str:
+    body = variant_manifest(model, recipe, "fp32", 0.9, len(payload), 1024, 1000, 0.1)
+    return store.put(body, {"model.onnx": payload})
+
+
+def test_no_redis_means_the_local_data_dir(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "d")
+    assert type(store) is LocalStore
+    vid = _variant(store, "m", "fp32", b"x" * 100)
+    assert (tmp_path / "d" / "variants" / vid).is_dir()
+
+
+def test_a_variant_put_on_one_host_loads_verified_on_another(
+    tmp_path: Path, redis_url: str
+) -> None:
+    a, b = _pair(tmp_path, redis_url)
+    payload = bytes(range(256)) * (CHUNK_BYTES // 100)  # > 2 chunks
+    base = _variant(a, "m", "fp32", payload)
+    a.add_model(ModelEntry("m", {"name": "synthetic"}, "digits", base, [base]))
+    assert [m.name for m in b.models()] == ["m"]
+    assert b.model("m").base == base
+    assert b.resolve(base[:8]) == base
+    assert b.load(base).file("model.onnx") == payload
+    assert (tmp_path / "b" / "variants" / base).is_dir()  # cached on read
+
+
+def test_a_rebuilt_recipe_replaces_its_row(tmp_path: Path, redis_url: str) -> None:
+    a, b = _pair(tmp_path, redis_url)
+    base = _variant(a, "m", "fp32", b"base")
+    a.add_model(ModelEntry("m", {"name": "synthetic"}, "digits", base, [base]))
+    first = _variant(a, "m", "int8-static", b"one")
+    b.add_variant("m", first)
+    again = _variant(b, "m", "int8-static", b"two")  # rebuilt: other bytes, other id
+    a.add_variant("m", again)
+    a.add_variant("m", again)
+    assert a.model("m").variants == [base, again]
+
+
+def test_the_index_never_names_an_unstored_variant(tmp_path: Path, redis_url: str) -> None:
+    a, _ = _pair(tmp_path, redis_url)
+    with pytest.raises(UnknownVariantError, match="unstored variant"):
+        a.add_model(ModelEntry("m", {}, "digits", "ab" * 32, ["ab" * 32]))
+    assert a.models() == []
+    base = _variant(a, "m", "fp32", b"base")
+    a.add_model(ModelEntry("m", {}, "digits", base, [base]))
+    with pytest.raises(StoreError, match="already exists"):
+        a.add_model(ModelEntry("m", {}, "digits", base, [base]))
+
+
+def test_corrupt_blobs_are_refused(tmp_path: Path, redis_url: str) -> None:
+    a, b = _pair(tmp_path, redis_url)
+    sha = a.put_blob(b"dataset bytes" * 1000)
+    client = redis.Redis.from_url(redis_url)
+    client.hset(f"{{edgefleet}}:store:blob:{sha}", "0", b"tampered")
+    with pytest.raises(CorruptBlobError, match="corrupt"):
+        b.blob(sha)  # b has no local copy: reads Redis, refuses
+    assert a.blob(sha)  # a's verified local copy is still good
+    with pytest.raises(CorruptBlobError, match="does not match its sha256"):
+        a.put_blob(b"abc", "0" * 64)
+    with pytest.raises(BlobError, match="not a sha256"):
+        a.blob("../etc/passwd")
+
+
+def test_a_tampered_cached_bundle_fails_verification(tmp_path: Path, redis_url: str) -> None:
+    a, b = _pair(tmp_path, redis_url)
+    vid = _variant(a, "m", "fp32", b"weights" * 10)
+    b.load(vid)
+    (tmp_path / "b" / "variants" / vid / "model.onnx").write_bytes(b"evil")
+    with pytest.raises(FileHashMismatch):
+        b.load(vid)
+
+
+def test_remove_drops_the_model_its_variants_and_its_blobs(tmp_path: Path, redis_url: str) -> None:
+    a, b = _pair(tmp_path, redis_url)
+    base = _variant(a, "m", "fp32", b"base")
+    dataset = a.put_blob(b"npz")
+    a.add_model(ModelEntry("m", {}, "digits", base, [base], {"upload": {"dataset": dataset}}))
+    assert b.remove("m") == [base]
+    assert a.models() == []
+    assert not a.has_variant(base)
+    assert not a.has_blob(dataset)
+    with pytest.raises(UnknownModelError):
+        a.remove("m")
+    with pytest.raises(UnknownVariantError):
+        a.resolve(base)
