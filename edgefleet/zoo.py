@@ -11,7 +11,8 @@ config, and :func:`architecture_of` reads the config back from a (possibly prune
 Low-rank factorization is recorded the same way, as ``{module name: rank}``.
 
 Size: one module on purpose. Each architecture family is small (MLP ~35 lines, DS-CNN ~135
-with its MLPerf Tiny KWS preset, ResNet-8 ~110); the rest is the contract that makes a manifest
+with its MLPerf Tiny KWS preset, ResNet-8 ~110, the byte-level LM ~140 with its KV cache,
+kept out of the classifier registry in :data:`LANGUAGE_MODELS`); the rest is the contract that makes a manifest
 rebuildable -- the registry and its shape-aware defaults (maps and (C, L) windows), the conv
 geometry helpers, :class:`ArchitectureSpec`, :func:`architecture_of` reading a (pruned) module
 back into a config, the low-rank twins and the strict checkpoint loader -- and every family must
@@ -36,9 +37,11 @@ from edgefleet import model_source
 __all__ = [
     "ARCHITECTURES",
     "DSCNN",
+    "LANGUAGE_MODELS",
     "MLP",
     "ArchitectureError",
     "ArchitectureSpec",
+    "ByteLM",
     "CheckpointMismatchError",
     "InputShapeError",
     "LowRankConv2d",
@@ -405,6 +408,139 @@ class MLP(nn.Module):
         }
 
 
+class ByteLM(nn.Module):
+    """A byte-level causal transformer (vocabulary 256, one token per byte) with a KV cache.
+
+    Why bytes and not a trained BPE: no tokenizer file to ship, version and keep in step with
+    the weights on every device; any text (code, prose, a user's file) is in-vocabulary, and
+    perplexity per byte compares across corpora. Pre-norm blocks (RMSNorm), rotary positions
+    (no learned position table: the cache can grow past the training window, and the weights
+    do not depend on the context length), a GELU MLP, no biases: every weight is a plain
+    ``Linear``/``MatMul`` that weight-only quantizers (MatMulNBits, torchao) take as is.
+
+    ``forward(tokens, past_k, past_v)`` is both prefill (past length 0) and decode (one new
+    token): the caches are ``(layers, batch, heads, past, head_dim)`` and the outputs are the
+    logits of every new position plus the grown caches, so one ONNX graph serves both phases.
+    """
+
+    inv_freq: torch.Tensor  # rotary frequencies, a non-persistent buffer
+
+    def __init__(
+        self,
+        vocab: int = 256,
+        dim: int = 256,
+        layers: int = 2,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+        context: int = 256,
+    ) -> None:
+        super().__init__()
+        if dim % heads or (dim // heads) % 2:
+            raise ArchitectureError(f"byte-lm: dim {dim} must split into {heads} even-sized heads")
+        self.vocab, self.dim, self.n_layers, self.heads = vocab, dim, layers, heads
+        self.mlp_ratio, self.context = mlp_ratio, context
+        self.head_dim = dim // heads
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(_LMBlock(dim, heads, mlp_ratio) for _ in range(layers))
+        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        inv = 1.0 / (10000.0 ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def empty_cache(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (past_k, past_v) a prefill starts from: zero past positions."""
+        shape = (self.n_layers, batch, self.heads, 0, self.head_dim)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def forward(
+        self, tokens: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        start = past_k.shape[3]
+        pos = torch.arange(tokens.shape[1], device=tokens.device) + start
+        angles = pos.float()[:, None] * self.inv_freq[None, :]
+        cos, sin = angles.cos(), angles.sin()
+        # query i (absolute start+i) sees keys 0..start+i
+        keys = torch.arange(start + tokens.shape[1], device=tokens.device)
+        mask = keys[None, :] <= pos[:, None]
+        x = self.embed(tokens)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block(x, cos, sin, mask, past_k[i], past_v[i])
+            ks.append(k)
+            vs.append(v)
+        logits: torch.Tensor = self.head(self.norm(x))
+        return logits, torch.stack(ks), torch.stack(vs)
+
+    def config(self) -> JSON:
+        return {
+            "vocab": self.vocab,
+            "dim": self.dim,
+            "layers": self.n_layers,
+            "heads": self.heads,
+            "mlp_ratio": self.mlp_ratio,
+            "context": self.context,
+        }
+
+    @staticmethod
+    def default_config(width: float, num_classes: int, context: int) -> JSON:
+        """256 wide, 2 layers at width 1; ``num_classes`` is the vocabulary (256 bytes)."""
+        return {
+            "vocab": num_classes,
+            "dim": 64 * max(1, round(4 * width)),
+            "layers": 2,
+            "heads": 4,
+            "mlp_ratio": 4,
+            "context": context,
+        }
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding on (B, H, T, D), the half-split (GPT-NeoX) layout."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class _LMBlock(nn.Module):
+    """One pre-norm transformer block of :class:`ByteLM`, appending to its KV cache."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.norm1 = nn.RMSNorm(dim, eps=1e-5)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.norm2 = nn.RMSNorm(dim, eps=1e-5)
+        self.up = nn.Linear(dim, mlp_ratio * dim, bias=False)
+        self.down = nn.Linear(mlp_ratio * dim, dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, d = x.shape
+        qkv = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        k = torch.cat((past_k, k), dim=2)
+        v = torch.cat((past_v, v), dim=2)
+        att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        x = x + self.down(nn.functional.gelu(self.up(self.norm2(x))))
+        return x, k, v
+
+
+#: Language models: rebuilt from a manifest like the classifiers, but kept out of
+#: :data:`ARCHITECTURES` (the classifier ``--arch`` list) -- they train and export on their
+#: own path (``edgefleet.modelops.lm_train``), with bytes in and next-byte logits out.
+LANGUAGE_MODELS: Mapping[str, type[nn.Module]] = {"byte-lm": ByteLM}
+
+
 class LowRankLinear(nn.Module):
     """``Linear(in, out)`` replaced by ``Linear(in, r, bias=False) -> Linear(r, out)``."""
 
@@ -678,10 +814,11 @@ def build_model(spec: ArchitectureSpec) -> nn.Module:
             raise ArchitectureError(f"{spec.import_path!r} did not return an nn.Module")
     else:
         entry = ARCHITECTURES.get(spec.name)
-        if entry is None:
+        cls = entry.cls if entry is not None else LANGUAGE_MODELS.get(spec.name)
+        if cls is None:
             raise ArchitectureError(f"unknown architecture {spec.name!r}")
         try:
-            model = entry.cls(**spec.config)
+            model = cls(**spec.config)
         except TypeError as exc:
             raise ArchitectureError(f"bad config for {spec.name!r}: {exc}") from exc
     if spec.low_rank:
