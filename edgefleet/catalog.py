@@ -247,3 +247,29 @@ def get_profile(name: str) -> DeviceProfile:
         return CATALOG[name]
     except KeyError:
         raise UnknownProfileError(name) from None
+
+
+#: Peak DRAM bandwidth per profile, bytes/s: bus width x transfer rate of the memory the SoC's
+#: datasheet names (theoretical; what a decoder reaches is a fraction, which LM selection
+#: calibrates from measured tokens/s). Why it matters: an LM's decode step reads every weight
+#: and the whole KV cache once per token, so its speed is memory-bound.
+#: Sources: Qualcomm Snapdragon 8 Gen 2 product brief (LPDDR5X 4200 MHz, 4 x 16-bit);
+#: MediaTek Helio G85 spec page (LPDDR4X 1800 MHz, 2 x 16-bit); Raspberry Pi 5 / 4 product
+#: briefs (LPDDR4X-4267 / LPDDR4-3200, 32-bit); Raspberry Pi 3B+ and Zero 2 W (LPDDR2 at
+#: 900 MT/s, 32-bit, as in the BCM2837B0 / RP3A0 SiP); NVIDIA Jetson Nano module datasheet
+#: (LPDDR4 64-bit, 25.6 GB/s). Microcontrollers are absent: their SRAM is not a DRAM bus and no
+#: LM variant runs on them.
+MEMORY_BANDWIDTH_BYTES_S: dict[str, int] = {
+    "phone-flagship": 67_200_000_000,
+    "phone-budget": 14_400_000_000,
+    "rpi5": 17_066_000_000,
+    "rpi4": 12_800_000_000,
+    "rpi3": 3_600_000_000,
+    "rpi-zero2w": 3_600_000_000,
+    "jetson-nano": 25_600_000_000,
+}
+
+
+def memory_bandwidth(profile_name: str) -> int | None:
+    """A profile's peak DRAM bandwidth in bytes/s, or ``None`` when the catalog has none."""
+    return MEMORY_BANDWIDTH_BYTES_S.get(ALIASES.get(profile_name, profile_name))
