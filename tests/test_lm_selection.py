@@ -51,7 +51,7 @@ def test_phone_pi4_and_zero2w_get_different_variants_or_contexts_and_the_budget_
     # the phone has fp16 and bandwidth to spare: the fp16 graph's half-size cache reads least
     assert picks["phone-flagship"] == ("fp16", 8192, lms.BUDGET_MODEL)
     assert picks["rpi4"][0] == "int8"  # no fp16 on the A72 profile; int8 is within 2 %
-    recipe, context, budget = picks["rpi-zero2w"]
+    _, context, budget = picks["rpi-zero2w"]
     assert context < 8192 and budget in (lms.BUDGET_RAM, lms.BUDGET_DECODE)
 
 
