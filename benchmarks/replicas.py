@@ -59,6 +59,7 @@ from benchmarks.fleet_load import (
     register_call,
     source_revision,
 )
+from edgefleet.client.admin_client import AdminClientError
 from edgefleet.coordinator.embedded_redis import redis_server_binary
 from edgefleet.coordinator.tokens import ADMIN_TOKEN_FILE, ENROLL_TOKEN_FILE, new_secret
 from edgefleet.devtools.demo import start_coordinator_process, stop_process
@@ -446,11 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; stopping the replicas and Redis", file=sys.stderr)
         return 130
+    except (AdminClientError, RuntimeError, OSError) as exc:  # a replica or Redis did not start
+        args.keep = True  # its log is the evidence
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         for proc in list(_live):
             stop_process(proc)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"data kept in {base}", file=sys.stderr)
     wall = time.perf_counter() - t0
     print(render(results, args))
     print(f"wall time: {wall:.1f} s")
@@ -458,8 +465,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(to_json(results, args, wall), indent=2) + "\n")
         print(f"results: {args.out}", file=sys.stderr)
-    if args.keep:
-        print(f"data kept in {base}", file=sys.stderr)
     return 0
 
 
