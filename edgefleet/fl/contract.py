@@ -67,6 +67,9 @@ class Node:
     PARTITION_ID: Final = "partition-id"
     NUM_PARTITIONS: Final = "num-partitions"
     BUDGET_FRACTION: Final = "budget-fraction"
+    #: seconds a simulated slow device waits before replying to a train message (benchmarks
+    #: and tests of asynchronous rounds; never set on a real device)
+    SIM_DELAY: Final = "sim-delay"
 
 
 #: What the ClientApp's ``query`` reply reports (and the live status file may refresh).
@@ -99,6 +102,9 @@ class TrainConfig:
     #: JSON of the model's signal frontend (``FrontendSpec.to_dict()``) when the devices' local
     #: data is raw audio: each device computes the features itself, as it does when serving
     FRONTEND: Final = "frontend"
+    #: how the device encodes its reply (:mod:`edgefleet.fl.update_codec`): ``none`` sends the
+    #: fine-tuned model, anything else an encoded delta from the model received
+    UPDATE_CODEC: Final = "update-codec"
 
 
 class Metric:
@@ -117,6 +123,9 @@ class Metric:
     EVAL_EXAMPLES: Final = "eval-examples"
     BATCH_SIZE: Final = "batch-size"  # after shrinking to the memory budget
     CLIENT_SECONDS: Final = "client-seconds"
+    #: L2 norm of the error-feedback residual the device carried into this update (0 on its
+    #: first round, or with ``update-codec none``)
+    CODEC_RESIDUAL: Final = "codec-residual"
 
 
 def format_labels(labels: Mapping[str, str]) -> str:

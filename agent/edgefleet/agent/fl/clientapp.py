@@ -34,7 +34,24 @@ from edgefleet.fl.partition import Shard
 
 __all__ = ["app", "training_bytes", "widest_activation"]
 
-app = ClientApp()
+
+def _clip_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's client-side fixed clipping mod, for the rounds whose config asks for it.
+
+    ``--dp client-fixed`` wraps the ServerApp's strategy in Flower's
+    ``DifferentialPrivacyClientSideFixedClipping``, which puts ``clipping_norm`` in every train
+    config; only then does Flower's ``fixedclipping_mod`` clip this device's update (so a
+    plain run neither imports nor pays for it).
+    """
+    config = msg.content.config_records.get(Record.CONFIG)
+    if msg.metadata.message_type != "train" or config is None or "clipping_norm" not in config:
+        return call_next(msg, context)  # type: ignore[no-any-return]
+    from flwr.clientapp.mod import fixedclipping_mod
+
+    return fixedclipping_mod(msg, context, call_next)
+
+
+app = ClientApp(mods=[_clip_when_asked])
 
 #: Fraction of the device's RAM the agent lets one fine-tuning step use (the shared one).
 DEFAULT_BUDGET_FRACTION = DEFAULT_RAM_FRACTION
@@ -145,8 +162,13 @@ def train(msg: Message, context: Context) -> Message:
             proximal_mu=mu, seed=seed,
         )  # fmt: skip
 
+    delay = _num(context.node_config, Node.SIM_DELAY, 0.0)
+    if delay > 0:
+        time.sleep(delay)  # a simulated slow device (benchmarks of asynchronous rounds)
+    reply_arrays, residual_norm = _encode_update(params, new, cfg, context)
     metrics = MetricRecord(
         {
+            Metric.CODEC_RESIDUAL: residual_norm,
             Metric.NUM_EXAMPLES: len(shard.y_train),
             Metric.TRAIN_LOSS: train_loss,
             Metric.EVAL_LOSS: pre_loss,
@@ -158,8 +180,38 @@ def train(msg: Message, context: Context) -> Message:
             Metric.CLIENT_SECONDS: time.perf_counter() - t0,
         }
     )
-    content = RecordDict({Record.ARRAYS: _record(new), Record.METRICS: metrics})
+    content = RecordDict({Record.ARRAYS: reply_arrays, Record.METRICS: metrics})
     return Message(content, reply_to=msg)
+
+
+#: the device's error-feedback residual between rounds, in the node's Flower context state
+RESIDUAL_RECORD = "update-codec-residual"
+
+
+def _encode_update(
+    received: dict[str, np.ndarray[Any, Any]],
+    trained: dict[str, np.ndarray[Any, Any]],
+    cfg: Mapping[str, object],
+    context: Context,
+) -> tuple[ArrayRecord, float]:
+    """The reply's arrays: the model itself, or its encoded delta with error feedback.
+
+    The residual (what encoding lost) stays on the device, in the context state the SuperNode
+    keeps for the run between this process and the next round's; returns its norm as it was
+    carried into this update.
+    """
+    from edgefleet.fl.update_codec import encode, parse_codec
+
+    codec = parse_codec(str(cfg.get(TrainConfig.UPDATE_CODEC, "none") or "none"))
+    if not codec.lossy:
+        return _record(trained), 0.0
+    carried = context.state.array_records.get(RESIDUAL_RECORD)
+    residual = _arrays(carried) if carried is not None else {}
+    delta = {k: trained[k] - received[k] for k in received}
+    encoded, new_residual = encode(delta, codec, residual)
+    context.state.array_records[RESIDUAL_RECORD] = _record(new_residual)
+    norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in residual.values())))
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in encoded.items()}), norm
 
 
 @app.evaluate()
