@@ -16,10 +16,12 @@ from edgefleet.cli.config_cmds import config_app
 from edgefleet.cli.coordinator_cmds import certs_app, coordinator_app
 from edgefleet.cli.devices_cmds import devices_app
 from edgefleet.cli.fleet_cmds import fleet_app
+from edgefleet.cli.jobs_cmds import jobs_app
 from edgefleet.cli.profiles_cmds import profiles_app
 from edgefleet.cli.rollout_cmds import deploy, rollout_app
 from edgefleet.cli.sim_cmds import demo, simulate
 from edgefleet.cli.train_cmds import train_app
+from edgefleet.cli.worker_cmds import worker
 
 app = typer.Typer(
     name="edgefleet",
@@ -47,8 +49,10 @@ app.add_typer(fleet_app, name="fleet")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(train_app, name="train", help="Federated fine-tuning on Flower across the fleet.")
+app.add_typer(jobs_app, name="jobs")
 app.command("deploy")(one_line_errors(deploy))
 app.command("simulate")(simulate)
+app.command("worker")(worker)
 
 
 def _register_optional_apps() -> None:

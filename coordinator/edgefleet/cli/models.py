@@ -265,7 +265,11 @@ def build(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build compressed variants of a model (default: every recipe that applies to it)."""
+    """Build compressed variants of a model (default: every recipe that applies to it).
+
+    With a coordinator configured (--coordinator, $EDGEFLEET_COORDINATOR or a context) and no
+    --data-dir, the build runs as a job on the fleet's `edgefleet worker` processes and its
+    progress streams here; with --data-dir it runs in this process on that store."""
     from edgefleet.modelops.recipes import DEFAULT_RECIPES, RecipeError, parse_recipes
 
     try:
@@ -273,6 +277,12 @@ def build(
     except RecipeError as exc:  # a usage error: nothing was read or built yet
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from edgefleet.cli.jobs_cmds import coordinator_configured, run_remote_build
+
+    if data_dir is None and coordinator_configured():  # a job on the fleet's workers
+        labels = [r.label for r in parsed] if recipes else []  # none: the worker picks
+        run_remote_build(name, labels, latency_runs, as_json)
+        return
     store = _store(data_dir)
     store.model(name)  # fail fast on an unknown model, before importing torch
 

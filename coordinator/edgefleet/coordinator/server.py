@@ -41,6 +41,7 @@ from prometheus_client import start_http_server
 from edgefleet.coordinator.api.admin_service import AdminServicer
 from edgefleet.coordinator.api.artifact_service import add_artifact_service
 from edgefleet.coordinator.api.device_service import DeviceServicer
+from edgefleet.coordinator.api.job_service import add_job_service, model_known_in
 from edgefleet.coordinator.api.metrics_interceptor import MetricsInterceptor
 from edgefleet.coordinator.datadir_lock import lock_data_dir
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
@@ -71,6 +72,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIS_URL_ENV = "EDGEFLEET_REDIS_URL"
+#: a separate Redis for the build queue (RQ cannot use a Redis Cluster); default: the fleet's
+JOBS_REDIS_URL_ENV = "EDGEFLEET_JOBS_REDIS_URL"
 SERVICE_NAMES = (
     device_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
@@ -340,7 +343,12 @@ class Coordinator:
         artifacts = add_artifact_service(
             server, registry, variants, slots, rollouts, metrics, trusted_keys=trusted.current
         )
-        service_names = (*SERVICE_NAMES, artifacts)
+        # build jobs (RQ on Redis): queued here, run by `edgefleet worker`, never in this process
+        jobs = add_job_service(
+            server, os.environ.get(JOBS_REDIS_URL_ENV) or url, tokens, metrics,
+            model_known_in(variants),
+        )  # fmt: skip
+        service_names = (*SERVICE_NAMES, artifacts, jobs)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
