@@ -39,11 +39,13 @@ _R = TypeVar("_R")
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, not a bug (only from modules already loaded)."""
     from edgefleet.bundle import BundleError
+    from edgefleet.client.admin_client import AdminClientError
     from edgefleet.modelops.data import DatasetError
     from edgefleet.modelops.recipes import RecipeError
     from edgefleet.variant_store import StoreError
 
     errors: list[type[BaseException]] = [BundleError, StoreError, RecipeError, DatasetError]
+    errors.append(AdminClientError)  # the verbs over the API (models_remote)
     zoo = sys.modules.get("edgefleet.zoo")
     if zoo is not None:
         errors += [zoo.ArchitectureError, zoo.CheckpointMismatchError]
@@ -146,7 +148,27 @@ def add(
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train (or load) a base model and register it with its measured fp32 variant."""
+    """Train (or load) a base model and register it with its measured fp32 variant.
+
+    With a coordinator configured and no --data-dir, uploads the model (module source,
+    checkpoint) and the .npz dataset to it instead; a build job makes the base there."""
+    from edgefleet.cli.models_remote import remote_add, remote_configured
+
+    if data_dir is None and remote_configured():
+        remote_add(
+            name,
+            arch=arch,
+            dataset=dataset,
+            frontend=frontend,
+            width=width,
+            epochs=epochs,
+            checkpoint=checkpoint,
+            import_path=import_path,
+            config=config,
+            latency_runs=latency_runs,
+            as_json=as_json,
+        )
+        return
     from edgefleet.modelops.build import BuildOptions, check_model_fits, register_model
     from edgefleet.modelops.data import DatasetError, load_dataset
     from edgefleet.modelops.measure import LatencyConfig
@@ -238,7 +260,12 @@ def _has_user_split(dataset: str) -> bool:
 @models_app.command("ls")
 @_cli_errors
 def ls(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
-    """List registered models."""
+    """List registered models (the coordinator's, when one is configured)."""
+    from edgefleet.cli.models_remote import remote_configured, remote_ls
+
+    if data_dir is None and remote_configured():
+        remote_ls(as_json)
+        return
     store = _store(data_dir)
     models = store.models()
     if as_json:
@@ -329,6 +356,11 @@ def variants(
     as_json: JsonOpt = False,
 ) -> None:
     """Table of a model's variants (each bundle verified before it is shown)."""
+    from edgefleet.cli.models_remote import remote_configured, remote_variants
+
+    if data_dir is None and remote_configured():
+        remote_variants(name, as_json)
+        return
     rows = _rows(_store(data_dir), name)
     if as_json:
         print_json(rows)
@@ -369,8 +401,33 @@ def show(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Verify a variant's bundle and print its manifest."""
+    from edgefleet.cli.models_remote import remote_configured, remote_show
+
+    if data_dir is None and remote_configured():
+        remote_show(variant_id)
+        return
     bundle = _store(data_dir).load(variant_id)
     print_json({"id": bundle.variant_id, **bundle.manifest})
+
+
+@models_app.command("rm")
+@_cli_errors
+def rm(name: ModelArg, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove a model and the variants no other model uses (refused by a coordinator while
+    a device runs one of them or a rollout deploys it)."""
+    from edgefleet.cli.models_remote import remote_configured, remote_rm
+
+    if data_dir is None and remote_configured():
+        remote_rm(name, as_json)
+        return
+    from edgefleet.coordinator.shared_store import open_store
+    from edgefleet.variant_store import resolve_data_dir
+
+    removed = open_store(resolve_data_dir(data_dir)).remove(name)
+    if as_json:
+        print_json({"name": name, "removed_variants": removed})
+    else:
+        typer.echo(f"removed model {name} and {len(removed)} variant(s)")
 
 
 @models_app.command("report")

@@ -7,7 +7,12 @@ and signature checked) before anything is written:
 
 * ``tflite``: the full-integer ``model.tflite`` (TFLite Micro, LiteRT), int8 variants only;
 * ``onnx``: ``model.onnx`` (every variant has one);
-* ``c``: ``<name>_model.c`` and ``<name>_model.h`` for firmware (:mod:`edgefleet.modelops.c_export`).
+* ``c``: ``<name>_model.c`` and ``<name>_model.h`` for firmware (:mod:`edgefleet.modelops.c_export`);
+* ``bundle``: the signed bundle's deterministic archive (what agents download), ``<name>.tar``.
+
+With a coordinator configured and no ``--data-dir`` the artifact comes over the API
+(ModelService.ExportVariant, checked against its size and sha256 on arrival); ``c`` is then
+made here from the streamed ``.tflite``.
 
 ``VARIANT`` is a variant id (or a unique prefix of 6+ hex digits) or a recipe label of the
 model, e.g. ``int8-static``. Files are named from the model and the recipe
@@ -37,6 +42,7 @@ class ExportFormat(StrEnum):
     TFLITE = "tflite"
     ONNX = "onnx"
     C = "c"
+    BUNDLE = "bundle"
 
 
 class ExportError(Exception):
@@ -82,7 +88,8 @@ def export(
     model: ModelArg,
     variant: Annotated[str, typer.Argument(help="variant id (6+ hex prefix) or recipe label")],
     fmt: Annotated[
-        ExportFormat, typer.Option("--format", help="tflite (int8 only), onnx, or c (firmware)")
+        ExportFormat,
+        typer.Option("--format", help="tflite (int8 only), onnx, c (firmware) or bundle"),
     ] = ExportFormat.TFLITE,
     out: Annotated[Path, typer.Option(help="directory to write into (created)")] = Path("."),
     name: Annotated[
@@ -112,23 +119,29 @@ def _export(
 
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a directory")
-    from edgefleet.variant_store import VariantStore, resolve_data_dir
+    from edgefleet.cli.models_remote import remote_configured, remote_export
 
-    bundle = _variant(VariantStore(resolve_data_dir(data_dir)), model, variant)
-    label = str(bundle.manifest.get("recipe_label", bundle.variant_id[:12]))
+    if data_dir is None and remote_configured():  # over the API: no data dir is read
+        wire = "tflite" if fmt is ExportFormat.C else fmt.value
+        variant_id, label, data = remote_export(model, variant, wire)
+        label = label or variant_id[:12]
+    else:
+        variant_id, label, data = _local_artifact(model, variant, fmt, data_dir)
     stem = c_identifier(name or f"{model}_{label}")
     files: dict[str, bytes] = {}
     extra: dict[str, Any] = {}
     if fmt is ExportFormat.ONNX:
-        files[f"{stem}.onnx"] = bytes(bundle.file("model.onnx"))
+        files[f"{stem}.onnx"] = data
     elif fmt is ExportFormat.TFLITE:
-        files[f"{stem}.tflite"] = _tflite_bytes(bundle)
+        files[f"{stem}.tflite"] = data
+    elif fmt is ExportFormat.BUNDLE:
+        files[f"{stem}.tar"] = data
     else:
-        about = f"{model} {label} variant {bundle.variant_id}"
+        about = f"{model} {label} variant {variant_id}"
         try:
-            c = export_c(_tflite_bytes(bundle), stem, about)
+            c = export_c(data, stem, about)
         except CExportError as exc:
-            raise ExportError(f"variant {bundle.variant_id[:12]}: {exc}") from exc
+            raise ExportError(f"variant {variant_id[:12]}: {exc}") from exc
         files = {n: text.encode() for n, text in c.files.items()}
         extra = {"arena_bytes": c.arena_bytes, "ops": list(c.summary.ops), "symbol": c.name}
     try:
@@ -142,7 +155,7 @@ def _export(
         raise ExportError(f"cannot write to {out}: {exc.strerror or exc}") from exc
     result = {
         "model": model,
-        "variant": bundle.variant_id,
+        "variant": variant_id,
         "recipe": label,
         "format": fmt.value,
         "files": written,
@@ -155,3 +168,23 @@ def _export(
         typer.echo(f"wrote {f['path']} ({f['bytes']:,} bytes)")
     if "arena_bytes" in extra:
         typer.echo(f"tensor arena {extra['arena_bytes']:,} bytes; ops: {', '.join(extra['ops'])}")
+
+
+def _local_artifact(
+    model: str, variant: str, fmt: ExportFormat, data_dir: Path | None
+) -> tuple[str, str, bytes]:
+    """(variant id, recipe label, bytes) from the local data dir's verified bundle."""
+    import io
+
+    from edgefleet.archive import pack_directory
+    from edgefleet.variant_store import VariantStore, resolve_data_dir
+
+    bundle = _variant(VariantStore(resolve_data_dir(data_dir)), model, variant)
+    label = str(bundle.manifest.get("recipe_label", bundle.variant_id[:12]))
+    if fmt is ExportFormat.ONNX:
+        return bundle.variant_id, label, bytes(bundle.file("model.onnx"))
+    if fmt is ExportFormat.BUNDLE:
+        buf = io.BytesIO()
+        pack_directory(bundle.path, buf)
+        return bundle.variant_id, label, buf.getvalue()
+    return bundle.variant_id, label, _tflite_bytes(bundle)

@@ -41,9 +41,10 @@ from edgefleet.coordinator.errors import (
 )
 from edgefleet.coordinator.registry import Registry
 from edgefleet.coordinator.rollouts.manager import RolloutManager
+from edgefleet.coordinator.shared_store import bundle_dir_of
 from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.fsutil import atomic_write
-from edgefleet.variant_store import UnknownVariantError, VariantStore
+from edgefleet.variant_store import StoreError, UnknownVariantError, VariantStore
 
 __all__ = ["ArchiveCache", "CachedArchive", "authorize_download"]
 
@@ -103,9 +104,13 @@ class ArchiveCache:
         return self._build(variant_id)
 
     def _build(self, variant_id: str) -> CachedArchive:
-        bundle_dir = self._variants.variants_dir / variant_id
-        if not bundle_dir.is_dir():
-            raise NotFound(f"unknown variant {variant_id}")
+        try:  # from the shared store (verified blob) if this replica has not seen it yet
+            bundle_dir = bundle_dir_of(self._variants, variant_id)
+        except UnknownVariantError:
+            raise NotFound(f"unknown variant {variant_id}") from None
+        except StoreError as exc:  # a corrupt blob: never served
+            log.error("refusing to serve variant %s: %s", variant_id[:12], exc)
+            raise NotFound(f"variant {variant_id} is not servable: {exc}") from None
         try:  # full verification before it leaves this host
             if self._trusted_keys is None:
                 self._variants.load(variant_id)

@@ -127,6 +127,9 @@ class LocalStore(VariantStore):
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
         self.blobs_dir = self.root / "blobs"
+        #: write a model's dataset blob to ``datasets/`` on :meth:`model` (builders need it;
+        #: a coordinator, which only reads models, sets this False)
+        self.materialize_datasets = True
 
     # --- blobs ------------------------------------------------------------------------
 
@@ -245,7 +248,11 @@ class LocalStore(VariantStore):
 
     def _materialize_dataset(self, entry: ModelEntry) -> None:
         sha = entry.source.get("dataset_blob")
-        if not isinstance(sha, str) or not _NAME.fullmatch(entry.dataset):
+        if (
+            not self.materialize_datasets
+            or not isinstance(sha, str)
+            or not _NAME.fullmatch(entry.dataset)
+        ):
             return
         path = self.root / DATASETS_DIR / f"{entry.dataset}.npz"
         if not path.is_file():
@@ -628,3 +635,20 @@ def open_store(
     if signing_key_path is not None:
         store.key_path = signing_key_path
     return store
+
+
+def bundle_dir_of(store: VariantStore, variant_id: str) -> Path:
+    """The local directory of a stored bundle, fetched first if the store is shared (callers
+    that may hold a plain :class:`VariantStore`, e.g. tests, use this)."""
+    if isinstance(store, LocalStore):
+        return store.bundle_dir(variant_id)
+    path = store.variants_dir / variant_id
+    if not (path / MANIFEST_NAME).is_file():
+        raise UnknownVariantError(f"unknown variant {variant_id[:12]}")
+    return path
+
+
+def has_variant_in(store: VariantStore, variant_id: str) -> bool:
+    if isinstance(store, LocalStore):
+        return store.has_variant(variant_id)
+    return (store.variants_dir / variant_id / MANIFEST_NAME).is_file()
