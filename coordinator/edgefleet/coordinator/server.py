@@ -43,6 +43,7 @@ from edgefleet.coordinator.api.artifact_service import add_artifact_service
 from edgefleet.coordinator.api.device_service import DeviceServicer
 from edgefleet.coordinator.api.job_service import add_job_service, model_known_in
 from edgefleet.coordinator.api.metrics_interceptor import MetricsInterceptor
+from edgefleet.coordinator.api.model_service import ModelServicer
 from edgefleet.coordinator.datadir_lock import lock_data_dir
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
 from edgefleet.coordinator.errors import Unavailable
@@ -53,6 +54,7 @@ from edgefleet.coordinator.registry import Registry, RegistrySettings
 from edgefleet.coordinator.replica_endpoints import ReplicaEndpoints, advertised_endpoint
 from edgefleet.coordinator.rollout_controller import RolloutController, rollout_gauges
 from edgefleet.coordinator.rollouts.manager import RolloutManager
+from edgefleet.coordinator.shared_store import open_store
 from edgefleet.coordinator.state.connect import connect
 from edgefleet.coordinator.state.fleet_identity import FleetIdentityState
 from edgefleet.coordinator.state.store import FleetStore
@@ -63,8 +65,14 @@ from edgefleet.fsutil import atomic_write
 from edgefleet.interceptors import ValidationInterceptor, WriteDeadlineInterceptor
 from edgefleet.perf import measure_host
 from edgefleet.pki import CertificateAuthority
-from edgefleet.v1 import admin_pb2, admin_pb2_grpc, device_pb2, device_pb2_grpc
-from edgefleet.variant_store import VariantStore
+from edgefleet.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    device_pb2,
+    device_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
 
 if TYPE_CHECKING:
     from edgefleet.coordinator.fl.superlink import SuperLinkSupervisor
@@ -77,6 +85,7 @@ JOBS_REDIS_URL_ENV = "EDGEFLEET_JOBS_REDIS_URL"
 SERVICE_NAMES = (
     device_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -323,8 +332,14 @@ class Coordinator:
                 *server_options(limits),
             ],
         )
-        variants = VariantStore(config.data_dir)
-        variants.key_path = identity.signing_key_path  # the fleet's key, wherever it is mounted
+        # variants: shared through Redis with every replica and worker when Redis is external;
+        # the data dir alone with the embedded Redis (the single-node default); shared_store
+        variants = open_store(
+            config.data_dir,
+            None if embedded is not None else url,
+            signing_key_path=identity.signing_key_path,  # the fleet's key, wherever mounted
+        )
+        variants.materialize_datasets = False  # the server reads models, never their data
         device_servicer = DeviceServicer(
             registry, metrics, trusted.current, known_variant=KnownVariants(variants)
         )
@@ -338,6 +353,10 @@ class Coordinator:
         controller = RolloutController(rollouts, store, config.rollout_interval)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(registry, tokens, rollouts, metrics), server
+        )
+        # models and variants over the API, on the admin port with the admin auth (issue 18)
+        models_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(variants, registry, tokens, rollouts, metrics), server
         )
         slots = StreamSlots(limits.max_streams_per_device, limits.max_streams)
         artifacts = add_artifact_service(

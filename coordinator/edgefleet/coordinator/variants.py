@@ -12,10 +12,11 @@ import re
 from typing import Any
 
 from edgefleet.bundle import MANIFEST_NAME
+from edgefleet.coordinator.shared_store import bundle_dir_of, has_variant_in
 from edgefleet.coordinator.variant_selection import VariantFacts
 from edgefleet.frontend.spec import manifest_cost
 from edgefleet.perf import manifest_layers
-from edgefleet.variant_store import UnknownModelError, VariantStore
+from edgefleet.variant_store import StoreError, UnknownModelError, VariantStore
 
 _VARIANT_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -56,11 +57,10 @@ def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFac
 
 
 def read_facts(store: VariantStore, variant_id: str) -> VariantFacts:
-    path = store.variants_dir / variant_id / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
+    try:  # fetched from the shared store first if this replica has not seen it
+        manifest = json.loads((bundle_dir_of(store, variant_id) / MANIFEST_NAME).read_text())
         return facts_from_manifest(variant_id, manifest)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, StoreError) as exc:
         raise VariantReadError(f"variant {variant_id[:12]}: unreadable manifest ({exc})") from exc
 
 
@@ -70,7 +70,7 @@ def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
         entry = store.model(model)
     except UnknownModelError as exc:
         raise UnknownModel(str(exc)) from exc
-    ids = list(dict.fromkeys([entry.base, *entry.variants]))
+    ids = list(dict.fromkeys(v for v in [entry.base, *entry.variants] if v))  # "" = pending
     return [read_facts(store, v) for v in ids]
 
 
@@ -91,7 +91,7 @@ class KnownVariants:
             return True
         if not _VARIANT_ID.fullmatch(variant_id):
             return False
-        if (self._store.variants_dir / variant_id / MANIFEST_NAME).is_file():
+        if has_variant_in(self._store, variant_id):
             self._known.add(variant_id)
             return True
         return False
