@@ -83,6 +83,21 @@ class Cpu:
         return sum(self.coordinators) + self.redis + self.loadgen
 
 
+def cpu_ms_per_call(cpu: Cpu, rate: float) -> dict[str, float]:
+    """CPU milliseconds one call costs each side: the load-independent view of the split (the
+    rates move with whatever else the shared box runs; the cost per call much less)."""
+
+    def ms(pct: float) -> float:
+        return round(10.0 * pct / rate, 3) if rate > 0 else math.nan
+
+    return {
+        "coordinators": ms(sum(cpu.coordinators)),
+        "redis": ms(cpu.redis),
+        "loadgen": ms(cpu.loadgen),
+        "total": ms(cpu.total),
+    }
+
+
 @dataclass
 class ConfigResult:
     replicas: int
@@ -95,6 +110,7 @@ class ConfigResult:
     devices_per_replica: list[int]
     loadavg_1m_before: float
     loadavg_1m_after: float = 0.0
+    cpu_ms_per_call: dict[str, dict[str, float]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -323,6 +339,10 @@ async def run_config(k: int, base: Path, args: argparse.Namespace) -> ConfigResu
         devices_per_replica=per_replica,
         loadavg_1m_before=loadavg,
         loadavg_1m_after=os.getloadavg()[0],
+        cpu_ms_per_call={
+            "register": cpu_ms_per_call(reg_cpu, reg.rate),
+            "heartbeat": cpu_ms_per_call(hb_cpu, hb.rate),
+        },
         warnings=warnings,
     )
 
@@ -368,6 +388,21 @@ def render(results: list[ConfigResult], args: argparse.Namespace) -> str:
         "(CPU: % of one core over the heartbeat phase; the machine has "
         f"{os.cpu_count()} cores, so ~{100 * (os.cpu_count() or 1)}% is everything.)"
     )
+    lines += [
+        "",
+        "| replicas | CPU ms per registration: coordinators / Redis / load gen / total "
+        "| CPU ms per heartbeat: coordinators / Redis / load gen / total |",
+        "|---:|---|---|",
+    ]
+    for r in results:
+        cells = [
+            " / ".join(
+                f"{r.cpu_ms_per_call[phase][k]:.2f}"
+                for k in ("coordinators", "redis", "loadgen", "total")
+            )
+            for phase in ("register", "heartbeat")
+        ]
+        lines.append(f"| {r.replicas} | {cells[0]} | {cells[1]} |")
     for r in results:
         for w in r.warnings:
             lines.append(f"{r.replicas} replica(s) logged: {w}")
