@@ -193,6 +193,13 @@ class CoordinatorMetrics:
             ["model"],
             registry=r,
         )
+        self.fl_round_update_bytes = Gauge(
+            "edgefleet_fl_round_update_bytes",
+            "Bytes the devices' updates of the latest federated round weighed on the wire "
+            "(after the run's update codec), by model.",
+            ["model"],
+            registry=r,
+        )
         self._fl_outcomes: dict[str, int] = {"completed": 0, "failed": 0}
         r.register(_FederatedRoundsCollector(self))
         self.rpcs = Counter(
@@ -250,6 +257,7 @@ class CoordinatorMetrics:
             self.fl_round_accuracy,
             self.fl_round_participants,
             self.fl_round_number,
+            self.fl_round_update_bytes,
         ):
             gauge.clear()
         for r in latest:
@@ -257,6 +265,7 @@ class CoordinatorMetrics:
             self.fl_round_accuracy.labels(r.model).set(r.accuracy)
             self.fl_round_participants.labels(r.model).set(r.participants)
             self.fl_round_number.labels(r.model).set(r.round)
+            self.fl_round_update_bytes.labels(r.model).set(r.update_bytes)
         self._fl_outcomes = {"completed": 0, "failed": 0, **outcomes}
 
     def set_rollouts(self, states: dict[str, int], devices: dict[tuple[str, str], int]) -> None:

@@ -28,6 +28,7 @@ class FederatedRoundState(StateBase):
             "accuracy": repr(round_.accuracy),
             "participants": str(round_.participants),
             "time": repr(round_.time_unix),
+            "update_bytes": str(round_.update_bytes),
         }
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.fl_rounds(round_.model), mapping=dict(fields.items()))
@@ -54,6 +55,7 @@ class FederatedRoundState(StateBase):
                         accuracy=float(raw.get("accuracy") or "nan"),
                         participants=int(raw.get("participants") or 0),
                         time_unix=float(raw.get("time") or 0.0),
+                        update_bytes=int(raw.get("update_bytes") or 0),
                     )
                 )
         outcomes = cast(dict[str, str], await self._redis.hgetall(k.fl_outcomes))

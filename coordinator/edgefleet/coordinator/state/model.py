@@ -84,6 +84,8 @@ class FederatedRound:
     accuracy: float
     participants: int
     time_unix: float
+    #: what the round's updates weighed on the wire, devices to server (0: not reported)
+    update_bytes: int = 0
 
 
 @dataclass(frozen=True)
