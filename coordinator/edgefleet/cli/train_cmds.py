@@ -33,6 +33,7 @@ import click
 import typer
 from rich.table import Table
 
+from edgefleet.cli import train_remote
 from edgefleet.cli.common import (
     DEFAULT_COORDINATOR,
     AdminTokenOpt,
@@ -284,8 +285,11 @@ def start(
     admin_token: AdminTokenOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Fine-tune MODEL on the fleet for R rounds, printing each round as it finishes."""
-    plan = validate(StartOptions(
+    """Fine-tune MODEL on the fleet for R rounds, printing each round as it finishes.
+
+    With a coordinator configured (and no --local, --superlink or --runs-dir), the run goes
+    through its TrainingService: no Flower, data dir or SuperLink host needed here."""
+    options = StartOptions(
         model=model, rounds=rounds, strategy=strategy, min_devices=min_devices, select=select,
         init=init, superlink=superlink, superlink_ca=superlink_ca, local=local,
         profiles=profiles, lr=lr, local_epochs=local_epochs, proximal_mu=proximal_mu, dp=dp,
@@ -294,7 +298,11 @@ def start(
         rebuild=rebuild, deploy=deploy, deploy_strategy=deploy_strategy,
         latency_runs=latency_runs, data_dir=data_dir, coordinator=coordinator,
         admin_token=admin_token, as_json=as_json,
-    ))  # fmt: skip
+    )  # fmt: skip
+    if not local and not superlink and runs_dir is None and train_remote.coordinator_configured():
+        train_remote.start(options)
+        return
+    plan = validate(options)
     with submit(plan) as submission:  # a --local federation runs until the block ends
         reporter = (
             _RoundReporter(plan.redis_url, model, plan.run_name, as_json)
@@ -310,7 +318,10 @@ def start(
 def ls(
     runs_dir: RunsDirOpt = DEFAULT_RUNS, data_dir: DataDirOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """List federated runs."""
+    """List federated runs (the coordinator's, when one is configured and no --runs-dir)."""
+    if runs_dir is None and train_remote.coordinator_configured():
+        train_remote.ls(as_json)
+        return
     docs = [load_record(p) for p in list_runs(resolve_runs_dir(runs_dir, data_dir))]
     if as_json:
         print_json([summarize(d) for d in docs])
@@ -337,6 +348,9 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run's rounds (participants, loss, accuracy) and state."""
+    if runs_dir is None and train_remote.coordinator_configured():
+        train_remote.status(name, watch, as_json)
+        return
     runs_dir = resolve_runs_dir(runs_dir, data_dir)
     run_dir = runs_dir / name
     if not (run_dir / "meta.json").exists():
@@ -361,6 +375,9 @@ def stop(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop a run on its SuperLink (``flwr stop``) and mark it stopped."""
+    if runs_dir is None and train_remote.coordinator_configured():
+        train_remote.stop(name, as_json)
+        return
     stop_submitted(resolve_runs_dir(runs_dir, data_dir), name)
     if as_json:
         print_json({"name": name, "state": "stopped"})

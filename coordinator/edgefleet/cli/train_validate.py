@@ -122,28 +122,7 @@ def validate(o: StartOptions) -> RunPlan:
     Usage errors (exit 2) come first, before the variant store is even read; then what needs
     the store or the coordinator's record (exit 1).
     """
-    from edgefleet.selectors import ROLLOUT_FIELDS, parse_selection
-
-    _check_numbers(
-        lr=(o.lr, 0.0, False),
-        local_epochs=(o.local_epochs, 1, True),
-        proximal_mu=(o.proximal_mu, 0.0, True),
-        dp_noise=(o.dp_noise, 0.0, True),
-        dp_clip=(o.dp_clip, 0.0, False),
-        round_timeout=(o.round_timeout, 0.0, False),
-        timeout=(o.timeout, 0.0, False),
-        local=(o.local, 0, True),
-    )
-    if o.superlink and o.local:
-        raise usage_error("give at most one of --superlink HOST:PORT or --local N")
-    try:
-        parse_selection(o.select)  # a bad expression fails here, before anything starts
-    except ValueError as exc:
-        raise usage_error(str(exc)) from None
-    try:  # so does a bad --deploy selector (the same language), not after the training
-        parse_selection(o.deploy, ROLLOUT_FIELDS)
-    except ValueError as exc:
-        raise usage_error(f"--deploy: {exc}") from None
+    check_numbers(o)
     if o.rebuild and o.model in MODELS:
         raise usage_error(
             f"--rebuild re-runs the recipes of a registered model's variants; {o.model!r} is an "
@@ -188,6 +167,49 @@ def validate(o: StartOptions) -> RunPlan:
         register=register, runs_dir=runs_dir, run_name=run_name, run_dir=run_dir,
         new_model=new_model, superlink=superlink, superlink_ca=superlink_ca, redis_url=redis_url,
     )  # fmt: skip
+
+
+def check_numbers(o: StartOptions) -> None:
+    """The usage errors (exit 2) of ``train start``: numbers, targets and selectors; shared by
+    the local path and the API path (``train_remote``), found before anything starts."""
+    from edgefleet.selectors import ROLLOUT_FIELDS, parse_selection
+
+    _check_numbers(
+        lr=(o.lr, 0.0, False),
+        local_epochs=(o.local_epochs, 1, True),
+        proximal_mu=(o.proximal_mu, 0.0, True),
+        dp_noise=(o.dp_noise, 0.0, True),
+        dp_clip=(o.dp_clip, 0.0, False),
+        round_timeout=(o.round_timeout, 0.0, False),
+        timeout=(o.timeout, 0.0, False),
+        local=(o.local, 0, True),
+    )
+    if o.superlink and o.local:
+        raise usage_error("give at most one of --superlink HOST:PORT or --local N")
+    _check_federation(o)
+    try:
+        parse_selection(o.select)  # a bad expression fails here, before anything starts
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    try:  # so does a bad --deploy selector (the same language), not after the training
+        parse_selection(o.deploy, ROLLOUT_FIELDS)
+    except ValueError as exc:
+        raise usage_error(f"--deploy: {exc}") from None
+
+
+def _check_federation(o: StartOptions) -> None:
+    """FedBuff's numbers, the update codec and the combinations the ServerApp refuses."""
+    from edgefleet.fl.update_codec import CodecError, parse_codec
+
+    _check_numbers(buffer=(o.buffer, 1, True), max_staleness=(o.max_staleness, 0, True))
+    try:
+        codec = parse_codec(o.update_codec)
+    except CodecError as exc:
+        raise usage_error(f"--update-codec: {exc}") from None
+    if o.dp != "none" and o.strategy in ("heterofl", "fedbuff"):
+        raise usage_error(f"--dp applies to fedavg and fedprox, not --strategy {o.strategy}")
+    if codec.lossy and o.dp == "client-fixed":
+        raise usage_error("--dp client-fixed clips whole models: it needs --update-codec none")
 
 
 def _check_numbers(**values: tuple[float, float, bool]) -> None:

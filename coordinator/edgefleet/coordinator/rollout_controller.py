@@ -19,7 +19,7 @@ import contextlib
 import logging
 import uuid
 
-from edgefleet.coordinator.errors import CoordinatorError
+from edgefleet.coordinator.errors import CoordinatorError, Unavailable
 from edgefleet.coordinator.rollouts.document import ACTIVE_STATES
 from edgefleet.coordinator.rollouts.gates import device_status
 from edgefleet.coordinator.rollouts.manager import RolloutManager
@@ -36,6 +36,9 @@ class RolloutController:
         self.interval = interval
         self.owner = f"coordinator-{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
+        #: whether this replica held the lease at its last tick (the fleet's SuperLink runs
+        #: on the holder: ``fl.fleet_superlink``)
+        self.leader = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rollout-controller")
@@ -54,7 +57,10 @@ class RolloutController:
 
     async def tick_once(self) -> bool:
         """One pass if we hold the lease; True if we did."""
-        if not await self._store.hold_lease(LEASE_NAME, self.owner, ttl_seconds=self.interval * 5):
+        self.leader = await self._store.hold_lease(
+            LEASE_NAME, self.owner, ttl_seconds=self.interval * 5
+        )
+        if not self.leader:
             return False
         await self._manager.tick()
         return True
@@ -64,6 +70,8 @@ class RolloutController:
             try:
                 await self.tick_once()
             except CoordinatorError as exc:  # Redis away, a bad manifest: retry next tick
+                if isinstance(exc, Unavailable):
+                    self.leader = False  # cannot renew: another replica may take it over
                 log.warning("rollout controller: %s", exc)
             except Exception:  # never let one bad rollout stop the loop
                 log.exception("rollout controller tick failed")

@@ -43,10 +43,12 @@ from edgefleet.coordinator.api.artifact_service import add_artifact_service
 from edgefleet.coordinator.api.device_service import DeviceServicer
 from edgefleet.coordinator.api.job_service import add_job_service, model_known_in
 from edgefleet.coordinator.api.metrics_interceptor import MetricsInterceptor
+from edgefleet.coordinator.api.training_service import add_training_service
 from edgefleet.coordinator.api.model_service import ModelServicer
 from edgefleet.coordinator.datadir_lock import lock_data_dir
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
 from edgefleet.coordinator.errors import Unavailable
+from edgefleet.coordinator.fl.runs import SuperLinkTarget, TrainingRuns
 from edgefleet.coordinator.fleet_identity import check_fleet_record
 from edgefleet.coordinator.limits import Limits, StreamSlots, raise_fd_limit, server_options
 from edgefleet.coordinator.metrics import CoordinatorMetrics
@@ -75,6 +77,7 @@ from edgefleet.v1 import (
 )
 
 if TYPE_CHECKING:
+    from edgefleet.coordinator.fl.fleet_superlink import FleetSuperLink
     from edgefleet.coordinator.fl.superlink import SuperLinkSupervisor
 
 log = logging.getLogger(__name__)
@@ -167,6 +170,10 @@ class Coordinator:
         self._serving = True
         self.ca_cert_path: Path | None = None  # the fleet CA agents and the CLI trust
         self.endpoints: ReplicaEndpoints | None = None  # advertised in the fleet's list
+        self.fleet_superlink: FleetSuperLink | None = None  # --superlink local: the lease's
+        self.device_servicer: DeviceServicer | None = None
+        #: where TrainingService submits runs (a one-item list the service reads on each call)
+        self.federation_target: list[SuperLinkTarget | None] = [None]
 
     @property
     def metrics_address(self) -> str | None:
@@ -209,6 +216,8 @@ class Coordinator:
         self.metrics.set_fleet(counts)
         if rollouts is not None:  # from Redis, not from this replica's last tick as leader
             self.metrics.set_rollouts(*rollouts)
+        if self.fleet_superlink is not None:
+            self.superlink = self.fleet_superlink.supervisor
         if self.superlink is not None:
             self.metrics.superlink_up.set(1 if self.superlink.running() else 0)
         elif self.superlink_address:
@@ -367,7 +376,15 @@ class Coordinator:
             server, os.environ.get(JOBS_REDIS_URL_ENV) or url, tokens, metrics,
             model_known_in(variants),
         )  # fmt: skip
-        service_names = (*SERVICE_NAMES, artifacts, jobs)
+        # federated runs: any replica starts, watches and stops any run (fl.runs)
+        federation_target: list[SuperLinkTarget | None] = [None]
+        training = add_training_service(
+            server,
+            TrainingRuns(store, config.data_dir / "fl-submit", url, lambda: federation_target[0]),
+            tokens,
+            metrics,
+        )
+        service_names = (*SERVICE_NAMES, artifacts, training, jobs)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -391,6 +408,8 @@ class Coordinator:
             config, server, store, embedded, tokens, port, health_servicer, registry, metrics
         )
         coordinator.rollout_controller = controller
+        coordinator.federation_target = federation_target
+        coordinator.device_servicer = device_servicer
         coordinator.rollouts = rollouts
         coordinator.service_names = service_names
         coordinator.redis_persistence = persistence
@@ -438,7 +457,9 @@ class Coordinator:
             return None
         if mode != "local":
             self.superlink_address = mode
+            self.federation_target[0] = SuperLinkTarget(mode, self.ca_cert_path if ca else None)
             return device_pb2.Federation(superlink_address=mode, tls=ca is not None)
+        from edgefleet.coordinator.fl.fleet_superlink import FleetSuperLink
         from edgefleet.coordinator.fl.superlink import (
             SuperLinkSupervisor,
             free_port,
@@ -459,25 +480,39 @@ class Coordinator:
                 )
         port = self.config.superlink_port or free_port(self.config.host)
         state = self.config.data_dir / "superlink"
-        supervisor = SuperLinkSupervisor(
-            state, host=self.config.host, port=port, tls=tls, pidfile=state / "superlink.pid"
-        )
-        await asyncio.to_thread(supervisor.start)
-        self.superlink = supervisor
-        self.superlink_address = f"{self.config.public_host}:{port}"
         local = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
-        if not await asyncio.to_thread(wait_listening, local, port, 30.0):
-            raise RuntimeError(
-                f"the SuperLink did not open {self.superlink_address} within 30 s "
-                f"(see {state / 'superlink.log'})"
-            )
-        log.info(
-            "SuperLink %s at %s (%s)",
-            "adopted" if supervisor.adopted else "started",
-            self.superlink_address,
-            "TLS" if tls else "plaintext",
+        assert self.rollout_controller is not None
+        # one SuperLink per fleet: only the rollout-lease holder runs it (fl.fleet_superlink)
+        fleet = FleetSuperLink(
+            self._store,
+            self.rollout_controller,
+            lambda: SuperLinkSupervisor(
+                state, host=self.config.host, port=port, tls=tls, pidfile=state / "superlink.pid"
+            ),
+            f"{self.config.public_host}:{port}",
+            tls is not None,
+            lambda: wait_listening(local, port, 30.0),
+            self._federation_changed,
+            interval=self.config.rollout_interval,
         )
-        return device_pb2.Federation(superlink_address=self.superlink_address, tls=tls is not None)
+        self.fleet_superlink = fleet
+        await fleet.start()
+        self.superlink = fleet.supervisor
+        if fleet.current is None:
+            return None
+        return device_pb2.Federation(superlink_address=fleet.current[0], tls=fleet.current[1])
+
+    def _federation_changed(self, address: str, tls: bool) -> None:
+        """The fleet's SuperLink moved (or was first named): tell agents on their next
+        heartbeat, and submit runs there."""
+        self.superlink_address = address
+        self.superlink = None if self.fleet_superlink is None else self.fleet_superlink.supervisor
+        self.federation_target[0] = SuperLinkTarget(address, self.ca_cert_path if tls else None)
+        self._write_info_file()  # local tools on this host read the SuperLink there
+        if self.device_servicer is not None:
+            self.device_servicer.federation = device_pb2.Federation(
+                superlink_address=address, tls=tls
+            )
 
     def _write_info_file(self) -> None:
         """Tell local tools (simulate, demo) where this coordinator listens."""
@@ -518,7 +553,9 @@ class Coordinator:
         if self._metrics_http is not None:
             http = self._metrics_http
             steps.append(("metrics endpoint", lambda: asyncio.to_thread(_close_http, http)))
-        if self.superlink is not None:
+        if self.fleet_superlink is not None:
+            steps.append(("superlink", self.fleet_superlink.stop))
+        elif self.superlink is not None:
             superlink = self.superlink
             steps.append(("superlink", lambda: asyncio.to_thread(superlink.stop, 5.0)))
         if self.endpoints is not None:  # first: agents stop being sent here

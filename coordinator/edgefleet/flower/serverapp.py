@@ -69,6 +69,10 @@ class RunSettings:
     init_path: str = ""
     test_path: str = ""
     out_dir: str = ""
+    #: the fleet's Redis and the run's name there: the record is also written to the fleet
+    #: state (``edgefleet.flower.run_store``), readable from any host and replica
+    redis_url: str = ""
+    run_name: str = ""
     lr: float = 0.05
     local_epochs: int = 1
     batch_size: int = 32
@@ -204,9 +208,16 @@ class _Recorder:
             "state": "running", "settings": asdict(settings), "rounds": [], "devices": {},
             "started": time.time(), "pid": os.getpid(),
         }  # fmt: skip
+        self.fleet: Any = None  # a run_store.RunStore when the run config names the fleet state
+        if settings.redis_url and settings.run_name:
+            from edgefleet.flower.run_store import RunStore
+
+            self.fleet = RunStore(settings.redis_url, settings.run_name)
 
     def write(self, **update: Any) -> None:
         self.doc.update(update)
+        if self.fleet is not None:
+            self.fleet.write(self.doc)
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +298,9 @@ def run_rounds(grid: Grid, settings: RunSettings) -> dict[str, Any]:
     except Exception as exc:
         rec.write(state="failed", reason=f"{type(exc).__name__}: {exc}", finished=time.time())
         raise
+    finally:
+        if rec.fleet is not None:
+            rec.fleet.close()
 
 
 def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
@@ -327,8 +341,11 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             f"(of {len(facts)} answering); --min-devices is {settings.min_devices}"
         )
 
+    uploaded = rec.fleet.initial_weights() if rec.fleet is not None else None
     params = (
-        fl_model.load_params(settings.init_path)
+        uploaded
+        if uploaded is not None
+        else fl_model.load_params(settings.init_path)
         if settings.init_path
         else fl_model.initial_params(
             settings.arch, seed=settings.seed, override=settings.arch_config

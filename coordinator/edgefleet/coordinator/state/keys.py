@@ -114,6 +114,26 @@ class Keys:
         """Hash: outcome (completed, failed) -> rounds, over all models."""
         return f"{self.prefix}fl:outcomes"
 
+    def fl_run(self, name: str) -> str:
+        """Hash: a federated run's record: ``meta`` (the replica that submitted it), ``progress``
+        (the ServerApp's own record, rewritten after every round), ``stopped``, ``init``."""
+        return f"{self.prefix}fl:run:{name}"
+
+    def fl_run_alive(self, name: str) -> str:
+        """String with a short TTL, renewed by the run's ServerApp while it lives."""
+        return f"{self.prefix}fl:run:{name}:alive"
+
+    @property
+    def fl_runs(self) -> str:
+        """Sorted set: federated run names by creation time."""
+        return f"{self.prefix}fl:runs"
+
+    @property
+    def fl_superlink(self) -> str:
+        """String: the fleet's SuperLink (JSON address, tls, owner), set by the replica that
+        supervises it (the rollout-lease holder) or, for an external one, by every replica."""
+        return f"{self.prefix}fl:superlink"
+
     def enroll_token(self, token_sha256: str) -> str:
         """Hash: a limited-use enrollment token (uses left); expires with the token."""
         return f"{self.prefix}enroll-token:{token_sha256}"

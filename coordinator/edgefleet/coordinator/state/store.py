@@ -18,6 +18,7 @@ from redis.exceptions import RedisClusterException
 
 from edgefleet.coordinator.state.devices import DeviceState
 from edgefleet.coordinator.state.fl_rounds import FederatedRoundState
+from edgefleet.coordinator.state.fl_runs import FederatedRunState
 from edgefleet.coordinator.state.keys import SCHEMA_VERSION, UPGRADABLE_SCHEMAS
 from edgefleet.coordinator.state.leases import LeaseState
 from edgefleet.coordinator.state.liveness import LivenessState
@@ -34,6 +35,7 @@ class FleetStore(
     RolloutState,
     LeaseState,
     FederatedRoundState,
+    FederatedRunState,
     RevocationState,
 ):
     """Async access to fleet state in Redis. The only code that talks to Redis.

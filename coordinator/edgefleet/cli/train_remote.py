@@ -1,0 +1,180 @@
+"""``train start|status|ls|stop`` over the API: the coordinator runs the federation (issue 18).
+
+When a coordinator is configured (``--coordinator``, ``$EDGEFLEET_COORDINATOR`` or a context)
+and no local target is asked for (``--local N``, ``--superlink HOST:PORT``, ``--runs-dir``),
+the train verbs call TrainingService on any replica: the replica submits the run to the fleet's
+SuperLink, the ServerApp records every round in the fleet's Redis, and this module only prints
+what the replica streams back. So the CLI needs neither Flower, nor the coordinator's data dir,
+nor the SuperLink's host: ``train status`` from a laptop shows a run started from anywhere.
+
+What does not go over the API yet is refused in one line before anything starts: ``--rebuild``
+and ``--deploy`` (they need model builds as jobs), registered models as MODEL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from edgefleet.cli.common import (
+    _given_flags,
+    ca_certificate,
+    err_console,
+    fail,
+    out,
+    print_json,
+    settings,
+    usage_error,
+)
+from edgefleet.cli.train_follow import round_line
+from edgefleet.cli.train_validate import StartOptions, check_numbers
+from edgefleet.client.training_client import TrainingClient
+from edgefleet.v1 import training_pb2
+
+
+def coordinator_configured() -> bool:
+    """Whether the operator named a coordinator (flag, environment or context)."""
+    return bool(
+        _given_flags().get("coordinator")
+        or os.environ.get("EDGEFLEET_COORDINATOR")
+        or settings().context
+    )
+
+
+def training_client() -> TrainingClient:
+    chosen = settings()
+    return TrainingClient(chosen.coordinator, chosen.admin_token, ca_cert=ca_certificate())
+
+
+def run_to_dict(run: training_pb2.TrainingRun) -> dict[str, Any]:
+    """The ``--json`` view of a run (the same keys as a local run's summary)."""
+    record = json.loads(run.record_json) if run.record_json else {}
+    return {
+        "name": run.name,
+        "state": run.state,
+        "reason": run.reason or None,
+        "superlink": run.superlink,
+        "flwr_run_id": run.flwr_run_id or None,
+        "strategy": run.strategy,
+        "model": run.model,
+        "rounds": record.get("rounds", []),
+        "initial": record.get("initial"),
+        "final": record.get("final"),
+        "registered_model": run.registered_model or None,
+    }
+
+
+def _round_dict(r: training_pb2.TrainingRound) -> dict[str, Any]:
+    def opt(name: str) -> float | None:
+        return getattr(r, name) if r.HasField(name) else None
+
+    return {
+        "round": r.round, "participants": list(r.participants), "train_loss": opt("train_loss"),
+        "client_eval_acc": opt("client_eval_acc"), "test_acc": opt("test_acc"),
+        "seconds": r.seconds,
+    }  # fmt: skip
+
+
+def start(o: StartOptions) -> None:
+    """Validate, StartRun, then follow WatchRun's stream to the outcome (exit 1 if not
+    succeeded)."""
+    check_numbers(o)
+    if o.rebuild or o.deploy:
+        raise usage_error(
+            "--rebuild and --deploy are not available over the API yet (run `edgefleet models "
+            "build` / `edgefleet deploy` on the registered result)"
+        )
+    init = b""
+    if o.init is not None:
+        try:
+            init = Path(o.init).read_bytes()
+        except OSError as exc:
+            raise fail(f"cannot read --init {o.init}: {exc.strerror}") from None
+    request = training_pb2.StartRunRequest(
+        model=o.model, rounds=o.rounds, strategy=o.strategy, min_devices=o.min_devices,
+        select=o.select, lr=o.lr, local_epochs=o.local_epochs, proximal_mu=o.proximal_mu,
+        dp=o.dp, dp_noise=o.dp_noise, dp_clip=o.dp_clip, round_timeout_seconds=o.round_timeout,
+        name=o.name, register=o.register, init_weights=init,
+    )  # fmt: skip
+    with closing(training_client()) as c:
+        run = c.start_run(request)
+        if not o.as_json:
+            err_console.print(
+                f"run {run.name} (Flower run {run.flwr_run_id}) on {run.superlink}, "
+                f"via {c.address}",
+                highlight=False,
+            )
+        run = _follow(c, run.name, o.as_json, o.timeout)
+    _finish(run, o.as_json)
+
+
+def _follow(
+    c: TrainingClient, name: str, as_json: bool, timeout: float
+) -> training_pb2.TrainingRun:
+    shown = 0
+    last = None
+    for run in c.watch_run(name, timeout):
+        for r in run.rounds[shown:]:
+            if not as_json:
+                out.print(round_line(_round_dict(r), run.num_rounds), highlight=False)
+        shown = len(run.rounds)
+        last = run
+    if last is None:  # pragma: no cover - the stream always sends the run once
+        raise fail(f"run {name}: the coordinator sent nothing")
+    return last
+
+
+def _finish(run: training_pb2.TrainingRun, as_json: bool) -> None:
+    if as_json:
+        print_json(run_to_dict(run))
+        if run.state != "succeeded":
+            raise typer.Exit(1)
+        return
+    if run.state != "succeeded":
+        raise fail(f"run {run.name} {run.state}: {run.reason}")
+    acc = run.final_test_acc if run.HasField("final_test_acc") else None
+    out.print(
+        f"{run.name}: succeeded" + ("" if acc is None else f", test accuracy {100 * acc:.1f}%")
+    )
+
+
+def ls(as_json: bool) -> None:
+    with closing(training_client()) as c:
+        runs = c.list_runs()
+    if as_json:
+        print_json([run_to_dict(r) for r in runs])
+        return
+    table = Table("NAME", "STATE", "STRATEGY", "ROUNDS", "TEST ACC", "SUPERLINK")
+    for r in runs:
+        acc = f"{100 * r.final_test_acc:.1f}%" if r.HasField("final_test_acc") else "-"
+        table.add_row(
+            r.name, r.state, r.strategy, f"{len(r.rounds)}/{r.num_rounds}", acc, r.superlink
+        )
+    out.print(table)
+
+
+def status(name: str, watch: bool, as_json: bool) -> None:
+    with closing(training_client()) as c:
+        run = _follow(c, name, as_json, 3600) if watch else c.get_run(name)
+    if as_json:
+        print_json(run_to_dict(run))
+        return
+    if not watch:
+        for r in run.rounds:
+            out.print(round_line(_round_dict(r), run.num_rounds), highlight=False)
+    out.print(f"{run.name}: {run.state} {run.reason}".rstrip(), highlight=False)
+
+
+def stop(name: str, as_json: bool) -> None:
+    with closing(training_client()) as c:
+        run = c.stop_run(name)
+    if as_json:
+        print_json(run_to_dict(run))
+    else:
+        out.print(f"{run.name}: {run.state}")

@@ -1,0 +1,269 @@
+"""Federated runs as the API serves them: submit to the fleet's SuperLink, read back from Redis.
+
+Why the replica submits (issue 18): ``train start`` used to need Flower, the coordinator's data
+dir (``coordinator.json``) and a run directory on the SuperLink's host. Now the CLI sends the
+run's settings to any replica, which writes the Flower App, submits it to the fleet's SuperLink
+(named in Redis by the replica that supervises it, or configured as external) and records the
+run in Redis. From then on the ServerApp writes its own record there (``flower.run_store``), so
+any replica answers ``GetRun``/``WatchRun``/``ListRuns``/``StopRun`` for any run, and a replica
+killed after submitting loses nothing.
+
+Plain types in and out (the API package converts them); Flower runs as the ``flwr`` CLI in a
+subprocess (``fl.superlink``), never imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.coordinator.state.fl_runs import StoredRun
+from edgefleet.coordinator.state.store import FleetStore
+from edgefleet.selectors import parse_selection
+
+#: what the federated app trains (``edgefleet.flower.model``; the CLI's ``train_validate.MODELS``)
+MODELS = ("mlp", "ds-cnn", "resnet-8")
+#: ``edgefleet.flower.serverapp.STRATEGIES`` (not imported: the server runs no Flower code)
+STRATEGIES = ("fedavg", "fedprox", "heterofl")
+DP_MODES = ("none", "server-fixed")
+FINISHED = ("succeeded", "failed", "stopped")
+MAX_ROUNDS = 10_000
+MAX_INIT_BYTES = 3 * 1024 * 1024  # under the 4 MiB gRPC message limit
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """``StartRun``'s settings (the CLI's ``train start`` options, as sent)."""
+
+    model: str
+    rounds: int = 3
+    strategy: str = "fedavg"
+    min_devices: int = 2
+    select: str = ""
+    lr: float = 0.05
+    local_epochs: int = 1
+    proximal_mu: float = 0.01
+    dp: str = "none"
+    dp_noise: float = 0.0
+    dp_clip: float = 10.0
+    round_timeout: float = 120.0
+    name: str = ""
+    register: bool = False
+    init_weights: bytes = b""
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run as every replica reports it: the replica's meta under the ServerApp's record."""
+
+    name: str
+    state: str
+    reason: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return list(self.record.get("rounds") or [])
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class SuperLinkTarget:
+    """Where runs are submitted: the fleet's SuperLink and the CA to verify it (None: plaintext)."""
+
+    address: str
+    ca: Path | None
+
+
+def view_of(run: StoredRun) -> RunView:
+    """Merge what the replica and the ServerApp wrote, and decide the run's state.
+
+    A ``running`` record whose ServerApp stopped renewing its ``alive`` key failed (the
+    SuperLink or its host died); this check works from any host, unlike a pid.
+    """
+    record: dict[str, Any] = {**run.meta, **run.progress, "name": run.name}
+    state = str(run.progress.get("state") or run.meta.get("state") or "submitted")
+    reason = str(run.progress.get("reason") or run.meta.get("reason") or "")
+    if run.stopped:
+        state, reason = "stopped", reason or "stopped by an operator"
+    elif state == "running" and not run.alive:
+        state = "failed"
+        reason = "the ServerApp stopped reporting (its SuperLink or host restarted or was killed)"
+    record["state"], record["reason"] = state, reason or None
+    return RunView(run.name, state, reason, record)
+
+
+class TrainingRuns:
+    """Start, read, watch and stop the fleet's federated runs."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        work_dir: Path,
+        redis_url: str,
+        target: Callable[[], SuperLinkTarget | None],
+        poll_interval: float = 0.2,
+    ) -> None:
+        """``work_dir``: where this replica writes Flower Apps it submits (its data dir's
+        ``fl-submit``); ``redis_url``: the fleet state the ServerApp records into, as a
+        SuperLink's host reaches it; ``target``: the fleet's SuperLink now."""
+        self._store = store
+        self._work = work_dir
+        self._redis_url = redis_url
+        self._target = target
+        self.poll_interval = poll_interval
+
+    async def start(self, req: RunRequest) -> RunView:
+        _check(req)
+        target = self._target()
+        if target is None:
+            raise FailedPrecondition(
+                "the fleet has no SuperLink (start the coordinator with --superlink local or "
+                "--superlink HOST:PORT)"
+            )
+        name = req.name or f"{req.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        meta: dict[str, Any] = {
+            "state": "submitted", "model": req.model, "superlink": target.address,
+            "register": req.register,
+            "settings": {"num_rounds": req.rounds, "strategy": req.strategy, "arch": req.model},
+        }  # fmt: skip
+        if not await self._store.create_run(name, meta, time.time()):
+            raise InvalidArgument("name", f"a run named {name!r} exists already")
+        if req.init_weights:
+            await self._store.put_run_blob(
+                name, "init", base64.b64encode(req.init_weights).decode()
+            )
+        config: dict[str, object] = {
+            "num-rounds": req.rounds, "strategy": req.strategy, "min-devices": req.min_devices,
+            "select": req.select, "arch": req.model, "lr": req.lr,
+            "local-epochs": req.local_epochs, "proximal-mu": req.proximal_mu, "dp": req.dp,
+            "dp-noise": req.dp_noise, "dp-clip": req.dp_clip,
+            "round-timeout": req.round_timeout, "redis-url": self._redis_url, "run-name": name,
+        }  # fmt: skip
+        try:
+            run_id = await asyncio.to_thread(self._submit, name, config, target)
+        except (OSError, RuntimeError) as exc:
+            meta.update(state="failed", reason=f"submission failed: {exc}")
+            await self._store.update_run_meta(name, meta)
+            raise FailedPrecondition(
+                f"the SuperLink at {target.address} did not accept the run: {exc}"
+            ) from None
+        meta["flwr_run_id"] = run_id
+        await self._store.update_run_meta(name, meta)
+        return await self.get(name)
+
+    def _submit(self, name: str, config: dict[str, object], target: SuperLinkTarget) -> int:
+        """Write the Flower App and ``flwr run`` it; the files are only needed for the call."""
+        from edgefleet.coordinator.fl.superlink import submit, write_app
+
+        self._work.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self._work))
+        try:
+            app = write_app(work / "app", config)
+            return submit(app, work / "flwr-home", target.address, ca=target.ca)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def get(self, name: str) -> RunView:
+        run = await self._store.get_run(name)
+        if run is None:
+            raise NotFound(f"no run {name!r}")
+        return view_of(run)
+
+    async def list(self) -> list[RunView]:
+        views = []
+        for name in await self._store.run_names():
+            run = await self._store.get_run(name)
+            if run is not None:
+                views.append(view_of(run))
+        return views
+
+    async def watch(self, name: str) -> AsyncIterator[RunView]:
+        """The run now, then each change (a round, the outcome), until it finishes."""
+        last: tuple[str, int] | None = None
+        while True:
+            view = await self.get(name)
+            key = (view.state, len(view.rounds))
+            if key != last:
+                last = key
+                yield view
+            if view.finished:
+                return
+            await asyncio.sleep(self.poll_interval)
+
+    async def stop(self, name: str) -> RunView:
+        view = await self.get(name)
+        if view.finished:
+            return view
+        run_id = view.record.get("flwr_run_id")
+        if run_id is None:
+            raise FailedPrecondition(f"run {name!r} was never accepted by a SuperLink")
+        target = self._target()
+        address = str(view.record.get("superlink") or (target.address if target else ""))
+        ca = target.ca if target is not None else None
+        await asyncio.to_thread(self._stop, address, int(run_id), ca)
+        await self._store.mark_run_stopped(name)
+        return await self.get(name)
+
+    def _stop(self, address: str, run_id: int, ca: Path | None) -> None:
+        from edgefleet.coordinator.fl.superlink import stop_run
+
+        self._work.mkdir(parents=True, exist_ok=True)
+        home = Path(tempfile.mkdtemp(prefix="stop-", dir=self._work))
+        try:
+            stop_run(home, address, run_id, ca)
+        except RuntimeError as exc:
+            raise FailedPrecondition(
+                f"the SuperLink at {address} did not stop the run: {exc}"
+            ) from None
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _check(req: RunRequest) -> None:
+    """Refuse a bad request with the field it names, before anything is recorded."""
+    if req.model not in MODELS:
+        raise InvalidArgument(
+            "model", f"must be one of {', '.join(MODELS)} (registered models: not over the API yet)"
+        )
+    if req.strategy not in STRATEGIES:
+        raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}")
+    if req.dp not in DP_MODES:
+        raise InvalidArgument("dp", f"must be one of {', '.join(DP_MODES)}")
+    if req.dp != "none" and req.strategy == "heterofl":
+        raise InvalidArgument("dp", "applies to fedavg/fedprox, not heterofl")
+    if not 1 <= req.rounds <= MAX_ROUNDS:
+        raise InvalidArgument("rounds", f"must be 1..{MAX_ROUNDS}")
+    if req.min_devices < 1:
+        raise InvalidArgument("min_devices", "must be >= 1")
+    if req.local_epochs < 1:
+        raise InvalidArgument("local_epochs", "must be >= 1")
+    for name, value, low, inclusive in (
+        ("lr", req.lr, 0.0, False), ("proximal_mu", req.proximal_mu, 0.0, True),
+        ("dp_noise", req.dp_noise, 0.0, True), ("dp_clip", req.dp_clip, 0.0, False),
+        ("round_timeout_seconds", req.round_timeout, 0.0, False),
+    ):  # fmt: skip
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise InvalidArgument(name, f"must be a finite number {'>=' if inclusive else '>'} 0")
+    if req.name and not _NAME.match(req.name):
+        raise InvalidArgument("name", "letters, digits, '.', '_' and '-', at most 64")
+    if len(req.init_weights) > MAX_INIT_BYTES:
+        raise InvalidArgument("init_weights", f"at most {MAX_INIT_BYTES} bytes")
+    try:
+        parse_selection(req.select)
+    except ValueError as exc:
+        raise InvalidArgument("select", str(exc)) from None

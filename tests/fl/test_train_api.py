@@ -1,0 +1,211 @@
+"""Federated runs over the API (issue 18): one SuperLink per fleet, runs recorded in Redis.
+
+Two real coordinator replicas on one real Redis, each configured with ``--superlink local``:
+only the rollout-lease holder runs a ``flower-superlink``, and both name it to agents. Two real
+``flower-supernode`` processes (what agents start) join it. ``edgefleet train start`` runs
+from a directory with no data dir, through replica A's TrainingService; the ServerApp records
+each round in Redis itself, so ``train status``/``ls`` through replica B show the run. Bad
+inputs are refused in one line, by the CLI and by the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from edgefleet.agent.fl.supernode import SuperNodeSupervisor, node_config_for
+from edgefleet.cli.train_cmds import train_app
+from edgefleet.fl.contract import FAST_POLL_ENV
+from edgefleet.fl.partition import make_shards, save_shard
+from edgefleet.fleet_dir import init_fleet
+from edgefleet.modelops.data import load_dataset
+from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+runner = CliRunner()
+SUPERLINK_KEY = "{edgefleet}:fl:superlink"
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, coordinator: CoordinatorProc) -> None:
+    """Point the in-process CLI at ``coordinator`` (plaintext test replicas), as an operator's
+    environment would."""
+    monkeypatch.setenv("EDGEFLEET_COORDINATOR", coordinator.address)
+    monkeypatch.setenv("EDGEFLEET_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("EDGEFLEET_INSECURE", "1")
+
+
+@pytest.fixture
+def replicas(
+    redis_url: str, coordinator_factory: Callable[..., CoordinatorProc], tmp_path: Path
+) -> tuple[CoordinatorProc, CoordinatorProc]:
+    fleet = tmp_path / "fleet"
+    init_fleet(fleet)
+    common = ("--redis-url", redis_url, "--superlink", "local", "--rollout-interval", "1")
+    a = coordinator_factory(*common, "--fleet-dir", str(fleet), data_dir=tmp_path / "a")
+    b = coordinator_factory(*common, "--fleet-dir", str(fleet), data_dir=tmp_path / "b")
+    return a, b
+
+
+@pytest.fixture
+def supernodes(tmp_path: Path) -> Iterator[Callable[[str], None]]:
+    """Start two SuperNodes with tiny digits shards against a SuperLink address."""
+    started: list[SuperNodeSupervisor] = []
+
+    def start(superlink: str) -> None:
+        ds = load_dataset("digits")
+        shards = make_shards(ds.x_train[:200], ds.y_train[:200], 2, 0.5, 0)
+        for i, shard in enumerate(shards):
+            path = save_shard(shard, tmp_path / "shards" / f"{i}.npz")
+            config = node_config_for(f"dev-{i}", "rpi4", 4 << 30, str(path), battery=80)
+            node = SuperNodeSupervisor(
+                superlink, config, tmp_path / f"node-{i}", port=free_port(),
+                env=dict(FAST_POLL_ENV),
+            )  # fmt: skip
+            node.start()
+            started.append(node)
+
+    yield start
+    for node in started:
+        node.stop(timeout=3.0)
+
+
+def _superlink_processes(*coordinators: CoordinatorProc) -> list[str]:
+    """Which replicas have a live supervised SuperLink (its pidfile names a live process)."""
+    running = []
+    for c in coordinators:
+        pidfile = c.data_dir / "superlink" / "superlink.pid"
+        try:
+            pid = int(pidfile.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            continue
+        running.append(c.address)
+    return running
+
+
+@pytest.mark.slow  # real rounds: ~10 s a round on an idle 2-core box, much more under load
+def test_rounds_of_a_run_started_through_one_replica_are_seen_through_another(
+    replicas: tuple[CoordinatorProc, CoordinatorProc],
+    supernodes: Callable[[str], None],
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = replicas
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_for(lambda: client.get(SUPERLINK_KEY) is not None, 10, "the fleet's SuperLink")
+    published = json.loads(client.get(SUPERLINK_KEY) or "{}")
+
+    def named(c: CoordinatorProc) -> bool:
+        path = c.data_dir / "coordinator.json"
+        return path.exists() and json.loads(path.read_text())["superlink"] == published["address"]
+
+    # one SuperLink for the fleet: the lease holder's, and both replicas name it to agents
+    wait_for(lambda: named(a) and named(b), 10, "both replicas to name the fleet's SuperLink")
+    assert _superlink_processes(a, b) == [a.address], published
+    supernodes(published["address"])
+
+    nowhere = tmp_path / "elsewhere"  # no data dir, no run dir: everything over the API
+    nowhere.mkdir()
+    monkeypatch.chdir(nowhere)
+    monkeypatch.delenv("EDGEFLEET_DATA_DIR", raising=False)
+    _use(monkeypatch, a)
+    began = time.monotonic()
+    res = runner.invoke(
+        train_app,
+        ["start", "mlp", "--rounds", "2", "--min-devices", "2", "--name", "r1", "--json"],
+    )  # fmt: skip
+    took = time.monotonic() - began
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["state"] == "succeeded" and [r["round"] for r in doc["rounds"]] == [1, 2]
+    assert all(sorted(r["participants"]) == ["dev-0", "dev-1"] for r in doc["rounds"])
+    assert list(nowhere.iterdir()) == []  # the CLI wrote nothing locally
+    print(
+        f"2 rounds through the API in {took:.1f}s, rounds {[r['seconds'] for r in doc['rounds']]}"
+    )
+
+    _use(monkeypatch, b)  # the other replica reads the ServerApp's own record from Redis
+    res = runner.invoke(train_app, ["status", "r1"])
+    assert res.exit_code == 0, res.output
+    assert "round 2/2: 2 device(s)" in res.stdout and "r1: succeeded" in res.stdout
+    res = runner.invoke(train_app, ["ls", "--json"])
+    assert [(r["name"], r["state"]) for r in json.loads(res.stdout)] == [("r1", "succeeded")]
+
+
+def test_one_superlink_per_fleet_and_runs_over_the_api_from_any_replica(
+    replicas: tuple[CoordinatorProc, CoordinatorProc],
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No SuperNodes needed: the run waits for devices, and that is enough to see it, from
+    replica B, as the ServerApp records it in Redis, then stop it through B."""
+    a, b = replicas
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    wait_for(lambda: client.get(SUPERLINK_KEY) is not None, 10, "the fleet's SuperLink")
+    published = json.loads(client.get(SUPERLINK_KEY) or "{}")
+    assert _superlink_processes(a, b) == [a.address]  # only the lease holder runs one
+
+    nowhere = tmp_path / "elsewhere"
+    nowhere.mkdir()
+    monkeypatch.chdir(nowhere)
+    monkeypatch.delenv("EDGEFLEET_DATA_DIR", raising=False)
+    _use(monkeypatch, a)
+    # bad inputs: one line each, from the CLI (exit 2) and from the server (exit 1)
+    res = runner.invoke(train_app, ["start", "mlp", "--lr", "nan"])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
+    res = runner.invoke(train_app, ["start", "my-model"])
+    assert res.exit_code == 1 and "model: must be one of mlp" in res.stderr, res.output
+    assert res.stderr.count("\n") == 1
+    res = runner.invoke(train_app, ["start", "mlp", "--name", "bad name"])
+    assert res.exit_code == 1 and "name: letters, digits" in res.stderr, res.output
+    res = runner.invoke(train_app, ["start", "mlp", "--init", str(nowhere / "none.npz")])
+    assert res.exit_code == 1 and "cannot read --init" in res.stderr
+    res = runner.invoke(train_app, ["start", "mlp", "--deploy", "all"])
+    assert res.exit_code == 2 and "not available over the API yet" in res.stderr
+
+    # a run that cannot get its devices yet: the CLI follows it until --timeout
+    res = runner.invoke(
+        train_app, ["start", "mlp", "--name", "r2", "--min-devices", "2", "--timeout", "1"]
+    )
+    assert res.exit_code == 1 and "run r2 still running after 1s" in res.stderr, res.output
+    assert "run r2 (Flower run" in res.stderr and published["address"] in res.stderr
+    res = runner.invoke(train_app, ["start", "mlp", "--name", "r2"])
+    assert res.exit_code == 1 and "exists already" in res.stderr, res.output
+
+    _use(monkeypatch, b)
+
+    def state_via_b() -> str:
+        out = runner.invoke(train_app, ["status", "r2", "--json"])
+        return str(json.loads(out.stdout)["state"]) if out.exit_code == 0 else out.output
+
+    # "running" is the ServerApp's own word, written to Redis from the SuperLink's host
+    wait_for(lambda: state_via_b() == "running", 30, "the ServerApp's record via replica B")
+    res = runner.invoke(train_app, ["stop", "r2"])
+    assert res.exit_code == 0 and "r2: stopped" in res.stdout, res.output
+    res = runner.invoke(train_app, ["status", "nope"])
+    assert res.exit_code == 1 and "no run 'nope'" in res.stderr
+    _use(monkeypatch, a)
+    res = runner.invoke(train_app, ["ls", "--json"])
+    assert [(r["name"], r["state"]) for r in json.loads(res.stdout)] == [("r2", "stopped")]
+    assert list(nowhere.iterdir()) == []  # the CLI wrote nothing locally
+
+    # the lease moves (A stops cleanly): B starts the fleet's SuperLink and names it
+    assert a.stop() == 0
+    wait_for(lambda: _superlink_processes(b) == [b.address], 30, "B's SuperLink")
+    wait_for(
+        lambda: (
+            json.loads(client.get(SUPERLINK_KEY) or "{}").get("address")
+            not in (None, published["address"])
+        ),
+        30,  # a SuperLink takes ~1 s to listen on an idle box, 10 s+ on a loaded one
+        "the fleet's SuperLink record to name B's",
+    )
