@@ -43,8 +43,8 @@ from edgefleet.coordinator.api.artifact_service import add_artifact_service
 from edgefleet.coordinator.api.device_service import DeviceServicer
 from edgefleet.coordinator.api.job_service import add_job_service, model_known_in
 from edgefleet.coordinator.api.metrics_interceptor import MetricsInterceptor
-from edgefleet.coordinator.api.training_service import add_training_service
 from edgefleet.coordinator.api.model_service import ModelServicer
+from edgefleet.coordinator.api.training_service import add_training_service
 from edgefleet.coordinator.datadir_lock import lock_data_dir
 from edgefleet.coordinator.embedded_redis import EmbeddedRedis
 from edgefleet.coordinator.errors import Unavailable
@@ -371,11 +371,6 @@ class Coordinator:
         artifacts = add_artifact_service(
             server, registry, variants, slots, rollouts, metrics, trusted_keys=trusted.current
         )
-        # build jobs (RQ on Redis): queued here, run by `edgefleet worker`, never in this process
-        jobs = add_job_service(
-            server, os.environ.get(JOBS_REDIS_URL_ENV) or url, tokens, metrics,
-            model_known_in(variants),
-        )  # fmt: skip
         # federated runs: any replica starts, watches and stops any run (fl.runs)
         federation_target: list[SuperLinkTarget | None] = [None]
         training = add_training_service(
@@ -384,6 +379,11 @@ class Coordinator:
             tokens,
             metrics,
         )
+        # build jobs (RQ on Redis): queued here, run by `edgefleet worker`, never in this process
+        jobs = add_job_service(
+            server, os.environ.get(JOBS_REDIS_URL_ENV) or url, tokens, metrics,
+            model_known_in(variants),
+        )  # fmt: skip
         service_names = (*SERVICE_NAMES, artifacts, training, jobs)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
