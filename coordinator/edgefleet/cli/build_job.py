@@ -10,6 +10,9 @@ variant id) right after the store listed it, and a retried job (a worker killed,
 builds only the recipes not yet done. A recipe cut off mid-way leaves nothing listed: the store
 renames a complete bundle into place and adds the index entry last.
 
+A model uploaded over the API (``models add`` with a coordinator) is *pending* until its base
+is built: the job builds it first (``edgefleet.modelops.register_upload``), then the recipes.
+
 Errors of the request itself (an unknown model, a recipe that does not parse or apply, data
 that cannot load) fail the job at once with one line in ``job.meta["error"]``: retrying them
 would only fail again. Anything else (a killed horse, a timeout, a crash) is retried by RQ
@@ -152,7 +155,8 @@ def _build(job: Job | None, model: str, recipes: list[str], latency_runs: int) -
 
     assert _config is not None
     store = open_build_store(_config)
-    store.model(model)  # an unknown model fails before any loading
+    if not store.model(model).base:  # uploaded over the API: its base is built here first
+        _build_base(job, store, model)
     parsed = parse_recipes(recipes) if recipes else parse_recipes(_applicable(store, model))
     done: dict[str, str] = dict((job.meta.get("done") or {}) if job is not None else {})
     todo = [r for r in parsed if r.label not in done]
@@ -172,6 +176,25 @@ def _build(job: Job | None, model: str, recipes: list[str], latency_runs: int) -
         options = BuildOptions(latency=LatencyConfig(runs=latency_runs))
         build_variants(recording, model, todo, options=options, progress=progress)  # type: ignore[arg-type]
     return [done[r.label] for r in parsed]
+
+
+def _build_base(job: Job | None, store: VariantStore, model: str) -> None:
+    """The base (fp32, measured, signed) of a model uploaded over the API (``models add``
+    with a coordinator), by the store's own upload builder; a retry finds it built."""
+    try:
+        from edgefleet.modelops.register_upload import build_pending_base
+    except ImportError:  # this install cannot build uploads
+        raise StoreError(f"model {model!r} has no base variant to build from") from None
+    report = _Reporter(job, 0, 0)
+
+    def progress(label: str, stage: str) -> None:
+        report.write(f"base model: {stage}")
+        if report.delay > 0:
+            time.sleep(report.delay)
+
+    report.write("base model: loading")
+    # the settings given at upload (epochs, frontend, latency runs) apply to the base
+    build_pending_base(store, model, progress=progress)
 
 
 def _applicable(store: VariantStore, name: str) -> list[str]:
