@@ -13,6 +13,8 @@
 #   docker-compose, debootstrap  debootstrap builds the local base image (no registry here)
 #   espeak-ng, sox            the offline keyword-spotting dataset (speech synthesis)
 #   gcc                       compiles the C source `models export --format c` writes
+#   haproxy                   the replicas' TCP load balancer, checked and run in front of
+#                             real replicas (deploy/compose/haproxy.cfg)
 #
 # Starts nothing: the tests start (and stop) the servers they need.
 set -euo pipefail
@@ -32,6 +34,7 @@ declare -A provides=(
   [espeak-ng]=espeak-ng
   [sox]=sox
   [gcc]=gcc
+  [haproxy]=haproxy
 )
 
 # with arguments, only those commands (`make demo` needs espeak-ng alone); without, all of them

@@ -22,11 +22,15 @@ is shown able to fail.
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +42,20 @@ import yaml  # type: ignore[import-untyped]
 from prometheus_client import generate_latest
 
 from edgefleet.cli.app import app
+from edgefleet.client.admin_client import AdminClient
 from edgefleet.coordinator.metrics import CoordinatorMetrics
-from tests.prereqs import missing_prerequisite
+from edgefleet.fleet_dir import init_fleet
+from edgefleet.v1 import admin_pb2
+from tests.conftest import (
+    ADMIN_TOKEN,
+    ENROLL_TOKEN,
+    AgentProc,
+    CoordinatorProc,
+    free_port,
+    wait_for,
+)
+from tests.prereqs import missing_prerequisite, require_binaries
+from tests.redis_procs import RedisProc
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -460,9 +476,131 @@ def test_haproxy_passes_tls_through_and_checks_each_replica_s_serving_state() ->
 
 
 def test_haproxy_accepts_its_config() -> None:
-    if shutil.which("haproxy") is None:
-        pytest.skip("haproxy not installed: the structure is checked by the test above")
+    require_binaries("haproxy")
     done = subprocess.run(
         ["haproxy", "-c", "-f", str(HAPROXY)], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- HAProxy, live ------------------------------------------------------------------------------
+
+
+def render_haproxy(ports: dict[str, int], replica: CoordinatorProc, metrics_port: int) -> str:
+    """The shipped config on loopback ports, with one real replica in place of compose DNS,
+    checks every 0.5 s instead of 2 s (same expression, same fall/rise counts), and fewer
+    connections than a container's open-file limit allows."""
+    text = HAPROXY.read_text()
+    for old, new in (
+        ("bind :50051", f"bind 127.0.0.1:{ports['grpc']}"),
+        ("bind :50052", f"bind 127.0.0.1:{ports['device']}"),
+        ("bind :8404", f"bind 127.0.0.1:{ports['stats']}"),
+        ("server-template coordinator 1-16 coordinator:50051", f"server r0 {replica.address}"),
+        (
+            "server-template coordinator 1-16 coordinator:50052",
+            f"server r0 127.0.0.1:{ports['replica_device']}",
+        ),
+        ("check port 9464 inter 2s", f"check port {metrics_port} inter 500ms"),
+        (" resolvers docker init-addr none", ""),
+        ("maxconn 20000", "maxconn 1000"),  # 2 fds each: within this shell's open-file limit
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def heartbeats_ok(coord: CoordinatorProc) -> float:
+    with urllib.request.urlopen(coord.metrics_url, timeout=5) as reply:
+        text = reply.read().decode()
+    found = re.search(r'^edgefleet_heartbeats_total\{outcome="ok"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def backend_status(stats_port: int) -> dict[str, str]:
+    """Each backend's r0 status (UP, DOWN, ...) from HAProxy's CSV stats."""
+    url = f"http://127.0.0.1:{stats_port}/;csv"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            rows = list(csv.reader(reply.read().decode().lstrip("# ").splitlines()))
+    except OSError:
+        return {}
+    head = rows[0]
+    name, server, status = head.index("pxname"), head.index("svname"), head.index("status")
+    return {
+        r[name]: r[status].split()[0] for r in rows[1:] if len(r) > status and r[server] == "r0"
+    }
+
+
+@pytest.mark.slow  # ~10-18 s (a TLS replica, an agent, two health flips): over the test budget
+def test_a_real_agent_enrols_and_heartbeats_through_haproxy_which_follows_replica_health(
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+    tmp_path: Path,
+) -> None:
+    """TLS passes through: the replica behind HAProxy sees the device's own certificate (the
+    device port refuses anything else), so an agent that knows only the balancer's addresses
+    enrols and goes online. A replica whose Redis stops answering leaves the rotation, and
+    comes back with it."""
+    require_binaries("haproxy")
+    redis_server = RedisProc(tmp_path / "redis").start()
+    fleet = tmp_path / "fleet"
+    init_fleet(fleet)
+    ports = {k: free_port() for k in ("grpc", "device", "stats", "replica_device")}
+    data = tmp_path / "replica"
+    (data / "tls").mkdir(parents=True)
+    shutil.copy(fleet / "ca.pem", data / "tls" / "ca.pem")  # the fixture's health check
+    haproxy: subprocess.Popen[bytes] | None = None
+    try:
+        replica = coordinator_factory(
+            *("--tls", "--redis-url", redis_server.url, "--fleet-dir", str(fleet)),
+            *("--heartbeat-interval", "0.5", "--offline-after", "3"),
+            *("--device-port", str(ports["replica_device"])),
+            *("--advertise-device", f"localhost:{ports['device']}"),
+            data_dir=data,
+        )
+        metrics_port = int(replica.metrics_url.rsplit(":", 1)[1].split("/")[0])
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(render_haproxy(ports, replica, metrics_port))
+        with (tmp_path / "haproxy.log").open("wb") as log:
+            haproxy = subprocess.Popen(
+                ["haproxy", "-W", "-db", "-f", str(config)], stdout=log, stderr=log
+            )
+        wanted = {"replicas_grpc": "UP", "replicas_devices": "UP"}
+        wait_for(lambda: backend_status(ports["stats"]) == wanted, 15, "the replica UP in HAProxy")
+
+        lb = f"127.0.0.1:{ports['grpc']}"
+        agent = agent_factory(
+            lb, "rpi4", "via-lb", "--token", ENROLL_TOKEN, "--ca-cert", str(fleet / "ca.pem")
+        )
+        ca = (fleet / "ca.pem").read_bytes()
+        with AdminClient(lb, ADMIN_TOKEN, ca_cert=ca) as admin:  # the admin API through it too
+
+            def online() -> bool:
+                devices = admin.list_devices()
+                return any(d.status == admin_pb2.DEVICE_STATUS_ONLINE for d in devices)
+
+            wait_for(online, 30, f"the agent online through HAProxy; log:\n{agent.log}")
+
+        def endpoints() -> list[str]:
+            try:
+                identity = json.loads((agent.state_dir / "identity.json").read_text())
+            except (OSError, ValueError):
+                return []
+            return list(identity.get("device_endpoints", []))
+
+        # told the balancer's device port, and heartbeating there: mutual TLS through HAProxy
+        wait_for(lambda: endpoints() == [f"localhost:{ports['device']}"], 15, "the endpoint")
+        wait_for(lambda: heartbeats_ok(replica) >= 2, 15, f"heartbeats; log:\n{agent.log}")
+
+        redis_server.signal(signal.SIGSTOP)  # the replica goes NOT_SERVING
+        try:
+            down = {"replicas_grpc": "DOWN", "replicas_devices": "DOWN"}
+            wait_for(lambda: backend_status(ports["stats"]) == down, 15, "the replica DOWN")
+        finally:
+            redis_server.signal(signal.SIGCONT)
+        wait_for(lambda: backend_status(ports["stats"]) == wanted, 15, "the replica UP again")
+    finally:
+        if haproxy is not None:
+            haproxy.terminate()
+            haproxy.wait(10)
+        redis_server.kill()
