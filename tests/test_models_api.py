@@ -78,17 +78,18 @@ def replicas(
 
 
 def _worker_builds(store: SharedStore, name: str) -> tuple[str, str]:
-    """What a build job does for a pending model: a base, then an int8 variant (synthetic
-    but real-format, signed bundles; the real build is modelops' job)."""
+    """What a build job does for a pending model: the real base from the uploaded module,
+    checkpoint and dataset (modelops), then an int8 variant (synthetic but a real-format,
+    signed bundle: compression itself is tested elsewhere)."""
+    from edgefleet.modelops.build import BuildOptions
+    from edgefleet.modelops.measure import LatencyConfig
+    from edgefleet.modelops.register_upload import build_pending_base
+
     pending = store.model(name)
     assert pending.base == "" and pending.source["upload"]["dataset"]
-    base_body = variant_manifest(name, "fp32", "fp32", 0.9, 4000, 1024, 1000, 0.1)
-    for table in (base_body["runtimes"], base_body["metrics"]["runtimes"]):
-        table.pop("torch", None)
-    base = store.put(base_body, {"model.onnx": tiny_onnx(1)})
-    store.add_model(
-        ModelEntry(name, pending.architecture, pending.dataset, base, [base], pending.source)
-    )
+    options = BuildOptions(latency=LatencyConfig(warmup=1, runs=3))
+    base = build_pending_base(store, name, options=options).base
+    assert store.model(name).source["upload"] == pending.source["upload"]  # kept for rm
     int8_body = variant_manifest(name, "int8-static", "int8", 0.89, 1000, 512, 1000, 0.05)
     int8 = store.put(int8_body, {"model.onnx": tiny_onnx(2), "model.tflite": b"TFL3" * 64})
     store.add_variant(name, int8)
@@ -166,6 +167,13 @@ def test_models_over_the_api_from_a_host_without_a_data_dir(
 
     assert not (empty / ".edgefleet").exists()  # nothing ever read or wrote a data dir here
     assert not (tmp_path / "replica-b" / "variants" / int8).exists()  # B never needed it
+    device.obey()
+    device.heartbeat()  # now runs it
+    with ModelsClient(a.address, ADMIN_TOKEN) as client:
+        client.control_rollout(rollout.id, "rollback")  # no rollout deploys it any more...
+        with pytest.raises(AdminClientError, match=r"in use: device dev-1 runs"):
+            client.remove_model("sensors")  # ...but a device still runs it
+    _bad_inputs_and_corrupt_blobs_are_one_line_each(a, b, fleet, tmp_path, redis_url)
 
 
 def _worker_builds_again(store: SharedStore, name: str) -> str:
@@ -215,10 +223,12 @@ def _file(kind: int, name: str, data: bytes, sha: str = "") -> models_pb2.Upload
     )
 
 
-def test_bad_inputs_and_corrupt_blobs_are_one_line_each(
-    replicas: tuple[CoordinatorProc, CoordinatorProc, Path], tmp_path: Path, redis_url: str
+def _bad_inputs_and_corrupt_blobs_are_one_line_each(
+    a: CoordinatorProc, b: CoordinatorProc, fleet: Path, tmp_path: Path, redis_url: str
 ) -> None:
-    a, b, fleet = replicas
+    """Every bad upload field, unknown name and malformed id is one line with its code; a
+    corrupted blob is refused by the replica reading it (run on the first test's replicas:
+    two coordinator starts less)."""
     source = b"def Net():\n    return None\n"
     module = models_pb2.UPLOAD_KIND_MODULE_SOURCE
     ckpt = models_pb2.UPLOAD_KIND_CHECKPOINT
@@ -300,6 +310,7 @@ def test_bad_inputs_and_corrupt_blobs_are_one_line_each(
     # a variant stored through replica A's Redis, its archive blob corrupted before B reads it
     worker = open_store(tmp_path / "worker", redis_url, signing_key_path=fleet / SIGNING_KEY_FILE)
     body = variant_manifest("m", "fp32", "fp32", 0.9, 100, 64, 10, 0.1)
+    body["tag"] = "corrupted"  # another bundle than any variant B has seen
     vid = worker.put(body, {"model.onnx": tiny_onnx(4)})
     worker.add_model(ModelEntry("m", {"name": "synthetic"}, "digits", vid, [vid]))
     client = redis.Redis.from_url(redis_url)
@@ -322,5 +333,5 @@ def test_bad_inputs_and_corrupt_blobs_are_one_line_each(
     assert not (tmp_path / "replica-b" / "variants" / vid).exists()  # nothing half-kept
     with ModelsClient(a.address, ADMIN_TOKEN) as models:
         assert models.remove_model("m") == [vid]
-        assert models.list_models() == []
+        assert [m.name for m in models.list_models()] == ["sensors"]
     assert client.exists(f"{{edgefleet}}:store:blob:{archive.decode()}") == 0
