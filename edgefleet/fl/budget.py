@@ -37,6 +37,9 @@ class MemoryPlan:
     optimizer_state: int
     activations: int
     budget: int
+    #: transient working memory of a step beyond the above (kernels' temporaries, the
+    #: gradients in flight, the forward's live layer outputs); on-device planning measures it
+    working: int = 0
 
     @classmethod
     def sgd_momentum(
@@ -47,6 +50,7 @@ class MemoryPlan:
         trainable_bytes: int,
         activation_bytes_per_sample: int,
         budget: int = 0,
+        working: int = 0,
     ) -> MemoryPlan:
         """A step of SGD with momentum: one gradient and one momentum buffer per trainable
         parameter, and the per-sample saved activations times the batch size."""
@@ -58,11 +62,12 @@ class MemoryPlan:
             optimizer_state=trainable_bytes,
             activations=activation_bytes_per_sample * batch_size,
             budget=budget,
+            working=working,
         )
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer_state + self.activations
+        return self.params + self.grads + self.optimizer_state + self.activations + self.working
 
     @property
     def fits(self) -> bool:
@@ -72,7 +77,8 @@ class MemoryPlan:
         return (
             f"{self.scope} fine-tuning at batch {self.batch_size} needs {self.total} bytes "
             f"(params {self.params} + grads {self.grads} + optimizer {self.optimizer_state} "
-            f"+ activations {self.activations}); budget {self.budget} bytes"
+            f"+ activations {self.activations} + working {self.working}); "
+            f"budget {self.budget} bytes"
         )
 
 

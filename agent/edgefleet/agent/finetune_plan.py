@@ -26,3 +26,5 @@ class FinetuneResult:
     measured_peak_bytes: int
     measured: dict[str, int] = field(default_factory=dict)
     busy_seconds: float = 0.0  # thread CPU time of the run (drives the battery model)
+    #: the sparse update's conv layers whose weights were trained (``()`` for other scopes)
+    trained_layers: tuple[str, ...] = ()
