@@ -90,7 +90,8 @@ def _superlink_processes(*coordinators: CoordinatorProc) -> list[str]:
     return running
 
 
-@pytest.mark.slow  # real rounds: ~10 s a round on an idle 2-core box, much more under load
+@pytest.mark.slow  # real rounds and a registration: minutes on a loaded 2-core box
+@pytest.mark.timeout(600)
 def test_rounds_of_a_run_started_through_one_replica_are_seen_through_another(
     replicas: tuple[CoordinatorProc, CoordinatorProc],
     supernodes: Callable[[str], None],
@@ -120,22 +121,26 @@ def test_rounds_of_a_run_started_through_one_replica_are_seen_through_another(
     began = time.monotonic()
     res = runner.invoke(
         train_app,
-        ["start", "mlp", "--rounds", "2", "--min-devices", "2", "--name", "r1", "--json"],
+        ["start", "mlp", "--rounds", "1", "--min-devices", "2", "--name", "r1", "--register",
+         "--json"],
     )  # fmt: skip
     took = time.monotonic() - began
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert doc["state"] == "succeeded" and [r["round"] for r in doc["rounds"]] == [1, 2]
+    assert doc["state"] == "succeeded" and [r["round"] for r in doc["rounds"]] == [1]
     assert all(sorted(r["participants"]) == ["dev-0", "dev-1"] for r in doc["rounds"])
     assert list(nowhere.iterdir()) == []  # the CLI wrote nothing locally
+    # the ServerApp registered the result through the variant store every replica shares
+    assert doc["registered_model"] == "mlp-ft-r1", doc.get("register_error")
+    assert client.hexists("{edgefleet}:store:models", "mlp-ft-r1")
     print(
-        f"2 rounds through the API in {took:.1f}s, rounds {[r['seconds'] for r in doc['rounds']]}"
+        f"1 round and a registration through the API in {took:.1f}s, rounds {[r['seconds'] for r in doc['rounds']]}"
     )
 
     _use(monkeypatch, b)  # the other replica reads the ServerApp's own record from Redis
     res = runner.invoke(train_app, ["status", "r1"])
     assert res.exit_code == 0, res.output
-    assert "round 2/2: 2 device(s)" in res.stdout and "r1: succeeded" in res.stdout
+    assert "round 1/1: 2 device(s)" in res.stdout and "r1: succeeded" in res.stdout
     res = runner.invoke(train_app, ["ls", "--json"])
     assert [(r["name"], r["state"]) for r in json.loads(res.stdout)] == [("r1", "succeeded")]
 
@@ -209,3 +214,74 @@ def test_one_superlink_per_fleet_and_runs_over_the_api_from_any_replica(
         30,  # a SuperLink takes ~1 s to listen on an idle box, 10 s+ on a loaded one
         "the fleet's SuperLink record to name B's",
     )
+
+
+def test_the_servers_choices_match_the_cli_and_the_serverapp() -> None:
+    from edgefleet.cli import train_validate
+    from edgefleet.coordinator.fl import runs
+    from edgefleet.flower.serverapp import STRATEGIES
+
+    assert runs.STRATEGIES == STRATEGIES == train_validate.FL_STRATEGIES
+    assert runs.DP_MODES == train_validate.DP_MODES and runs.MODELS == train_validate.MODELS
+
+
+def test_a_running_record_whose_serverapp_stopped_renewing_reads_as_failed() -> None:
+    from edgefleet.coordinator.fl.runs import view_of
+    from edgefleet.coordinator.state.fl_runs import StoredRun
+
+    meta = {"state": "submitted", "model": "mlp", "flwr_run_id": 7}
+    running = {"state": "running", "rounds": [{"round": 1}]}
+    assert view_of(StoredRun("r", meta, {}, False, False)).state == "submitted"
+    assert view_of(StoredRun("r", meta, running, False, True)).state == "running"
+    gone = view_of(StoredRun("r", meta, running, False, False))
+    assert gone.state == "failed" and "stopped reporting" in gone.reason
+    assert gone.record["flwr_run_id"] == 7 and len(gone.rounds) == 1
+    assert view_of(StoredRun("r", meta, running, True, False)).state == "stopped"
+    done = view_of(StoredRun("r", meta, {"state": "succeeded"}, False, False))
+    assert done.state == "succeeded" and done.finished
+
+
+def test_the_serverapps_record_reaches_redis_and_waits_while_it_is_away(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """What the ServerApp writes is read by any replica; Redis away never fails the run."""
+    import asyncio
+    import base64
+    import io
+
+    import numpy as np
+
+    from edgefleet.coordinator.state.connect import connect
+    from edgefleet.coordinator.state.store import FleetStore
+    from edgefleet.flower.run_store import RunStore
+
+    away = RunStore(f"unix://{tmp_path / 'nobody.sock'}", "r")
+    away.write({"state": "running"})  # no exception: kept for later
+    assert away._pending == {"state": "running"}
+    away.close(timeout=0)
+
+    buf = io.BytesIO()
+    np.savez(buf, w=np.ones((2, 2), np.float32))
+
+    async def upload() -> None:
+        store = FleetStore(connect(redis_url))
+        await store.create_run("r", {"state": "submitted"}, 1.0)
+        await store.put_run_blob("r", "init", base64.b64encode(buf.getvalue()).decode())
+        await store.close()
+
+    asyncio.run(upload())
+    rec = RunStore(redis_url, "r")
+    init = rec.initial_weights()
+    assert init is not None and init["w"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    rec.write({"state": "running", "rounds": [{"round": 1}]})
+    rec.close()
+
+    async def read() -> tuple[dict[str, object], bool]:
+        store = FleetStore(connect(redis_url))
+        run = await store.get_run("r")
+        await store.close()
+        assert run is not None
+        return run.progress, run.alive
+
+    progress, alive = asyncio.run(read())
+    assert progress == {"state": "running", "rounds": [{"round": 1}]} and alive

@@ -67,6 +67,7 @@ def run_to_dict(run: training_pb2.TrainingRun) -> dict[str, Any]:
         "initial": record.get("initial"),
         "final": record.get("final"),
         "registered_model": run.registered_model or None,
+        "register_error": record.get("register_error"),
     }
 
 
@@ -142,6 +143,11 @@ def _finish(run: training_pb2.TrainingRun, as_json: bool) -> None:
     out.print(
         f"{run.name}: succeeded" + ("" if acc is None else f", test accuracy {100 * acc:.1f}%")
     )
+    if run.registered_model:
+        out.print(f"registered {run.registered_model}", highlight=False)
+    error = (json.loads(run.record_json) if run.record_json else {}).get("register_error")
+    if error:
+        err_console.print(f"warning: the result was not registered: {error}", highlight=False)
 
 
 def ls(as_json: bool) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from pathlib import Path
 
 from edgefleet.coordinator.errors import CoordinatorError, Unavailable
 from edgefleet.coordinator.rollouts.document import ACTIVE_STATES
@@ -29,12 +30,32 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "rollout-controller"
 
 
+def replica_owner(data_dir: Path) -> str:
+    """This replica's lease owner name, kept in its data dir: a replica killed -9 and
+    restarted on the same data dir holds its lease again at once (and adopts the SuperLink
+    it left running, ``fl.fleet_superlink``) instead of waiting out the TTL. Two live
+    processes never share it: the data dir is locked per process."""
+    path = data_dir / "replica-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        owner = f"coordinator-{uuid.uuid4().hex[:8]}"
+        path.write_text(owner + "\n")
+        return owner
+
+
 class RolloutController:
-    def __init__(self, manager: RolloutManager, store: FleetStore, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        manager: RolloutManager,
+        store: FleetStore,
+        interval: float = 2.0,
+        owner: str = "",
+    ) -> None:
         self._manager = manager
         self._store = store
         self.interval = interval
-        self.owner = f"coordinator-{uuid.uuid4().hex[:8]}"
+        self.owner = owner or f"coordinator-{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
         #: whether this replica held the lease at its last tick (the fleet's SuperLink runs
         #: on the holder: ``fl.fleet_superlink``)

@@ -54,7 +54,11 @@ from edgefleet.coordinator.limits import Limits, StreamSlots, raise_fd_limit, se
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry, RegistrySettings
 from edgefleet.coordinator.replica_endpoints import ReplicaEndpoints, advertised_endpoint
-from edgefleet.coordinator.rollout_controller import RolloutController, rollout_gauges
+from edgefleet.coordinator.rollout_controller import (
+    RolloutController,
+    replica_owner,
+    rollout_gauges,
+)
 from edgefleet.coordinator.rollouts.manager import RolloutManager
 from edgefleet.coordinator.shared_store import open_store
 from edgefleet.coordinator.state.connect import connect
@@ -359,7 +363,9 @@ class Coordinator:
         rollouts = RolloutManager(
             store, lambda model: model_variants(variants, model), host_mps, metrics=metrics
         )
-        controller = RolloutController(rollouts, store, config.rollout_interval)
+        controller = RolloutController(
+            rollouts, store, config.rollout_interval, owner=replica_owner(config.data_dir)
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(registry, tokens, rollouts, metrics), server
         )
@@ -375,7 +381,17 @@ class Coordinator:
         federation_target: list[SuperLinkTarget | None] = [None]
         training = add_training_service(
             server,
-            TrainingRuns(store, config.data_dir / "fl-submit", url, lambda: federation_target[0]),
+            TrainingRuns(
+                store,
+                config.data_dir / "fl-submit",
+                url,
+                lambda: federation_target[0],
+                {  # the ServerApp registers a result in the store this replica serves
+                    "store-dir": str(config.data_dir.absolute()) if embedded is not None else "",
+                    "store-redis": "" if embedded is not None else url,
+                    "signing-key": str(identity.signing_key_path.absolute()),
+                },
+            ),
             tokens,
             metrics,
         )

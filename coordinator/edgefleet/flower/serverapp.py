@@ -73,6 +73,13 @@ class RunSettings:
     #: state (``edgefleet.flower.run_store``), readable from any host and replica
     redis_url: str = ""
     run_name: str = ""
+    #: when the run succeeds, register its weights as this model (``flower.run_publish``) in
+    #: the variant store at ``store_dir`` / shared through ``store_redis``, signed with
+    #: ``signing_key``
+    register_model: str = ""
+    store_dir: str = ""
+    store_redis: str = ""
+    signing_key: str = ""
     lr: float = 0.05
     local_epochs: int = 1
     batch_size: int = 32
@@ -439,6 +446,14 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         final["device_eval_acc"] = _per_device(replies, facts, Metric.EVAL_ACC)
     if rec.dir is not None:
         fl_model.save_params(params, rec.dir / "final.npz")
+    if settings.register_model:
+        from edgefleet.flower.run_publish import register_result
+
+        rec.write(state="running", phase="registering")
+        rec.doc.update(register_result(
+            params, settings.arch, settings.register_model, settings.store_dir,
+            settings.store_redis, settings.signing_key,
+        ))  # fmt: skip
     rec.write(state="succeeded", final=final, finished=time.time())
     return rec.doc
 

@@ -78,6 +78,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):  # type: igno
             dp_clip=request.dp_clip or 10.0,
             round_timeout=request.round_timeout_seconds or 120.0, name=request.name,
             register=request.register, init_weights=request.init_weights,
+            buffer=request.buffer or 4,
+            max_staleness=request.max_staleness if request.HasField("max_staleness") else 4,
+            update_codec=request.update_codec or "none",
         )  # fmt: skip
         return run_to_proto(await self._runs.start(req))
 

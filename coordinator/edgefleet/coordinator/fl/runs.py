@@ -29,13 +29,15 @@ from typing import Any
 from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.coordinator.state.fl_runs import StoredRun
 from edgefleet.coordinator.state.store import FleetStore
+from edgefleet.fl.update_codec import parse_codec
 from edgefleet.selectors import parse_selection
 
 #: what the federated app trains (``edgefleet.flower.model``; the CLI's ``train_validate.MODELS``)
 MODELS = ("mlp", "ds-cnn", "resnet-8")
 #: ``edgefleet.flower.serverapp.STRATEGIES`` (not imported: the server runs no Flower code)
-STRATEGIES = ("fedavg", "fedprox", "heterofl")
-DP_MODES = ("none", "server-fixed")
+STRATEGIES = ("fedavg", "fedprox", "heterofl", "fedbuff")
+#: the CLI's ``train_validate.DP_MODES`` (a test keeps all three equal)
+DP_MODES = ("none", "server-fixed", "client-fixed")
 FINISHED = ("succeeded", "failed", "stopped")
 MAX_ROUNDS = 10_000
 MAX_INIT_BYTES = 3 * 1024 * 1024  # under the 4 MiB gRPC message limit
@@ -61,6 +63,9 @@ class RunRequest:
     name: str = ""
     register: bool = False
     init_weights: bytes = b""
+    buffer: int = 4
+    max_staleness: int = 4
+    update_codec: str = "none"
 
 
 @dataclass(frozen=True)
@@ -116,16 +121,20 @@ class TrainingRuns:
         work_dir: Path,
         redis_url: str,
         target: Callable[[], SuperLinkTarget | None],
+        store_config: dict[str, str] | None = None,
         poll_interval: float = 0.2,
     ) -> None:
         """``work_dir``: where this replica writes Flower Apps it submits (its data dir's
         ``fl-submit``); ``redis_url``: the fleet state the ServerApp records into, as a
-        SuperLink's host reaches it; ``target``: the fleet's SuperLink now."""
+        SuperLink's host reaches it; ``target``: the fleet's SuperLink now; ``store_config``:
+        where the ServerApp registers a result (``store-dir``, ``store-redis``, ``signing-key``
+        run-config keys, see ``flower.run_publish``)."""
         self._store = store
         self._work = work_dir
         self._redis_url = redis_url
         self._target = target
         self.poll_interval = poll_interval
+        self._store_config = dict(store_config or {})
 
     async def start(self, req: RunRequest) -> RunView:
         _check(req)
@@ -153,7 +162,12 @@ class TrainingRuns:
             "local-epochs": req.local_epochs, "proximal-mu": req.proximal_mu, "dp": req.dp,
             "dp-noise": req.dp_noise, "dp-clip": req.dp_clip,
             "round-timeout": req.round_timeout, "redis-url": self._redis_url, "run-name": name,
+            "buffer": req.buffer, "max-staleness": req.max_staleness,
+            "update-codec": req.update_codec,
         }  # fmt: skip
+        if req.register:
+            meta["new_model"] = config["register-model"] = f"{req.model}-ft-{name}"
+            config.update(self._store_config)
         try:
             run_id = await asyncio.to_thread(self._submit, name, config, target)
         except (OSError, RuntimeError) as exc:
@@ -244,8 +258,16 @@ def _check(req: RunRequest) -> None:
         raise InvalidArgument("strategy", f"must be one of {', '.join(STRATEGIES)}")
     if req.dp not in DP_MODES:
         raise InvalidArgument("dp", f"must be one of {', '.join(DP_MODES)}")
-    if req.dp != "none" and req.strategy == "heterofl":
-        raise InvalidArgument("dp", "applies to fedavg/fedprox, not heterofl")
+    if req.dp != "none" and req.strategy in ("heterofl", "fedbuff"):
+        raise InvalidArgument("dp", f"applies to fedavg/fedprox, not {req.strategy}")
+    try:
+        codec = parse_codec(req.update_codec)
+    except ValueError as exc:
+        raise InvalidArgument("update_codec", str(exc)) from None
+    if codec.lossy and req.dp == "client-fixed":
+        raise InvalidArgument("dp", "client-fixed needs update_codec none")
+    if req.buffer < 1 or req.max_staleness < 0:
+        raise InvalidArgument("buffer", "buffer must be >= 1 and max_staleness >= 0")
     if not 1 <= req.rounds <= MAX_ROUNDS:
         raise InvalidArgument("rounds", f"must be 1..{MAX_ROUNDS}")
     if req.min_devices < 1:
