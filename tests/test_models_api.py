@@ -335,3 +335,36 @@ def _bad_inputs_and_corrupt_blobs_are_one_line_each(
         assert models.remove_model("m") == [vid]
         assert [m.name for m in models.list_models()] == ["sensors"]
     assert client.exists(f"{{edgefleet}}:store:blob:{archive.decode()}") == 0
+
+
+def test_local_mode_rm_and_bundle_export_without_a_coordinator(tmp_path: Path) -> None:
+    """The quick start's local mode (no coordinator): ``rm`` and ``export --format bundle``
+    on the data dir; an unknown model is one line."""
+    from typer.testing import CliRunner
+
+    from edgefleet.archive import unpack_archive
+    from edgefleet.cli.main import app
+    from tests.fleetkit import make_model
+
+    data = tmp_path / "data"
+    ids = make_model(data, "digits")
+    runner = CliRunner()
+    env = {"EDGEFLEET_COORDINATOR": "", "EDGEFLEET_CONFIG": str(tmp_path / "none.toml")}
+    res = runner.invoke(
+        app,
+        ["models", "export", "digits", "int8-static", "--format", "bundle",
+         "--out", str(tmp_path / "out"), "--data-dir", str(data)],
+        env=env,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (tmp_path / "unpacked").mkdir()
+    unpack_archive(tmp_path / "out" / "digits_int8_static.tar", tmp_path / "unpacked")
+    assert (tmp_path / "unpacked" / "model.onnx").read_bytes() == (
+        data / "variants" / ids["int8-static"] / "model.onnx"
+    ).read_bytes()
+    res = runner.invoke(app, ["models", "rm", "digits", "--data-dir", str(data)], env=env)
+    assert res.exit_code == 0 and "3 variant(s)" in res.output, res.output
+    assert not (data / "variants" / ids["fp32"]).exists()
+    res = runner.invoke(app, ["models", "rm", "digits", "--data-dir", str(data)], env=env)
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == ["error: unknown model 'digits'"]
