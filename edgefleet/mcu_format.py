@@ -23,6 +23,7 @@ int32, multipliers int32, shifts int8); per-tensor ones are plain integers in th
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "SUPPORTED_OPS",
     "TFLITE_FILE",
     "TFLITE_LAYOUT",
+    "leaky_relu_params",
     "nhwc_flat_order",
     "quantize_multiplier",
 ]
@@ -104,3 +106,36 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if shift > 30:
         raise ValueError(f"requantisation scale {real} too large for int32 fixed point")
     return int(q_fixed), int(shift)
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (round half to even), as a Python float."""
+    value: float = struct.unpack("<f", struct.pack("<f", x))[0]
+    return value
+
+
+def leaky_relu_params(s_in: float, s_out: float, alpha: float) -> dict[str, int | float]:
+    """TFLM's int8 LEAKY_RELU parameters (``CalculateOpDataLeakyRelu``): ``multiplier``/``shift``
+    for ``x >= 0`` (``s_in / s_out``) and ``alpha_multiplier``/``alpha_shift`` below it
+    (``s_in * alpha / s_out``), both real multipliers computed in float32 before
+    ``QuantizeMultiplier``, as TFLM's ``Prepare`` does. The exporter and the emulator both call
+    this, so their parameters agree to the bit.
+
+    Float32 arithmetic without numpy: each operand is a float32; their product or quotient in
+    double, rounded once to float32, equals the float32 operation (double has more than
+    2 x 24 + 2 bits, so rounding twice cannot differ for a single multiply or divide).
+    Raises ``ValueError`` for a negative or non-finite ``alpha`` (TFLM's kernel assumes >= 0).
+    """
+    a = _f32(alpha)
+    if not (math.isfinite(a) and a >= 0):
+        raise ValueError(f"LeakyRelu: a negative alpha is not supported (alpha {alpha})")
+    si, so = _f32(s_in), _f32(s_out)
+    m_id, sh_id = quantize_multiplier(_f32(si / so))
+    m_a, sh_a = quantize_multiplier(_f32(_f32(si * a) / so))
+    return {
+        "alpha": a,
+        "multiplier": m_id,
+        "shift": sh_id,
+        "alpha_multiplier": m_a,
+        "alpha_shift": sh_a,
+    }

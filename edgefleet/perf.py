@@ -115,13 +115,13 @@ def cycles_per_mac(profile: DeviceProfile) -> float:
     return CORE_COSTS[mcu_core(profile)].dense * STALL_FACTOR
 
 
-def manifest_layers(manifest: Mapping[str, Any]) -> tuple[Layer, ...]:
+def manifest_layers(manifest: Mapping[str, Any], frontend: bool = True) -> tuple[Layer, ...]:
     """A variant's work on an MCU from its manifest: the graph's per-op counts
     (``metrics.ops``; a manifest written before them: its MACs as one pointwise layer) plus,
     for a model whose input is raw audio, the MFCC frontend the device computes first
-    (``input.frontend`` over ``input.raw``'s samples, counted by ``FrontendSpec.cost``).
-    Malformed counts raise ``CycleModelError``, a bad frontend ``FrontendError`` (both
-    ``ValueError``)."""
+    (``input.frontend`` over ``input.raw``'s samples, counted by ``FrontendSpec.cost``;
+    left out with ``frontend=False``). Malformed counts raise ``CycleModelError``, a bad
+    frontend ``FrontendError`` (both ``ValueError``)."""
     metrics = manifest.get("metrics") or {}
     ops = metrics.get("ops")
     if ops is not None:
@@ -129,7 +129,7 @@ def manifest_layers(manifest: Mapping[str, Any]) -> tuple[Layer, ...]:
     else:
         layers = dense_fallback(int(metrics.get("macs", 0)))
     spec = (manifest.get("input") or {}).get("frontend")
-    if isinstance(spec, Mapping):
+    if frontend and isinstance(spec, Mapping):
         from edgefleet.frontend import FrontendSpec
 
         samples = int(manifest["input"]["raw"]["shape"][-1])
@@ -138,11 +138,15 @@ def manifest_layers(manifest: Mapping[str, Any]) -> tuple[Layer, ...]:
     return layers
 
 
-def mcu_latency_ms(profile: DeviceProfile, manifest: Mapping[str, Any]) -> float:
+def mcu_latency_ms(
+    profile: DeviceProfile, manifest: Mapping[str, Any], frontend: bool = True
+) -> float:
     """One inference of a variant on an MCU profile, from its manifest
     (:func:`manifest_layers` through the cycle model): what the coordinator predicts, so a
-    runtime reporting simulated device time can report the same number."""
-    return predict(mcu_core(profile), manifest_layers(manifest), profile.cpu_mhz).ms
+    runtime reporting simulated device time can report the same number. ``frontend=False``:
+    the network alone (a runtime adds the frontend only for a request that needed it)."""
+    layers = manifest_layers(manifest, frontend)
+    return predict(mcu_core(profile), layers, profile.cpu_mhz).ms
 
 
 def measure_host(duration: float = 0.3, size: int = 64) -> Benchmark:

@@ -38,11 +38,12 @@ from edgefleet.agent.runtimes import (
 from edgefleet.agent.runtimes.mcu_sim import McuSimRuntime, requantize
 from edgefleet.bundle import Bundle
 from edgefleet.catalog import get_profile
+from edgefleet.cycles import CORE_COSTS, STALL_FACTOR, Core
 from edgefleet.mcu_format import MCU_FORMAT, MCU_FORMAT_VERSION
 from edgefleet.modelops.build import BuildOptions, build_variants, register_model
 from edgefleet.modelops.data import Dataset, load_dataset
 from edgefleet.modelops.measure import LatencyConfig
-from edgefleet.perf import cycles_per_mac
+from edgefleet.perf import mcu_latency_ms
 from edgefleet.profiles import DeviceProfile
 from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ArchitectureSpec
@@ -246,7 +247,11 @@ def test_mcu_refuses_a_variant_whose_arena_exceeds_sram_naming_both_numbers(
 
 def test_mcu_refuses_a_variant_that_does_not_fit_flash(variants: Variants) -> None:
     files = variants.int8.manifest["files"]
-    flash = files["model.tflite"]["bytes"]  # mcu-sim runs the same file TFLM loads
+    model = files["model.tflite"]["bytes"]  # mcu-sim runs the same file TFLM loads
+    # ... plus the TFLM code its ops link: the build's figure is the one the agent checks
+    mcu = variants.int8.manifest["metrics"]["mcu"]
+    flash = mcu["flash_bytes"]
+    assert flash == model + mcu["code_bytes"] and mcu["code_bytes"] > 0
     small = _profile("cortex-m4", name="cortex-m4-tiny", storage_bytes=flash // 2)
     with pytest.raises(BudgetExceededError, match=rf"flash: bundle needs {flash} bytes") as err:
         open_runtime("mcu-sim", small).load(variants.int8)
@@ -308,7 +313,9 @@ def test_cycle_model_latency_scales_with_clock_and_counts_the_models_macs(
     assert isinstance(fast, McuSimRuntime) and isinstance(slow, McuSimRuntime)
     assert fast.estimate is not None and slow.estimate is not None
     assert fast.estimate.macs == variants.int8.manifest["metrics"]["macs"]
-    assert fast.estimate.mac_cycles == pytest.approx(fast.estimate.macs * cycles_per_mac(m7))
+    # the coordinator's per-op prediction (the network: this variant has no frontend)
+    assert fast.estimate.source == "manifest"
+    assert fast.estimate.latency_ms == pytest.approx(mcu_latency_ms(m7, variants.int8.manifest))
     assert slow.estimate.latency_ms == pytest.approx(2 * fast.estimate.latency_ms)
     fast.infer(digits.x_test[:5])
     assert fast.latency_source == "cycle-model"
@@ -329,11 +336,13 @@ def test_cycle_model_latency_grows_with_macs() -> None:
         assert rt.estimate is not None
         estimates.append(rt.estimate)
     assert [e.macs for e in estimates] == [64 * 16, 64 * 64, 64 * 256]
+    assert {e.source for e in estimates} == {"graph"}  # no op counts in these manifests
     lat = [e.latency_ms for e in estimates]
     assert lat[0] < lat[1] < lat[2]
     # MAC cycles dominate as the layer widens: 16x the MACs costs more than 8x the time.
     assert lat[2] / lat[0] > 8
-    assert estimates[2].mac_cycles / estimates[2].cycles > 0.5
+    mac_cycles = estimates[2].macs * CORE_COSTS[Core.M7].fc * STALL_FACTOR
+    assert mac_cycles / estimates[2].cycles > 0.5
 
 
 # --- the ops the exporter does not emit yet, against float references ----------------------

@@ -22,7 +22,12 @@ from edgefleet.agent.runtimes import (
     open_runtime,
 )
 from edgefleet.agent.runtimes.litert import LiteRtRuntime
-from edgefleet.agent.runtimes.tflite_io import TensorQuant, input_mapper, quant_from_details
+from edgefleet.agent.runtimes.tflite_io import (
+    TensorQuant,
+    input_mapper,
+    quant_from_details,
+    tflite_ops,
+)
 from edgefleet.agent.runtimes.tflm import TflmRuntime, _c_stderr, _interpreter, measure_arena
 from edgefleet.agent.serving import Serving
 from edgefleet.bundle import Bundle
@@ -33,8 +38,9 @@ from edgefleet.coordinator.variant_selection import (
     VariantFacts,
     judge,
 )
+from edgefleet.mcu_flash import flash_image
 from edgefleet.modelops.data import Dataset, load_dataset
-from edgefleet.perf import cycles_per_mac
+from edgefleet.perf import cycles_per_mac, mcu_latency_ms
 from edgefleet.profiles import DeviceProfile, ProfileError, validate_profile
 from edgefleet.variant_store import VariantStore
 from tests.tflite_models import (
@@ -57,16 +63,21 @@ def linear(digits: Dataset) -> LinearInt8:
 
 
 def _bundle(
-    model: bytes, input_spec: dict[str, Any], layout: str | None = "NHWC", macs: int = 640
+    model: bytes,
+    input_spec: dict[str, Any],
+    layout: str | None = "NHWC",
+    macs: int = 640,
+    ops: list[dict[str, Any]] | None = None,
 ) -> Bundle:
     entry: dict[str, Any] = {"file": "model.tflite"}
     if layout is not None:
         entry["layout"] = layout
+    metrics: dict[str, Any] = {"macs": macs} if ops is None else {"macs": macs, "ops": ops}
     manifest = {
         "precision": "int8",
         "runtimes": {"tflm": entry, "litert": entry},
         "input": input_spec,
-        "metrics": {"macs": macs},
+        "metrics": metrics,
     }
     return Bundle("0" * 64, manifest, {"model.tflite": model}, Path("."), "test")
 
@@ -117,8 +128,15 @@ def test_tflm_arena_is_the_smallest_tflm_accepts_and_memory_reports_it(
     rt = TflmRuntime(mcu())
     rt.load(_bundle(linear.tflite, digits.input_spec()))
     usage = rt.memory()
-    assert (usage.weights, usage.working) == (len(linear.tflite), arena.arena_bytes)
-    assert str(arena.reported_bytes) in usage.method
+    # flash: the model plus the TFLM code its ops link (one FULLY_CONNECTED here, after the
+    # flatten's RESHAPE), the one figure the build, selection and both MCU runtimes use
+    image = flash_image(len(linear.tflite), tflite_ops(linear.tflite))
+    assert set(image.kernel_bytes) == {"RESHAPE", "FULLY_CONNECTED"} or set(image.kernel_bytes) == {
+        "FULLY_CONNECTED"
+    }
+    assert (usage.weights, usage.working) == (image.total, arena.arena_bytes)
+    assert usage.weights > len(linear.tflite)
+    assert str(arena.reported_bytes) in usage.method and str(image.code_bytes) in usage.method
     rt.unload()
     assert rt.memory().total == 0
 
@@ -127,10 +145,13 @@ def test_tflm_refuses_flash_and_sram_it_does_not_have_naming_both_numbers(
     linear: LinearInt8, digits: Dataset
 ) -> None:
     bundle = _bundle(linear.tflite, digits.input_spec())
+    need = flash_image(len(linear.tflite), tflite_ops(linear.tflite)).total
     with pytest.raises(
-        BudgetExceededError, match=rf"flash: bundle needs {len(linear.tflite)} bytes"
+        BudgetExceededError,
+        match=rf"flash: bundle needs {need} bytes .*\(model {len(linear.tflite)} \+ TFLM code",
     ):
-        TflmRuntime(mcu(storage_bytes=1000)).load(bundle)
+        TflmRuntime(mcu(storage_bytes=need - 1)).load(bundle)
+    TflmRuntime(mcu(storage_bytes=need)).load(bundle)  # exactly enough fits
     arena, _ = measure_arena(linear.tflite)
     with pytest.raises(
         BudgetExceededError,
@@ -139,13 +160,30 @@ def test_tflm_refuses_flash_and_sram_it_does_not_have_naming_both_numbers(
         TflmRuntime(mcu(ram_bytes=1024)).load(bundle)
 
 
-def test_tflm_latency_is_the_cycle_model_not_host_time(linear: LinearInt8, digits: Dataset) -> None:
+def test_tflm_latency_is_the_coordinators_per_op_prediction_not_host_time(
+    linear: LinearInt8, digits: Dataset
+) -> None:
+    """The agent reports what selection predicted: :func:`edgefleet.perf.mcu_latency_ms` over
+    the manifest's per-op counts, on the profile's core at its clock."""
     profile = mcu("cortex-m4")
+    cheap = [{"op": "fc", "macs": 640, "outputs": 10}]
+    dear = [{"op": "depthwise", "macs": 640, "outputs": 10}, *cheap]  # same MACs + a depthwise
+    got = []
+    for ops in (cheap, dear):
+        bundle = _bundle(linear.tflite, digits.input_spec(), ops=ops)
+        rt = TflmRuntime(profile)
+        rt.load(bundle)
+        rt.infer(digits.x_test[:3])
+        assert rt.last_latency_ms == pytest.approx(3 * mcu_latency_ms(profile, bundle.manifest))
+        got.append(rt.last_latency_ms)
+    assert got[1] > got[0] > 0  # per op: a second layer of a dearer kind costs more
+    # a manifest without op counts: its MACs as one pointwise layer, as the coordinator does
+    bundle = _bundle(linear.tflite, digits.input_spec(), macs=1_000_000)
     rt = TflmRuntime(profile)
-    rt.load(_bundle(linear.tflite, digits.input_spec(), macs=1_000_000))
-    rt.infer(digits.x_test[:3])
-    per_sample = 1_000_000 * cycles_per_mac(profile) / (profile.cpu_mhz * 1e3)
-    assert rt.last_latency_ms == pytest.approx(3 * per_sample)
+    rt.load(bundle)
+    rt.infer(digits.x_test[:1])
+    assert rt.last_latency_ms == pytest.approx(mcu_latency_ms(profile, bundle.manifest))
+    assert rt.last_latency_ms > 1_000_000 * cycles_per_mac(profile) / (profile.cpu_mhz * 1e3)
     assert rt.latency_source == "cycle-model" and LiteRtRuntime.latency_source == "wall"
 
 

@@ -78,6 +78,8 @@ class VariantFacts:
     runtimes: tuple[str, ...]
     host_latency_ms: dict[str, float] = field(default_factory=dict)  # per runtime
     mcu_flash_bytes: int | None = None
+    #: of ``mcu_flash_bytes``, the runtime's code (TFLM core + kernels, ``edgefleet.mcu_flash``)
+    mcu_code_bytes: int | None = None
     #: per-op work of the int8 graph (manifest ``metrics.ops``), for the MCU cycle model
     layers: tuple[Layer, ...] = ()
     #: what the device's signal frontend costs per inference (``None``: no frontend)
@@ -164,6 +166,22 @@ def frontend_share(v: VariantFacts, profile: DeviceProfile) -> str:
     return "frontend mfcc: " + ", ".join(parts)
 
 
+def flash_parts(v: VariantFacts, profile: DeviceProfile) -> str:
+    """`` (model N + TFLM code N + frontend tables N)``: what an MCU's flash holds of a variant
+    (the code from the build's ``edgefleet.mcu_flash`` image; empty off MCUs)."""
+    if not profile.is_mcu:
+        return ""
+    parts = []
+    if v.mcu_flash_bytes and v.mcu_code_bytes:
+        parts += [
+            f"model {human_bytes(v.mcu_flash_bytes - v.mcu_code_bytes)}",
+            f"TFLM code {human_bytes(v.mcu_code_bytes)}",
+        ]
+    if v.frontend is not None:
+        parts.append(f"frontend tables {human_bytes(v.frontend.flash_bytes)}")
+    return f" ({' + '.join(parts)})" if parts else ""
+
+
 def _frontend_layers(c: FrontendCost) -> tuple[Layer, ...]:
     from edgefleet.cycles import frontend_layers
 
@@ -210,7 +228,7 @@ def judge(
     tables = v.frontend.flash_bytes if profile.is_mcu and v.frontend is not None else 0
     if storage_need + tables > profile.storage_bytes:
         kind = "flash" if profile.is_mcu else "storage"
-        of = f" (+ frontend tables {human_bytes(tables)})" if tables else ""
+        of = flash_parts(v, profile) if profile.is_mcu else ""
         failures.append(
             f"{kind}: needs {human_bytes(storage_need + tables)}{of}, has "
             f"{human_bytes(profile.storage_bytes)}"
@@ -277,6 +295,13 @@ def select(
         f"chose {winner.variant.recipe} ({winner.variant.accuracy:.2%}) {why} "
         f"{winner.predicted_latency_ms:.3g} ms on {winner.runtime}"
     )
+    if profile.is_mcu and winner.variant.mcu_flash_bytes:
+        v = winner.variant
+        flash = v.mcu_flash_bytes + (v.frontend.flash_bytes if v.frontend is not None else 0)
+        reason += (
+            f"; flash {human_bytes(flash)} of {human_bytes(profile.storage_bytes)}"
+            f"{flash_parts(v, profile)}"
+        )
     share = frontend_share(winner.variant, profile)
     return Selection(winner, verdicts, f"{reason}; {share}" if share else reason)
 

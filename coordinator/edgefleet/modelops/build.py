@@ -30,6 +30,8 @@ from torch import nn
 import edgefleet.version
 from edgefleet.bundle import Bundle
 from edgefleet.cycles import layers_to_json
+from edgefleet.mcu_flash import flash_image, kernels_of_graph
+from edgefleet.modelops.c_export import summarize
 from edgefleet.modelops.data import (
     Dataset,
     DatasetError,
@@ -155,8 +157,15 @@ def make_variant(
             files["mcu.json"] = json.dumps(mcu.graph, indent=1, sort_keys=True).encode()
             files["mcu.safetensors"] = _numpy_safetensors(mcu.tensors)
             runtimes["mcu-sim"] = {"graph": "mcu.json", "tensors": "mcu.safetensors"}
+            # flash on a device: the model plus the code that runs it (edgefleet.mcu_flash);
+            # without a .tflite, mcu-sim runs the JSON graph, which is then the model bytes
+            frontend = (data.input_spec().get("frontend") or {}).get("kind")
             mcu_info = {
-                "flash_bytes": len(files["mcu.safetensors"]),
+                **flash_image(
+                    len(files["mcu.safetensors"]) + len(files["mcu.json"]),
+                    kernels_of_graph(mcu.graph["ops"]),
+                    frontend,
+                ).to_json(),
                 "tensor_bytes": mcu.weight_bytes,
             }
             # The full-integer .tflite (TFLM, LiteRT, mcu-sim run it) and TFLM's own arena.
@@ -177,6 +186,7 @@ def make_variant(
                     "layout": TFLITE_LAYOUT,
                     **arena.to_json(),
                 }
+                mcu_info.update(flash_image(len(tflite), summarize(tflite).ops, frontend).to_json())
     onnx_bytes = deploy.SerializeToString()
     files["model.onnx"] = onnx_bytes
     runtimes["onnxruntime"] = {"file": "model.onnx"}

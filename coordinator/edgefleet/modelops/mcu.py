@@ -22,7 +22,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgefleet.mcu_format import ACTIVATION_DTYPE, LAYOUT, MCU_FORMAT, MCU_FORMAT_VERSION
+from edgefleet.mcu_format import (
+    ACTIVATION_DTYPE,
+    LAYOUT,
+    MCU_FORMAT,
+    MCU_FORMAT_VERSION,
+    leaky_relu_params,
+)
 from edgefleet.mcu_format import quantize_multiplier as _quantize_multiplier
 from edgefleet.modelops.onnx_export import static_shapes
 
@@ -189,7 +195,10 @@ def export_mcu(model: onnx.ModelProto) -> McuExport:
                 y, _ = g.quantised_output(node.output[0])
                 ops.append(_requant_op("reshape", x, tensor(y), tensors))
         elif op not in ("QuantizeLinear", "DequantizeLinear"):
-            raise McuExportError(f"op {op} is not supported by the MCU format")
+            raise McuExportError(
+                f"op {_user_op_name(g, node)} is not supported by the MCU format "
+                f"(its int8 ops: {', '.join(_SUPPORTED_ONNX)})"
+            )
     if input_q is None:
         raise McuExportError("graph input is not quantised")
     final = model.graph.output[0].name
@@ -207,6 +216,40 @@ def export_mcu(model: onnx.ModelProto) -> McuExport:
         "requantization": "tflite: acc * multiplier * 2**(shift - 31), round half away from zero",
     }
     return out
+
+
+#: The ONNX ops the exporter turns into MCU ops (named in a refusal, so a user knows what to use).
+_SUPPORTED_ONNX = (
+    "Conv",
+    "Gemm",
+    "Add",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "LeakyRelu",
+    "Concat",
+    "Relu",
+    "Flatten/Reshape",
+)
+
+
+def _user_op_name(g: _Graph, node: onnx.NodeProto) -> str:
+    """The op as the user wrote it: torch exports ``nn.Hardswish`` as ``HardSigmoid(x) * x``
+    (through Q/DQ pairs once quantised), so a HardSigmoid whose output reaches a Mul is named
+    HardSwish in the refusal. TFLM has int8 HARD_SWISH, LOGISTIC and SOFTMAX kernels; the
+    emulator does not reproduce them bit for bit yet, so they are refused at build."""
+    if node.op_type != "HardSigmoid":
+        return node.op_type
+    frontier, seen = list(node.output), 0
+    while frontier and seen < 8:
+        seen += 1
+        for user in g.consumers.get(frontier.pop(), []):
+            if user.op_type == "Mul":
+                return "HardSwish (HardSigmoid x Mul)"
+            if user.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                frontier.extend(user.output)
+    return node.op_type
 
 
 def _traces_to(g: _Graph, name: str, target: str) -> bool:
@@ -395,26 +438,20 @@ def _add_op(a: str, b: str, y: str, tensors: dict[str, dict[str, Any]]) -> dict[
 def _leaky_relu_op(
     node: onnx.NodeProto, x: str, y: str, tensors: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """TFLM's int8 LEAKY_RELU: one requantisation for x >= 0, another (times alpha) below.
-
-    TFLM computes both real multipliers in float32 (``s_in * alpha / s_out``, ``s_in / s_out``)
-    before ``QuantizeMultiplier``; so does this, so the parameters agree to the bit.
-    """
-    alpha = np.float32(_attrs(node).get("alpha", 0.01))
-    if not alpha >= 0:
-        raise McuExportError("LeakyRelu: a negative alpha is not supported")
-    s_in, s_out = np.float32(tensors[x]["scale"]), np.float32(tensors[y]["scale"])
-    m_id, sh_id = quantize_multiplier(float(s_in / s_out))
-    m_a, sh_a = quantize_multiplier(float(s_in * alpha / s_out))
+    """TFLM's int8 LEAKY_RELU: one requantisation for x >= 0, another (times alpha) below,
+    with the parameters TFLM's ``Prepare`` derives (:func:`edgefleet.mcu_format.leaky_relu_params`,
+    shared with the emulator)."""
+    try:
+        params = leaky_relu_params(
+            tensors[x]["scale"], tensors[y]["scale"], float(_attrs(node).get("alpha", 0.01))
+        )
+    except ValueError as exc:
+        raise McuExportError(str(exc)) from exc
     return {
         "op": "leaky_relu",
         "inputs": [x],
         "output": y,
-        "alpha": float(alpha),
-        "multiplier": m_id,
-        "shift": sh_id,
-        "alpha_multiplier": m_a,
-        "alpha_shift": sh_a,
+        **params,
         "input_zero_point": tensors[x]["zero_point"],
         "output_zero_point": tensors[y]["zero_point"],
     }

@@ -7,9 +7,9 @@ microcontroller gets. Serving through it shows that artifact works on those devi
 * One thread by default (``threads``), as the coordinator measures and as a device serves one
   request at a time next to the agent's own work; LiteRT's default delegate (XNNPACK) is kept,
   because that is what a device runs.
-* Input and output go through the ``.tflite``'s own int8 quantisation
-  (:mod:`edgefleet.agent.runtimes.tflite_io`, shared with ``tflm``), one sample per invoke: the
-  converted model has batch 1 baked into its reshapes.
+* Input and output go through the ``.tflite``'s own int8 quantisation, one sample per invoke
+  (the converted model has batch 1 baked into its reshapes): the serving loop is
+  :class:`edgefleet.agent.runtimes.tflite_io.Int8Interpreter`, shared with ``tflm``.
 * Memory: weights = the ``.tflite`` bytes; working = the process's RSS growth over building the
   interpreter, allocating its tensors and one batch-1 run, less the model bytes (LiteRT keeps no
   arena figure of its own), as the onnxruntime runtime does.
@@ -25,26 +25,25 @@ import numpy.typing as npt
 import psutil
 from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-untyped]
 
-from edgefleet.agent.runtimes.base import BundleFormatError, InferenceError, MemoryUsage, Runtime
-from edgefleet.agent.runtimes.tflite_io import TensorQuant, input_mapper, quant_from_details
+from edgefleet.agent.runtimes.base import BundleFormatError, MemoryUsage
+from edgefleet.agent.runtimes.tflite_io import Int8Interpreter, Int8Io
 from edgefleet.bundle import Bundle
 from edgefleet.profiles import DeviceProfile
 
 __all__ = ["LiteRtRuntime"]
 
 
-class LiteRtRuntime(Runtime):
+class LiteRtRuntime(Int8Interpreter):
     """LiteRT's interpreter (XNNPACK) over the bundle's ``model.tflite``."""
 
     name = "litert"
+    invoke_errors = (RuntimeError, ValueError)
+    interpreter_name = "LiteRT"
 
     def __init__(self, profile: DeviceProfile, threads: int = 1) -> None:
         super().__init__(profile, threads)
         self._it: Any = None
-        self._in = self._out = TensorQuant(1.0, 0)
         self._in_index = self._out_index = 0
-        self._perm: tuple[int, ...] | None = None
-        self._in_shape: tuple[int, ...] = ()
         self._usage = MemoryUsage(0, 0, "not loaded")
 
     def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
@@ -60,18 +59,10 @@ class LiteRtRuntime(Runtime):
             raise BundleFormatError(
                 f"model.tflite has {len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1"
             )
-        shape = tuple(int(d) for d in inputs[0]["shape"])
-        layout = entry.get("layout")
-        self._perm = input_mapper(
-            bundle.manifest.get("input", {}).get("shape", []),
-            shape,
-            None if layout is None else str(layout),
-        )
-        self._in = quant_from_details(inputs[0], "input")
-        self._out = quant_from_details(outputs[0], "output")
+        self.io = Int8Io.from_details(bundle, entry, inputs[0], outputs[0])
         self._in_index, self._out_index = int(inputs[0]["index"]), int(outputs[0]["index"])
-        self._it, self._in_shape = it, shape
-        self.run_int8(np.zeros((1, *shape[1:]), np.int8))  # warm-up: the working memory below
+        self._it = it
+        self.run_int8(np.zeros((1, *self.io.shape[1:]), np.int8))  # warm-up: memory below
         grown = max(0, psutil.Process().memory_info().rss - rss)
         self._usage = MemoryUsage(
             weights=len(model),
@@ -80,26 +71,10 @@ class LiteRtRuntime(Runtime):
             "less the model bytes",
         )
 
-    def quantize_input(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.int8]:
-        """The batch as the model's int8 input tensors, ``[N, *model input shape[1:]]``."""
-        x = batch if self._perm is None else np.transpose(batch, self._perm)
-        return self._in.quantize(x).reshape(batch.shape[0], *self._in_shape[1:])
-
-    def run_int8(self, q: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
-        """LiteRT's int8 output for each int8 input row."""
-        rows = []
-        for row in q:
-            self._it.set_tensor(self._in_index, row[None])
-            self._it.invoke()
-            rows.append(np.array(self._it.get_tensor(self._out_index), np.int8).reshape(-1))
-        return np.stack(rows)
-
-    def _infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        try:
-            q = self.run_int8(self.quantize_input(batch))
-        except (RuntimeError, ValueError) as exc:  # the variant stays loaded
-            raise InferenceError(f"LiteRT invoke failed: {exc}") from exc
-        return self._out.dequantize(q)
+    def invoke_one(self, row: npt.NDArray[np.int8]) -> npt.NDArray[Any]:
+        self._it.set_tensor(self._in_index, row)
+        self._it.invoke()
+        return np.asarray(self._it.get_tensor(self._out_index))
 
     def memory(self) -> MemoryUsage:
         return self._usage

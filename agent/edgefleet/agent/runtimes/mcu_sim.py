@@ -20,15 +20,20 @@ its kernels take. This module models exactly those three:
   as in the ``tflm`` and ``litert`` runtimes, never an undefined cast), to dequantise the
   logits for reporting, and at load time to build the softmax lookup table of ``mcu.json``
   graphs.
-* **Budgets**: flash = ``model.tflite`` bytes (or ``mcu.safetensors`` + ``mcu.json``);
+* **Budgets**: flash = ``model.tflite`` bytes (or ``mcu.safetensors`` + ``mcu.json``) plus
+  the TFLM code its op list links (:mod:`edgefleet.mcu_flash`, the build's own figure);
   SRAM = the peak of a greedy arena plan over the int8 graph (TFLM's greedy planner:
   lifetimes, largest-first placement, 16-byte alignment, kernel scratch buffers as CMSIS-NN
   sizes them). It equals TFLM's reported arena head for graphs without im2col scratch and
-  exceeds it by that scratch otherwise (TFLM's reference kernels need none). Over either
-  budget, ``load`` refuses with both numbers.
-* **Latency** from a cycle model at the profile's clock (never host wall time): MACs x the
-  core's cycles per int8 MAC (:func:`edgefleet.perf.cycles_per_mac`) + per-element requantise
-  cost + memory traffic (activations in SRAM, weights streamed from flash) + per-layer setup.
+  exceeds it by that scratch otherwise (TFLM's reference kernels need none). A variant whose
+  device computes an MFCC frontend also needs that frontend's working buffers in SRAM
+  (``FrontendSpec.cost().ram_bytes``: the 1 s int16 clip, the FFT frame, mel and feature
+  buffers), beside the arena, so arena + frontend must fit the profile's SRAM (and the arena,
+  one array, its largest contiguous region). Over any budget, ``load`` refuses with both numbers.
+* **Latency** from the per-op cycle model of the profile's core at its clock (never host wall
+  time): :func:`edgefleet.perf.mcu_latency_ms` over the manifest's op counts, the coordinator's
+  own prediction (the frontend's share is added by the base runtime for a raw-audio request).
+  A bundle whose manifest has no op counts is costed from the loaded graph's ops.
 
 Only numpy is needed. The emulator is split so that each module stays readable on its own:
 the graph format and its checks (:mod:`.mcu_graph`), the integer kernels (:mod:`.mcu_kernels`)
@@ -59,19 +64,22 @@ from edgefleet.agent.runtimes.mcu_kernels import (
     softmax_lut,
 )
 from edgefleet.agent.runtimes.mcu_tflite import parse_tflite, schema_available
-from edgefleet.agent.runtimes.tflite_io import TensorQuant
+from edgefleet.agent.runtimes.tflite_io import TensorQuant, mcu_flash, tflite_ops
 from edgefleet.arena import ArenaPlan, Lifetimes
 from edgefleet.bundle import Bundle
-from edgefleet.perf import cycles_per_mac
+from edgefleet.cycles import Layer, Prediction, predict
+from edgefleet.frontend.spec import FrontendError, manifest_cost
+from edgefleet.mcu_flash import FlashImage, kernels_of_graph
+from edgefleet.perf import manifest_layers, mcu_core
 from edgefleet.profiles import DeviceProfile
 
 __all__ = [
     "ArenaPlan",
     "CycleEstimate",
-    "CycleModel",
     "McuGraph",
     "McuSimRuntime",
     "estimate_cycles",
+    "graph_layers",
     "parse_graph",
     "plan_arena",
     "read_safetensors",
@@ -140,79 +148,75 @@ def plan_arena(g: McuGraph) -> ArenaPlan:
 
 
 @dataclass(frozen=True)
-class CycleModel:
-    """Cycle costs of one int8 inference on a Cortex-M class core.
-
-    ``cycles_per_mac`` is the core's sustained int8 kernel rate (shared with the coordinator's
-    latency model through :func:`edgefleet.perf.cycles_per_mac`). The rest are the usual
-    first-order costs of CMSIS-NN kernels: each output element is requantised, offset and
-    clamped (a handful of instructions); activations move over the 32-bit SRAM bus (a word per
-    cycle); weights stream from flash through the prefetch buffer (about two bytes per cycle
-    once wait states are hidden); each layer pays a fixed setup cost.
-    """
-
-    cycles_per_mac: float
-    cycles_per_output: float = 4.0
-    sram_cycles_per_byte: float = 0.25
-    flash_cycles_per_byte: float = 0.5
-    cycles_per_layer: float = 500.0
-
-    @classmethod
-    def for_profile(cls, profile: DeviceProfile) -> CycleModel:
-        return cls(cycles_per_mac=cycles_per_mac(profile))
-
-
-@dataclass(frozen=True)
 class CycleEstimate:
-    """One batch-1 inference: the work counted and the cycles and time it costs."""
+    """One batch-1 inference of the network (no frontend) on a profile's core: the layers
+    costed, where their counts came from (``manifest`` or ``graph``), the cycle model's answer."""
 
-    macs: int
-    outputs: int
-    sram_bytes: int
-    flash_bytes: int
-    layers: int
-    cycles: float
-    mac_cycles: float
-    cpu_mhz: int
+    layers: tuple[Layer, ...]
+    source: str
+    prediction: Prediction
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def cycles(self) -> float:
+        return self.prediction.cycles
 
     @property
     def latency_ms(self) -> float:
-        return self.cycles / (self.cpu_mhz * 1e3)
+        return self.prediction.ms
 
 
-def _op_macs(op: Mapping[str, Any], g: McuGraph) -> int:
-    out = g.tensors[op["output"]]
-    if op["op"] == "fully_connected":
-        return int(g.params[op["weight"]].size)
-    if op["op"] in ("conv2d", "depthwise_conv2d"):
-        _, cin_g, kh, kw = g.params[op["weight"]].shape
-        return out.numel * int(cin_g * kh * kw)
-    return 0
+def graph_layers(g: McuGraph) -> tuple[Layer, ...]:
+    """The int8 graph's work per op as the cycle model counts it (what the coordinator's
+    ``count_layers`` writes into ``metrics.ops`` from the float graph): for bundles whose
+    manifest has no op counts. Shape-only ops (reshape, requantise, concat, pad) cost nothing."""
+    layers: list[Layer] = []
+    for op in g.ops:
+        kind, out = op["op"], g.tensors[op["output"]].numel
+        if kind in ("conv2d", "depthwise_conv2d"):
+            _, cin_g, kh, kw = g.params[op["weight"]].shape
+            macs = out * int(cin_g * kh * kw)
+            plain = kh == kw == 1 and list(op["stride"]) == [1, 1]
+            if kind == "depthwise_conv2d":
+                layers.append(Layer("depthwise", macs=macs, outputs=out))
+            elif plain:
+                layers.append(Layer("pointwise", macs=macs, outputs=out))
+            else:
+                pixels = out // int(g.params[op["weight"]].shape[0])
+                im2col = pixels * int(cin_g * kh * kw)
+                layers.append(Layer("conv", macs=macs, outputs=out, im2col=im2col))
+        elif kind == "fully_connected":
+            layers.append(Layer("fc", macs=int(g.params[op["weight"]].size), outputs=out))
+        elif kind in ("max_pool2d", "average_pool2d", "global_average_pool"):
+            layers.append(Layer("pool", elements=g.tensors[op["inputs"][0]].numel))
+        elif kind == "add":
+            layers.append(Layer("add", elements=out))
+        elif kind in ("leaky_relu", "clamp"):
+            layers.append(Layer("activation", elements=out))
+        elif kind == "softmax":
+            layers.append(Layer("softmax", elements=out))
+    return tuple(layers)
 
 
 def estimate_cycles(
-    g: McuGraph, profile: DeviceProfile, model: CycleModel | None = None
+    g: McuGraph, profile: DeviceProfile, manifest: Mapping[str, Any] | None = None
 ) -> CycleEstimate:
-    """Cycles and latency of one inference of ``g`` on ``profile``'s core at its clock."""
-    cm = model or CycleModel.for_profile(profile)
-    macs = outputs = sram = flash = 0
-    for op in g.ops:
-        macs += _op_macs(op, g)
-        out = g.tensors[op["output"]].numel
-        outputs += out
-        sram += sum(g.tensors[i].numel for i in op["inputs"]) + out
-        flash += g.weight_bytes(op)
-    mac_cycles = macs * cm.cycles_per_mac
-    cycles = (
-        mac_cycles
-        + outputs * cm.cycles_per_output
-        + sram * cm.sram_cycles_per_byte
-        + flash * cm.flash_cycles_per_byte
-        + len(g.ops) * cm.cycles_per_layer
-    )
-    return CycleEstimate(
-        macs, outputs, sram, flash, len(g.ops), cycles, mac_cycles, profile.cpu_mhz
-    )
+    """Cycles and latency of one inference of the network on ``profile``'s core at its clock:
+    the manifest's op counts (``metrics.ops``: exactly :func:`edgefleet.perf.mcu_latency_ms`
+    without the frontend, what selection predicted), or the loaded graph's own when the
+    manifest has none. Malformed counts raise ``BundleFormatError``."""
+    metrics = (manifest or {}).get("metrics") or {}
+    if "ops" in metrics:
+        try:
+            layers, source = manifest_layers(manifest or {}, frontend=False), "manifest"
+        except ValueError as exc:
+            raise BundleFormatError(f"manifest metrics: {exc}") from exc
+    else:
+        layers, source = graph_layers(g), "graph"
+    return CycleEstimate(layers, source, predict(mcu_core(profile), layers, profile.cpu_mhz))
 
 
 # --- the runtime ----------------------------------------------------------------------------
@@ -240,53 +244,67 @@ class McuSimRuntime(Runtime):
     name = "mcu-sim"
     latency_source = "cycle-model"
 
-    def __init__(
-        self, profile: DeviceProfile, threads: int = 1, cycle_model: CycleModel | None = None
-    ) -> None:
+    def __init__(self, profile: DeviceProfile, threads: int = 1) -> None:
         super().__init__(profile, threads)
-        self.cycle_model = cycle_model or CycleModel.for_profile(profile)
         self._graph: McuGraph | None = None
         self._luts: dict[int, I32] = {}
         self.plan: ArenaPlan | None = None
         self.estimate: CycleEstimate | None = None
-        self.flash_bytes = 0
+        self.flash: FlashImage | None = None
+        #: SRAM the device's MFCC frontend holds beside the arena (0 without a frontend)
+        self.frontend_ram_bytes = 0
+
+    @property
+    def flash_bytes(self) -> int:
+        return 0 if self.flash is None else self.flash.total
 
     def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
         if entry.get("model") and schema_available():
             # the same file TFLM and LiteRT load, parsed as TFLM's Prepare reads it
             model = bundle.file(str(entry["model"]))
-            self._check_flash(len(model), f"{entry['model']} {len(model)} bytes")
+            flash = mcu_flash(bundle, len(model), tflite_ops(model))
+            self._check_flash(flash)
             graph = parse_tflite(model)
-            flash = len(model)
         else:  # bundles from before model.tflite, or an agent without the tflite schema
             graph_bytes = bundle.file(str(entry.get("graph", "mcu.json")))
             tensor_bytes = bundle.file(str(entry.get("tensors", "mcu.safetensors")))
-            flash = len(graph_bytes) + len(tensor_bytes)
-            self._check_flash(
-                flash, f"weights {len(tensor_bytes)} + graph {len(graph_bytes)} bytes"
-            )
             graph = parse_graph(graph_bytes, tensor_bytes)
+            flash = mcu_flash(
+                bundle, len(graph_bytes) + len(tensor_bytes), kernels_of_graph(graph.ops)
+            )
+            self._check_flash(flash)
         plan = plan_arena(graph)
-        if plan.arena_bytes > self.profile.ram_bytes:
+        try:
+            cost = manifest_cost(bundle.manifest)
+        except FrontendError as exc:
+            raise BundleFormatError(f"manifest input: {exc}") from exc
+        frontend = 0 if cost is None else cost.ram_bytes
+        if plan.arena_bytes + frontend > self.profile.ram_bytes:
             raise BudgetExceededError(
-                "SRAM arena",
-                plan.arena_bytes,
+                "SRAM arena + frontend" if frontend else "SRAM arena",
+                plan.arena_bytes + frontend,
                 self.profile.ram_bytes,
-                f"peak activation arena of the int8 graph on {self.profile.name}",
+                f"peak activation arena of the int8 graph {plan.arena_bytes}"
+                + (f" + MFCC frontend buffers {frontend}" if frontend else "")
+                + f" bytes on {self.profile.name}",
             )
         luts = {
             i: softmax_lut(graph.tensors[op["inputs"][0]].scale, float(op.get("beta", 1.0)))
             for i, op in enumerate(graph.ops)
             if op["op"] == "softmax"
         }
+        estimate = estimate_cycles(graph, self.profile, bundle.manifest)
         _single_thread_blas()
-        self._graph, self._luts, self.plan, self.flash_bytes = graph, luts, plan, flash
-        self.estimate = estimate_cycles(graph, self.profile, self.cycle_model)
+        self._graph, self._luts, self.plan, self.flash = graph, luts, plan, flash
+        self.estimate, self.frontend_ram_bytes = estimate, frontend
 
-    def _check_flash(self, flash: int, what: str) -> None:
-        if flash > self.profile.storage_bytes:
+    def _check_flash(self, flash: FlashImage) -> None:
+        if flash.total > self.profile.storage_bytes:
             raise BudgetExceededError(
-                "flash", flash, self.profile.storage_bytes, f"{what} on {self.profile.name}"
+                "flash",
+                flash.total,
+                self.profile.storage_bytes,
+                f"{flash.describe()} on {self.profile.name}",
             )
 
     @property
@@ -345,16 +363,21 @@ class McuSimRuntime(Runtime):
         return out
 
     def memory(self) -> MemoryUsage:
-        if self._graph is None or self.plan is None:
+        if self._graph is None or self.plan is None or self.flash is None:
             return MemoryUsage(0, 0, "not loaded")
+        front = (
+            f" + MFCC frontend buffers {self.frontend_ram_bytes} bytes"
+            if self.frontend_ram_bytes
+            else ""
+        )
         return MemoryUsage(
-            weights=self.flash_bytes,
-            working=self.plan.arena_bytes,
-            method="flash: model.tflite (or mcu.safetensors + mcu.json); SRAM: greedy arena "
-            "plan of the int8 graph",
+            weights=self.flash.total,
+            working=self.plan.arena_bytes + self.frontend_ram_bytes,
+            method=f"flash: {self.flash.describe()}; SRAM: greedy arena plan of the int8 "
+            f"graph {self.plan.arena_bytes} bytes{front}",
         )
 
     def unload(self) -> None:
         self._graph, self._luts, self.plan, self.estimate = None, {}, None, None
-        self.flash_bytes = 0
+        self.flash, self.frontend_ram_bytes = None, 0
         super().unload()

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgefleet.agent.runtimes.base import BundleFormatError, RuntimeUnavailableError
 from edgefleet.agent.runtimes.mcu_graph import McuGraph, TensorInfo, check_graph
-from edgefleet.mcu_format import nhwc_flat_order, quantize_multiplier
+from edgefleet.mcu_format import leaky_relu_params, nhwc_flat_order, quantize_multiplier
 
 __all__ = ["parse_tflite", "schema_available"]
 
@@ -307,21 +307,15 @@ def _convert(r: _Reader, op: Any, index: int) -> dict[str, Any]:
             "activation_max": hi,
         }
     if code == ops.LEAKY_RELU:  # Prepare computes both real multipliers in float32
-        alpha = np.float32(opts.alpha)
-        s_in, s_out = np.float32(r.tensors[x].scale), np.float32(r.tensors[y].scale)
-        if not alpha >= 0:
-            raise BundleFormatError(f"model.tflite op {index}: LEAKY_RELU alpha < 0")
-        m_id, sh_id = _mult(float(s_in / s_out))
-        m_a, sh_a = _mult(float(s_in * alpha / s_out))
+        try:
+            params = leaky_relu_params(r.tensors[x].scale, r.tensors[y].scale, opts.alpha)
+        except ValueError as exc:
+            raise BundleFormatError(f"model.tflite op {index}: {exc}") from exc
         return {
             "op": "leaky_relu",
             "inputs": [x],
             "output": y,
-            "alpha": float(alpha),
-            "multiplier": m_id,
-            "shift": sh_id,
-            "alpha_multiplier": m_a,
-            "alpha_shift": sh_a,
+            **params,
             "input_zero_point": r.tensors[x].zero_point,
             "output_zero_point": r.tensors[y].zero_point,
         }

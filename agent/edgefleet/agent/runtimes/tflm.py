@@ -5,17 +5,19 @@ an MCU build of the model executes, so its outputs and its arena are the referen
 microcontroller result is judged against (``tflite-micro`` on the package index is that C++
 interpreter with Python bindings: 0.7 MB, numpy + flatbuffers).
 
-* **Flash**: the ``.tflite`` bytes (the model array a firmware links); over the profile's
-  flash, ``load`` refuses with both numbers.
+* **Flash**: the ``.tflite`` bytes (the model array a firmware links) plus the TFLM code its
+  op list links (:func:`.tflite_io.mcu_flash`, the build's ``metrics.mcu.flash_bytes``); over
+  the profile's flash, ``load`` refuses with both numbers.
 * **SRAM**: the arena is TFLM's, found by TFLM: the smallest ``arena_size`` its allocator accepts
   for this model (a binary search between what ``print_allocations`` reports and an arena that
   works), and the interpreter that serves is built with exactly that arena, so the figure is
   proven, not estimated. It is a little above ``print_allocations``' total (temporary buffers
   during ``Prepare``, the allocator's own objects), and it is what a firmware must reserve for
   ``tensor_arena``; both numbers are kept (``arena_bytes``, ``reported_arena_bytes``).
-* **Latency** is simulated device time, as for mcu-sim: the variant's MACs x the core's cycles
-  per int8 MAC (:func:`edgefleet.perf.cycles_per_mac`) at the profile's clock, the coordinator's
-  own prediction, so the host's wall time never poses as a microcontroller's.
+* **Latency** is simulated device time, as for mcu-sim: the per-op cycle model of the
+  profile's core over the manifest's op counts (:func:`edgefleet.perf.mcu_latency_ms`, the
+  coordinator's own prediction; the MFCC frontend's share is added by the base runtime for a
+  request that carried raw audio), so the host's wall time never poses as a microcontroller's.
 
 TFLM prints its allocation report and allocation failures to the C ``stderr``; they are read
 by pointing file descriptor 2 at a temporary file for the few milliseconds of a load, under a
@@ -38,16 +40,11 @@ import numpy as np
 import numpy.typing as npt
 from tflite_micro.python.tflite_micro import runtime as tflm  # type: ignore[import-untyped]
 
-from edgefleet.agent.runtimes.base import (
-    BudgetExceededError,
-    BundleFormatError,
-    InferenceError,
-    MemoryUsage,
-    Runtime,
-)
-from edgefleet.agent.runtimes.tflite_io import TensorQuant, input_mapper, quant_from_details
+from edgefleet.agent.runtimes.base import BudgetExceededError, BundleFormatError, MemoryUsage
+from edgefleet.agent.runtimes.tflite_io import Int8Interpreter, Int8Io, mcu_flash, tflite_ops
 from edgefleet.bundle import Bundle
-from edgefleet.perf import cycles_per_mac
+from edgefleet.mcu_flash import FlashImage
+from edgefleet.perf import mcu_latency_ms
 from edgefleet.profiles import DeviceProfile
 
 __all__ = ["TflmArena", "TflmRuntime", "measure_arena"]
@@ -144,30 +141,33 @@ def measure_arena(model: bytes) -> tuple[TflmArena, Any]:
     return TflmArena(low, reported), final
 
 
-class TflmRuntime(Runtime):
+class TflmRuntime(Int8Interpreter):
     """TensorFlow Lite Micro over ``model.tflite``: int8 in and out, the arena TFLM needs."""
 
     name = "tflm"
     latency_source = "cycle-model"
+    interpreter_name = "TFLM"
 
     def __init__(self, profile: DeviceProfile, threads: int = 1) -> None:
         super().__init__(profile, threads)
         self._it: Any = None
-        self._in = self._out = TensorQuant(1.0, 0)
-        self._perm: tuple[int, ...] | None = None
-        self._in_shape: tuple[int, ...] = ()
         self._ms_per_sample = 0.0
         self.arena: TflmArena | None = None
-        self.flash_bytes = 0
+        self.flash: FlashImage | None = None
+
+    @property
+    def flash_bytes(self) -> int:
+        return 0 if self.flash is None else self.flash.total
 
     def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
         model = bundle.file(str(entry.get("file", "model.tflite")))
-        if len(model) > self.profile.storage_bytes:
+        flash = mcu_flash(bundle, len(model), tflite_ops(model))
+        if flash.total > self.profile.storage_bytes:
             raise BudgetExceededError(
                 "flash",
-                len(model),
+                flash.total,
                 self.profile.storage_bytes,
-                f"model.tflite on {self.profile.name}",
+                f"{flash.describe()} on {self.profile.name}",
             )
         arena, it = measure_arena(model)
         if arena.arena_bytes > self.profile.ram_bytes:
@@ -177,52 +177,33 @@ class TflmRuntime(Runtime):
                 self.profile.ram_bytes,
                 f"TFLM's tensor arena for model.tflite on {self.profile.name}",
             )
-        in_details, out_details = it.get_input_details(0), it.get_output_details(0)
-        shape = tuple(int(d) for d in in_details["shape"])
-        layout = entry.get("layout")
-        self._perm = input_mapper(
-            bundle.manifest.get("input", {}).get("shape", []),
-            shape,
-            None if layout is None else str(layout),
-        )
-        self._in = quant_from_details(in_details, "input")
-        self._out = quant_from_details(out_details, "output")
-        self._in_shape, self._it, self.arena, self.flash_bytes = shape, it, arena, len(model)
-        macs = int(bundle.manifest.get("metrics", {}).get("macs", 0))
-        self._ms_per_sample = macs * cycles_per_mac(self.profile) / (self.profile.cpu_mhz * 1e3)
+        io = Int8Io.from_details(bundle, entry, it.get_input_details(0), it.get_output_details(0))
+        try:
+            ms = mcu_latency_ms(self.profile, bundle.manifest, frontend=False)
+        except ValueError as exc:
+            raise BundleFormatError(f"manifest metrics: {exc}") from exc
+        self.io, self._it, self.arena, self.flash, self._ms_per_sample = io, it, arena, flash, ms
 
-    def quantize_input(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.int8]:
-        """The batch as the model's int8 input tensors, ``[N, *model input shape[1:]]``."""
-        x = batch if self._perm is None else np.transpose(batch, self._perm)
-        return self._in.quantize(x).reshape(batch.shape[0], *self._in_shape[1:])
-
-    def run_int8(self, q: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
-        """TFLM's int8 output for each int8 input row (TFLM runs one sample per invoke)."""
-        rows = []
-        for row in q:
-            self._it.set_input(row[None], 0)
-            self._it.invoke()
-            rows.append(np.array(self._it.get_output(0), dtype=np.int8).reshape(-1))
-        return np.stack(rows)
+    def invoke_one(self, row: npt.NDArray[np.int8]) -> npt.NDArray[Any]:
+        self._it.set_input(row, 0)
+        self._it.invoke()
+        return np.asarray(self._it.get_output(0))
 
     def _infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        try:
-            q = self.run_int8(self.quantize_input(batch))
-        except RuntimeError as exc:  # TFLM's invoke failed: the variant stays loaded
-            raise InferenceError(f"TFLM invoke failed: {exc}") from exc
+        out = super()._infer(batch)
         self.last_latency_ms = self._ms_per_sample * batch.shape[0]
-        return self._out.dequantize(q)
+        return out
 
     def memory(self) -> MemoryUsage:
-        if self.arena is None:
+        if self.arena is None or self.flash is None:
             return MemoryUsage(0, 0, "not loaded")
         return MemoryUsage(
-            weights=self.flash_bytes,
+            weights=self.flash.total,
             working=self.arena.arena_bytes,
-            method="flash: model.tflite; SRAM: the smallest tensor arena TFLM accepts "
-            f"(its allocation report says {self.arena.reported_bytes} bytes)",
+            method=f"flash: {self.flash.describe()}; SRAM: the smallest tensor arena TFLM "
+            f"accepts (its allocation report says {self.arena.reported_bytes} bytes)",
         )
 
     def unload(self) -> None:
-        self._it, self.arena, self.flash_bytes = None, None, 0
+        self._it, self.arena, self.flash = None, None, None
         super().unload()
