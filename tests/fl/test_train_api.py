@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -273,15 +274,23 @@ def test_the_serverapps_record_reaches_redis_and_waits_while_it_is_away(
     rec = RunStore(redis_url, "r")
     init = rec.initial_weights()
     assert init is not None and init["w"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
-    rec.write({"state": "running", "rounds": [{"round": 1}]})
+    one = {"round": 1, "participants": ["a", "b"], "train_loss": 0.5, "test_acc": 0.8}
+    doc = {"state": "running", "settings": {"arch": "mlp"}, "rounds": [one]}
+    rec.write(doc)
+    rec.write(doc)  # rewritten whole after every round: each round is recorded once
+    rec.write({**doc, "state": "failed", "reason": "x"})
     rec.close()
 
-    async def read() -> tuple[dict[str, object], bool]:
+    async def read() -> tuple[dict[str, object], bool, Any]:
         store = FleetStore(connect(redis_url))
         run = await store.get_run("r")
+        snapshot = await store.fl_snapshot()
         await store.close()
         assert run is not None
-        return run.progress, run.alive
+        return run.progress, run.alive, snapshot
 
-    progress, alive = asyncio.run(read())
-    assert progress == {"state": "running", "rounds": [{"round": 1}]} and alive
+    progress, alive, (latest, outcomes) = asyncio.run(read())
+    assert progress["state"] == "failed" and alive
+    # the round records every replica exports as edgefleet_fl_* metrics, written once each
+    assert outcomes == {"completed": 1, "failed": 1}
+    assert [(r.model, r.run_id, r.round, r.outcome) for r in latest] == [("mlp", "r", 2, "failed")]

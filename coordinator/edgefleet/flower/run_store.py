@@ -8,6 +8,10 @@ replica saw nothing. The run config names the fleet's Redis (``redis-url``, any 
 coordinator accepts: one server, ``redis+cluster://``, ``redis+sentinel://``) and the run
 (``run-name``).
 
+Each finished round (and a failed run's failed round) also goes into the fleet's round records,
+exactly once and oldest first, which every replica exports as the ``edgefleet_fl_*`` metrics
+(dashboards and the FederatedRoundFailed alert read them): no CLI has to stay attached for that.
+
 A background thread renews the run's ``alive`` key every :data:`HEARTBEAT_SECONDS`: a reader on
 any host tells a running run from one whose ServerApp died. Redis being away never fails the
 run: the latest record is kept and sent on the next write or heartbeat.
@@ -29,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.coordinator.state.connect import connect
+from edgefleet.coordinator.state.model import FederatedRound
 from edgefleet.coordinator.state.store import FleetStore
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,9 @@ class RunStore:
         self._runner = asyncio.Runner()
         self._lock = threading.Lock()
         self._pending: dict[str, Any] | None = None
+        self._rounds: list[FederatedRound] = []  # round records not yet written
+        self._seen_rounds = 0
+        self._failure_queued = False
         self._store = FleetStore(connect(redis_url, max_connections=4))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="run-heartbeat", daemon=True)
@@ -55,7 +63,28 @@ class RunStore:
         """Send the whole record (the latest one wins if Redis is away for a while)."""
         with self._lock:
             self._pending = dict(doc)
+            self._queue_rounds(doc)
             self._flush()
+
+    def _queue_rounds(self, doc: dict[str, Any]) -> None:
+        """Round records for what is new in ``doc``: finished rounds, then a failure."""
+        model = str((doc.get("settings") or {}).get("arch") or "")
+        rounds = list(doc.get("rounds") or [])
+        for r in rounds[self._seen_rounds :]:
+            acc = r.get("test_acc", r.get("client_eval_acc"))
+            self._rounds.append(FederatedRound(
+                model, self.run_name, int(r["round"]), "completed", _num(r.get("train_loss")),
+                _num(acc), len(r.get("participants") or []), float(r.get("ended") or 0.0),
+                int(r.get("bytes_up") or 0),
+            ))  # fmt: skip
+        self._seen_rounds = len(rounds)
+        if doc.get("state") == "failed" and not self._failure_queued:
+            self._failure_queued = True
+            last = int(rounds[-1]["round"]) if rounds else 0
+            self._rounds.append(FederatedRound(
+                model, self.run_name, last + 1, "failed", float("nan"), float("nan"), 0,
+                float(doc.get("finished") or 0.0),
+            ))  # fmt: skip
 
     def initial_weights(self) -> dict[str, npt.NDArray[np.float32]] | None:
         """The weights uploaded with the run, if any (state-dict order kept)."""
@@ -67,6 +96,13 @@ class RunStore:
             return {k: npz[k].astype(np.float32) for k in npz.files}
 
     def _flush(self) -> None:
+        try:
+            while self._rounds:  # each round once: dropped from the queue only when written
+                self._runner.run(self._store.record_fl_round(self._rounds[0]))
+                self._rounds.pop(0)
+        except Exception as exc:
+            log.warning("round record not written to the fleet state (will retry): %s", exc)
+            return
         if self._pending is None:
             return
         try:
@@ -80,7 +116,7 @@ class RunStore:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             with self._lock:
-                if self._pending is not None:
+                if self._pending is not None or self._rounds:
                     self._flush()
                     continue
                 try:
@@ -94,12 +130,16 @@ class RunStore:
         self._thread.join()
         with self._lock:
             deadline = timeout
-            while self._pending is not None and deadline > 0:
+            while (self._pending is not None or self._rounds) and deadline > 0:
                 self._flush()
-                if self._pending is not None:
+                if self._pending is not None or self._rounds:
                     self._stop.wait(1.0)
                     deadline -= 1.0
             try:
                 self._runner.run(self._store.close())
             finally:
                 self._runner.close()
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
