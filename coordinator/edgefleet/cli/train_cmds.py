@@ -1,5 +1,12 @@
 """``edgefleet train start|status|ls|stop``: federated fine-tuning on Flower's Deployment Engine.
 
+Two paths. **Over the API** (``train_remote``), whenever a coordinator is configured
+(``--coordinator``, ``$EDGEFLEET_COORDINATOR`` or a context) and neither ``--local``,
+``--superlink`` nor ``--runs-dir`` is given: any replica submits the run to the fleet's one
+SuperLink and the ServerApp records it in the fleet's Redis, so the verbs work from any host
+and any replica, with no Flower, data dir or run directory here. **Locally** (below), for
+``--local N`` federations, an explicit ``--superlink``, or a coordinator on this host's data dir:
+
 A run is a Flower run of our ServerApp on a SuperLink -- an external one (``--superlink``,
 the SuperNodes being the agents') or a loopback federation of simulated devices started for
 the run (``--local N``). Its record (settings, per-round participants/loss/accuracy, final
@@ -19,8 +26,8 @@ width or dataset) is refused before the run starts rather than registered under 
 ``train start`` is four steps, each its own module: validate (``train_validate``: refuse before
 anything starts) -> submit (``train_submit``) -> follow (``train_follow``) -> publish
 (``train_publish``). This module holds the commands and their options, and the recorder that puts
-finished rounds in the fleet's state (the CLI's one write to Redis, named in the import
-contract; issue 18 moves it behind the API).
+finished rounds in the fleet's state on the local path (the CLI's one write to Redis, named in
+the import contract; over the API the ServerApp writes them itself).
 """
 
 from __future__ import annotations
