@@ -8,7 +8,7 @@ import pytest
 from edgefleet.fl.update_codec import CodecError, decode, encode, parse_codec, payload_bytes
 
 
-def _delta(seed: int = 0) -> dict[str, np.ndarray]:  # type: ignore[type-arg]
+def _delta(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         "w": rng.normal(size=(32, 65)).astype(np.float32),  # odd size: 4-bit packing pads
@@ -43,7 +43,7 @@ def test_each_codec_shrinks_the_update_and_bounds_its_error(
 def test_error_feedback_delivers_what_topk_dropped_later() -> None:
     codec = parse_codec("topk:0.05")
     rounds = [_delta(seed) for seed in range(30)]
-    residual: dict[str, np.ndarray] = {}  # type: ignore[type-arg]
+    residual: dict[str, np.ndarray] = {}
     sent = {k: np.zeros_like(v) for k, v in rounds[0].items()}
     for delta in rounds:
         encoded, residual = encode(delta, codec, residual)
@@ -70,7 +70,7 @@ def test_none_is_the_identity_and_keeps_no_residual() -> None:
 
 @pytest.mark.parametrize("bad", ["q2", "topk", "topk:0", "topk:1.5", "topk:x", "zip"])
 def test_bad_codec_names_are_one_clear_error(bad: str) -> None:
-    with pytest.raises(CodecError, match="topk|update codec"):
+    with pytest.raises(CodecError, match=r"topk|update codec"):
         parse_codec(bad)
 
 

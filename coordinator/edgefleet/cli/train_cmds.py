@@ -51,6 +51,7 @@ from edgefleet.cli.common import (
     one_line_errors,
     out,
     print_json,
+    usage_error,
 )
 from edgefleet.cli.completion import DEPLOY_STRATEGIES, complete_profiles
 from edgefleet.cli.train_follow import (
@@ -128,7 +129,7 @@ def _report_rounds(
                 await store.record_fl_round(FederatedRound(
                     model, run, int(r["round"]), "completed", nan_if_none(r.get("train_loss")),
                     nan_if_none(r.get("test_acc", r.get("client_eval_acc"))),
-                    len(r.get("participants", [])), time.time(),
+                    len(r.get("participants", [])), time.time(), int(r.get("bytes_up") or 0),
                 ))  # fmt: skip
             if failed:
                 last = failed_round or (int(rounds[-1]["round"]) + 1 if rounds else 1)
@@ -251,6 +252,25 @@ def start(
     ] = "none",
     dp_noise: Annotated[float, typer.Option("--dp-noise")] = 0.0,
     dp_clip: Annotated[float, typer.Option("--dp-clip")] = 10.0,
+    buffer: Annotated[
+        int, typer.Option("--buffer", help="fedbuff: aggregate every K arrivals", metavar="K")
+    ] = 4,
+    max_staleness: Annotated[
+        int,
+        typer.Option(
+            "--max-staleness", metavar="S", help="fedbuff: drop updates more than S versions old"
+        ),
+    ] = 4,
+    update_codec: Annotated[
+        str,
+        typer.Option(
+            "--update-codec", help="devices' updates: none | q8 | q4 | topk:F (error feedback)"
+        ),
+    ] = "none",
+    secure_agg: Annotated[
+        bool,
+        typer.Option("--secure-agg", help="Flower's SecAgg+: the server sees only the sum"),
+    ] = False,
     round_timeout: Annotated[float, typer.Option("--round-timeout")] = 120.0,
     name: Annotated[str, typer.Option(help="run name (default: MODEL-TIMESTAMP)")] = "",
     runs_dir: RunsDirOpt = DEFAULT_RUNS,
@@ -304,9 +324,12 @@ def start(
         runs_dir=runs_dir, timeout=timeout, redis_url=redis_url, register=register,
         rebuild=rebuild, deploy=deploy, deploy_strategy=deploy_strategy,
         latency_runs=latency_runs, data_dir=data_dir, coordinator=coordinator,
-        admin_token=admin_token, as_json=as_json,
+        admin_token=admin_token, as_json=as_json, buffer=buffer, max_staleness=max_staleness,
+        update_codec=update_codec, secure_agg=secure_agg,
     )  # fmt: skip
     if not local and not superlink and runs_dir is None and train_remote.coordinator_configured():
+        if secure_agg:
+            raise usage_error("--secure-agg is not available over the API yet: give --superlink")
         train_remote.start(options)
         return
     plan = validate(options)

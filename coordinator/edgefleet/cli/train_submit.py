@@ -48,6 +48,8 @@ def submit(plan: RunPlan) -> Iterator[Submission]:
         "select": o.select, "arch": plan.arch, "lr": o.lr, "local-epochs": o.local_epochs,
         "proximal-mu": o.proximal_mu, "dp": o.dp, "dp-noise": o.dp_noise, "dp-clip": o.dp_clip,
         "round-timeout": o.round_timeout, "out-dir": str(run_dir),
+        "buffer": o.buffer, "max-staleness": o.max_staleness, "update-codec": o.update_codec,
+        "secure-agg": o.secure_agg,
     }  # fmt: skip
     if init is not None:
         config["init-path"] = str(init.absolute())

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 MODELS = ("mlp", "ds-cnn", "resnet-8")
 #: coordinator/edgefleet/flower/serverapp.py STRATEGIES (not imported: it loads Flower; a test keeps them equal)
-FL_STRATEGIES = ("fedavg", "fedprox", "heterofl")
-DP_MODES = ("none", "server-fixed")
+FL_STRATEGIES = ("fedavg", "fedprox", "heterofl", "fedbuff")
+DP_MODES = ("none", "server-fixed", "client-fixed")
 #: the SuperNodes' shards and the held-out split are digits (coordinator/edgefleet/devtools/fl_local.py, clientapp)
 FL_DATASET = "digits"
 
@@ -68,6 +68,13 @@ class StartOptions:
     coordinator: str
     admin_token: str
     as_json: bool
+    #: --strategy fedbuff: aggregate every BUFFER arrivals, drop updates staler than this
+    buffer: int = 4
+    max_staleness: int = 4
+    #: --update-codec: none | q8 | q4 | topk:F (edgefleet.fl.update_codec)
+    update_codec: str = "none"
+    #: --secure-agg: Flower's SecAgg+ for every round
+    secure_agg: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +217,10 @@ def _check_federation(o: StartOptions) -> None:
         raise usage_error(f"--dp applies to fedavg and fedprox, not --strategy {o.strategy}")
     if codec.lossy and o.dp == "client-fixed":
         raise usage_error("--dp client-fixed clips whole models: it needs --update-codec none")
+    if o.secure_agg and (o.strategy not in ("fedavg", "fedprox") or codec.lossy or o.dp != "none"):
+        raise usage_error(
+            "--secure-agg runs fedavg/fedprox rounds with --update-codec none and no --dp"
+        )
 
 
 def _check_numbers(**values: tuple[float, float, bool]) -> None:

@@ -41,7 +41,9 @@ from flwr.serverapp import strategy as fl_strategy
 
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
 from edgefleet.fl.contract import Metric, NodeFacts, Record, TrainConfig
+from edgefleet.fl.update_codec import parse_codec
 from edgefleet.flower import model as fl_model
+from edgefleet.flower import updates
 from edgefleet.flower.strategies import HeteroFL, arrays_of, to_record
 from edgefleet.fsutil import atomic_write
 from edgefleet.selectors import parse_selection
@@ -50,7 +52,7 @@ __all__ = ["RunSettings", "SelectedGrid", "app", "device_facts", "pick_width", "
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-STRATEGIES = ("fedavg", "fedprox", "heterofl")
+STRATEGIES = ("fedavg", "fedprox", "heterofl", "fedbuff")
 WIDTHS = (1.0, 0.5, 0.25)
 
 
@@ -94,6 +96,13 @@ class RunSettings:
     dp_clip: float = 10.0
     final_evaluate: bool = True
     seed: int = 0
+    #: fedbuff: aggregate every ``buffer`` arrivals; drop updates staler than ``max_staleness``
+    buffer: int = 4
+    max_staleness: int = 4
+    #: how devices encode their updates (:mod:`edgefleet.fl.update_codec`)
+    update_codec: str = "none"
+    #: Flower's SecAgg+ for every round: the server sees only the sum of the devices' models
+    secure_agg: bool = False
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
@@ -113,12 +122,25 @@ class RunSettings:
             raise ValueError(
                 f"strategy must be one of {', '.join(STRATEGIES)}, got {out.strategy!r}"
             )
-        if out.dp not in ("none", "server-fixed"):
-            # client-fixed also needs Flower's fixedclipping_mod on our ClientApp, which is not
-            # wired yet: refuse it rather than run with clients that do not clip.
-            raise ValueError(f"dp must be none or server-fixed, got {out.dp!r}")
-        if out.dp != "none" and out.strategy == "heterofl":
-            raise ValueError("dp applies to fedavg/fedprox (Flower's DP wrappers), not heterofl")
+        if out.dp not in ("none", "server-fixed", "client-fixed"):
+            raise ValueError(f"dp must be none, server-fixed or client-fixed, got {out.dp!r}")
+        if out.dp != "none" and out.strategy in ("heterofl", "fedbuff"):
+            raise ValueError(
+                f"dp applies to fedavg/fedprox (Flower's DP wrappers), not {out.strategy}"
+            )
+        codec = parse_codec(out.update_codec)  # a CodecError is a ValueError
+        if codec.lossy and out.dp == "client-fixed":
+            # Flower's fixedclipping_mod clips a model, not an encoded delta
+            raise ValueError("dp client-fixed needs update-codec none")
+        if out.buffer < 1 or out.max_staleness < 0:
+            raise ValueError("buffer must be >= 1 and max-staleness >= 0")
+        if out.secure_agg and (
+            out.strategy not in ("fedavg", "fedprox") or codec.lossy or out.dp != "none"
+        ):
+            raise ValueError(
+                "secure-agg runs fedavg/fedprox rounds with update-codec none and no dp "
+                "(SecAgg+ sums whole models; each device's own is never seen)"
+            )
         parse_selection(out.select)  # fail before any round on a bad expression
         return out
 
@@ -241,7 +263,7 @@ def _strategy(
     final evaluation goes to every selected node still online.
     """
     fraction_evaluate = 1.0 if settings.final_evaluate else 0.0
-    if settings.strategy == "heterofl":
+    if settings.strategy in ("heterofl", "fedbuff"):  # fedbuff evaluates through it
         return HeteroFL(
             widths, settings.arch, settings.arch_config, fraction_train=settings.fraction_train,
             fraction_evaluate=fraction_evaluate, min_train_nodes=settings.min_devices,
@@ -329,7 +351,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         facts[reply.metadata.src_node_id] = device_facts(raw)
     selected = [n for n in nodes if n in facts and selection.matches(facts[n])]
     widths: dict[int, float] = {}
-    if settings.strategy == "heterofl":
+    if settings.strategy in ("heterofl", "fedbuff"):
         for n in list(selected):
             w = pick_width(facts[n], settings.arch, settings.budget_fraction, settings.arch_config)
             if w is None:
@@ -371,8 +393,15 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     strategy = _strategy(settings, widths, len(selected))
     arrays = to_record(params)
     full_width = json.dumps(fl_model.arch_config(settings.arch, 1.0, settings.arch_config))
+    codec = parse_codec(settings.update_codec)
+    sync_rounds = settings.num_rounds
+    if settings.strategy == "fedbuff":
+        from edgefleet.flower.fedbuff import run_buffered
 
-    for rnd in range(1, settings.num_rounds + 1):
+        params = run_buffered(grid, view, settings, params, facts, widths, test_score, rec)
+        arrays, sync_rounds = to_record(params), 0
+
+    for rnd in range(1, sync_rounds + 1):
         t0 = time.monotonic()
         online = list(view.get_node_ids())
         if len(online) < settings.min_devices:
@@ -390,11 +419,24 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
                 TrainConfig.PROXIMAL_MU: (
                     settings.proximal_mu if settings.strategy == "fedprox" else 0.0
                 ),
+                TrainConfig.UPDATE_CODEC: str(codec),
             }
         )  # fmt: skip
+        if settings.secure_agg:
+            from edgefleet.flower.secagg import run_secure_round
+
+            params, secured = run_secure_round(
+                view, settings, rnd, params, dict(config), facts, test_score, t0
+            )
+            arrays = to_record(params)
+            rec.doc["rounds"].append(secured)
+            rec.write()
+            continue
         messages = list(strategy.configure_train(rnd, arrays, config, view))
         replies = exchange(grid, messages, settings.round_timeout, settings.poll_interval)
         ok = [r for r in replies if not r.has_error()]
+        bytes_up, bytes_down = updates.wire_bytes(ok), updates.wire_bytes(messages)
+        ok = updates.restore(messages, ok, codec)  # encoded deltas -> the models they stand for
         failed = len(messages) - len(ok)
         if len(ok) < settings.min_devices:
             raise RuntimeError(
@@ -420,6 +462,10 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             "test_acc": test_acc,
             "seconds": time.monotonic() - t0,
             "ended": time.time(),
+            "codec": str(codec),
+            "codec_residual": _weighted(ok, Metric.CODEC_RESIDUAL, Metric.NUM_EXAMPLES),
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
         }
         rec.doc["rounds"].append(round_doc)
         rec.write()

@@ -51,7 +51,20 @@ def _clip_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
     return fixedclipping_mod(msg, context, call_next)
 
 
-app = ClientApp(mods=[_clip_when_asked])
+def _secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's ``secaggplus_mod`` for the messages of a SecAgg+ round (``secure-agg``).
+
+    The mod runs the protocol's client stages itself (keys, shares, masking) and calls the
+    train handler only in its masked-vector stage, with legacy FitIns records.
+    """
+    if "secaggplus_configs" not in msg.content.config_records:
+        return call_next(msg, context)  # type: ignore[no-any-return]
+    from flwr.client.mod import secaggplus_mod
+
+    return secaggplus_mod(msg, context, call_next)
+
+
+app = ClientApp(mods=[_secagg_when_asked, _clip_when_asked])
 
 #: Fraction of the device's RAM the agent lets one fine-tuning step use (the shared one).
 DEFAULT_BUDGET_FRACTION = DEFAULT_RAM_FRACTION
@@ -118,9 +131,48 @@ def local_shard(context: Context, cfg: Mapping[str, object]) -> Shard:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Score the received global model, fine-tune it locally, score again; reply with all."""
-    t0 = time.perf_counter()
+    if LEGACY_FIT_CONFIG in msg.content.config_records:  # a SecAgg+ round (secure-agg)
+        return Message(_train_legacy(msg.content, context), reply_to=msg)
     cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
     arrays = next(iter(msg.content.array_records.values()))
+    return Message(fine_tune(_arrays(arrays), cfg, context), reply_to=msg)
+
+
+#: the config record of Flower's legacy FitIns, which secaggplus_mod hands the handler
+LEGACY_FIT_CONFIG = "fitins.config"
+
+
+def _train_legacy(content: RecordDict, context: Context) -> RecordDict:
+    """A SecAgg+ round: the model comes and goes as Flower's legacy FitIns/FitRes records.
+
+    ``secaggplus_mod`` masks the FitRes parameters (weighted by its example count) before
+    anything leaves the device; the tensor names travel in the config as ``param-names``.
+    """
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitins = compat.recorddict_to_fitins(content, keep_input=True)
+    names = json.loads(str(fitins.config["param-names"]))
+    tensors = parameters_to_ndarrays(fitins.parameters)
+    params = {k: np.asarray(v, np.float32) for k, v in zip(names, tensors, strict=True)}
+    cfg = ConfigRecord({k: v for k, v in fitins.config.items() if k != "param-names"})
+    out = fine_tune(params, cfg, context)
+    new = _arrays(out.array_records[Record.ARRAYS])
+    metrics = out.metric_records[Record.METRICS]
+    fitres = FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters([new[k] for k in names]),
+        int(metrics[Metric.NUM_EXAMPLES]),  # type: ignore[arg-type]
+        {},
+    )
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+
+def fine_tune(
+    params: dict[str, np.ndarray[Any, Any]], cfg: ConfigRecord, context: Context
+) -> RecordDict:
+    """The train reply's content for ``params`` under the round's config ``cfg``."""
+    t0 = time.perf_counter()
     shard = local_shard(context, cfg)
     arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
     epochs = int(_num(cfg, TrainConfig.LOCAL_EPOCHS, 1))
@@ -130,8 +182,6 @@ def train(msg: Message, context: Context) -> Message:
     seed = int(_num(cfg, TrainConfig.SERVER_ROUND, 0)) * 1000 + int(
         _num(context.node_config, Node.PARTITION_ID, 0)
     )
-    params = _arrays(arrays)
-
     num_params = sum(int(v.size) for v in params.values())
     widest = widest_activation(v.shape for v in params.values())
     ram = int(context.node_config.get(Node.RAM_BYTES, 0) or 0)
@@ -180,8 +230,7 @@ def train(msg: Message, context: Context) -> Message:
             Metric.CLIENT_SECONDS: time.perf_counter() - t0,
         }
     )
-    content = RecordDict({Record.ARRAYS: reply_arrays, Record.METRICS: metrics})
-    return Message(content, reply_to=msg)
+    return RecordDict({Record.ARRAYS: reply_arrays, Record.METRICS: metrics})
 
 
 #: the device's error-feedback residual between rounds, in the node's Flower context state

@@ -1,0 +1,180 @@
+"""One synchronous round under Flower's SecAgg+ (``secure-agg``): the server sees only the sum.
+
+Flower 1.42 ships SecAgg+ (Bell et al., CCS 2020) as ``SecAggPlusWorkflow`` on the server and
+``secaggplus_mod`` on the client, both on Flower's legacy compat layer: the workflow samples
+through a legacy ``Strategy.configure_fit`` over a ``ClientManager``, hands the nodes legacy
+``FitIns`` records, and the mod expects the training handler to answer in legacy ``FitRes``
+records. Rather than reimplement the protocol, this module adapts our round to that layer:
+the selected nodes are registered as ``GridClientProxy``s, the model goes out as an ordered
+list of tensors whose names travel in the config (``param-names``), and the ClientApp answers
+the legacy records when it sees them (:func:`edgefleet.agent.fl.clientapp.train`). Each round
+is four message exchanges (setup, key sharing, masked vectors, unmasking) instead of one.
+
+What the server learns is the weighted sum of the models (weights: local example counts,
+``max-weight`` bounds them), dequantized: no device's model and no per-device metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+from edgefleet.flower import model as fl_model
+
+if TYPE_CHECKING:
+    from edgefleet.flower.serverapp import RunSettings
+
+__all__ = ["payload_bytes", "run_secure_round", "secure_round"]
+
+
+def secure_round(
+    grid: Grid,
+    context: Context,
+    node_ids: list[int],
+    params: fl_model.Arrays,
+    config: dict[str, Any],
+    server_round: int,
+    timeout: float,
+) -> fl_model.Arrays | None:
+    """Run one SecAgg+ round on ``node_ids``; the aggregated model, or None if it halted.
+
+    Halting (fewer than the reconstruction threshold of nodes left at a stage) is Flower's
+    protocol outcome; the caller fails the round as it fails any round short of devices.
+    """
+    from flwr.server import ServerConfig
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    names = list(params)
+    n = len(node_ids)
+    fit_config = {**config, "param-names": json.dumps(names)}
+    strategy = LegacyFedAvg(
+        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
+        on_fit_config_fn=lambda _rnd: fit_config,
+    )  # fmt: skip
+    manager = SimpleClientManager()
+    for node in node_ids:
+        manager.register(GridClientProxy(node_id=node, grid=grid, run_id=grid.run.run_id))
+    legacy = LegacyContext(
+        context, config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=manager
+    )
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord(
+        [np.asarray(params[k], np.float32) for k in names]
+    )
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {Key.CURRENT_ROUND: server_round}
+    )
+    before = legacy.state.array_records[MAIN_PARAMS_RECORD]
+    # shares to every node, any n-1 reconstruct: at most one dropout per round survives
+    workflow = SecAggPlusWorkflow(
+        num_shares=max(n, 3), reconstruction_threshold=max(2, n - 1), timeout=timeout
+    )
+    workflow(grid, legacy)
+    after = legacy.state.array_records[MAIN_PARAMS_RECORD]
+    if after is before:
+        return None
+    arrays = after.to_numpy_ndarrays()
+    return {k: np.asarray(v, np.float32) for k, v in zip(names, arrays, strict=True)}
+
+
+class _CountingGrid(Grid):
+    """The round's view of the Grid, counting the payload bytes of what goes out and in."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.bytes_down = 0
+        self.bytes_up = 0
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        self.bytes_down += sum(payload_bytes(m) for m in messages)
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        self.bytes_up += sum(payload_bytes(m) for m in replies)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        from edgefleet.flower.serverapp import exchange
+
+        poll = float(getattr(self._grid, "poll_interval", 0.05))
+        return exchange(self, list(messages), timeout or 3600.0, poll)
+
+
+def payload_bytes(msg: Message) -> int:
+    """Arrays plus the bytes and strings of config records (keys, shares, ciphertexts)."""
+    if msg.has_error():
+        return 0
+    total = sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values())
+    for rec in msg.content.config_records.values():
+        for value in rec.values():
+            items = value if isinstance(value, list) else [value]
+            total += sum(len(v) for v in items if isinstance(v, bytes | str))
+    return total
+
+
+def run_secure_round(
+    view: Grid,
+    settings: RunSettings,
+    server_round: int,
+    params: fl_model.Arrays,
+    config: dict[str, Any],
+    facts: Mapping[int, Mapping[str, Any]],
+    test_score: Callable[[Mapping[str, Any]], tuple[float, float] | tuple[None, None]],
+    started: float,
+) -> tuple[fl_model.Arrays, dict[str, Any]]:
+    """One SecAgg+ round on the selected nodes online: the new model and the round's record."""
+    nodes = list(view.get_node_ids())
+    counting = _CountingGrid(view)
+    context = Context(
+        run_id=view.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
+    )
+    new = secure_round(
+        counting, context, nodes, params, config, server_round, settings.round_timeout
+    )
+    if new is None:
+        raise RuntimeError(
+            f"round {server_round}: SecAgg+ halted (fewer than its reconstruction threshold "
+            f"of {len(nodes)} devices answered a stage)"
+        )
+    test_loss, test_acc = test_score(new)
+    doc = {
+        "round": server_round,
+        "participants": [str(facts.get(n, {}).get("device", n)) for n in nodes],
+        "failed": 0,
+        "secure_agg": True,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "seconds": time.monotonic() - started,
+        "ended": time.time(),
+        "codec": "none",
+        "bytes_up": counting.bytes_up,
+        "bytes_down": counting.bytes_down,
+    }
+    return new, doc
