@@ -73,8 +73,20 @@ def simulate(
     ] = "process",
     image: Annotated[str, typer.Option(help="agent image for --backend docker")] = "",
     local_data: Annotated[
-        str, typer.Option(help="each agent's part of this dataset ('' = none; process backend)")
+        str,
+        typer.Option(
+            help="each agent's part of this dataset ('' = none; process backend): digits "
+            "(Dirichlet parts), kws or kws:SIZE (keyword spotting, whole voices per device) or "
+            "an .npz with groups (whole groups per device)"
+        ),
     ] = "digits",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where the kws set is cached (default: $XDG_CACHE_HOME/edgefleet)",
+            resolve_path=True,
+        ),
+    ] = None,
     workload_rate: Annotated[
         float, typer.Option(help="requests/s each agent replays from its local data")
     ] = 2.0,
@@ -121,6 +133,7 @@ def simulate(
             extra_args=transport,
             local_data=local_data,
             workload_rate=workload_rate,
+            data_dir=data_dir,
         )
         where = f"{state_dir}/*/agent.log"
     else:

@@ -8,8 +8,11 @@ environment, never its command line (``/proc/PID/cmdline`` is world-readable).
 Stopping sends SIGTERM (agents say goodbye and exit 0) and only kills what does
 not exit in time.
 
-With ``local_data`` each device gets its own part of the dataset (``--partition
-i/N``) and, with ``workload_rate``, replays it as requests: a simulated fleet then
+With ``local_data`` each device gets its own part of the dataset -- ``digits``: a
+Dirichlet partition the agent makes itself (``--partition i/N``); ``kws`` (``kws:tiny``
+for a size) or a user's ``.npz`` with ``groups``: whole speakers/groups per device, written
+as shard files before the agents start (:mod:`.sim_data`) -- and, with ``workload_rate``,
+replays it as requests: a simulated fleet then
 serves, reports inference counts and accuracy (so rollout gates have evidence to
 judge), and joins federated rounds like the demo's devices. Agents are started so
 that they get SIGTERM if the process that started them dies, whatever killed it.
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.catalog import get_profile
+from edgefleet.devtools.sim_data import group_local_data, is_grouped_source
 from edgefleet.tokenfile import ENROLL_TOKEN_FILE_ENV
 
 ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
@@ -68,6 +72,7 @@ class SimulatedFleet:
         extra_args_by_index: Mapping[int, Sequence[str]] | None = None,
         local_data: str = "",
         workload_rate: float = 0.0,
+        data_dir: Path | None = None,
     ) -> SimulatedFleet:
         if count < 1:
             raise ValueError("--devices must be at least 1")
@@ -76,6 +81,12 @@ class SimulatedFleet:
         for name in profiles:
             get_profile(name)  # fail before starting anything
         state_root.mkdir(parents=True, exist_ok=True)
+        per_device = [local_data] * count
+        if is_grouped_source(local_data):  # before any agent starts: bad data starts nothing
+            grouped = group_local_data(
+                local_data, count, state_root / "local-data", data_dir=data_dir
+            )
+            per_device = [str(p.resolve()) for p in grouped.paths]
         env = _agent_env(enroll_token, token_file)
         agents = []
         for i in range(count):
@@ -103,7 +114,7 @@ class SimulatedFleet:
                     for key, value in (labels_by_profile or {}).get(profile, {}).items()
                     for arg in ("--label", f"{key}={value}")
                 ],
-                *workload_args(local_data, workload_rate, i, count),
+                *workload_args(per_device[i], workload_rate, i, count),
                 *extra_args,
                 *(extra_args_by_index or {}).get(i, ()),
             ]
