@@ -38,6 +38,7 @@ def base() -> nn.Module:
     model = build_model(ArchitectureSpec.zoo("ds-cnn-kws", num_classes=12, input_shape=SHAPE))
     for m in model.modules():  # trained-looking statistics, so BN is not the identity
         if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
@@ -125,7 +126,7 @@ def test_frozen_layers_save_bits_and_the_peak_drops_by_their_activations(
         params = {p.data_ptr() for p in model.parameters()}
         total = 0
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, params: set[int] = params) -> torch.Tensor:
             nonlocal total
             if t.data_ptr() not in params:
                 total += t.untyped_storage().nbytes()
