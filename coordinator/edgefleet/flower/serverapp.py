@@ -439,9 +439,11 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         ok = updates.restore(messages, ok, codec)  # encoded deltas -> the models they stand for
         failed = len(messages) - len(ok)
         if len(ok) < settings.min_devices:
+            reasons = sorted({str(r.error.reason)[:200] for r in replies if r.has_error()})
             raise RuntimeError(
                 f"round {rnd}: {len(ok)} of {len(messages)} devices replied "
                 f"(min-devices {settings.min_devices})"
+                + (f"; errors: {'; '.join(reasons[:2])}" if reasons else "")
             )
         aggregated, _ = strategy.aggregate_train(rnd, ok)
         if aggregated is not None:
@@ -452,6 +454,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             "round": rnd,
             "participants": [facts[r.metadata.src_node_id]["device"] for r in ok],
             "failed": failed,
+            # why devices failed (Flower's error replies), so a failed round says why
+            "errors": sorted({str(r.error.reason)[:200] for r in replies if r.has_error()})[:3],
             "train_loss": _weighted(ok, Metric.TRAIN_LOSS, Metric.NUM_EXAMPLES),
             # the global model of the previous round, scored on each client's held-out data
             "client_eval_acc": _weighted(ok, Metric.EVAL_ACC, Metric.EVAL_EXAMPLES),
