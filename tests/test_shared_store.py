@@ -116,3 +116,23 @@ def test_remove_drops_the_model_its_variants_and_its_blobs(tmp_path: Path, redis
         a.remove("m")
     with pytest.raises(UnknownVariantError):
         a.resolve(base)
+
+
+def test_the_store_works_on_a_real_three_node_redis_cluster(tmp_path: Path) -> None:
+    """Every key shares the fleet's hash tag and every script declares its keys: blobs,
+    variants, the index, deduplication and removal work on Redis Cluster as on one server."""
+    from tests.redis_procs import redis_cluster
+
+    with redis_cluster(tmp_path / "cluster") as cluster:
+        a, b = _pair(tmp_path, cluster.url)
+        payload = bytes(range(256)) * (CHUNK_BYTES // 128)  # > 2 chunks
+        base = _variant(a, "m", "fp32", payload)
+        a.add_model(ModelEntry("m", {"name": "synthetic"}, "digits", base, [base]))
+        first = _variant(a, "m", "int8-static", b"one")
+        a.add_variant("m", first)
+        again = _variant(b, "m", "int8-static", b"two")
+        b.add_variant("m", again)
+        assert b.model("m").variants == [base, again]
+        assert b.load(base[:8]).file("model.onnx") == payload
+        assert sorted(a.remove("m")) == sorted([base, again, first])  # the replaced one too
+        assert b.models() == []

@@ -321,7 +321,8 @@ redis.call('DEL', KEYS[2], KEYS[3])
 for i = 4, #KEYS do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 return 'ok'
 """
-# KEYS: models, list, labels, variant; ARGV: name, variant id, recipe label, base id
+# KEYS: models, list, labels, variant, superseded; ARGV: name, variant id, recipe label, base id
+# (a replaced row's variant is kept, a device may run it, and remembered for `remove`)
 _ADD_VARIANT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'unknown' end
 if redis.call('EXISTS', KEYS[4]) == 0 then return 'missing' end
@@ -331,20 +332,24 @@ local old = false
 if ARGV[3] ~= '' then old = redis.call('HGET', KEYS[3], ARGV[3]) end
 if old and old ~= ARGV[4] and redis.call('LPOS', KEYS[2], old) then
   redis.call('LSET', KEYS[2], redis.call('LPOS', KEYS[2], old), ARGV[2])
+  redis.call('SADD', KEYS[5], old)
 else
   redis.call('RPUSH', KEYS[2], ARGV[2])
 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[3], ARGV[2]) end
 return 'ok'
 """
-# KEYS: models, list, labels; ARGV: name -> the removed entry's JSON and variant ids
+# KEYS: models, list, labels, superseded; ARGV: name
+# -> the removed entry's JSON, its variant ids, "", the ids its rebuilt recipes replaced
 _REMOVE_MODEL = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return false end
 local ids = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2], KEYS[3])
 table.insert(ids, 1, old)
+table.insert(ids, '')
+for _, v in ipairs(redis.call('SMEMBERS', KEYS[4])) do table.insert(ids, v) end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return ids
 """
 
@@ -382,6 +387,9 @@ class SharedStore(LocalStore):
 
     def _labels_key(self, name: str) -> str:
         return f"{self._p}model:{name}:labels"
+
+    def _superseded_key(self, name: str) -> str:
+        return f"{self._p}model:{name}:superseded"
 
     # --- blobs ------------------------------------------------------------------------
 
@@ -554,6 +562,7 @@ class SharedStore(LocalStore):
             self._list_key(name),
             self._labels_key(name),
             self._variant_key(variant_id),
+            self._superseded_key(name),
         ]
         result = _text(self._add_variant(keys=keys, args=[name, variant_id, label, base]))
         if result == "unknown":
@@ -562,11 +571,18 @@ class SharedStore(LocalStore):
             raise UnknownVariantError(f"variant {variant_id[:12]} is not stored")
 
     def remove(self, name: str) -> list[str]:
-        keys = [self._models_key, self._list_key(name), self._labels_key(name)]
-        result = self._remove_model(keys=keys, args=[name])
+        keys = [
+            self._models_key,
+            self._list_key(name),
+            self._labels_key(name),
+            self._superseded_key(name),
+        ]
+        result = [_text(v) for v in self._remove_model(keys=keys, args=[name]) or []]
         if not result:
             raise UnknownModelError(f"unknown model {name!r}")
-        entry = self._entry(_text(result[0]), result[1:])
+        cut = result.index("")
+        entry = self._entry(result[0], result[1:cut])
+        entry.variants += result[cut + 1 :]  # rows rebuilt away: deleted with the model
         rest = self.models()
         gone = self._unreferenced(entry, rest)
         for v in gone:
