@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-bytes", type=int, default=65536)
     parser.add_argument("--data-dir", type=Path, default=Path(".edgefleet/bench-lm"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from edgefleet.datasets import DatasetError
     from edgefleet.datasets.text import load_text
