@@ -101,7 +101,8 @@ def start(o: StartOptions) -> None:
         model=o.model, rounds=o.rounds, strategy=o.strategy, min_devices=o.min_devices,
         select=o.select, lr=o.lr, local_epochs=o.local_epochs, proximal_mu=o.proximal_mu,
         dp=o.dp, dp_noise=o.dp_noise, dp_clip=o.dp_clip, round_timeout_seconds=o.round_timeout,
-        name=o.name, register=o.register, init_weights=init,
+        name=o.name, register=o.register, init_weights=init, buffer=o.buffer,
+        max_staleness=o.max_staleness, update_codec=o.update_codec,
     )  # fmt: skip
     with closing(training_client()) as c:
         run = c.start_run(request)
