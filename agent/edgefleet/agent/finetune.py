@@ -36,6 +36,7 @@ Fine-tuning works on a copy: the served variant keeps serving throughout.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.finetune_plan import FinetuneRefused, FinetuneResult, MemoryPlan
@@ -51,10 +52,13 @@ __all__ = [
     "FinetuneRefused",
     "FinetuneResult",
     "MemoryPlan",
+    "Prepared",
     "default_budget",
     "device_features",
     "finetune",
     "plan_memory",
+    "prepare",
+    "train",
 ]
 
 SCOPE_ORDER = ("full", "sparse", "tinytl", "head")
@@ -117,6 +121,29 @@ def finetune(
         from edgefleet.agent.finetune_mcu import finetune_last_layer
 
         return finetune_last_layer(runtime, shard, budget, epochs, batch_size, lr)
+    prepared = prepare(runtime, scope, budget, batch_size, sparse_layers)
+    return train(prepared, shard, epochs, lr, seed)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A training copy of the served model and its plan, which fits the budget."""
+
+    model: Any
+    plan: MemoryPlan
+    trained_layers: tuple[str, ...] = ()
+
+
+def prepare(
+    runtime: Runtime,
+    scope: str = "auto",
+    budget_bytes: int | None = None,
+    batch_size: int = 32,
+    sparse_layers: int = SPARSE_LAYERS,
+) -> Prepared:
+    """The first scope (in :data:`SCOPE_ORDER` for ``auto``) whose plan fits; the planning half
+    of :func:`finetune` (torch runtimes). Raises :class:`FinetuneRefused` when none fits."""
+    budget = default_budget(runtime) if budget_bytes is None else budget_bytes
     if not runtime.supports_training:
         raise FinetuneRefused(
             f"the {runtime.name} runtime is inference-only; fine-tuning needs the torch runtime"
@@ -128,10 +155,17 @@ def finetune(
             model, trained = _trainable(runtime, s, layers)
             plan = plan_memory(model, s, batch_size, runtime.input_spec["shape"], budget)
             if plan.fits:
-                return _train_torch(model, plan, shard, epochs, lr, seed, trained)
+                return Prepared(model, plan, trained)
             del model
         plans.append(plan)
     raise FinetuneRefused("does not fit: " + "; ".join(p.describe() for p in plans))
+
+
+def train(prepared: Prepared, shard: Shard, epochs: int, lr: float, seed: int) -> FinetuneResult:
+    """The training half of :func:`finetune`: ``shard`` must hold the network's input."""
+    return _train_torch(
+        prepared.model, prepared.plan, shard, epochs, lr, seed, prepared.trained_layers
+    )
 
 
 def _trainable(runtime: Runtime, scope: str, layers: int) -> tuple[Any, tuple[str, ...]]:
