@@ -19,8 +19,17 @@ add:
 * **A record per round** (participants, loss, accuracy, seconds) written atomically to
   ``out-dir/progress.json`` after every round, which the CLI and the coordinator read.
 
+* **Other round shapes** beside this loop: asynchronous buffered aggregation
+  (``strategy=fedbuff``, :mod:`edgefleet.flower.fedbuff`), Flower's SecAgg+ (``secure-agg``,
+  :mod:`edgefleet.flower.secagg`), and compressed updates (``update-codec``,
+  :mod:`edgefleet.flower.updates`), each a module of its own called from here.
+
 The node-config keys, record names and config/metric keys shared with the ClientApp are in
 :mod:`edgefleet.fl.contract`.
+
+Size: over 500 lines because the run settings, their validation, participant selection and
+the synchronous round loop read best together -- they are one run's life from config to
+``final.npz``; every other round shape lives in its own module.
 """
 
 from __future__ import annotations
