@@ -13,7 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -27,7 +28,7 @@ from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, No
 from edgefleet.coordinator.jobs import BuildRequest, JobQueue
 from edgefleet.coordinator.shared_store import open_store
 from edgefleet.v1 import jobs_pb2
-from tests.conftest import ADMIN_TOKEN, CoordinatorProc, cli_env, wait_for
+from tests.conftest import ADMIN_TOKEN, CoordinatorProc, cli_env, free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,8 +101,8 @@ class Worker:
         the horse to finish the build, which is not the failure this test is about.)"""
         horses = psutil.Process(self.proc.pid).children(recursive=True)
         assert horses, "the worker has no horse: no build running"
-        for p in (self.proc, *horses):
-            os.kill(p.pid, signal.SIGKILL)
+        for pid in (self.proc.pid, *(h.pid for h in horses)):
+            os.kill(pid, signal.SIGKILL)
         self.proc.wait(10)
         psutil.wait_procs(horses, timeout=10)
 
@@ -110,27 +111,60 @@ class Worker:
         return bool(r.exists(f"rq:worker:{self.name}"))
 
 
-@pytest.fixture
-def fleet(
-    redis_url: str, tmp_path: Path, coordinator_factory: Callable[..., CoordinatorProc]
-) -> Iterator[tuple[CoordinatorProc, Path]]:
-    """A coordinator on the real Redis and a tiny trained model in the shared store."""
+@dataclass
+class Fleet:
+    coord: CoordinatorProc
+    redis_url: str
+    tmp: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def key(self) -> Path:
+        return self.coord.data_dir / "signing-key.pem"  # the fleet's signing key
+
+    def worker(self, name: str, delay: float) -> Worker:
+        w = Worker(self.redis_url, self.tmp / name, name, delay, self.coord.data_dir)
+        self.workers.append(w)
+        return w
+
+    def any_worker(self, delay: float) -> Worker:
+        """A live worker of an earlier test if there is one (a start costs seconds), else new."""
+        live = [w for w in self.workers if w.proc.poll() is None]
+        return live[-1] if live else self.worker(f"worker-{len(self.workers)}", delay)
+
+    def listed(self) -> list[str]:
+        return _listed_variants_verify(self.redis_url, self.tmp / "reader", self.key)
+
+
+@pytest.fixture(scope="module")
+def fleet(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """One coordinator on its own database of the real Redis, and a tiny trained model in the
+    shared store, for the end-to-end tests of this module (each starts its own workers)."""
     from edgefleet.modelops.build import BuildOptions, register_model
     from edgefleet.modelops.data import load_dataset
     from edgefleet.modelops.measure import LatencyConfig
     from edgefleet.zoo import ArchitectureSpec
 
-    coord = coordinator_factory("--redis-url", redis_url)
-    store = open_store(
-        tmp_path / "author", redis_url, signing_key_path=coord.data_dir / "signing-key.pem"
-    )
-    data = load_dataset("digits", store.root)
-    spec = ArchitectureSpec.zoo(
-        "mlp", width=0.25, num_classes=data.num_classes, input_shape=data.input_shape
-    )
-    options = BuildOptions(latency=LatencyConfig(runs=5))
-    register_model(store, "tiny", spec, data, epochs=1, options=options)
-    yield coord, tmp_path
+    url = redis_server.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(url).flushdb()
+    tmp = tmp_path_factory.mktemp("jobs")
+    coord = CoordinatorProc(tmp / "coord", free_port(), ["--redis-url", url]).start()
+    fleet = Fleet(coord, url, tmp)
+    try:
+        store = open_store(tmp / "author", url, signing_key_path=fleet.key)
+        data = load_dataset("digits", store.root)
+        spec = ArchitectureSpec.zoo(
+            "mlp", width=0.25, num_classes=data.num_classes, input_shape=data.input_shape
+        )
+        options = BuildOptions(latency=LatencyConfig(runs=5))
+        register_model(store, "tiny", spec, data, epochs=1, options=options)
+        yield fleet
+    finally:
+        for w in fleet.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait(10)
+        coord.stop()
 
 
 def _listed_variants_verify(redis_url: str, root: Path, key: Path) -> list[str]:
@@ -142,101 +176,90 @@ def _listed_variants_verify(redis_url: str, root: Path, key: Path) -> list[str]:
     return ids
 
 
-def test_a_build_killed_with_its_worker_finishes_on_another(
-    fleet: tuple[CoordinatorProc, Path], redis_url: str
-) -> None:
-    coord, tmp = fleet
-    r = redis.Redis.from_url(redis_url)
-    a = Worker(redis_url, tmp / "worker-a", "worker-a", delay=0.6, fleet_dir=coord.data_dir)
-    wait_for(lambda: a.ready(r), 30, "worker a")
-    with JobClient(coord.address, ADMIN_TOKEN) as c:
+def test_a_build_killed_with_its_worker_finishes_on_another(fleet: Fleet) -> None:
+    r = redis.Redis.from_url(fleet.redis_url)
+    a = fleet.worker("worker-a", delay=0.5)
+    wait_for(lambda: a.ready(r), 60, "worker a")
+    with JobClient(fleet.coord.address, ADMIN_TOKEN) as c:
         job = c.start_build("tiny", ["fp16"], 5).job
         seen: list[jobs_pb2.Job] = []
-        b: Worker | None = None
         listings: list[list[str]] = []
+        b: Worker | None = None
+        killed = False
         for update in c.watch_job(job.id):
             seen.append(update)
-            listings.append(
-                _listed_variants_verify(
-                    redis_url, tmp / "reader", coord.data_dir / "signing-key.pem"
-                )
-            )
-            if b is None and update.worker == "worker-a" and "measure" in update.message:
-                a.kill_machine()
-                b = Worker(
-                    redis_url, tmp / "worker-b", "worker-b", delay=0.0, fleet_dir=coord.data_dir
-                )
-        assert b is not None, [u.message for u in seen]
-        final = seen[-1]
-        assert status_name(final.status) == "finished", final.error
-        assert final.worker == "worker-b" and final.attempt == 2
-        messages = [u.message for u in seen]
-        assert "fp16: export" in messages and "built fp16" in messages  # progress streamed
-        # never a partial variant listed; the finished one listed once
-        base = listings[0]
-        assert all(set(lst) <= set(base) | set(final.variant_ids) for lst in listings)
-        listed = _listed_variants_verify(
-            redis_url, tmp / "reader", coord.data_dir / "signing-key.pem"
-        )
-        assert listed == [*base, *final.variant_ids] and len(final.variant_ids) == 1
-        b.proc.terminate()
-        b.proc.wait(20)
+            listings.append(fleet.listed())
+            if b is None and update.worker == "worker-a":  # a has it: b may start now
+                b = fleet.worker("worker-b", delay=0.4)
+            if not killed and update.worker == "worker-a" and "measure" in update.message:
+                a.kill_machine()  # mid-build
+                killed = True
+    assert b is not None, [u.message for u in seen]
+    final = seen[-1]
+    logs = a.log.read_text() + b.log.read_text()
+    assert status_name(final.status) == "finished", final.error + logs
+    assert final.worker == "worker-b" and final.attempt == 2, logs
+    messages = [u.message for u in seen]
+    assert "fp16: export" in messages and "built fp16" in messages  # progress streamed
+    # never a partial variant listed; the finished one listed once, and it verifies
+    base = listings[0]
+    assert all(set(lst) <= {*base, *final.variant_ids} for lst in listings)
+    assert fleet.listed() == [*base, *final.variant_ids] and len(final.variant_ids) == 1
 
 
-def test_cli_builds_with_a_progress_bar_cancels_and_refuses_bad_input(
-    fleet: tuple[CoordinatorProc, Path], redis_url: str
-) -> None:
-    coord, tmp = fleet
-    r = redis.Redis.from_url(redis_url)
-    w = Worker(redis_url, tmp / "worker", "worker-1", delay=0.3, fleet_dir=coord.data_dir)
-    env = {**cli_env(coord.address), "COLUMNS": "120"}
+def test_cli_builds_with_a_progress_bar_cancels_and_refuses_bad_input(fleet: Fleet) -> None:
+    from typer.testing import CliRunner
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "edgefleet.cli.main", *args],
-            capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
-        )  # fmt: skip
+    from edgefleet.cli.app import app
 
-    try:
-        wait_for(lambda: w.ready(r), 30, "worker")
-        built = cli("models", "build", "tiny", "--recipes", "int8-dynamic")
-        assert built.returncode == 0, built.stderr
-        assert "queued job build-" in built.stderr and "built 1 variant(s) of tiny" in built.stdout
-        assert "int8-dynamic" in built.stderr  # the bar's description: the stage it reached
-        # cancel a running build: stopped on its worker, nothing listed
-        before = _listed_variants_verify(
-            redis_url, tmp / "reader", coord.data_dir / "signing-key.pem"
-        )
-        with JobClient(coord.address, ADMIN_TOKEN) as c:
-            job = c.start_build("tiny", ["int8-static"], 5).job
-            wait_for(lambda: c.get_job(job.id).status == jobs_pb2.JOB_STATUS_STARTED, 30, "start")
-            cancelled = cli("jobs", "cancel", job.id)
-            assert cancelled.returncode == 0, cancelled.stderr
-            wait_for(lambda: c.get_job(job.id).status == jobs_pb2.JOB_STATUS_STOPPED, 30, "stop")
-            assert "cancelled" in cli("jobs", "show", job.id).stdout
-        assert (
-            _listed_variants_verify(redis_url, tmp / "reader", coord.data_dir / "signing-key.pem")
-            == before
-        )
-        listed = cli("jobs", "ls", "--json")
-        assert listed.returncode == 0 and job.id in listed.stdout
-        # bad input: one line each, the right status, nothing queued
-        for args, message in [
-            (("models", "build", "nope", "--recipes", "fp16"), "unknown model 'nope'"),
-            (("jobs", "show", "build-nope"), "unknown job"),
-            (("jobs", "cancel", job.id), "already ended"),
-        ]:
-            bad = cli(*args)
-            assert bad.returncode == 1 and message in bad.stderr, bad.stderr
-            assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-        with JobClient(coord.address, ADMIN_TOKEN) as c:
-            with pytest.raises(AdminClientError) as err:
-                c.start_build("tiny", ["no such recipe"], 5)
-            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        with JobClient(coord.address, "wrong-token") as c:
-            with pytest.raises(AdminClientError) as err:
-                c.list_jobs()
-            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
-    finally:
-        w.proc.terminate()
-        w.proc.wait(20)
+    r = redis.Redis.from_url(fleet.redis_url)
+    w = fleet.any_worker(delay=0.4)
+    env = {**cli_env(fleet.coord.address), "COLUMNS": "120"}
+    runner = CliRunner()
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        """In this process (a fresh interpreter per call would cost more than the build)."""
+        done = runner.invoke(app, list(args), env=env)
+        return done.exit_code, done.stdout, done.stderr
+
+    wait_for(lambda: w.ready(r), 60, "worker")
+    # the real console script once: the build verb over the API, with its progress bar
+    built = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli.main", "models", "build", "tiny",
+         "--recipes", "int8-dynamic"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert "queued job build-" in built.stderr and "built 1 variant(s) of tiny" in built.stdout
+    assert "int8-dynamic" in built.stderr  # the bar's description: the stage it reached
+    # cancel a running build: stopped on its worker, nothing listed
+    before = fleet.listed()
+    with JobClient(fleet.coord.address, ADMIN_TOKEN) as c:
+        job = c.start_build("tiny", ["int8-static"], 5).job
+        wait_for(lambda: c.get_job(job.id).status == jobs_pb2.JOB_STATUS_STARTED, 60, "start")
+        code, stdout, stderr = cli("jobs", "cancel", job.id)
+        assert code == 0, stderr
+        wait_for(lambda: c.get_job(job.id).status == jobs_pb2.JOB_STATUS_STOPPED, 30, "stop")
+    assert "error: cancelled" in cli("jobs", "show", job.id)[1]
+    assert fleet.listed() == before
+    code, stdout, _ = cli("jobs", "ls", "--json")
+    assert code == 0 and job.id in stdout
+    # bad input: one line each, the right status, nothing queued
+    for args, message in [
+        (("models", "build", "nope", "--recipes", "fp16"), "unknown model 'nope'"),
+        (("jobs", "show", "build-nope"), "unknown job"),
+        (("jobs", "cancel", job.id), "already ended"),
+    ]:
+        code, _, stderr = cli(*args)
+        assert code == 1 and message in stderr, stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
+    with JobClient(fleet.coord.address, ADMIN_TOKEN) as c:
+        with pytest.raises(AdminClientError) as err:
+            c.start_build("tiny", ["no such recipe"], 5)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with JobClient(fleet.coord.address, "wrong-token") as c:
+        with pytest.raises(AdminClientError) as err:
+            c.list_jobs()
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with JobClient(fleet.coord.address, ADMIN_TOKEN) as c:
+        assert not [j for j in c.list_jobs() if j.model == "nope"]

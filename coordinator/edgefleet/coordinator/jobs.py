@@ -397,14 +397,14 @@ class WorkerTimings:
 
     ``monitor``: how often the worker refreshes a running job's heartbeat; ``grace``: how long
     past that a silent job counts as abandoned; ``maintenance``: how often each worker looks for
-    abandoned jobs; ``ttl``: the worker's own registration TTL (its idle poll is ``ttl - 15``).
-    A ``kill -9``-ed worker's build is retried after at most about monitor + grace + maintenance.
+    abandoned jobs, idle or not (an idle RQ worker only looks when its blocking dequeue times
+    out, so the dequeue timeout is set to it). A ``kill -9``-ed worker's build is retried after
+    at most about monitor + grace + maintenance seconds.
     """
 
     monitor: int = 10
     grace: int = 30
     maintenance: int = 15
-    ttl: int = 30
 
 
 class BuildWorker(Worker):
@@ -432,7 +432,7 @@ class BuildWorker(Worker):
             name=name,
             connection=connection,
             maintenance_interval=timings.maintenance,
-            worker_ttl=max(timings.ttl, 16),
+            worker_ttl=timings.maintenance + 15,  # RQ's dequeue timeout is worker_ttl - 15
             job_monitoring_interval=timings.monitor,
         )
         worker.abandon_grace = timings.grace
