@@ -97,7 +97,10 @@ def _worker_builds(store: SharedStore, name: str) -> tuple[str, str]:
 
 
 def test_models_over_the_api_from_a_host_without_a_data_dir(
-    replicas: tuple[CoordinatorProc, CoordinatorProc, Path], tmp_path: Path, redis_url: str
+    replicas: tuple[CoordinatorProc, CoordinatorProc, Path],
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a, b, fleet = replicas
     user = tmp_path / "user"
@@ -139,6 +142,13 @@ def test_models_over_the_api_from_a_host_without_a_data_dir(
         with pytest.raises(AdminClientError, match=r"has no model\.tflite"):
             client.export("sensors", "fp32", "tflite")
 
+    from typer.testing import CliRunner
+
+    from edgefleet.cli.main import app
+
+    monkeypatch.chdir(empty)
+    table = CliRunner().invoke(app, ["models", "variants", "sensors"], env=cli_env(b.address))
+    assert table.exit_code == 0 and "int8-static" in table.output, table.output
     shown = _cli(b.address, empty, "show", base[:10])
     assert json.loads(shown.stdout)["id"] == base, shown.stderr
     out = tmp_path / "exported"
