@@ -115,6 +115,13 @@ def finetune(
     if len(shard.y_train) == 0:
         raise FinetuneRefused("the local data has no training rows")
     shard = device_features(runtime, shard)
+    want = [int(d) for d in runtime.input_spec["shape"][1:]]
+    if list(shard.x_train.shape[1:]) != want:
+        raw = runtime.request_spec["shape"][1:] if runtime.frontend is not None else None
+        raise FinetuneRefused(
+            f"local data rows are {list(shard.x_train.shape[1:])}; the variant takes {want}"
+            + (f" (or raw audio {list(raw)})" if raw else "")
+        )
     if runtime.name == "mcu-sim":
         if scope not in ("auto", "head"):
             raise FinetuneRefused(f"mcu-sim trains the last layer only (asked for {scope!r})")
