@@ -121,11 +121,11 @@ def local_shard(context: Context, cfg: Mapping[str, object]) -> Shard:
     text = str(cfg.get(TrainConfig.FRONTEND, "") or "")
     if not text:
         return shard
+    from edgefleet.fl.features import featurize_shard
     from edgefleet.frontend import FrontendSpec
-    from edgefleet.frontend.mfcc import mfcc
 
-    spec = FrontendSpec.from_dict(json.loads(text))
-    return Shard(mfcc(shard.x_train, spec), shard.y_train, mfcc(shard.x_eval, spec), shard.y_eval)
+    # the one function on-device fine-tuning uses too (edgefleet.agent.finetune)
+    return featurize_shard(shard, FrontendSpec.from_dict(json.loads(text)))
 
 
 @app.train()
