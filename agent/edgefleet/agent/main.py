@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--finetune",
         default="",
-        choices=["", "auto", "full", "tinytl", "head"],
+        choices=["", "auto", "full", "sparse", "tinytl", "head"],
         help="fine-tune once on the local data after a variant activates (scope; auto = the "
         "largest that fits the memory budget)",
     )
