@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from edgefleet.agent.finetune import FinetuneRefused, device_features, finetune
+from edgefleet.agent.finetune import FinetuneRefused, device_features, finetune, prepare
 from edgefleet.agent.runtimes import Runtime, open_runtime
 from edgefleet.catalog import get_profile
 from edgefleet.datasets.core import DatasetError
@@ -138,3 +138,16 @@ def test_a_kws_variant_finetunes_on_the_devices_raw_clips(
     bad = Shard(raw.x_train[:, :, :, :100], raw.y_train, raw.x_eval[:, :, :, :100], raw.y_eval)
     with pytest.raises(FinetuneRefused, match=r"local data rows are \[1, 1, 100\]"):
         finetune(runtime, bad, "tinytl", epochs=1)
+
+
+def test_the_sparse_update_trains_as_many_layers_as_the_budget_allows(runtime: Runtime) -> None:
+    plans = {k: prepare(runtime, "sparse", 1 << 40, 16, sparse_layers=k).plan for k in (1, 2)}
+    assert plans[1].total < plans[2].total
+    between = (plans[1].total + plans[2].total) // 2
+    chosen = prepare(runtime, "sparse", between, 16, sparse_layers=2)
+    assert len(chosen.trained_layers) == 1 and chosen.plan.total <= between
+    assert prepare(runtime, "auto", between, 16).plan.scope == "sparse"
+    below = plans[1].total - 1
+    assert prepare(runtime, "auto", below, 16).plan.scope == "tinytl"
+    with pytest.raises(FinetuneRefused, match=r"sparse fine-tuning at batch 16 needs \d+ bytes"):
+        prepare(runtime, "sparse", below, 16)
