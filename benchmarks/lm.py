@@ -1,9 +1,9 @@
 """Benchmark: a small byte-level LM compressed for the edge, every variant side by side.
 
-    python -m benchmarks.lm [--dataset python-stdlib|PATH.txt] [--steps 400] [--dim 256]
+    python -m benchmarks.lm [--dataset python-stdlib|PATH.txt] [--steps 300] [--dim 128]
                             [--data-dir DIR] [--contexts 128,1024]
 
-Trains the zoo's ``byte-lm`` (2 layers, width 256, rotary positions, KV cache) on Python's own
+Trains the zoo's ``byte-lm`` (2 layers, width 128, rotary positions, KV cache) on Python's own
 standard-library sources (PSF-2.0; whole modules held out) or a user's text file, cached per data
 dir, then builds fp32, fp16, weight-only int8 and int4 (groups 32/64/128, onnxruntime's
 MatMulNBits) from one KV-cache ONNX graph and measures each with onnxruntime, one thread, batch 1:
@@ -47,8 +47,8 @@ def host_bandwidth() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lm", description=__doc__)
     parser.add_argument("--dataset", default="python-stdlib")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--context", type=int, default=128, help="training window, bytes")
     parser.add_argument("--contexts", default="128,1024", help="peak-memory context lengths")
