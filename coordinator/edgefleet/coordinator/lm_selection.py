@@ -341,10 +341,10 @@ def facts_from_benchmark(
     return out
 
 
-def scale_facts(facts: Sequence[LMFacts], shape: LMShape, source_width: int = 256) -> list[LMFacts]:
+def scale_facts(facts: Sequence[LMFacts], shape: LMShape, source_width: int) -> list[LMFacts]:
     """The same recipes at ``shape``'s size: bytes per weight and decode efficiency as measured,
     the KV cache from the shape (grouped-query heads; fp16 variants keep an fp16 cache) and the
-    measured activations scaled by the width ratio (``source_width``: the measured model's, 128
+    measured activations scaled by the width ratio (``source_width``: the measured model's; 128
     in :mod:`benchmarks.lm`). Perplexities stay the measured ones: this is
     a sizing exercise for a model the size of SmolLM2-135M, not a trained model."""
     fp32_weights = max(f.weight_bytes for f in facts) / 4  # the fp32 graph: 4 bytes per weight
