@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from edgefleet.client.admin_client import AdminClientError
-from edgefleet.client.job_client import JobClient, status_name
+from edgefleet.client.job_client import TERMINAL, JobClient, status_name
 from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.coordinator.jobs import BuildRequest, JobQueue
 from edgefleet.coordinator.shared_store import open_store
@@ -71,6 +71,23 @@ def test_the_same_build_twice_is_one_job_and_a_queued_job_cancels(redis_url: str
     fresh = q.start_build(BuildRequest("m", ("fp16", "int8-static"), 5))
     assert fresh.created and fresh.id != first.id
     assert {j.id for j in q.list()} >= {first.id, other.id, fresh.id}
+
+
+def test_a_worker_without_a_usable_redis_says_so_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet.cli.app import app
+
+    env = {"EDGEFLEET_REDIS_URL": "", "EDGEFLEET_JOBS_REDIS_URL": ""}
+    cases = [
+        (["--data-dir", str(tmp_path)], "no Redis to take jobs from"),
+        (["--redis-url", "redis+cluster://127.0.0.1:1,127.0.0.1:2"], "cannot use a Redis Cluster"),
+        (["--redis-url", f"redis://127.0.0.1:{free_port()}/0"], "cannot reach the job queue"),
+    ]
+    for args, message in cases:
+        done = CliRunner().invoke(app, ["worker", *args], env=env)
+        assert done.exit_code == 1 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 # --- end to end: coordinator + workers -----------------------------------------------------
@@ -242,6 +259,13 @@ def test_cli_builds_with_a_progress_bar_cancels_and_refuses_bad_input(fleet: Fle
         wait_for(lambda: c.get_job(job.id).status == jobs_pb2.JOB_STATUS_STOPPED, 30, "stop")
     assert "error: cancelled" in cli("jobs", "show", job.id)[1]
     assert fleet.listed() == before
+    # a recipe only the worker can judge: failed at once with its one line, not retried
+    with JobClient(fleet.coord.address, ADMIN_TOKEN) as c:
+        bad_job = c.start_build("tiny", ["frobnicate"], 5).job
+        wait_for(lambda: c.get_job(bad_job.id).status in TERMINAL, 60, "the bad build to end")
+        failed = c.get_job(bad_job.id)
+    assert failed.status == jobs_pb2.JOB_STATUS_FAILED and failed.attempt == 1
+    assert failed.error.startswith("unknown recipe step 'frobnicate'"), failed.error
     code, stdout, _ = cli("jobs", "ls", "--json")
     assert code == 0 and job.id in stdout
     # bad input: one line each, the right status, nothing queued

@@ -22,8 +22,8 @@ What RQ lacks, and how it is handled here:
 - **Redis Cluster.** RQ's registries, scripts and MULTI blocks span keys that are not hash-tagged
   (``rq:queue:NAME``, ``rq:job:ID``, ``rq:wip:NAME`` ...) and it takes a ``redis.Redis``, not a
   cluster client. A ``redis+cluster://`` URL is therefore refused with one line naming the fix:
-  give the job queue its own plain Redis (or a Sentinel-managed master) with ``--jobs-redis-url``
-  / ``$EDGEFLEET_JOBS_REDIS_URL`` on the coordinator and the workers; the queue holds only job
+  give the job queue its own plain Redis (or a Sentinel-managed master): ``$EDGEFLEET_JOBS_REDIS_URL``
+  on every replica, ``--jobs-redis-url`` (same variable) on the workers; the queue holds only job
   records and progress, no fleet state, so a small non-clustered Redis (with its own replica and
   Sentinel for HA) is enough. Sentinel URLs work (the master is looked up through the sentinels).
 - **Timely detection of a dead worker.** RQ's defaults notice an abandoned job after its
@@ -105,7 +105,7 @@ def rq_connection(url: str) -> redis.Redis:
     if which == "cluster":
         raise FailedPrecondition(
             "the job queue (RQ) cannot use a Redis Cluster: give it a plain Redis or a "
-            "Sentinel-managed master with --jobs-redis-url (or EDGEFLEET_JOBS_REDIS_URL)"
+            "Sentinel-managed master (EDGEFLEET_JOBS_REDIS_URL; a worker's --jobs-redis-url)"
         )
     if which == "sentinel":
         u = parse_multi_host(url)
