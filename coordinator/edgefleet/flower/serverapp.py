@@ -353,7 +353,10 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     nodes = list(grid.get_node_ids())
     queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     facts: dict[int, dict[str, Any]] = {}
-    for reply in exchange(grid, queries, 60.0, settings.poll_interval):
+    # as long as nodes may take to connect: a loaded device starts its ClientApp slowly
+    for reply in exchange(
+        grid, queries, max(60.0, settings.node_wait_timeout), settings.poll_interval
+    ):
         if reply.has_error():
             continue
         raw = dict(reply.content.config_records.get(Record.FACTS, ConfigRecord()))
