@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64gefleet/v1/artifact.proto\x12\x0c\x65\x64gefleet.v1\"P\n\x17\x44ownloadArtifactRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nvariant_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"Z\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x16\n\x0e\x61rchive_sha256\x18\x04 \x01(\t2k\n\x0f\x41rtifactService\x12X\n\x10\x44ownloadArtifact\x12%.edgefleet.v1.DownloadArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64gefleet/v1/artifact.proto\x12\x0c\x65\x64gefleet.v1\"f\n\x17\x44ownloadArtifactRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nvariant_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x14\n\x0chave_variant\x18\x04 \x01(\t\"n\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x16\n\x0e\x61rchive_sha256\x18\x04 \x01(\t\x12\x12\n\ndelta_base\x18\x05 \x01(\t2k\n\x0f\x41rtifactService\x12X\n\x10\x44ownloadArtifact\x12%.edgefleet.v1.DownloadArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.v1.artifact_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=45
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=125
-  _globals['_ARTIFACTCHUNK']._serialized_start=127
-  _globals['_ARTIFACTCHUNK']._serialized_end=217
-  _globals['_ARTIFACTSERVICE']._serialized_start=219
-  _globals['_ARTIFACTSERVICE']._serialized_end=326
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=147
+  _globals['_ARTIFACTCHUNK']._serialized_start=149
+  _globals['_ARTIFACTCHUNK']._serialized_end=259
+  _globals['_ARTIFACTSERVICE']._serialized_start=261
+  _globals['_ARTIFACTSERVICE']._serialized_end=368
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.agent.activation import ActivationRecord, ActivationStore, Stage
+from edgefleet.agent.delta_apply import install_delta, read_delta
 from edgefleet.archive import DEFAULT_LIMITS, Limits, UnsafeArchiveError, unpack_archive
 from edgefleet.bundle import Bundle, BundleError, load_bundle
 from edgefleet.fsutil import atomic_write
@@ -113,6 +114,7 @@ class DownloadResult:
     total_bytes: int = 0
     seconds: float = 0.0
     attempts: int = 0
+    delta_base: str = ""  # rebuilt from this variant + a delta (edgefleet.agent.delta_apply)
 
 
 def _discard(*paths: Path) -> None:
@@ -152,6 +154,14 @@ class _Restart(Exception):
     """Internal: the partial download is unusable; start again from byte zero."""
 
 
+class _DeltaOffered(Exception):
+    """Internal: the coordinator answered with a delta (or the reason it was unusable)."""
+
+    def __init__(self, base: str, blob: bytes | str) -> None:
+        super().__init__(base)
+        self.base, self.blob = base, blob
+
+
 class ArtifactCache:
     """Content-addressed bundles on the device, fetched over ``ArtifactService``."""
 
@@ -175,6 +185,10 @@ class ArtifactCache:
         self._trusted = parse_public_keys(trusted_keys)
         #: Offsets of every DownloadArtifact request made, in order (diagnostics and tests).
         self.request_offsets: list[int] = []
+        #: Delta deployment: name the variant held when a download starts from byte 0.
+        self.use_deltas = True
+        #: Why each delta offered was refused (then the full archive was fetched).
+        self.delta_fallbacks: list[str] = []
         self.store = ActivationStore(self.root)
         for d in (self.variants_dir, self.downloads_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -184,6 +198,10 @@ class ArtifactCache:
         heartbeat, so a rotation applies at once: a bundle is verified against the current list
         whenever it is loaded). A malformed key raises IntegrityError and changes nothing."""
         self._trusted = parse_public_keys(hex_keys)
+
+    @property
+    def trusted_keys(self) -> list[Ed25519PublicKey]:
+        return list(self._trusted)
 
     # --- state ----------------------------------------------------------------------------
 
@@ -255,12 +273,32 @@ class ArtifactCache:
         started = time.monotonic()
         first_offset = self.partial_bytes(variant_id)
         received = 0
-        for attempt in (1, 2):
+        held = (self.current() or self.previous()) if self.use_deltas else ""
+        have = held if held != variant_id and not first_offset else ""
+        attempt = 0
+        while attempt < 2:
+            attempt += 1
             try:
-                got, total = await self._download(variant_id, stub, metadata, device_id)
+                got, total = await self._download(variant_id, stub, metadata, device_id, have)
                 received += got
                 await self._verify_archive(variant_id, total[1])
                 await asyncio.to_thread(self._install, variant_id)
+            except _DeltaOffered as offer:
+                have, attempt = "", attempt - 1  # a refused delta: the full archive, as ever
+                self._discard_partial(variant_id)  # the empty partial opened for the archive
+                outcome = await install_delta(self, variant_id, offer.base, offer.blob)
+                if outcome is None:
+                    continue
+                return DownloadResult(
+                    variant_id,
+                    final,
+                    cached=False,
+                    bytes_received=outcome.bytes_received,
+                    total_bytes=outcome.bytes_received,
+                    seconds=time.monotonic() - started,
+                    attempts=1,
+                    delta_base=outcome.base,
+                )
             except _Restart as why:
                 log.warning("variant %s: %s; downloading again from 0", variant_id[:12], why)
                 self._discard_partial(variant_id)
@@ -297,8 +335,12 @@ class ArtifactCache:
         stub: artifact_pb2_grpc.ArtifactServiceStub,
         metadata: Metadata,
         device_id: str,
+        have_variant: str = "",
     ) -> tuple[int, tuple[int, str]]:
-        """Append the missing tail to the partial file; return (bytes received, (size, sha))."""
+        """Append the missing tail to the partial file; return (bytes received, (size, sha)).
+
+        With ``have_variant`` (offset 0 only) the coordinator may answer with a delta instead:
+        raises :class:`_DeltaOffered` with it, and nothing is written to the partial."""
         part = self.downloads_dir / f"{variant_id}.part"
         offset = self.partial_bytes(variant_id)
         announced = self._announced(variant_id)
@@ -307,7 +349,10 @@ class ArtifactCache:
         self.request_offsets.append(offset)
         call: Any = stub.DownloadArtifact(
             artifact_pb2.DownloadArtifactRequest(
-                device_id=device_id, variant_id=variant_id, offset=offset
+                device_id=device_id,
+                variant_id=variant_id,
+                offset=offset,
+                have_variant=have_variant if offset == 0 else "",
             ),
             metadata=tuple(metadata),
         )
@@ -327,6 +372,11 @@ class ArtifactCache:
                     if msg is grpc.aio.EOF:
                         break
                     chunk: artifact_pb2.ArtifactChunk = msg
+                    if chunk.delta_base and have_variant and pos == 0:
+                        blob = await read_delta(
+                            call, chunk, self.idle_timeout, self.limits.max_total_bytes
+                        )
+                        raise _DeltaOffered(chunk.delta_base, blob)
                     size, sha = chunk.total_bytes, chunk.archive_sha256
                     if announced is None:
                         announced = (size, sha)

@@ -16,10 +16,12 @@ import grpc
 
 from edgefleet.coordinator.api.guard import bearer_token, guard, peer_device_id
 from edgefleet.coordinator.artifacts import ArchiveCache, CachedArchive, authorize_download
+from edgefleet.coordinator.delta_serving import DeltaCache, delta_base_for
 from edgefleet.coordinator.limits import StreamLimitError, StreamSlots
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.registry import Registry
 from edgefleet.coordinator.rollouts.manager import RolloutManager
+from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 from edgefleet.variant_store import VariantStore
 
@@ -55,6 +57,11 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         self._metrics = metrics  # counts refused authentications (edgefleet_auth_failures_total)
         self._registry = registry
         self._cache = ArchiveCache(variants, trusted_keys=trusted_keys)
+        # Delta deployment (coordinator.delta_serving): a device naming the variant it holds
+        # in ``have_variant`` may get a signed delta instead of the archive.
+        self.deltas = DeltaCache(
+            variants, self._cache.directory / "deltas", trusted_keys=trusted_keys, metrics=metrics
+        )
         self._slots = slots
         self._rollouts = rollouts
         self._chunk = chunk_bytes
@@ -63,8 +70,8 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         self,
         request: artifact_pb2.DownloadArtifactRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        await authorize_download(
+    ) -> DeviceRecord:
+        return await authorize_download(
             self._registry,
             self._rollouts,
             request.device_id,
@@ -79,11 +86,19 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         request: artifact_pb2.DownloadArtifactRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[artifact_pb2.ArtifactChunk]:
-        await guard(context, lambda: self._authorize(request, context), self._metrics)
+        record = await guard(context, lambda: self._authorize(request, context), self._metrics)
         try:
             with self._slots.hold(request.device_id):
                 archive = await guard(context, lambda: self._cache.get(request.variant_id))
-                chunks = self._stream(archive, request.offset, context)
+                base = delta_base_for(
+                    record, request.have_variant, request.variant_id, request.offset
+                )
+                delta = await self.deltas.get(base, request.variant_id, archive) if base else None
+                if delta is not None:
+                    self.deltas.count_served(delta, archive)
+                chunks = self._stream(
+                    delta or archive, request.offset, context, base if delta else ""
+                )
                 async with contextlib.aclosing(chunks):  # the archive closes with the call
                     async for chunk in chunks:
                         yield chunk
@@ -95,6 +110,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         archive: CachedArchive,
         offset: int,
         context: grpc.aio.ServicerContext[Any, Any],
+        delta_base: str = "",
     ) -> AsyncGenerator[artifact_pb2.ArtifactChunk, None]:
         if offset > archive.size:
             await context.abort(
@@ -105,7 +121,11 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
         if offset == archive.size:
             # Nothing left to send, but the client still learns size and hash to verify with.
             yield artifact_pb2.ArtifactChunk(
-                offset=offset, data=b"", total_bytes=archive.size, archive_sha256=archive.sha256
+                offset=offset,
+                data=b"",
+                total_bytes=archive.size,
+                archive_sha256=archive.sha256,
+                delta_base=delta_base,
             )
             return
         # Local-disk reads of one chunk take microseconds; they are done inline rather than
@@ -121,6 +141,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):  # type: igno
                     data=data,
                     total_bytes=archive.size,
                     archive_sha256=archive.sha256,
+                    delta_base=delta_base,
                 )
                 offset += len(data)
 
