@@ -106,7 +106,7 @@ class Worker:
                 [sys.executable, "-m", "edgefleet.cli.main", "worker",
                  "--redis-url", redis_url, "--data-dir", str(data_dir), "--name", name,
                  "--fleet-dir", str(fleet_dir),
-                 "--monitor-interval", "1", "--abandon-grace", "2",
+                 "--monitor-interval", "1", "--abandon-grace", "3",
                  "--maintenance-interval", "1"],
                 stdout=log, stderr=log, env=env, cwd=REPO,
             )  # fmt: skip
