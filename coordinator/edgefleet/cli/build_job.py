@@ -135,6 +135,8 @@ def run_build(model: str, recipes: list[str], latency_runs: int) -> list[str]:
     if job is not None:
         job.meta["attempt"] = attempt
         job.meta.pop("error", None)
+        progress = dict(job.meta.get("progress") or {})  # not the dead worker's last stage
+        job.meta["progress"] = {**progress, "message": "starting" if attempt == 1 else "retrying"}
         _save_meta(job)
     if _config is None:
         raise RuntimeError("run_build runs on an `edgefleet worker` (no store configured)")
