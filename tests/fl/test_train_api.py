@@ -294,3 +294,25 @@ def test_the_serverapps_record_reaches_redis_and_waits_while_it_is_away(
     # the round records every replica exports as edgefleet_fl_* metrics, written once each
     assert outcomes == {"completed": 1, "failed": 1}
     assert [(r.model, r.run_id, r.round, r.outcome) for r in latest] == [("mlp", "r", 2, "failed")]
+
+
+def test_a_round_record_written_twice_is_counted_once(redis_url: str) -> None:
+    """A write retried after its reply was lost (redis-py's own retry, or a reporter that saw
+    a timeout under load) must not count a round twice."""
+    import asyncio
+
+    from edgefleet.coordinator.state.connect import connect
+    from edgefleet.coordinator.state.model import FederatedRound
+    from edgefleet.coordinator.state.store import FleetStore
+
+    async def twice() -> dict[str, int]:
+        store = FleetStore(connect(redis_url))
+        r1 = FederatedRound("mlp", "run", 1, "completed", 0.5, 0.8, 2, 1.0)
+        for r in (r1, r1, FederatedRound("mlp", "run", 2, "completed", 0.4, 0.9, 2, 2.0)):
+            await store.record_fl_round(r)
+        latest, outcomes = await store.fl_snapshot()
+        await store.close()
+        assert [(x.round, x.participants) for x in latest] == [(2, 2)]
+        return outcomes
+
+    assert asyncio.run(twice()) == {"completed": 2}

@@ -114,6 +114,12 @@ class Keys:
         """Hash: outcome (completed, failed) -> rounds, over all models."""
         return f"{self.prefix}fl:outcomes"
 
+    @property
+    def fl_recorded(self) -> str:
+        """Set: ``run|round|outcome`` of every round record written (a retried write is a
+        no-op, so each round is counted once)."""
+        return f"{self.prefix}fl:recorded"
+
     def fl_run(self, name: str) -> str:
         """Hash: a federated run's record: ``meta`` (the replica that submitted it), ``progress``
         (the ServerApp's own record, rewritten after every round), ``stopped``, ``init``."""
