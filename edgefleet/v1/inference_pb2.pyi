@@ -79,3 +79,43 @@ class GetServingStatusResponse(_message.Message):
     latency_counts: _containers.RepeatedScalarFieldContainer[int]
     last_refusal: str
     def __init__(self, variant_id: _Optional[str] = ..., runtime: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., rejected: _Optional[int] = ..., latency_bounds_ms: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., last_refusal: _Optional[str] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("text", "data", "max_tokens", "temperature", "top_k", "top_p", "stop", "seed")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    data: bytes
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    stop: _containers.RepeatedScalarFieldContainer[bytes]
+    seed: int
+    def __init__(self, text: _Optional[str] = ..., data: _Optional[bytes] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[bytes]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class GenerateChunk(_message.Message):
+    __slots__ = ("data", "index", "finish_reason", "time_to_first_token_ms", "tokens_per_second", "prompt_tokens", "variant_id", "context_limit")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    index: int
+    finish_reason: str
+    time_to_first_token_ms: float
+    tokens_per_second: float
+    prompt_tokens: int
+    variant_id: str
+    context_limit: int
+    def __init__(self, data: _Optional[bytes] = ..., index: _Optional[int] = ..., finish_reason: _Optional[str] = ..., time_to_first_token_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., variant_id: _Optional[str] = ..., context_limit: _Optional[int] = ...) -> None: ...

@@ -44,6 +44,11 @@ class InferenceServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_inference__pb2.GetServingStatusRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_inference__pb2.GetServingStatusResponse.FromString,
                 _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/edgefleet.v1.InferenceService/Generate',
+                request_serializer=edgefleet_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -66,6 +71,17 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Generate(self, request, context):
+        """Generate text with the active language-model variant, one chunk per token as it is
+        decoded (the first chunk is the time to first token a user sees).
+        Errors: INVALID_ARGUMENT (a field out of range, named in one line),
+        FAILED_PRECONDITION (no variant active, or the active variant is not a language model),
+        INTERNAL (the runtime failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +94,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetServingStatus,
                     request_deserializer=edgefleet_dot_v1_dot_inference__pb2.GetServingStatusRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_inference__pb2.GetServingStatusResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=edgefleet_dot_v1_dot_inference__pb2.GenerateRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_inference__pb2.GenerateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +155,33 @@ class InferenceService:
             '/edgefleet.v1.InferenceService/GetServingStatus',
             edgefleet_dot_v1_dot_inference__pb2.GetServingStatusRequest.SerializeToString,
             edgefleet_dot_v1_dot_inference__pb2.GetServingStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgefleet.v1.InferenceService/Generate',
+            edgefleet_dot_v1_dot_inference__pb2.GenerateRequest.SerializeToString,
+            edgefleet_dot_v1_dot_inference__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,

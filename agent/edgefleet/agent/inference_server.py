@@ -6,7 +6,10 @@ authentication scheme. It runs on the agent's own asyncio loop (one process, no 
 thread pool to size); each batch runs in a worker thread so a slow inference never delays a
 heartbeat. Status codes: a malformed input is the caller's to fix (INVALID_ARGUMENT, also for
 bytes that are not an InferRequest and shapes of absurd rank), no active variant yet is a
-state to wait out (FAILED_PRECONDITION).
+state to wait out (FAILED_PRECONDITION), and so is a classifier active when ``Generate``
+asks for a language model. ``Generate`` streams: a worker thread decodes and hands each token
+to the loop as it is sampled, so the first byte reaches the caller after the prefill, not
+after the whole answer.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -24,7 +28,10 @@ from edgefleet.agent.serving import LATENCY_BOUNDS_MS, Serving
 from edgefleet.interceptors import ValidationInterceptor
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
-__all__ = ["InferenceServer", "decode_input"]
+if TYPE_CHECKING:
+    from edgefleet.agent.generation import GenerateParams
+
+__all__ = ["InferenceServer", "decode_input", "generate_params"]
 
 log = logging.getLogger("edgefleet.agent.inference")
 
@@ -71,6 +78,23 @@ def decode_input(request: inference_pb2.InferRequest, variant_shape: list[int]) 
     raise InputError("the request carries no input (set tensor or values)")
 
 
+def generate_params(request: inference_pb2.GenerateRequest) -> GenerateParams:
+    """The request's fields as :class:`GenerateParams` (checked against the model later)."""
+    from edgefleet.agent.generation import GenerateParams
+
+    which = request.WhichOneof("prompt")
+    prompt = request.text.encode("utf-8") if which == "text" else bytes(request.data)
+    return GenerateParams(
+        prompt=prompt,
+        max_tokens=int(request.max_tokens),
+        temperature=float(request.temperature),
+        top_k=int(request.top_k),
+        top_p=float(request.top_p),
+        stop=tuple(bytes(s) for s in request.stop),
+        seed=int(request.seed) if request.HasField("seed") else None,
+    )
+
+
 def _checked_shape(dims: Sequence[int], what: str) -> list[int]:
     if len(dims) > MAX_DIMS:
         raise InputError(f"{what} has {len(dims)} dimensions (at most {MAX_DIMS})")
@@ -111,6 +135,53 @@ class _Servicer(inference_pb2_grpc.InferenceServiceServicer):  # type: ignore[mi
         except InferenceError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         raise AssertionError("unreachable: context.abort raises")
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[inference_pb2.GenerateChunk]:
+        """Stream tokens as a worker thread decodes them (the loop never waits on the model)."""
+        from edgefleet.agent.generation import NotLanguageModelError
+
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[inference_pb2.GenerateChunk | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+        serving = self.serving
+
+        def run() -> None:
+            try:
+                params = generate_params(request)
+                variant = serving.variant_id
+                for t in serving.generate(params, stop.is_set):
+                    chunk = inference_pb2.GenerateChunk(data=t.data, index=t.index)
+                    if t.finish_reason:
+                        rt = serving.runtime
+                        spec = getattr(rt, "language_model", None)
+                        chunk.finish_reason = t.finish_reason
+                        chunk.time_to_first_token_ms = t.time_to_first_token_ms
+                        chunk.tokens_per_second = t.tokens_per_second
+                        chunk.prompt_tokens = len(params.prompt)
+                        chunk.variant_id = variant
+                        chunk.context_limit = spec.context if spec is not None else 0
+                    loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except BaseException as exc:  # handed to the loop, which maps it to a status
+                loop.call_soon_threadsafe(chunks.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(chunks.put_nowait, None)
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        try:
+            while (item := await chunks.get()) is not None:
+                if isinstance(item, NotLoadedError | NotLanguageModelError):
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(item))
+                if isinstance(item, InputError):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
+                if isinstance(item, BaseException):
+                    await context.abort(grpc.StatusCode.INTERNAL, str(item))
+                assert isinstance(item, inference_pb2.GenerateChunk)
+                yield item
+        finally:
+            stop.set()  # a caller that went away stops the decode at the next token
 
     async def GetServingStatus(
         self,

@@ -25,7 +25,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,8 @@ from edgefleet.profiles import DeviceProfile
 if TYPE_CHECKING:  # numpy only where a runtime is loaded
     import numpy as np
     import numpy.typing as npt
+
+    from edgefleet.agent.generation import GeneratedToken, GenerateParams
 
 __all__ = ["LATENCY_BOUNDS_MS", "InferResult", "IntervalStats", "Serving"]
 
@@ -81,6 +83,11 @@ class IntervalStats:
     labelled: int
     seconds: float
     busy_seconds: float  # device time spent inferring (drives the battery model)
+    #: language-model generations (``Generate``): median time to first token and decode rate
+    generations: int = 0
+    generated_tokens: int = 0
+    ttft_ms_p50: float | None = None
+    tokens_per_s_p50: float | None = None
 
     @property
     def error_rate(self) -> float | None:
@@ -102,6 +109,13 @@ class IntervalStats:
             out["inference_latency_p95_ms"] = self.latency_ms_p95
         if self.accuracy is not None:
             out["inference_accuracy"] = self.accuracy
+        if self.generations:
+            out["generation_count"] = float(self.generations)
+            out["generation_tokens"] = float(self.generated_tokens)
+        if self.ttft_ms_p50 is not None:
+            out["generation_ttft_ms"] = self.ttft_ms_p50
+        if self.tokens_per_s_p50 is not None:
+            out["generation_tokens_per_s"] = self.tokens_per_s_p50
         return out
 
 
@@ -115,6 +129,10 @@ class _Counters:
     correct: int = 0
     labelled: int = 0
     busy_seconds: float = 0.0
+    ttft_ms: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)
+    generations: int = 0
+    generated_tokens: int = 0
 
 
 class Serving:
@@ -305,6 +323,57 @@ class Serving:
                 logits, argmax, latency, rt.latency_source, rt.variant_id or "", rt.name
             )
 
+    def generate(
+        self, params: GenerateParams, cancelled: Callable[[], bool] = lambda: False
+    ) -> Iterator[GeneratedToken]:
+        """Generate with the active language-model variant, one token per item.
+
+        Holds the serving lock for the whole generation (a small device decodes for one caller
+        at a time). Raises ``NotLoadedError``, ``NotLanguageModelError`` (a classifier is
+        active), ``InputError`` (a bad field; counted as rejected) or ``InferenceError``.
+        """
+        from edgefleet.agent.generation import NotLanguageModelError, check_params, generate
+
+        with self._lock:
+            rt = self._runtime
+            if rt is None:
+                raise NotLoadedError("no variant is active on this device yet")
+            spec = getattr(rt, "language_model", None)
+            if spec is None:
+                raise NotLanguageModelError(
+                    f"the active variant {self.variant_id[:12]} is not a language model"
+                )
+            c = self._interval
+            try:
+                params = check_params(params, spec.context)
+            except InputError:
+                c.rejected += 1
+                self.total_rejected += 1
+                raise
+            c.requests += 1
+            self.variant_requests += 1
+            self.total_requests += 1
+            started = time.perf_counter()
+            try:
+                for token in generate(rt.lm_step, spec, params, cancelled):  # type: ignore[attr-defined]
+                    c.generated_tokens += 1
+                    if token.finish_reason:
+                        c.generations += 1
+                        c.ttft_ms.append(token.time_to_first_token_ms)
+                        if token.tokens_per_second > 0:
+                            c.tokens_per_s.append(token.tokens_per_second)
+                    yield token
+            except InferenceError:
+                c.errors += 1
+                self.total_errors += 1
+                raise
+            except Exception as exc:
+                c.errors += 1
+                self.total_errors += 1
+                raise InferenceError(f"{rt.name} failed while generating: {exc!r}") from exc
+            finally:
+                c.busy_seconds += time.perf_counter() - started
+
     def take_interval(self) -> IntervalStats:
         """This interval's figures; starts the next interval."""
         with self._lock:
@@ -320,6 +389,10 @@ class Serving:
             labelled=c.labelled,
             seconds=time.monotonic() - c.started,
             busy_seconds=c.busy_seconds,
+            generations=c.generations,
+            generated_tokens=c.generated_tokens,
+            ttft_ms_p50=statistics.median(c.ttft_ms) if c.ttft_ms else None,
+            tokens_per_s_p50=statistics.median(c.tokens_per_s) if c.tokens_per_s else None,
         )
 
 

@@ -16,6 +16,7 @@ from edgefleet.cli.config_cmds import config_app
 from edgefleet.cli.coordinator_cmds import certs_app, coordinator_app
 from edgefleet.cli.devices_cmds import devices_app
 from edgefleet.cli.fleet_cmds import fleet_app
+from edgefleet.cli.infer_cmds import infer
 from edgefleet.cli.jobs_cmds import jobs_app
 from edgefleet.cli.profiles_cmds import profiles_app
 from edgefleet.cli.rollout_cmds import deploy, rollout_app
@@ -53,6 +54,7 @@ app.add_typer(jobs_app, name="jobs")
 app.command("deploy")(one_line_errors(deploy))
 app.command("simulate")(simulate)
 app.command("worker")(worker)
+app.command("infer")(infer)
 
 
 def _register_optional_apps() -> None:

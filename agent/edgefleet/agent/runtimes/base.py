@@ -55,6 +55,9 @@ PRECISION_NEEDS: Mapping[str, frozenset[str]] = {
     "fp16": frozenset({"fp16"}),
     "int8": frozenset({"int8"}),
     "int8-dynamic": frozenset({"int8", "fp32"}),
+    # language models' weight-only quantization: weights dequantize into float arithmetic
+    "int8-weight-only": frozenset({"fp32"}),
+    "int4-weight-only": frozenset({"fp32"}),
 }
 
 

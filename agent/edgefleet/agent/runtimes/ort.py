@@ -9,16 +9,19 @@ agent's own work, and because it is how the coordinator measured each variant's 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
 import psutil
 
-from edgefleet.agent.runtimes.base import BundleFormatError, MemoryUsage, Runtime
+from edgefleet.agent.runtimes.base import BundleFormatError, InputError, MemoryUsage, Runtime
 from edgefleet.bundle import Bundle
 from edgefleet.profiles import DeviceProfile
+
+if TYPE_CHECKING:
+    from edgefleet.agent.generation import LMSpec
 
 __all__ = ["OrtRuntime"]
 
@@ -33,6 +36,8 @@ class OrtRuntime(Runtime):
         self._session: Any = None
         self._input_name = ""
         self._usage = MemoryUsage(0, 0, "not loaded")
+        #: the loaded variant's language-model facts; ``None`` for a classifier
+        self.language_model: LMSpec | None = None
 
     def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
         model = bundle.file(str(entry.get("file", "model.onnx")))
@@ -47,6 +52,8 @@ class OrtRuntime(Runtime):
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise BundleFormatError(f"onnxruntime cannot load model.onnx: {exc}") from exc
         inputs = session.get_inputs()
+        if self._load_language_model(bundle, session, len(model), rss):
+            return
         if len(inputs) != 1:
             raise BundleFormatError(f"model.onnx has {len(inputs)} inputs, expected 1")
         spec = bundle.manifest.get("input", {})
@@ -63,7 +70,50 @@ class OrtRuntime(Runtime):
             method="rss growth over session creation and a batch-1 run, less the model bytes",
         )
 
+    def _load_language_model(self, bundle: Bundle, session: Any, size: int, rss: int) -> bool:
+        """Hold a language model's KV-cache graph for ``Generate`` (False: not an LM bundle).
+
+        Checked here so a malformed LM bundle is refused at staging, not on the first prompt;
+        one warm-up step (two prompt bytes) so the working memory includes the arena."""
+        from edgefleet.agent.generation import lm_spec
+
+        try:
+            spec = lm_spec(bundle.manifest)
+        except ValueError as exc:
+            raise BundleFormatError(f"variant {bundle.variant_id[:12]}: {exc}") from exc
+        if spec is None:
+            return False
+        names = [i.name for i in session.get_inputs()]
+        if names != ["tokens", "past_k", "past_v"]:
+            raise BundleFormatError(
+                f"language model inputs are {names}, expected tokens/past_k/past_v"
+            )
+        dtype = np.float16 if spec.kv_dtype == "float16" else np.float32
+        empty = np.zeros((spec.layers, 1, spec.heads, 0, spec.head_dim), dtype=dtype)
+        try:
+            session.run(
+                None, {"tokens": np.zeros((1, 2), np.int64), "past_k": empty, "past_v": empty}
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped exceptions
+            raise BundleFormatError(f"language model does not match its manifest: {exc}") from exc
+        self._session = session
+        self.language_model = spec
+        grown = max(0, psutil.Process().memory_info().rss - rss)
+        self._usage = MemoryUsage(size, max(0, grown - size), "rss growth over a 2-byte prefill")
+        return True
+
+    def lm_step(
+        self, tokens: npt.NDArray[np.int64], past_k: npt.NDArray[Any], past_v: npt.NDArray[Any]
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
+        """One KV-cache step of the loaded language model: logits and the grown caches."""
+        logits, k, v = self._session.run(
+            None, {"tokens": tokens, "past_k": past_k, "past_v": past_v}
+        )
+        return logits, k, v
+
     def _infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        if self.language_model is not None:
+            raise InputError("the active variant is a language model: call Generate, not Infer")
         out = self._session.run(None, {self._input_name: batch})[0]
         result: np.ndarray[Any, np.dtype[np.float32]] = np.asarray(out, dtype=np.float32)
         return result
@@ -73,5 +123,6 @@ class OrtRuntime(Runtime):
 
     def unload(self) -> None:
         self._session = None
+        self.language_model = None
         self._usage = MemoryUsage(0, 0, "not loaded")
         super().unload()
