@@ -167,23 +167,25 @@ def test_tflm_latency_is_the_coordinators_per_op_prediction_not_host_time(
     the manifest's per-op counts, on the profile's core at its clock."""
     profile = mcu("cortex-m4")
     cheap = [{"op": "fc", "macs": 640, "outputs": 10}]
-    dear = [{"op": "depthwise", "macs": 640, "outputs": 10}, *cheap]  # same MACs + a depthwise
-    got = []
+    dear = [{"op": "depthwise", "macs": 640, "outputs": 10}, *cheap]  # the FC + a depthwise
+    got: list[float] = []
     for ops in (cheap, dear):
         bundle = _bundle(linear.tflite, digits.input_spec(), ops=ops)
         rt = TflmRuntime(profile)
         rt.load(bundle)
         rt.infer(digits.x_test[:3])
         assert rt.last_latency_ms == pytest.approx(3 * mcu_latency_ms(profile, bundle.manifest))
-        got.append(rt.last_latency_ms)
+        got.append(rt.last_latency_ms or 0.0)
     assert got[1] > got[0] > 0  # per op: a second layer of a dearer kind costs more
     # a manifest without op counts: its MACs as one pointwise layer, as the coordinator does
     bundle = _bundle(linear.tflite, digits.input_spec(), macs=1_000_000)
     rt = TflmRuntime(profile)
     rt.load(bundle)
     rt.infer(digits.x_test[:1])
-    assert rt.last_latency_ms == pytest.approx(mcu_latency_ms(profile, bundle.manifest))
-    assert rt.last_latency_ms > 1_000_000 * cycles_per_mac(profile) / (profile.cpu_mhz * 1e3)
+    latency = rt.last_latency_ms
+    assert latency == pytest.approx(mcu_latency_ms(profile, bundle.manifest))
+    assert latency is not None
+    assert latency > 1_000_000 * cycles_per_mac(profile) / (profile.cpu_mhz * 1e3)
     assert rt.latency_source == "cycle-model" and LiteRtRuntime.latency_source == "wall"
 
 

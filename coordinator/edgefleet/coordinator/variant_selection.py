@@ -295,9 +295,10 @@ def select(
         f"chose {winner.variant.recipe} ({winner.variant.accuracy:.2%}) {why} "
         f"{winner.predicted_latency_ms:.3g} ms on {winner.runtime}"
     )
-    if profile.is_mcu and winner.variant.mcu_flash_bytes:
+    stored = winner.variant.mcu_flash_bytes
+    if profile.is_mcu and stored:
         v = winner.variant
-        flash = v.mcu_flash_bytes + (v.frontend.flash_bytes if v.frontend is not None else 0)
+        flash = stored + (v.frontend.flash_bytes if v.frontend is not None else 0)
         reason += (
             f"; flash {human_bytes(flash)} of {human_bytes(profile.storage_bytes)}"
             f"{flash_parts(v, profile)}"
