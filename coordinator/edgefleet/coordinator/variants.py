@@ -51,6 +51,7 @@ def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFac
             if "latency_ms_p50" in m
         },
         mcu_flash_bytes=int(mcu["flash_bytes"]) if "flash_bytes" in mcu else None,
+        mcu_code_bytes=int(mcu["code_bytes"]) if "code_bytes" in mcu else None,
         layers=manifest_layers(manifest),
         frontend=manifest_cost(manifest),
     )
