@@ -160,13 +160,78 @@ def _file_op(
                 if old[s:e] != new[s:e]:
                     tensors[t] = {"start": s, "end": e, **pay.add(_encode(new[s:e], old[s:e], xor))}
             return {"op": "tensors", "from": name, "tensors": tensors}
+    candidates: list[tuple[dict[str, Any], list[tuple[str, bytes]]]] = [
+        ({"op": "file"}, [_encode(new, None, False)])
+    ]
     if xor and old is not None and len(old) == len(new):
-        return {
-            "op": "xor",
-            "from": name,
-            **pay.add(("xor-zlib", zlib.compress(_xor(old, new), 9))),
-        }
-    return {"op": "file", **pay.add(_encode(new, None, False))}
+        candidates.append(
+            ({"op": "xor", "from": name}, [("xor-zlib", zlib.compress(_xor(old, new), 9))])
+        )
+    if old is not None:
+        program, literals = _copy_program(old, new)
+        candidates.append(
+            (
+                {"op": "blocks", "from": name},
+                [("zlib", zlib.compress(program, 9)), ("zlib", zlib.compress(literals, 9))],
+            )
+        )
+    op, blocks = min(candidates, key=lambda c: sum(len(b) for _, b in c[1]))
+    if op["op"] == "blocks":
+        return {**op, "program": pay.add(blocks[0]), "literals": pay.add(blocks[1])}
+    return {**op, **pay.add(blocks[0])}
+
+
+_BLOCK = 32  # bytes: small enough to catch a shifted float tensor, large enough to be unique
+_STEP = struct.Struct("<QQQ")  # (literal bytes, base offset, copied bytes)
+
+
+def _copy_program(old: bytes, new: bytes) -> tuple[bytes, bytes]:
+    """rsync-like: ``new`` as literals and copies of ``old`` ranges (any alignment in ``new``).
+
+    For files whose tensors sit inside a container that shifts when one changes size (ONNX
+    protobuf after a re-export, TFLite flatbuffers): without parsing the format, unchanged
+    tensors are found again wherever they moved.
+    """
+    index: dict[bytes, int] = {}
+    for off in range(0, len(old) - _BLOCK + 1, _BLOCK):
+        index.setdefault(old[off : off + _BLOCK], off)
+    steps, literals = [], bytearray()
+    i = lit_start = 0
+    n = len(new)
+    while i + _BLOCK <= n:
+        at = index.get(new[i : i + _BLOCK])
+        if at is None:
+            i += 1
+            continue
+        length = _BLOCK
+        while i + length < n and at + length < len(old) and new[i + length] == old[at + length]:
+            length += 1
+        literals += new[lit_start:i]
+        steps.append(_STEP.pack(i - lit_start, at, length))
+        i += length
+        lit_start = i
+    literals += new[lit_start:]
+    steps.append(_STEP.pack(n - lit_start, 0, 0))
+    return b"".join(steps), bytes(literals)
+
+
+def _run_program(old: bytes, program: bytes, literals: bytes, size: int) -> bytes:
+    if len(program) % _STEP.size:
+        raise DeltaError("copy program is not a whole number of steps")
+    out, lit = bytearray(), 0
+    for lit_len, at, length in _STEP.iter_unpack(program):
+        if (
+            lit + lit_len > len(literals)
+            or at + length > len(old)
+            or len(out) + lit_len + length > size
+        ):
+            raise DeltaError("copy program step outside its inputs")
+        out += literals[lit : lit + lit_len]
+        out += old[at : at + length]
+        lit += lit_len
+    if len(out) != size or lit != len(literals):
+        raise DeltaError(f"copy program rebuilds {len(out)} bytes, expected {size}")
+    return bytes(out)
 
 
 def build_delta(
@@ -265,6 +330,17 @@ def apply_delta(
         raise DeltaError(f"malformed delta: {exc!r}") from None
 
 
+def _decode_bounded(blob: bytes, limit: int) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(blob, limit + 1)
+    except zlib.error as exc:
+        raise DeltaError(f"corrupt compressed block: {exc}") from None
+    if len(out) > limit or not d.eof:
+        raise DeltaError("compressed block inflates past its limit")
+    return out
+
+
 def _block(ref: Mapping[str, Any], payload: bytes) -> bytes:
     start, length = int(ref["offset"]), int(ref["length"])
     if start < 0 or length < 0 or start + length > len(payload):
@@ -283,6 +359,11 @@ def _apply_op(op: Mapping[str, Any], size: int, base: Mapping[str, bytes], paylo
         return old
     if kind == "xor":
         return _decode("xor-zlib", _block(op, payload), size, old)
+    if kind == "blocks":
+        limit = 24 * size + _STEP.size  # a step is 24 bytes and covers >= 1 byte
+        program = _decode_bounded(_block(op["program"], payload), limit)
+        literals = _decode_bounded(_block(op["literals"], payload), size)
+        return _run_program(old, program, literals, size)
     if kind == "tensors":
         if len(old) != size:
             raise DeltaError("tensor delta does not fit its base file")

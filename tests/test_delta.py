@@ -222,7 +222,7 @@ def test_delta_is_tensor_wise_for_safetensors_and_per_file_otherwise(env: Env) -
     ops = header["files"]
     assert ops["weights.safetensors"]["op"] == "tensors"
     assert sorted(ops["weights.safetensors"]["tensors"]) == ["head.bias", "head.weight"]
-    assert ops["model.onnx"]["op"] == "xor"
+    assert ops["model.onnx"]["op"] in ("xor", "blocks")  # per file: no tensors to name
     plan = apply_delta(blob, env.base, base, [env.store.public_key()])
     assert plan.files == _files(head_seed=7, graph_tag=b"tuned")
 
@@ -231,6 +231,32 @@ def _retarget(blob: bytes) -> bytes:
     """The same delta claiming another target (one hex digit changed in its signed header)."""
     at = blob.index(b'"target":"') + len(b'"target":"')
     return blob[:at] + (b"0" if blob[at : at + 1] != b"0" else b"1") + blob[at + 1 :]
+
+
+def test_shifted_file_goes_as_copies_of_the_base_and_a_bad_program_is_refused(env: Env) -> None:
+    # An ONNX/TFLite re-export moves unchanged tensors when one changes size: no XOR fits,
+    # the copy program finds them again at their new offsets.
+    old = hashlib.shake_256(b"tensors").digest(40_000)
+    new = old[:1000] + b"a longer changed tensor" + old[1010:]
+    m = env.store.variants_dir / env.tuned / MANIFEST_NAME
+    manifest = json.loads(m.read_bytes())
+    manifest["files"] = {
+        "model.onnx": {"sha256": hashlib.sha256(new).hexdigest(), "bytes": len(new)}
+    }
+    raw = json.dumps(manifest).encode()
+    key = env.store.signing_key()
+    blob = build_delta(
+        env.base, {"model.onnx": old}, env.tuned, raw, b"{}", {"model.onnx": new}, key
+    )
+    header, _ = read_header(blob, [env.store.public_key()])
+    assert header["files"]["model.onnx"]["op"] == "blocks"
+    assert len(blob) < len(new) // 10
+    plan = apply_delta(blob, env.base, {"model.onnx": old}, [env.store.public_key()])
+    assert plan.files["model.onnx"] == new
+    with pytest.raises(DeltaError, match="needs base file"):  # a base without that file
+        apply_delta(blob, env.base, {"other.onnx": old}, [env.store.public_key()])
+    with pytest.raises(DeltaError, match=r"outside its inputs|rebuilds"):  # a shorter base
+        apply_delta(blob, env.base, {"model.onnx": old[:20_000]}, [env.store.public_key()])
 
 
 @pytest.mark.parametrize(

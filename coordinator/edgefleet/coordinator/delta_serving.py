@@ -5,8 +5,10 @@ a signed delta (``edgefleet.delta``) instead of B's archive when all of these ho
 
 - the download starts at byte 0 (a resumed full download stays a full download);
 - A is the variant the device last reported as active or previous: a device may not name an
-  arbitrary variant, because a delta is computed against it (with XOR codecs the payload
-  mixes A's bytes in) and must not become a way to learn a variant it was never given;
+  arbitrary variant, because a delta is computed against it and must not become a way to
+  learn anything of a variant it was never given. (Deltas are also built without XOR codecs,
+  so their payload holds B's bytes only, never A's mixed in; with head/bias fine-tunes of
+  DS-CNN XOR saves nothing measurable, see ``benchmarks/delta.py``.)
 - both bundles verify with the fleet's trusted keys and have the same file layout (same file
   names: a fine-tune of the same architecture, e.g. ``MODEL-ft-RUN`` against ``MODEL``);
 - the delta is smaller than :data:`MAX_DELTA_FRACTION` of B's archive (otherwise the full
@@ -143,6 +145,7 @@ class DeltaCache:
             (b.path / SIGNATURE_NAME).read_bytes(),
             b.files,
             self._variants.signing_key(),
+            xor=False,  # the payload holds target bytes only, never base bytes mixed in
         )
         if len(blob) >= MAX_DELTA_FRACTION * full_size:
             log.info(
