@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import TensorProto, helper
+from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
 from edgefleet.agent.generation import GenerateParams, check_params, sample
@@ -33,6 +34,7 @@ from edgefleet.catalog import get_profile
 from edgefleet.cli.app import app
 from edgefleet.coordinator.lm_explain import explain_lm, is_lm_manifest
 from edgefleet.coordinator.lm_selection import LMPolicy
+from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.modelops.lm_bundle import register_lm_model
 from edgefleet.modelops.lm_compress import build_lm_variants
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
@@ -125,6 +127,17 @@ def test_generate_streams_tokens_deterministically_with_a_seed(served: Served) -
     m = served.serving.take_interval().metrics()
     assert m["generation_count"] >= 4 and m["generation_tokens"] >= 12 * 3 + 5
     assert m["generation_ttft_ms"] > 0 and m["generation_tokens_per_s"] > 0
+    # ... which the coordinator's /metrics exports as the agent reports them
+    relay = CoordinatorMetrics()
+    for name, value in m.items():
+        relay.relay_device_metric(name, value, served.ids["fp32"], "rpi4", lambda _: True)
+    text = generate_latest(relay.registry).decode()
+    label = f'{{profile="rpi4",variant="{served.ids["fp32"][:12]}"}}'
+    ttft = (
+        f"edgefleet_generation_time_to_first_token_seconds{label} {m['generation_ttft_ms'] / 1000}"
+    )
+    assert ttft in text
+    assert f"edgefleet_generation_tokens_per_second{label} " in text
 
 
 def test_generate_ends_at_a_stop_sequence_which_it_includes(served: Served) -> None:

@@ -169,6 +169,20 @@ class CoordinatorMetrics:
             ["variant", "profile"],
             registry=r,
         )
+        # language models (InferenceService.Generate): what a user waits for and watches
+        self.generation_ttft = Gauge(
+            "edgefleet_generation_time_to_first_token_seconds",
+            "Median time to first token a device last reported for Generate, by variant and "
+            "profile.",
+            ["variant", "profile"],
+            registry=r,
+        )
+        self.generation_rate = Gauge(
+            "edgefleet_generation_tokens_per_second",
+            "Median decode rate (tokens/s after the first) a device last reported for Generate.",
+            ["variant", "profile"],
+            registry=r,
+        )
         self.fl_round_loss = Gauge(
             "edgefleet_fl_round_loss",
             "Training loss of the latest federated round, by model.",
@@ -249,6 +263,10 @@ class CoordinatorMetrics:
             self.inference_errors.labels(*labels).inc(value)
         elif name == "inference_accuracy":
             self.inference_accuracy.labels(*labels).set(value)
+        elif name == "generation_ttft_ms":
+            self.generation_ttft.labels(*labels).set(value / 1000.0)
+        elif name == "generation_tokens_per_s":
+            self.generation_rate.labels(*labels).set(value)
 
     def set_federated(self, latest: list[FederatedRound], outcomes: dict[str, int]) -> None:
         """Replace the federated gauges from the store's snapshot."""
