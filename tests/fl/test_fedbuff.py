@@ -44,13 +44,13 @@ def test_buffer_weights_by_staleness_drops_the_too_stale_and_merges_slices() -> 
     # rows 0-1: mean of 1 and 3; rows 2-3: only the full-width update holds them
     np.testing.assert_allclose(buf.params["w"], [[2, 2], [2, 2], [1, 1], [1, 1]])
 
-    # version 1 now: an update from version 0 has staleness 1 and weighs 1/sqrt(2)
-    assert buf.offer(0, {"w": np.zeros((4, 2), np.float32)}, 10, _msg())
-    assert buf.offer(1, {"w": np.ones((4, 2), np.float32)}, 10, _msg())
+    # version 1 now: updates from version 0 have staleness 1 and count 1/sqrt(2) of a step,
+    # even when the whole buffer is that stale (a normalised weight would cancel the discount)
+    assert buf.offer(0, {"w": np.ones((4, 2), np.float32)}, 10, _msg())
+    assert buf.offer(0, {"w": np.ones((4, 2), np.float32)}, 30, _msg())
     used = buf.aggregate()
-    assert [u.staleness for u in used] == [1, 0]
-    fresh = 1.0 / (1.0 + staleness_weight(1))
-    np.testing.assert_allclose(buf.params["w"][2:], 1.0 + fresh, rtol=1e-6)
+    assert [u.staleness for u in used] == [1, 1]
+    np.testing.assert_allclose(buf.params["w"][2:], 1.0 + staleness_weight(1), rtol=1e-6)
     # version 2: version 0 is beyond max-staleness 1, dropped and counted
     assert not buf.offer(0, {"w": np.ones((4, 2), np.float32)}, 10, _msg())
     assert buf.dropped == 1 and not buf.pending

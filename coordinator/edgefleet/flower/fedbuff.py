@@ -99,8 +99,7 @@ class Buffer:
         if staleness > self.max_staleness:
             self.dropped += 1
             return False
-        weight = float(examples) * staleness_weight(staleness)
-        self.pending.append(_Update(delta, weight, staleness, reply))
+        self.pending.append(_Update(delta, float(examples), staleness, reply))
         return True
 
     @property
@@ -115,7 +114,16 @@ class Buffer:
         """
         used, self.pending = self.pending, []
         zeros = {k: np.zeros_like(v) for k, v in self.params.items()}
-        mean = heterofl.aggregate(zeros, [(u.delta, u.weight) for u in used])
+        # the discount scales each delta; the mean is over example counts only, so a buffer of
+        # equally stale updates still moves the model less (a normalised weight would cancel it)
+        scaled = [
+            (
+                {k: d * np.float32(staleness_weight(u.staleness)) for k, d in u.delta.items()},
+                u.weight,
+            )
+            for u in used
+        ]
+        mean = heterofl.aggregate(zeros, scaled)
         self.params = {
             k: (v + np.float32(self.server_lr) * mean[k]).astype(np.float32)
             for k, v in self.params.items()
@@ -160,7 +168,7 @@ def run_buffered(
     from edgefleet.flower.serverapp import _per_device, _weighted
 
     codec = parse_codec(settings.update_codec)
-    buf = Buffer(params, settings.buffer, settings.max_staleness)
+    buf = Buffer(params, settings.buffer, settings.max_staleness, settings.server_lr)
     rng = random.Random(settings.seed)
     shapes = {
         w: fl_model.shapes(settings.arch, w, settings.arch_config) for w in set(widths.values())

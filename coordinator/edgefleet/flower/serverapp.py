@@ -108,6 +108,9 @@ class RunSettings:
     #: fedbuff: aggregate every ``buffer`` arrivals; drop updates staler than ``max_staleness``
     buffer: int = 4
     max_staleness: int = 4
+    #: fedbuff's server step on the buffer's mean delta: several buffers are applied while
+    #: the slow devices' updates still build on older versions, so a full step overshoots
+    server_lr: float = 0.5
     #: how devices encode their updates (:mod:`edgefleet.fl.update_codec`)
     update_codec: str = "none"
     #: Flower's SecAgg+ for every round: the server sees only the sum of the devices' models
