@@ -130,7 +130,8 @@ def measure(runtime: str, kind: str, root: Path, key: Ed25519PrivateKey) -> dict
         out[f"delta_{tag}_bytes"] = len(blob)
         out[f"build_{tag}_ms"] = round(built * 1000, 1)
         out[f"apply_verify_{tag}_ms"] = round(applied * 1000, 1)
-    out["saved_pct"] = round(100 * (1 - out["delta_xor_bytes"] / out["full_bytes"]), 1)
+    # What the coordinator ships: deltas without XOR (coordinator.delta_serving).
+    out["saved_pct"] = round(100 * (1 - out["delta_noxor_bytes"] / out["full_bytes"]), 1)
     return out
 
 
