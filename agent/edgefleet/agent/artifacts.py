@@ -34,6 +34,11 @@ Why it is built this way:
 
 The agent never imports the coordinator: only the generated stubs and the shared
 ``edgefleet.bundle`` / ``edgefleet.archive`` modules.
+
+Size: a little over 500 lines because the download, its resume/restart rules, the staging
+install and activation share one set of on-disk conventions (partial, announced size/hash,
+``variants/`` temp dirs) that would leak across modules if split; delta deployment's own work
+(collecting, applying and verifying a delta) is ``edgefleet.agent.delta_apply``.
 """
 
 from __future__ import annotations

@@ -25,20 +25,31 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, load_bundle
 from edgefleet.delta import DeltaError, apply_delta
 from edgefleet.v1 import artifact_pb2
 
-if TYPE_CHECKING:
-    from edgefleet.agent.artifacts import ArtifactCache
-
 __all__ = ["DeltaOutcome", "install_delta", "read_delta"]
 
 log = logging.getLogger("edgefleet.agent.delta")
+
+
+class DeltaTarget(Protocol):
+    """What this module needs of the agent's ``ArtifactCache`` (which imports this module)."""
+
+    @property
+    def variants_dir(self) -> Path: ...
+
+    @property
+    def trusted_keys(self) -> list[Ed25519PublicKey]: ...
+
+    @property
+    def delta_fallbacks(self) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ async def read_delta(
 
 
 async def install_delta(
-    cache: ArtifactCache, variant_id: str, base: str, blob: bytes | str
+    cache: DeltaTarget, variant_id: str, base: str, blob: bytes | str
 ) -> DeltaOutcome | None:
     """Rebuild, verify and install ``variant_id`` from ``base`` + ``blob``; None (logged as a
     fallback, and noted in ``cache.delta_fallbacks``) if anything does not check out."""
@@ -108,7 +119,7 @@ async def install_delta(
     return DeltaOutcome(base, len(blob))
 
 
-def _install(cache: ArtifactCache, variant_id: str, base: str, blob: bytes) -> None:
+def _install(cache: DeltaTarget, variant_id: str, base: str, blob: bytes) -> None:
     """Rebuild in a temp dir inside ``variants/``, verify as a bundle, rename into place."""
     trusted = cache.trusted_keys
     try:
