@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from edgefleet.agent.serving import Serving
 from edgefleet.bundle import Bundle
 from edgefleet.catalog import get_profile
 from edgefleet.cli.app import app
+from edgefleet.client.admin_client import AdminClient
 from edgefleet.coordinator.lm_explain import explain_lm, is_lm_manifest
 from edgefleet.coordinator.lm_selection import LMPolicy
 from edgefleet.coordinator.metrics import CoordinatorMetrics
@@ -40,8 +41,10 @@ from edgefleet.modelops.lm_compress import build_lm_variants
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ByteLM
+from tests.conftest import ADMIN_TOKEN, CoordinatorProc
+from tests.fleetkit import ScriptedDevice
 
-CONTEXT = 48
+CONTEXT = 64
 
 
 @dataclass
@@ -233,13 +236,27 @@ def test_lm_bundles_carry_what_devices_and_selection_need_and_explain_names_the_
     assert all(is_lm_manifest(m) for _, m in manifests)
     lm = manifests[0][1]["language_model"]
     assert lm["context"] == CONTEXT and lm["kv_bytes_per_position"] == 2 * 1 * 2 * 16 * 4
-    short = explain_lm(get_profile("rpi4"), manifests)
-    assert short.winner is None and "model context: 48 < policy minimum 64" in short.reason
-    sel = explain_lm(get_profile("rpi4"), manifests, LMPolicy(min_context=16))
+    short = explain_lm(get_profile("rpi4"), manifests, LMPolicy(min_context=128))
+    assert short.winner is None and "model context: 64 < policy minimum 128" in short.reason
+    sel = explain_lm(get_profile("rpi4"), manifests)
     assert sel.winner is not None and sel.winner.context_limit == CONTEXT
     assert "set by the model context budget" in sel.reason
     mcu = explain_lm(get_profile("cortex-m4"), manifests)
     assert mcu.winner is None and mcu.reason.startswith("refused")
+
+
+def test_devices_explain_for_a_language_model_names_the_context_budget(
+    served: Served, coordinator_factory: Callable[..., CoordinatorProc]
+) -> None:
+    coord = coordinator_factory(data_dir=served.store.root)  # its own store: the module's
+    pi = ScriptedDevice.register(coord.address, "pi", "rpi4")
+    mcu = ScriptedDevice.register(coord.address, "m4", "cortex-m4")
+    with AdminClient(coord.address, ADMIN_TOKEN) as admin:
+        got = admin.explain_device(pi.device_id, "tiny-lm")
+        assert got.chosen_variant in served.ids.values()
+        assert "64 positions, set by the model context budget" in got.reason
+        refused = admin.explain_device(mcu.device_id, "tiny-lm")
+        assert refused.reason.startswith("refused") and refused.chosen_variant == ""
 
 
 def test_sampling_rules() -> None:

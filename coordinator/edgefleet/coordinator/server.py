@@ -65,7 +65,7 @@ from edgefleet.coordinator.state.connect import connect
 from edgefleet.coordinator.state.fleet_identity import FleetIdentityState
 from edgefleet.coordinator.state.store import FleetStore
 from edgefleet.coordinator.tokens import Tokens
-from edgefleet.coordinator.variants import KnownVariants, model_variants
+from edgefleet.coordinator.variants import KnownVariants, model_lm_manifests, model_variants
 from edgefleet.fleet_dir import TrustedKeys, load_identity
 from edgefleet.fsutil import atomic_write
 from edgefleet.interceptors import ValidationInterceptor, WriteDeadlineInterceptor
@@ -361,7 +361,11 @@ class Coordinator:
             config.host_macs_per_second or (await asyncio.to_thread(measure_host)).macs_per_second
         )
         rollouts = RolloutManager(
-            store, lambda model: model_variants(variants, model), host_mps, metrics=metrics
+            store,
+            lambda model: model_variants(variants, model),
+            host_mps,
+            metrics=metrics,
+            lm_manifests=lambda model: model_lm_manifests(variants, model),
         )
         controller = RolloutController(
             rollouts, store, config.rollout_interval, owner=replica_owner(config.data_dir)

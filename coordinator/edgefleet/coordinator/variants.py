@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from edgefleet.bundle import MANIFEST_NAME
+from edgefleet.coordinator.lm_explain import is_lm_manifest
 from edgefleet.coordinator.shared_store import bundle_dir_of, has_variant_in
 from edgefleet.coordinator.variant_selection import VariantFacts
 from edgefleet.frontend.spec import manifest_cost
@@ -73,6 +74,25 @@ def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
         raise UnknownModel(str(exc)) from exc
     ids = list(dict.fromkeys(v for v in [entry.base, *entry.variants] if v))  # "" = pending
     return [read_facts(store, v) for v in ids]
+
+
+def model_lm_manifests(store: VariantStore, model: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(id, manifest)`` of every variant of a language model; ``[]`` for any other model
+    (explain judges a language model by context length, :mod:`edgefleet.coordinator.lm_explain`)."""
+    try:
+        entry = store.model(model)
+    except UnknownModelError as exc:
+        raise UnknownModel(str(exc)) from exc
+    out: list[tuple[str, dict[str, Any]]] = []
+    for v in dict.fromkeys(v for v in [entry.base, *entry.variants] if v):
+        try:
+            manifest = json.loads((bundle_dir_of(store, v) / MANIFEST_NAME).read_text())
+        except (OSError, ValueError, StoreError) as exc:
+            raise VariantReadError(f"variant {v[:12]}: unreadable manifest ({exc})") from exc
+        if not is_lm_manifest(manifest):
+            return []
+        out.append((v, manifest))
+    return out
 
 
 class KnownVariants:

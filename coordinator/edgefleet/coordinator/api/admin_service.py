@@ -159,6 +159,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         validate_device_id(request.device_id)
         check_text("model", request.model, MAX_NAME_CHARS, required=True)
         policy = checked_policy(request.accuracy_tolerance, request.latency_slo_ms)
+        lm = await self._rollouts.explain_lm(request.device_id, request.model)
+        if lm is not None:  # a language model: the context limit and the budget that set it
+            return admin_pb2.ExplainDeviceResponse(
+                device_id=request.device_id,
+                model=request.model,
+                reason=lm.reason,
+                chosen_variant=lm.winner.facts.id if lm.winner else "",
+            )
         explained = await self._rollouts.explain(request.device_id, request.model, policy)
         chosen = explained.selection.winner
         return admin_pb2.ExplainDeviceResponse(

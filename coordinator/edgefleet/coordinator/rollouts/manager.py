@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.coordinator.lm_explain import explain_lm
+from edgefleet.coordinator.lm_selection import LMSelection
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.rollouts.document import (
     ACTIVE_STATES,
@@ -61,8 +63,10 @@ class RolloutManager:
         host_macs_per_second: float,
         clock: Callable[[], float] = time.time,
         metrics: CoordinatorMetrics | None = None,
+        lm_manifests: Callable[[str], Sequence[tuple[str, Mapping[str, Any]]]] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._lm_manifests = lm_manifests
         self._store = store
         self._variants = variants
         self._host_mps = host_macs_per_second
@@ -85,6 +89,27 @@ class RolloutManager:
         if record is None:
             raise NotFound(f"device {device_id} is not registered")
         return await self._explain(record, self._model_variants(model), policy or Policy())
+
+    async def explain_lm(self, device_id: str, model: str) -> LMSelection | None:
+        """LM selection for a language model (context limit and the budget that set it);
+        ``None`` when ``model`` is not a language model (the classifier path explains it)."""
+        if self._lm_manifests is None:
+            return None
+        try:
+            manifests = self._lm_manifests(model)
+        except LookupError as exc:
+            raise NotFound(f"unknown model {model!r} (see edgefleet models ls)") from exc
+        except (RuntimeError, ValueError, KeyError) as exc:  # an unreadable manifest
+            raise FailedPrecondition(str(exc)) from exc
+        if not manifests:
+            return None
+        record = await self._store.get(device_id)
+        if record is None:
+            raise NotFound(f"device {device_id} is not registered")
+        try:
+            return explain_lm(record.profile, manifests)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FailedPrecondition(f"model {model!r}: malformed LM manifest ({exc})") from exc
 
     async def _explain(
         self, record: DeviceRecord, variants: list[VariantFacts], policy: Policy
