@@ -33,11 +33,12 @@ from edgefleet.bundle import Bundle
 from edgefleet.catalog import get_profile
 from edgefleet.cli.app import app
 from edgefleet.client.admin_client import AdminClient
-from edgefleet.coordinator.lm_explain import explain_lm, is_lm_manifest
+from edgefleet.coordinator.lm_explain import explain_lm, is_lm_manifest, lm_facts
 from edgefleet.coordinator.lm_selection import LMPolicy
 from edgefleet.coordinator.metrics import CoordinatorMetrics
-from edgefleet.modelops.lm_bundle import register_lm_model
-from edgefleet.modelops.lm_compress import build_lm_variants
+from edgefleet.modelops.lm_bundle import lm_manifest, register_lm_model
+from edgefleet.modelops.lm_compress import LMVariantFile, build_lm_variants
+from edgefleet.modelops.lm_measure import LMMeasurement
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 from edgefleet.variant_store import VariantStore
 from edgefleet.zoo import ByteLM
@@ -54,6 +55,8 @@ class Served:
     serving: Serving
     port: int
     state_dir: Path
+    model: ByteLM
+    variants: list[LMVariantFile]
 
     def bundle(self, recipe: str) -> Bundle:
         return self.store.load(self.ids[recipe])
@@ -96,7 +99,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     (state / "inference.json").write_text(
         json.dumps({"address": f"127.0.0.1:{server.bound_port}", "port": server.bound_port})
     )
-    yield Served(store, ids, serving, server.bound_port, state)
+    yield Served(store, ids, serving, server.bound_port, state, model, variants)
     asyncio.run_coroutine_threadsafe(server.stop(0), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     t.join(10)
@@ -241,6 +244,16 @@ def test_lm_bundles_carry_what_devices_and_selection_need_and_explain_names_the_
     sel = explain_lm(get_profile("rpi4"), manifests)
     assert sel.winner is not None and sel.winner.context_limit == CONTEXT
     assert "set by the model context budget" in sel.reason
+    # measured numbers travel in the manifest and reach selection
+    measured = LMMeasurement(6.5, 900.0, 400.0, {32: 2_000_000}, {32: 4096})
+    fp32 = next(v for v in served.variants if v.recipe == "fp32")
+    body = lm_manifest("tiny-lm", served.model, fp32, measured)
+    assert body["metrics"]["decode_tok_s"] == 400.0 and body["precision"] == "fp32"
+    facts = lm_facts("x" * 64, body)
+    assert facts.perplexity == 6.5 and facts.max_context == CONTEXT
+    assert facts.activation_bytes == 2_000_000 - fp32.bytes - 256 * 32
+    with pytest.raises(ValueError, match="not a language-model bundle"):
+        lm_facts("x" * 64, {"metrics": {}})
     mcu = explain_lm(get_profile("cortex-m4"), manifests)
     assert mcu.winner is None and mcu.reason.startswith("refused")
 

@@ -25,10 +25,12 @@ def is_lm_manifest(manifest: Mapping[str, Any]) -> bool:
 
 
 def lm_facts(variant_id: str, manifest: Mapping[str, Any]) -> LMFacts:
-    """What selection needs of an LM bundle's manifest (``ValueError`` naming a missing field).
+    """What selection needs of an LM bundle's manifest (``ValueError`` when it is not one).
 
-    Without a measured perplexity the variant counts as perplexity 1 + bits penalty 0 (all
-    equal), so selection falls back to context length, then predicted speed, then bytes."""
+    Without a measured perplexity every variant counts as perplexity 1 (all equal), so
+    selection falls back to context length, then predicted speed, then bytes. Activations are
+    the measured peak at the shortest measured context less weights and cache (as
+    :func:`~edgefleet.coordinator.lm_selection.facts_from_benchmark` does), else 0."""
     lm = manifest.get("language_model")
     metrics = manifest.get("metrics", {})
     if not isinstance(lm, Mapping) or not isinstance(metrics, Mapping):
