@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from edgefleet.agent.runtimes import BudgetExceededError, open_runtime
-from edgefleet.agent.runtimes.mcu_sim import McuSimRuntime
 from edgefleet.agent.runtimes.tflite_io import tflite_ops
 from edgefleet.bundle import Bundle
 from edgefleet.catalog import get_profile
@@ -144,7 +143,10 @@ def _frontend_bundle(model: bytes, spec: dict[str, Any], frontend: bool) -> Bund
         input_spec["raw"] = {"shape": [1, 16000], "dtype": "float32"}
     manifest = {
         "precision": "int8",
-        "runtimes": {"mcu-sim": {"model": "model.tflite"}},
+        "runtimes": {
+            "mcu-sim": {"model": "model.tflite"},
+            "tflm": {"file": "model.tflite", "layout": "NHWC"},
+        },
         "input": input_spec,
         "metrics": {"macs": 640},
     }
@@ -156,26 +158,30 @@ def _mcu(ram: int) -> DeviceProfile:
     return base.model_copy(update={"ram_bytes": ram, "sram_region_bytes": 0})
 
 
-def test_mcu_sim_needs_arena_plus_frontend_buffers_in_sram(
-    linear: LinearInt8, digits: Dataset
+@pytest.mark.parametrize("runtime", ["mcu-sim", "tflm"])
+def test_mcu_runtimes_need_arena_plus_frontend_buffers_in_sram(
+    runtime: str, linear: LinearInt8, digits: Dataset
 ) -> None:
     plain = _frontend_bundle(linear.tflite, digits.input_spec(), frontend=False)
     heard = _frontend_bundle(linear.tflite, digits.input_spec(), frontend=True)
-    rt = McuSimRuntime(get_profile("cortex-m4"))
+
+    def on(ram: int) -> Any:
+        return open_runtime(runtime, _mcu(ram).model_copy(update={"runtimes": (runtime,)}))
+
+    rt = on(get_profile("cortex-m4").ram_bytes)
     rt.load(plain)
-    assert rt.plan is not None
-    arena = rt.plan.arena_bytes
+    arena = rt.memory().working
     buffers = FrontendSpec().cost(16000).ram_bytes
-    assert rt.memory().working == arena and rt.frontend_ram_bytes == 0
+    assert arena > 0 and rt.frontend_ram_bytes == 0
     # an SRAM that holds the arena alone serves the plain variant, not the one with a frontend
-    McuSimRuntime(_mcu(arena)).load(plain)
+    on(arena).load(plain)
     with pytest.raises(BudgetExceededError) as err:
-        McuSimRuntime(_mcu(arena + buffers - 1)).load(heard)
+        on(arena + buffers - 1).load(heard)
     assert (err.value.needed, err.value.available) == (arena + buffers, arena + buffers - 1)
     text = str(err.value)
     assert "\n" not in text and f"MFCC frontend buffers {buffers}" in text
     # exactly enough: loads, and reports both as working memory
-    ok = McuSimRuntime(_mcu(arena + buffers))
+    ok = on(arena + buffers)
     ok.load(heard)
     usage = ok.memory()
     assert usage.working == arena + buffers and f"frontend buffers {buffers}" in usage.method

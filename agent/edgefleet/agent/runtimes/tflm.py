@@ -43,6 +43,7 @@ from tflite_micro.python.tflite_micro import runtime as tflm  # type: ignore[imp
 from edgefleet.agent.runtimes.base import BudgetExceededError, BundleFormatError, MemoryUsage
 from edgefleet.agent.runtimes.tflite_io import Int8Interpreter, Int8Io, mcu_flash, tflite_ops
 from edgefleet.bundle import Bundle
+from edgefleet.frontend.spec import FrontendError, manifest_cost
 from edgefleet.mcu_flash import FlashImage
 from edgefleet.perf import mcu_latency_ms
 from edgefleet.profiles import DeviceProfile
@@ -154,6 +155,8 @@ class TflmRuntime(Int8Interpreter):
         self._ms_per_sample = 0.0
         self.arena: TflmArena | None = None
         self.flash: FlashImage | None = None
+        #: SRAM the device's MFCC frontend holds beside the arena (0 without a frontend)
+        self.frontend_ram_bytes = 0
 
     @property
     def flash_bytes(self) -> int:
@@ -170,13 +173,21 @@ class TflmRuntime(Int8Interpreter):
                 f"{flash.describe()} on {self.profile.name}",
             )
         arena, it = measure_arena(model)
-        if arena.arena_bytes > self.profile.ram_bytes:
+        try:
+            cost = manifest_cost(bundle.manifest)
+        except FrontendError as exc:
+            raise BundleFormatError(f"manifest input: {exc}") from exc
+        frontend = 0 if cost is None else cost.ram_bytes  # the MFCC's buffers beside the arena
+        if arena.arena_bytes + frontend > self.profile.ram_bytes:
             raise BudgetExceededError(
-                "SRAM arena",
-                arena.arena_bytes,
+                "SRAM arena + frontend" if frontend else "SRAM arena",
+                arena.arena_bytes + frontend,
                 self.profile.ram_bytes,
-                f"TFLM's tensor arena for model.tflite on {self.profile.name}",
+                f"TFLM's tensor arena for model.tflite {arena.arena_bytes}"
+                + (f" + MFCC frontend buffers {frontend}" if frontend else "")
+                + f" bytes on {self.profile.name}",
             )
+        self.frontend_ram_bytes = frontend
         io = Int8Io.from_details(bundle, entry, it.get_input_details(0), it.get_output_details(0))
         try:
             ms = mcu_latency_ms(self.profile, bundle.manifest, frontend=False)
@@ -197,13 +208,15 @@ class TflmRuntime(Int8Interpreter):
     def memory(self) -> MemoryUsage:
         if self.arena is None or self.flash is None:
             return MemoryUsage(0, 0, "not loaded")
+        front = self.frontend_ram_bytes
         return MemoryUsage(
             weights=self.flash.total,
-            working=self.arena.arena_bytes,
+            working=self.arena.arena_bytes + front,
             method=f"flash: {self.flash.describe()}; SRAM: the smallest tensor arena TFLM "
-            f"accepts (its allocation report says {self.arena.reported_bytes} bytes)",
+            f"accepts (its allocation report says {self.arena.reported_bytes} bytes)"
+            + (f" + MFCC frontend buffers {front} bytes" if front else ""),
         )
 
     def unload(self) -> None:
-        self._it, self.arena, self.flash = None, None, None
+        self._it, self.arena, self.flash, self.frontend_ram_bytes = None, None, None, 0
         super().unload()
