@@ -44,11 +44,12 @@ from edgefleet.fl.contract import Metric, Record, TrainConfig
 from edgefleet.fl.update_codec import parse_codec
 from edgefleet.flower import heterofl
 from edgefleet.flower import model as fl_model
+from edgefleet.flower.grid_io import per_device_metric, weighted_metric
 from edgefleet.flower.strategies import to_record
 from edgefleet.flower.updates import delta_of, wire_bytes
 
 if TYPE_CHECKING:
-    from edgefleet.flower.serverapp import RunSettings
+    from edgefleet.flower.run_settings import RunSettings
 
 __all__ = ["Buffer", "run_buffered", "staleness_weight"]
 
@@ -165,8 +166,6 @@ def run_buffered(
     ``min-devices`` selected nodes are online with nothing in flight; a single message that
     outlives ``round-timeout`` only frees its node for new work.
     """
-    from edgefleet.flower.serverapp import _per_device, _weighted
-
     codec = parse_codec(settings.update_codec)
     buf = Buffer(params, settings.buffer, settings.max_staleness, settings.server_lr)
     rng = random.Random(settings.seed)
@@ -248,18 +247,22 @@ def run_buffered(
                         "staleness": [u.staleness for u in used],
                         "dropped_stale": buf.dropped,
                         "failed": failed,
-                        "train_loss": _weighted(ok, Metric.TRAIN_LOSS, Metric.NUM_EXAMPLES),
-                        "client_eval_acc": _weighted(ok, Metric.EVAL_ACC, Metric.EVAL_EXAMPLES),
-                        "client_local_acc": _weighted(
+                        "train_loss": weighted_metric(ok, Metric.TRAIN_LOSS, Metric.NUM_EXAMPLES),
+                        "client_eval_acc": weighted_metric(
+                            ok, Metric.EVAL_ACC, Metric.EVAL_EXAMPLES
+                        ),
+                        "client_local_acc": weighted_metric(
                             ok, Metric.LOCAL_EVAL_ACC, Metric.EVAL_EXAMPLES
                         ),
-                        "device_eval_acc": _per_device(ok, facts, Metric.EVAL_ACC),
+                        "device_eval_acc": per_device_metric(ok, facts, Metric.EVAL_ACC),
                         "test_loss": test_loss,
                         "test_acc": test_acc,
                         "seconds": now - last_agg,
                         "ended": time.time(),
                         "codec": str(codec),
-                        "codec_residual": _weighted(ok, Metric.CODEC_RESIDUAL, Metric.NUM_EXAMPLES),
+                        "codec_residual": weighted_metric(
+                            ok, Metric.CODEC_RESIDUAL, Metric.NUM_EXAMPLES
+                        ),
                         "bytes_up": bytes_up,
                         "bytes_down": bytes_down,
                     }

@@ -26,9 +26,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
 from edgefleet.flower import model as fl_model
+from edgefleet.flower.grid_io import exchange
 
 if TYPE_CHECKING:
-    from edgefleet.flower.serverapp import RunSettings
+    from edgefleet.flower.run_settings import RunSettings
 
 __all__ = ["payload_bytes", "run_secure_round", "secure_round"]
 
@@ -121,8 +122,6 @@ class _CountingGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        from edgefleet.flower.serverapp import exchange
-
         poll = float(getattr(self._grid, "poll_interval", 0.05))
         return exchange(self, list(messages), timeout or 3600.0, poll)
 

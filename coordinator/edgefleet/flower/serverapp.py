@@ -38,8 +38,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -48,113 +48,30 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as fl_strategy
 
-from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
 from edgefleet.fl.contract import Metric, NodeFacts, Record, TrainConfig
 from edgefleet.fl.update_codec import parse_codec
 from edgefleet.flower import model as fl_model
 from edgefleet.flower import updates
+from edgefleet.flower.grid_io import exchange, per_device_metric, weighted_metric
+from edgefleet.flower.run_settings import STRATEGIES, RunSettings
 from edgefleet.flower.strategies import HeteroFL, arrays_of, to_record
 from edgefleet.fsutil import atomic_write
 from edgefleet.selectors import parse_selection
 
-__all__ = ["RunSettings", "SelectedGrid", "app", "device_facts", "pick_width", "run_rounds"]
+__all__ = [
+    "STRATEGIES",
+    "RunSettings",
+    "SelectedGrid",
+    "app",
+    "device_facts",
+    "exchange",
+    "pick_width",
+    "run_rounds",
+]
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-STRATEGIES = ("fedavg", "fedprox", "heterofl", "fedbuff")
 WIDTHS = (1.0, 0.5, 0.25)
-
-
-@dataclass
-class RunSettings:
-    """The run config (``[tool.flwr.app.config]`` / ``flwr run --run-config``), typed."""
-
-    num_rounds: int = 3
-    strategy: str = "fedavg"
-    min_devices: int = 2
-    select: str = ""
-    arch: str = "mlp"
-    arch_config: str = ""
-    #: the model's signal frontend as JSON: devices hold raw audio and compute features
-    frontend: str = ""
-    init_path: str = ""
-    test_path: str = ""
-    out_dir: str = ""
-    #: the fleet's Redis and the run's name there: the record is also written to the fleet
-    #: state (``edgefleet.flower.run_store``), readable from any host and replica
-    redis_url: str = ""
-    run_name: str = ""
-    #: when the run succeeds, register its weights as this model (``flower.run_publish``) in
-    #: the variant store at ``store_dir`` / shared through ``store_redis``, signed with
-    #: ``signing_key``
-    register_model: str = ""
-    store_dir: str = ""
-    store_redis: str = ""
-    signing_key: str = ""
-    lr: float = 0.05
-    local_epochs: int = 1
-    batch_size: int = 32
-    proximal_mu: float = 0.01
-    fraction_train: float = 1.0
-    poll_interval: float = 0.05
-    round_timeout: float = 120.0
-    node_wait_timeout: float = 60.0
-    budget_fraction: float = DEFAULT_RAM_FRACTION  # the ClientApp's and fine-tuning's too
-    dp: str = "none"
-    dp_noise: float = 0.0
-    dp_clip: float = 10.0
-    final_evaluate: bool = True
-    seed: int = 0
-    #: fedbuff: aggregate every ``buffer`` arrivals; drop updates staler than ``max_staleness``
-    buffer: int = 4
-    max_staleness: int = 4
-    #: fedbuff's server step on the buffer's mean delta: several buffers are applied while
-    #: the slow devices' updates still build on older versions, so a full step overshoots
-    server_lr: float = 0.5
-    #: how devices encode their updates (:mod:`edgefleet.fl.update_codec`)
-    update_codec: str = "none"
-    #: Flower's SecAgg+ for every round: the server sees only the sum of the devices' models
-    secure_agg: bool = False
-
-    @classmethod
-    def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
-        """Read kebab-case keys; unknown keys are ignored, bad values fail loudly."""
-        out = cls()
-        for f in cls.__dataclass_fields__.values():
-            key = f.name.replace("_", "-")
-            if key in cfg:
-                default = getattr(out, f.name)
-                value = cfg[key]
-                setattr(
-                    out,
-                    f.name,
-                    type(default)(value) if not isinstance(default, bool) else bool(value),
-                )
-        if out.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, got {out.strategy!r}"
-            )
-        if out.dp not in ("none", "server-fixed", "client-fixed"):
-            raise ValueError(f"dp must be none, server-fixed or client-fixed, got {out.dp!r}")
-        if out.dp != "none" and out.strategy in ("heterofl", "fedbuff"):
-            raise ValueError(
-                f"dp applies to fedavg/fedprox (Flower's DP wrappers), not {out.strategy}"
-            )
-        codec = parse_codec(out.update_codec)  # a CodecError is a ValueError
-        if codec.lossy and out.dp == "client-fixed":
-            # Flower's fixedclipping_mod clips a model, not an encoded delta
-            raise ValueError("dp client-fixed needs update-codec none")
-        if out.buffer < 1 or out.max_staleness < 0:
-            raise ValueError("buffer must be >= 1 and max-staleness >= 0")
-        if out.secure_agg and (
-            out.strategy not in ("fedavg", "fedprox") or codec.lossy or out.dp != "none"
-        ):
-            raise ValueError(
-                "secure-agg runs fedavg/fedprox rounds with update-codec none and no dp "
-                "(SecAgg+ sums whole models; each device's own is never seen)"
-            )
-        parse_selection(out.select)  # fail before any round on a bad expression
-        return out
 
 
 class SelectedGrid(Grid):
@@ -193,28 +110,6 @@ class SelectedGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         return exchange(self._grid, list(messages), timeout or 3600.0, self.poll_interval)
-
-
-def exchange(
-    grid: Grid, messages: Sequence[Message], timeout: float, poll_interval: float
-) -> list[Message]:
-    """Push ``messages`` and pull replies every ``poll_interval`` until all came or ``timeout``.
-
-    A node that dies mid-round costs at most ``timeout``; its missing reply is simply absent
-    (Flower also turns messages to nodes it sees go offline into error replies).
-    """
-    if not messages:
-        return []
-    pending = set(grid.push_messages(messages))
-    deadline = time.monotonic() + timeout
-    replies: list[Message] = []
-    while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(list(pending)))
-        replies.extend(got)
-        pending.difference_update(m.metadata.reply_to_message_id for m in got)
-        if pending:
-            time.sleep(poll_interval)
-    return replies
 
 
 def device_facts(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -301,33 +196,6 @@ def _strategy(
             base, settings.dp_noise, settings.dp_clip, sampled
         )
     return base
-
-
-def _weighted(replies: Sequence[Message], key: str, weight_key: str) -> float | None:
-    num = den = 0.0
-    for r in replies:
-        m = next(iter(r.content.metric_records.values()), None)
-        if m is None or key not in m:
-            continue
-        w = float(m.get(weight_key, 1))  # type: ignore[arg-type]
-        num += w * float(m[key])  # type: ignore[arg-type]
-        den += w
-    return num / den if den else None
-
-
-def _per_device(
-    replies: Sequence[Message], facts: Mapping[int, Mapping[str, Any]], key: str
-) -> dict[str, float]:
-    """``{device id: metric}`` over the replies that carry ``key``."""
-    out: dict[str, float] = {}
-    for r in replies:
-        metrics = next(iter(r.content.metric_records.values()), None)
-        if metrics is not None and key in metrics:
-            device = str(
-                facts.get(r.metadata.src_node_id, {}).get("device", r.metadata.src_node_id)
-            )
-            out[device] = float(metrics[key])  # type: ignore[arg-type]
-    return out
 
 
 def run_rounds(grid: Grid, settings: RunSettings) -> dict[str, Any]:
@@ -471,18 +339,18 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             "failed": failed,
             # why devices failed (Flower's error replies), so a failed round says why
             "errors": sorted({str(r.error.reason)[:200] for r in replies if r.has_error()})[:3],
-            "train_loss": _weighted(ok, Metric.TRAIN_LOSS, Metric.NUM_EXAMPLES),
+            "train_loss": weighted_metric(ok, Metric.TRAIN_LOSS, Metric.NUM_EXAMPLES),
             # the global model of the previous round, scored on each client's held-out data
-            "client_eval_acc": _weighted(ok, Metric.EVAL_ACC, Metric.EVAL_EXAMPLES),
-            "client_local_acc": _weighted(ok, Metric.LOCAL_EVAL_ACC, Metric.EVAL_EXAMPLES),
+            "client_eval_acc": weighted_metric(ok, Metric.EVAL_ACC, Metric.EVAL_EXAMPLES),
+            "client_local_acc": weighted_metric(ok, Metric.LOCAL_EVAL_ACC, Metric.EVAL_EXAMPLES),
             # per device: personalization is measured device by device, not only on average
-            "device_eval_acc": _per_device(ok, facts, Metric.EVAL_ACC),
+            "device_eval_acc": per_device_metric(ok, facts, Metric.EVAL_ACC),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": time.monotonic() - t0,
             "ended": time.time(),
             "codec": str(codec),
-            "codec_residual": _weighted(ok, Metric.CODEC_RESIDUAL, Metric.NUM_EXAMPLES),
+            "codec_residual": weighted_metric(ok, Metric.CODEC_RESIDUAL, Metric.NUM_EXAMPLES),
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
         }
@@ -507,8 +375,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             for r in exchange(grid, messages, settings.round_timeout, settings.poll_interval)
             if not r.has_error()
         ]
-        final["client_eval_acc"] = _weighted(replies, Metric.EVAL_ACC, Metric.NUM_EXAMPLES)
-        final["device_eval_acc"] = _per_device(replies, facts, Metric.EVAL_ACC)
+        final["client_eval_acc"] = weighted_metric(replies, Metric.EVAL_ACC, Metric.NUM_EXAMPLES)
+        final["device_eval_acc"] = per_device_metric(replies, facts, Metric.EVAL_ACC)
     if rec.dir is not None:
         fl_model.save_params(params, rec.dir / "final.npz")
     if settings.register_model:
