@@ -136,3 +136,29 @@ def test_the_store_works_on_a_real_three_node_redis_cluster(tmp_path: Path) -> N
         assert b.load(base[:8]).file("model.onnx") == payload
         assert sorted(a.remove("m")) == sorted([base, again, first])  # the replaced one too
         assert b.models() == []
+
+
+def test_what_was_built_straight_into_a_data_dir_is_shared(tmp_path: Path, redis_url: str) -> None:
+    """`models add/build --data-dir` on a replica's host (no shared store in the loop): the
+    replica's shared store publishes that model and its later variants, and a removal made
+    through the shared store is not undone by the local copy."""
+    local = LocalStore(tmp_path / "a")
+    local.key_path = tmp_path / "key.pem"
+    base = _variant(local, "m", "fp32", b"base")
+    local.add_model(ModelEntry("m", {"name": "synthetic"}, "digits", base, [base]))
+    a, b = _pair(tmp_path, redis_url)
+    assert [m.name for m in b.models()] == []  # b's data dir holds nothing of it
+    assert [m.name for m in a.models()] == ["m"]  # a adopts its own data dir's build
+    assert b.model("m").base == base and b.load(base).file("model.onnx") == b"base"
+    later = _variant(local, "m", "int8-static", b"later")
+    local.add_variant("m", later)
+    assert a.model("m").variants == [base, later]
+    bare = _variant(local, "x", "fp32", b"bare")  # a bundle with no index entry
+    assert b.has_variant(bare) is False and a.has_variant(bare) is True
+    assert b.load(bare).file("model.onnx") == b"bare"
+    assert sorted(b.remove("m")) == sorted([base, later])
+    assert a.models() == [] and b.models() == []
+    local.add_model(ModelEntry("n", {"name": "synthetic"}, "digits", bare, [bare]))
+    assert [m.name for m in a.models()] == ["n"]  # a later local build is shared; m stays gone
+    with pytest.raises(UnknownModelError):
+        a.model("m")

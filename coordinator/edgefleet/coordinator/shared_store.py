@@ -84,6 +84,10 @@ __all__ = [
 CHUNK_BYTES = 1 << 20
 DATASETS_DIR = "datasets"  # where modelops.data.load_dataset looks for a stored copy
 _SHA = re.compile(r"[0-9a-f]{64}")
+#: under the data dir: one empty file per bundle that is a cache copy of a shared variant
+_CACHE_MARKS = "shared-cache"
+#: under the data dir: one empty file per locally built model published to the shared store
+_ADOPTED_MARKS = "shared-adopted"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SyncRedis = redis.Redis | RedisCluster
 
@@ -365,6 +369,8 @@ class SharedStore(LocalStore):
         self._add_model = client.register_script(_ADD_MODEL)
         self._add_variant = client.register_script(_ADD_VARIANT)
         self._remove_model = client.register_script(_REMOVE_MODEL)
+        #: ``models.json``'s mtime when this data dir was last adopted (:meth:`_adopt_local`)
+        self._adopted_stamp: int | None = None
 
     # --- key names --------------------------------------------------------------------
 
@@ -446,21 +452,102 @@ class SharedStore(LocalStore):
     def put(self, manifest_body: Mapping[str, Any], files: Mapping[str, bytes]) -> str:
         """Sign and store locally, then publish: archive blob first, variant record last."""
         variant_id = super().put(manifest_body, files)
+        self._mark_cached(variant_id)
+        self._publish(variant_id)
+        return variant_id
+
+    def _publish(self, variant_id: str) -> None:
+        """Put the local bundle of ``variant_id`` in Redis: archive blob first, record last."""
         buf = io.BytesIO()
         pack_directory(self.variants_dir / variant_id, buf)
         archive = self.put_blob(buf.getvalue())
         keys = [self._blob_key(archive), self._variant_key(variant_id), self._variants_key]
         if not self._put_variant(keys=keys, args=[archive, variant_id]):
             raise BlobError(f"variant {variant_id[:12]}: its archive blob vanished while stored")
-        return variant_id
+
+    def _adopt_local(self) -> None:
+        """Publish what was built straight into this data dir (``models add/build --data-dir``
+        on this host, before or while the coordinator runs) so the shared store serves it too.
+
+        Runs when the data dir's ``models.json`` changed since the last look (one ``stat``
+        otherwise). A model Redis lacks is added whole; for a model Redis has, only variants
+        Redis has never stored are appended (one it stored and dropped from the list was
+        rebuilt away or removed, and stays so). Models removed through the shared store are
+        dropped from the local index too (:meth:`remove`), so they do not come back.
+        """
+        try:
+            stamp = self.index_path.stat().st_mtime_ns
+        except OSError:
+            return
+        if stamp == self._adopted_stamp:
+            return
+        self._adopted_stamp = stamp
+        try:
+            local = VariantStore.models(self)
+        except StoreError:
+            return
+        adopted = self.root / _ADOPTED_MARKS
+        for entry in local:
+            shared = self.redis.hget(self._models_key, entry.name) is not None
+            if not shared and (adopted / entry.name).exists():
+                continue  # shared once, removed since: the local copy does not bring it back
+            ids = [v for v in dict.fromkeys([entry.base, *entry.variants]) if v]
+            new = [v for v in ids if not self._in_redis(v) and self._own_local(v)]
+            if not all(self._in_redis(v) or v in new for v in ids):
+                continue  # a bundle named by the local index is missing here: nothing to share
+            for v in new:
+                self._publish(v)
+            try:
+                if not shared:
+                    self.add_model(entry)
+                    adopted.mkdir(parents=True, exist_ok=True)
+                    (adopted / entry.name).touch()
+                else:
+                    for v in new:
+                        if v != entry.base:
+                            self.add_variant(entry.name, v)
+            except StoreError:
+                continue  # another replica adopted or changed it meanwhile: theirs stands
 
     def has_variant(self, variant_id: str) -> bool:
+        """Stored in Redis (after publishing this data dir's own builds: _adopt_local).
+
+        Only variants the local index names are adopted: the other bundles in this data dir
+        are cache copies of shared ones, and one removed through another replica stays gone.
+        """
+        if self._in_redis(variant_id):
+            return True
+        self._adopt_local()
+        if self._in_redis(variant_id):
+            return True
+        if self._own_local(variant_id):  # put here by a plain VariantStore, no index entry
+            self._publish(variant_id)
+            return True
+        return False
+
+    def _own_local(self, variant_id: str) -> bool:
+        """A bundle this data dir holds that is not a cache copy of a shared variant."""
+        return (
+            bool(_SHA.fullmatch(variant_id))
+            and LocalStore.has_variant(self, variant_id)
+            and not (self.root / _CACHE_MARKS / variant_id).exists()
+        )
+
+    def _mark_cached(self, variant_id: str) -> None:
+        """Note that the local bundle of ``variant_id`` came from (or went to) the shared
+        store, so removing it there is never undone by adopting this copy back."""
+        marks = self.root / _CACHE_MARKS
+        marks.mkdir(parents=True, exist_ok=True)
+        (marks / variant_id).touch()
+
+    def _in_redis(self, variant_id: str) -> bool:
         return bool(self.redis.exists(self._variant_key(variant_id)))
 
     def variant_ids(self) -> list[str]:
         return sorted(_text(v) for v in self.redis.smembers(self._variants_key))
 
     def resolve(self, prefix: str) -> str:
+        self._adopt_local()
         prefix = prefix.strip().lower()
         if len(prefix) < 6:
             raise UnknownVariantError(f"variant id {prefix!r} is too short (give 6+ hex digits)")
@@ -494,6 +581,7 @@ class SharedStore(LocalStore):
                 unpack_archive(io.BytesIO(data), staging)
             except UnsafeArchiveError as exc:
                 raise CorruptBlobError(f"variant {variant_id[:12]}: bad archive: {exc}") from exc
+            self._mark_cached(variant_id)
             try:
                 os.rename(staging, path)
             except OSError:
@@ -510,6 +598,7 @@ class SharedStore(LocalStore):
     # --- index ------------------------------------------------------------------------
 
     def models(self) -> list[ModelEntry]:
+        self._adopt_local()
         raw = self.redis.hgetall(self._models_key)
         names = sorted(_text(k) for k in raw)
         pipe = self.redis.pipeline(transaction=False)
@@ -526,6 +615,7 @@ class SharedStore(LocalStore):
         return ModelEntry.from_json(body)
 
     def model(self, name: str) -> ModelEntry:
+        self._adopt_local()
         data = self.redis.hget(self._models_key, name)
         if data is None:
             raise UnknownModelError(f"unknown model {name!r} (see `edgefleet models ls`)")
@@ -594,6 +684,10 @@ class SharedStore(LocalStore):
             shutil.rmtree(self.variants_dir / v, ignore_errors=True)
         for sha in self._unreferenced_blobs(entry, rest):
             self._drop_blob(sha)
+        with self._locked():  # a copy in this data dir's index must not be adopted back
+            index = self._read_index()
+            if index["models"].pop(name, None) is not None:
+                self._write_index(index)
         return gone
 
 
