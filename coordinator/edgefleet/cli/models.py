@@ -9,7 +9,6 @@ and ``models ls`` stay fast. Every failure is one ``error: ...`` line on stderr 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -152,6 +151,7 @@ def add(
 
     With a coordinator configured and no --data-dir, uploads the model (module source,
     checkpoint) and the .npz dataset to it instead; a build job makes the base there."""
+    from edgefleet.cli.model_spec import architecture_spec
     from edgefleet.cli.models_remote import remote_add, remote_configured
 
     if data_dir is None and remote_configured():
@@ -173,7 +173,7 @@ def add(
     from edgefleet.modelops.data import DatasetError, load_dataset
     from edgefleet.modelops.measure import LatencyConfig
     from edgefleet.variant_store import StoreError, resolve_data_dir
-    from edgefleet.zoo import ArchitectureError, ArchitectureSpec, InputShapeError
+    from edgefleet.zoo import ArchitectureError
 
     try:
         h, w = (int(v) for v in image_size.lower().split("x"))
@@ -188,25 +188,9 @@ def add(
         mode=image_mode,
         frontend=frontend,
     )
-    if arch == "custom":
-        if not import_path:
-            raise ArchitectureError("--arch custom needs --import-path package.module:Factory")
-        if checkpoint is None:
-            raise ArchitectureError("--arch custom needs --checkpoint (we do not train it)")
-        try:
-            kwargs = json.loads(config)
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"--config is not JSON: {exc}") from exc
-        spec = ArchitectureSpec.custom(import_path, kwargs, data.input_shape)
-    else:
-        try:
-            spec = ArchitectureSpec.zoo(
-                arch, width=width, num_classes=data.num_classes, input_shape=data.input_shape
-            )
-        except InputShapeError as exc:
-            raise DatasetError(
-                f"{arch} does not take dataset {data.name} input {data.input_shape}: {exc}"
-            ) from exc
+    spec = architecture_spec(
+        arch, import_path=import_path, checkpoint=checkpoint, config=config, width=width, data=data
+    )
     # Shapes do not depend on the weights: check before the progress bar and any loading, so a
     # model that does not fit the data is one line on its own.
     check_model_fits(None, spec, data)

@@ -64,8 +64,9 @@ def remote_add(
     as_json: bool,
 ) -> None:
     """Check locally, upload, print the pending model (see the module docstring)."""
+    from edgefleet.cli.model_spec import architecture_spec
     from edgefleet.modelops.data import DatasetError, load_dataset
-    from edgefleet.zoo import ArchitectureError, ArchitectureSpec, InputShapeError, with_source
+    from edgefleet.zoo import ArchitectureError, with_source
 
     files: list[LocalFile] = []
     dataset_path = Path(dataset).expanduser()
@@ -79,26 +80,11 @@ def remote_add(
     if epochs < 1 and checkpoint is None:
         raise ArchitectureError("--epochs must be at least 1")
     data = load_dataset(dataset, None, frontend=frontend)  # the user's own file, read here
-    kwargs: dict[str, Any] = {}
+    spec = architecture_spec(
+        arch, import_path=import_path, checkpoint=checkpoint, config=config, width=width, data=data
+    )
     if arch == "custom":
-        if not import_path:
-            raise ArchitectureError("--arch custom needs --import-path package.module:Factory")
-        if checkpoint is None:
-            raise ArchitectureError("--arch custom needs --checkpoint (we do not train it)")
-        try:
-            kwargs = json.loads(config)
-        except json.JSONDecodeError as exc:
-            raise ArchitectureError(f"--config is not JSON: {exc}") from exc
-        spec = with_source(ArchitectureSpec.custom(import_path, kwargs, data.input_shape))
-    else:
-        try:
-            spec = ArchitectureSpec.zoo(
-                arch, width=width, num_classes=data.num_classes, input_shape=data.input_shape
-            )
-        except InputShapeError as exc:
-            raise DatasetError(
-                f"{arch} does not take dataset {data.name} input {data.input_shape}: {exc}"
-            ) from exc
+        spec = with_source(spec)
     from edgefleet.modelops.build import check_model_fits
 
     check_model_fits(None, spec, data)
@@ -110,7 +96,7 @@ def remote_add(
         name=name,
         architecture=arch,
         import_path=import_path or "",
-        config_json=json.dumps(kwargs) if arch == "custom" else "",
+        config_json=json.dumps(json.loads(config)) if arch == "custom" else "",
         width=width if arch != "custom" else 0.0,
         epochs=epochs,
         dataset_name="" if files and files[0].kind == "dataset" else dataset,

@@ -68,6 +68,11 @@ class FederatedStep:
         return out
 
 
+#: the demo run's own deadlines (seconds): for its devices to connect, and per round
+NODE_WAIT_S = 120.0
+ROUND_TIMEOUT_S = 120.0
+
+
 def federated_step(
     root: Path,
     superlink: str,
@@ -77,7 +82,7 @@ def federated_step(
     rounds: int = 2,
     strategy: str = "heterofl",
     seed: int = 0,
-    timeout: float = 180.0,
+    timeout: float | None = None,
     own_model: tuple[str, dict[str, Any], Path] | None = None,
     frontend: str = "",
 ) -> FederatedStep:
@@ -87,15 +92,19 @@ def federated_step(
     full config, initial weights) fine-tunes that model with FedAvg instead of the biased MLP;
     ``frontend`` (JSON) tells devices holding raw audio which features to compute.
     Raises ``RuntimeError`` with the ServerApp's reason if the run fails, ``TimeoutError`` if it
-    does not finish in ``timeout``.
+    does not finish in ``timeout`` (default: the run's own deadlines -- waiting for the devices,
+    each round, the final evaluation -- plus a minute, so a slow box is never cut off before the
+    ServerApp itself would give up; a fixed 180 s cut a kws run that succeeded at 180.1 s).
     """
     t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     out = root / "demo"
     config: dict[str, Any] = {
         "num-rounds": rounds, "min-devices": devices, "seed": seed, "out-dir": str(out),
-        "node-wait-timeout": 120.0,
+        "node-wait-timeout": NODE_WAIT_S, "round-timeout": ROUND_TIMEOUT_S,
     }  # fmt: skip
+    if timeout is None:
+        timeout = NODE_WAIT_S + (rounds + 1) * ROUND_TIMEOUT_S + 60.0
     if own_model is None:
         init = pretrain_biased("mlp", root / "init.npz", seed)
         config |= {"strategy": strategy, "init-path": str(init), "local-epochs": LOCAL_EPOCHS,

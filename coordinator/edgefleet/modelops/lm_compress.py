@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import torch
 
-from edgefleet.modelops.onnx_export import OPSET, strip_metadata
+from edgefleet.modelops.onnx_export import OPSET, quiet_logger, strip_metadata
 from edgefleet.zoo import ByteLM
 
 __all__ = ["LM_RECIPES", "LMVariantFile", "build_lm_variants", "export_lm_onnx", "parse_lm_recipe"]
@@ -80,7 +78,11 @@ def export_lm_onnx(model: ByteLM) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=256)
     new = torch.export.Dim("new", min=1, max=1 << 16)
     past = torch.export.Dim("past", min=0, max=1 << 16)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("torch.onnx"):
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        quiet_logger("torch.onnx"),
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -108,7 +110,7 @@ def _weight_only(fp32: onnx.ModelProto, bits: int, group: int) -> onnx.ModelProt
     config = DefaultWeightOnlyQuantConfig(block_size=group, is_symmetric=True, bits=bits)
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
-    with _quiet("onnxruntime.quantization.matmul_nbits_quantizer"):
+    with quiet_logger("onnxruntime.quantization.matmul_nbits_quantizer"):
         quantizer = MatMulNBitsQuantizer(
             model, bits=bits, block_size=group, is_symmetric=True, algo_config=config
         )
@@ -150,14 +152,3 @@ def build_lm_variants(
         kv = 2 if bits == 16 else 4
         built.append(LMVariantFile(recipe, path, bits, group, kv, path.stat().st_size))
     return built
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

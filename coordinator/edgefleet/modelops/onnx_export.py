@@ -17,7 +17,14 @@ import onnx
 import torch
 from torch import nn
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "static_shapes", "strip_metadata"]
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "export_onnx",
+    "quiet_logger",
+    "static_shapes",
+    "strip_metadata",
+]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -46,7 +53,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelPro
     with (
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(),
-        _quiet("torch.onnx"),
+        quiet_logger("torch.onnx"),
     ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -67,7 +74,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelPro
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
+def quiet_logger(logger_name: str) -> Iterator[None]:
+    """Raise ``logger_name`` to ERROR for the block: exporters log routine notes as warnings."""
     logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)
