@@ -189,8 +189,9 @@ class CoordinatorProc:
         serving = health_pb2.HealthCheckResponse.SERVING
         ca = self.data_dir / "tls" / "ca.pem" if self.tls else None
         wait_for(
+            # SERVING comes last, after metrics, the SuperLink and coordinator.json
             lambda: self._check_alive() and health_status(self.address, ca=ca) == serving,
-            20,
+            60,
             f"coordinator on {self.address}; log:\n{self.log}",
         )
         return self

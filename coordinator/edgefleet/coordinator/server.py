@@ -422,8 +422,6 @@ class Coordinator:
                 config.advertise_device or f"{config.public_host}:{device_port}"
             )
         await server.start()
-        for name in ("", *service_names):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         coordinator = cls(
             config, server, store, embedded, tokens, port, health_servicer, registry, metrics
         )
@@ -460,6 +458,10 @@ class Coordinator:
             raise
         device_servicer.federation = federation
         coordinator._write_info_file()
+        # SERVING only now: a load balancer or a test that waits for health must find the
+        # metrics endpoint, the SuperLink and coordinator.json already in place
+        for name in ("", *service_names):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         return coordinator
 
     async def _start_federation(
