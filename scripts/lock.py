@@ -47,6 +47,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "coordinator",
         "compress",
         "federated",
+        "simulation",
         "agent-onnx",
         "agent-torch",
         "agent-mcu",
