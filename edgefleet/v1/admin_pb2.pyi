@@ -202,7 +202,7 @@ class ExplainDeviceResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ..., chosen_variant: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., device_macs_per_second: _Optional[float] = ..., latency_correction: _Optional[float] = ...) -> None: ...
 
 class RolloutGate(_message.Message):
-    __slots__ = ("soak_seconds", "max_failed_devices", "max_error_rate", "max_latency_ratio", "min_accuracy", "wave_timeout_seconds", "min_inferences")
+    __slots__ = ("soak_seconds", "max_failed_devices", "max_error_rate", "max_latency_ratio", "min_accuracy", "wave_timeout_seconds", "min_inferences", "max_ttft_ms", "min_tokens_per_s")
     SOAK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILED_DEVICES_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,8 @@ class RolloutGate(_message.Message):
     MIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     WAVE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MIN_INFERENCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
     soak_seconds: float
     max_failed_devices: int
     max_error_rate: float
@@ -217,7 +219,9 @@ class RolloutGate(_message.Message):
     min_accuracy: float
     wave_timeout_seconds: float
     min_inferences: int
-    def __init__(self, soak_seconds: _Optional[float] = ..., max_failed_devices: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., min_accuracy: _Optional[float] = ..., wave_timeout_seconds: _Optional[float] = ..., min_inferences: _Optional[int] = ...) -> None: ...
+    max_ttft_ms: float
+    min_tokens_per_s: float
+    def __init__(self, soak_seconds: _Optional[float] = ..., max_failed_devices: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_latency_ratio: _Optional[float] = ..., min_accuracy: _Optional[float] = ..., wave_timeout_seconds: _Optional[float] = ..., min_inferences: _Optional[int] = ..., max_ttft_ms: _Optional[float] = ..., min_tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
     __slots__ = ("model", "selector", "strategy", "waves", "canary_fraction", "gate", "accuracy_tolerance", "latency_slo_ms")
@@ -240,7 +244,7 @@ class CreateRolloutRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., selector: _Optional[str] = ..., strategy: _Optional[str] = ..., waves: _Optional[_Iterable[float]] = ..., canary_fraction: _Optional[float] = ..., gate: _Optional[_Union[RolloutGate, _Mapping]] = ..., accuracy_tolerance: _Optional[float] = ..., latency_slo_ms: _Optional[float] = ...) -> None: ...
 
 class RolloutDevice(_message.Message):
-    __slots__ = ("device_id", "name", "profile", "wave", "variant_id", "recipe", "runtime", "predicted_latency_ms", "status", "detail")
+    __slots__ = ("device_id", "name", "profile", "wave", "variant_id", "recipe", "runtime", "predicted_latency_ms", "status", "detail", "context_limit")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +255,7 @@ class RolloutDevice(_message.Message):
     PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     profile: str
@@ -261,7 +266,8 @@ class RolloutDevice(_message.Message):
     predicted_latency_ms: float
     status: str
     detail: str
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[str] = ..., wave: _Optional[int] = ..., variant_id: _Optional[str] = ..., recipe: _Optional[str] = ..., runtime: _Optional[str] = ..., predicted_latency_ms: _Optional[float] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    context_limit: int
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., profile: _Optional[str] = ..., wave: _Optional[int] = ..., variant_id: _Optional[str] = ..., recipe: _Optional[str] = ..., runtime: _Optional[str] = ..., predicted_latency_ms: _Optional[float] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., context_limit: _Optional[int] = ...) -> None: ...
 
 class SkippedDevice(_message.Message):
     __slots__ = ("device_id", "name", "reason")

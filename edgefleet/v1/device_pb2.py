@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet.v1 import profile_pb2 as edgefleet_dot_v1_dot_profile__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gefleet/v1/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1a\x65\x64gefleet/v1/profile.proto\"\xa7\x02\n\x0fRegisterRequest\x12\x14\n\x0cinstance_key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x07profile\x18\x03 \x01(\x0b\x32\x1b.edgefleet.v1.DeviceProfile\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).edgefleet.v1.RegisterRequest.LabelsEntry\x12\x30\n\tbenchmark\x18\x06 \x01(\x0b\x32\x1d.edgefleet.v1.DeviceBenchmark\x12\x0f\n\x07\x63sr_pem\x18\x07 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0f\x44\x65viceBenchmark\x12\x17\n\x0fmacs_per_second\x18\x01 \x01(\x01\x12\x0e\n\x06method\x18\x02 \x01(\t\"\xe1\x01\n\x10RegisterResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12\x1a\n\x12\x62undle_public_keys\x18\x04 \x03(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x05 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x06 \x01(\x0c\x12\x17\n\x0f\x64\x65vice_endpoint\x18\x07 \x01(\t\x12\x18\n\x10\x64\x65vice_endpoints\x18\x08 \x03(\t\"\xda\x01\n\x10HeartbeatRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.edgefleet.v1.AgentState\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x16\n\x0e\x61\x63tive_variant\x18\x05 \x01(\t\x12\x18\n\x10previous_variant\x18\x06 \x01(\t\x12\x16\n\x0e\x66\x61iled_variant\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\"\x81\x01\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\nvariant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rvariant_bytes\x18\x04 \x01(\x03\x12\x12\n\nrollout_id\x18\x05 \x01(\t\x12\x0f\n\x07runtime\x18\x06 \x01(\t\"\xe2\x01\n\x11HeartbeatResponse\x12+\n\x07\x64\x65sired\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.DesiredState\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12\x18\n\x10server_time_unix\x18\x03 \x01(\x01\x12,\n\nfederation\x18\x04 \x01(\x0b\x32\x18.edgefleet.v1.Federation\x12\x1a\n\x12\x62undle_public_keys\x18\x05 \x03(\t\x12\x18\n\x10\x64\x65vice_endpoints\x18\x06 \x03(\t\"4\n\nFederation\x12\x19\n\x11superlink_address\x18\x01 \x01(\t\x12\x0b\n\x03tls\x18\x02 \x01(\x08\"\x86\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .edgefleet.v1.Metric.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x01\n\x05\x45vent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x37\n\nattributes\x18\x03 \x03(\x0b\x32#.edgefleet.v1.Event.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x0fTelemetryRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\ttime_unix\x18\x02 \x01(\x01\x12&\n\x06metric\x18\x03 \x01(\x0b\x32\x14.edgefleet.v1.MetricH\x00\x12$\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x13.edgefleet.v1.EventH\x00\x42\x06\n\x04\x62ody\"[\n\x16ReportTelemetryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\x07records\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\"W\n\x17ReportTelemetryResponse\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r*\x8e\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_STATE_STARTING\x10\x01\x12\x15\n\x11\x41GENT_STATE_READY\x10\x02\x12\x18\n\x14\x41GENT_STATE_DEGRADED\x10\x03\x12\x18\n\x14\x41GENT_STATE_STOPPING\x10\x04\x32\x88\x02\n\rDeviceService\x12I\n\x08Register\x12\x1d.edgefleet.v1.RegisterRequest\x1a\x1e.edgefleet.v1.RegisterResponse\x12L\n\tHeartbeat\x12\x1e.edgefleet.v1.HeartbeatRequest\x1a\x1f.edgefleet.v1.HeartbeatResponse\x12^\n\x0fReportTelemetry\x12$.edgefleet.v1.ReportTelemetryRequest\x1a%.edgefleet.v1.ReportTelemetryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gefleet/v1/device.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1a\x65\x64gefleet/v1/profile.proto\"\xa7\x02\n\x0fRegisterRequest\x12\x14\n\x0cinstance_key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x07profile\x18\x03 \x01(\x0b\x32\x1b.edgefleet.v1.DeviceProfile\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x39\n\x06labels\x18\x05 \x03(\x0b\x32).edgefleet.v1.RegisterRequest.LabelsEntry\x12\x30\n\tbenchmark\x18\x06 \x01(\x0b\x32\x1d.edgefleet.v1.DeviceBenchmark\x12\x0f\n\x07\x63sr_pem\x18\x07 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0f\x44\x65viceBenchmark\x12\x17\n\x0fmacs_per_second\x18\x01 \x01(\x01\x12\x0e\n\x06method\x18\x02 \x01(\t\"\xe1\x01\n\x10RegisterResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01\x12\x1a\n\x12\x62undle_public_keys\x18\x04 \x03(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x05 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x06 \x01(\x0c\x12\x17\n\x0f\x64\x65vice_endpoint\x18\x07 \x01(\t\x12\x18\n\x10\x64\x65vice_endpoints\x18\x08 \x03(\t\"\xda\x01\n\x10HeartbeatRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.edgefleet.v1.AgentState\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x16\n\x0e\x61\x63tive_variant\x18\x05 \x01(\t\x12\x18\n\x10previous_variant\x18\x06 \x01(\t\x12\x16\n\x0e\x66\x61iled_variant\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\"\x98\x01\n\x0c\x44\x65siredState\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x12\n\nvariant_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rvariant_bytes\x18\x04 \x01(\x03\x12\x12\n\nrollout_id\x18\x05 \x01(\t\x12\x0f\n\x07runtime\x18\x06 \x01(\t\x12\x15\n\rcontext_limit\x18\x07 \x01(\r\"\xe2\x01\n\x11HeartbeatResponse\x12+\n\x07\x64\x65sired\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.DesiredState\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\x12\x18\n\x10server_time_unix\x18\x03 \x01(\x01\x12,\n\nfederation\x18\x04 \x01(\x0b\x32\x18.edgefleet.v1.Federation\x12\x1a\n\x12\x62undle_public_keys\x18\x05 \x03(\t\x12\x18\n\x10\x64\x65vice_endpoints\x18\x06 \x03(\t\"4\n\nFederation\x12\x19\n\x11superlink_address\x18\x01 \x01(\t\x12\x0b\n\x03tls\x18\x02 \x01(\x08\"\x86\x01\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .edgefleet.v1.Metric.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x92\x01\n\x05\x45vent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x37\n\nattributes\x18\x03 \x03(\x0b\x32#.edgefleet.v1.Event.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x0fTelemetryRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\ttime_unix\x18\x02 \x01(\x01\x12&\n\x06metric\x18\x03 \x01(\x0b\x32\x14.edgefleet.v1.MetricH\x00\x12$\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x13.edgefleet.v1.EventH\x00\x42\x06\n\x04\x62ody\"[\n\x16ReportTelemetryRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\x07records\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\"W\n\x17ReportTelemetryResponse\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r*\x8e\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_STATE_STARTING\x10\x01\x12\x15\n\x11\x41GENT_STATE_READY\x10\x02\x12\x18\n\x14\x41GENT_STATE_DEGRADED\x10\x03\x12\x18\n\x14\x41GENT_STATE_STOPPING\x10\x04\x32\x88\x02\n\rDeviceService\x12I\n\x08Register\x12\x1d.edgefleet.v1.RegisterRequest\x1a\x1e.edgefleet.v1.RegisterResponse\x12L\n\tHeartbeat\x12\x1e.edgefleet.v1.HeartbeatRequest\x1a\x1f.edgefleet.v1.HeartbeatResponse\x12^\n\x0fReportTelemetry\x12$.edgefleet.v1.ReportTelemetryRequest\x1a%.edgefleet.v1.ReportTelemetryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRIC_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTSTATE']._serialized_start=1905
-  _globals['_AGENTSTATE']._serialized_end=2047
+  _globals['_AGENTSTATE']._serialized_start=1928
+  _globals['_AGENTSTATE']._serialized_end=2070
   _globals['_REGISTERREQUEST']._serialized_start=72
   _globals['_REGISTERREQUEST']._serialized_end=367
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=322
@@ -51,25 +51,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_start=658
   _globals['_HEARTBEATREQUEST']._serialized_end=876
   _globals['_DESIREDSTATE']._serialized_start=879
-  _globals['_DESIREDSTATE']._serialized_end=1008
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1011
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1237
-  _globals['_FEDERATION']._serialized_start=1239
-  _globals['_FEDERATION']._serialized_end=1291
-  _globals['_METRIC']._serialized_start=1294
-  _globals['_METRIC']._serialized_end=1428
+  _globals['_DESIREDSTATE']._serialized_end=1031
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1034
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1260
+  _globals['_FEDERATION']._serialized_start=1262
+  _globals['_FEDERATION']._serialized_end=1314
+  _globals['_METRIC']._serialized_start=1317
+  _globals['_METRIC']._serialized_end=1451
   _globals['_METRIC_LABELSENTRY']._serialized_start=322
   _globals['_METRIC_LABELSENTRY']._serialized_end=367
-  _globals['_EVENT']._serialized_start=1431
-  _globals['_EVENT']._serialized_end=1577
-  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=1528
-  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_end=1577
-  _globals['_TELEMETRYRECORD']._serialized_start=1580
-  _globals['_TELEMETRYRECORD']._serialized_end=1720
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=1722
-  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=1813
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=1815
-  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=1902
-  _globals['_DEVICESERVICE']._serialized_start=2050
-  _globals['_DEVICESERVICE']._serialized_end=2314
+  _globals['_EVENT']._serialized_start=1454
+  _globals['_EVENT']._serialized_end=1600
+  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=1551
+  _globals['_EVENT_ATTRIBUTESENTRY']._serialized_end=1600
+  _globals['_TELEMETRYRECORD']._serialized_start=1603
+  _globals['_TELEMETRYRECORD']._serialized_end=1743
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_start=1745
+  _globals['_REPORTTELEMETRYREQUEST']._serialized_end=1836
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_start=1838
+  _globals['_REPORTTELEMETRYRESPONSE']._serialized_end=1925
+  _globals['_DEVICESERVICE']._serialized_start=2073
+  _globals['_DEVICESERVICE']._serialized_end=2337
 # @@protoc_insertion_point(module_scope)

@@ -95,20 +95,22 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., sequence: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., active_variant: _Optional[str] = ..., previous_variant: _Optional[str] = ..., failed_variant: _Optional[str] = ..., failure_reason: _Optional[str] = ...) -> None: ...
 
 class DesiredState(_message.Message):
-    __slots__ = ("generation", "variant_id", "model", "variant_bytes", "rollout_id", "runtime")
+    __slots__ = ("generation", "variant_id", "model", "variant_bytes", "rollout_id", "runtime", "context_limit")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     VARIANT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VARIANT_BYTES_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     generation: int
     variant_id: str
     model: str
     variant_bytes: int
     rollout_id: str
     runtime: str
-    def __init__(self, generation: _Optional[int] = ..., variant_id: _Optional[str] = ..., model: _Optional[str] = ..., variant_bytes: _Optional[int] = ..., rollout_id: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
+    context_limit: int
+    def __init__(self, generation: _Optional[int] = ..., variant_id: _Optional[str] = ..., model: _Optional[str] = ..., variant_bytes: _Optional[int] = ..., rollout_id: _Optional[str] = ..., runtime: _Optional[str] = ..., context_limit: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("desired", "heartbeat_interval_seconds", "server_time_unix", "federation", "bundle_public_keys", "device_endpoints")
