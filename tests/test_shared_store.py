@@ -6,13 +6,16 @@ data dirs, standing for two replicas or a worker and a replica on different mach
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from edgefleet.bundle import FileHashMismatch
 from edgefleet.coordinator.shared_store import (
+    ADOPT_INTERVAL_S,
     CHUNK_BYTES,
     BlobError,
     CorruptBlobError,
@@ -20,8 +23,27 @@ from edgefleet.coordinator.shared_store import (
     SharedStore,
     open_store,
 )
+from edgefleet.coordinator.variants import model_variants
 from edgefleet.variant_store import ModelEntry, StoreError, UnknownModelError, UnknownVariantError
 from tests.fleetkit import variant_manifest
+
+MANIFEST_KEY = "{edgefleet}:store:manifest:"
+
+
+class CountingRedis(redis.Redis):
+    """A real client that records (command, first key) of every call it makes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, str]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        key = args[1] if len(args) > 1 else ""
+        self.calls.append((str(args[0]), key.decode() if isinstance(key, bytes) else str(key)))
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    def blob_reads(self) -> list[tuple[str, str]]:
+        return [c for c in self.calls if ":store:blob:" in c[1]]
 
 
 def _pair(tmp_path: Path, url: str) -> tuple[SharedStore, SharedStore]:
@@ -112,6 +134,7 @@ def test_remove_drops_the_model_its_variants_and_its_blobs(tmp_path: Path, redis
     assert a.models() == []
     assert not a.has_variant(base)
     assert not a.has_blob(dataset)
+    assert not redis.Redis.from_url(redis_url).exists(MANIFEST_KEY + base)
     with pytest.raises(UnknownModelError):
         a.remove("m")
     with pytest.raises(UnknownVariantError):
@@ -134,6 +157,9 @@ def test_the_store_works_on_a_real_three_node_redis_cluster(tmp_path: Path) -> N
         b.add_variant("m", again)
         assert b.model("m").variants == [base, again]
         assert b.load(base[:8]).file("model.onnx") == payload
+        c = open_store(tmp_path / "c", cluster.url, signing_key_path=tmp_path / "key.pem")
+        assert list(c.manifests([again, base])) == [again, base]  # one MGET in the fleet's slot
+        assert not (tmp_path / "c" / "variants").exists()  # no archive was fetched
         assert sorted(a.remove("m")) == sorted([base, again, first])  # the replaced one too
         assert b.models() == []
 
@@ -146,12 +172,17 @@ def test_what_was_built_straight_into_a_data_dir_is_shared(tmp_path: Path, redis
     local.key_path = tmp_path / "key.pem"
     base = _variant(local, "m", "fp32", b"base")
     local.add_model(ModelEntry("m", {"name": "synthetic"}, "digits", base, [base]))
-    a, b = _pair(tmp_path, redis_url)
+    now = [0.0]
+    a = SharedStore(tmp_path / "a", redis.Redis.from_url(redis_url), clock=lambda: now[0])
+    a.key_path = tmp_path / "key.pem"
+    _, b = _pair(tmp_path, redis_url)
     assert [m.name for m in b.models()] == []  # b's data dir holds nothing of it
     assert [m.name for m in a.models()] == ["m"]  # a adopts its own data dir's build
     assert b.model("m").base == base and b.load(base).file("model.onnx") == b"base"
     later = _variant(local, "m", "int8-static", b"later")
     local.add_variant("m", later)
+    assert a.model("m").variants == [base]  # index reads within the interval do not look
+    now[0] += ADOPT_INTERVAL_S
     assert a.model("m").variants == [base, later]
     bare = _variant(local, "x", "fp32", b"bare")  # a bundle with no index entry
     assert b.has_variant(bare) is False and a.has_variant(bare) is True
@@ -159,6 +190,42 @@ def test_what_was_built_straight_into_a_data_dir_is_shared(tmp_path: Path, redis
     assert sorted(b.remove("m")) == sorted([base, later])
     assert a.models() == [] and b.models() == []
     local.add_model(ModelEntry("n", {"name": "synthetic"}, "digits", bare, [bare]))
+    assert a.model("n").base == bare  # a name Redis lacks looks at once, whatever the clock
     assert [m.name for m in a.models()] == ["n"]  # a later local build is shared; m stays gone
     with pytest.raises(UnknownModelError):
         a.model("m")
+
+
+def test_selection_reads_manifest_keys_never_archives(tmp_path: Path, redis_url: str) -> None:
+    """A replica that has seen none of a model's bundles reads every manifest in one MGET of
+    the small manifest keys and fetches no archive blob; a variant published before manifest
+    keys (key missing) or with a wrong key falls back to its archive once and gets its key."""
+    a = open_store(tmp_path / "a", redis_url, signing_key_path=tmp_path / "key.pem")
+    ids = [_variant(a, "m", f"r{i}", bytes([i]) * 5000) for i in range(6)]
+    a.add_model(ModelEntry("m", {"name": "synthetic"}, "digits", ids[0], ids))
+
+    def fresh(name: str) -> tuple[SharedStore, CountingRedis]:
+        client = CountingRedis.from_url(redis_url)
+        assert isinstance(client, CountingRedis)
+        store = SharedStore(tmp_path / name, client)
+        store.key_path = tmp_path / "key.pem"
+        return store, client
+
+    b, client = fresh("b")
+    assert [f.id for f in model_variants(b, "m")] == ids
+    assert client.blob_reads() == []
+    assert [c for c in client.calls if c[0] == "MGET"] == [("MGET", MANIFEST_KEY + ids[0])]
+    assert not (tmp_path / "b" / "variants").exists()
+
+    raw = redis.Redis.from_url(redis_url)
+    raw.delete(MANIFEST_KEY + ids[1])  # as published before manifest keys existed
+    raw.set(MANIFEST_KEY + ids[2], b'{"model": "forged"}')  # bytes that do not hash to the id
+    c, client = fresh("c")
+    assert [f.model for f in model_variants(c, "m")] == ["m"] * 6
+    fetched = {key.rsplit(":", 1)[1] for _, key in client.blob_reads()}
+    assert len(fetched) == 2  # the two archives, nothing else
+    for v in ids[1:3]:
+        stored = raw.get(MANIFEST_KEY + v)
+        assert isinstance(stored, bytes) and hashlib.sha256(stored).hexdigest() == v  # backfilled
+    d, client = fresh("d")
+    assert len(model_variants(d, "m")) == 6 and client.blob_reads() == []

@@ -28,7 +28,12 @@ Layout in Redis (every key under the fleet's hash tag, so one Cluster slot and a
   sha256 is checked on every read (a corrupt or truncated blob raises :class:`CorruptBlobError`).
 - ``store:variant:<id>``: the sha256 of the variant's deterministic archive
   (:mod:`edgefleet.archive`); ``store:variants``: the set of variant ids (prefix lookups).
-  A script sets both only if the archive blob exists: a variant is visible only once complete.
+- ``store:manifest:<id>``: the bundle's ``manifest.json`` bytes (a few KB; their sha256 is the
+  variant id, so a read is checked for free). Selection, explain and rollouts read only this,
+  never the archive (KB to MB) it came in. One script sets it, the variant record and the set
+  entry, and only if the archive blob exists: a variant is visible only once complete. A variant
+  published before this key existed (archive only) is read from its archive once, and its key
+  is written then (:meth:`SharedStore.manifests`).
 - ``store:models``: hash name -> the model entry's JSON (without its variant list);
   ``store:model:<name>:variants``: its variant ids in order; ``store:model:<name>:labels``:
   recipe label -> variant id, so rebuilding a recipe replaces its row instead of adding one.
@@ -51,8 +56,9 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +95,9 @@ _CACHE_MARKS = "shared-cache"
 #: under the data dir: one empty file per locally built model published to the shared store
 _ADOPTED_MARKS = "shared-adopted"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: how often (seconds) a shared store looks for builds made straight into its data dir on the
+#: hot path (every index read); a miss (an id or model name Redis lacks) looks at once
+ADOPT_INTERVAL_S = 1.0
 SyncRedis = redis.Redis | RedisCluster
 
 
@@ -194,6 +203,10 @@ class LocalStore(VariantStore):
         if not isinstance(data, dict):
             raise StoreError(f"variant {variant_id[:12]}: manifest is not an object")
         return data
+
+    def manifests(self, variant_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The manifests of several variants (one round trip in the shared store)."""
+        return {v: self.manifest(v) for v in variant_ids}
 
     def has_variant(self, variant_id: str) -> bool:
         return (self.variants_dir / variant_id / MANIFEST_NAME).is_file()
@@ -306,10 +319,19 @@ def source_blobs(entry: ModelEntry) -> list[str]:
 
 
 # Every script gets all its keys through KEYS (Redis Cluster), see state/keys.py.
+# KEYS: archive blob, variant, variants, manifest; ARGV: archive sha, variant id, manifest bytes
 _PUT_VARIANT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[4], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+# KEYS: variant, manifest; ARGV: manifest bytes (a variant published before manifest keys;
+# never recreates the key of a variant removed meanwhile)
+_BACKFILL_MANIFEST = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
 return 1
 """
 # KEYS: models, list, labels, variant keys...; ARGV: name, json, (unused), ids...
@@ -361,16 +383,27 @@ return ids
 class SharedStore(LocalStore):
     """Redis holds the truth (blobs, variants, index); the data dir caches what was read."""
 
-    def __init__(self, data_dir: Path, client: SyncRedis, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        client: SyncRedis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(data_dir)
         self.redis = client
         self._p = f"{prefix}store:"
         self._put_variant = client.register_script(_PUT_VARIANT)
+        self._backfill_manifest = client.register_script(_BACKFILL_MANIFEST)
         self._add_model = client.register_script(_ADD_MODEL)
         self._add_variant = client.register_script(_ADD_VARIANT)
         self._remove_model = client.register_script(_REMOVE_MODEL)
-        #: ``models.json``'s mtime when this data dir was last adopted (:meth:`_adopt_local`)
-        self._adopted_stamp: int | None = None
+        #: ``models.json``'s (mtime, inode, size) when this data dir was last adopted
+        self._adopted_stamp: tuple[int, int, int] | None = None
+        self._clock = clock
+        #: when (``clock``) :meth:`_adopt_local` last looked at the data dir
+        self._adopt_looked: float | None = None
 
     # --- key names --------------------------------------------------------------------
 
@@ -379,6 +412,9 @@ class SharedStore(LocalStore):
 
     def _variant_key(self, variant_id: str) -> str:
         return f"{self._p}variant:{variant_id}"
+
+    def _manifest_key(self, variant_id: str) -> str:
+        return f"{self._p}manifest:{variant_id}"
 
     @property
     def _variants_key(self) -> str:
@@ -458,27 +494,43 @@ class SharedStore(LocalStore):
 
     def _publish(self, variant_id: str) -> None:
         """Put the local bundle of ``variant_id`` in Redis: archive blob first, record last."""
+        bundle = self.variants_dir / variant_id
         buf = io.BytesIO()
-        pack_directory(self.variants_dir / variant_id, buf)
+        pack_directory(bundle, buf)
         archive = self.put_blob(buf.getvalue())
-        keys = [self._blob_key(archive), self._variant_key(variant_id), self._variants_key]
-        if not self._put_variant(keys=keys, args=[archive, variant_id]):
+        manifest = (bundle / MANIFEST_NAME).read_bytes()
+        keys = [
+            self._blob_key(archive),
+            self._variant_key(variant_id),
+            self._variants_key,
+            self._manifest_key(variant_id),
+        ]
+        if not self._put_variant(keys=keys, args=[archive, variant_id, manifest]):
             raise BlobError(f"variant {variant_id[:12]}: its archive blob vanished while stored")
 
-    def _adopt_local(self) -> None:
+    def _adopt_local(self, *, now: bool = False) -> None:
         """Publish what was built straight into this data dir (``models add/build --data-dir``
         on this host, before or while the coordinator runs) so the shared store serves it too.
 
-        Runs when the data dir's ``models.json`` changed since the last look (one ``stat``
-        otherwise). A model Redis lacks is added whole; for a model Redis has, only variants
-        Redis has never stored are appended (one it stored and dropped from the list was
-        rebuilt away or removed, and stays so). Models removed through the shared store are
-        dropped from the local index too (:meth:`remove`), so they do not come back.
+        Every index read calls this, so it is nearly free: it looks at the data dir at most
+        once per ``ADOPT_INTERVAL_S`` (a clock read otherwise), and then does work only if
+        ``models.json`` changed (one ``stat``: mtime, inode and size, since the index is
+        replaced by rename and two writes can share an mtime tick). A local build is therefore
+        served within a second; ``now`` (a lookup of an id or name Redis lacks, which may be
+        that build) looks at once. A model Redis lacks is added whole; for a model Redis has,
+        only variants Redis has never stored are appended (one it stored and dropped from the
+        list was rebuilt away or removed, and stays so). Models removed through the shared
+        store are dropped from the local index too (:meth:`remove`), so they do not come back.
         """
+        t = self._clock()
+        if not now and self._adopt_looked is not None and t - self._adopt_looked < ADOPT_INTERVAL_S:
+            return
+        self._adopt_looked = t
         try:
-            stamp = self.index_path.stat().st_mtime_ns
+            st = self.index_path.stat()
         except OSError:
             return
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
         if stamp == self._adopted_stamp:
             return
         self._adopted_stamp = stamp
@@ -517,7 +569,7 @@ class SharedStore(LocalStore):
         """
         if self._in_redis(variant_id):
             return True
-        self._adopt_local()
+        self._adopt_local(now=True)
         if self._in_redis(variant_id):
             return True
         if self._own_local(variant_id):  # put here by a plain VariantStore, no index entry
@@ -557,6 +609,9 @@ class SharedStore(LocalStore):
             raise UnknownVariantError(f"unknown variant {prefix[:12]}")
         hits = [v for v in self.variant_ids() if v.startswith(prefix)]
         if not hits:
+            self._adopt_local(now=True)  # a local build made within the last second?
+            hits = [v for v in self.variant_ids() if v.startswith(prefix)]
+        if not hits:
             raise UnknownVariantError(f"unknown variant {prefix!r}")
         if len(hits) > 1:
             raise UnknownVariantError(f"variant prefix {prefix!r} is ambiguous ({len(hits)} match)")
@@ -595,6 +650,46 @@ class SharedStore(LocalStore):
         variant_id = self.resolve(variant)
         return load_bundle(self.bundle_dir(variant_id), [self.public_key()], variant_id)
 
+    def manifests(self, variant_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Manifests without touching archives: this host's cached bundle if it has one, else
+        the manifest keys (one MGET for all), checked against their id (the manifest's sha256).
+
+        A variant published before manifest keys (or whose key is missing or wrong) is read
+        from its verified archive once, and its key written then, so the next read is small.
+        Unverified beyond that hash, like :meth:`LocalStore.manifest`: agents verify bundles.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        remote = []
+        for v in dict.fromkeys(variant_ids):
+            if LocalStore.has_variant(self, v):
+                out[v] = LocalStore.manifest(self, v)
+            else:
+                remote.append(v)
+        if remote:
+            raws = self.redis.mget([self._manifest_key(v) for v in remote])
+            for v, raw in zip(remote, raws, strict=True):
+                data = raw if isinstance(raw, bytes) or raw is None else str(raw).encode()
+                if data is None or sha256_hex(data) != v:
+                    data = self._manifest_from_archive(v)
+                out[v] = _parse_manifest(v, data)
+        return {v: out[v] for v in variant_ids}
+
+    def manifest(self, variant_id: str) -> dict[str, Any]:
+        return self.manifests([variant_id])[variant_id]
+
+    def _manifest_from_archive(self, variant_id: str) -> bytes:
+        """The manifest of a variant whose manifest key is missing or wrong, from its archive
+        (fetched and cached by :meth:`bundle_dir`); its key is (re)written if it hashes right."""
+        path = self.bundle_dir(variant_id) / MANIFEST_NAME
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"variant {variant_id[:12]}: unreadable manifest ({exc})") from exc
+        if sha256_hex(data) == variant_id:
+            keys = [self._variant_key(variant_id), self._manifest_key(variant_id)]
+            self._backfill_manifest(keys=keys, args=[data])
+        return data
+
     # --- index ------------------------------------------------------------------------
 
     def models(self) -> list[ModelEntry]:
@@ -617,6 +712,9 @@ class SharedStore(LocalStore):
     def model(self, name: str) -> ModelEntry:
         self._adopt_local()
         data = self.redis.hget(self._models_key, name)
+        if data is None:
+            self._adopt_local(now=True)  # a local build made within the last second?
+            data = self.redis.hget(self._models_key, name)
         if data is None:
             raise UnknownModelError(f"unknown model {name!r} (see `edgefleet models ls`)")
         entry = self._entry(_text(data), self.redis.lrange(self._list_key(name), 0, -1))
@@ -677,7 +775,7 @@ class SharedStore(LocalStore):
         gone = self._unreferenced(entry, rest)
         for v in gone:
             archive = self.redis.get(self._variant_key(v))
-            self.redis.delete(self._variant_key(v))
+            self.redis.delete(self._variant_key(v), self._manifest_key(v))
             self.redis.srem(self._variants_key, v)
             if archive is not None:
                 self._drop_blob(_text(archive))
@@ -693,6 +791,16 @@ class SharedStore(LocalStore):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse_manifest(variant_id: str, data: bytes) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"variant {variant_id[:12]}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise StoreError(f"variant {variant_id[:12]}: manifest is not an object")
+    return manifest
 
 
 def sync_client(url: str) -> SyncRedis:
@@ -756,6 +864,22 @@ def bundle_dir_of(store: VariantStore, variant_id: str) -> Path:
     if not (path / MANIFEST_NAME).is_file():
         raise UnknownVariantError(f"unknown variant {variant_id[:12]}")
     return path
+
+
+def manifests_of(store: VariantStore, variant_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The manifests of ``variant_ids`` (:meth:`LocalStore.manifests`: in a shared store, from
+    the small manifest keys, never the archives); a plain :class:`VariantStore` (tests) reads
+    its files. Raises :class:`StoreError` naming the variant."""
+    if isinstance(store, LocalStore):
+        return store.manifests(variant_ids)
+    out: dict[str, dict[str, Any]] = {}
+    for v in variant_ids:
+        try:
+            data = (bundle_dir_of(store, v) / MANIFEST_NAME).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"variant {v[:12]}: unreadable manifest ({exc})") from exc
+        out[v] = _parse_manifest(v, data)
+    return out
 
 
 def has_variant_in(store: VariantStore, variant_id: str) -> bool:

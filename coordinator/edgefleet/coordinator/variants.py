@@ -2,18 +2,19 @@
 
 Only manifests are read here (no hashing of every file): selection needs the
 measured numbers, and the agent verifies every byte and the signature before
-it uses a bundle, so a tampered manifest cannot get anything executed.
+it uses a bundle, so a tampered manifest cannot get anything executed. In a
+shared store they come from the small manifest keys, all of a model's in one
+round trip, never from the bundle archives (``SharedStore.manifests``).
 """
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
-from edgefleet.bundle import MANIFEST_NAME
 from edgefleet.coordinator.lm_explain import is_lm_manifest
-from edgefleet.coordinator.shared_store import bundle_dir_of, has_variant_in
+from edgefleet.coordinator.shared_store import has_variant_in, manifests_of
 from edgefleet.coordinator.variant_selection import VariantFacts
 from edgefleet.frontend.spec import manifest_cost
 from edgefleet.perf import manifest_layers
@@ -59,11 +60,25 @@ def facts_from_manifest(variant_id: str, manifest: dict[str, Any]) -> VariantFac
 
 
 def read_facts(store: VariantStore, variant_id: str) -> VariantFacts:
-    try:  # fetched from the shared store first if this replica has not seen it
-        manifest = json.loads((bundle_dir_of(store, variant_id) / MANIFEST_NAME).read_text())
-        return facts_from_manifest(variant_id, manifest)
-    except (OSError, ValueError, KeyError, TypeError, StoreError) as exc:
-        raise VariantReadError(f"variant {variant_id[:12]}: unreadable manifest ({exc})") from exc
+    return read_all_facts(store, [variant_id])[0]
+
+
+def _manifests(store: VariantStore, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    try:  # the StoreError already names the variant
+        return manifests_of(store, ids)
+    except StoreError as exc:
+        raise VariantReadError(str(exc)) from exc
+
+
+def read_all_facts(store: VariantStore, variant_ids: Sequence[str]) -> list[VariantFacts]:
+    """Facts of several variants, their manifests read in one go (one Redis round trip)."""
+    out = []
+    for v, manifest in _manifests(store, variant_ids).items():
+        try:
+            out.append(facts_from_manifest(v, manifest))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise VariantReadError(f"variant {v[:12]}: unreadable manifest ({exc})") from exc
+    return out
 
 
 def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
@@ -73,7 +88,7 @@ def model_variants(store: VariantStore, model: str) -> list[VariantFacts]:
     except UnknownModelError as exc:
         raise UnknownModel(str(exc)) from exc
     ids = list(dict.fromkeys(v for v in [entry.base, *entry.variants] if v))  # "" = pending
-    return [read_facts(store, v) for v in ids]
+    return read_all_facts(store, ids)
 
 
 def model_lm_manifests(store: VariantStore, model: str) -> list[tuple[str, dict[str, Any]]]:
@@ -84,11 +99,8 @@ def model_lm_manifests(store: VariantStore, model: str) -> list[tuple[str, dict[
     except UnknownModelError as exc:
         raise UnknownModel(str(exc)) from exc
     out: list[tuple[str, dict[str, Any]]] = []
-    for v in dict.fromkeys(v for v in [entry.base, *entry.variants] if v):
-        try:
-            manifest = json.loads((bundle_dir_of(store, v) / MANIFEST_NAME).read_text())
-        except (OSError, ValueError, StoreError) as exc:
-            raise VariantReadError(f"variant {v[:12]}: unreadable manifest ({exc})") from exc
+    ids = list(dict.fromkeys(v for v in [entry.base, *entry.variants] if v))
+    for v, manifest in _manifests(store, ids).items():
         if not is_lm_manifest(manifest):
             return []
         out.append((v, manifest))
