@@ -23,3 +23,5 @@ class Desired:
     model: str = ""
     rollout_id: str = ""
     variant_bytes: int = 0
+    #: a language model: the positions LM selection gave this device (0 = the manifest's)
+    context_limit: int = 0

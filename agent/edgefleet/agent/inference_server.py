@@ -154,14 +154,12 @@ class _Servicer(inference_pb2_grpc.InferenceServiceServicer):  # type: ignore[mi
                 for t in serving.generate(params, stop.is_set):
                     chunk = inference_pb2.GenerateChunk(data=t.data, index=t.index)
                     if t.finish_reason:
-                        rt = serving.runtime
-                        spec = getattr(rt, "language_model", None)
                         chunk.finish_reason = t.finish_reason
                         chunk.time_to_first_token_ms = t.time_to_first_token_ms
                         chunk.tokens_per_second = t.tokens_per_second
                         chunk.prompt_tokens = len(params.prompt)
                         chunk.variant_id = variant
-                        chunk.context_limit = spec.context if spec is not None else 0
+                        chunk.context_limit = serving.context_limit()
                     loop.call_soon_threadsafe(chunks.put_nowait, chunk)
             except BaseException as exc:  # handed to the loop, which maps it to a status
                 loop.call_soon_threadsafe(chunks.put_nowait, exc)

@@ -161,6 +161,8 @@ class Serving:
         self.variant_requests = 0
         self.histogram = [0] * (len(LATENCY_BOUNDS_MS) + 1)
         self.last_refusal = ""
+        #: variant id -> the context limit the coordinator's LM selection gave this device
+        self._context_limits: dict[str, int] = {}
 
     # -- activation --------------------------------------------------------------------
 
@@ -261,6 +263,32 @@ class Serving:
             return None
         return self.load(bundle, runtime)
 
+    def limit_context(self, variant_id: str, limit: int) -> None:
+        """Hold a language-model variant to ``limit`` positions (0: its manifest's context).
+
+        Why from the coordinator and not the manifest: the manifest says what the model was
+        trained at, LM selection what *this* device holds (its RAM for the KV cache, its decode
+        speed), and the rollout sends that with the desired state. Kept per variant, so it
+        applies the moment the variant is served and a rollback finds its own limit again.
+        """
+        if not variant_id:
+            return
+        if limit > 0:
+            if len(self._context_limits) >= 16:  # bounded: only recent variants matter
+                self._context_limits.clear()
+            self._context_limits[variant_id] = limit
+        else:
+            self._context_limits.pop(variant_id, None)
+
+    def context_limit(self) -> int:
+        """Positions the active language model may hold: the smaller of its manifest's
+        context and the coordinator's limit; 0 when no language model is active."""
+        spec = getattr(self._runtime, "language_model", None)
+        if spec is None:
+            return 0
+        cap = self._context_limits.get(self.variant_id, 0)
+        return min(spec.context, cap) if cap > 0 else int(spec.context)
+
     def _refuse(self, reason: str) -> str:
         self.last_refusal = reason
         log.error("%s; still serving %s", reason, self.variant_id[:12] or "nothing")
@@ -332,6 +360,8 @@ class Serving:
         at a time). Raises ``NotLoadedError``, ``NotLanguageModelError`` (a classifier is
         active), ``InputError`` (a bad field; counted as rejected) or ``InferenceError``.
         """
+        from dataclasses import replace
+
         from edgefleet.agent.generation import NotLanguageModelError, check_params, generate
 
         with self._lock:
@@ -343,6 +373,9 @@ class Serving:
                 raise NotLanguageModelError(
                     f"the active variant {self.variant_id[:12]} is not a language model"
                 )
+            cap = self._context_limits.get(rt.variant_id or "", 0)
+            if 0 < cap < spec.context:  # the device's own limit, from selection
+                spec = replace(spec, context=cap)
             c = self._interval
             try:
                 params = check_params(params, spec.context)

@@ -79,6 +79,7 @@ def desired_from_proto(message: device_pb2.DesiredState) -> Desired:
         model=message.model,
         rollout_id=message.rollout_id,
         variant_bytes=int(message.variant_bytes),
+        context_limit=int(message.context_limit),
     )
 
 
@@ -304,6 +305,10 @@ class AgentSession:
             self._desired_state,
             stub,
             (("authorization", f"Bearer {self._identity.credential}"),),
+        )
+        # level-triggered like the variant: the coordinator's context limit for it, every pass
+        self.serving.limit_context(
+            self._desired_state.variant_id, self._desired_state.context_limit
         )
         if status.active_variant != before.active_variant:
             self.telemetry.event("variant_activated", status.active_variant)

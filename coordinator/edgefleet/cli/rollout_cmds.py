@@ -125,6 +125,20 @@ def deploy(
             "coordinator's, 0 = no minimum"
         ),
     ] = None,
+    max_ttft_ms: Annotated[
+        float,
+        typer.Option(
+            help="language models: roll back if a device's median time to first token "
+            "exceeds this many ms (0 = no gate)"
+        ),
+    ] = 0.0,
+    min_tokens_per_s: Annotated[
+        float,
+        typer.Option(
+            help="language models: roll back if a device's median decode rate falls below "
+            "this many tokens/s (0 = no gate)"
+        ),
+    ] = 0.0,
     accuracy_tolerance: Annotated[
         float, typer.Option(help="points of accuracy traded for speed (selection)")
     ] = 0.5,
@@ -133,7 +147,12 @@ def deploy(
     admin_token: AdminTokenOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """Deploy the best-fitting variant of MODEL to each selected device, in stages."""
+    """Deploy the best-fitting variant of MODEL to each selected device, in stages.
+
+    A language model's devices each get a variant and the longest context they hold."""
+    for flag, value in (("--max-ttft-ms", max_ttft_ms), ("--min-tokens-per-s", min_tokens_per_s)):
+        if not value >= 0 or value == float("inf"):  # also refuses NaN
+            raise usage_error(f"{flag} must be a finite number >= 0 (0 = no gate), got {value:g}")
     request = admin_pb2.CreateRolloutRequest(
         model=model,
         selector=to,
@@ -147,6 +166,8 @@ def deploy(
             max_latency_ratio=max_latency_ratio,
             wave_timeout_seconds=wave_timeout,
             **({} if min_inferences is None else {"min_inferences": min_inferences}),
+            max_ttft_ms=max_ttft_ms,
+            min_tokens_per_s=min_tokens_per_s,
         ),
         accuracy_tolerance=accuracy_tolerance / 100,
         latency_slo_ms=latency_slo_ms,
@@ -190,7 +211,7 @@ def rollout_table(r: admin_pb2.Rollout) -> Table:
             d.profile,
             str(d.wave + 1),
             d.variant_id[:12],
-            d.recipe,
+            f"{d.recipe} (context {d.context_limit})" if d.context_limit else d.recipe,
             d.runtime,
             f"{d.predicted_latency_ms:.3g}",
             status,

@@ -164,6 +164,7 @@ def rollout_to_dict(r: admin_pb2.Rollout) -> dict[str, Any]:
                 "predicted_latency_ms": round(d.predicted_latency_ms, 6),
                 "status": d.status,
                 "detail": d.detail,
+                **({"context_limit": d.context_limit} if d.context_limit else {}),
             }
             for d in r.devices
         ],

@@ -45,6 +45,8 @@ def gate_from_proto(msg: admin_pb2.RolloutGate | None) -> Gate:
         "max_latency_ratio",
         "min_accuracy",
         "wave_timeout_seconds",
+        "max_ttft_ms",
+        "min_tokens_per_s",
     ):
         check_finite(f"gate.{name}", getattr(msg, name))
     gate = Gate(
@@ -57,6 +59,8 @@ def gate_from_proto(msg: admin_pb2.RolloutGate | None) -> Gate:
         min_inferences=(
             msg.min_inferences if msg.HasField("min_inferences") else default.min_inferences
         ),
+        max_ttft_ms=msg.max_ttft_ms,
+        min_tokens_per_s=msg.min_tokens_per_s,
     )
     for name in (
         "soak_seconds",
@@ -64,6 +68,8 @@ def gate_from_proto(msg: admin_pb2.RolloutGate | None) -> Gate:
         "max_error_rate",
         "wave_timeout_seconds",
         "min_inferences",
+        "max_ttft_ms",
+        "min_tokens_per_s",
     ):
         if getattr(gate, name) < 0:
             raise InvalidArgument(f"gate.{name}", "must be >= 0")
@@ -79,6 +85,8 @@ def _gate_to_proto(g: Gate) -> admin_pb2.RolloutGate:
         min_accuracy=g.min_accuracy,
         wave_timeout_seconds=g.wave_timeout_seconds,
         min_inferences=g.min_inferences,
+        max_ttft_ms=g.max_ttft_ms,
+        min_tokens_per_s=g.min_tokens_per_s,
     )
 
 
@@ -115,6 +123,7 @@ def rollout_to_proto(r: Rollout, health: dict[str, DeviceHealth]) -> admin_pb2.R
                 predicted_latency_ms=d.predicted_latency_ms,
                 status=status,
                 detail=detail,
+                context_limit=d.context_limit,
             )
         )
     return admin_pb2.Rollout(

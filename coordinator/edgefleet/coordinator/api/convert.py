@@ -40,6 +40,7 @@ def desired_to_proto(d: Desired) -> device_pb2.DesiredState:
         variant_bytes=d.variant_bytes,
         rollout_id=d.rollout,
         runtime=d.runtime,
+        context_limit=d.context_limit,
     )
 
 

@@ -32,6 +32,12 @@ class Gate:
     devices have served fewer requests with the new variant holds ("no traffic: cannot
     judge") and, like a wave that never activates, rolls back when ``wave_timeout_seconds``
     runs out: a variant nobody could judge is not left half-deployed. 0 turns it off.
+
+    A language model is judged on what its users wait for: the median time to first token
+    (``max_ttft_ms``) and decode rate (``min_tokens_per_s``) its devices report from
+    ``Generate`` (0: no such gate). Absolute bounds, not ratios to a prediction: what is
+    acceptable to wait for a first token does not depend on what the device was predicted
+    to do, and the decode floor is the same reading-pace floor LM selection plans with.
     """
 
     soak_seconds: float = 30.0
@@ -41,6 +47,8 @@ class Gate:
     min_accuracy: float = 0.0  # reported inference_accuracy (where labels exist)
     wave_timeout_seconds: float = 600.0
     min_inferences: int = DEFAULT_MIN_INFERENCES
+    max_ttft_ms: float = 0.0  # reported generation_ttft_ms (language models)
+    min_tokens_per_s: float = 0.0  # reported generation_tokens_per_s (language models)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,10 @@ class PlannedDevice:
     baseline_latency_ms: float = 0.0
     #: The runtime's per-call overhead included in the prediction (0: not reported yet).
     call_overhead_ms: float = 0.0
+    #: Language models: the positions LM selection gave the device (sent with the desired
+    #: state) and the decode rate it predicted there (0: not a language model).
+    context_limit: int = 0
+    predicted_decode_tok_s: float = 0.0
 
 
 @dataclass(frozen=True)

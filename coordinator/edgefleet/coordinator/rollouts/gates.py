@@ -2,7 +2,8 @@
 
 A device fails the gate when its activation failed, or when its reported error rate,
 latency (against the prediction the rollout was planned with, adjusted for the runtime's
-per-call overhead) or accuracy is out of bounds; it is *unjudged* while it has served too
+per-call overhead), accuracy or, for a language model, time to first token or decode rate is
+out of bounds; it is *unjudged* while it has served too
 few requests with the new variant for any of those numbers to mean something. Pure
 functions of telemetry, so the manager only reads the store and applies the verdict.
 """
@@ -46,6 +47,8 @@ _CAUSE_NEEDLES = (
     ("error rate", "error_rate"),
     ("latency", "latency"),
     ("accuracy", "accuracy"),
+    ("time to first token", "ttft"),
+    ("tokens/s", "decode_speed"),
     ("timed out", "timeout"),
 )
 ROLLBACK_CAUSES = tuple(cause for _, cause in _CAUSE_NEEDLES)
@@ -72,6 +75,10 @@ def metric_failure(metrics: dict[str, float], gate: Gate, device: PlannedDevice)
     error_rate = metrics.get("inference_error_rate")
     if error_rate is not None and error_rate > gate.max_error_rate:
         return f"error rate {error_rate:.1%} > {gate.max_error_rate:.1%}"
+    if device.context_limit > 0:
+        # a language model serves Generate only: the inference latency and accuracy a device
+        # last reported belong to a classifier it served before, never to this variant
+        return generation_failure(metrics, gate)
     latency = metrics.get("inference_latency_ms")
     if latency is not None and predicted_ms > 0 and latency / predicted_ms > gate.max_latency_ratio:
         baseline = device.baseline_latency_ms
@@ -83,12 +90,26 @@ def metric_failure(metrics: dict[str, float], gate: Gate, device: PlannedDevice)
     accuracy = metrics.get("inference_accuracy")
     if accuracy is not None and accuracy < gate.min_accuracy:
         return f"accuracy {accuracy:.1%} < {gate.min_accuracy:.1%}"
+    return generation_failure(metrics, gate)
+
+
+def generation_failure(metrics: dict[str, float], gate: Gate) -> str:
+    """A language model's gates: median time to first token and decode rate, as reported."""
+    ttft = metrics.get("generation_ttft_ms")
+    if gate.max_ttft_ms > 0 and ttft is not None and ttft > gate.max_ttft_ms:
+        return f"time to first token {ttft:.4g} ms > {gate.max_ttft_ms:g} ms"
+    rate = metrics.get("generation_tokens_per_s")
+    if gate.min_tokens_per_s > 0 and rate is not None and rate < gate.min_tokens_per_s:
+        return f"decode {rate:.4g} tokens/s < {gate.min_tokens_per_s:g} tokens/s"
     return ""
 
 
 def missing_evidence(metrics: dict[str, float], gate: Gate, variant: str) -> str:
     """Why the device's traffic is too little to judge ``variant`` ("" when it is enough)."""
     served = int(metrics.get(variant_inferences_metric(variant), 0.0))
-    if served >= gate.min_inferences:
-        return ""
-    return f"{served} of {gate.min_inferences} inferences served"
+    if served < gate.min_inferences:
+        return f"{served} of {gate.min_inferences} inferences served"
+    generation_gated = gate.max_ttft_ms > 0 or gate.min_tokens_per_s > 0
+    if generation_gated and "generation_ttft_ms" not in metrics:
+        return "no generation reported yet"  # a generation gate never passes on no evidence
+    return ""

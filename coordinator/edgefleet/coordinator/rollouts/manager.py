@@ -9,7 +9,8 @@ repaired by the next tick. Transitions are compare-and-set on a version, so two
 replicas never apply conflicting ones.
 
 An operator can pause, resume, or roll back a running or paused rollout at any time. What
-to deploy where is :mod:`.planning`; whether a device is healthy is :mod:`.gates`.
+to deploy where is :mod:`.planning` (:mod:`.lm_planning` for a language model: a variant and a
+context limit per device); whether a device is healthy is :mod:`.gates`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from edgefleet.coordinator.rollouts.gates import (
     missing_evidence,
     rollback_cause,
 )
+from edgefleet.coordinator.rollouts.lm_planning import plan_lm_devices, select_lm_devices
 from edgefleet.coordinator.rollouts.planning import (
     Explanation,
     busy_rollout,
@@ -90,17 +92,21 @@ class RolloutManager:
             raise NotFound(f"device {device_id} is not registered")
         return await self._explain(record, self._model_variants(model), policy or Policy())
 
-    async def explain_lm(self, device_id: str, model: str) -> LMSelection | None:
-        """LM selection for a language model (context limit and the budget that set it);
-        ``None`` when ``model`` is not a language model (the classifier path explains it)."""
+    def _model_lm_manifests(self, model: str) -> Sequence[tuple[str, Mapping[str, Any]]]:
+        """``(id, manifest)`` of a language model's variants; empty for any other model."""
         if self._lm_manifests is None:
-            return None
+            return ()
         try:
-            manifests = self._lm_manifests(model)
+            return self._lm_manifests(model)
         except LookupError as exc:
             raise NotFound(f"unknown model {model!r} (see edgefleet models ls)") from exc
         except (RuntimeError, ValueError, KeyError) as exc:  # an unreadable manifest
             raise FailedPrecondition(str(exc)) from exc
+
+    async def explain_lm(self, device_id: str, model: str) -> LMSelection | None:
+        """LM selection for a language model (context limit and the budget that set it);
+        ``None`` when ``model`` is not a language model (the classifier path explains it)."""
+        manifests = self._model_lm_manifests(model)
         if not manifests:
             return None
         record = await self._store.get(device_id)
@@ -136,8 +142,9 @@ class RolloutManager:
     async def create(self, request: RolloutRequest) -> Rollout:
         selector = parse_selector(request.selector)  # parsed once, matched per device
         fractions = wave_fractions(request)
-        variants = self._model_variants(request.model)
-        if not variants:
+        lm_manifests = self._model_lm_manifests(request.model)  # a language model?
+        variants = [] if lm_manifests else self._model_variants(request.model)
+        if not variants and not lm_manifests:
             raise FailedPrecondition(f"model {request.model!r} has no variants to deploy")
         records = await self._store.get_many(await self._store.list_ids())
         matched = [r for r in records if selector_matches(selector, r)]
@@ -155,18 +162,30 @@ class RolloutManager:
             )
         rollout_id = f"ro-{uuid.uuid4().hex[:10]}"
         planned: list[tuple[DeviceRecord, Explanation]] = []
+        lm_planned: list[tuple[DeviceRecord, LMSelection]] = []
         skipped: list[SkippedDevice] = []
-        for record in matched:
+        if lm_manifests:  # each device: the LM variant and the context limit it holds
+            try:
+                lm_planned, skipped = select_lm_devices(matched, lm_manifests)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise FailedPrecondition(
+                    f"model {request.model!r}: malformed LM manifest ({exc})"
+                ) from exc
+        for record in [] if lm_manifests else matched:
             explained = await self._explain(record, variants, request.policy)
             if explained.selection.winner is None:
                 skipped.append(SkippedDevice(record.id, record.name, explained.selection.reason))
             else:
                 planned.append((record, explained))
-        if not planned:
+        if not planned and not lm_planned:
             raise FailedPrecondition(
                 f"no selected device can run any variant of {request.model!r}: {skipped[0].reason}"
             )
-        devices = plan_devices(rollout_id, planned, fractions)
+        devices = (
+            plan_lm_devices(rollout_id, lm_planned, fractions)
+            if lm_manifests
+            else plan_devices(rollout_id, planned, fractions)
+        )
         last_wave = max(d.wave for d in devices)
         now = self._clock()
         rollout = Rollout(
@@ -290,6 +309,7 @@ class RolloutManager:
                     runtime=device.runtime,
                     rollout=rollout.id,
                     variant_bytes=device.variant_bytes,
+                    context_limit=device.context_limit,
                 )
             await self._store.set_desired(device.device_id, target)
 

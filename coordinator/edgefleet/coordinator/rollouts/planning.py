@@ -147,6 +147,11 @@ def explain(
     )
 
 
+def device_order(rollout_id: str, device_id: str) -> str:
+    """A device's place in a rollout's order: stable, and spread over profiles."""
+    return hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()
+
+
 def plan_devices(
     rollout_id: str,
     chosen: list[tuple[DeviceRecord, Explanation]],
@@ -155,10 +160,7 @@ def plan_devices(
     """Each device with a winning variant, in a stable order spread over profiles, placed
     in its wave."""
 
-    def order(item: tuple[DeviceRecord, Explanation]) -> str:  # stable, spread over profiles
-        return hashlib.sha256(f"{rollout_id}:{item[0].id}".encode()).hexdigest()
-
-    ordered = sorted(chosen, key=order)
+    ordered = sorted(chosen, key=lambda item: device_order(rollout_id, item[0].id))
     waves = assign_waves(len(ordered), fractions)
     devices = []
     for (record, explained), wave in zip(ordered, waves, strict=True):

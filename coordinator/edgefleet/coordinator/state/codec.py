@@ -16,13 +16,24 @@ from collections.abc import Sequence
 from edgefleet.coordinator.state.model import Desired, DeviceRecord
 from edgefleet.profiles import DeviceProfile
 
-DESIRED_FIELDS = ("generation", "variant", "model", "runtime", "rollout", "variant_bytes")
+DESIRED_FIELDS = (
+    "generation",
+    "variant",
+    "model",
+    "runtime",
+    "rollout",
+    "variant_bytes",
+    "context_limit",
+)
 
 
 def desired_from(values: Sequence[str | None]) -> Desired:
     """A desired state from its stored values, in ``DESIRED_FIELDS`` order (missing: defaults)."""
-    g, variant, model, runtime, rollout, nbytes = (v or "" for v in values)
-    return Desired(int(g or 0), variant, model, runtime, rollout, int(nbytes or 0))
+    padded = [*values, *[None] * (len(DESIRED_FIELDS) - len(values))]
+    g, variant, model, runtime, rollout, nbytes, context = (v or "" for v in padded)
+    return Desired(
+        int(g or 0), variant, model, runtime, rollout, int(nbytes or 0), int(context or 0)
+    )
 
 
 def flatten(mapping: dict[str, str]) -> list[str]:

@@ -37,7 +37,7 @@ from edgefleet.coordinator.state.model import HeartbeatOutcome, ProfileLiveness,
 _HEARTBEAT = """
 local rec = redis.call('HMGET', KEYS[1], 'credential_sha256', 'desired_generation',
   'desired_variant', 'desired_model', 'desired_runtime', 'desired_rollout', 'desired_variant_bytes',
-  'profile_name')
+  'profile_name', 'desired_context_limit')
 if not rec[1] then return {0} end
 if rec[1] == '!revoked' then return {-2} end
 if rec[1] ~= ARGV[3] then return {-1} end
@@ -53,7 +53,8 @@ if rec[8] then
     redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   end
 end
-return {1, rec[2] or '0', rec[3] or '', rec[4] or '', rec[5] or '', rec[6] or '', rec[7] or '0'}
+return {1, rec[2] or '0', rec[3] or '', rec[4] or '', rec[5] or '', rec[6] or '', rec[7] or '0',
+  rec[9] or '0'}
 """
 
 # KEYS: profiles set, then per device: its hash, its profile's set and live zset

@@ -24,6 +24,8 @@ class Desired:
     runtime: str = ""
     rollout: str = ""
     variant_bytes: int = 0
+    #: a language model's context limit from LM selection (0: the manifest's / not an LM)
+    context_limit: int = 0
 
 
 @dataclass(frozen=True)

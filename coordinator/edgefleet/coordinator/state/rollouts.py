@@ -24,7 +24,7 @@ from edgefleet.coordinator.state.model import Desired, RolloutClash, StoreError
 _SET_DESIRED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local names = {'desired_variant', 'desired_model', 'desired_runtime', 'desired_rollout',
-  'desired_variant_bytes'}
+  'desired_variant_bytes', 'desired_context_limit'}
 local current = redis.call('HMGET', KEYS[1], unpack(names))
 local changed = false
 for i = 1, #names do

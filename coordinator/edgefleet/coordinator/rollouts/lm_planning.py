@@ -1,0 +1,75 @@
+"""Planning a language model's rollout: each device's LM variant *and its context limit*.
+
+Why beside :mod:`.planning` rather than inside classifier selection: an LM variant fits a
+device only up to a context length (the KV cache grows with every position), so what a rollout
+must carry to each device is the pair LM selection picked (:mod:`edgefleet.coordinator.lm_explain`):
+the variant and the longest context the device holds, which travels to the agent in the
+desired state (``DesiredState.context_limit``) so it never grows a cache past its RAM or its
+decode-speed budget. Devices no variant fits (every microcontroller) are skipped with
+selection's reason, as classifier rollouts skip devices that fit nothing. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from edgefleet.coordinator.lm_explain import explain_lm
+from edgefleet.coordinator.lm_selection import LMPolicy, LMSelection
+from edgefleet.coordinator.rollouts.document import PlannedDevice, SkippedDevice
+from edgefleet.coordinator.rollouts.planning import assign_waves, device_order
+from edgefleet.coordinator.state.model import DeviceRecord
+
+__all__ = ["plan_lm_devices", "select_lm_devices"]
+
+
+def select_lm_devices(
+    records: Sequence[DeviceRecord],
+    manifests: Sequence[tuple[str, Mapping[str, Any]]],
+    policy: LMPolicy | None = None,
+) -> tuple[list[tuple[DeviceRecord, LMSelection]], list[SkippedDevice]]:
+    """LM selection per device: those with a winner, and the rest with selection's reason.
+
+    Raises ``ValueError``/``KeyError``/``TypeError`` for a malformed LM manifest."""
+    chosen: list[tuple[DeviceRecord, LMSelection]] = []
+    skipped: list[SkippedDevice] = []
+    for record in records:
+        selection = explain_lm(record.profile, manifests, policy)
+        if selection.winner is None:
+            skipped.append(SkippedDevice(record.id, record.name, selection.reason))
+        else:
+            chosen.append((record, selection))
+    return chosen, skipped
+
+
+def plan_lm_devices(
+    rollout_id: str,
+    chosen: Sequence[tuple[DeviceRecord, LMSelection]],
+    fractions: Sequence[float],
+) -> list[PlannedDevice]:
+    """Each selected device with its LM variant and context limit, placed in its wave (the
+    same stable order as a classifier rollout)."""
+    ordered = sorted(chosen, key=lambda item: device_order(rollout_id, item[0].id))
+    waves = assign_waves(len(ordered), fractions)
+    devices = []
+    for (record, selection), wave in zip(ordered, waves, strict=True):
+        winner = selection.winner
+        assert winner is not None and winner.runtime is not None
+        devices.append(
+            PlannedDevice(
+                device_id=record.id,
+                name=record.name,
+                profile=record.profile.name,
+                wave=wave,
+                variant=winner.facts.id,
+                recipe=winner.facts.recipe,
+                runtime=winner.runtime,
+                variant_bytes=winner.facts.bundle_bytes,
+                predicted_latency_ms=0.0,  # an LM is judged on its generation gates instead
+                previous=replace(record.desired, generation=0),
+                context_limit=winner.context_limit,
+                predicted_decode_tok_s=winner.predicted_decode_tok_s or 0.0,
+            )
+        )
+    return devices
