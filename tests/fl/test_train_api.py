@@ -42,13 +42,58 @@ def _use(monkeypatch: pytest.MonkeyPatch, coordinator: CoordinatorProc) -> None:
     monkeypatch.setenv("EDGEFLEET_INSECURE", "1")
 
 
+#: the replicas log in as an ACL user with this password: it must never reach Flower's run config
+FLEET_PASSWORD = "s3cret-fleet-pw"
+
+
+def _with_password(redis_url: str) -> str:
+    """``redis_url`` as an ACL user with a password (the default user keeps working for the
+    other tests on the shared server)."""
+    with redis.Redis.from_url(redis_url) as client:
+        client.acl_setuser(
+            "fleet", enabled=True, passwords=[f"+{FLEET_PASSWORD}"], keys=["*"],
+            channels=["*"], commands=["+@all"],
+        )  # fmt: skip
+    return redis_url.replace("redis://", f"redis://fleet:{FLEET_PASSWORD}@", 1)
+
+
+def _superlink_holds(db: Path, needle: str) -> list[str]:
+    """Where in a SuperLink's database ``needle`` appears: every text and blob cell of every
+    table, with stored FABs (zip archives: the app's pyproject.toml holds its run config)
+    unpacked. Read-only, while the SuperLink runs."""
+    import io
+    import sqlite3
+    import zipfile
+
+    found: list[str] = []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in con.execute(f'SELECT * FROM "{table}"'):  # our own table names
+                for cell in row:
+                    texts: list[str] = []
+                    if isinstance(cell, bytes) and cell[:2] == b"PK":
+                        with zipfile.ZipFile(io.BytesIO(cell)) as fab:
+                            texts += [fab.read(n).decode(errors="replace") for n in fab.namelist()]
+                    elif isinstance(cell, bytes):
+                        texts.append(cell.decode(errors="replace"))
+                    elif isinstance(cell, str):
+                        texts.append(cell)
+                    found += [table for t in texts if needle in t]
+    finally:
+        con.close()
+    return found
+
+
 @pytest.fixture
 def replicas(
     redis_url: str, coordinator_factory: Callable[..., CoordinatorProc], tmp_path: Path
 ) -> tuple[CoordinatorProc, CoordinatorProc]:
     fleet = tmp_path / "fleet"
     init_fleet(fleet)
-    common = ("--redis-url", redis_url, "--superlink", "local", "--rollout-interval", "1")
+    url = _with_password(redis_url)
+    common = ("--redis-url", url, "--superlink", "local", "--rollout-interval", "1")
     a = coordinator_factory(*common, "--fleet-dir", str(fleet), data_dir=tmp_path / "a")
     b = coordinator_factory(*common, "--fleet-dir", str(fleet), data_dir=tmp_path / "b")
     return a, b
@@ -195,6 +240,11 @@ def test_one_superlink_per_fleet_and_runs_over_the_api_from_any_replica(
 
     # "running" is the ServerApp's own word, written to Redis from the SuperLink's host
     wait_for(lambda: state_via_b() == "running", 60, "the ServerApp's record via replica B")
+    # the ServerApp logged in with the password from its environment: the SuperLink's
+    # database (runs, their configs, the stored app) never saw it
+    db = a.data_dir / "superlink" / "superlink.db"
+    assert _superlink_holds(db, "redis-url"), "the run config is not where this test looks"
+    assert _superlink_holds(db, FLEET_PASSWORD) == []
     res = runner.invoke(train_app, ["stop", "r2"])
     assert res.exit_code == 0 and "r2: stopped" in res.stdout, res.output
     res = runner.invoke(train_app, ["status", "nope"])

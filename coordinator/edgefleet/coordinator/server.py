@@ -488,6 +488,7 @@ class Coordinator:
             superlink_tls,
             wait_listening,
         )
+        from edgefleet.fl.redis_secret import credentials_env
 
         tls = None
         if ca is not None and self.ca_cert_path is not None:
@@ -509,7 +510,14 @@ class Coordinator:
             self._store,
             self.rollout_controller,
             lambda: SuperLinkSupervisor(
-                state, host=self.config.host, port=port, tls=tls, pidfile=state / "superlink.pid"
+                state,
+                host=self.config.host,
+                port=port,
+                tls=tls,
+                pidfile=state / "superlink.pid",
+                # the fleet Redis's credentials reach its ServerApps here, never in a run
+                # config the SuperLink stores (edgefleet.fl.redis_secret)
+                env=credentials_env(self.config.redis_url or ""),
             ),
             f"{self.config.public_host}:{port}",
             tls is not None,

@@ -5,8 +5,9 @@ is the one process that knows each round as it ends, and it outlives both (a CLI
 replica killed); a record it writes itself is complete however the run is followed. Why Redis:
 ``progress.json`` lands on the SuperLink's host, so ``train status`` from another host or
 replica saw nothing. The run config names the fleet's Redis (``redis-url``, any scheme the
-coordinator accepts: one server, ``redis+cluster://``, ``redis+sentinel://``) and the run
-(``run-name``).
+coordinator accepts: one server, ``redis+cluster://``, ``redis+sentinel://``), without its
+credentials, and the run (``run-name``); the password comes from this process's environment
+(``edgefleet.fl.redis_secret``: the SuperLink's, which the coordinator sets).
 
 Each finished round (and a failed run's failed round) also goes into the fleet's round records,
 exactly once and oldest first, which every replica exports as the ``edgefleet_fl_*`` metrics
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import io
 import logging
+import os
 import threading
 from typing import Any
 
@@ -35,6 +37,7 @@ import numpy.typing as npt
 from edgefleet.coordinator.state.connect import connect
 from edgefleet.coordinator.state.model import FederatedRound
 from edgefleet.coordinator.state.store import FleetStore
+from edgefleet.fl.redis_secret import with_credentials
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,9 @@ class RunStore:
         self._rounds: list[FederatedRound] = []  # round records not yet written
         self._seen_rounds = 0
         self._failure_queued = False
-        self._store = FleetStore(connect(redis_url, max_connections=4))
+        # the run config's URL carries no password: this process's environment does
+        url = with_credentials(redis_url, os.environ)
+        self._store = FleetStore(connect(url, max_connections=4))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="run-heartbeat", daemon=True)
         self._thread.start()

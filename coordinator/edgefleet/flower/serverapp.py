@@ -49,6 +49,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as fl_strategy
 
 from edgefleet.fl.contract import Metric, NodeFacts, Record, TrainConfig
+from edgefleet.fl.redis_secret import with_credentials
 from edgefleet.fl.update_codec import parse_codec
 from edgefleet.flower import model as fl_model
 from edgefleet.flower import updates
@@ -385,7 +386,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         rec.write(state="running", phase="registering")
         rec.doc.update(register_result(
             params, settings.arch, settings.register_model, settings.store_dir,
-            settings.store_redis, settings.signing_key,
+            with_credentials(settings.store_redis, os.environ), settings.signing_key,
         ))  # fmt: skip
     rec.write(state="succeeded", final=final, finished=time.time())
     return rec.doc

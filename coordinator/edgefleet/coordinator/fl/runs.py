@@ -29,6 +29,7 @@ from typing import Any
 from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.coordinator.state.fl_runs import StoredRun
 from edgefleet.coordinator.state.store import FleetStore
+from edgefleet.fl.redis_secret import strip_credentials
 from edgefleet.fl.update_codec import parse_codec
 from edgefleet.selectors import parse_selection
 
@@ -126,7 +127,9 @@ class TrainingRuns:
     ) -> None:
         """``work_dir``: where this replica writes Flower Apps it submits (its data dir's
         ``fl-submit``); ``redis_url``: the fleet state the ServerApp records into, as a
-        SuperLink's host reaches it; ``target``: the fleet's SuperLink now; ``store_config``:
+        SuperLink's host reaches it (its credentials never enter a run config: the SuperLink's
+        ServerApps get them from their environment); ``target``: the fleet's SuperLink now;
+        ``store_config``:
         where the ServerApp registers a result (``store-dir``, ``store-redis``, ``signing-key``
         run-config keys, see ``flower.run_publish``)."""
         self._store = store
@@ -161,13 +164,17 @@ class TrainingRuns:
             "select": req.select, "arch": req.model, "lr": req.lr,
             "local-epochs": req.local_epochs, "proximal-mu": req.proximal_mu, "dp": req.dp,
             "dp-noise": req.dp_noise, "dp-clip": req.dp_clip,
-            "round-timeout": req.round_timeout, "redis-url": self._redis_url, "run-name": name,
+            "round-timeout": req.round_timeout, "run-name": name,
+            # no password in what the SuperLink stores: the ServerApp reads it from its
+            # environment (edgefleet.fl.redis_secret)
+            "redis-url": strip_credentials(self._redis_url),
             "buffer": req.buffer, "max-staleness": req.max_staleness,
             "update-codec": req.update_codec,
         }  # fmt: skip
         if req.register:
             meta["new_model"] = config["register-model"] = f"{req.model}-ft-{name}"
             config.update(self._store_config)
+            config["store-redis"] = strip_credentials(str(config.get("store-redis") or ""))
         try:
             run_id = await asyncio.to_thread(self._submit, name, config, target)
         except (OSError, RuntimeError) as exc:
