@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gefleet/v1/jobs.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07recipes\x18\x04 \x03(\t\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.edgefleet.v1.JobStatus\x12\x0c\n\x04step\x18\x06 \x01(\r\x12\r\n\x05total\x18\x07 \x01(\r\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x13\n\x0bvariant_ids\x18\t \x03(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\r\x12\x0e\n\x06worker\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x11StartBuildRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07recipes\x18\x02 \x03(\t\x12\x14\n\x0clatency_runs\x18\x03 \x01(\r\"E\n\x12StartBuildResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x10WatchJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.edgefleet.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job*\xb7\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_STARTED\x10\x02\x12\x17\n\x13JOB_STATUS_FINISHED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x05\x12\x17\n\x13JOB_STATUS_CANCELED\x10\x06\x32\x88\x03\n\nJobService\x12O\n\nStartBuild\x12\x1f.edgefleet.v1.StartBuildRequest\x1a .edgefleet.v1.StartBuildResponse\x12K\n\x08WatchJob\x12\x1d.edgefleet.v1.WatchJobRequest\x1a\x1e.edgefleet.v1.WatchJobResponse0\x01\x12\x43\n\x06GetJob\x12\x1b.edgefleet.v1.GetJobRequest\x1a\x1c.edgefleet.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.edgefleet.v1.ListJobsRequest\x1a\x1e.edgefleet.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.edgefleet.v1.CancelJobRequest\x1a\x1f.edgefleet.v1.CancelJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gefleet/v1/jobs.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07recipes\x18\x04 \x03(\t\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.edgefleet.v1.JobStatus\x12\x0c\n\x04step\x18\x06 \x01(\r\x12\r\n\x05total\x18\x07 \x01(\r\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x13\n\x0bvariant_ids\x18\t \x03(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0b \x01(\r\x12\x0e\n\x06worker\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0ftimeout_seconds\x18\x10 \x01(\r\"b\n\x11StartBuildRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07recipes\x18\x02 \x03(\t\x12\x14\n\x0clatency_runs\x18\x03 \x01(\r\x12\x17\n\x0ftimeout_seconds\x18\x04 \x01(\r\"E\n\x12StartBuildResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x10WatchJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eGetJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.edgefleet.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.edgefleet.v1.Job*\xb7\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_STARTED\x10\x02\x12\x17\n\x13JOB_STATUS_FINISHED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x05\x12\x17\n\x13JOB_STATUS_CANCELED\x10\x06\x32\x88\x03\n\nJobService\x12O\n\nStartBuild\x12\x1f.edgefleet.v1.StartBuildRequest\x1a .edgefleet.v1.StartBuildResponse\x12K\n\x08WatchJob\x12\x1d.edgefleet.v1.WatchJobRequest\x1a\x1e.edgefleet.v1.WatchJobResponse0\x01\x12\x43\n\x06GetJob\x12\x1b.edgefleet.v1.GetJobRequest\x1a\x1c.edgefleet.v1.GetJobResponse\x12I\n\x08ListJobs\x12\x1d.edgefleet.v1.ListJobsRequest\x1a\x1e.edgefleet.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.edgefleet.v1.CancelJobRequest\x1a\x1f.edgefleet.v1.CancelJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATUS']._serialized_start=931
-  _globals['_JOBSTATUS']._serialized_end=1114
+  _globals['_JOBSTATUS']._serialized_start=981
+  _globals['_JOBSTATUS']._serialized_end=1164
   _globals['_JOB']._serialized_start=75
-  _globals['_JOB']._serialized_end=436
-  _globals['_STARTBUILDREQUEST']._serialized_start=438
-  _globals['_STARTBUILDREQUEST']._serialized_end=511
-  _globals['_STARTBUILDRESPONSE']._serialized_start=513
-  _globals['_STARTBUILDRESPONSE']._serialized_end=582
-  _globals['_WATCHJOBREQUEST']._serialized_start=584
-  _globals['_WATCHJOBREQUEST']._serialized_end=617
-  _globals['_WATCHJOBRESPONSE']._serialized_start=619
-  _globals['_WATCHJOBRESPONSE']._serialized_end=669
-  _globals['_GETJOBREQUEST']._serialized_start=671
-  _globals['_GETJOBREQUEST']._serialized_end=702
-  _globals['_GETJOBRESPONSE']._serialized_start=704
-  _globals['_GETJOBRESPONSE']._serialized_end=752
-  _globals['_LISTJOBSREQUEST']._serialized_start=754
-  _globals['_LISTJOBSREQUEST']._serialized_end=786
-  _globals['_LISTJOBSRESPONSE']._serialized_start=788
-  _globals['_LISTJOBSRESPONSE']._serialized_end=839
-  _globals['_CANCELJOBREQUEST']._serialized_start=841
-  _globals['_CANCELJOBREQUEST']._serialized_end=875
-  _globals['_CANCELJOBRESPONSE']._serialized_start=877
-  _globals['_CANCELJOBRESPONSE']._serialized_end=928
-  _globals['_JOBSERVICE']._serialized_start=1117
-  _globals['_JOBSERVICE']._serialized_end=1509
+  _globals['_JOB']._serialized_end=461
+  _globals['_STARTBUILDREQUEST']._serialized_start=463
+  _globals['_STARTBUILDREQUEST']._serialized_end=561
+  _globals['_STARTBUILDRESPONSE']._serialized_start=563
+  _globals['_STARTBUILDRESPONSE']._serialized_end=632
+  _globals['_WATCHJOBREQUEST']._serialized_start=634
+  _globals['_WATCHJOBREQUEST']._serialized_end=667
+  _globals['_WATCHJOBRESPONSE']._serialized_start=669
+  _globals['_WATCHJOBRESPONSE']._serialized_end=719
+  _globals['_GETJOBREQUEST']._serialized_start=721
+  _globals['_GETJOBREQUEST']._serialized_end=752
+  _globals['_GETJOBRESPONSE']._serialized_start=754
+  _globals['_GETJOBRESPONSE']._serialized_end=802
+  _globals['_LISTJOBSREQUEST']._serialized_start=804
+  _globals['_LISTJOBSREQUEST']._serialized_end=836
+  _globals['_LISTJOBSRESPONSE']._serialized_start=838
+  _globals['_LISTJOBSRESPONSE']._serialized_end=889
+  _globals['_CANCELJOBREQUEST']._serialized_start=891
+  _globals['_CANCELJOBREQUEST']._serialized_end=925
+  _globals['_CANCELJOBRESPONSE']._serialized_start=927
+  _globals['_CANCELJOBRESPONSE']._serialized_end=978
+  _globals['_JOBSERVICE']._serialized_start=1167
+  _globals['_JOBSERVICE']._serialized_end=1559
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ JOB_STATUS_STOPPED: JobStatus
 JOB_STATUS_CANCELED: JobStatus
 
 class Job(_message.Message):
-    __slots__ = ("id", "kind", "model", "recipes", "status", "step", "total", "message", "variant_ids", "error", "attempt", "worker", "created_at", "started_at", "ended_at")
+    __slots__ = ("id", "kind", "model", "recipes", "status", "step", "total", "message", "variant_ids", "error", "attempt", "worker", "created_at", "started_at", "ended_at", "timeout_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     model: str
@@ -59,17 +60,20 @@ class Job(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     started_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., recipes: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ..., variant_ids: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ..., worker: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    timeout_seconds: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., recipes: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., step: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ..., variant_ids: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., attempt: _Optional[int] = ..., worker: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class StartBuildRequest(_message.Message):
-    __slots__ = ("model", "recipes", "latency_runs")
+    __slots__ = ("model", "recipes", "latency_runs", "timeout_seconds")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RECIPES_FIELD_NUMBER: _ClassVar[int]
     LATENCY_RUNS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     recipes: _containers.RepeatedScalarFieldContainer[str]
     latency_runs: int
-    def __init__(self, model: _Optional[str] = ..., recipes: _Optional[_Iterable[str]] = ..., latency_runs: _Optional[int] = ...) -> None: ...
+    timeout_seconds: int
+    def __init__(self, model: _Optional[str] = ..., recipes: _Optional[_Iterable[str]] = ..., latency_runs: _Optional[int] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class StartBuildResponse(_message.Message):
     __slots__ = ("job", "created")
