@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from edgefleet.client.admin_client import AdminClient
 from edgefleet.coordinator.lm_explain import explain_lm
 from edgefleet.coordinator.rollouts.gates import rollback_cause
 from edgefleet.variant_store import ModelEntry, VariantStore
-from tests.conftest import ADMIN_TOKEN, CoordinatorProc, cli_env, free_port, wait_for
+from tests.conftest import ADMIN_TOKEN, AgentProc, CoordinatorProc, cli_env, free_port, wait_for
 from tests.fleetkit import ScriptedDevice
 
 FAST = ("--offline-after", "30", "--heartbeat-interval", "0.5", "--rollout-interval", "0.2")
@@ -214,3 +215,76 @@ def test_generation_gates_hold_without_evidence_pass_and_roll_back(fleet: Fleet)
 def test_a_bad_generation_gate_is_one_line(fleet: Fleet, flag: str, value: str) -> None:
     got = fleet.cli("deploy", "smol", flag, value)
     assert got.exit_code == 2 and f"{flag} must be a finite number >= 0" in got.output
+
+
+@pytest.mark.slow
+def test_real_agents_serve_the_rolled_out_lm_within_their_context_limit(
+    tmp_path: Path,
+    coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
+) -> None:
+    """Three real agents (onnxruntime) take a tiny ByteLM through a rollout and stream an
+    answer through ``edgefleet infer --prompt``; the Zero 2 W holds the shorter context its
+    selection gave it. A model small enough to export in a test fits every Pi at its full
+    context, so its manifests claim the KV cache per position of a model ~10,000x larger
+    (what selection sizes); the agents compute with the real graph."""
+    import torch
+
+    from edgefleet.modelops.lm_bundle import lm_manifest
+    from edgefleet.modelops.lm_compress import build_lm_variants
+    from edgefleet.zoo import ByteLM
+
+    data = tmp_path / "coord"
+    store = VariantStore(data)
+    torch.manual_seed(0)
+    model = ByteLM(dim=32, layers=1, heads=2, context=256).eval()
+    ids = {}
+    for v in build_lm_variants(model, tmp_path / "onnx", ("fp32", "int4-g32")):
+        body = lm_manifest("tiny", model, v)
+        body["language_model"]["kv_bytes_per_position"] = 2_400_000
+        ids[v.recipe] = store.put(body, {"model.onnx": v.path.read_bytes()})
+    store.add_model(
+        ModelEntry("tiny", {"arch": "byte-lm", "config": model.config()}, "text", ids["fp32"],
+                   [ids["int4-g32"]], {"task": "language-model"})
+    )  # fmt: skip
+    coord = coordinator_factory(*FAST, data_dir=data)
+    agents = {
+        n: agent_factory(coord.address, p, n, "--inference-port", "0")
+        for n, p in (("phone", "phone-flagship"), ("pi", "rpi4"), ("zero", "rpi-zero2w"))
+    }
+    ScriptedDevice.register(coord.address, "m4", "cortex-m4")
+    fleet = Fleet(coord, ids, {}, [])
+    with AdminClient(coord.address, ADMIN_TOKEN) as admin:
+        wait_for(lambda: len(admin.list_devices()) == 4, 90, "three agents registered")
+    got = fleet.cli(
+        "deploy", "tiny", "--strategy", "canary", "--soak", "0.2", "--min-inferences", "0",
+        "--json",
+    )  # fmt: skip
+    assert got.exit_code == 0, got.output
+    rollout = json.loads(got.stdout)
+    limits = {d["name"]: d["context_limit"] for d in rollout["devices"]}
+    assert limits["pi"] == limits["phone"] == 256 and 64 <= limits["zero"] < 256
+    assert [s["name"] for s in rollout["skipped"]] == ["m4"]
+    with AdminClient(coord.address, ADMIN_TOKEN) as admin:
+        wait_for(
+            lambda: admin.get_rollout(rollout["id"]).state in ("succeeded", "rolled_back"),
+            180,
+            "the LM rollout to end",
+        )
+        done = admin.get_rollout(rollout["id"])
+    assert done.state == "succeeded", done.message
+    answer = fleet.cli(
+        "infer", str(agents["zero"].state_dir), "--prompt", "def ", "--max-tokens", "8"
+    )
+    assert answer.exit_code == 0, answer.output
+    assert len(answer.stdout_bytes) == 8 + 1
+    assert f"(context {limits['zero']})" in answer.stderr
+    long = "x" * (limits["zero"] + 10)  # fits the model's 256 positions, not the Zero's limit
+    refused = fleet.cli("infer", str(agents["zero"].state_dir), "--prompt", long)
+    assert refused.exit_code == 1
+    assert (
+        f"INVALID_ARGUMENT: prompt is {len(long)} tokens but the variant holds "
+        f"{limits['zero']} positions" in refused.stderr
+    )
+    served = fleet.cli("infer", str(agents["pi"].state_dir), "--prompt", long, "--max-tokens", "4")
+    assert served.exit_code == 0, served.output
