@@ -20,6 +20,7 @@ __all__ = [
     "DIGITS_SPLIT_SEED",
     "FACT_KEYS",
     "FAST_POLL_ENV",
+    "LORA_ARCH",
     "MAINS_BATTERY",
     "Metric",
     "Node",
@@ -46,6 +47,10 @@ DIGITS_SPLIT_SEED: Final = 20240601
 #: A device that reports no battery is mains-powered: selection treats it as full.
 MAINS_BATTERY: Final = 100.0
 
+#: The ``arch`` of a federated LoRA run of the byte-level LM: the run's global model is the
+#: adapters only, the frozen base stays on the devices (``edgefleet.agent.fl.lora_client``)
+LORA_ARCH: Final = "byte-lm-lora"
+
 
 class Node:
     """Keys of a SuperNode's ``node_config`` (``flower-supernode --node-config``)."""
@@ -70,6 +75,8 @@ class Node:
     #: seconds a simulated slow device waits before replying to a train message (benchmarks
     #: and tests of asynchronous rounds; never set on a real device)
     SIM_DELAY: Final = "sim-delay"
+    #: where this device keeps the base LM a LoRA run's adapters belong to (``LORA_ARCH``)
+    LM_BASE_PATH: Final = "lm-base-path"
 
 
 #: What the ClientApp's ``query`` reply reports (and the live status file may refresh).

@@ -75,6 +75,9 @@ class LocalFederation:
     #: each node's local data (one shard per node, e.g. one voice each from
     #: ``edgefleet.fl.partition.group_shards``); default: Dirichlet shards of digits
     local_shards: Sequence[Shard] | None = None
+    #: each node's local data file as is (e.g. a text shard of
+    #: ``edgefleet.datasets.text_shards`` for a LoRA run); overrides the shards above
+    data_paths: Sequence[Path] | None = None
     #: the server-side test set ``(x, y)``; default: the digits test split
     test_set: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
 
@@ -114,7 +117,11 @@ class LocalFederation:
     def add_node(self, i: int, **facts: object) -> SuperNodeSupervisor:
         """Start SuperNode ``i`` (its facts from the catalog profile, overridable)."""
         profile = get_profile(self.profiles[i % len(self.profiles)])
-        shard = save_shard(self.shards[i], self.root / "data" / f"shard-{i}.npz")
+        shard = (
+            self.data_paths[i]
+            if self.data_paths is not None
+            else save_shard(self.shards[i], self.root / "data" / f"shard-{i}.npz")
+        )
         node_config: dict[str, object] = {
             **node_config_for(
                 f"sim-{i:03d}", profile.name, profile.ram_bytes, str(shard), battery=80,

@@ -346,6 +346,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             "client_local_acc": weighted_metric(ok, Metric.LOCAL_EVAL_ACC, Metric.EVAL_EXAMPLES),
             # per device: personalization is measured device by device, not only on average
             "device_eval_acc": per_device_metric(ok, facts, Metric.EVAL_ACC),
+            # ... and its held-out loss (a language model's perplexity is exp of it)
+            "device_eval_loss": per_device_metric(ok, facts, Metric.EVAL_LOSS),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": time.monotonic() - t0,
@@ -378,6 +380,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         ]
         final["client_eval_acc"] = weighted_metric(replies, Metric.EVAL_ACC, Metric.NUM_EXAMPLES)
         final["device_eval_acc"] = per_device_metric(replies, facts, Metric.EVAL_ACC)
+        final["device_eval_loss"] = per_device_metric(replies, facts, Metric.EVAL_LOSS)
     if rec.dir is not None:
         fl_model.save_params(params, rec.dir / "final.npz")
     if settings.register_model:

@@ -29,7 +29,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION, training_bytes, widest_activation
-from edgefleet.fl.contract import FACT_KEYS, Metric, Node, Record, TrainConfig
+from edgefleet.fl.contract import FACT_KEYS, LORA_ARCH, Metric, Node, Record, TrainConfig
 from edgefleet.fl.partition import Shard
 
 __all__ = ["app", "training_bytes", "widest_activation"]
@@ -172,6 +172,10 @@ def fine_tune(
     params: dict[str, np.ndarray[Any, Any]], cfg: ConfigRecord, context: Context
 ) -> RecordDict:
     """The train reply's content for ``params`` under the round's config ``cfg``."""
+    if cfg.get(TrainConfig.ARCH) == LORA_ARCH:  # the params are adapters of the device's LM
+        from edgefleet.agent.fl.lora_client import lora_fine_tune
+
+        return lora_fine_tune(params, cfg, context)
     t0 = time.perf_counter()
     shard = local_shard(context, cfg)
     arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
@@ -270,6 +274,10 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
     params = _arrays(next(iter(msg.content.array_records.values())))
+    if cfg.get(TrainConfig.ARCH) == LORA_ARCH:
+        from edgefleet.agent.fl.lora_client import lora_evaluate
+
+        return Message(lora_evaluate(params, cfg, context), reply_to=msg)
     shard = local_shard(context, cfg)
     arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
     if arch == "mlp":
