@@ -47,6 +47,8 @@ DEVICE_PACKAGES: tuple[tuple[str, ...], ...] = (
     ("multiprocessing", "logging"),
 )
 HELD_OUT_FRACTION = 0.2
+#: a device's text is at least this many documents (long ones are cut to fit)
+DOCS_AT_LEAST = 8
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,16 @@ class TextShard:
 
 
 def _split(name: str, sources: Sequence[str], docs: Sequence[bytes], limit: int) -> TextShard:
-    """Hold out whole documents (seeded) until ``HELD_OUT_FRACTION`` of the bytes are."""
+    """Hold out whole documents (seeded) until ``HELD_OUT_FRACTION`` of the bytes are.
+
+    A document longer than ``limit / DOCS_AT_LEAST`` keeps its head only, so one big module
+    (``tkinter/__init__.py`` is 170 KB) cannot fill a device on its own.
+    """
     kept: list[bytes] = []
     size = 0
     for d in docs:
         if d and size < limit:
-            kept.append(d[: limit - size])
+            kept.append(d[: min(limit - size, max(1, limit // DOCS_AT_LEAST))])
             size += len(kept[-1])
     if len(kept) < 2:
         raise DatasetError(f"{name}: {len(kept)} document(s); a device needs at least 2")
