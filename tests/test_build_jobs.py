@@ -287,3 +287,27 @@ def test_cli_builds_with_a_progress_bar_cancels_and_refuses_bad_input(fleet: Fle
         assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
     with JobClient(fleet.coord.address, ADMIN_TOKEN) as c:
         assert not [j for j in c.list_jobs() if j.model == "nope"]
+
+
+def test_a_build_over_its_timeout_ends_failed_once_with_the_reason(fleet: Fleet) -> None:
+    """``models build --timeout 1s`` (tests/test_job_timeout.py checks the bounds): the worker
+    stops the build at its timeout, the job fails on its first attempt (a timeout is not
+    retried) with one line naming it, and nothing partial is listed."""
+    from typer.testing import CliRunner
+
+    from edgefleet.cli.app import app
+
+    r = redis.Redis.from_url(fleet.redis_url)
+    w = fleet.any_worker(delay=0.4)  # each of the build's steps takes >= 0.4 s
+    wait_for(lambda: w.ready(r), 60, "worker")
+    before = fleet.listed()
+    env = cli_env(fleet.coord.address)
+    done = CliRunner().invoke(
+        app, ["models", "build", "tiny", "--recipes", "int8-static", "--timeout", "1s"], env=env
+    )
+    assert done.exit_code == 1, done.output
+    assert "failed: timed out after 1 s (its --timeout" in done.stderr, done.stderr
+    with JobClient(fleet.coord.address, ADMIN_TOKEN) as c:
+        job = next(j for j in c.list_jobs() if j.timeout_seconds == 1)
+    assert job.status == jobs_pb2.JOB_STATUS_FAILED and job.attempt == 1, job
+    assert fleet.listed() == before

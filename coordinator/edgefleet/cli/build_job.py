@@ -15,8 +15,10 @@ is built: the job builds it first (``edgefleet.modelops.register_upload``), then
 
 Errors of the request itself (an unknown model, a recipe that does not parse or apply, data
 that cannot load) fail the job at once with one line in ``job.meta["error"]``: retrying them
-would only fail again. Anything else (a killed horse, a timeout, a crash) is retried by RQ
-(``Retry(max=2)``).
+would only fail again. So does the job's timeout (``models build --timeout``; RQ raises it in
+the horse when the attempt's time is up): the same build would run out of time again, and a
+timeout that tripled silently with retries would not be the limit the operator set. Anything
+else (a killed horse, a crash) is retried by RQ (``Retry(max=2)``).
 
 ``EDGEFLEET_BUILD_STEP_DELAY`` (seconds, default 0) sleeps after every progress step. It exists
 for tests and demonstrations only (a build of a tiny model takes under a second, too short to
@@ -35,6 +37,7 @@ from typing import Any
 
 from rq import get_current_job
 from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
 from edgefleet.variant_store import StoreError, VariantStore
 
@@ -142,6 +145,15 @@ def run_build(model: str, recipes: list[str], latency_runs: int) -> list[str]:
         raise RuntimeError("run_build runs on an `edgefleet worker` (no store configured)")
     try:
         return _build(job, model, recipes, latency_runs)
+    except JobTimeoutException:
+        if job is not None:
+            job.meta["error"] = (
+                f"timed out after {job.timeout} s (its --timeout; the build was stopped, "
+                "nothing partial is listed)"
+            )
+            job.retries_left = 0  # it would run out of time again
+            _save_meta(job)
+        raise
     except _user_errors() as exc:
         if job is not None:
             job.meta["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -31,7 +31,10 @@ from edgefleet.client import render
 from edgefleet.client.job_client import JobClient, status_name
 from edgefleet.v1 import jobs_pb2
 
-__all__ = ["coordinator_configured", "follow_job", "job_client", "jobs_app", "run_remote_build"]
+__all__ = [
+    "coordinator_configured", "follow_job", "job_client", "jobs_app", "parse_duration",
+    "run_remote_build",
+]  # fmt: skip
 
 jobs_app = typer.Typer(help="Build jobs run by `edgefleet worker` processes.", no_args_is_help=True)
 JobArg = Annotated[str, typer.Argument(help="job id (see `edgefleet jobs ls`)")]
@@ -99,11 +102,33 @@ def follow_job(c: JobClient, job_id: str, *, bar: bool = True) -> jobs_pb2.Job:
     return last
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TIMEOUT_SECONDS = 7 * 86400  # the server's bound too (edgefleet.coordinator.jobs)
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``2h`` or ``1d`` as whole seconds, 1 s to 7 days; a
+    :class:`typer.BadParameter` (a usage error, one line) otherwise."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _UNITS else raw
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 90s, 30m, 2h)") from None
+    if not 1 <= seconds <= MAX_TIMEOUT_SECONDS:
+        raise typer.BadParameter(f"{text!r}: must be 1 s to 7 days")
+    return round(seconds)
+
+
 @one_line_errors
-def run_remote_build(model: str, recipes: Sequence[str], latency_runs: int, as_json: bool) -> None:
-    """``models build`` against the coordinator: queue the job, follow it, say what it built."""
+def run_remote_build(
+    model: str, recipes: Sequence[str], latency_runs: int, as_json: bool, timeout: int = 0
+) -> None:
+    """``models build`` against the coordinator: queue the job, follow it, say what it built
+    (``timeout``: seconds per attempt, 0 = the coordinator's default)."""
     with job_client() as c:
-        reply = c.start_build(model, recipes, latency_runs)
+        reply = c.start_build(model, recipes, latency_runs, timeout)
         if not reply.created:
             err_console.print(
                 f"the same build is already {status_name(reply.job.status)} as job "

@@ -273,6 +273,13 @@ def build(
         ),
     ] = None,
     latency_runs: Annotated[int, typer.Option(help="timed runs per runtime")] = 300,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="stop the build job after this long, e.g. 90s, 30m, 2h (default 6h; over "
+            "the API only)"
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -288,11 +295,21 @@ def build(
     except RecipeError as exc:  # a usage error: nothing was read or built yet
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    from edgefleet.cli.jobs_cmds import coordinator_configured, run_remote_build
+    from edgefleet.cli.jobs_cmds import coordinator_configured, parse_duration, run_remote_build
 
-    if data_dir is None and coordinator_configured():  # a job on the fleet's workers
+    remote = data_dir is None and coordinator_configured()
+    try:
+        seconds = parse_duration(timeout) if timeout is not None else 0
+    except typer.BadParameter as exc:
+        typer.echo(f"error: --timeout {exc}", err=True)
+        raise typer.Exit(2) from None
+    if timeout is not None and not remote:
+        typer.echo("error: --timeout limits a build job (over the API); a local build runs "
+                   "in this process until done", err=True)  # fmt: skip
+        raise typer.Exit(2)
+    if remote:  # a job on the fleet's workers
         labels = [r.label for r in parsed] if recipes else []  # none: the worker picks
-        run_remote_build(name, labels, latency_runs, as_json)
+        run_remote_build(name, labels, latency_runs, as_json, seconds)
         return
     store = _store(data_dir)
     store.model(name)  # fail fast on an unknown model, before importing torch

@@ -45,11 +45,12 @@ class JobClient(AdminClient):
         return self
 
     def start_build(
-        self, model: str, recipes: Sequence[str], latency_runs: int
+        self, model: str, recipes: Sequence[str], latency_runs: int, timeout_seconds: int = 0
     ) -> jobs_pb2.StartBuildResponse:
         request = jobs_pb2.StartBuildRequest(
-            model=model, recipes=list(recipes), latency_runs=latency_runs
-        )
+            model=model, recipes=list(recipes), latency_runs=latency_runs,
+            timeout_seconds=timeout_seconds,
+        )  # fmt: skip
         reply: jobs_pb2.StartBuildResponse = self._call(self._jobs.StartBuild, request)
         return reply
 

@@ -85,6 +85,7 @@ BUILD_QUEUE = "edgefleet-builds"
 BUILD_FUNCTION = "edgefleet.cli.build_job.run_build"
 ACTIVE_PREFIX = "rq:edgefleet:active-build:"
 DEFAULT_JOB_TIMEOUT = 6 * 3600  # seconds; a kws build with every recipe takes minutes
+MAX_JOB_TIMEOUT = 7 * 24 * 3600  # a week: longer is a stuck job, not a build
 MAX_RETRIES = 2
 RESULT_TTL = 7 * 24 * 3600  # finished jobs stay listed a week
 MAX_RECIPES = 32
@@ -136,9 +137,12 @@ class BuildRequest:
     model: str
     recipes: tuple[str, ...] = ()
     latency_runs: int = 300
+    #: seconds one attempt may run (0: the queue's default); not part of the identity
+    timeout: int = 0
 
     def key(self) -> str:
-        """The request's identity: the same build asked twice hashes the same."""
+        """The request's identity: the same build asked twice hashes the same (whatever
+        timeout each asks: the second one follows the running job)."""
         canon = json.dumps(
             {"model": self.model, "recipes": list(self.recipes), "runs": self.latency_runs},
             sort_keys=True,
@@ -165,7 +169,9 @@ def validate_build(req: BuildRequest) -> BuildRequest:
         raise InvalidArgument("recipes", "a recipe is listed twice")
     if not 1 <= req.latency_runs <= 100_000:
         raise InvalidArgument("latency_runs", "must be in [1, 100000]")
-    return BuildRequest(req.model, recipes, req.latency_runs)
+    if not 0 <= req.timeout <= MAX_JOB_TIMEOUT:
+        raise InvalidArgument("timeout_seconds", f"must be 1 s to 7 days ({MAX_JOB_TIMEOUT} s)")
+    return BuildRequest(req.model, recipes, req.latency_runs, req.timeout)
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,7 @@ class JobInfo:
     created_at: float = 0.0
     started_at: float = 0.0
     ended_at: float = 0.0
+    timeout: int = 0  # seconds per attempt
     created: bool = field(default=False, compare=False)  # start_build: a new job, not a rerun
 
     @property
@@ -234,6 +241,7 @@ def job_info(job: Job) -> JobInfo:
         created_at=_ts(job.created_at),
         started_at=_ts(job.started_at),
         ended_at=_ts(job.ended_at),
+        timeout=int(job.timeout or 0),
     )
 
 
@@ -270,7 +278,7 @@ class JobQueue:
         """
         req = validate_build(req)
         pointer = ACTIVE_PREFIX + req.key()
-        ttl = self.timeout * (MAX_RETRIES + 1) + 3600
+        ttl = (req.timeout or self.timeout) * (MAX_RETRIES + 1) + 3600
         try:
             for _ in range(5):
                 job_id = f"build-{int(time.time())}-{req.key()[:8]}-{_rand()}"
@@ -308,7 +316,7 @@ class JobQueue:
             list(req.recipes),
             req.latency_runs,
             job_id=job_id,
-            job_timeout=self.timeout,
+            job_timeout=req.timeout or self.timeout,
             result_ttl=RESULT_TTL,
             failure_ttl=RESULT_TTL,
             retry=Retry(max=MAX_RETRIES),

@@ -60,6 +60,7 @@ def job_to_proto(j: JobInfo) -> jobs_pb2.Job:
         created_at=timestamp(j.created_at) if j.created_at else None,
         started_at=timestamp(j.started_at) if j.started_at else None,
         ended_at=timestamp(j.ended_at) if j.ended_at else None,
+        timeout_seconds=j.timeout,
     )
 
 
@@ -95,6 +96,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):  # type: ignore[misc]
                 request.model,
                 tuple(request.recipes),
                 request.latency_runs or DEFAULT_LATENCY_RUNS,
+                request.timeout_seconds,
             )
         )
         if not await asyncio.to_thread(self._model_known, req.model):
