@@ -296,8 +296,9 @@ def test_gauges_of_an_upgraded_store_and_a_goodbye(
     run(redis_url, populate)
     make_old_format(redis_url, "1")
     coord = coordinator_factory(
-        "--redis-url", redis_url, "--offline-after", "120", "--heartbeat-interval", "5"
-    )
+        "--redis-url", redis_url, "--offline-after", "120", "--heartbeat-interval", "5",
+        "--metrics-refresh", "0.2",
+    )  # fmt: skip
     assert redis.Redis.from_url(redis_url).get("{edgefleet}:schema") == SCHEMA_VERSION.encode()
 
     with grpc.insecure_channel(coord.address) as ch:

@@ -33,7 +33,7 @@ def test_metrics_follow_the_fleet(
     coordinator_factory: Callable[..., CoordinatorProc],
     agent_factory: Callable[..., AgentProc],
 ) -> None:
-    coord = coordinator_factory(*FAST)
+    coord = coordinator_factory(*FAST, "--metrics-refresh", "0.2")  # gauges read from Redis
     agent_factory(coord.address, "rpi4", "m-pi", "--token", ENROLL_TOKEN)
     agent_factory(coord.address, "cortex-m4", "m-mcu", "--token", ENROLL_TOKEN)
     bad = agent_factory(coord.address, "rpi4", "m-bad", "--token", "wrong")

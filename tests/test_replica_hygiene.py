@@ -148,7 +148,9 @@ def test_a_replica_without_the_lease_exports_rollout_and_fleet_gauges_from_redis
 ) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.set(LEASE_KEY, "another-replica", px=120_000)  # this replica never leads
-    coord = coordinator_factory("--redis-url", redis_url, "--rollout-interval", "0.2")
+    coord = coordinator_factory(
+        "--redis-url", redis_url, "--rollout-interval", "0.2", "--metrics-refresh", "0.2"
+    )
 
     async def elsewhere(store: FleetStore, registry: Registry) -> None:
         for rid, state in (("r0", "succeeded"), ("r1", "running")):
@@ -163,7 +165,7 @@ def test_a_replica_without_the_lease_exports_rollout_and_fleet_gauges_from_redis
     def gauge(name: str, **labels: str) -> float | None:
         return scrape(coord).get((name, tuple(sorted(labels.items()))))
 
-    # the metrics refresh (every 5 s) reads Redis: no tick of this replica's controller needed
+    # the metrics refresh (every 0.2 s here) reads Redis: no tick of this replica's controller
     wait_for(lambda: gauge("edgefleet_rollouts", state="running") == 1, 15, "running rollout")
     assert gauge("edgefleet_rollouts", state="succeeded") == 1
     assert gauge("edgefleet_devices", status="online", profile="all") == 1
@@ -176,6 +178,18 @@ def test_a_replica_without_the_lease_exports_rollout_and_fleet_gauges_from_redis
     wait_for(lambda: gauge("edgefleet_rollouts", state="running") == 0, 15, "no phantom rollout")
     assert gauge("edgefleet_rollouts", state="succeeded") == 2
     assert client.get(LEASE_KEY) == "another-replica"
+
+
+def test_a_metrics_refresh_under_a_tenth_of_a_second_is_refused(tmp_path: Path) -> None:
+    """Each refresh reads Redis: a zero interval would spin on it."""
+    from typer.testing import CliRunner
+
+    from edgefleet.cli.app import app
+
+    args = ["coordinator", "start", "--metrics-refresh", "0", "--data-dir", str(tmp_path / "d")]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2 and "--metrics-refresh" in done.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything started
 
 
 def test_a_redis_without_persistence_is_reported_loudly(

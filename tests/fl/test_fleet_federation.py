@@ -86,7 +86,7 @@ def test_agents_run_their_own_supernodes_and_rounds_survive_a_coordinator_kill(
 ) -> None:
     coord = coordinator_factory(
         "--tls", "--superlink", "local", "--superlink-port", str(free_port()),
-        "--heartbeat-interval", "1",
+        "--heartbeat-interval", "1", "--metrics-refresh", "0.2",
     )  # fmt: skip
     ca = coord.data_dir / "tls" / "ca.pem"
     info_file = coord.data_dir / "coordinator.json"  # written once the SuperLink listens

@@ -80,6 +80,13 @@ def coordinator_start(
     rollout_interval: Annotated[
         float, typer.Option(help="seconds between passes of the rollout controller")
     ] = 2.0,
+    metrics_refresh: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="seconds between reads of the fleet gauges (devices, rollouts) from Redis",
+        ),
+    ] = 5.0,
     device_port: Annotated[
         int,
         typer.Option(help="mutual-TLS port for device calls (default: PORT+1; 0 = any free one)"),
@@ -175,6 +182,7 @@ def coordinator_start(
         ),
         metrics_port=metrics_port,
         rollout_interval=rollout_interval,
+        metrics_refresh=metrics_refresh,
         insecure=insecure,
         device_port=device_port if device_port >= 0 else (port + 1 if port else 0),
         tls_hosts=tuple(tls_host or ()),
