@@ -171,6 +171,11 @@ def _build(job: Job | None, model: str, recipes: list[str], latency_runs: int) -
     store = open_build_store(_config)
     if not store.model(model).base:  # uploaded over the API: its base is built here first
         _build_base(job, store, model)
+    from edgefleet.modelops.lm_build import build_lm_recipes, is_lm_model, lm_recipes_to_build
+
+    if is_lm_model(store, model):  # a language model: its own recipes, from its base graph
+        todo_lm = lm_recipes_to_build(store, model, recipes or None)
+        return build_lm_recipes(store, model, todo_lm, progress=_Reporter(job, len(todo_lm), 0))
     parsed = parse_recipes(recipes) if recipes else parse_recipes(_applicable(store, model))
     done: dict[str, str] = dict((job.meta.get("done") or {}) if job is not None else {})
     todo = [r for r in parsed if r.label not in done]

@@ -288,13 +288,16 @@ def build(
     With a coordinator configured (--coordinator, $EDGEFLEET_COORDINATOR or a context) and no
     --data-dir, the build runs as a job on the fleet's `edgefleet worker` processes and its
     progress streams here; with --data-dir it runs in this process on that store."""
+    from edgefleet.cli.models_lm import build_lm_locally, lm_recipe_labels
     from edgefleet.modelops.recipes import DEFAULT_RECIPES, RecipeError, parse_recipes
 
     try:
         parsed = parse_recipes(recipes if recipes else list(DEFAULT_RECIPES))  # validate first
     except RecipeError as exc:  # a usage error: nothing was read or built yet
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        if not lm_recipe_labels(recipes):  # LM recipes are checked against the model below
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        parsed = []
     from edgefleet.cli.jobs_cmds import coordinator_configured, parse_duration, run_remote_build
 
     remote = data_dir is None and coordinator_configured()
@@ -308,11 +311,13 @@ def build(
                    "in this process until done", err=True)  # fmt: skip
         raise typer.Exit(2)
     if remote:  # a job on the fleet's workers
-        labels = [r.label for r in parsed] if recipes else []  # none: the worker picks
+        labels = ([r.label for r in parsed] or lm_recipe_labels(recipes)) if recipes else []
         run_remote_build(name, labels, latency_runs, as_json, seconds)
         return
     store = _store(data_dir)
     store.model(name)  # fail fast on an unknown model, before importing torch
+    if build_lm_locally(store, name, recipes, as_json, _out):  # a language model's recipes
+        return
 
     from edgefleet.modelops.build import BuildOptions, build_variants
     from edgefleet.modelops.measure import LatencyConfig

@@ -21,12 +21,24 @@ from edgefleet.modelops.lm_measure import LMMeasurement
 from edgefleet.variant_store import ModelEntry, VariantStore
 from edgefleet.zoo import ByteLM
 
-__all__ = ["LM_TASK", "is_lm_manifest", "lm_manifest", "register_lm_model"]
+__all__ = ["LM_TASK", "is_lm_manifest", "lm_manifest", "lm_variant_body", "register_lm_model"]
 
 LM_TASK = "language-model"
 #: the manifest precision of each weight width: weight-only int8/int4 dequantize into fp32
 #: arithmetic, so a device needs fp32 (and fp16 kernels for the fp16 graph)
 _PRECISION = {32: "fp32", 16: "fp16", 8: "int8-weight-only", 4: "int4-weight-only"}
+
+
+def _metrics(variant: LMVariantFile, measured: LMMeasurement | None) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"size_bytes": variant.bytes}
+    if measured is not None:
+        metrics.update(
+            perplexity=round(measured.perplexity, 6),
+            prefill_tok_s=round(measured.prefill_tok_s, 3),
+            decode_tok_s=round(measured.decode_tok_s, 3),
+            peak_bytes={str(k): v for k, v in measured.peak_bytes.items()},
+        )
+    return metrics
 
 
 def is_lm_manifest(manifest: Mapping[str, Any]) -> bool:
@@ -43,14 +55,7 @@ def lm_manifest(
     """The manifest body of one LM variant (``write_bundle`` adds format and file hashes)."""
     kv_dtype = "float16" if variant.kv_dtype_bytes == 2 else "float32"
     kv_per_position = 2 * model.n_layers * model.heads * model.head_dim * variant.kv_dtype_bytes
-    metrics: dict[str, Any] = {"size_bytes": variant.bytes}
-    if measured is not None:
-        metrics.update(
-            perplexity=round(measured.perplexity, 6),
-            prefill_tok_s=round(measured.prefill_tok_s, 3),
-            decode_tok_s=round(measured.decode_tok_s, 3),
-            peak_bytes={str(k): v for k, v in measured.peak_bytes.items()},
-        )
+    metrics = _metrics(variant, measured)
     return {
         "model": model_name,
         "task": LM_TASK,
@@ -72,6 +77,29 @@ def lm_manifest(
             "kv_bytes_per_position": kv_per_position,
         },
         "runtimes": {"onnxruntime": {"file": "model.onnx"}},
+        "metrics": metrics,
+    }
+
+
+def lm_variant_body(
+    base: Mapping[str, Any], variant: LMVariantFile, measured: LMMeasurement | None = None
+) -> dict[str, Any]:
+    """The manifest body of ``variant`` derived from its fp32 base's manifest (``models build``
+    of a registered LM, where no torch model is at hand): the same fields :func:`lm_manifest`
+    writes, the cache's dtype and bytes per position following the variant's graph."""
+    lm = dict(base["language_model"])
+    lm["kv_dtype"] = "float16" if variant.kv_dtype_bytes == 2 else "float32"
+    lm["kv_bytes_per_position"] = (
+        2 * int(lm["layers"]) * int(lm["heads"]) * int(lm["head_dim"]) * variant.kv_dtype_bytes
+    )
+    metrics = _metrics(variant, measured)
+    keep = ("model", "task", "kind", "dataset", "architecture", "input", "runtimes")
+    return {
+        **{k: base[k] for k in keep if k in base},
+        "recipe_label": variant.recipe,
+        "recipe": {"name": variant.recipe, "bits": variant.bits, "group": variant.group},
+        "precision": _PRECISION[variant.bits],
+        "language_model": lm,
         "metrics": metrics,
     }
 

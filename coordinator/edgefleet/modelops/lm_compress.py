@@ -26,7 +26,14 @@ import torch
 from edgefleet.modelops.onnx_export import OPSET, quiet_logger, strip_metadata
 from edgefleet.zoo import ByteLM
 
-__all__ = ["LM_RECIPES", "LMVariantFile", "build_lm_variants", "export_lm_onnx", "parse_lm_recipe"]
+__all__ = [
+    "LM_RECIPES",
+    "LMVariantFile",
+    "build_lm_variants",
+    "derive_lm_variant",
+    "export_lm_onnx",
+    "parse_lm_recipe",
+]
 
 INPUTS = ("tokens", "past_k", "past_v")
 OUTPUTS = ("logits", "present_k", "present_v")
@@ -136,19 +143,24 @@ def build_lm_variants(
     model: ByteLM, out_dir: Path, recipes: tuple[str, ...] = LM_RECIPES
 ) -> list[LMVariantFile]:
     """Export once, derive every recipe's graph, write ``<out_dir>/<recipe>.onnx``."""
-    plans = {r: parse_lm_recipe(r) for r in recipes}
+    for r in recipes:  # every name checked before the export
+        parse_lm_recipe(r)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = export_lm_onnx(model)
-    built: list[LMVariantFile] = []
-    for recipe, (bits, group) in plans.items():
-        if bits == 32:
-            graph = fp32
-        elif bits == 16:
-            graph = _fp16(fp32)
-        else:
-            graph = _weight_only(fp32, bits, group)
-        path = out_dir / f"{recipe}.onnx"
-        onnx.save(graph, str(path))
-        kv = 2 if bits == 16 else 4
-        built.append(LMVariantFile(recipe, path, bits, group, kv, path.stat().st_size))
-    return built
+    return [derive_lm_variant(fp32, r, out_dir) for r in recipes]
+
+
+def derive_lm_variant(fp32: onnx.ModelProto, recipe: str, out_dir: Path) -> LMVariantFile:
+    """One recipe's graph from the fp32 KV-cache graph, written to ``<out_dir>/<recipe>.onnx``
+    (also what ``models build`` does with a registered LM's base graph)."""
+    bits, group = parse_lm_recipe(recipe)
+    if bits == 32:
+        graph = fp32
+    elif bits == 16:
+        graph = _fp16(fp32)
+    else:
+        graph = _weight_only(fp32, bits, group)
+    path = out_dir / f"{recipe}.onnx"
+    onnx.save(graph, str(path))
+    kv = 2 if bits == 16 else 4
+    return LMVariantFile(recipe, path, bits, group, kv, path.stat().st_size)
