@@ -216,6 +216,9 @@ def test_selection_reads_manifest_keys_never_archives(tmp_path: Path, redis_url:
     assert client.blob_reads() == []
     assert [c for c in client.calls if c[0] == "MGET"] == [("MGET", MANIFEST_KEY + ids[0])]
     assert not (tmp_path / "b" / "variants").exists()
+    client.calls.clear()
+    assert [f.id for f in model_variants(b, "m")] == ids
+    assert [c[0] for c in client.calls if MANIFEST_KEY in c[1]] == []  # remembered (immutable)
 
     raw = redis.Redis.from_url(redis_url)
     raw.delete(MANIFEST_KEY + ids[1])  # as published before manifest keys existed

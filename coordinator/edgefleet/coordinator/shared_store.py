@@ -58,6 +58,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: how often (seconds) a shared store looks for builds made straight into its data dir on the
 #: hot path (every index read); a miss (an id or model name Redis lacks) looks at once
 ADOPT_INTERVAL_S = 1.0
+#: manifests a shared store keeps in memory (~1.5 KB each): a fleet's catalog, not a bound on it
+MANIFEST_MEMORY = 4096
 SyncRedis = redis.Redis | RedisCluster
 
 
@@ -404,6 +407,8 @@ class SharedStore(LocalStore):
         self._clock = clock
         #: when (``clock``) :meth:`_adopt_local` last looked at the data dir
         self._adopt_looked: float | None = None
+        #: manifest bytes that hash to their variant id, least recently read first
+        self._manifest_memory: OrderedDict[str, bytes] = OrderedDict()
 
     # --- key names --------------------------------------------------------------------
 
@@ -651,18 +656,27 @@ class SharedStore(LocalStore):
         return load_bundle(self.bundle_dir(variant_id), [self.public_key()], variant_id)
 
     def manifests(self, variant_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Manifests without touching archives: this host's cached bundle if it has one, else
-        the manifest keys (one MGET for all), checked against their id (the manifest's sha256).
+        """Manifests without touching archives: from this process's memory, or this host's
+        cached bundle, else the manifest keys (one MGET for all of them).
 
-        A variant published before manifest keys (or whose key is missing or wrong) is read
-        from its verified archive once, and its key written then, so the next read is small.
-        Unverified beyond that hash, like :meth:`LocalStore.manifest`: agents verify bundles.
+        A manifest's sha256 is its variant id, so every read is checked for free, and one that
+        hashes right never changes: it is remembered (the last ``MANIFEST_MEMORY`` of them,
+        ~1.5 KB each), and a selection repeated over the same variants reads no manifest from
+        Redis at all. A variant published before manifest keys (or whose key is missing or
+        wrong) is read from its verified archive once, and its key written then. Beyond that
+        hash, unverified like :meth:`LocalStore.manifest`: agents verify the bundles they run.
         """
-        out: dict[str, dict[str, Any]] = {}
+        found: dict[str, bytes] = {}
         remote = []
         for v in dict.fromkeys(variant_ids):
-            if LocalStore.has_variant(self, v):
-                out[v] = LocalStore.manifest(self, v)
+            if v in self._manifest_memory:
+                found[v] = self._manifest_memory[v]
+                self._manifest_memory.move_to_end(v)
+            elif LocalStore.has_variant(self, v):
+                try:
+                    found[v] = (self.variants_dir / v / MANIFEST_NAME).read_bytes()
+                except OSError as exc:
+                    raise StoreError(f"variant {v[:12]}: unreadable manifest ({exc})") from exc
             else:
                 remote.append(v)
         if remote:
@@ -671,8 +685,14 @@ class SharedStore(LocalStore):
                 data = raw if isinstance(raw, bytes) or raw is None else str(raw).encode()
                 if data is None or sha256_hex(data) != v:
                     data = self._manifest_from_archive(v)
-                out[v] = _parse_manifest(v, data)
-        return {v: out[v] for v in variant_ids}
+                found[v] = data
+        out = {v: _parse_manifest(v, found[v]) for v in variant_ids}
+        for v, data in found.items():
+            if v not in self._manifest_memory and sha256_hex(data) == v:
+                self._manifest_memory[v] = data
+        while len(self._manifest_memory) > MANIFEST_MEMORY:
+            self._manifest_memory.popitem(last=False)
+        return out
 
     def manifest(self, variant_id: str) -> dict[str, Any]:
         return self.manifests([variant_id])[variant_id]
