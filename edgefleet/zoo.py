@@ -923,6 +923,12 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a user checkpoint (safetensors, or a weights-only torch file) into a flat state dict."""
     if not path.exists():
         raise CheckpointMismatchError(f"checkpoint not found: {path}")
+    if path.suffix == ".pt2":  # torch.load would fail on it with a long unpickling error
+        raise CheckpointMismatchError(
+            f"{path} is an exported program (torch.export), not a checkpoint: save its weights "
+            f"with torch.save(torch.export.load('{path}').state_dict, 'weights.pt') and give "
+            "--checkpoint weights.pt with the module that defines the model"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

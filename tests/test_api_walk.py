@@ -84,3 +84,49 @@ def test_the_serverapps_run_store_logs_in_with_the_password_from_its_environment
             assert reader.dbsize() > 0  # the record went in
     finally:
         server.kill()
+
+
+# --- an exported program (.pt2) is refused with the way to turn it into a checkpoint ----------
+
+
+def test_an_exported_program_is_refused_in_one_line_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``models add --checkpoint m.pt2``: over the API, one line before anything is read or
+    sent; locally, the checkpoint reader names the same fix (the recipe itself is checked by
+    the slow test below: torch.export takes seconds)."""
+    from typer.testing import CliRunner
+
+    from edgefleet.cli.app import app
+    from edgefleet.zoo import CheckpointMismatchError, load_checkpoint
+
+    (tmp_path / "m.pt2").write_bytes(b"PK not read")
+    monkeypatch.chdir(tmp_path)
+    args = ["models", "add", "m", "--arch", "mlp", "--dataset", "digits", "--checkpoint", "m.pt2"]
+    remote = {"EDGEFLEET_COORDINATOR": "127.0.0.1:1", "EDGEFLEET_ADMIN_TOKEN": "t"}
+    done = CliRunner().invoke(app, args, env=remote)
+    assert done.exit_code == 1, done.output
+    assert "is an exported program" in done.stderr and "torch.save(" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    with pytest.raises(CheckpointMismatchError, match=r"exported program .*torch\.save\("):
+        load_checkpoint(tmp_path / "m.pt2")
+
+
+@pytest.mark.slow  # torch.export of even a tiny model takes 3-13 s on this box
+def test_the_fix_named_for_an_exported_program_works_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from torch import nn
+
+    from edgefleet.zoo import load_checkpoint, load_state_dict_strict
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(2, 4),)), tmp_path / "m.pt2")
+    monkeypatch.chdir(tmp_path)
+    # the recipe from the message, as written
+    torch.save(torch.export.load("m.pt2").state_dict, "weights.pt")
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).eval()
+    load_state_dict_strict(fresh, load_checkpoint(tmp_path / "weights.pt"))
+    x = torch.randn(5, 4)
+    assert torch.equal(fresh(x), model(x))

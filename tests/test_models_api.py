@@ -290,7 +290,7 @@ def _bad_inputs_and_corrupt_blobs_are_one_line_each(
             custom("m", _file(models_pb2.UPLOAD_KIND_EXPORTED_PROGRAM, "m.pt2", ck)),
             [],
             "FAILED_PRECONDITION",
-            "exported programs",
+            "exported programs (.pt2) cannot be built: upload the module source",
         ),
         (
             custom("m", _file(module, "../net.py", source)),

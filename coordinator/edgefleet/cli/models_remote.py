@@ -32,6 +32,13 @@ from edgefleet.v1 import models_pb2
 __all__ = ["models_client", "remote_add", "remote_configured"]
 
 BUILTIN_DATASETS = ("digits", "kws")
+#: why an exported program is not a checkpoint here, and the one-line way to make it one
+PT2_REFUSAL = (
+    "{path} is an exported program (torch.export): compression needs the nn.Module, so give "
+    "its module source (--arch custom --import-path module:Factory) and its weights: "
+    "torch.save(torch.export.load('{path}').state_dict, 'weights.pt'), then --checkpoint "
+    "weights.pt"
+)
 _out = Console() if sys.stdout.isatty() else Console(width=200)
 
 
@@ -77,6 +84,8 @@ def remote_add(
                 f"({', '.join(BUILTIN_DATASETS)}) or an .npz file (x, y[, split, groups])"
             )
         files.append(LocalFile("dataset", dataset_path))
+    if checkpoint is not None and checkpoint.suffix == ".pt2":
+        raise ArchitectureError(PT2_REFUSAL.format(path=checkpoint))
     if epochs < 1 and checkpoint is None:
         raise ArchitectureError("--epochs must be at least 1")
     data = load_dataset(dataset, None, frontend=frontend)  # the user's own file, read here

@@ -99,8 +99,12 @@ def check_header(h: models_pb2.ModelUploadHeader) -> tuple[dict[str, Any], str]:
     custom = h.architecture == "custom"
     has = set(kinds)
     if models_pb2.UPLOAD_KIND_EXPORTED_PROGRAM in has:
+        # compression rebuilds, prunes and re-trains an nn.Module; an ExportedProgram's graph
+        # module is none of these, so its weights are taken with the module that defines it
         raise FailedPrecondition(
-            "exported programs cannot be built yet: upload the module source with a checkpoint"
+            "exported programs (.pt2) cannot be built: upload the module source (--arch custom "
+            "--import-path module:Factory) with its weights, e.g. torch.save(torch.export.load("
+            "'m.pt2').state_dict, 'm.pt') and --checkpoint m.pt"
         )
     if custom:
         if not _IMPORT_PATH.fullmatch(h.import_path):
