@@ -85,8 +85,10 @@ def start_replicas(
     fleet: Path,
     redis_url: str,
     *extra: str,
+    each: Callable[[int], tuple[str, ...]] = lambda _: (),
 ) -> list[Replica]:
-    """TLS replicas on one fleet identity and one Redis; the first holds the controller lease."""
+    """TLS replicas on one fleet identity and one Redis; the first holds the controller lease.
+    ``extra``: more arguments for every replica; ``each(i)``: for the i-th only."""
     replicas = []
     for i in range(REPLICAS):
         data = root / f"replica-{i}"
@@ -100,6 +102,7 @@ def start_replicas(
                     *("--tls", *FAST, "--redis-url", redis_url, "--fleet-dir", str(fleet)),
                     *("--device-port", str(device_port), "--advertise-device", endpoint),
                     *extra,
+                    *each(i),
                     data_dir=data,
                 ),
                 endpoint,
@@ -153,7 +156,8 @@ def wait_enrolled(admin: AdminClient, agents: list[Homed], root: Path) -> dict[s
         return sum(d.status == admin_pb2.DEVICE_STATUS_ONLINE for d in devices)
 
     # agents start (onnxruntime and all) and enrol: seconds each on a busy 2-core machine
-    wait_for(lambda: online() == len(agents), max(60.0, 15.0 * len(agents)), f"agents; {root}")
+    # (three took over 60 s at load average 40)
+    wait_for(lambda: online() == len(agents), max(180.0, 20.0 * len(agents)), f"agents; {root}")
     names = {d.name: d.id for d in admin.list_devices()}
     assert len(names) == len(agents)  # one device per agent, none enrolled twice
     return names
