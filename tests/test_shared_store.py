@@ -23,7 +23,7 @@ from edgefleet.coordinator.shared_store import (
     SharedStore,
     open_store,
 )
-from edgefleet.coordinator.variants import model_variants
+from edgefleet.coordinator.variants import VariantReadError, model_variants
 from edgefleet.variant_store import ModelEntry, StoreError, UnknownModelError, UnknownVariantError
 from tests.fleetkit import variant_manifest
 
@@ -232,3 +232,7 @@ def test_selection_reads_manifest_keys_never_archives(tmp_path: Path, redis_url:
         assert isinstance(stored, bytes) and hashlib.sha256(stored).hexdigest() == v  # backfilled
     d, client = fresh("d")
     assert len(model_variants(d, "m")) == 6 and client.blob_reads() == []
+    raw.delete(f"{{edgefleet}}:store:variant:{ids[5]}", MANIFEST_KEY + ids[5])  # lost records
+    e, _ = fresh("e")
+    with pytest.raises(VariantReadError, match=f"unknown variant {ids[5][:12]}"):
+        model_variants(e, "m")
