@@ -141,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {v.recipe:5} {v.bytes:>10,} B  "
               + "  ".join(f"{d}: {p['base_fp32']:.3f} -> {p['merged']:.3f}" for d, p in per.items()))  # fmt: skip
 
+    # the merged model is an ordinary LM: signed into a variant store like any byte-lm
+    from edgefleet.modelops.lm_bundle import register_lm_model
+    from edgefleet.variant_store import VariantStore
+
+    entry = register_lm_model(
+        VariantStore(work / "store"), "byte-lm-lora", merged, exported, dataset="stdlib-packages"
+    )
+    print(f"registered byte-lm-lora: base {entry.base[:12]}, variants "
+          f"{[v[:12] for v in entry.variants]}")  # fmt: skip
     result = {
         "base": {"arch": config.arch(), "train": base.metrics, "corpus": corpus.describe()},
         "devices": {
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rows,
         "seconds": seconds,
         "merged_variants": variants,
+        "registered": {"model": entry.name, "base": entry.base, "variants": entry.variants},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
