@@ -112,6 +112,10 @@ class TrainConfig:
     #: how the device encodes its reply (:mod:`edgefleet.fl.update_codec`): ``none`` sends the
     #: fine-tuned model, anything else an encoded delta from the model received
     UPDATE_CODEC: Final = "update-codec"
+    #: true when the server aggregates each tensor over the replies that hold it: a device
+    #: that trained a light scope (TinyTL, sparse, head) then replies with those tensors only;
+    #: otherwise it replies with the whole model (the rest as received)
+    PARTIAL_UPDATES: Final = "partial-updates"
 
 
 class Metric:
@@ -129,6 +133,9 @@ class Metric:
     LOCAL_EVAL_ACC: Final = "local-eval-acc"
     EVAL_EXAMPLES: Final = "eval-examples"
     BATCH_SIZE: Final = "batch-size"  # after shrinking to the memory budget
+    #: parameters the device's update trained: fewer than the model's when its memory budget
+    #: chose a light scope (TinyTL, sparse, head)
+    TRAINED_PARAMS: Final = "trained-params"
     CLIENT_SECONDS: Final = "client-seconds"
     #: L2 norm of the error-feedback residual the device carried into this update (0 on its
     #: first round, or with ``update-codec none``)

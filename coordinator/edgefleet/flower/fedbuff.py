@@ -195,7 +195,7 @@ def run_buffered(
                     TrainConfig.LOCAL_EPOCHS: settings.local_epochs,
                     TrainConfig.BATCH_SIZE: settings.batch_size,
                     TrainConfig.SERVER_ROUND: buf.version + 1, TrainConfig.PROXIMAL_MU: 0.0,
-                    TrainConfig.UPDATE_CODEC: str(codec),
+                    TrainConfig.UPDATE_CODEC: str(codec), TrainConfig.PARTIAL_UPDATES: True,
                 }
             )  # fmt: skip
             content = RecordDict({Record.ARRAYS: to_record(local), Record.CONFIG: config})

@@ -5,7 +5,8 @@ network is the *leading* slice of the global tensor (first ``c_out`` output chan
 ``c_in`` input channels, ...). Aggregation averages each global element over exactly the
 clients that hold it (weighted by their sample counts), so the leading channels learn from
 everyone and the trailing ones from the wide devices only; elements nobody trained keep their
-previous global value (Diao et al., "HeteroFL", ICLR 2021).
+previous global value (Diao et al., "HeteroFL", ICLR 2021). The same rule covers updates that
+leave whole tensors out (a memory-tight device that trained TinyTL's biases and head only).
 
 Pure numpy on plain ``{name: array}`` dicts, so the math is testable without Flower or torch.
 """
@@ -57,13 +58,18 @@ def aggregate(
     global_params: Mapping[str, npt.NDArray[np.float32]],
     updates: Sequence[tuple[Mapping[str, npt.NDArray[np.float32]], float]],
 ) -> Arrays:
-    """Weighted mean of every element over the clients holding it; untouched elements stay."""
+    """Weighted mean of every element over the clients holding it; untouched elements stay.
+
+    An update may omit tensors (it trained a light scope): it counts for those it holds only.
+    """
     out: Arrays = {}
     for name, g in global_params.items():
         acc = np.zeros(g.shape, dtype=np.float64)
         cnt = np.zeros(g.shape, dtype=np.float64)
         for params, weight in updates:
-            local = params[name]
+            local = params.get(name)
+            if local is None:
+                continue
             if local.ndim != g.ndim or any(
                 a > b for a, b in zip(local.shape, g.shape, strict=True)
             ):

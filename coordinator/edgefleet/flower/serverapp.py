@@ -55,7 +55,13 @@ from edgefleet.flower import model as fl_model
 from edgefleet.flower import updates
 from edgefleet.flower.grid_io import exchange, per_device_metric, weighted_metric
 from edgefleet.flower.run_settings import STRATEGIES, RunSettings
-from edgefleet.flower.strategies import HeteroFL, arrays_of, to_record
+from edgefleet.flower.strategies import (
+    HeteroFL,
+    PartialFedAvg,
+    PartialFedProx,
+    arrays_of,
+    to_record,
+)
 from edgefleet.fsutil import atomic_write
 from edgefleet.selectors import parse_selection
 
@@ -182,10 +188,14 @@ def _strategy(
         "min_available_nodes": 0, "weighted_by_key": Metric.NUM_EXAMPLES,
         "arrayrecord_key": Record.ARRAYS, "configrecord_key": Record.CONFIG,
     }  # fmt: skip
+    # Flower's DP wrappers clip whole models: only a plain run takes partial (light-scope) replies
+    partial = settings.dp == "none"
     base: fl_strategy.Strategy = (
-        fl_strategy.FedProx(proximal_mu=settings.proximal_mu, **common)
+        (PartialFedProx if partial else fl_strategy.FedProx)(
+            proximal_mu=settings.proximal_mu, **common
+        )
         if settings.strategy == "fedprox"
-        else fl_strategy.FedAvg(**common)
+        else (PartialFedAvg if partial else fl_strategy.FedAvg)(**common)
     )
     sampled = max(settings.min_devices, int(n_selected * settings.fraction_train))
     if settings.dp == "server-fixed":

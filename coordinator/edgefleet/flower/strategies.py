@@ -8,6 +8,14 @@ that width's zoo config, and ``aggregate_train`` merges the slices element-wise
 
 Sampling never waits: Flower's sampler sleeps until enough nodes are online, while our round
 loop checks availability before a round and fails it rather than hang.
+
+**Partial updates** (:class:`PartialFedAvg`, :class:`PartialFedProx`, and HeteroFL on the same
+base): a memory-tight device trains a light scope (TinyTL's biases and head, a sparse update)
+and replies with those tensors only. Flower's FedAvg refuses replies whose tensor names
+differ; these strategies tell devices that partial replies are welcome
+(``partial-updates``) and average every tensor over the replies that hold it, so the tensors a
+light device did not train keep the other devices' mean (or the global value when nobody
+trained them) instead of being pulled back towards the old model by its unchanged copy.
 """
 
 from __future__ import annotations
@@ -29,14 +37,16 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 from flwr.supercore import log
 
 from edgefleet.fl.contract import Metric, Record, TrainConfig
 from edgefleet.flower import heterofl
 from edgefleet.flower import model as fl_model
 
-__all__ = ["HeteroFL", "arrays_of", "to_record"]
+__all__ = ["HeteroFL", "PartialFedAvg", "PartialFedProx", "arrays_of", "to_record"]
 
 
 def to_record(params: Mapping[str, Any]) -> ArrayRecord:
@@ -49,7 +59,76 @@ def arrays_of(record: ArrayRecord) -> fl_model.Arrays:
     return {k: np.asarray(v.numpy(), dtype=np.float32) for k, v in record.items()}
 
 
-class HeteroFL(FedAvg):
+class PartialFedAvg(FedAvg):
+    """Flower's FedAvg that also aggregates replies holding a subset of the model's tensors.
+
+    Replies that all hold every tensor go through Flower's own ``aggregate_train`` unchanged;
+    otherwise each tensor is the weighted mean over the replies holding it
+    (:func:`edgefleet.flower.heterofl.aggregate`), and tensors nobody sent keep their value.
+    """
+
+    #: the global model of the round in flight (what partial replies are merged into)
+    _global: fl_model.Arrays | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's sampling and messages, with ``partial-updates`` in the config."""
+        self._global = arrays_of(arrays)
+        config[TrainConfig.PARTIAL_UPDATES] = True
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _check_and_log_replies(
+        self, replies: Iterable[Message], is_train: bool, validate: bool = True
+    ) -> tuple[list[Message], list[Message]]:
+        """Flower's checks, but a train reply's tensors may be a subset of the model's."""
+        valid, errors = super()._check_and_log_replies(replies, is_train, validate=False)
+        if validate and valid:
+            contents = [m.content for m in valid]
+            validate_message_reply_consistency(
+                contents, self.weighted_by_key, check_arrayrecord=False
+            )
+            if is_train and any(len(c.array_records) != 1 for c in contents):
+                raise InconsistentMessageReplies(reason="Expected exactly one ArrayRecord")
+        return valid, errors
+
+    def _holders_mean(self, valid: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._global is None:
+            return None, None
+        updates = []
+        for msg in valid:
+            metrics = next(iter(msg.content.metric_records.values()))
+            weight = float(metrics[self.weighted_by_key])  # type: ignore[arg-type]
+            updates.append((arrays_of(next(iter(msg.content.array_records.values()))), weight))
+        merged = heterofl.aggregate(self._global, updates)
+        contents = [msg.content for msg in valid]
+        return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's FedAvg for whole models; per-tensor holders' mean when any is partial."""
+        replies = list(replies)
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        if self._global is None:
+            return super().aggregate_train(server_round, valid)
+        shapes = {k: v.shape for k, v in self._global.items()}
+        if all(
+            {k: tuple(v.shape) for k, v in next(iter(m.content.array_records.values())).items()}
+            == shapes
+            for m in valid
+        ):
+            return super().aggregate_train(server_round, valid)
+        return self._holders_mean(valid)
+
+
+class PartialFedProx(PartialFedAvg, FedProx):
+    """Flower's FedProx (its ``proximal-mu`` in the config) with partial replies."""
+
+
+class HeteroFL(PartialFedAvg):
     """Width-sliced federated averaging (Diao et al., ICLR 2021) on the Message API.
 
     ``widths`` maps each eligible node id to its model width; nodes without one are never
@@ -120,6 +199,7 @@ class HeteroFL(FedAvg):
         log(INFO, "configure_train: %s nodes at widths %s", len(nodes), self._at(nodes))
         self._global = arrays_of(arrays)
         config[TrainConfig.SERVER_ROUND] = server_round
+        config[TrainConfig.PARTIAL_UPDATES] = True
         return self._sliced(self._global, config, nodes, MessageType.TRAIN)
 
     def aggregate_train(
@@ -127,16 +207,7 @@ class HeteroFL(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Every global element: the mean over the nodes whose slice holds it."""
         valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid or self._global is None:
-            return None, None
-        updates = []
-        for msg in valid:
-            metrics = next(iter(msg.content.metric_records.values()))
-            weight = float(metrics[self.weighted_by_key])  # type: ignore[arg-type]
-            updates.append((arrays_of(next(iter(msg.content.array_records.values()))), weight))
-        merged = heterofl.aggregate(self._global, updates)
-        contents = [msg.content for msg in valid]
-        return to_record(merged), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return self._holders_mean(valid) if valid else (None, None)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

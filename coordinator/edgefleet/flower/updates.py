@@ -39,14 +39,15 @@ def _reply_arrays(reply: Message) -> dict[str, np.ndarray]:
 
 
 def delta_of(sent: Mapping[str, np.ndarray], reply: Message, codec: Codec) -> fl_model.Arrays:
-    """The update a reply carries, as ``local - sent`` per tensor."""
+    """The update a reply carries, as ``local - sent`` per tensor it holds (a device that
+    trained a light scope sends those tensors only)."""
     raw = _reply_arrays(reply)
     if codec.lossy:
         delta = decode(raw, codec)
     else:
         delta = {k: np.asarray(v, np.float32) - sent[k] for k, v in raw.items()}
-    if set(delta) != set(sent):
-        raise ValueError(f"update tensors {sorted(set(delta) ^ set(sent))[:3]} differ from sent")
+    if not set(delta) <= set(sent):
+        raise ValueError(f"update tensors {sorted(set(delta) - set(sent))[:3]} were not sent")
     for name, d in delta.items():
         if d.shape != sent[name].shape:
             raise ValueError(f"update {name!r} {d.shape} does not match the model sent")
@@ -70,6 +71,6 @@ def restore(sent: Sequence[Message], replies: Sequence[Message], codec: Codec) -
         base = arrays_of(next(iter(src.content.array_records.values())))
         delta = delta_of(base, reply, codec)
         key = next(iter(reply.content.array_records))
-        reply.content.array_records[key] = to_record({k: base[k] + delta[k] for k in base})
+        reply.content.array_records[key] = to_record({k: base[k] + delta[k] for k in delta})
         out.append(reply)
     return out

@@ -9,6 +9,10 @@ Why it looks the way it does:
 * Evaluation is folded into the ``train`` reply: the client first scores the global model it
   received on its held-out data, then fine-tunes and scores again. One message per round
   instead of two halves the per-round message overhead.
+* A conv net's round is planned under the device's memory budget (:mod:`.torch_train`): the
+  widest of full, sparse, TinyTL and head fine-tuning that fits, on the memory-light path
+  on-device fine-tuning uses, so a tight device joins the round training fewer tensors; when
+  the server takes partial updates (``partial-updates``) it replies with those tensors only.
 * The device's identity, resources and data come from its SuperNode's ``node_config``
   (``device-id``, ``profile``, ``ram-bytes``, ``battery``, ``labels``, ``data-path`` ...), which
   the agent's supervisor sets; the ``query`` handler reports them so the ServerApp can select
@@ -186,36 +190,31 @@ def fine_tune(
     seed = int(_num(cfg, TrainConfig.SERVER_ROUND, 0)) * 1000 + int(
         _num(context.node_config, Node.PARTITION_ID, 0)
     )
-    num_params = sum(int(v.size) for v in params.values())
-    widest = widest_activation(v.shape for v in params.values())
     ram = int(context.node_config.get(Node.RAM_BYTES, 0) or 0)
     budget = int(ram * _num(context.node_config, Node.BUDGET_FRACTION, DEFAULT_BUDGET_FRACTION))
-    while budget and batch > 1 and training_bytes(num_params, batch, widest) > budget:
-        batch //= 2  # shrink the batch before giving up: memory, not data, is the limit
-    if budget and training_bytes(num_params, batch, widest) > budget:
-        raise MemoryError(
-            f"training {num_params} params needs {training_bytes(num_params, 1, widest)} B, "
-            f"budget is {budget} B"
-        )
-
     if arch == "mlp":
         from edgefleet.fl import mlp_numpy
 
+        batch = _mlp_batch(params, batch, budget)
         pre_loss, pre_acc = mlp_numpy.evaluate(params, shard.x_eval, shard.y_eval)
         new, train_loss = mlp_numpy.train(
             params, shard.x_train, shard.y_train, epochs=epochs, batch_size=batch, lr=lr,
             proximal_mu=mu, seed=seed,
         )  # fmt: skip
         post_loss, post_acc = mlp_numpy.evaluate(new, shard.x_eval, shard.y_eval)
+        trained_params = sum(int(v.size) for v in params.values())
     else:
         from edgefleet.agent.fl.torch_train import fit
 
         arch_cfg = json.loads(str(cfg.get(TrainConfig.ARCH_CONFIG, "{}")))
-        new, train_loss, (pre_loss, pre_acc), (post_loss, post_acc) = fit(
+        fitted = fit(
             arch, arch_cfg, params, shard, epochs=epochs, batch_size=batch, lr=lr,
-            proximal_mu=mu, seed=seed,
+            proximal_mu=mu, seed=seed, budget=budget,
         )  # fmt: skip
-
+        new, train_loss, batch = fitted.params, fitted.train_loss, fitted.batch_size
+        (pre_loss, pre_acc), (post_loss, post_acc) = fitted.before, fitted.after
+        trained_params = fitted.trained_params
+    new = reply_tensors(params, new, partial=bool(cfg.get(TrainConfig.PARTIAL_UPDATES)))
     delay = _num(context.node_config, Node.SIM_DELAY, 0.0)
     if delay > 0:
         time.sleep(delay)  # a simulated slow device (benchmarks of asynchronous rounds)
@@ -231,10 +230,39 @@ def fine_tune(
             Metric.LOCAL_EVAL_ACC: post_acc,
             Metric.EVAL_EXAMPLES: len(shard.y_eval),
             Metric.BATCH_SIZE: batch,
+            Metric.TRAINED_PARAMS: trained_params,
             Metric.CLIENT_SECONDS: time.perf_counter() - t0,
         }
     )
     return RecordDict({Record.ARRAYS: reply_arrays, Record.METRICS: metrics})
+
+
+def reply_tensors(
+    received: Mapping[str, np.ndarray[Any, Any]],
+    trained: Mapping[str, np.ndarray[Any, Any]],
+    *,
+    partial: bool,
+) -> dict[str, np.ndarray[Any, Any]]:
+    """What the reply carries, in the order received: only the trained tensors when the server
+    takes partial updates, else the whole model with the untrained tensors as received (Flower's
+    DP wrappers and SecAgg+ work on whole models)."""
+    if partial:
+        return {k: trained[k] for k in received if k in trained}
+    return {k: trained.get(k, v) for k, v in received.items()}
+
+
+def _mlp_batch(params: Mapping[str, np.ndarray[Any, Any]], batch: int, budget: int) -> int:
+    """The numpy MLP's batch under ``budget``: halved until it fits (it has no light scope)."""
+    num_params = sum(int(v.size) for v in params.values())
+    widest = widest_activation(v.shape for v in params.values())
+    while budget and batch > 1 and training_bytes(num_params, batch, widest) > budget:
+        batch //= 2  # shrink the batch before giving up: memory, not data, is the limit
+    if budget and training_bytes(num_params, batch, widest) > budget:
+        raise MemoryError(
+            f"training {num_params} params needs {training_bytes(num_params, 1, widest)} B, "
+            f"budget is {budget} B"
+        )
+    return batch
 
 
 #: the device's error-feedback residual between rounds, in the node's Flower context state
@@ -260,7 +288,7 @@ def _encode_update(
         return _record(trained), 0.0
     carried = context.state.array_records.get(RESIDUAL_RECORD)
     residual = _arrays(carried) if carried is not None else {}
-    delta = {k: trained[k] - received[k] for k in received}
+    delta = {k: trained[k] - received[k] for k in trained}
     encoded, new_residual = encode(delta, codec, residual)
     context.state.array_records[RESIDUAL_RECORD] = _record(new_residual)
     norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in residual.values())))

@@ -35,7 +35,7 @@ from edgefleet.zoo import (
     load_state_dict_strict,
 )
 
-__all__ = ["TRAIN_SCOPES", "TorchRuntime"]
+__all__ = ["TRAIN_SCOPES", "TorchRuntime", "scope_trainable"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: full: every parameter; tinytl: biases + classifier (TinyTL's memory-light update, no
@@ -107,26 +107,34 @@ class TorchRuntime(Runtime):
             raise TrainingUnsupportedError(
                 f"device profile {self.profile.name!r} has no fp32 arithmetic for training"
             )
-        model = copy.deepcopy(self.model).float()
-        head = _classifier(model)
-        for name, param in model.named_parameters():
-            if scope == "full":
-                param.requires_grad_(True)
-            elif scope == "tinytl":
-                param.requires_grad_(name.endswith(".bias") or name.startswith(head))
-            else:
-                param.requires_grad_(name.startswith(head))
-        model.train()
-        if scope != "full":
-            for module in model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return model
+        return scope_trainable(copy.deepcopy(self.model).float(), scope)
 
     def unload(self) -> None:
         self._model = None
         self._usage = MemoryUsage(0, 0, "not loaded")
         super().unload()
+
+
+def scope_trainable(model: nn.Module, scope: str) -> nn.Module:
+    """``model`` (in place) with only ``scope``'s parameters trainable, in training mode.
+
+    Apart from :meth:`TorchRuntime.trainable` so the federated ClientApp, which builds its
+    model from the round's arrays rather than a loaded bundle, scopes it the same way.
+    """
+    head = _classifier(model)
+    for name, param in model.named_parameters():
+        if scope == "full":
+            param.requires_grad_(True)
+        elif scope == "tinytl":
+            param.requires_grad_(name.endswith(".bias") or name.startswith(head))
+        else:
+            param.requires_grad_(name.startswith(head))
+    model.train()
+    if scope != "full":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model
 
 
 def _classifier(model: nn.Module) -> str:
