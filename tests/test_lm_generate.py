@@ -281,3 +281,23 @@ def test_sampling_rules() -> None:
     assert picks == {1, 2}  # the nucleus holds the two likeliest
     with pytest.raises(InputError, match="top_k must be >= 0"):
         check_params(GenerateParams(b"a", top_k=-1), 8)
+
+
+def test_the_context_limit_from_the_coordinator_holds_generation(served: Served) -> None:
+    """A rollout's desired state carries LM selection's context limit for the device; Serving
+    holds Generate to it (not to the manifest's context), per variant, until it is lifted."""
+    fp32 = served.ids["fp32"]
+    served.serving.limit_context(fp32, 16)
+    try:
+        assert served.serving.context_limit() == 16
+        with pytest.raises(grpc.RpcError) as err:
+            _gen(served, data=b"y" * 20)  # fits the manifest's 64 positions, not the 16
+        assert "the variant holds 16 positions" in (err.value.details() or "")
+        chunks = _gen(served, data=b"y" * 10, max_tokens=50)
+        assert len(chunks) == 6 and chunks[-1].finish_reason == "context"
+        assert chunks[-1].context_limit == 16
+        served.serving.limit_context(served.ids["int4-g32"], 8)  # another variant's: no effect
+        assert served.serving.context_limit() == 16
+    finally:
+        served.serving.limit_context(fp32, 0)
+    assert served.serving.context_limit() == CONTEXT
