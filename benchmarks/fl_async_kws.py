@@ -124,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.6)
     parser.add_argument("--targets", default="0.55,0.6,0.62", help="also report these")
     parser.add_argument("--data-dir", type=Path, default=None, help="where kws is cached")
+    parser.add_argument("--server-lr", type=float, default=0.5, help="FedBuff's server step")
+    parser.add_argument(
+        "--virtual", action="store_true",
+        help="device time on a virtual clock (benchmarks/fl_async_virtual.py), no Flower processes",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from edgefleet.devtools.fl_local import LocalFederation
-    from edgefleet.fl.contract import Node
     from edgefleet.fl.partition import group_shards
     from edgefleet.flower import model as fl_model
     from edgefleet.modelops.data import load_dataset
@@ -174,51 +177,20 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr, flush=True,
     )  # fmt: skip
 
-    common = {
-        "arch": ARCH, "arch-config": json.dumps(arch_config), "frontend": json.dumps(data.frontend),
-        "lr": args.lr, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
-        "final-evaluate": False, "round-timeout": 900.0, "node-wait-timeout": 300.0, "seed": 0,
-        # a device failing an update (it happens on a saturated box) must not end the run
-        "min-devices": args.devices - 1,
-    }  # fmt: skip
     results: dict[str, Any] = {
         "args": vars(args) | {"json": str(args.json), "data_dir": str(args.data_dir)}
     }
-    with tempfile.TemporaryDirectory(prefix="edgefleet-fl-async-kws-") as tmp:
-        root = Path(tmp)
-        init = str(fl_model.save_params(params, root / "init.npz"))
-        base = {**common, "init-path": init}
-        test_set = (data.x_test, data.y_test)
-        delay = args.delay
-        if delay is None:
-            with LocalFederation(
-                root / "calibrate", num_nodes=args.devices, local_shards=shards, test_set=test_set
-            ) as fed:
-                cal = _run(fed, {**base, "strategy": "fedavg",
-                                 "num-rounds": args.calibration_rounds}, "calibrate", 3600)  # fmt: skip
-            # the first round pays cold caches; the last is the steady state
-            fast = float(cal["rounds"][-1]["seconds"])
-            delay = (args.slowdown - 1.0) * fast
-            results["calibration"] = {
-                "round_seconds": [r["seconds"] for r in cal["rounds"]], "fast_update_s": fast,
-            }  # fmt: skip
-            print(f"  a fast update takes {fast:.1f}s: slow devices add {delay:.1f}s",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        slow = {i: {Node.SIM_DELAY: delay} for i in slow_ids}
-        updates = args.sync_rounds * args.devices
-        with LocalFederation(
-            root / "slow", num_nodes=args.devices, local_shards=shards, test_set=test_set,
-            node_facts=slow,
-        ) as fed:  # fmt: skip
-            sync = _run(fed, {**base, "strategy": "fedavg", "num-rounds": args.sync_rounds},
-                        "fedavg", 4 * 3600)  # fmt: skip
-            buff = _run(
-                fed,
-                {**base, "strategy": "fedbuff",
-                 "num-rounds": round(args.fedbuff_updates * updates / args.buffer),
-                 "buffer": args.buffer, "max-staleness": args.max_staleness},
-                "fedbuff", 4 * 3600,
-            )  # fmt: skip
+    updates = args.sync_rounds * args.devices
+    aggregations = round(args.fedbuff_updates * updates / args.buffer)
+    delay: float | None = args.delay
+    if args.virtual:
+        sync, buff = _virtual(args, params, shards, set(slow_ids), arch_config, data, aggregations)
+        cpu = [s for i, s in sync["seconds"] if i not in slow_ids]
+        results["fast_update_cpu_s"] = statistics.median(cpu)
+        print(f"  a fast update: median {statistics.median(cpu):.2f} CPU s", flush=True)
+    else:
+        sync, buff, delay = _loopback(args, params, shards, slow_ids, arch_config, data,
+                                      aggregations, results)  # fmt: skip
     if args.json:  # the raw run records first: a table that fails to print loses nothing
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**results, "runs": {"fedavg": sync, "fedbuff": buff}}))
@@ -241,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m": os.getloadavg()[0],
         "seconds": time.perf_counter() - t0,
     }
+    slower = "virtual clock" if args.virtual else f"+{delay:.0f}s per update"
     print(
         f"# kws, {args.devices} devices (one voice each), {n_slow} of them {args.slowdown:g}x "
-        f"slower (+{delay:.0f}s per update); FedAvg {updates} local updates, FedBuff up to "
-        f"{round(args.fedbuff_updates * updates)}; start {start_acc:.1%} on held-out voices"
+        f"slower ({slower}); FedAvg {updates} local updates, FedBuff up to "
+        f"{aggregations * args.buffer}; start {start_acc:.1%} on held-out voices"
     )
     head = " ".join(f"{'to ' + t:>9}" for t in rows["fedavg"]["time_to_target_s"])
     print(f"{'strategy':<9} {head} {'final':>7} {'best':>7} {'aggs':>5} {'wall s':>7}")
@@ -263,6 +236,87 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
+
+
+def _virtual(
+    args: Any, params: Any, shards: Any, slow: set[int], arch_config: Any, data: Any,
+    aggregations: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Both runs on the virtual clock (:mod:`benchmarks.fl_async_virtual`)."""
+    from benchmarks.fl_async_virtual import Devices, round_config, run_fedavg, run_fedbuff
+    from edgefleet.flower import model as fl_model
+
+    override = json.dumps(arch_config)
+
+    def score(p: Any) -> float:
+        return fl_model.score(ARCH, p, data.x_test, data.y_test, override)[1]
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-fl-async-virtual-") as tmp:
+        cfg = round_config(ARCH, arch_config, data.frontend, args)
+        devices = Devices(Path(tmp), shards, cfg)
+        print("  fedavg", flush=True)
+        sync = run_fedavg(devices, params, slow, args.slowdown, args.sync_rounds, score)
+        sync["seconds"], devices.seconds = devices.seconds, []
+        print("  fedbuff", flush=True)
+        buff = run_fedbuff(
+            devices, params, slow, args.slowdown, aggregations, score, buffer=args.buffer,
+            max_staleness=args.max_staleness, server_lr=args.server_lr,
+        )  # fmt: skip
+        buff["seconds"] = devices.seconds
+    return sync, buff
+
+
+def _loopback(
+    args: Any, params: Any, shards: Any, slow_ids: list[int], arch_config: Any, data: Any,
+    aggregations: int, results: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], float]:  # fmt: skip
+    """Both runs on real SuperLink/SuperNodes (after a calibration federation)."""
+    from edgefleet.devtools.fl_local import LocalFederation
+    from edgefleet.fl.contract import Node
+    from edgefleet.flower import model as fl_model
+
+    common = {
+        "arch": ARCH, "arch-config": json.dumps(arch_config), "frontend": json.dumps(data.frontend),
+        "lr": args.lr, "local-epochs": args.local_epochs, "batch-size": args.batch_size,
+        "final-evaluate": False, "round-timeout": 900.0, "node-wait-timeout": 300.0, "seed": 0,
+        "server-lr": args.server_lr,
+        # a device failing an update (it happens on a saturated box) must not end the run
+        "min-devices": args.devices - 1,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="edgefleet-fl-async-kws-") as tmp:
+        root = Path(tmp)
+        init = str(fl_model.save_params(params, root / "init.npz"))
+        base = {**common, "init-path": init}
+        test_set = (data.x_test, data.y_test)
+        delay = args.delay
+        if delay is None:
+            with LocalFederation(
+                root / "calibrate", num_nodes=args.devices, local_shards=shards, test_set=test_set
+            ) as fed:
+                cal = _run(fed, {**base, "strategy": "fedavg",
+                                 "num-rounds": args.calibration_rounds}, "calibrate", 3600)  # fmt: skip
+            # the first round pays cold caches; the last is the steady state
+            fast = float(cal["rounds"][-1]["seconds"])
+            delay = (args.slowdown - 1.0) * fast
+            results["calibration"] = {
+                "round_seconds": [r["seconds"] for r in cal["rounds"]], "fast_update_s": fast,
+            }  # fmt: skip
+            print(f"  a fast update takes {fast:.1f}s: slow devices add {delay:.1f}s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        slow = {i: {Node.SIM_DELAY: delay} for i in slow_ids}
+        with LocalFederation(
+            root / "slow", num_nodes=args.devices, local_shards=shards, test_set=test_set,
+            node_facts=slow,
+        ) as fed:  # fmt: skip
+            sync = _run(fed, {**base, "strategy": "fedavg", "num-rounds": args.sync_rounds},
+                        "fedavg", 4 * 3600)  # fmt: skip
+            buff = _run(
+                fed,
+                {**base, "strategy": "fedbuff", "num-rounds": aggregations,
+                 "buffer": args.buffer, "max-staleness": args.max_staleness},
+                "fedbuff", 4 * 3600,
+            )  # fmt: skip
+    return sync, buff, float(delay)
 
 
 if __name__ == "__main__":
