@@ -308,3 +308,12 @@ def test_federated_lora_on_a_real_superlink_and_supernodes(tmp_path: Path) -> No
     before, after = doc["rounds"][0]["device_eval_loss"], doc["final"]["device_eval_loss"]
     assert all(after[d] < before[d] for d in before)
     assert all(r["bytes_up"] == 2 * wire_bytes(run, _tiny())["adapters"] for r in doc["rounds"])
+    # merged and exported like any byte-lm: onnxruntime scores what the devices scored
+    from edgefleet.modelops.lm_lora import export_merged
+    from edgefleet.modelops.lm_measure import ort_perplexity, session
+
+    merged = merge_adapters(_tiny(), LoRAConfig(rank=4), fl_model.load_params(out / "final.npz"))
+    (graph,) = export_merged(merged, tmp_path / "merged", ("fp32",))
+    shard = load_text_shard(paths[0])
+    ppl = ort_perplexity(session(graph.path), shard.eval, 32, 2048)
+    assert ppl == pytest.approx(math.exp(after["sim-000"]), rel=1e-3)
