@@ -310,10 +310,14 @@ def test_every_verb_over_the_api_from_a_directory_with_no_data_dir(
             # train start / status: a federated round on the agents' own SuperNodes
             run = op.json(
                 "train", "start", "mlp", "--rounds", "1", "--min-devices", "2", "--name",
-                "walk", "--timeout", "600", timeout=700,
+                "walk", "--timeout", "600", "--deploy", "all", timeout=700,
             )  # fmt: skip
             assert run["state"] == "succeeded" and len(run["rounds"]) == 1, run
             assert len(run["rounds"][0]["participants"]) == 2, run
+            # --deploy: the ServerApp registered the result, the CLI rolled it out over the API
+            assert run["registered_model"] == "mlp-ft-walk", run.get("register_error")
+            assert len(run["rollout"]["devices"]) == 2, run["rollout"]
+            assert op.json("rollout", "status", run["rollout"]["id"])["model"] == "mlp-ft-walk"
             shown = op.ok("train", "status", "walk")
             assert "walk: succeeded" in shown.stdout, shown.stdout
             lap("train")
@@ -327,17 +331,29 @@ def test_every_verb_over_the_api_from_a_directory_with_no_data_dir(
 
         onnx.checker.check_model(onnx.load(written["path"]))  # a whole, valid ONNX model
         lap("models export")
-        # models rm: refused while devices run the model, done for one nobody runs
-        refused = op.run("models", "rm", "sensors")
-        assert refused.returncode == 1 and "is in use" in refused.stderr, refused.stderr
-        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-        op.json(
-            "models", "add", "spare", "--arch", "custom", "--import-path", "sensornet:Net",
-            "--checkpoint", str(user / "sensornet.pt"), "--dataset", str(user / "sensors.npz"),
-        )  # fmt: skip
-        removed = op.json("models", "rm", "spare")
-        assert removed["name"] == "spare", removed
-        assert [m["name"] for m in op.json("models", "ls")] == ["sensors"]
+        # models rm: refused while devices run the model, done once nobody does
+        if train:  # the devices moved to the fine-tuned model: the user's model is free
+            tuned = {v["id"] for v in op.json("models", "variants", "mlp-ft-walk")}
+            wait_for(
+                lambda: all(d["variant"] in tuned for d in op.json("devices", "ls")),
+                180,
+                "both devices to run the fine-tuned model",
+            )
+            removed = op.json("models", "rm", "sensors")
+            assert removed["name"] == "sensors" and removed["removed_variants"], removed
+            assert [m["name"] for m in op.json("models", "ls")] == ["mlp-ft-walk"]
+        else:
+            refused = op.run("models", "rm", "sensors")
+            assert refused.returncode == 1 and "is in use" in refused.stderr, refused.stderr
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            op.json(
+                "models", "add", "spare", "--arch", "custom", "--import-path", "sensornet:Net",
+                "--checkpoint", str(user / "sensornet.pt"), "--dataset",
+                str(user / "sensors.npz"),
+            )  # fmt: skip
+            removed = op.json("models", "rm", "spare")
+            assert removed["name"] == "spare", removed
+            assert [m["name"] for m in op.json("models", "ls")] == ["sensors"]
         lap("models rm")
         # nothing was written where the operator stood, nor in their home
         assert list(op.cwd.iterdir()) == [] and list(op.home.iterdir()) == []

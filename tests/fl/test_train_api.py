@@ -220,8 +220,10 @@ def test_one_superlink_per_fleet_and_runs_over_the_api_from_any_replica(
     assert res.exit_code == 1 and "name: letters, digits" in res.stderr, res.output
     res = runner.invoke(train_app, ["start", "mlp", "--init", str(nowhere / "none.npz")])
     assert res.exit_code == 1 and "cannot read --init" in res.stderr
-    res = runner.invoke(train_app, ["start", "mlp", "--deploy", "all"])
-    assert res.exit_code == 2 and "not available over the API yet" in res.stderr
+    res = runner.invoke(train_app, ["start", "mlp", "--rebuild"])
+    assert res.exit_code == 2 and "over the API MODEL is an architecture" in res.stderr
+    res = runner.invoke(train_app, ["start", "mlp", "--deploy", "ram >>> 1"])
+    assert res.exit_code == 2 and "--deploy:" in res.stderr, res.output
 
     # a run that cannot get its devices yet: the CLI follows it until --timeout
     res = runner.invoke(

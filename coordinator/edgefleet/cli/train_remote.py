@@ -7,8 +7,12 @@ SuperLink, the ServerApp records every round in the fleet's Redis, and this modu
 what the replica streams back. So the CLI needs neither Flower, nor the coordinator's data dir,
 nor the SuperLink's host: ``train status`` from a laptop shows a run started from anywhere.
 
-What does not go over the API yet is refused in one line before anything starts: ``--rebuild``
-and ``--deploy`` (they need model builds as jobs), registered models as MODEL.
+``--deploy SELECTOR`` registers the result (``MODEL-ft-NAME``, by the ServerApp) and, once the
+run succeeded, rolls it out through AdminService as ``edgefleet deploy`` would: the CLI drives this
+last step over the API, so it needs to stay attached until the run ends (as the local ``train
+start`` does). Refused in one line before anything starts: ``--rebuild`` (it re-runs a
+registered model's recipes, and over the API MODEL is an architecture: build the result with
+``edgefleet models build MODEL-ft-NAME``, a job), registered models as MODEL.
 """
 
 from __future__ import annotations
@@ -86,10 +90,11 @@ def start(o: StartOptions) -> None:
     """Validate, StartRun, then follow WatchRun's stream to the outcome (exit 1 if not
     succeeded)."""
     check_numbers(o)
-    if o.rebuild or o.deploy:
+    if o.rebuild:
         raise usage_error(
-            "--rebuild and --deploy are not available over the API yet (run `edgefleet models "
-            "build` / `edgefleet deploy` on the registered result)"
+            "--rebuild re-runs a registered model's recipes, and over the API MODEL is an "
+            "architecture: build the result as a job with `edgefleet models build "
+            "MODEL-ft-NAME --recipes ...` (use --register or --deploy to register it)"
         )
     init = b""
     if o.init is not None:
@@ -101,7 +106,7 @@ def start(o: StartOptions) -> None:
         model=o.model, rounds=o.rounds, strategy=o.strategy, min_devices=o.min_devices,
         select=o.select, lr=o.lr, local_epochs=o.local_epochs, proximal_mu=o.proximal_mu,
         dp=o.dp, dp_noise=o.dp_noise, dp_clip=o.dp_clip, round_timeout_seconds=o.round_timeout,
-        name=o.name, register=o.register, init_weights=init, buffer=o.buffer,
+        name=o.name, register=o.register or bool(o.deploy), init_weights=init, buffer=o.buffer,
         max_staleness=o.max_staleness, update_codec=o.update_codec,
     )  # fmt: skip
     with closing(training_client()) as c:
@@ -113,7 +118,26 @@ def start(o: StartOptions) -> None:
                 highlight=False,
             )
         run = _follow(c, run.name, o.as_json, o.timeout)
-    _finish(run, o.as_json)
+    rollout = _deploy(run, o) if o.deploy and run.state == "succeeded" else None
+    _finish(run, o.as_json, rollout)
+
+
+def _deploy(run: training_pb2.TrainingRun, o: StartOptions) -> dict[str, Any]:
+    """Roll the registered result out to ``--deploy`` (AdminService.CreateRollout, the
+    coordinator's default gates, as `edgefleet deploy` without options)."""
+    from edgefleet.cli.train_publish import _rollout
+
+    if not run.registered_model:
+        error = (json.loads(run.record_json) if run.record_json else {}).get("register_error")
+        raise fail(f"run {run.name} succeeded but its result was not registered ({error}); "
+                   "nothing deployed")  # fmt: skip
+    try:
+        return _rollout(run.registered_model, o.deploy, o.deploy_strategy, "", "")
+    except Exception as exc:  # the run and its model stand: say how to finish by hand
+        raise fail(
+            f"registered {run.registered_model}, but the rollout was not created: {exc} "
+            f"(retry with `edgefleet deploy {run.registered_model} --to {o.deploy}`)"
+        ) from None
 
 
 def _follow(
@@ -132,9 +156,11 @@ def _follow(
     return last
 
 
-def _finish(run: training_pb2.TrainingRun, as_json: bool) -> None:
+def _finish(
+    run: training_pb2.TrainingRun, as_json: bool, rollout: dict[str, Any] | None = None
+) -> None:
     if as_json:
-        print_json(run_to_dict(run))
+        print_json({**run_to_dict(run), **({"rollout": rollout} if rollout else {})})
         if run.state != "succeeded":
             raise typer.Exit(1)
         return
@@ -149,6 +175,13 @@ def _finish(run: training_pb2.TrainingRun, as_json: bool) -> None:
     error = (json.loads(run.record_json) if run.record_json else {}).get("register_error")
     if error:
         err_console.print(f"warning: the result was not registered: {error}", highlight=False)
+    if rollout:
+        out.print(
+            f"rollout {rollout['id']}: {run.registered_model} [{rollout['state']}], "
+            f"{len(rollout['devices'])} device(s); follow it with: edgefleet rollout status "
+            f"{rollout['id']} --watch",
+            highlight=False,
+        )
 
 
 def ls(as_json: bool) -> None:
