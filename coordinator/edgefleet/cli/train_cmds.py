@@ -63,6 +63,7 @@ from edgefleet.cli.train_follow import (
     summarize,
 )
 from edgefleet.cli.train_publish import publish
+from edgefleet.cli.train_simulate import simulate
 from edgefleet.cli.train_submit import stop_submitted, submit
 from edgefleet.cli.train_validate import (
     DP_MODES,
@@ -75,6 +76,8 @@ from edgefleet.cli.train_validate import (
 )
 
 train_app = typer.Typer(help="Federated fine-tuning (Flower).", no_args_is_help=True)
+# virtual devices on Flower's Simulation Engine (Ray): a verb of its own, see train_simulate
+train_app.command("simulate")(simulate)
 
 RunsDirOpt = Annotated[
     Path | None,
