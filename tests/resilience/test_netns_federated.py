@@ -1,10 +1,12 @@
 """A federated round through a cut network: the round ends, the run finishes, the device rejoins.
 
 Three real agents in network namespaces of their own, each running its own SuperNode against the
-coordinator's SuperLink on a root-side veth address. During a three-round run (min 2 devices,
-15 s round timeout) one agent's cable is pulled: the round in flight does not hang -- it closes
-with the devices that replied -- and the run succeeds without it. With the cable back, the same
-device's SuperNode is back in the federation: a one-round run that needs all three succeeds.
+coordinator's SuperLink on a root-side veth address. During a two-round run (min 2 devices,
+15 s round timeout) one agent's cable is pulled after round 1: round 2 does not hang -- it
+closes with the devices that replied -- and the run succeeds without it (each exchange that
+waits for the cut device costs a round timeout, so two rounds, not more). With the cable back,
+the same device's SuperNode is back in the federation: a one-round run that needs all three
+succeeds.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def test_a_cut_link_mid_run_costs_one_device_not_the_round(
     init = pretrain_biased("mlp", tmp_path / "init.npz")
     runs = tmp_path / "runs"
 
-    proc = _train(data, runs, init, "cut", rounds=3, min_devices=2)
+    proc = _train(data, runs, init, "cut", rounds=2, min_devices=2)
     wait_for(lambda: len(_progress(runs, "cut").get("rounds", [])) >= 1, 180, "round 1")
     first = _progress(runs, "cut")["rounds"][0]
     assert len(first["participants"]) == 3, first
@@ -87,9 +89,9 @@ def test_a_cut_link_mid_run_costs_one_device_not_the_round(
     doc = _progress(runs, "cut")
     assert doc["state"] == "succeeded"
     rounds = doc["rounds"]
-    assert len(rounds) == 3
-    # some round after the cut closed without the cut device, bounded by the round timeout
-    assert any(len(r["participants"]) == 2 for r in rounds[1:]), rounds
+    assert len(rounds) == 2
+    # the round after the cut closed without the cut device, bounded by the round timeout
+    assert len(rounds[1]["participants"]) == 2, rounds
     # a liveness bound (the round closed instead of waiting for the cut device), generous
     # enough that a loaded host cannot trip it
     assert all(r["seconds"] < 2 * ROUND_TIMEOUT + 30 for r in rounds), rounds
