@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="where kws is cached")
     parser.add_argument("--server-lr", type=float, default=0.5, help="FedBuff's server step")
     parser.add_argument(
+        "--poll", type=float, default=0.05,
+        help="s between a SuperExec's task polls (loopback; slower eases the SuperLink's SQLite)",
+    )  # fmt: skip
+    parser.add_argument(
         "--virtual", action="store_true",
         help="device time on a virtual clock (benchmarks/fl_async_virtual.py), no Flower processes",
     )  # fmt: skip
@@ -278,8 +282,10 @@ def _loopback(
 ) -> tuple[dict[str, Any], dict[str, Any], float]:  # fmt: skip
     """Both runs on real SuperLink/SuperNodes (after a calibration federation)."""
     from edgefleet.devtools.fl_local import LocalFederation
-    from edgefleet.fl.contract import Node
+    from edgefleet.fl.contract import FAST_POLL_ENV, Node
     from edgefleet.flower import model as fl_model
+
+    env = {**FAST_POLL_ENV, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": f"{args.poll:g}"}
 
     common = {
         "arch": ARCH, "arch-config": json.dumps(arch_config), "frontend": json.dumps(data.frontend),
@@ -297,8 +303,9 @@ def _loopback(
         delay = args.delay
         if delay is None:
             with LocalFederation(
-                root / "calibrate", num_nodes=args.devices, local_shards=shards, test_set=test_set
-            ) as fed:
+                root / "calibrate", num_nodes=args.devices, local_shards=shards, test_set=test_set,
+                env=env,
+            ) as fed:  # fmt: skip
                 cal = _run(fed, {**base, "strategy": "fedavg",
                                  "num-rounds": args.calibration_rounds}, "calibrate", 3600)  # fmt: skip
             # the first round pays cold caches; the last is the steady state
@@ -312,7 +319,7 @@ def _loopback(
         slow = {i: {Node.SIM_DELAY: delay} for i in slow_ids}
         with LocalFederation(
             root / "slow", num_nodes=args.devices, local_shards=shards, test_set=test_set,
-            node_facts=slow,
+            node_facts=slow, env=env,
         ) as fed:  # fmt: skip
             sync = _run(fed, {**base, "strategy": "fedavg", "num-rounds": args.sync_rounds},
                         "fedavg", 4 * 3600)  # fmt: skip
