@@ -358,6 +358,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             "device_eval_acc": per_device_metric(ok, facts, Metric.EVAL_ACC),
             # ... and its held-out loss (a language model's perplexity is exp of it)
             "device_eval_loss": per_device_metric(ok, facts, Metric.EVAL_LOSS),
+            # fewer than the model's on a device whose budget chose a light scope (TinyTL ...)
+            "device_trained_params": per_device_metric(ok, facts, Metric.TRAINED_PARAMS),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": time.monotonic() - t0,
