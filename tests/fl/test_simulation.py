@@ -154,3 +154,16 @@ def test_cli_without_ray_says_which_extra_to_install(monkeypatch: pytest.MonkeyP
     assert res.exit_code == 1, res.output
     assert "needs Ray: pip install 'edgefleet[simulation]'" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_cli_run_whose_selector_matches_no_device_fails_in_one_line(tmp_path: Path) -> None:
+    args = ["train", "simulate", "-n", "4", "--groups", "2", "--rounds", "1"]
+    args += ["--select", "ram >= 100GiB", "--work-dir", str(tmp_path)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: only 0 device(s) match ram >= 100GiB (of 4 answering); --min-devices is 1"
+    ]
+    assert "Traceback" not in res.output

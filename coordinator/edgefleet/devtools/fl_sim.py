@@ -430,8 +430,9 @@ def run_simulation(
     try:
         with TreeRss() as rss:
             follower.start()
-            t1 = time.monotonic()
+            t1, wall1 = time.monotonic(), time.time()
             start_ray(opts.cpus, verbose)
+            t_ray = time.monotonic() - t1
             flwr_run_simulation(
                 server_app=simulation_server_app(settings, opts.devices),
                 client_app=SimulatedClientApp(str(root / FLEET_FILE)),
@@ -449,11 +450,17 @@ def run_simulation(
         if ray.is_initialized():
             ray.shutdown()
     doc: dict[str, Any] = json.loads(progress.read_text())
+    rounds = doc.get("rounds", [])
     doc["simulation"] = {
         "devices": opts.devices,
         "cpus": opts.cpus,
         "setup_seconds": round(t_setup, 3),
         "run_seconds": round(t_run, 3),
+        # Ray's start, then until round 1 began: actors warming up, every node's facts query
+        "ray_start_seconds": round(t_ray, 3),
+        "before_round_1_seconds": (
+            round(rounds[0]["ended"] - rounds[0]["seconds"] - wall1, 3) if rounds else None
+        ),
         "peak_rss_bytes": rss.peak,
         "peak_rss_processes": rss.peak_processes,
     }
