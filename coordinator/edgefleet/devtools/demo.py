@@ -394,6 +394,11 @@ def run_demo(
                 data_dir, federated_rounds, len(fl_devices), err_console, as_json, own_model
             )
             federated["voices"] = voices  # agent name -> the voice its local data holds
+            # step 5 shows the fleet after the federated step, not as listed before it (the
+            # table read "87s ago" for every device: the length of the step)
+            with AdminClient(address, admin, ca_cert=ca) as client:
+                listed = client.list_devices()
+                summary = client.fleet_summary()
         err_console.print("[bold]5/5[/bold] the fleet as the coordinator sees it")
         result = {
             "task": task_name,
