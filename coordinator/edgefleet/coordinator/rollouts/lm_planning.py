@@ -18,7 +18,7 @@ from typing import Any
 from edgefleet.coordinator.lm_explain import explain_lm
 from edgefleet.coordinator.lm_selection import LMPolicy, LMSelection
 from edgefleet.coordinator.rollouts.document import PlannedDevice, SkippedDevice
-from edgefleet.coordinator.rollouts.planning import assign_waves, device_order
+from edgefleet.coordinator.rollouts.planning import in_wave_order
 from edgefleet.coordinator.state.model import DeviceRecord
 
 __all__ = ["plan_lm_devices", "select_lm_devices"]
@@ -50,10 +50,8 @@ def plan_lm_devices(
 ) -> list[PlannedDevice]:
     """Each selected device with its LM variant and context limit, placed in its wave (the
     same stable order as a classifier rollout)."""
-    ordered = sorted(chosen, key=lambda item: device_order(rollout_id, item[0].id))
-    waves = assign_waves(len(ordered), fractions)
     devices = []
-    for (record, selection), wave in zip(ordered, waves, strict=True):
+    for (record, selection), wave in in_wave_order(rollout_id, chosen, fractions):
         winner = selection.winner
         assert winner is not None and winner.runtime is not None
         devices.append(

@@ -13,7 +13,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet.coordinator.errors import InvalidArgument
 from edgefleet.coordinator.latency import model_for_device
@@ -30,6 +30,9 @@ from edgefleet.coordinator.validation import DEVICE_ID_RE
 from edgefleet.coordinator.variant_selection import Policy, Selection, VariantFacts, select
 from edgefleet.selectors import EXAMPLES, ROLLOUT_FIELDS, SelectionError, parse_selection
 from edgefleet.selectors import Selection as Selector
+
+#: what selection gave a device (an Explanation, or an LMSelection)
+_S = TypeVar("_S")
 
 SLO_LABEL = "latency-slo-ms"
 
@@ -152,6 +155,15 @@ def device_order(rollout_id: str, device_id: str) -> str:
     return hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()
 
 
+def in_wave_order(
+    rollout_id: str, chosen: Sequence[tuple[DeviceRecord, _S]], fractions: Sequence[float]
+) -> list[tuple[tuple[DeviceRecord, _S], int]]:
+    """Each chosen device (with what selection gave it) in the rollout's stable order, spread
+    over profiles, with its wave: one order for classifier and LM rollouts alike."""
+    ordered = sorted(chosen, key=lambda item: device_order(rollout_id, item[0].id))
+    return list(zip(ordered, assign_waves(len(ordered), fractions), strict=True))
+
+
 def plan_devices(
     rollout_id: str,
     chosen: list[tuple[DeviceRecord, Explanation]],
@@ -159,11 +171,8 @@ def plan_devices(
 ) -> list[PlannedDevice]:
     """Each device with a winning variant, in a stable order spread over profiles, placed
     in its wave."""
-
-    ordered = sorted(chosen, key=lambda item: device_order(rollout_id, item[0].id))
-    waves = assign_waves(len(ordered), fractions)
     devices = []
-    for (record, explained), wave in zip(ordered, waves, strict=True):
+    for (record, explained), wave in in_wave_order(rollout_id, chosen, fractions):
         winner = explained.selection.winner
         assert winner is not None and winner.runtime is not None
         devices.append(
