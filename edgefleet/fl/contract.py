@@ -77,6 +77,13 @@ class Node:
     SIM_DELAY: Final = "sim-delay"
     #: where this device keeps the base LM a LoRA run's adapters belong to (``LORA_ARCH``)
     LM_BASE_PATH: Final = "lm-base-path"
+    #: the Unix socket of the device's long-lived training worker (``unix:`` path, no prefix;
+    #: ``edgefleet.agent.fl.train_worker``): conv nets train there instead of paying torch's
+    #: import in every per-message ClientApp process; unset or silent = in-process training
+    TRAIN_WORKER: Final = "train-worker"
+    #: true to train the zoo ``mlp`` through the worker (torch) instead of the ClientApp's
+    #: numpy MLP (benchmarks/fl_worker.py compares the two)
+    MLP_IN_WORKER: Final = "mlp-in-worker"
 
 
 #: What the ClientApp's ``query`` reply reports (and the live status file may refresh).
