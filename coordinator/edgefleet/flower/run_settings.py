@@ -69,6 +69,9 @@ class RunSettings:
     update_codec: str = "none"
     #: Flower's SecAgg+ for every round: the server sees only the sum of the devices' models
     secure_agg: bool = False
+    #: under SecAgg+, light-scope devices send the fixed layout whose tensors are averaged
+    #: over the devices that trained them (``flower.secagg``); off: whole models (benchmarks)
+    secure_agg_partial: bool = True
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunSettings:

@@ -12,6 +12,18 @@ is four message exchanges (setup, key sharing, masked vectors, unmasking) instea
 
 What the server learns is the weighted sum of the models (weights: local example counts,
 ``max-weight`` bounds them), dequantized: no device's model and no per-device metrics.
+
+**Light-scope devices** (TinyTL, sparse, head; ``partial-updates``, on by default): a partial
+reply would change the length of the vector SecAgg+ sums, and a whole model would dilute the
+trained tensors' mean with the untrained copies. So every device sends the same layout
+(:func:`edgefleet.agent.fl.clientapp.secure_partial_vector`): each tensor, zeros where it did
+not train, then one 0/1 weight per tensor. Flower's workflow already weights every entry by
+the device's example count and divides by their total, so the sum's tensors are
+``sum_i n_i t_i / N`` over the devices that trained them and its weight vector
+``sum_i n_i / N`` over the same devices; :func:`holders_mean` divides one by the other:
+PartialFedAvg's per-tensor mean, and a tensor nobody trained keeps its global value. The
+server learns, beyond the sum, only the example-weighted share of devices that trained each
+tensor, never which ones.
 """
 
 from __future__ import annotations
@@ -25,13 +37,14 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid
 
+from edgefleet.fl.contract import TrainConfig
 from edgefleet.flower import model as fl_model
 from edgefleet.flower.grid_io import exchange
 
 if TYPE_CHECKING:
     from edgefleet.flower.run_settings import RunSettings
 
-__all__ = ["payload_bytes", "run_secure_round", "secure_round"]
+__all__ = ["holders_mean", "payload_bytes", "run_secure_round", "secure_round"]
 
 
 def secure_round(
@@ -42,8 +55,14 @@ def secure_round(
     config: dict[str, Any],
     server_round: int,
     timeout: float,
+    *,
+    partial: bool = True,
 ) -> fl_model.Arrays | None:
     """Run one SecAgg+ round on ``node_ids``; the aggregated model, or None if it halted.
+
+    ``partial``: devices answer with the fixed light-scope layout (each tensor averaged over
+    the devices that trained it); without it they send whole models (untrained tensors as
+    received), Flower's plain weighted mean.
 
     Halting (fewer than the reconstruction threshold of nodes left at a stage) is Flower's
     protocol outcome; the caller fails the round as it fails any round short of devices.
@@ -58,7 +77,7 @@ def secure_round(
 
     names = list(params)
     n = len(node_ids)
-    fit_config = {**config, "param-names": json.dumps(names)}
+    fit_config = {**config, "param-names": json.dumps(names), TrainConfig.PARTIAL_UPDATES: partial}
     strategy = LegacyFedAvg(
         fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
         on_fit_config_fn=lambda _rnd: fit_config,
@@ -85,7 +104,42 @@ def secure_round(
     if after is before:
         return None
     arrays = after.to_numpy_ndarrays()
+    if partial:
+        return holders_mean(params, arrays)
     return {k: np.asarray(v, np.float32) for k, v in zip(names, arrays, strict=True)}
+
+
+#: below this a tensor's summed weight is zero: the smallest real one is a device's share of
+#: the round's examples (>= 1/max-weight of the total), far above SecAgg+'s quantization step
+_MIN_WEIGHT = 1e-6
+
+
+def holders_mean(
+    global_params: Mapping[str, np.ndarray[Any, Any]], summed: list[np.ndarray[Any, Any]]
+) -> fl_model.Arrays:
+    """The secure sum of light-scope layouts, each tensor divided by its weight's sum.
+
+    ``summed`` is the workflow's result for replies laid out by the ClientApp's
+    ``secure_partial_vector``: one array per tensor of ``global_params`` (in its order), then
+    the per-tensor weights. A weight of exactly 0 (nobody trained the tensor: its zeros
+    quantize exactly) keeps the global value; a negative one is quantization noise around 0.
+    """
+    names = list(global_params)
+    if len(summed) != len(names) + 1 or np.shape(summed[-1]) != (len(names),):
+        raise ValueError(
+            f"a light-scope secure sum has {len(names)} tensors and a weight vector of "
+            f"{len(names)}; got {len(summed)} arrays"
+        )
+    weights = np.asarray(summed[-1], np.float64)
+    out: fl_model.Arrays = {}
+    for k, total, weight in zip(names, summed[:-1], weights, strict=False):
+        g = np.asarray(global_params[k], np.float32)
+        out[k] = (
+            np.asarray(np.asarray(total, np.float64) / weight, np.float32).reshape(g.shape)
+            if weight > _MIN_WEIGHT
+            else g
+        )
+    return out
 
 
 class _CountingGrid(Grid):
@@ -155,8 +209,9 @@ def run_secure_round(
         run_id=view.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
     )
     new = secure_round(
-        counting, context, nodes, params, config, server_round, settings.round_timeout
-    )
+        counting, context, nodes, params, config, server_round, settings.round_timeout,
+        partial=settings.secure_agg_partial,
+    )  # fmt: skip
     if new is None:
         raise RuntimeError(
             f"round {server_round}: SecAgg+ halted (fewer than its reconstruction threshold "
@@ -168,6 +223,7 @@ def run_secure_round(
         "participants": [str(facts.get(n, {}).get("device", n)) for n in nodes],
         "failed": 0,
         "secure_agg": True,
+        "secure_agg_partial": settings.secure_agg_partial,
         "test_loss": test_loss,
         "test_acc": test_acc,
         "seconds": time.monotonic() - started,

@@ -2,10 +2,13 @@
 
 Why it looks the way it does:
 
-* Flower 1.41 starts a fresh ``flwr-clientapp`` process for **every** message, so module-level
+* Flower 1.42 starts a fresh ``flwr-clientapp`` process for **every** message, so module-level
   imports are paid every round. This module imports numpy and Flower's public message API
-  only; torch (for conv nets) is imported inside the handler, and the zoo ``mlp`` is trained
-  in numpy (:mod:`edgefleet.fl.mlp_numpy`) without torch at all.
+  only. Conv nets train in the device's long-lived training worker when its ``node_config``
+  names one (``train-worker``, :mod:`.train_worker`: torch imported once, the shard's features
+  kept warm); without one, or when it does not answer, torch is imported here, in the handler
+  (logged once per run). The zoo ``mlp`` trains in numpy (:mod:`edgefleet.fl.mlp_numpy`), no
+  torch at all, unless ``mlp-in-worker`` sends it to the worker too.
 * Evaluation is folded into the ``train`` reply: the client first scores the global model it
   received on its held-out data, then fine-tunes and scores again. One message per round
   instead of two halves the per-round message overhead.
@@ -151,8 +154,9 @@ def _train_legacy(content: RecordDict, context: Context) -> RecordDict:
 
     ``secaggplus_mod`` masks the FitRes parameters (weighted by its example count) before
     anything leaves the device; the tensor names travel in the config as ``param-names``.
+    With ``partial-updates`` the reply has the fixed layout of :func:`secure_partial_vector`.
     """
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common import parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
 
     fitins = compat.recorddict_to_fitins(content, keep_input=True)
@@ -163,12 +167,40 @@ def _train_legacy(content: RecordDict, context: Context) -> RecordDict:
     out = fine_tune(params, cfg, context)
     new = _arrays(out.array_records[Record.ARRAYS])
     metrics = out.metric_records[Record.METRICS]
-    fitres = FitRes(
-        Status(Code.OK, ""),
-        ndarrays_to_parameters([new[k] for k in names]),
-        int(metrics[Metric.NUM_EXAMPLES]),  # type: ignore[arg-type]
-        {},
-    )
+    partial = bool(cfg.get(TrainConfig.PARTIAL_UPDATES))
+    vector = secure_partial_vector(names, params, new) if partial else [new[k] for k in names]
+    return legacy_fitres(vector, int(metrics[Metric.NUM_EXAMPLES]))  # type: ignore[arg-type]
+
+
+def secure_partial_vector(
+    names: list[str],
+    received: Mapping[str, np.ndarray[Any, Any]],
+    trained: Mapping[str, np.ndarray[Any, Any]],
+) -> list[np.ndarray[Any, Any]]:
+    """A light-scope reply SecAgg+ can sum: every tensor in ``names`` order, zeros where this
+    device did not train, then one 0/1 weight per tensor (1 where it trained).
+
+    SecAgg+ sums fixed-length vectors, each already multiplied by its device's example count
+    (``secaggplus_mod``), and must not tell the server which tensors a device trained: a
+    partial reply would change the vector's length, and whole models would pull untrained
+    tensors back to the old model. The server divides the two secure sums tensor by tensor
+    (:func:`edgefleet.flower.secagg.holders_mean`): each tensor is averaged over the devices
+    that trained it, and one nobody trained keeps its global value.
+    """
+    tensors = [
+        np.asarray(trained[k], np.float32) if k in trained else np.zeros_like(received[k])
+        for k in names
+    ]
+    weights = np.asarray([1.0 if k in trained else 0.0 for k in names], np.float32)
+    return [*tensors, weights]
+
+
+def legacy_fitres(tensors: list[np.ndarray[Any, Any]], num_examples: int) -> RecordDict:
+    """The legacy FitRes record ``secaggplus_mod`` masks before it leaves the device."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(tensors), num_examples, {})
     return compat.fitres_to_recorddict(fitres, keep_input=True)
 
 
@@ -181,7 +213,6 @@ def fine_tune(
 
         return lora_fine_tune(params, cfg, context)
     t0 = time.perf_counter()
-    shard = local_shard(context, cfg)
     arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
     epochs = int(_num(cfg, TrainConfig.LOCAL_EPOCHS, 1))
     batch = int(_num(cfg, TrainConfig.BATCH_SIZE, 32))
@@ -192,9 +223,10 @@ def fine_tune(
     )
     ram = int(context.node_config.get(Node.RAM_BYTES, 0) or 0)
     budget = int(ram * _num(context.node_config, Node.BUDGET_FRACTION, DEFAULT_BUDGET_FRACTION))
-    if arch == "mlp":
+    if arch == "mlp" and not context.node_config.get(Node.MLP_IN_WORKER):
         from edgefleet.fl import mlp_numpy
 
+        shard = local_shard(context, cfg)
         batch = _mlp_batch(params, batch, budget)
         pre_loss, pre_acc = mlp_numpy.evaluate(params, shard.x_eval, shard.y_eval)
         new, train_loss = mlp_numpy.train(
@@ -203,17 +235,16 @@ def fine_tune(
         )  # fmt: skip
         post_loss, post_acc = mlp_numpy.evaluate(new, shard.x_eval, shard.y_eval)
         trained_params = sum(int(v.size) for v in params.values())
+        examples, eval_examples = len(shard.y_train), len(shard.y_eval)
     else:
-        from edgefleet.agent.fl.torch_train import fit
-
         arch_cfg = json.loads(str(cfg.get(TrainConfig.ARCH_CONFIG, "{}")))
-        fitted = fit(
-            arch, arch_cfg, params, shard, epochs=epochs, batch_size=batch, lr=lr,
-            proximal_mu=mu, seed=seed, budget=budget,
-        )  # fmt: skip
+        hyper = {"epochs": epochs, "batch_size": batch, "lr": lr, "proximal_mu": mu,
+                 "seed": seed, "budget": budget}  # fmt: skip
+        fitted = _fit_torch(arch, arch_cfg, params, cfg, context, hyper)
         new, train_loss, batch = fitted.params, fitted.train_loss, fitted.batch_size
         (pre_loss, pre_acc), (post_loss, post_acc) = fitted.before, fitted.after
         trained_params = fitted.trained_params
+        examples, eval_examples = fitted.num_examples, fitted.eval_examples
     new = reply_tensors(params, new, partial=bool(cfg.get(TrainConfig.PARTIAL_UPDATES)))
     delay = _num(context.node_config, Node.SIM_DELAY, 0.0)
     if delay > 0:
@@ -222,19 +253,117 @@ def fine_tune(
     metrics = MetricRecord(
         {
             Metric.CODEC_RESIDUAL: residual_norm,
-            Metric.NUM_EXAMPLES: len(shard.y_train),
+            Metric.NUM_EXAMPLES: examples,
             Metric.TRAIN_LOSS: train_loss,
             Metric.EVAL_LOSS: pre_loss,
             Metric.EVAL_ACC: pre_acc,
             Metric.LOCAL_EVAL_LOSS: post_loss,
             Metric.LOCAL_EVAL_ACC: post_acc,
-            Metric.EVAL_EXAMPLES: len(shard.y_eval),
+            Metric.EVAL_EXAMPLES: eval_examples,
             Metric.BATCH_SIZE: batch,
             Metric.TRAINED_PARAMS: trained_params,
             Metric.CLIENT_SECONDS: time.perf_counter() - t0,
         }
     )
     return RecordDict({Record.ARRAYS: reply_arrays, Record.METRICS: metrics})
+
+
+#: the node's context-state record where the ClientApp notes it fell back (log once per run)
+WORKER_STATE = "train-worker"
+
+
+def _worker(context: Context) -> Any:
+    """A client of the device's training worker when one is named and answers, else None.
+
+    The worker must serve this node's shard (it reports its data path); a silent or
+    mismatched worker means in-process training, said once per run in the node's log.
+    """
+    path = str(context.node_config.get(Node.TRAIN_WORKER, "") or "")
+    if not path:
+        return None
+    from edgefleet.agent.fl.train_worker_client import TrainWorkerClient, WorkerUnavailable
+
+    client = TrainWorkerClient(path)
+    try:
+        health = client.health()
+        data = str(context.node_config.get(Node.DATA_PATH, ""))
+        if Path(health.data_path) != Path(data).absolute():
+            raise WorkerUnavailable(f"the worker trains on {health.data_path}, not {data}")
+    except WorkerUnavailable as exc:
+        client.close()
+        _fell_back(context, str(exc))
+        return None
+    return client
+
+
+def _fell_back(context: Context, why: str) -> None:
+    state = context.state.config_records.get(WORKER_STATE)
+    if state is not None and state.get("fell-back"):
+        return
+    from logging import WARNING
+
+    from flwr.common.logger import log
+
+    log(WARNING, "training in-process (torch imported per message): %s", why)
+    context.state.config_records[WORKER_STATE] = ConfigRecord({"fell-back": True})
+
+
+def _fit_torch(
+    arch: str,
+    arch_cfg: dict[str, Any],
+    params: dict[str, np.ndarray[Any, Any]],
+    cfg: ConfigRecord,
+    context: Context,
+    hyper: dict[str, Any],
+) -> Any:
+    """A round's torch training: in the device's worker when it answers, else in-process.
+
+    Both run :func:`edgefleet.agent.fl.torch_train.fit` (same plan, scopes and trained keys);
+    returns a :class:`~edgefleet.agent.fl.train_worker_client.WorkerFit`.
+    """
+    from edgefleet.agent.fl.train_worker_client import WorkerFit, WorkerUnavailable
+
+    frontend = str(cfg.get(TrainConfig.FRONTEND, "") or "")
+    client = _worker(context)
+    if client is not None:
+        with client:
+            try:
+                return client.fit(arch, arch_cfg, frontend, params, **hyper)
+            except WorkerUnavailable as exc:  # it died mid-round: this round trains here
+                _fell_back(context, str(exc))
+    from edgefleet.agent.fl.torch_train import fit
+
+    shard = local_shard(context, cfg)
+    fitted = fit(arch, arch_cfg, params, shard, **hyper)
+    return WorkerFit(
+        params=fitted.params, train_loss=fitted.train_loss, before=fitted.before,
+        after=fitted.after, scope=fitted.scope, batch_size=fitted.batch_size,
+        trained_params=fitted.trained_params, num_examples=len(shard.y_train),
+        eval_examples=len(shard.y_eval),
+    )  # fmt: skip
+
+
+def _score_torch(
+    arch: str, arch_cfg: dict[str, Any], params: dict[str, np.ndarray[Any, Any]],
+    cfg: ConfigRecord, context: Context,
+) -> tuple[float, float, int]:  # fmt: skip
+    """(loss, accuracy, examples) of a conv net on the held-out part: worker, else here."""
+    from edgefleet.agent.fl.train_worker_client import WorkerUnavailable
+
+    client = _worker(context)
+    if client is not None:
+        with client:
+            try:
+                return client.evaluate(  # type: ignore[no-any-return]
+                    arch, arch_cfg, str(cfg.get(TrainConfig.FRONTEND, "") or ""), params
+                )
+            except WorkerUnavailable as exc:
+                _fell_back(context, str(exc))
+    from edgefleet.agent.fl.torch_train import score
+
+    shard = local_shard(context, cfg)
+    loss, acc = score(arch, arch_cfg, params, shard)
+    return loss, acc, len(shard.y_eval)
 
 
 def reply_tensors(
@@ -306,16 +435,15 @@ def evaluate(msg: Message, context: Context) -> Message:
         from edgefleet.agent.fl.lora_client import lora_evaluate
 
         return Message(lora_evaluate(params, cfg, context), reply_to=msg)
-    shard = local_shard(context, cfg)
     arch = str(cfg.get(TrainConfig.ARCH, "mlp"))
-    if arch == "mlp":
+    if arch == "mlp" and not context.node_config.get(Node.MLP_IN_WORKER):
+        shard = local_shard(context, cfg)
         loss, acc = mlp_numpy.evaluate(params, shard.x_eval, shard.y_eval)
+        examples = len(shard.y_eval)
     else:
-        from edgefleet.agent.fl.torch_train import score
-
         arch_cfg = json.loads(str(cfg.get(TrainConfig.ARCH_CONFIG, "{}")))
-        loss, acc = score(arch, arch_cfg, params, shard)
+        loss, acc, examples = _score_torch(arch, arch_cfg, params, cfg, context)
     metrics = MetricRecord(
-        {Metric.NUM_EXAMPLES: len(shard.y_eval), Metric.EVAL_LOSS: loss, Metric.EVAL_ACC: acc}
+        {Metric.NUM_EXAMPLES: examples, Metric.EVAL_LOSS: loss, Metric.EVAL_ACC: acc}
     )
     return Message(RecordDict({Record.METRICS: metrics}), reply_to=msg)
