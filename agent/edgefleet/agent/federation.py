@@ -16,6 +16,14 @@ as ``ram-bytes`` and ``proxy = "agent"``: the ClientApp then sizes training to t
 budget (the ServerApp gives it the narrowest width slice that fits, or leaves it out).
 
 A pidfile lets a restarted agent (killed -9) adopt the SuperNode it left running.
+
+Next to the SuperNode runs the device's **training worker** (:mod:`.fl.train_worker`) when the
+agent has torch (``edgefleet[agent-torch]``): Flower starts a fresh ClientApp process per
+message, and the worker is where a conv net's round trains without paying torch's import and
+the shard's features again. Supervised the same way (restarted on death, stopped with the
+agent, adopted through its pidfile); it imports torch on its first round, so a device that
+only ever trains the numpy MLP pays a small idle process, not torch's memory. Without torch
+there is no worker and the ClientApp trains what it can in-process.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from edgefleet.profiles import DeviceProfile
 
 if TYPE_CHECKING:
     from edgefleet.agent.fl.supernode import SuperNodeSupervisor
+    from edgefleet.agent.fl.train_worker_client import TrainWorkerSupervisor
     from edgefleet.agent.workload import LocalDataSpec
 
 __all__ = ["FederationMember", "FederationTarget"]
@@ -73,6 +82,7 @@ class FederationMember:
         self.enabled = enabled
         self.target = FederationTarget()
         self.node: SuperNodeSupervisor | None = None
+        self.worker: TrainWorkerSupervisor | None = None
         self.unavailable = ""  # why this device does not take part ("" = it can)
         self._device_id = ""
 
@@ -126,6 +136,7 @@ class FederationMember:
 
         self.dir.mkdir(parents=True, exist_ok=True)
         shard = self._materialise_shard()
+        self.worker = self._start_worker(shard)
         tls = None
         if target.tls and self.ca_cert is not None:
             ca = self.dir / "ca.pem"
@@ -141,6 +152,7 @@ class FederationMember:
             runtime=self.profile.runtimes[0] if self.profile.runtimes else "torch",
             proxy="agent" if self.profile.is_mcu else "",
             partition_id=self.local_data.partition if self.local_data is not None else None,
+            train_worker=str(self.worker.socket_path) if self.worker is not None else "",
         )
         node = SuperNodeSupervisor(
             target.superlink_address, config, self.dir, port=self._port(), tls=tls,
@@ -148,6 +160,26 @@ class FederationMember:
         )  # fmt: skip
         node.start()
         return node
+
+    def _start_worker(self, shard: Path) -> TrainWorkerSupervisor | None:
+        """The training worker for ``shard``, when this agent has torch (else None)."""
+        from edgefleet.agent.fl.train_worker_client import (
+            TrainWorkerSupervisor,
+            socket_path_in,
+            torch_installed,
+        )
+
+        if not torch_installed():
+            return None
+        socket_path = socket_path_in(self.dir)
+        if socket_path is None:
+            log.warning("no training worker: %s is too deep for a Unix socket", self.dir)
+            return None
+        worker = TrainWorkerSupervisor(
+            socket_path, shard, self.dir, pidfile=self.dir / "train-worker.pid"
+        )
+        worker.start()
+        return worker
 
     def _materialise_shard(self) -> Path:
         """The local data as the ``.npz`` the ClientApp loads (written once, then reused)."""
@@ -191,3 +223,6 @@ class FederationMember:
         if self.node is not None:
             self.node.stop(timeout=5.0)
             self.node = None
+        if self.worker is not None:
+            self.worker.stop(timeout=5.0)
+            self.worker = None

@@ -67,13 +67,15 @@ def node_config_for(
     runtime: str = "",
     proxy: str = "",
     partition_id: int | None = None,
+    train_worker: str = "",
 ) -> dict[str, object]:
     """The ``node_config`` an agent gives its SuperNode (what our ServerApp selects on).
 
     The facts (:class:`edgefleet.fl.contract.NodeFacts`) plus where the local data is.
     ``status_path`` names a JSON file the agent rewrites with live facts (``battery``,
     ``health``); the ClientApp reads it when asked, so selection sees current values without
-    restarting the SuperNode.
+    restarting the SuperNode. ``train_worker`` is the socket of the device's training worker
+    (:mod:`edgefleet.agent.fl.train_worker`), when it runs one.
     """
     facts = NodeFacts(
         device_id, profile, int(ram_bytes), battery=battery, labels=dict(labels or {}),
@@ -84,4 +86,6 @@ def node_config_for(
         cfg[Node.STATUS_PATH] = status_path
     if partition_id is not None:
         cfg[Node.PARTITION_ID] = int(partition_id)
+    if train_worker:
+        cfg[Node.TRAIN_WORKER] = train_worker
     return cfg
