@@ -44,7 +44,7 @@ from edgefleet.flower.grid_io import exchange
 if TYPE_CHECKING:
     from edgefleet.flower.run_settings import RunSettings
 
-__all__ = ["holders_mean", "payload_bytes", "run_secure_round", "secure_round"]
+__all__ = ["MIN_DEVICES", "holders_mean", "payload_bytes", "run_secure_round", "secure_round"]
 
 
 def secure_round(
@@ -108,6 +108,10 @@ def secure_round(
         return holders_mean(params, arrays)
     return {k: np.asarray(v, np.float32) for k, v in zip(names, arrays, strict=True)}
 
+
+#: a SecAgg+ round's fewest devices: the sum of 2 and either model give the other, and the
+#: reconstruction threshold (n-1, at least 2) would survive no dropout
+MIN_DEVICES = 3
 
 #: below this a tensor's summed weight is zero: the smallest real one is a device's share of
 #: the round's examples (>= 1/max-weight of the total), far above SecAgg+'s quantization step
@@ -204,6 +208,11 @@ def run_secure_round(
 ) -> tuple[fl_model.Arrays, dict[str, Any]]:
     """One SecAgg+ round on the selected nodes online: the new model and the round's record."""
     nodes = list(view.get_node_ids())
+    if len(nodes) < MIN_DEVICES:
+        raise RuntimeError(
+            f"round {server_round}: SecAgg+ needs {MIN_DEVICES} devices online, "
+            f"{len(nodes)} are (with 2, either device learns the other's model from the sum)"
+        )
     counting = _CountingGrid(view)
     context = Context(
         run_id=view.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
