@@ -331,8 +331,6 @@ def start(
         update_codec=update_codec, secure_agg=secure_agg,
     )  # fmt: skip
     if not local and not superlink and runs_dir is None and train_remote.coordinator_configured():
-        if secure_agg:
-            raise usage_error("--secure-agg is not available over the API yet: give --superlink")
         train_remote.start(options)
         return
     plan = validate(options)

@@ -107,7 +107,7 @@ def start(o: StartOptions) -> None:
         select=o.select, lr=o.lr, local_epochs=o.local_epochs, proximal_mu=o.proximal_mu,
         dp=o.dp, dp_noise=o.dp_noise, dp_clip=o.dp_clip, round_timeout_seconds=o.round_timeout,
         name=o.name, register=o.register or bool(o.deploy), init_weights=init, buffer=o.buffer,
-        max_staleness=o.max_staleness, update_codec=o.update_codec,
+        max_staleness=o.max_staleness, update_codec=o.update_codec, secure_agg=o.secure_agg,
     )  # fmt: skip
     with closing(training_client()) as c:
         run = c.start_run(request)

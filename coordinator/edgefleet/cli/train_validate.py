@@ -32,6 +32,14 @@ FL_STRATEGIES = ("fedavg", "fedprox", "heterofl", "fedbuff")
 DP_MODES = ("none", "server-fixed", "client-fixed")
 #: the SuperNodes' shards and the held-out split are digits (coordinator/edgefleet/devtools/fl_local.py, clientapp)
 FL_DATASET = "digits"
+#: SecAgg+ hides a device's model in the sum of 3 or more: with 2, either device learns the
+#: other's from the new global model, and its threshold (n-1) survives no dropout
+#: (``edgefleet.flower.secagg``; the coordinator's ``fl.runs`` says the same)
+SECURE_AGG_MIN_DEVICES = 3
+SECURE_AGG_FEW = (
+    "--secure-agg needs --min-devices 3 or more: with 2, either device learns the other's "
+    "model from the sum"
+)
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,8 @@ def _check_federation(o: StartOptions) -> None:
         raise usage_error(
             "--secure-agg runs fedavg/fedprox rounds with --update-codec none and no --dp"
         )
+    if o.secure_agg and o.min_devices < SECURE_AGG_MIN_DEVICES:
+        raise usage_error(SECURE_AGG_FEW)
 
 
 def _check_numbers(**values: tuple[float, float, bool]) -> None:

@@ -80,7 +80,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):  # type: igno
             register=request.register, init_weights=request.init_weights,
             buffer=request.buffer or 4,
             max_staleness=request.max_staleness if request.HasField("max_staleness") else 4,
-            update_codec=request.update_codec or "none",
+            update_codec=request.update_codec or "none", secure_agg=request.secure_agg,
         )  # fmt: skip
         return run_to_proto(await self._runs.start(req))
 

@@ -41,6 +41,8 @@ STRATEGIES = ("fedavg", "fedprox", "heterofl", "fedbuff")
 DP_MODES = ("none", "server-fixed", "client-fixed")
 FINISHED = ("succeeded", "failed", "stopped")
 MAX_ROUNDS = 10_000
+#: the CLI's ``train_validate.SECURE_AGG_MIN_DEVICES`` (why: there)
+SECURE_AGG_MIN_DEVICES = 3
 MAX_INIT_BYTES = 3 * 1024 * 1024  # under the 4 MiB gRPC message limit
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -67,6 +69,8 @@ class RunRequest:
     buffer: int = 4
     max_staleness: int = 4
     update_codec: str = "none"
+    #: Flower's SecAgg+ for every round (``edgefleet.flower.secagg``)
+    secure_agg: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ class TrainingRuns:
             # environment (edgefleet.fl.redis_secret)
             "redis-url": strip_credentials(self._redis_url),
             "buffer": req.buffer, "max-staleness": req.max_staleness,
-            "update-codec": req.update_codec,
+            "update-codec": req.update_codec, "secure-agg": req.secure_agg,
         }  # fmt: skip
         if req.register:
             meta["new_model"] = config["register-model"] = f"{req.model}-ft-{name}"
@@ -273,6 +277,18 @@ def _check(req: RunRequest) -> None:
         raise InvalidArgument("update_codec", str(exc)) from None
     if codec.lossy and req.dp == "client-fixed":
         raise InvalidArgument("dp", "client-fixed needs update_codec none")
+    if req.secure_agg and (
+        req.strategy not in ("fedavg", "fedprox") or codec.lossy or req.dp != "none"
+    ):
+        raise InvalidArgument(
+            "secure_agg", "runs fedavg/fedprox rounds with update_codec none and dp none"
+        )
+    if req.secure_agg and req.min_devices < SECURE_AGG_MIN_DEVICES:
+        raise InvalidArgument(
+            "secure_agg",
+            f"needs min_devices >= {SECURE_AGG_MIN_DEVICES}: with 2, either device learns the "
+            "other's model from the sum",
+        )
     if req.buffer < 1 or req.max_staleness < 0:
         raise InvalidArgument("buffer", "buffer must be >= 1 and max_staleness >= 0")
     if not 1 <= req.rounds <= MAX_ROUNDS:
