@@ -22,7 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgefleet.modelops.lm_bundle import LM_TASK, is_lm_manifest, lm_variant_body
+from edgefleet.modelops.lm_bundle import (
+    LM_TASK,
+    is_lm_manifest,
+    lm_bundle_files,
+    lm_runtimes,
+    lm_variant_body,
+    load_lm_graph,
+)
 from edgefleet.modelops.lm_compress import LM_RECIPES, derive_lm_variant, parse_lm_recipe
 from edgefleet.modelops.recipes import RecipeError
 from edgefleet.variant_store import VariantStore
@@ -106,8 +113,6 @@ def build_lm_recipes(
     """Build LM ``recipes`` (default: every one missing) from model ``name``'s fp32 base graph,
     sign them into ``store`` and list them under the model; returns the variant ids in order
     (a recipe the model already has returns its id: building is idempotent)."""
-    import onnx
-
     todo = lm_recipes_to_build(store, name, recipes)
     entry = store.model(name)
     base = store.load(entry.base)
@@ -116,7 +121,7 @@ def build_lm_recipes(
             f"model {name!r}: its base is {base.manifest.get('recipe_label')!r}, not the fp32 "
             "graph every LM recipe is derived from"
         )
-    fp32 = onnx.load_from_string(base.file(base.manifest["runtimes"]["onnxruntime"]["file"]))
+    fp32 = load_lm_graph(base)  # one inline file, or the graph + its external weights
     measured_base = "perplexity" in base.manifest.get("metrics", {})
     test = _corpus_test(store, base.manifest) if measured_base and todo else None
     have = _built(store, name)
@@ -141,7 +146,10 @@ def build_lm_recipes(
             progress(recipe, "sign")
             body = lm_variant_body(base.manifest, variant, measured)
             body["parent"] = entry.base
-            variant_id = store.put(body, {"model.onnx": variant.path.read_bytes()})
+            files = lm_bundle_files(variant.path)  # the weights as external data
+            body["runtimes"] = lm_runtimes(files)
+            body["metrics"]["size_bytes"] = sum(len(b) for b in files.values())
+            variant_id = store.put(body, files)
             store.add_variant(name, variant_id)
             have[recipe] = variant_id
             ids.append(variant_id)

@@ -9,24 +9,118 @@ the context length it was trained at and the KV-cache bytes per position (what s
 to size the cache on a device); ``metrics`` holds what was measured at build time (perplexity,
 prefill/decode tokens/s, peak memory). :func:`edgefleet.coordinator.lm_explain.lm_facts` turns such a manifest back into the
 :class:`~edgefleet.coordinator.lm_selection.LMFacts` selection judges.
+
+Weights as ONNX external data (:func:`lm_bundle_files`): ``model.onnx`` holds the graph and
+small tensors, ``model.onnx.data`` every tensor of 1 KiB or more, and the manifest's
+``runtimes.onnxruntime.external_data`` names the second file (the agent hands its verified
+bytes to onnxruntime in memory). Why two files: a variant that changes the graph but not the
+weights (an adapter variant, :mod:`edgefleet.modelops.lm_adapter_variant`) then shares the
+weights file byte for byte with the variant a device holds, and its delta ships ``same`` for
+it; a real LM's weights would also pass protobuf's 2 GiB limit. Bundles with one inline
+``model.onnx`` (registered before) stay valid: no ``external_data``, nothing else changes.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from edgefleet.bundle import Bundle
 from edgefleet.modelops.lm_compress import LMVariantFile
 from edgefleet.modelops.lm_measure import LMMeasurement
 from edgefleet.variant_store import ModelEntry, VariantStore
 from edgefleet.zoo import ByteLM
 
-__all__ = ["LM_TASK", "is_lm_manifest", "lm_manifest", "lm_variant_body", "register_lm_model"]
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = [
+    "LM_GRAPH_FILE",
+    "LM_TASK",
+    "LM_WEIGHTS_FILE",
+    "is_lm_manifest",
+    "lm_bundle_files",
+    "lm_manifest",
+    "lm_runtimes",
+    "lm_variant_body",
+    "load_lm_graph",
+    "register_lm_model",
+]
 
 LM_TASK = "language-model"
 #: the manifest precision of each weight width: weight-only int8/int4 dequantize into fp32
 #: arithmetic, so a device needs fp32 (and fp16 kernels for the fp16 graph)
 _PRECISION = {32: "fp32", 16: "fp16", 8: "int8-weight-only", 4: "int4-weight-only"}
+LM_GRAPH_FILE = "model.onnx"
+#: the ONNX external-data file an LM bundle keeps its weights in, beside ``model.onnx``
+LM_WEIGHTS_FILE = "model.onnx.data"
+#: tensors of at least this many bytes go to the weights file; norms and shapes stay inline
+EXTERNAL_THRESHOLD = 1024
+
+
+def lm_bundle_files(path: Path) -> dict[str, bytes]:
+    """The bundle files of the LM graph at ``path`` (one inline file or already external):
+    ``model.onnx`` (graph, small tensors) and ``model.onnx.data`` (the weights)."""
+    import onnx
+
+    model = onnx.load(str(path))  # pulls in external data the graph may already have
+    with tempfile.TemporaryDirectory(prefix="lm-bundle-") as tmp:
+        out = Path(tmp) / LM_GRAPH_FILE
+        onnx.save_model(
+            model,
+            str(out),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=LM_WEIGHTS_FILE,
+            size_threshold=EXTERNAL_THRESHOLD,
+        )
+        files = {LM_GRAPH_FILE: out.read_bytes()}
+        data = Path(tmp) / LM_WEIGHTS_FILE
+        if data.exists():
+            files[LM_WEIGHTS_FILE] = data.read_bytes()
+    return files
+
+
+def lm_runtimes(files: Mapping[str, bytes]) -> dict[str, Any]:
+    """The manifest's ``runtimes`` for an LM bundle of ``files``."""
+    entry: dict[str, Any] = {"file": LM_GRAPH_FILE}
+    if LM_WEIGHTS_FILE in files:
+        entry["external_data"] = [LM_WEIGHTS_FILE]
+    return {"onnxruntime": entry}
+
+
+def load_lm_graph(bundle: Bundle) -> onnx.ModelProto:
+    """An LM bundle's graph with every weight in memory, from its verified bytes (one inline
+    file, or ``model.onnx`` + its external data)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    entry = bundle.manifest.get("runtimes", {}).get("onnxruntime", {})
+    model = onnx.load_from_string(bundle.file(str(entry.get("file", LM_GRAPH_FILE))))
+    data = {str(n): bundle.file(str(n)) for n in entry.get("external_data", [])}
+    for tensor in _tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        blob = data.get(str(info.location))
+        if blob is None:
+            raise ValueError(f"LM graph refers to {info.location!r}, which its bundle lacks")
+        start = int(info.offset or 0)
+        end = start + int(info.length) if info.length else len(blob)
+        if end > len(blob):
+            raise ValueError(f"LM tensor {tensor.name!r} lies outside {info.location!r}")
+        tensor.raw_data = blob[start:end]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    return model
+
+
+def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    from onnx.external_data_helper import _get_all_tensors
+
+    return list(_get_all_tensors(model))
 
 
 def _metrics(variant: LMVariantFile, measured: LMMeasurement | None) -> dict[str, Any]:
@@ -117,7 +211,10 @@ def register_lm_model(
     ids: dict[str, str] = {}
     for v in variants:
         body = lm_manifest(name, model, v, (measured or {}).get(v.recipe), dataset)
-        ids[v.recipe] = store.put(body, {"model.onnx": v.path.read_bytes()})
+        files = lm_bundle_files(v.path)
+        body["runtimes"] = lm_runtimes(files)
+        body["metrics"]["size_bytes"] = sum(len(b) for b in files.values())
+        ids[v.recipe] = store.put(body, files)
     base = ids.get("fp32") or next(iter(ids.values()))
     entry = ModelEntry(
         name=name,

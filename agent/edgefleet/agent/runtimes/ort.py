@@ -4,6 +4,9 @@ Why onnxruntime on small Linux devices: it executes every variant the coordinato
 fp16, dynamic and static int8 QDQ graphs) from one file with a runtime far smaller than torch.
 One intra-op thread by default, because a device serves one request at a time next to the
 agent's own work, and because it is how the coordinator measured each variant's latency.
+A language model may keep its weights as ONNX external data (``external_data`` in the
+manifest's runtime entry, e.g. ``model.onnx.data``): those verified bytes are handed to
+onnxruntime in memory, so nothing is re-read from disk after verification either.
 """
 
 from __future__ import annotations
@@ -36,23 +39,33 @@ class OrtRuntime(Runtime):
         self._session: Any = None
         self._input_name = ""
         self._usage = MemoryUsage(0, 0, "not loaded")
+        #: external-data buffers the session was given (onnxruntime may use them in place)
+        self._external: list[npt.NDArray[np.uint8]] = []
         #: the loaded variant's language-model facts; ``None`` for a classifier
         self.language_model: LMSpec | None = None
 
     def _load(self, bundle: Bundle, entry: Mapping[str, Any]) -> None:
         model = bundle.file(str(entry.get("file", "model.onnx")))
+        names = [str(n) for n in entry.get("external_data", [])]
+        external = [np.frombuffer(bundle.file(n), dtype=np.uint8) for n in names]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        if names:
+            opts.add_external_initializers_from_files_in_memory(
+                names, external, [int(b.size) for b in external]
+            )
         rss = psutil.Process().memory_info().rss
         try:
             session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise BundleFormatError(f"onnxruntime cannot load model.onnx: {exc}") from exc
+        self._external = external
         inputs = session.get_inputs()
-        if self._load_language_model(bundle, session, len(model), rss):
+        size = len(model) + sum(int(b.size) for b in external)
+        if self._load_language_model(bundle, session, size, rss):
             return
         if len(inputs) != 1:
             raise BundleFormatError(f"model.onnx has {len(inputs)} inputs, expected 1")
@@ -123,6 +136,7 @@ class OrtRuntime(Runtime):
 
     def unload(self) -> None:
         self._session = None
+        self._external = []
         self.language_model = None
         self._usage = MemoryUsage(0, 0, "not loaded")
         super().unload()
