@@ -2,7 +2,9 @@
 
 Used by the tests, ``benchmarks/fl_rounds.py`` and ``edgefleet train start --local N``. Each
 SuperNode is configured the way an agent configures its own (device id, profile, resources,
-a non-IID digits shard), so what runs here is the same code path as on a fleet.
+a non-IID digits shard), so what runs here is the same code path as on a fleet -- including
+the device's training worker next to each SuperNode (``train_workers``), which conv nets train
+in instead of importing torch in every per-message ClientApp process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.agent.fl.supernode import SuperNodeSupervisor, node_config_for
+from edgefleet.agent.fl.train_worker_client import (
+    TrainWorkerSupervisor,
+    socket_path_in,
+    torch_installed,
+)
 from edgefleet.catalog import get_profile
 from edgefleet.coordinator.fl.superlink import (
     SuperLinkSupervisor,
@@ -80,6 +87,10 @@ class LocalFederation:
     data_paths: Sequence[Path] | None = None
     #: the server-side test set ``(x, y)``; default: the digits test split
     test_set: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
+    #: start each device's training worker (as an agent with torch does); it imports torch
+    #: on its first conv-net round only, so a digits (numpy MLP) run pays a small idle process
+    train_workers: bool = True
+    workers: list[TrainWorkerSupervisor] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -122,21 +133,34 @@ class LocalFederation:
             if self.data_paths is not None
             else save_shard(self.shards[i], self.root / "data" / f"shard-{i}.npz")
         )
+        node_dir = self.root / f"node-{i}"
+        worker = self._start_worker(node_dir, Path(shard)) if self.train_workers else None
         node_config: dict[str, object] = {
             **node_config_for(
                 f"sim-{i:03d}", profile.name, profile.ram_bytes, str(shard), battery=80,
-                partition_id=i,
+                partition_id=i, train_worker=str(worker.socket_path) if worker else "",
             ),
             Node.NUM_PARTITIONS: self.num_nodes,
             **facts,
         }  # fmt: skip
         node = SuperNodeSupervisor(
-            self.address, node_config, self.root / f"node-{i}", port=free_port(), env=self.env,
+            self.address, node_config, node_dir, port=free_port(), env=self.env,
             tls=FlowerTls(self.flower_tls.ca) if self.flower_tls else None,
         )  # fmt: skip
         node.start()
         self.supernodes.append(node)
         return node
+
+    def _start_worker(self, node_dir: Path, shard: Path) -> TrainWorkerSupervisor | None:
+        """Node ``node_dir``'s training worker (None without torch or room for a socket path)."""
+        socket_path = socket_path_in(node_dir)
+        if socket_path is None or not torch_installed():
+            return None
+        worker = TrainWorkerSupervisor(socket_path, shard.absolute(), node_dir,
+                                       name=f"train-worker[{node_dir.name}]")  # fmt: skip
+        worker.start()
+        self.workers.append(worker)
+        return worker
 
     def run(self, config: Mapping[str, object], name: str = "run") -> Path:
         """Submit our app with ``config``; returns the progress directory."""
@@ -152,8 +176,9 @@ class LocalFederation:
     def stop(self) -> None:
         """Stop every SuperNode (in parallel: each may wait for its ClientApp), then the
         SuperLink."""
-        with ThreadPoolExecutor(max_workers=max(1, len(self.supernodes))) as pool:
-            list(pool.map(lambda node: node.stop(timeout=3.0), self.supernodes))
+        procs = [*self.supernodes, *self.workers]
+        with ThreadPoolExecutor(max_workers=max(1, len(procs))) as pool:
+            list(pool.map(lambda proc: proc.stop(timeout=3.0), procs))
         if self.superlink is not None:
             self.superlink.stop(timeout=3.0)
 

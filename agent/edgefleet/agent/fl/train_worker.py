@@ -307,7 +307,7 @@ async def serve(socket_path: Path, data_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await server.stop(grace=1.0)
+    await server.stop(grace=0.5)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
 

@@ -56,7 +56,7 @@ def encode_arrays(arrays: Mapping[str, npt.NDArray[Any]]) -> list[pb.NamedArray]
             a = a.astype("<i8", copy=False)
         else:
             raise WireError(f"array {name!r} has dtype {a.dtype}; only floats and ints travel")
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a, order="C")  # (ascontiguousarray would make a scalar 1-D)
         out.append(pb.NamedArray(name=name, dtype=str(a.dtype.name), shape=a.shape,
                                  data=a.tobytes()))  # fmt: skip
     return out
