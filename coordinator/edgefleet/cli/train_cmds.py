@@ -51,12 +51,12 @@ from edgefleet.cli.common import (
     one_line_errors,
     out,
     print_json,
-    usage_error,
 )
 from edgefleet.cli.completion import DEPLOY_STRATEGIES, complete_profiles
 from edgefleet.cli.train_follow import (
     follow,
     follow_rounds,
+    is_lora,
     list_runs,
     load_record,
     round_line,
@@ -203,6 +203,13 @@ class _RoundReporter:
             )
 
 
+def _given(param: str) -> bool:
+    """Whether option ``param`` was on the command line (or its environment), not defaulted."""
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source(param) if ctx is not None else None
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
 # --- commands ----------------------------------------------------------------------------
 
 
@@ -274,6 +281,24 @@ def start(
         bool,
         typer.Option("--secure-agg", help="Flower's SecAgg+: the server sees only the sum"),
     ] = False,
+    lora_rank: Annotated[
+        int | None,
+        typer.Option("--lora-rank", help="a registered LM: LoRA adapters' rank [default: 8]"),
+    ] = None,
+    lora_alpha: Annotated[
+        float | None,
+        typer.Option("--lora-alpha", help="a registered LM: scale numerator (alpha/rank) [16]"),
+    ] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--lora-targets", help="a registered LM: adapted linears, of q,k,v,proj,up,down [q,v]"
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="a registered LM: local adapter steps per round [20]"),
+    ] = None,
     round_timeout: Annotated[float, typer.Option("--round-timeout")] = 120.0,
     name: Annotated[str, typer.Option(help="run name (default: MODEL-TIMESTAMP)")] = "",
     runs_dir: RunsDirOpt = DEFAULT_RUNS,
@@ -328,7 +353,8 @@ def start(
         rebuild=rebuild, deploy=deploy, deploy_strategy=deploy_strategy,
         latency_runs=latency_runs, data_dir=data_dir, coordinator=coordinator,
         admin_token=admin_token, as_json=as_json, buffer=buffer, max_staleness=max_staleness,
-        update_codec=update_codec, secure_agg=secure_agg,
+        update_codec=update_codec, secure_agg=secure_agg, lora_rank=lora_rank,
+        lora_alpha=lora_alpha, lora_targets=lora_targets, steps=steps, lr_given=_given("lr"),
     )  # fmt: skip
     if not local and not superlink and runs_dir is None and train_remote.coordinator_configured():
         train_remote.start(options)
@@ -393,7 +419,7 @@ def status(
     total = int(doc.get("settings", {}).get("num_rounds", 0))
     if not watch:
         for r in doc.get("rounds", []):
-            out.print(round_line(r, total), highlight=False)
+            out.print(round_line(r, total, is_lora(doc)), highlight=False)
     out.print(f"{name}: {doc['state']} {doc.get('reason') or ''}".rstrip(), highlight=False)
 
 

@@ -9,6 +9,7 @@ it only reads, so ``train status --watch`` uses the same loop on any run.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,7 @@ def follow_rounds(
         total = int(doc.get("settings", {}).get("num_rounds", len(rounds)))
         for r in rounds[shown:]:
             if not as_json:
-                out.print(round_line(r, total), highlight=False)
+                out.print(round_line(r, total, is_lora(doc)), highlight=False)
         finished = doc["state"] not in ("running", "submitted")
         if report is not None and (rounds[shown:] or finished):
             report(rounds[shown:], finished and doc["state"] != "succeeded")
@@ -93,23 +94,50 @@ def _alive(pid: object) -> bool:
     return pid_alive(pid) if isinstance(pid, int) else True  # unknown: trust the record
 
 
-def round_line(r: dict[str, Any], total: int) -> str:
-    """One line per finished round, as `train start` and `train status` print it."""
+def is_lora(doc: dict[str, Any]) -> bool:
+    """Whether a run record is a federated LoRA run of a language model."""
+    from edgefleet.fl.contract import LORA_ARCH
+
+    return str((doc.get("settings") or {}).get("arch") or doc.get("arch") or "") == LORA_ARCH
+
+
+def mean_perplexity(device_eval_loss: dict[str, Any] | None) -> float | None:
+    """The mean over devices of each one's held-out perplexity (e^loss, per byte), or None."""
+    losses = [float(v) for v in (device_eval_loss or {}).values() if v is not None]
+    return sum(math.exp(v) for v in losses) / len(losses) if losses else None
+
+
+def round_line(r: dict[str, Any], total: int, lora: bool = False) -> str:
+    """One line per finished round, as `train start` and `train status` print it.
+
+    A LoRA round says held-out perplexity instead of accuracy: the mean over its devices of
+    each one's perplexity on its own held-out text, scored on the adapters the round started
+    from (round 1: the base), before the round's training.
+    """
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     loss = "-" if r.get("train_loss") is None else f"{r['train_loss']:.3f}"
+    failed = int(r.get("failed") or 0)  # devices whose update failed (`train simulate` too)
+    devices = f"{len(r['participants'])} device(s)" + (f" ({failed} failed)" if failed else "")
+    if lora:
+        ppl = mean_perplexity(r.get("device_eval_loss"))
+        return (
+            f"round {r['round']}/{total}: {devices}, loss {loss}, "
+            f"held-out perplexity {'-' if ppl is None else f'{ppl:.3f}'} at the round's start, "
+            f"{r['seconds']:.1f}s"
+        )
     return (
-        f"round {r['round']}/{total}: {len(r['participants'])} device(s), loss {loss}, "
+        f"round {r['round']}/{total}: {devices}, loss {loss}, "
         f"client acc {pct(r.get('client_eval_acc'))}, test acc {pct(r.get('test_acc'))}, "
         f"{r['seconds']:.1f}s"
     )
 
 
 def summarize(doc: dict[str, Any]) -> dict[str, Any]:
-    """The ``--json`` view of a run's record."""
-    return {
+    """The ``--json`` view of a run's record (a LoRA run's adds ``perplexity``)."""
+    view = {
         "name": doc["name"],
         "state": doc["state"],
         "reason": doc.get("reason"),
@@ -120,6 +148,27 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         "rounds": doc.get("rounds", []),
         "initial": doc.get("initial"),
         "final": doc.get("final"),
+    }
+    if is_lora(doc):
+        view["perplexity"] = perplexity_curve(doc)
+    return view
+
+
+def perplexity_curve(doc: dict[str, Any]) -> dict[str, Any]:
+    """A LoRA run's held-out perplexity: the mean over devices at each round's start (round 1:
+    the base), after the last round, and per device (start -> end)."""
+    rounds = list(doc.get("rounds") or [])
+    final = (doc.get("final") or {}).get("device_eval_loss") or {}
+    first = rounds[0].get("device_eval_loss") or {} if rounds else {}
+    return {
+        "at_round_start": [mean_perplexity(r.get("device_eval_loss")) for r in rounds],
+        "initial": mean_perplexity(first),
+        "final": mean_perplexity(final),
+        "per_device": {
+            d: {"initial": math.exp(first[d]) if d in first else None, "final": math.exp(v)}
+            for d, v in sorted(final.items())
+            if v is not None
+        },
     }
 
 

@@ -33,6 +33,9 @@ def publish(plan: RunPlan, doc: dict[str, Any]) -> None:
             print_json(summary)
             raise typer.Exit(1)
         raise fail(f"run {plan.run_name} {doc['state']}: {doc.get('reason') or ''}")
+    if plan.lora is not None:
+        _publish_lora(plan, doc, summary)
+        return
     accuracy = _accuracy(doc, plan.store, plan.base_entry)
     summary["test_accuracy"] = accuracy
     if not o.as_json:
@@ -48,6 +51,92 @@ def publish(plan: RunPlan, doc: dict[str, Any]) -> None:
         ))  # fmt: skip
     if o.as_json:
         print_json(summary)
+
+
+def _publish_lora(plan: RunPlan, doc: dict[str, Any], summary: dict[str, Any]) -> None:
+    """A LoRA run's outcome: held-out perplexity from the base to the result (the mean over
+    devices, each on its own text), then ``LM-ft-RUN`` registered (and rolled out) -- as
+    adapter variants of the base's own variants when that path is there, else merged."""
+    o = plan.options
+    curve = summary["perplexity"]
+    start, end = curve["initial"], curve["final"]
+    if not o.as_json:
+        out.print(_perplexity_line(curve), highlight=False)
+        out.print(f"adapters: {plan.run_dir / 'final.npz'}", highlight=False)
+    if start is not None and end is not None and end > start:
+        err_console.print(
+            f"[bold red]WARNING: the fine-tuned model is worse than its base[/bold red]: "
+            f"held-out perplexity {start:.3f} -> {end:.3f}; registering it as {plan.new_model} "
+            "anyway (try more --rounds or --steps, or a smaller --lr)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    summary["registered"] = _register_lora(plan)
+    if not o.as_json:
+        how = summary["registered"]["as"]
+        recipes = ", ".join(v["recipe"] for v in summary["registered"]["variants"])
+        out.print(
+            f"registered {plan.new_model} ({recipes}): "
+            + (
+                f"adapter variants of {o.model}'s own variants (devices get a small delta)"
+                if how == "adapter-variants"
+                else f"the adapters merged into {o.model}'s weights (whole variants)"
+            ),
+            highlight=False,
+        )
+    if o.deploy:
+        try:
+            rollout = _rollout(
+                plan.new_model, o.deploy, o.deploy_strategy, o.coordinator, o.admin_token
+            )
+        except Exception as exc:
+            raise fail(
+                f"registered {plan.new_model}, but the rollout was not created: {exc} "
+                f"(retry with `edgefleet deploy {plan.new_model} --to {o.deploy}`)"
+            ) from None
+        summary["rollout"] = rollout
+        if not o.as_json:
+            out.print(
+                f"rollout {rollout['id']}: {plan.new_model} -> {o.deploy} [{rollout['state']}], "
+                f"{len(rollout['devices'])} device(s), {len(rollout['skipped'])} skipped; "
+                f"follow it with: edgefleet rollout status {rollout['id']} --watch",
+                highlight=False,
+            )
+    if o.as_json:
+        print_json(summary)
+
+
+def _perplexity_line(curve: dict[str, Any]) -> str:
+    start, end, devices = curve["initial"], curve["final"], curve["per_device"]
+    if end is None:
+        return "held-out perplexity: not reported by the run"
+    each = ", ".join(
+        f"{d} {v['initial']:.3f}->{v['final']:.3f}" if v["initial"] is not None else f"{d} {v['final']:.3f}"
+        for d, v in devices.items()
+    )  # fmt: skip
+    head = f"{start:.3f} -> {end:.3f}" if start is not None else f"{end:.3f}"
+    return f"held-out perplexity {head} (mean of {len(devices)} device(s), own text: {each})"
+
+
+def _register_lora(plan: RunPlan) -> dict[str, Any]:
+    """Register the run's averaged adapters as ``plan.new_model`` (see ``lm_lora``)."""
+    from edgefleet.flower import model as fl_model
+    from edgefleet.lora import LoRAConfig
+    from edgefleet.modelops.lm_lora import load_lm_base, publish_lora_result
+
+    assert plan.lora is not None and plan.store is not None and plan.base_entry is not None
+    lora = LoRAConfig(plan.lora.rank, plan.lora.alpha, plan.lora.targets)
+    adapters = fl_model.load_params(plan.run_dir / "final.npz")
+    try:
+        base = load_lm_base(plan.store, plan.base_entry)
+        return publish_lora_result(
+            plan.store, plan.base_entry, base, lora, adapters, plan.new_model, plan.run_dir
+        )
+    except Exception as exc:  # the run stands: its adapters are in the run directory
+        raise fail(
+            f"run {plan.run_name} succeeded, but registering {plan.new_model} failed: {exc} "
+            f"(the adapters are in {plan.run_dir / 'final.npz'})"
+        ) from None
 
 
 def _accuracy(

@@ -41,7 +41,7 @@ def submit(plan: RunPlan) -> Iterator[Submission]:
     o, run_dir = plan.options, plan.run_dir
     run_dir.mkdir(parents=True)
     init = o.init
-    if plan.base_entry is not None and init is None and plan.store is not None:
+    if plan.base_entry is not None and init is None and plan.store is not None and not plan.lora:
         init = _base_weights(plan.store, plan.base_entry, run_dir / "init.npz")
     config: dict[str, object] = {
         "num-rounds": o.rounds, "strategy": o.strategy, "min-devices": o.min_devices,
@@ -53,6 +53,8 @@ def submit(plan: RunPlan) -> Iterator[Submission]:
     }  # fmt: skip
     if init is not None:
         config["init-path"] = str(init.absolute())
+    if plan.lora is not None:
+        config.update(_lora_config(plan))
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     fed = None
     try:
@@ -60,9 +62,11 @@ def submit(plan: RunPlan) -> Iterator[Submission]:
             from edgefleet.devtools.fl_local import LocalFederation
 
             fed = LocalFederation(
-                run_dir / "federation", num_nodes=o.local, profiles=o.profiles.split(",")
-            ).start()
-            config["test-path"] = str(fed.root / "test.npz")
+                run_dir / "federation", num_nodes=o.local, profiles=o.profiles.split(","),
+                data_paths=_text_devices(o.local, run_dir / "text") if plan.lora else None,
+            ).start()  # fmt: skip
+            if plan.lora is None:  # a LoRA run is scored on the devices' own held-out text
+                config["test-path"] = str(fed.root / "test.npz")
             address = fed.address
         else:
             address = plan.superlink
@@ -117,3 +121,32 @@ def _base_weights(store: VariantStore, entry: ModelEntry, path: Path) -> Path:
     module = load_torch_model(store.load(entry.base))
     params = {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
     return fl_model.save_params(params, path)
+
+
+#: text per built-in ``--local`` device (``benchmarks/lm_lora.py``'s; ~20 % of it held out)
+LOCAL_TEXT_BYTES = 150_000
+
+
+def _lora_config(plan: RunPlan) -> dict[str, object]:
+    """The run-config keys of a federated LoRA run: the base (recovered from the registered
+    LM's signed graph) and the initial adapters in the run directory, which the devices' base
+    path names (devices on another host hold the same file at ``lm-base-path``)."""
+    from edgefleet.lora import LoRAConfig
+    from edgefleet.modelops.lm_lora import load_lm_base, prepare_lora_run
+
+    assert plan.lora is not None and plan.store is not None and plan.base_entry is not None
+    lora = LoRAConfig(plan.lora.rank, plan.lora.alpha, plan.lora.targets)
+    base = load_lm_base(plan.store, plan.base_entry)
+    run = prepare_lora_run(base, lora, plan.run_dir / "lora", steps=plan.lora.steps)
+    return {
+        **run.run_config(), "lr": plan.lora.lr, "batch-size": 8,
+        "node-wait-timeout": max(60.0, plan.options.round_timeout),
+    }  # fmt: skip
+
+
+def _text_devices(n: int, out: Path) -> list[Path]:
+    """``--local N`` devices' text: standard-library packages by source, one shard each."""
+    from edgefleet.datasets.text_shards import save_text_shard, stdlib_package_shards
+
+    shards = stdlib_package_shards(n, max_bytes=LOCAL_TEXT_BYTES)
+    return [save_text_shard(s, out / f"device-{i}.npz") for i, s in enumerate(shards)]

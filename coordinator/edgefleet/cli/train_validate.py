@@ -8,6 +8,11 @@ steps only carry out.
 
 It also knows what the federated app can train (:data:`MODELS` at width 1.0 on
 :data:`FL_DATASET`), which a registered MODEL must match exactly, and where run records live.
+A registered *language model* (a byte-lm) trains differently: federated LoRA (rank-r adapters
+on the devices' own text, the base frozen; :mod:`edgefleet.modelops.lm_lora`), planned as
+:class:`LoRAPlan`; the classifier-only options (other strategies, update codecs, DP, SecAgg+,
+``--rebuild``, ``--init``) are refused for it in one line each, and the ``--lora-*`` options
+for anything else.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ SECURE_AGG_FEW = (
     "--secure-agg needs --min-devices 3 or more: with 2, either device learns the other's "
     "model from the sum"
 )
+#: ``edgefleet.lora.LORA_TARGETS`` (not imported: it loads torch; a test keeps them equal)
+LORA_TARGETS = ("q", "k", "v", "proj", "up", "down")
+#: federated LoRA's defaults: rank 8 and alpha 16 (PEFT's scale 2), q and v (Hu et al.), and
+#: AdamW at 5e-3 for 20 local steps a round (``benchmarks/lm_lora.py``'s setting)
+LORA_RANK, LORA_ALPHA, LORA_TARGETS_DEFAULT, LORA_STEPS, LORA_LR = 8, 16.0, "q,v", 20, 5e-3
+#: the built-in text devices of ``--local N`` (``edgefleet.datasets.text_shards.DEVICE_PACKAGES``)
+LORA_LOCAL_DEVICES = 6
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,82 @@ class StartOptions:
     update_codec: str = "none"
     #: --secure-agg: Flower's SecAgg+ for every round
     secure_agg: bool = False
+    #: federated LoRA of a registered LM (None: not given; a classifier refuses any of them)
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: str | None = None
+    steps: int | None = None
+    #: whether --lr was given (LoRA's default learning rate is not a classifier's)
+    lr_given: bool = True
+
+
+@dataclass(frozen=True)
+class LoRAPlan:
+    """A federated LoRA run of a registered LM: the adapters' shape and the local training."""
+
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+    steps: int
+    lr: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"rank": self.rank, "alpha": self.alpha, "targets": list(self.targets)}
+
+
+def lora_given(o: StartOptions) -> list[str]:
+    """The ``--lora-*``/``--steps`` options given, by flag (what a classifier refuses)."""
+    given = {"--lora-rank": o.lora_rank, "--lora-alpha": o.lora_alpha,
+             "--lora-targets": o.lora_targets, "--steps": o.steps}  # fmt: skip
+    return [flag for flag, value in given.items() if value is not None]
+
+
+def lora_plan(o: StartOptions) -> LoRAPlan:
+    """The LoRA settings from the options (defaults for what is not given); usage errors for
+    bad numbers and unknown targets, found before anything starts."""
+    rank = LORA_RANK if o.lora_rank is None else o.lora_rank
+    alpha = LORA_ALPHA if o.lora_alpha is None else o.lora_alpha
+    steps = LORA_STEPS if o.steps is None else o.steps
+    _check_numbers(
+        lora_rank=(rank, 1, True), lora_alpha=(alpha, 0.0, False), steps=(steps, 1, True)
+    )
+    raw = LORA_TARGETS_DEFAULT if o.lora_targets is None else o.lora_targets
+    targets = tuple(t.strip() for t in raw.split(",") if t.strip())
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad or not targets:
+        raise usage_error(
+            f"--lora-targets {raw!r}: choose among {', '.join(LORA_TARGETS)} "
+            "(comma-separated, e.g. q,v)"
+        )
+    if len(set(targets)) != len(targets):
+        raise usage_error(f"--lora-targets {raw!r} names a target twice")
+    return LoRAPlan(int(rank), float(alpha), targets, int(steps), o.lr if o.lr_given else LORA_LR)
+
+
+def check_lora_options(o: StartOptions, what: str) -> None:
+    """Refuse, one line each, the options federated LoRA of ``what`` does not take.
+
+    Why refused rather than ignored: each changes what a classifier run does (how updates are
+    aggregated, encoded or noised, where the run starts, what is rebuilt), and silently dropping
+    it would register a model trained otherwise than asked.
+    """
+    refused = [
+        (o.strategy != "fedavg", f"--strategy {o.strategy}", "it averages adapters with fedavg"),
+        (o.dp != "none", f"--dp {o.dp}", "Flower's DP wrappers are wired for classifier runs"),
+        (o.update_codec != "none", f"--update-codec {o.update_codec}",
+         "adapters already travel as a few percent of the model"),
+        (o.secure_agg, "--secure-agg", "SecAgg+ is wired for classifier runs"),
+        (o.rebuild, "--rebuild", "its result is published from the base's own variants"),
+        (o.init is not None, "--init", "its adapters start at zero (B = 0: the base exactly)"),
+    ]  # fmt: skip
+    for bad, flag, why in refused:
+        if bad:
+            raise usage_error(f"{flag} does not apply to {what}: federated LoRA, {why}")
+    if o.local > LORA_LOCAL_DEVICES:
+        raise usage_error(
+            f"--local {o.local}: federated LoRA has {LORA_LOCAL_DEVICES} built-in text devices "
+            "(standard-library packages by source)"
+        )
 
 
 @dataclass(frozen=True)
@@ -102,6 +190,7 @@ class RunPlan:
     superlink: str  #: "" with --local
     superlink_ca: Path | None
     redis_url: str  #: "" when rounds are not recorded in a fleet's state
+    lora: LoRAPlan | None = None  #: MODEL is a registered LM: a federated LoRA run
 
 
 def open_store(data_dir: Path | None) -> VariantStore:
@@ -138,12 +227,17 @@ def validate(o: StartOptions) -> RunPlan:
     the store or the coordinator's record (exit 1).
     """
     check_numbers(o)
+    if o.model in MODELS and lora_given(o):
+        raise usage_error(
+            f"{', '.join(lora_given(o))}: LoRA fine-tunes a registered language model; "
+            f"{o.model!r} is a classifier architecture"
+        )
     if o.rebuild and o.model in MODELS:
         raise usage_error(
             f"--rebuild re-runs the recipes of a registered model's variants; {o.model!r} is an "
             "architecture (register it with `edgefleet models add`, build, then train that)"
         )
-    store, base_entry, recipes = None, None, []
+    store, base_entry, recipes, lora = None, None, [], None
     if o.model in MODELS:
         arch = o.model
     else:
@@ -157,8 +251,19 @@ def validate(o: StartOptions) -> RunPlan:
                 f"unknown model {o.model!r}: neither an architecture the federated app trains "
                 f"({', '.join(MODELS)}) nor a registered model (edgefleet models ls)"
             ) from None
-        arch = _fl_arch_of(base_entry)
-        recipes = _recipes_of(store, base_entry) if o.rebuild else []
+        if is_lm_entry(base_entry.architecture):
+            from edgefleet.fl.contract import LORA_ARCH
+
+            check_lora_options(o, f"language model {o.model!r}")
+            arch, lora = LORA_ARCH, lora_plan(o)
+        elif lora_given(o):
+            raise fail(
+                f"{', '.join(lora_given(o))}: LoRA fine-tunes a registered language model; "
+                f"{o.model!r} is not one"
+            )
+        else:
+            arch = _fl_arch_of(base_entry)
+            recipes = _recipes_of(store, base_entry) if o.rebuild else []
     if o.rebuild and not recipes:
         raise fail(f"--rebuild: model {o.model!r} has no compressed variants to rebuild")
     register = o.register or base_entry is not None or o.rebuild or bool(o.deploy)
@@ -181,7 +286,13 @@ def validate(o: StartOptions) -> RunPlan:
         options=o, arch=arch, store=store, base_entry=base_entry, recipes=recipes,
         register=register, runs_dir=runs_dir, run_name=run_name, run_dir=run_dir,
         new_model=new_model, superlink=superlink, superlink_ca=superlink_ca, redis_url=redis_url,
+        lora=lora,
     )  # fmt: skip
+
+
+def is_lm_entry(architecture: dict[str, object]) -> bool:
+    """Whether a registered model's architecture is a byte-lm (``lm_bundle.register_lm_model``)."""
+    return str(architecture.get("arch") or architecture.get("name") or "") == "byte-lm"
 
 
 def check_numbers(o: StartOptions) -> None:
