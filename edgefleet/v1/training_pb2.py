@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64gefleet/v1/training.proto\x12\x0c\x65\x64gefleet.v1\"\x8a\x03\n\x0fStartRunRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x13\n\x0bmin_devices\x18\x04 \x01(\r\x12\x0e\n\x06select\x18\x05 \x01(\t\x12\n\n\x02lr\x18\x06 \x01(\x01\x12\x14\n\x0clocal_epochs\x18\x07 \x01(\r\x12\x13\n\x0bproximal_mu\x18\x08 \x01(\x01\x12\n\n\x02\x64p\x18\t \x01(\t\x12\x10\n\x08\x64p_noise\x18\n \x01(\x01\x12\x0f\n\x07\x64p_clip\x18\x0b \x01(\x01\x12\x1d\n\x15round_timeout_seconds\x18\x0c \x01(\x01\x12\x0c\n\x04name\x18\r \x01(\t\x12\x10\n\x08register\x18\x0e \x01(\x08\x12\x14\n\x0cinit_weights\x18\x0f \x01(\x0c\x12\x0e\n\x06\x62uffer\x18\x10 \x01(\r\x12\x1a\n\rmax_staleness\x18\x11 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0cupdate_codec\x18\x12 \x01(\t\x12\x12\n\nsecure_agg\x18\x13 \x01(\x08\x42\x10\n\x0e_max_staleness\"\xd3\x01\n\rTrainingRound\x12\r\n\x05round\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\x12\x17\n\ntrain_loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0f\x63lient_eval_acc\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08test_acc\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x42\r\n\x0b_train_lossB\x12\n\x10_client_eval_accB\x0b\n\t_test_acc\"\xed\x02\n\x0bTrainingRun\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x12\n\nnum_rounds\x18\x06 \x01(\r\x12\x11\n\tsuperlink\x18\x07 \x01(\t\x12\x13\n\x0b\x66lwr_run_id\x18\x08 \x01(\x04\x12+\n\x06rounds\x18\t \x03(\x0b\x32\x1b.edgefleet.v1.TrainingRound\x12\x1d\n\x10initial_test_acc\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x66inal_test_acc\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10registered_model\x18\x0c \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\r \x01(\x01\x12\x13\n\x0brecord_json\x18\x0e \x01(\tB\x13\n\x11_initial_test_accB\x11\n\x0f_final_test_acc\"\x1f\n\x0fWatchRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1d\n\rGetRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\";\n\x10ListRunsResponse\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.TrainingRun\"\x1e\n\x0eStopRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xf0\x02\n\x0fTrainingService\x12\x44\n\x08StartRun\x12\x1d.edgefleet.v1.StartRunRequest\x1a\x19.edgefleet.v1.TrainingRun\x12\x46\n\x08WatchRun\x12\x1d.edgefleet.v1.WatchRunRequest\x1a\x19.edgefleet.v1.TrainingRun0\x01\x12@\n\x06GetRun\x12\x1b.edgefleet.v1.GetRunRequest\x1a\x19.edgefleet.v1.TrainingRun\x12I\n\x08ListRuns\x12\x1d.edgefleet.v1.ListRunsRequest\x1a\x1e.edgefleet.v1.ListRunsResponse\x12\x42\n\x07StopRun\x12\x1c.edgefleet.v1.StopRunRequest\x1a\x19.edgefleet.v1.TrainingRunb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x64gefleet/v1/training.proto\x12\x0c\x65\x64gefleet.v1\"\xdb\x03\n\x0fStartRunRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x13\n\x0bmin_devices\x18\x04 \x01(\r\x12\x0e\n\x06select\x18\x05 \x01(\t\x12\n\n\x02lr\x18\x06 \x01(\x01\x12\x14\n\x0clocal_epochs\x18\x07 \x01(\r\x12\x13\n\x0bproximal_mu\x18\x08 \x01(\x01\x12\n\n\x02\x64p\x18\t \x01(\t\x12\x10\n\x08\x64p_noise\x18\n \x01(\x01\x12\x0f\n\x07\x64p_clip\x18\x0b \x01(\x01\x12\x1d\n\x15round_timeout_seconds\x18\x0c \x01(\x01\x12\x0c\n\x04name\x18\r \x01(\t\x12\x10\n\x08register\x18\x0e \x01(\x08\x12\x14\n\x0cinit_weights\x18\x0f \x01(\x0c\x12\x0e\n\x06\x62uffer\x18\x10 \x01(\r\x12\x1a\n\rmax_staleness\x18\x11 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0cupdate_codec\x18\x12 \x01(\t\x12\x12\n\nsecure_agg\x18\x13 \x01(\x08\x12\x11\n\tlora_rank\x18\x14 \x01(\r\x12\x12\n\nlora_alpha\x18\x15 \x01(\x01\x12\x14\n\x0clora_targets\x18\x16 \x03(\t\x12\x12\n\nlora_steps\x18\x17 \x01(\rB\x10\n\x0e_max_staleness\"\xd3\x01\n\rTrainingRound\x12\r\n\x05round\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\x12\x17\n\ntrain_loss\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0f\x63lient_eval_acc\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08test_acc\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x42\r\n\x0b_train_lossB\x12\n\x10_client_eval_accB\x0b\n\t_test_acc\"\xed\x02\n\x0bTrainingRun\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x12\n\nnum_rounds\x18\x06 \x01(\r\x12\x11\n\tsuperlink\x18\x07 \x01(\t\x12\x13\n\x0b\x66lwr_run_id\x18\x08 \x01(\x04\x12+\n\x06rounds\x18\t \x03(\x0b\x32\x1b.edgefleet.v1.TrainingRound\x12\x1d\n\x10initial_test_acc\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x66inal_test_acc\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10registered_model\x18\x0c \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\r \x01(\x01\x12\x13\n\x0brecord_json\x18\x0e \x01(\tB\x13\n\x11_initial_test_accB\x11\n\x0f_final_test_acc\"\x1f\n\x0fWatchRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1d\n\rGetRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\";\n\x10ListRunsResponse\x12\'\n\x04runs\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.TrainingRun\"\x1e\n\x0eStopRunRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xf0\x02\n\x0fTrainingService\x12\x44\n\x08StartRun\x12\x1d.edgefleet.v1.StartRunRequest\x1a\x19.edgefleet.v1.TrainingRun\x12\x46\n\x08WatchRun\x12\x1d.edgefleet.v1.WatchRunRequest\x1a\x19.edgefleet.v1.TrainingRun0\x01\x12@\n\x06GetRun\x12\x1b.edgefleet.v1.GetRunRequest\x1a\x19.edgefleet.v1.TrainingRun\x12I\n\x08ListRuns\x12\x1d.edgefleet.v1.ListRunsRequest\x1a\x1e.edgefleet.v1.ListRunsResponse\x12\x42\n\x07StopRun\x12\x1c.edgefleet.v1.StopRunRequest\x1a\x19.edgefleet.v1.TrainingRunb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,21 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.v1.training_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTRUNREQUEST']._serialized_start=46
-  _globals['_STARTRUNREQUEST']._serialized_end=440
-  _globals['_TRAININGROUND']._serialized_start=443
-  _globals['_TRAININGROUND']._serialized_end=654
-  _globals['_TRAININGRUN']._serialized_start=657
-  _globals['_TRAININGRUN']._serialized_end=1022
-  _globals['_WATCHRUNREQUEST']._serialized_start=1024
-  _globals['_WATCHRUNREQUEST']._serialized_end=1055
-  _globals['_GETRUNREQUEST']._serialized_start=1057
-  _globals['_GETRUNREQUEST']._serialized_end=1086
-  _globals['_LISTRUNSREQUEST']._serialized_start=1088
-  _globals['_LISTRUNSREQUEST']._serialized_end=1105
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1107
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1166
-  _globals['_STOPRUNREQUEST']._serialized_start=1168
-  _globals['_STOPRUNREQUEST']._serialized_end=1198
-  _globals['_TRAININGSERVICE']._serialized_start=1201
-  _globals['_TRAININGSERVICE']._serialized_end=1569
+  _globals['_STARTRUNREQUEST']._serialized_end=521
+  _globals['_TRAININGROUND']._serialized_start=524
+  _globals['_TRAININGROUND']._serialized_end=735
+  _globals['_TRAININGRUN']._serialized_start=738
+  _globals['_TRAININGRUN']._serialized_end=1103
+  _globals['_WATCHRUNREQUEST']._serialized_start=1105
+  _globals['_WATCHRUNREQUEST']._serialized_end=1136
+  _globals['_GETRUNREQUEST']._serialized_start=1138
+  _globals['_GETRUNREQUEST']._serialized_end=1167
+  _globals['_LISTRUNSREQUEST']._serialized_start=1169
+  _globals['_LISTRUNSREQUEST']._serialized_end=1186
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1188
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1247
+  _globals['_STOPRUNREQUEST']._serialized_start=1249
+  _globals['_STOPRUNREQUEST']._serialized_end=1279
+  _globals['_TRAININGSERVICE']._serialized_start=1282
+  _globals['_TRAININGSERVICE']._serialized_end=1650
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StartRunRequest(_message.Message):
-    __slots__ = ("model", "rounds", "strategy", "min_devices", "select", "lr", "local_epochs", "proximal_mu", "dp", "dp_noise", "dp_clip", "round_timeout_seconds", "name", "register", "init_weights", "buffer", "max_staleness", "update_codec", "secure_agg")
+    __slots__ = ("model", "rounds", "strategy", "min_devices", "select", "lr", "local_epochs", "proximal_mu", "dp", "dp_noise", "dp_clip", "round_timeout_seconds", "name", "register", "init_weights", "buffer", "max_staleness", "update_codec", "secure_agg", "lora_rank", "lora_alpha", "lora_targets", "lora_steps")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,10 @@ class StartRunRequest(_message.Message):
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_CODEC_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGG_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    LORA_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    LORA_STEPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     rounds: int
     strategy: str
@@ -46,7 +50,11 @@ class StartRunRequest(_message.Message):
     max_staleness: int
     update_codec: str
     secure_agg: bool
-    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., strategy: _Optional[str] = ..., min_devices: _Optional[int] = ..., select: _Optional[str] = ..., lr: _Optional[float] = ..., local_epochs: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., dp: _Optional[str] = ..., dp_noise: _Optional[float] = ..., dp_clip: _Optional[float] = ..., round_timeout_seconds: _Optional[float] = ..., name: _Optional[str] = ..., register: _Optional[bool] = ..., init_weights: _Optional[bytes] = ..., buffer: _Optional[int] = ..., max_staleness: _Optional[int] = ..., update_codec: _Optional[str] = ..., secure_agg: _Optional[bool] = ...) -> None: ...
+    lora_rank: int
+    lora_alpha: float
+    lora_targets: _containers.RepeatedScalarFieldContainer[str]
+    lora_steps: int
+    def __init__(self, model: _Optional[str] = ..., rounds: _Optional[int] = ..., strategy: _Optional[str] = ..., min_devices: _Optional[int] = ..., select: _Optional[str] = ..., lr: _Optional[float] = ..., local_epochs: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., dp: _Optional[str] = ..., dp_noise: _Optional[float] = ..., dp_clip: _Optional[float] = ..., round_timeout_seconds: _Optional[float] = ..., name: _Optional[str] = ..., register: _Optional[bool] = ..., init_weights: _Optional[bytes] = ..., buffer: _Optional[int] = ..., max_staleness: _Optional[int] = ..., update_codec: _Optional[str] = ..., secure_agg: _Optional[bool] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_targets: _Optional[_Iterable[str]] = ..., lora_steps: _Optional[int] = ...) -> None: ...
 
 class TrainingRound(_message.Message):
     __slots__ = ("round", "participants", "failed", "train_loss", "client_eval_acc", "test_acc", "seconds")
