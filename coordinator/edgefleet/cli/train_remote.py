@@ -36,8 +36,8 @@ from edgefleet.cli.common import (
     settings,
     usage_error,
 )
-from edgefleet.cli.train_follow import round_line
-from edgefleet.cli.train_validate import StartOptions, check_numbers
+from edgefleet.cli.train_follow import is_lora, perplexity_curve, round_line
+from edgefleet.cli.train_validate import StartOptions, check_numbers, lora_given, lora_plan
 from edgefleet.client.training_client import TrainingClient
 from edgefleet.v1 import training_pb2
 
@@ -72,7 +72,9 @@ def run_to_dict(run: training_pb2.TrainingRun) -> dict[str, Any]:
         "final": record.get("final"),
         "registered_model": run.registered_model or None,
         "register_error": record.get("register_error"),
-    }
+        **({"perplexity": perplexity_curve(record), "registered_as": record.get("registered_as")}
+           if is_lora(record) else {}),
+    }  # fmt: skip
 
 
 def _round_dict(r: training_pb2.TrainingRound) -> dict[str, Any]:
@@ -86,10 +88,28 @@ def _round_dict(r: training_pb2.TrainingRound) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _record(run: training_pb2.TrainingRun) -> dict[str, Any]:
+    return json.loads(run.record_json) if run.record_json else {}
+
+
+def _lora(run: training_pb2.TrainingRun) -> bool:
+    return is_lora(_record(run))
+
+
+def _rounds(run: training_pb2.TrainingRun) -> list[dict[str, Any]]:
+    """The run's rounds: the record's (a LoRA round's per-device held-out loss is there), else
+    the wire's."""
+    record = _record(run)
+    if is_lora(record) and len(record.get("rounds") or []) == len(run.rounds):
+        return list(record["rounds"])
+    return [_round_dict(r) for r in run.rounds]
+
+
 def start(o: StartOptions) -> None:
     """Validate, StartRun, then follow WatchRun's stream to the outcome (exit 1 if not
     succeeded)."""
     check_numbers(o)
+    lora = lora_plan(o) if lora_given(o) else None  # bad numbers/targets: exit 2, here
     if o.rebuild:
         raise usage_error(
             "--rebuild re-runs a registered model's recipes, and over the API MODEL is an "
@@ -104,11 +124,16 @@ def start(o: StartOptions) -> None:
             raise fail(f"cannot read --init {o.init}: {exc.strerror}") from None
     request = training_pb2.StartRunRequest(
         model=o.model, rounds=o.rounds, strategy=o.strategy, min_devices=o.min_devices,
-        select=o.select, lr=o.lr, local_epochs=o.local_epochs, proximal_mu=o.proximal_mu,
+        select=o.select, lr=o.lr if o.lr_given else 0.0,  # 0: the model family's default
+        local_epochs=o.local_epochs, proximal_mu=o.proximal_mu,
         dp=o.dp, dp_noise=o.dp_noise, dp_clip=o.dp_clip, round_timeout_seconds=o.round_timeout,
         name=o.name, register=o.register or bool(o.deploy), init_weights=init, buffer=o.buffer,
         max_staleness=o.max_staleness, update_codec=o.update_codec, secure_agg=o.secure_agg,
     )  # fmt: skip
+    if lora is not None:  # a registered LM (the coordinator checks it is one): LoRA settings
+        request.lora_rank, request.lora_alpha = lora.rank, lora.alpha
+        request.lora_targets.extend(lora.targets)
+        request.lora_steps = lora.steps
     with closing(training_client()) as c:
         run = c.start_run(request)
         if not o.as_json:
@@ -146,9 +171,9 @@ def _follow(
     shown = 0
     last = None
     for run in c.watch_run(name, timeout):
-        for r in run.rounds[shown:]:
-            if not as_json:
-                out.print(round_line(_round_dict(r), run.num_rounds), highlight=False)
+        if not as_json:
+            for r in _rounds(run)[shown:]:
+                out.print(round_line(r, run.num_rounds, _lora(run)), highlight=False)
         shown = len(run.rounds)
         last = run
     if last is None:  # pragma: no cover - the stream always sends the run once
@@ -170,6 +195,10 @@ def _finish(
     out.print(
         f"{run.name}: succeeded" + ("" if acc is None else f", test accuracy {100 * acc:.1f}%")
     )
+    if _lora(run):
+        from edgefleet.cli.train_publish import _perplexity_line
+
+        out.print(_perplexity_line(perplexity_curve(_record(run))), highlight=False)
     if run.registered_model:
         out.print(f"registered {run.registered_model}", highlight=False)
     error = (json.loads(run.record_json) if run.record_json else {}).get("register_error")
@@ -206,8 +235,8 @@ def status(name: str, watch: bool, as_json: bool) -> None:
         print_json(run_to_dict(run))
         return
     if not watch:
-        for r in run.rounds:
-            out.print(round_line(_round_dict(r), run.num_rounds), highlight=False)
+        for r in _rounds(run):
+            out.print(round_line(r, run.num_rounds, _lora(run)), highlight=False)
     out.print(f"{run.name}: {run.state} {run.reason}".rstrip(), highlight=False)
 
 

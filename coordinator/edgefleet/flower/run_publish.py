@@ -47,6 +47,19 @@ def register_result(
     return {"registered_model": name, "registered_base": base}
 
 
+def open_result_store(store_dir: str, store_redis: str, signing_key: str, scratch: Path) -> Any:
+    """The fleet's variant store as the run config names it (``scratch``: the local root when
+    the store is shared through Redis and no data dir is named); also the LoRA run's
+    (``flower.lora_run``), so only this module reaches the store interface."""
+    from edgefleet.coordinator.shared_store import open_store
+
+    return open_store(
+        store_dir or scratch,
+        store_redis or None,
+        signing_key_path=Path(signing_key) if signing_key else None,
+    )
+
+
 def _register(
     params: Mapping[str, npt.NDArray[np.float32]],
     arch: str,

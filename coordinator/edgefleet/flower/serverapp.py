@@ -225,6 +225,11 @@ def run_rounds(grid: Grid, settings: RunSettings) -> dict[str, Any]:
 
 def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     selection = parse_selection(settings.select)
+    from edgefleet.flower import lora_run
+
+    if lora_run.needs_preparing(settings):  # LoRA over the API: the base from the store
+        lora_run.prepare(settings)
+        rec.write(settings=asdict(settings))
     deadline = time.monotonic() + settings.node_wait_timeout
     while len(list(grid.get_node_ids())) < settings.min_devices:
         if time.monotonic() > deadline:
@@ -399,10 +404,13 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         from edgefleet.flower.run_publish import register_result
 
         rec.write(state="running", phase="registering")
-        rec.doc.update(register_result(
-            params, settings.arch, settings.register_model, settings.store_dir,
-            with_credentials(settings.store_redis, os.environ), settings.signing_key,
-        ))  # fmt: skip
+        if settings.arch == lora_run.LORA_ARCH:
+            rec.doc.update(lora_run.register_lora(params, settings))
+        else:
+            rec.doc.update(register_result(
+                params, settings.arch, settings.register_model, settings.store_dir,
+                with_credentials(settings.store_redis, os.environ), settings.signing_key,
+            ))  # fmt: skip
     rec.write(state="succeeded", final=final, finished=time.time())
     return rec.doc
 

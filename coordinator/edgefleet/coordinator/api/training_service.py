@@ -73,7 +73,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):  # type: igno
         req = RunRequest(
             model=request.model, rounds=request.rounds or 3,
             strategy=request.strategy or "fedavg", min_devices=request.min_devices or 2,
-            select=request.select, lr=request.lr or 0.05, local_epochs=request.local_epochs or 1,
+            select=request.select, lr=request.lr, local_epochs=request.local_epochs or 1,
             proximal_mu=request.proximal_mu, dp=request.dp or "none", dp_noise=request.dp_noise,
             dp_clip=request.dp_clip or 10.0,
             round_timeout=request.round_timeout_seconds or 120.0, name=request.name,
@@ -81,6 +81,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):  # type: igno
             buffer=request.buffer or 4,
             max_staleness=request.max_staleness if request.HasField("max_staleness") else 4,
             update_codec=request.update_codec or "none", secure_agg=request.secure_agg,
+            lora_rank=request.lora_rank, lora_alpha=request.lora_alpha,
+            lora_targets=tuple(request.lora_targets), lora_steps=request.lora_steps,
         )  # fmt: skip
         return run_to_proto(await self._runs.start(req))
 

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.coordinator.state.fl_runs import StoredRun
 from edgefleet.coordinator.state.store import FleetStore
+from edgefleet.fl.contract import LORA_ARCH
 from edgefleet.fl.redis_secret import strip_credentials
 from edgefleet.fl.update_codec import parse_codec
 from edgefleet.selectors import parse_selection
@@ -44,6 +46,13 @@ MAX_ROUNDS = 10_000
 #: the CLI's ``train_validate.SECURE_AGG_MIN_DEVICES`` (why: there)
 SECURE_AGG_MIN_DEVICES = 3
 MAX_INIT_BYTES = 3 * 1024 * 1024  # under the 4 MiB gRPC message limit
+#: ``edgefleet.lora.LORA_TARGETS`` (the server imports no torch; a test keeps them equal)
+LORA_TARGETS = ("q", "k", "v", "proj", "up", "down")
+#: a run's learning rate when the request leaves it 0: a classifier's SGD, LoRA's AdamW
+DEFAULT_LR, LORA_LR = 0.05, 5e-3
+#: federated LoRA's defaults (the CLI's ``train_validate.LORA_*``)
+LORA_RANK, LORA_ALPHA, LORA_TARGETS_DEFAULT, LORA_STEPS = 8, 16.0, ("q", "v"), 20
+MAX_LORA_RANK, MAX_LORA_STEPS = 1024, 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -71,6 +80,15 @@ class RunRequest:
     update_codec: str = "none"
     #: Flower's SecAgg+ for every round (``edgefleet.flower.secagg``)
     secure_agg: bool = False
+    #: a registered language model: federated LoRA (0 / empty: the defaults)
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+    lora_steps: int = 0
+
+    @property
+    def lora_given(self) -> bool:
+        return bool(self.lora_rank or self.lora_alpha or self.lora_targets or self.lora_steps)
 
 
 @dataclass(frozen=True)
@@ -144,7 +162,12 @@ class TrainingRuns:
         self._store_config = dict(store_config or {})
 
     async def start(self, req: RunRequest) -> RunView:
-        _check(req)
+        lm = req.model not in MODELS and await asyncio.to_thread(self._is_language_model, req)
+        req = replace(req, lr=req.lr or (LORA_LR if lm else DEFAULT_LR))
+        if lm:
+            _check_lora(req)
+        else:
+            _check(req)
         target = self._target()
         if target is None:
             raise FailedPrecondition(
@@ -175,7 +198,10 @@ class TrainingRuns:
             "buffer": req.buffer, "max-staleness": req.max_staleness,
             "update-codec": req.update_codec, "secure-agg": req.secure_agg,
         }  # fmt: skip
-        if req.register:
+        if lm:
+            config.update(_lora_config(req))
+            meta["settings"]["arch"] = LORA_ARCH
+        if req.register or lm:  # a registered model's result is always registered
             meta["new_model"] = config["register-model"] = f"{req.model}-ft-{name}"
             config.update(self._store_config)
             config["store-redis"] = strip_credentials(str(config.get("store-redis") or ""))
@@ -190,6 +216,33 @@ class TrainingRuns:
         meta["flwr_run_id"] = run_id
         await self._store.update_run_meta(name, meta)
         return await self.get(name)
+
+    def _is_language_model(self, req: RunRequest) -> bool:
+        """Whether ``req.model`` is a registered byte-lm (read from the fleet's variant store
+        index, as the ServerApp will open it); one line for anything else."""
+        from edgefleet.coordinator.shared_store import open_store
+        from edgefleet.variant_store import UnknownModelError
+
+        cfg = self._store_config
+        store = open_store(
+            cfg.get("store-dir") or self._work / "store", cfg.get("store-redis") or None
+        )
+        store.materialize_datasets = False
+        try:
+            arch = store.model(req.model).architecture
+        except UnknownModelError:
+            raise InvalidArgument(
+                "model",
+                f"must be one of {', '.join(MODELS)} or a registered language model; "
+                f"{req.model!r} is not registered",
+            ) from None
+        if str(arch.get("arch") or arch.get("name") or "") != "byte-lm":
+            raise InvalidArgument(
+                "model",
+                f"must be one of {', '.join(MODELS)} or a registered language model "
+                "(registered classifiers: not over the API yet)",
+            )
+        return True
 
     def _submit(self, name: str, config: dict[str, object], target: SuperLinkTarget) -> int:
         """Write the Flower App and ``flwr run`` it; the files are only needed for the call."""
@@ -259,8 +312,58 @@ class TrainingRuns:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def _lora_config(req: RunRequest) -> dict[str, object]:
+    """The run-config keys of a federated LoRA run of registered LM ``req.model``: the
+    ServerApp recovers the base from the store, writes it and the initial adapters on its
+    host and names them in ``arch-config`` (``edgefleet.flower.lora_run``)."""
+    lora = {
+        "rank": req.lora_rank or LORA_RANK,
+        "alpha": req.lora_alpha or LORA_ALPHA,
+        "targets": list(req.lora_targets or LORA_TARGETS_DEFAULT),
+    }
+    spec = {"model": req.model, "lora": lora, "steps": req.lora_steps or LORA_STEPS}
+    return {
+        "arch": LORA_ARCH, "arch-config": json.dumps(spec, sort_keys=True), "test-path": "",
+        "batch-size": 8, "node-wait-timeout": max(60.0, req.round_timeout),
+    }  # fmt: skip
+
+
+def _check_lora(req: RunRequest) -> None:
+    """A federated LoRA request: the numbers of any run, the LoRA settings, and what LoRA
+    does not take (one line each, naming the field)."""
+    _check(replace(req, model=MODELS[0], lora_rank=0, lora_alpha=0.0, lora_targets=(),
+                   lora_steps=0))  # fmt: skip
+    refused = [
+        ("strategy", req.strategy != "fedavg", "it averages adapters with fedavg"),
+        ("dp", req.dp != "none", "Flower's DP wrappers are wired for classifier runs"),
+        ("update_codec", req.update_codec != "none", "adapters are already small"),
+        ("secure_agg", req.secure_agg, "SecAgg+ is wired for classifier runs"),
+        ("init_weights", bool(req.init_weights), "its adapters start at zero"),
+    ]
+    for field_name, is_bad, why in refused:
+        if is_bad:
+            raise InvalidArgument(field_name, f"does not apply to federated LoRA: {why}")
+    if not 0 <= req.lora_rank <= MAX_LORA_RANK:
+        raise InvalidArgument("lora_rank", f"must be 1..{MAX_LORA_RANK} (0 = {LORA_RANK})")
+    if not math.isfinite(req.lora_alpha) or req.lora_alpha < 0:
+        raise InvalidArgument("lora_alpha", f"must be a finite number > 0 (0 = {LORA_ALPHA:g})")
+    bad = [t for t in req.lora_targets if t not in LORA_TARGETS]
+    if bad or len(set(req.lora_targets)) != len(req.lora_targets):
+        raise InvalidArgument(
+            "lora_targets",
+            f"distinct names among {', '.join(LORA_TARGETS)}, got {bad or 'a repeat'}",
+        )
+    if not 0 <= req.lora_steps <= MAX_LORA_STEPS:
+        raise InvalidArgument("lora_steps", f"must be 1..{MAX_LORA_STEPS} (0 = {LORA_STEPS})")
+
+
 def _check(req: RunRequest) -> None:
     """Refuse a bad request with the field it names, before anything is recorded."""
+    if req.lora_given:
+        raise InvalidArgument(
+            "lora_rank", f"LoRA fine-tunes a registered language model; {req.model!r} is a "
+            "classifier architecture"
+        )  # fmt: skip
     if req.model not in MODELS:
         raise InvalidArgument(
             "model", f"must be one of {', '.join(MODELS)} (registered models: not over the API yet)"

@@ -1,0 +1,118 @@
+"""A federated LoRA run submitted over the API: the ServerApp prepares the base, then publishes.
+
+Why here, in the ServerApp: over the API (issue 18) the replica that accepts a run imports no
+torch and the CLI may be on a laptop, so neither can recover the registered LM's base weights
+nor write the initial adapters; the ServerApp runs on the SuperLink's host with the model ops,
+like :mod:`edgefleet.flower.run_publish` for a classifier's result. The run config then names
+the model only (``arch-config`` = ``{"model", "lora", "steps"}``, from
+:mod:`edgefleet.coordinator.fl.runs`); :func:`prepare` opens the fleet's variant store, recovers
+the base from its signed fp32 graph (:func:`edgefleet.modelops.lm_lora.load_lm_base`), writes
+it and the initial adapters on this host and fills in ``base_path``/``base_sha256``, which the
+devices' ClientApps check (a device on another host holds the same file at its
+``lm-base-path``). :func:`register_lora` registers the averaged adapters as ``MODEL-ft-RUN``
+(adapter variants of the base's own variants, else merged; ``lm_lora.publish_lora_result``).
+A run whose config already names its base (the CLI's ``--local``/``--superlink`` path) is left
+as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.fl.contract import LORA_ARCH
+from edgefleet.fl.redis_secret import with_credentials
+from edgefleet.flower.run_settings import RunSettings
+
+__all__ = ["LORA_ARCH", "needs_preparing", "prepare", "register_lora"]
+
+log = logging.getLogger(__name__)
+
+
+def needs_preparing(settings: RunSettings) -> bool:
+    """A LoRA run that names a registered LM but not yet its base."""
+    if settings.arch != LORA_ARCH:
+        return False
+    spec = _spec(settings)
+    return bool(spec.get("model")) and not spec.get("base_sha256")
+
+
+def _spec(settings: RunSettings) -> dict[str, Any]:
+    try:
+        spec = json.loads(settings.arch_config or "{}")
+    except ValueError:
+        raise ValueError("byte-lm-lora: arch-config is not JSON") from None
+    if not isinstance(spec, dict):
+        raise ValueError("byte-lm-lora: arch-config is not an object")
+    return spec
+
+
+def _work_dir(settings: RunSettings) -> Path:
+    """Where the base and the initial adapters live for the run, on the SuperLink's host."""
+    root = Path(settings.store_dir) if settings.store_dir else Path(tempfile.gettempdir())
+    return root / "fl-lora" / (settings.run_name or f"run-{os.getpid()}")
+
+
+def _store(settings: RunSettings, scratch: Path) -> Any:
+    from edgefleet.flower.run_publish import open_result_store
+
+    return open_result_store(
+        settings.store_dir,
+        with_credentials(settings.store_redis, os.environ),
+        settings.signing_key,
+        scratch,
+    )
+
+
+def prepare(settings: RunSettings) -> None:
+    """Recover the base of ``arch-config``'s model and write it and the initial adapters;
+    ``settings`` then names them (``arch_config``, ``init_path``). Raises with one line."""
+    from edgefleet.lora import LoRAConfig
+    from edgefleet.modelops.lm_lora import load_lm_base, prepare_lora_run
+
+    spec = _spec(settings)
+    work = _work_dir(settings)
+    store = _store(settings, work / "store")
+    entry = store.model(str(spec["model"]))
+    base = load_lm_base(store, entry)
+    lora = LoRAConfig.from_json(spec.get("lora") or {})
+    run = prepare_lora_run(base, lora, work, steps=int(spec.get("steps", 20)))
+    settings.arch_config = json.dumps({**run.arch_config, "model": entry.name}, sort_keys=True)
+    settings.init_path = str(run.init_path)
+    log.info("LoRA base of %s at %s (%s)", entry.name, run.base_path, run.base_sha256[:12])
+
+
+def register_lora(
+    params: Mapping[str, npt.NDArray[np.float32]], settings: RunSettings
+) -> dict[str, Any]:
+    """``{"registered_model", "registered_base", "registered_as"}`` or ``{"register_error"}``:
+    registration failing never fails a run that succeeded."""
+    try:
+        from edgefleet.lora import LoRAConfig
+        from edgefleet.modelops.lm_lora import load_lm_base, publish_lora_result
+
+        spec = _spec(settings)
+        work = _work_dir(settings)
+        store = _store(settings, work / "store")
+        entry = store.model(str(spec["model"]))
+        lora = LoRAConfig.from_json(spec.get("lora") or {})
+        adapters = {k: np.asarray(v, np.float32) for k, v in params.items()}
+        done = publish_lora_result(
+            store, entry, load_lm_base(store, entry), lora, adapters, settings.register_model,
+            work,
+        )  # fmt: skip
+    except Exception as exc:
+        log.exception("registering %s failed", settings.register_model)
+        return {"register_error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "registered_model": done["model"], "registered_base": done["base"],
+        "registered_as": done["as"],
+    }  # fmt: skip
