@@ -2,10 +2,17 @@
 
 Why here and not in the runtime: sampling (temperature, top-k, top-p, stop sequences, a seed)
 is the same whichever runtime computes the logits, and it is the part callers tune, so it is
-written once over a ``step(tokens, past_k, past_v) -> (logits, present_k, present_v)``
-function. The graph is the one :mod:`edgefleet.modelops.lm_compress` builds (prefill is a
-step with an empty cache, decode a step with one new token), so the agent needs only
+written once over a ``step(feeds) -> outputs`` function (the graph's inputs by name, its
+outputs in order). The graph is the one :mod:`edgefleet.modelops.lm_compress` builds (prefill
+is a step with an empty cache, decode a step with one new token), so the agent needs only
 onnxruntime and numpy: no torch, no tokenizer (the models are byte-level).
+
+The cache is the manifest's ``language_model.kv_dtype``: a float32 or float16 graph takes
+``past_k``/``past_v`` and returns the grown ``present_k``/``present_v``, which are fed back;
+an ``int8`` graph takes the cache as int8 plus one fp32 scale per (layer, batch, head,
+position) and returns only the step's new positions, quantized (``new_k``, ``new_k_scale``,
+...), which this loop appends: the device holds a quarter of the float cache's bytes (plus the
+scales) between steps, and old positions are never requantized.
 
 Every request field is checked before anything runs and a bad one is refused in one line
 (:class:`InputError`, INVALID_ARGUMENT on the wire). Timing is measured here: time to first
@@ -16,7 +23,7 @@ decode rate over the tokens after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +40,10 @@ __all__ = [
     "GeneratedToken",
     "NotLanguageModelError",
     "check_params",
+    "empty_cache",
     "generate",
+    "grow_cache",
+    "lm_io",
     "lm_spec",
     "sample",
 ]
@@ -47,10 +57,11 @@ MAX_STOP = 8
 MAX_STOP_BYTES = 64
 MAX_PROMPT_BYTES = 64 * 1024
 
-Step = Callable[
-    [npt.NDArray[np.int64], npt.NDArray[Any], npt.NDArray[Any]],
-    tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]],
-]
+#: one run of the graph: its inputs by name -> its outputs in graph order (logits first)
+Step = Callable[[Mapping[str, npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]]
+Cache = dict[str, npt.NDArray[Any]]
+#: the KV-cache dtypes a language-model manifest may name
+KV_DTYPES = ("float32", "float16", "int8")
 
 
 class NotLanguageModelError(InferenceError):
@@ -66,7 +77,7 @@ class LMSpec:
     heads: int
     head_dim: int
     context: int
-    kv_dtype: str  # "float32" or "float16"
+    kv_dtype: str  # one of KV_DTYPES
 
 
 def lm_spec(manifest: Mapping[str, Any]) -> LMSpec | None:
@@ -84,9 +95,44 @@ def lm_spec(manifest: Mapping[str, Any]) -> LMSpec | None:
             raise ValueError(f"language_model.{key} must be a positive integer, got {v!r}")
         out[key] = v
     kv = lm.get("kv_dtype", "float32")
-    if kv not in ("float32", "float16"):
-        raise ValueError(f"language_model.kv_dtype must be float32 or float16, got {kv!r}")
+    if kv not in KV_DTYPES:
+        raise ValueError(
+            f"language_model.kv_dtype must be {', '.join(KV_DTYPES)}, got {kv!r} "
+            "(a newer cache format than this agent knows: upgrade the agent)"
+        )
     return LMSpec(kv_dtype=str(kv), **out)
+
+
+def lm_io(spec: LMSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The graph's input and output names for ``spec``'s cache (checked when a bundle loads)."""
+    if spec.kv_dtype == "int8":
+        return (
+            ("tokens", "past_k", "past_k_scale", "past_v", "past_v_scale"),
+            ("logits", "new_k", "new_k_scale", "new_v", "new_v_scale"),
+        )
+    return ("tokens", "past_k", "past_v"), ("logits", "present_k", "present_v")
+
+
+def empty_cache(spec: LMSpec, batch: int = 1) -> Cache:
+    """The cache feeds of a prefill: zero past positions, in the graph's cache dtype."""
+    shape = (spec.layers, batch, spec.heads, 0, spec.head_dim)
+    if spec.kv_dtype == "int8":
+        q = np.zeros(shape, np.int8)
+        s = np.zeros((*shape[:4], 1), np.float32)
+        return {"past_k": q, "past_k_scale": s, "past_v": q, "past_v_scale": s}
+    z = np.zeros(shape, np.float16 if spec.kv_dtype == "float16" else np.float32)
+    return {"past_k": z, "past_v": z}
+
+
+def grow_cache(spec: LMSpec, cache: Cache, outputs: Sequence[npt.NDArray[Any]]) -> Cache:
+    """The cache after a step: a float graph's grown caches as returned; an int8 graph's new
+    positions (and their scales) appended to ``cache`` on the position axis."""
+    if spec.kv_dtype != "int8":
+        return {"past_k": outputs[1], "past_v": outputs[2]}
+    names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
+    return {
+        n: np.concatenate((cache[n], x), axis=3) for n, x in zip(names, outputs[1:5], strict=True)
+    }
 
 
 @dataclass(frozen=True)
@@ -176,11 +222,11 @@ def generate(
     them already), or when the cache holds ``spec.context`` positions.
     """
     rng = np.random.default_rng(p.seed)
-    dtype = np.float16 if spec.kv_dtype == "float16" else np.float32
-    empty = np.zeros((spec.layers, 1, spec.heads, 0, spec.head_dim), dtype=dtype)
+    cache = empty_cache(spec)
     start = time.perf_counter()
     tokens = np.frombuffer(p.prompt, dtype=np.uint8).astype(np.int64)[None, :]
-    logits, k, v = step(tokens, empty, empty)
+    outputs = step({"tokens": tokens, **cache})
+    logits, cache = outputs[0], grow_cache(spec, cache, outputs)
     positions = tokens.shape[1]
     out = bytearray()
     first_at = 0.0
@@ -205,5 +251,6 @@ def generate(
         yield GeneratedToken(data, i)
         if cancelled():
             return
-        logits, k, v = step(np.array([[token]], dtype=np.int64), k, v)
+        outputs = step({"tokens": np.array([[token]], dtype=np.int64), **cache})
+        logits, cache = outputs[0], grow_cache(spec, cache, outputs)
         positions += 1

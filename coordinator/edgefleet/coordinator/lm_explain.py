@@ -54,6 +54,7 @@ def lm_facts(variant_id: str, manifest: Mapping[str, Any]) -> LMFacts:
         perplexity=float(metrics.get("perplexity", 1.0)),
         max_context=int(lm["context"]),
         runtimes=tuple(dict(manifest.get("runtimes", {}))),
+        kv_dtype=str(lm.get("kv_dtype", "float32")),
     )
 
 

@@ -14,6 +14,12 @@ keys and values of every layer for every position. So an LM variant has no singl
   capped where the predicted speed falls below the policy's floor (a reader's pace);
 - **model context**: the longest context the variant was trained and measured at.
 
+The KV cache's bytes per position follow the variant's cache dtype: an int8 cache
+(``+kv8`` recipes, :mod:`edgefleet.modelops.lm_kv8`) holds one byte per element plus an fp32
+scale per head and layer, about a quarter of fp32's, so where RAM or decode speed binds it
+reaches a longer context with the same weights; the reason names the cache and, when the
+same weights with a float cache were judged too, the context that one stopped at.
+
 Policy among variants that reach the policy's minimum context: the lowest held-out perplexity;
 among those within ``perplexity_tolerance`` of it, the longest context limit, then the fastest
 predicted decode at that limit, then the fewest bytes. Microcontrollers are refused with the
@@ -51,6 +57,8 @@ __all__ = [
     "select_lm",
 ]
 
+#: bytes of the fp32 scale an int8 cache keeps per (layer, head, position), for K and for V
+KV_SCALE_BYTES = 4
 #: achieved / peak DRAM bandwidth when nothing was measured (llama.cpp-class decoders reach
 #: roughly half of the theoretical figure on phones and Pis)
 DEFAULT_EFFICIENCY = 0.5
@@ -82,6 +90,8 @@ class LMFacts:
     decode_efficiency: float = DEFAULT_EFFICIENCY
     #: profile name -> (decode tokens/s, at context) reported by devices of that class
     measured_decode: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    #: the cache's element type: float32, float16 or int8 (+ an fp32 scale per head vector)
+    kv_dtype: str = "float32"
 
     def bytes_per_token(self, context: int, batch: int = 1) -> int:
         """What one decode step reads: every weight, and the cache at ``context``."""
@@ -264,15 +274,34 @@ def select_lm(
         ),
     )
     speed = winner.predicted_decode_tok_s
+    cache = _cache_note(winner, verdicts)
     reason = (
         f"{len(fits)} of {len(verdicts)} variants fit; best perplexity {best:.3f}, {len(pool)} "
         f"within {policy.perplexity_tolerance:.0%}; chose {winner.facts.recipe} "
         f"(perplexity {winner.facts.perplexity:.3f}) for the longest context, "
         f"{winner.context_limit} positions, set by the {winner.budget} budget"
+        + cache
         + (f"; decode ~{speed:.3g} tok/s predicted there" if speed is not None else "")
         + f"; needs {human_bytes(winner.ram_need_bytes)} of {human_bytes(profile.ram_bytes)} ram"
     )
     return LMSelection(profile.name, winner, verdicts, reason)
+
+
+def _cache_note(winner: LMVerdict, verdicts: Sequence[LMVerdict]) -> str:
+    """``; KV int8 ...`` for an int8 cache: its bytes per position, and the context the same
+    weights with a float cache reach (when that variant was judged too)."""
+    f = winner.facts
+    if f.kv_dtype != "int8":
+        return ""
+    note = f"; KV cache int8, {human_bytes(f.kv_bytes_per_token)}/position"
+    weights = f.recipe.removesuffix("+kv8")
+    twin = next((v for v in verdicts if v.facts.recipe == weights), None)
+    if twin is not None and twin.context_limit != winner.context_limit:
+        note += (
+            f" (with a {twin.facts.kv_dtype} cache, {weights} holds {twin.context_limit} "
+            f"positions, set by {twin.budget})"
+        )
+    return note
 
 
 def explain_line(sel: LMSelection) -> str:
@@ -282,8 +311,13 @@ def explain_line(sel: LMSelection) -> str:
         return sel.reason
     speed = f", ~{w.predicted_decode_tok_s:.3g} tok/s" if w.predicted_decode_tok_s else ""
     return (
-        f"{w.facts.recipe:9} context {w.context_limit:>6} (set by {w.budget}){speed}, "
+        f"{w.facts.recipe:12} context {w.context_limit:>6} (set by {w.budget}){speed}, "
         f"ram {human_bytes(w.ram_need_bytes)}"
+        + (
+            f", KV int8 {human_bytes(w.facts.kv_bytes_per_token)}/pos"
+            if w.facts.kv_dtype == "int8"
+            else ""
+        )
     )
 
 
@@ -336,6 +370,7 @@ def facts_from_benchmark(
                 perplexity=float(r["perplexity"]),
                 max_context=max_context,
                 decode_efficiency=min(1.0, eff),
+                kv_dtype=str(r.get("kv_dtype") or ("float16" if r["bits"] == 16 else "float32")),
             )
         )
     return out
@@ -343,7 +378,7 @@ def facts_from_benchmark(
 
 def scale_facts(facts: Sequence[LMFacts], shape: LMShape, source_width: int) -> list[LMFacts]:
     """The same recipes at ``shape``'s size: bytes per weight and decode efficiency as measured,
-    the KV cache from the shape (grouped-query heads; fp16 variants keep an fp16 cache) and the
+    the KV cache from the shape (grouped-query heads, in each variant's cache dtype) and the
     measured activations scaled by the width ratio (``source_width``: the measured model's; 128
     in :mod:`benchmarks.lm`). Perplexities stay the measured ones: this is
     a sizing exercise for a model the size of SmolLM2-135M, not a trained model."""
@@ -352,14 +387,18 @@ def scale_facts(facts: Sequence[LMFacts], shape: LMShape, source_width: int) -> 
     out = []
     for f in facts:
         weights = int(f.weight_bytes / fp32_weights * shape.parameters)
-        kv_elem = 2 if f.precision == "fp16" else 4
+        kv_elem = {"float16": 2, "int8": 1}.get(f.kv_dtype, 4)
+        scales = KV_SCALE_BYTES if f.kv_dtype == "int8" else 0
         out.append(
             replace(
                 f,
                 id=f"{shape.name}-{f.recipe}",
                 bundle_bytes=weights,
                 weight_bytes=weights,
-                kv_bytes_per_token=2 * shape.layers * shape.kv_heads * shape.head_dim * kv_elem,
+                kv_bytes_per_token=2
+                * shape.layers
+                * shape.kv_heads
+                * (shape.head_dim * kv_elem + scales),
                 activation_bytes=int(f.activation_bytes * width),
                 activation_bytes_per_token=int(f.activation_bytes_per_token * width),
                 max_context=shape.max_context,

@@ -31,6 +31,7 @@ from edgefleet.modelops.lm_bundle import (
     load_lm_graph,
 )
 from edgefleet.modelops.lm_compress import LM_RECIPES, derive_lm_variant, parse_lm_recipe
+from edgefleet.modelops.lm_kv8 import KV8_SUFFIX
 from edgefleet.modelops.recipes import RecipeError
 from edgefleet.variant_store import VariantStore
 
@@ -52,10 +53,12 @@ def is_lm_model(store: VariantStore, name: str) -> bool:
 
 
 def lm_recipe_names(recipes: Sequence[str]) -> bool:
-    """Whether every name is an LM recipe (what ``models build`` may defer to the model)."""
+    """Whether every name is an LM recipe (what ``models build`` may defer to the model); a
+    name ending ``+kv8`` counts even when malformed, so the LM path names what is wrong."""
     try:
         for r in recipes:
-            parse_lm_recipe(r.strip())
+            if not r.strip().endswith(KV8_SUFFIX):
+                parse_lm_recipe(r.strip())
     except ValueError:
         return False
     return bool(recipes)
@@ -80,10 +83,13 @@ def lm_recipes_to_build(store: VariantStore, name: str, recipes: Sequence[str] |
     for r in wanted:
         try:
             parse_lm_recipe(r)
-        except ValueError:
+        except ValueError as exc:
+            if r.endswith(KV8_SUFFIX):  # the weights part or the cache is wrong: say which
+                raise RecipeError(f"model {name!r}: {exc}") from None
             raise RecipeError(
                 f"model {name!r} is a language model: its recipes are {', '.join(LM_RECIPES)} "
-                f"(int4 groups 16-256), not {r!r}"
+                f"(int4 groups 16-256; +kv8 after fp32, int8 or int4-gN: an int8 KV cache), "
+                f"not {r!r}"
             ) from None
     return wanted
 

@@ -147,8 +147,8 @@ def lm_manifest(
     dataset: str = "",
 ) -> dict[str, Any]:
     """The manifest body of one LM variant (``write_bundle`` adds format and file hashes)."""
-    kv_dtype = "float16" if variant.kv_dtype_bytes == 2 else "float32"
-    kv_per_position = 2 * model.n_layers * model.heads * model.head_dim * variant.kv_dtype_bytes
+    kv_dtype = variant.kv_dtype
+    kv_per_position = variant.kv_bytes_per_position(model.n_layers, model.heads, model.head_dim)
     metrics = _metrics(variant, measured)
     return {
         "model": model_name,
@@ -182,9 +182,9 @@ def lm_variant_body(
     of a registered LM, where no torch model is at hand): the same fields :func:`lm_manifest`
     writes, the cache's dtype and bytes per position following the variant's graph."""
     lm = dict(base["language_model"])
-    lm["kv_dtype"] = "float16" if variant.kv_dtype_bytes == 2 else "float32"
-    lm["kv_bytes_per_position"] = (
-        2 * int(lm["layers"]) * int(lm["heads"]) * int(lm["head_dim"]) * variant.kv_dtype_bytes
+    lm["kv_dtype"] = variant.kv_dtype
+    lm["kv_bytes_per_position"] = variant.kv_bytes_per_position(
+        int(lm["layers"]), int(lm["heads"]), int(lm["head_dim"])
     )
     metrics = _metrics(variant, measured)
     keep = ("model", "task", "kind", "dataset", "architecture", "input", "runtimes")

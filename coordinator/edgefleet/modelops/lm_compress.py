@@ -7,9 +7,22 @@ input channels with one fp32 scale per block (symmetric, round-to-nearest). Acti
 KV cache stay float, so nothing needs calibration data and the embedding table (a ``Gather``) is
 left fp32. fp16 converts every float tensor, the KV cache included (it halves the cache's bytes).
 
+A ``+kv8`` recipe (``fp32+kv8``, ``int8+kv8``, ``int4-gN+kv8``) also gives the graph an int8
+cache with one scale per token vector (:mod:`edgefleet.modelops.lm_kv8`: a quarter of fp32's
+bytes plus 4 per head and layer): the cache, not the weights, is what grows with the context.
+:data:`KV8_RECIPES` are the two worth measuring: ``fp32+kv8`` (the cache's own cost in
+perplexity, against the same weights with a float cache) and ``int4-g32+kv8`` (the smallest
+weights with the best int4 perplexity, what a device short of memory or bandwidth picks).
+``int8+kv8`` builds when asked: onnxruntime's 8-bit ``MatMulNBits`` decodes slower than fp32
+here, so no device picks int8 weights; ``fp16+kv8`` is refused (the fp16 converter would turn
+the scales fp16 too, and an fp16 cache is half of fp32's already). ``models build`` builds a
+``+kv8`` recipe when asked, not by default: the rewrite needs a real export's per-layer cache
+reads, which a stand-in graph need not have.
+
 The graph takes ``tokens (batch, new)``, ``past_k``/``past_v`` ``(layers, batch, heads, past,
 head_dim)`` and returns next-byte logits and the grown caches: prefill is ``past = 0``, decode is
-``new = 1``; one file serves both (see :class:`edgefleet.zoo.ByteLM`).
+``new = 1``; one file serves both (see :class:`edgefleet.zoo.ByteLM`). A ``+kv8`` graph's
+cache I/O differs: see :mod:`edgefleet.modelops.lm_kv8`.
 """
 
 from __future__ import annotations
@@ -23,15 +36,18 @@ from pathlib import Path
 import onnx
 import torch
 
+from edgefleet.modelops.lm_kv8 import KV8_SUFFIX, int8_kv_cache, kv8_bytes_per_position
 from edgefleet.modelops.onnx_export import OPSET, quiet_logger, strip_metadata
 from edgefleet.zoo import ByteLM
 
 __all__ = [
+    "KV8_RECIPES",
     "LM_RECIPES",
     "LMVariantFile",
     "build_lm_variants",
     "derive_lm_variant",
     "export_lm_onnx",
+    "kv8_recipe",
     "parse_lm_recipe",
 ]
 
@@ -39,6 +55,8 @@ INPUTS = ("tokens", "past_k", "past_v")
 OUTPUTS = ("logits", "present_k", "present_v")
 #: every recipe the LM path builds; ``int4-gN`` is 4-bit with groups of N input channels
 LM_RECIPES = ("fp32", "fp16", "int8", "int4-g32", "int4-g64", "int4-g128")
+#: the int8-KV-cache recipes :mod:`benchmarks.lm` measures (any ``+kv8`` recipe builds on request)
+KV8_RECIPES = ("fp32+kv8", "int4-g32+kv8")
 #: int8 weight-only group size (the llama.cpp Q8_0 convention)
 INT8_GROUP = 32
 
@@ -54,21 +72,49 @@ class LMVariantFile:
     kv_dtype_bytes: int  # bytes per KV-cache element this graph takes
     bytes: int
 
+    @property
+    def kv_dtype(self) -> str:
+        """The manifest's ``language_model.kv_dtype``: float32, float16 or int8."""
+        return {1: "int8", 2: "float16"}.get(self.kv_dtype_bytes, "float32")
+
+    def kv_bytes_per_position(self, layers: int, heads: int, head_dim: int) -> int:
+        """Keys and values of one position at batch 1 (an int8 cache's scales included)."""
+        if self.kv_dtype_bytes == 1:
+            return kv8_bytes_per_position(layers, heads, head_dim)
+        return 2 * layers * heads * head_dim * self.kv_dtype_bytes
+
+
+def kv8_recipe(recipe: str) -> tuple[str, bool]:
+    """``(weight recipe, int8 cache?)``: ``int4-g32+kv8`` is ``("int4-g32", True)``."""
+    if recipe.endswith(KV8_SUFFIX):
+        return recipe[: -len(KV8_SUFFIX)], True
+    return recipe, False
+
 
 def parse_lm_recipe(recipe: str) -> tuple[int, int]:
-    """``(bits, group)`` of a recipe name; one clear error for anything else."""
-    if recipe == "fp32":
+    """``(bits, group)`` of a recipe's weights; one clear error for anything else."""
+    weights, kv8 = kv8_recipe(recipe)
+    if kv8 and weights == "fp16":
+        raise ValueError(
+            "fp16+kv8 is not built: an fp16 cache is half of fp32's already; "
+            "use fp32+kv8, int8+kv8 or int4-gN+kv8"
+        )
+    return _parse_weights(weights, recipe)
+
+
+def _parse_weights(weights: str, recipe: str) -> tuple[int, int]:
+    if weights == "fp32":
         return 32, 0
-    if recipe == "fp16":
+    if weights == "fp16":
         return 16, 0
-    if recipe == "int8":
+    if weights == "int8":
         return 8, INT8_GROUP
-    head, _, group = recipe.partition("-g")
+    head, _, group = weights.partition("-g")
     if head == "int4" and group.isdigit() and int(group) in (16, 32, 64, 128, 256):
         return 4, int(group)
     raise ValueError(
         f"unknown LM recipe {recipe!r}; choose from {', '.join(LM_RECIPES)} "
-        "(int4 groups: 16, 32, 64, 128, 256)"
+        "(int4 groups: 16, 32, 64, 128, 256; +kv8 after fp32, int8 or int4-gN: an int8 KV cache)"
     )
 
 
@@ -154,13 +200,15 @@ def derive_lm_variant(fp32: onnx.ModelProto, recipe: str, out_dir: Path) -> LMVa
     """One recipe's graph from the fp32 KV-cache graph, written to ``<out_dir>/<recipe>.onnx``
     (also what ``models build`` does with a registered LM's base graph)."""
     bits, group = parse_lm_recipe(recipe)
+    kv8 = kv8_recipe(recipe)[1]
+    source = int8_kv_cache(fp32) if kv8 else fp32  # the cache first: MatMulNBits keeps it
     if bits == 32:
-        graph = fp32
+        graph = source
     elif bits == 16:
-        graph = _fp16(fp32)
+        graph = _fp16(source)
     else:
-        graph = _weight_only(fp32, bits, group)
+        graph = _weight_only(source, bits, group)
     path = out_dir / f"{recipe}.onnx"
     onnx.save(graph, str(path))
-    kv = 2 if bits == 16 else 4
+    kv = 1 if kv8 else 2 if bits == 16 else 4
     return LMVariantFile(recipe, path, bits, group, kv, path.stat().st_size)

@@ -1,7 +1,10 @@
 """Measure an LM variant the way a device runs it: onnxruntime, the KV-cache graph, batch 1.
 
 - **perplexity**: exp(mean next-byte NLL) on held-out ``context``-byte windows, each a prefill
-  from an empty cache (the same windows for every variant, so the numbers compare);
+  from an empty cache (the same windows for every variant, so the numbers compare); for a graph
+  with an int8 cache (:mod:`edgefleet.modelops.lm_kv8`) each window is one byte of prefill and
+  then one byte per step, as generation runs it, since a prefill alone never reads the cache
+  back and would hide what quantizing it costs (``chunk`` does the same for any graph);
 - **prefill tokens/s**: one prompt of ``prompt`` bytes through the graph at once;
 - **decode tokens/s**: one byte per call, feeding the grown caches back (what generation does),
   from the median step; decode is what a user waits on, and it reads every weight once per token;
@@ -25,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from edgefleet.modelops.lm_kv8 import SCALE_BYTES, append_new, empty_kv8, is_kv8
 
 __all__ = ["LMMeasurement", "kv_cache_bytes", "measure_lm", "peak_memory", "session"]
 
@@ -60,23 +65,42 @@ def session(path: Path, threads: int = 1) -> Any:
 def _cache_shape(sess: Any) -> tuple[int, int, int, np.dtype[Any]]:
     inp = {i.name: i for i in sess.get_inputs()}["past_k"]
     layers, _, heads, _, head_dim = inp.shape
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+    types = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}
+    dtype = types.get(inp.type, np.float32)
     return int(layers), int(heads), int(head_dim), np.dtype(dtype)
 
 
 def _empty(sess: Any, batch: int) -> dict[str, npt.NDArray[Any]]:
     layers, heads, head_dim, dtype = _cache_shape(sess)
+    if is_kv8(sess):
+        return empty_kv8(layers, heads, head_dim, batch)
     z = np.zeros((layers, batch, heads, 0, head_dim), dtype=dtype)
     return {"past_k": z, "past_v": z}
 
 
+def _grow(
+    cache: dict[str, npt.NDArray[Any]], outputs: list[npt.NDArray[Any]]
+) -> dict[str, npt.NDArray[Any]]:
+    """The cache after a step: an int8 graph's new positions appended, a float graph's grown
+    caches as returned."""
+    if "past_k_scale" in cache:
+        return append_new(cache, outputs)
+    return {"past_k": outputs[1], "past_v": outputs[2]}
+
+
 def kv_cache_bytes(sess: Any, context: int, batch: int = 1) -> int:
-    """Keys and values of every layer at ``context`` positions, in the graph's cache dtype."""
+    """Keys and values of every layer at ``context`` positions, in the graph's cache dtype
+    (an int8 cache's fp32 scales included)."""
     layers, heads, head_dim, dtype = _cache_shape(sess)
-    return 2 * layers * batch * heads * context * head_dim * dtype.itemsize
+    scales = SCALE_BYTES if is_kv8(sess) else 0
+    return 2 * layers * batch * heads * context * (head_dim * dtype.itemsize + scales)
 
 
-def ort_perplexity(sess: Any, data: npt.NDArray[np.uint8], context: int, max_bytes: int) -> float:
+def ort_perplexity(
+    sess: Any, data: npt.NDArray[np.uint8], context: int, max_bytes: int, chunk: int = 0
+) -> float:
+    """Perplexity over ``context``-byte windows: one prefill each (``chunk`` 0), or ``chunk``
+    bytes of prefill and then ``chunk`` bytes per step through the graph's cache."""
     n = min(data.size, max_bytes)
     windows = (n - 1) // context
     if windows < 1:
@@ -86,7 +110,15 @@ def ort_perplexity(sess: Any, data: npt.NDArray[np.uint8], context: int, max_byt
     total = 0.0
     for i in range(0, windows, 16):
         xb, yb = x[i : i + 16], y[i : i + 16]
-        logits = sess.run(["logits"], {"tokens": xb, **_empty(sess, len(xb))})[0]
+        if chunk:
+            cache, parts = _empty(sess, len(xb)), []
+            for j in range(0, context, chunk):
+                out = sess.run(None, {"tokens": xb[:, j : j + chunk], **cache})
+                cache = _grow(cache, out)
+                parts.append(out[0])
+            logits = np.concatenate(parts, axis=1)
+        else:
+            logits = sess.run(["logits"], {"tokens": xb, **_empty(sess, len(xb))})[0]
         z = logits.astype(np.float64)
         z -= z.max(axis=-1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
@@ -107,15 +139,18 @@ def prefill_tok_s(sess: Any, prompt: npt.NDArray[np.int64], repeats: int = 5) ->
 
 def decode_tok_s(sess: Any, prompt: npt.NDArray[np.int64], new_tokens: int) -> float:
     """Greedy decode of ``new_tokens`` bytes after a prefill of ``prompt``."""
-    logits, k, v = sess.run(None, {"tokens": prompt[None, :], **_empty(sess, 1)})
-    token = np.array([[int(logits[0, -1].argmax())]], dtype=np.int64)
-    sess.run(None, {"tokens": token, "past_k": k, "past_v": v})  # warm-up
+    empty = _empty(sess, 1)
+    out = sess.run(None, {"tokens": prompt[None, :], **empty})
+    cache = _grow(empty, out)
+    token = np.array([[int(out[0][0, -1].argmax())]], dtype=np.int64)
+    sess.run(None, {"tokens": token, **cache})  # warm-up
     steps = []
     for _ in range(new_tokens):
         t = time.perf_counter()
-        logits, k, v = sess.run(None, {"tokens": token, "past_k": k, "past_v": v})
+        out = sess.run(None, {"tokens": token, **cache})
+        cache = _grow(cache, out)  # the int8 cache's append is part of a device's step
         steps.append(time.perf_counter() - t)
-        token[0, 0] = int(logits[0, -1].argmax())
+        token[0, 0] = int(out[0][0, -1].argmax())
     # the median step: a shared host's preemptions land in a few steps, not in every one
     return 1.0 / float(np.median(steps))
 
@@ -133,12 +168,22 @@ path, context = sys.argv[1], int(sys.argv[2])
 base = rss("VmRSS:")
 opts = ort.SessionOptions(); opts.intra_op_num_threads = 1; opts.log_severity_level = 3
 s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-inp = {i.name: i for i in s.get_inputs()}["past_k"]
-dt = np.float16 if inp.type == "tensor(float16)" else np.float32
+ins = {i.name: i for i in s.get_inputs()}
+inp = ins["past_k"]
+dt = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(inp.type, np.float32)
 z = np.zeros((inp.shape[0], 1, inp.shape[2], 0, inp.shape[4]), dtype=dt)
+feeds = {"past_k": z, "past_v": z}
+if "past_k_scale" in ins:  # int8 cache: scales in, only the new positions out (appended)
+    zs = np.zeros((*z.shape[:4], 1), np.float32)
+    feeds.update(past_k_scale=zs, past_v_scale=zs)
 toks = (np.arange(context - 1, dtype=np.int64) * 7 % 251)[None, :]
-_, k, v = s.run(None, {"tokens": toks, "past_k": z, "past_v": z})
-s.run(None, {"tokens": toks[:, -1:], "past_k": k, "past_v": v})
+out = s.run(None, {"tokens": toks, **feeds})
+if "past_k_scale" in ins:
+    names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
+    feeds = {n: np.concatenate((feeds[n], x), axis=3) for n, x in zip(names, out[1:])}
+else:
+    feeds = {"past_k": out[1], "past_v": out[2]}
+s.run(None, {"tokens": toks[:, -1:], **feeds})
 print(json.dumps({"peak": rss("VmHWM:") - base}))
 """
 
@@ -172,7 +217,7 @@ def measure_lm(
     sess = session(path)
     ids = test[:prompt].astype(np.int64)
     return LMMeasurement(
-        perplexity=ort_perplexity(sess, test, context, eval_bytes),
+        perplexity=ort_perplexity(sess, test, context, eval_bytes, chunk=1 if is_kv8(sess) else 0),
         prefill_tok_s=prefill_tok_s(sess, ids),
         decode_tok_s=decode_tok_s(sess, ids[:16], new_tokens),
         peak_bytes={c: peak_memory(path, c) for c in contexts},

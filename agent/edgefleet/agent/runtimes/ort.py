@@ -88,7 +88,7 @@ class OrtRuntime(Runtime):
 
         Checked here so a malformed LM bundle is refused at staging, not on the first prompt;
         one warm-up step (two prompt bytes) so the working memory includes the arena."""
-        from edgefleet.agent.generation import lm_spec
+        from edgefleet.agent.generation import empty_cache, lm_io, lm_spec
 
         try:
             spec = lm_spec(bundle.manifest)
@@ -96,17 +96,16 @@ class OrtRuntime(Runtime):
             raise BundleFormatError(f"variant {bundle.variant_id[:12]}: {exc}") from exc
         if spec is None:
             return False
-        names = [i.name for i in session.get_inputs()]
-        if names != ["tokens", "past_k", "past_v"]:
+        names = tuple(i.name for i in session.get_inputs())
+        outs = tuple(o.name for o in session.get_outputs())
+        if (names, outs) != lm_io(spec):
+            want, want_out = lm_io(spec)
             raise BundleFormatError(
-                f"language model inputs are {names}, expected tokens/past_k/past_v"
+                f"language model ({spec.kv_dtype} cache) has inputs {'/'.join(names)} and "
+                f"outputs {'/'.join(outs)}, expected {'/'.join(want)} -> {'/'.join(want_out)}"
             )
-        dtype = np.float16 if spec.kv_dtype == "float16" else np.float32
-        empty = np.zeros((spec.layers, 1, spec.heads, 0, spec.head_dim), dtype=dtype)
         try:
-            session.run(
-                None, {"tokens": np.zeros((1, 2), np.int64), "past_k": empty, "past_v": empty}
-            )
+            session.run(None, {"tokens": np.zeros((1, 2), np.int64), **empty_cache(spec)})
         except Exception as exc:  # onnxruntime raises its own untyped exceptions
             raise BundleFormatError(f"language model does not match its manifest: {exc}") from exc
         self._session = session
@@ -115,14 +114,11 @@ class OrtRuntime(Runtime):
         self._usage = MemoryUsage(size, max(0, grown - size), "rss growth over a 2-byte prefill")
         return True
 
-    def lm_step(
-        self, tokens: npt.NDArray[np.int64], past_k: npt.NDArray[Any], past_v: npt.NDArray[Any]
-    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
-        """One KV-cache step of the loaded language model: logits and the grown caches."""
-        logits, k, v = self._session.run(
-            None, {"tokens": tokens, "past_k": past_k, "past_v": past_v}
-        )
-        return logits, k, v
+    def lm_step(self, feeds: Mapping[str, npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """One KV-cache step of the loaded language model: its outputs in graph order
+        (logits, then the cache as :func:`~edgefleet.agent.generation.lm_io` names it)."""
+        out: list[npt.NDArray[Any]] = self._session.run(None, dict(feeds))
+        return out
 
     def _infer(self, batch: npt.NDArray[Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
         if self.language_model is not None:
