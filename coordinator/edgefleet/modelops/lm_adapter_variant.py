@@ -80,12 +80,14 @@ class AdapterVariantError(ValueError):
 
 @dataclass(frozen=True)
 class WeightMatMul:
-    """One weight MatMul of a graph: its node index, ``(K, N)`` and activation dtype."""
+    """One weight MatMul of a graph: its node index, ``(K, N)``, activation dtype, and
+    whether its weights are quantized (``MatMulNBits``)."""
 
     index: int
     k: int
     n: int
     fp16: bool
+    quantized: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def weight_matmuls(model: onnx.ModelProto, config: Mapping[str, Any]) -> list[We
     for i, node in enumerate(model.graph.node):
         if node.op_type == "MatMulNBits":
             attrs = {a.name: a.i for a in node.attribute}
-            found.append(WeightMatMul(i, int(attrs["K"]), int(attrs["N"]), False))
+            found.append(WeightMatMul(i, int(attrs["K"]), int(attrs["N"]), False, True))
         elif node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits:
             t = inits[node.input[1]]
             if len(t.dims) == 2:
@@ -174,12 +176,21 @@ def adapter_slices(
 
 
 def adapter_graph(
-    graph: bytes, slices: Sequence[AdapterSlice], lora: LoRAConfig, config: Mapping[str, Any]
+    graph: bytes,
+    slices: Sequence[AdapterSlice],
+    lora: LoRAConfig,
+    config: Mapping[str, Any],
+    *,
+    fp16_beside_quantized: bool = True,
 ) -> tuple[bytes, int]:
     """The serialized graph with a LoRA branch per slice, and the adapter bytes it carries.
 
     ``graph`` is parsed as is: external-data references (location, offset, length) and every
     base tensor stay exactly as they were; only nodes and small inline initializers are added.
+    Beside a quantized (``MatMulNBits``) weight the adapters are stored as fp16 and cast to
+    fp32 in the graph (``fp16_beside_quantized``; onnxruntime folds the casts when the session
+    loads): half the bytes on the wire, an error far below the base's own 4/8-bit one. Beside
+    an fp32 weight they stay fp32, so the fp32 adapter variant computes the merged model.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -194,16 +205,22 @@ def adapter_graph(
         node = nodes[w.index]
         x, y = node.input[0], node.output[0]
         dtype = np.float16 if w.fp16 else np.float32
+        stored = np.float16 if w.quantized and fp16_beside_quantized else dtype
         stem = f"lora/{group[0].block}/{group[0].linear}"
         node.output[0] = f"{stem}/base"
         total, extra = f"{stem}/base", []
         for s in group:
-            a_t = np.ascontiguousarray(s.a.T).astype(dtype)  # (K, r)
-            b_t = np.ascontiguousarray((lora.scale * s.b).T).astype(dtype)  # (r, rows)
+            a_t = np.ascontiguousarray(s.a.T).astype(stored)  # (K, r)
+            b_t = np.ascontiguousarray((lora.scale * s.b).T).astype(stored)  # (r, rows)
             for arr, suffix in ((a_t, "A"), (b_t, "B")):
-                model.graph.initializer.append(
-                    numpy_helper.from_array(arr, f"{stem}/{s.name}/{suffix}")
-                )
+                name = f"{stem}/{s.name}/{suffix}"
+                if stored is dtype:
+                    model.graph.initializer.append(numpy_helper.from_array(arr, name))
+                else:  # stored narrower than the activations: one Cast, folded at load
+                    model.graph.initializer.append(numpy_helper.from_array(arr, f"{name}16"))
+                    extra.append(
+                        helper.make_node("Cast", [f"{name}16"], [name], to=onnx.TensorProto.FLOAT)
+                    )
                 adapter_bytes += arr.nbytes
             h, d = f"{stem}/{s.name}/h", f"{stem}/{s.name}/d"
             extra.append(helper.make_node("MatMul", [x, f"{stem}/{s.name}/A"], [h]))
