@@ -34,6 +34,8 @@ from edgefleet.agent.reconcile import Reconciler
 from edgefleet.agent.runtimes.ort import OrtRuntime
 from edgefleet.bundle import MANIFEST_NAME, SIGNATURE_NAME, Bundle, public_key_hex
 from edgefleet.catalog import get_profile
+from edgefleet.coordinator.rollouts.lm_planning import select_lm_devices
+from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.delta import build_delta
 from edgefleet.lora import LoRAConfig, adapter_arrays, add_lora, load_adapter_arrays, merge_lora
 from edgefleet.modelops.lm_adapter_variant import (
@@ -273,3 +275,19 @@ def test_corrupted_lm_delta_falls_back_to_the_full_bundle(
     assert agent.cache.current() == tuned
     served = agent.cache.load_current()
     assert served is not None and dict(served.files) == dict(built.store.load(tuned).files)
+
+
+def test_rollout_plans_the_adapter_variant_of_the_precision_the_device_runs(built: Built) -> None:
+    manifests = [(i, dict(built.store.load(i).manifest)) for i in built.tuned.values()]
+
+    def record(active: str) -> DeviceRecord:
+        return DeviceRecord(
+            "d1", "pi", get_profile("rpi4"), "k", "c", 0.0, 0.0, active_variant=active
+        )
+
+    (fresh,), _ = select_lm_devices([record("")], manifests)
+    assert fresh[1].winner is not None
+    assert fresh[1].winner.facts.id == built.tuned["int4-g32"]  # fewest bytes read per token
+    (held,), _ = select_lm_devices([record(built.base["fp32"])], manifests)
+    assert held[1].winner is not None and held[1].winner.facts.id == built.tuned["fp32"]
+    assert "kept fp32 over int4-g32: the device runs its parent" in held[1].reason

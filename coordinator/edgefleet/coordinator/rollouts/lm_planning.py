@@ -7,6 +7,12 @@ the variant and the longest context the device holds, which travels to the agent
 desired state (``DesiredState.context_limit``) so it never grows a cache past its RAM or its
 decode-speed budget. Devices no variant fits (every microcontroller) are skipped with
 selection's reason, as classifier rollouts skip devices that fit nothing. Pure functions, no I/O.
+
+A fine-tune shipped as LoRA adapter variants (:mod:`edgefleet.modelops.lm_adapter_variant`:
+each names its base variant as ``parent``) is small only against that parent: an int4-g64
+device handed the int4-g32 adapter variant would download it whole. So when the device runs
+the parent of an adapter variant that selection would take as well (perplexity within the
+tolerance, no shorter context), that one is planned, and the reason says why.
 """
 
 from __future__ import annotations
@@ -34,13 +40,40 @@ def select_lm_devices(
     Raises ``ValueError``/``KeyError``/``TypeError`` for a malformed LM manifest."""
     chosen: list[tuple[DeviceRecord, LMSelection]] = []
     skipped: list[SkippedDevice] = []
+    parents = {i: str(m.get("parent", "")) for i, m in manifests if "adapter" in m}
     for record in records:
         selection = explain_lm(record.profile, manifests, policy)
+        if parents:
+            selection = _keep_held_parent(record, selection, parents, policy or LMPolicy())
         if selection.winner is None:
             skipped.append(SkippedDevice(record.id, record.name, selection.reason))
         else:
             chosen.append((record, selection))
     return chosen, skipped
+
+
+def _keep_held_parent(
+    record: DeviceRecord, selection: LMSelection, parents: Mapping[str, str], policy: LMPolicy
+) -> LMSelection:
+    """``selection`` with the adapter variant whose parent the device runs as the winner,
+    when selection would take it as well (see the module docstring)."""
+    winner, held = selection.winner, record.active_variant
+    if winner is None or not held or parents.get(winner.facts.id) == held:
+        return selection
+    fits = [v for v in selection.verdicts if v.fits]
+    best = min(v.facts.perplexity for v in fits)
+    for v in fits:
+        if (
+            parents.get(v.facts.id) == held
+            and v.facts.perplexity <= best * (1 + policy.perplexity_tolerance)
+            and v.context_limit >= winner.context_limit
+        ):
+            why = (
+                f"; kept {v.facts.recipe} over {winner.facts.recipe}: the device runs its "
+                "parent, so its adapters ship as a delta"
+            )
+            return replace(selection, winner=v, reason=selection.reason + why)
+    return selection
 
 
 def plan_lm_devices(
