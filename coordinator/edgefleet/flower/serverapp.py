@@ -57,6 +57,7 @@ from edgefleet.flower.grid_io import exchange, per_device_metric, weighted_metri
 from edgefleet.flower.run_settings import STRATEGIES, RunSettings
 from edgefleet.flower.strategies import (
     HeteroFL,
+    PartialClientSideFixedClipping,
     PartialFedAvg,
     PartialFedProx,
     arrays_of,
@@ -188,8 +189,10 @@ def _strategy(
         "min_available_nodes": 0, "weighted_by_key": Metric.NUM_EXAMPLES,
         "arrayrecord_key": Record.ARRAYS, "configrecord_key": Record.CONFIG,
     }  # fmt: skip
-    # Flower's DP wrappers clip whole models: only a plain run takes partial (light-scope) replies
-    partial = settings.dp == "none"
+    # light-scope (partial) replies: plain runs, and client-side DP (the device clips its update
+    # with the untrained tensors' zero delta in; PartialClientSideFixedClipping scales the noise
+    # per tensor). Flower's server-side clipping zips each reply with the global model: whole.
+    partial = settings.dp in ("none", "client-fixed")
     base: fl_strategy.Strategy = (
         (PartialFedProx if partial else fl_strategy.FedProx)(
             proximal_mu=settings.proximal_mu, **common
@@ -203,9 +206,7 @@ def _strategy(
             base, settings.dp_noise, settings.dp_clip, sampled
         )
     if settings.dp == "client-fixed":
-        return fl_strategy.DifferentialPrivacyClientSideFixedClipping(
-            base, settings.dp_noise, settings.dp_clip, sampled
-        )
+        return PartialClientSideFixedClipping(base, settings.dp_noise, settings.dp_clip, sampled)
     return base
 
 

@@ -16,6 +16,17 @@ differ; these strategies tell devices that partial replies are welcome
 (``partial-updates``) and average every tensor over the replies that hold it, so the tensors a
 light device did not train keep the other devices' mean (or the global value when nobody
 trained them) instead of being pulled back towards the old model by its unchanged copy.
+
+**Client-side DP** (:class:`PartialClientSideFixedClipping`): devices clip their update with
+the untrained tensors' zero delta in (the ClientApp's ``_clip_when_asked``), so partial replies
+are clipped exactly as whole ones. Flower's noise, ``z * C / n`` on every tensor, is calibrated
+for a mean over all ``n`` replies (one device moves it by at most ``C / n``); a tensor averaged
+over its ``k`` holders moves by up to ``C / k``, so its noise is ``z * C / k``. Scaled back by
+``k``, each tensor is then the holders' sum of clipped updates plus noise ``z * C``: the
+Gaussian mechanism on the sum of all replies (sensitivity ``C``, untrained tensors 0),
+post-processed per tensor -- the same guarantee as whole models with equal weights, given
+that who trained which tensor is public (it is: without SecAgg+ the server sees every reply).
+A tensor nobody trained is released unchanged, without noise (it reveals nothing new).
 """
 
 from __future__ import annotations
@@ -38,7 +49,11 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAvg,
+    FedProx,
+)
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 from flwr.supercore import log
 
@@ -46,7 +61,15 @@ from edgefleet.fl.contract import Metric, Record, TrainConfig
 from edgefleet.flower import heterofl
 from edgefleet.flower import model as fl_model
 
-__all__ = ["HeteroFL", "PartialFedAvg", "PartialFedProx", "arrays_of", "to_record"]
+__all__ = [
+    "HeteroFL",
+    "PartialClientSideFixedClipping",
+    "PartialFedAvg",
+    "PartialFedProx",
+    "arrays_of",
+    "holder_counts",
+    "to_record",
+]
 
 
 def to_record(params: Mapping[str, Any]) -> ArrayRecord:
@@ -126,6 +149,50 @@ class PartialFedAvg(FedAvg):
 
 class PartialFedProx(PartialFedAvg, FedProx):
     """Flower's FedProx (its ``proximal-mu`` in the config) with partial replies."""
+
+
+def holder_counts(replies: Iterable[Message]) -> dict[str, int]:
+    """How many (non-error) replies hold each tensor."""
+    counts: dict[str, int] = {}
+    for msg in replies:
+        if msg.has_error() or not msg.content.array_records:
+            continue
+        for key in next(iter(msg.content.array_records.values())):
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class PartialClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed-clipping DP wrapper over partial replies: each tensor's noise
+    is calibrated to the replies holding it (``z * C / k``; module docstring: why)."""
+
+    _holders: dict[str, int] | None = None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's wrapper (checks, inner aggregation, noise), per-tensor noise."""
+        replies = list(replies)
+        self._holders = holder_counts(replies)
+        try:
+            return super().aggregate_train(server_round, replies)
+        finally:
+            self._holders = None
+
+    def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
+        holders = self._holders
+        if holders is None:  # not inside aggregate_train: Flower's own noise
+            return super()._add_noise_to_aggregated_arrays(aggregated_arrays)
+        noisy: dict[str, Array] = {}
+        for key, array in aggregated_arrays.items():
+            value = np.array(array.numpy())
+            k = holders.get(key, 0)
+            if k > 0:
+                stdv = self.noise_multiplier * self.clipping_norm / k
+                value += np.random.normal(0, stdv, value.shape).astype(value.dtype)
+            noisy[key] = Array(np.ascontiguousarray(value))
+        log(INFO, "aggregate_train: DP noise z*C/k per tensor (k: its holders, %s)", holders)
+        return ArrayRecord(noisy)
 
 
 class HeteroFL(PartialFedAvg):

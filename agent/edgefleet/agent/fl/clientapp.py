@@ -49,13 +49,39 @@ def _clip_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
     ``DifferentialPrivacyClientSideFixedClipping``, which puts ``clipping_norm`` in every train
     config; only then does Flower's ``fixedclipping_mod`` clip this device's update (so a
     plain run neither imports nor pays for it).
+
+    A light-scope reply (``partial-updates``: the trained tensors only) goes through too: the
+    mod wants the tensors it sent back, so the untrained ones are put in as received, clipped
+    with the rest and taken out again. Their delta is zero, so the update's norm, its scaling
+    and the trained tensors are exactly what clipping the whole model gives, and the untrained
+    ones come out of the clip unchanged (received + 0).
     """
     config = msg.content.config_records.get(Record.CONFIG)
     if msg.metadata.message_type != "train" or config is None or "clipping_norm" not in config:
         return call_next(msg, context)  # type: ignore[no-any-return]
     from flwr.clientapp.mod import fixedclipping_mod
 
-    return fixedclipping_mod(msg, context, call_next)
+    received = next(iter(msg.content.array_records.values()), None)
+    trained: list[str] = []
+
+    def whole(inner: Message, ctx: Context) -> Message:
+        out: Message = call_next(inner, ctx)
+        if out.has_error() or received is None or len(out.content.array_records) != 1:
+            return out
+        key, reply = next(iter(out.content.array_records.items()))
+        trained[:] = list(reply.keys())
+        if trained != list(received.keys()):
+            out.content.array_records[key] = ArrayRecord(
+                {k: reply[k] if k in reply else received[k] for k in received}
+            )
+        return out
+
+    clipped = fixedclipping_mod(msg, context, whole)
+    if clipped.has_error() or received is None or trained == list(received.keys()):
+        return clipped
+    key, reply = next(iter(clipped.content.array_records.items()))
+    clipped.content.array_records[key] = ArrayRecord({k: reply[k] for k in trained})
+    return clipped
 
 
 def _secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
