@@ -193,3 +193,82 @@ def test_the_layout_zeroes_untrained_tensors_and_appends_their_weights() -> None
 def test_a_sum_without_the_weight_vector_is_refused_in_one_line() -> None:
     with pytest.raises(ValueError, match="5 tensors and a weight vector of 5; got 5 arrays"):
         holders_mean(GLOBAL, list(GLOBAL.values()))
+
+
+# --- client-side DP with light-scope replies ------------------------------------------------
+
+
+def _train_msg(arrays: Arrays, **config: Any) -> Message:
+    content = RecordDict(
+        {Record.ARRAYS: to_record(arrays), Record.CONFIG: ConfigRecord(dict(config))}
+    )
+    return Message(content, dst_node_id=11, message_type="train")
+
+
+@pytest.mark.usefixtures("task")
+def test_a_partial_reply_is_clipped_as_the_whole_model_and_stays_partial() -> None:
+    from edgefleet.agent.fl.clientapp import _clip_when_asked
+
+    received = {"conv.weight": np.ones((2, 2), np.float32), "head.bias": np.zeros(2, np.float32)}
+    msg = _train_msg(received, clipping_norm=1.0, **{TrainConfig.PARTIAL_UPDATES: True})
+
+    def light(m: Message, _ctx: Context) -> Message:  # trained the head only: delta (3, 4)
+        trained = {"head.bias": np.asarray([3.0, 4.0], np.float32)}
+        return Message(RecordDict({Record.ARRAYS: to_record(trained)}), reply_to=m)
+
+    ctx = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
+    out = _clip_when_asked(msg, ctx, light)
+    assert not out.has_error(), out.error
+    sent = arrays_of(out.content.array_records[Record.ARRAYS])
+    assert list(sent) == ["head.bias"]  # the untrained tensor does not travel
+    np.testing.assert_allclose(sent["head.bias"], [0.6, 0.8], rtol=1e-6)  # norm 5 -> 1
+
+
+def _dp_replies(msgs: list[Message]) -> list[Message]:
+    return [
+        Message(RecordDict({Record.ARRAYS: to_record(t),
+                            Record.METRICS: MetricRecord({Metric.NUM_EXAMPLES: n})}), reply_to=m)
+        for m, (t, n) in zip(msgs, _replies(), strict=True)
+    ]  # fmt: skip
+
+
+def _dp_strategy(noise: float) -> Any:
+    from edgefleet.flower.strategies import PartialClientSideFixedClipping
+
+    base = PartialFedAvg(min_train_nodes=3, weighted_by_key=Metric.NUM_EXAMPLES,
+                         arrayrecord_key=Record.ARRAYS, configrecord_key=Record.CONFIG)  # fmt: skip
+    return PartialClientSideFixedClipping(base, noise, 2.0, 3)
+
+
+@pytest.mark.usefixtures("task")
+def test_client_dp_takes_partial_replies_with_noise_per_tensor_holders() -> None:
+    from edgefleet.flower.strategies import holder_counts
+
+    grid = LoopbackGrid({11: _device({}, 1, []), 12: _device({}, 1, []), 13: _device({}, 1, [])})
+    quiet = _dp_strategy(0.0)
+    msgs = list(quiet.configure_train(1, to_record(GLOBAL), ConfigRecord(), grid))
+    cfg = msgs[0].content.config_records[Record.CONFIG]
+    assert cfg[TrainConfig.PARTIAL_UPDATES] and cfg["clipping_norm"] == 2.0
+    merged, _ = quiet.aggregate_train(1, _dp_replies(msgs))
+    assert merged is not None
+    plain = _partial_fedavg()
+    for k in GLOBAL:  # no noise: PartialFedAvg exactly
+        np.testing.assert_allclose(arrays_of(merged)[k], plain[k], rtol=1e-6, err_msg=k)
+
+    noisy = _dp_strategy(0.5)
+    msgs = list(noisy.configure_train(1, to_record(GLOBAL), ConfigRecord(), grid))
+    replies = _dp_replies(msgs)
+    holders = holder_counts(replies)
+    assert holders == {"conv.weight": 1, "conv.bias": 2, "head.weight": 3, "head.bias": 3}
+    np.random.seed(3)
+    merged, _ = noisy.aggregate_train(1, replies)
+    assert merged is not None
+    out = arrays_of(merged)
+    np.random.seed(3)  # the same draws, in the record's order: noise z*C/k per tensor
+    for k in GLOBAL:
+        if k not in holders:  # nobody trained it: released as it was, without noise
+            np.testing.assert_array_equal(out[k], GLOBAL[k])
+            continue
+        noise = np.random.normal(0, 0.5 * 2.0 / holders[k], plain[k].shape)
+        want = plain[k] + np.asarray(noise, np.float32)
+        np.testing.assert_allclose(out[k], want, rtol=1e-5, atol=1e-6, err_msg=k)
