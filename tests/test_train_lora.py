@@ -159,3 +159,23 @@ def test_train_start_lm_runs_federated_lora_locally_and_registers_the_result(
     assert doc["registered"]["model"] == "tiny-ft-r1"
     assert "tiny-ft-r1" in [m.name for m in store.models()]
     assert doc["registered"]["as"] in ("adapter-variants", "merged")
+
+
+def test_simulated_agents_get_text_by_source_and_keep_it_as_is(tmp_path: Path) -> None:
+    """``edgefleet simulate --local-data text``: one text shard per device, which the agent's
+    federation hands to its SuperNode unchanged (a classifier shard is rewritten)."""
+    from edgefleet.agent.federation import _is_text_shard
+    from edgefleet.datasets.core import DatasetError
+    from edgefleet.datasets.text_shards import load_text_shard
+    from edgefleet.devtools.sim_data import group_local_data, is_grouped_source
+
+    assert is_grouped_source("text") and is_grouped_source("text:20000")
+    grouped = group_local_data("text:20000", 2, tmp_path / "data")
+    shards = [load_text_shard(p) for p in grouped.paths]
+    assert [s.sources for s in shards] == [("asyncio", "concurrent"), ("email", "http", "urllib")]
+    assert all(_is_text_shard(str(p)) for p in grouped.paths)
+    assert not _is_text_shard(str(tmp_path / "missing.npz")) and not _is_text_shard("digits")
+    with pytest.raises(DatasetError, match="1 to 6 built-in text devices"):
+        group_local_data("text", 7, tmp_path / "more")
+    with pytest.raises(DatasetError, match="use text or text:BYTES"):
+        group_local_data("text:lots", 2, tmp_path / "bad")

@@ -20,7 +20,7 @@ from edgefleet.coordinator.errors import InvalidArgument
 from edgefleet.coordinator.fl import runs
 from edgefleet.coordinator.fl.runs import RunRequest
 from edgefleet.lora import LORA_TARGETS
-from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port
+from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port, wait_for
 
 runner = CliRunner()
 TINY = {"vocab": 256, "dim": 32, "layers": 1, "heads": 2, "mlp_ratio": 2, "context": 32}
@@ -89,7 +89,9 @@ def test_train_start_of_a_registered_lm_over_the_api(
     variants = build_lm_variants(model, tmp_path / "onnx", ("fp32",))
     register_lm_model(store, "tiny", model, variants, dataset="n")
     coordinator = coordinator_factory("--superlink", "local", data_dir=data_dir)
-    superlink = json.loads((data_dir / "coordinator.json").read_text())["superlink"]
+    info = data_dir / "coordinator.json"
+    wait_for(info.exists, 120, "coordinator.json")  # written as the SuperLink is up
+    superlink = json.loads(info.read_text())["superlink"]
     nodes = []
     try:
         for i, shard in enumerate(stdlib_package_shards(2, max_bytes=60_000)):

@@ -187,6 +187,8 @@ class FederationMember:
         from edgefleet.fl.partition import save_shard
 
         assert self.local_data is not None
+        if _is_text_shard(self.local_data.source):  # a language model's text: read as is
+            return Path(self.local_data.source)
         path = self.dir / "shard.npz"
         stamp = self.dir / "shard.spec"
         spec = json.dumps(self.local_data.__dict__, sort_keys=True)
@@ -226,3 +228,17 @@ class FederationMember:
         if self.worker is not None:
             self.worker.stop(timeout=5.0)
             self.worker = None
+
+
+def _is_text_shard(source: str) -> bool:
+    """Whether ``--local-data`` is a text shard (``edgefleet.datasets.text_shards``): a LoRA
+    run's ClientApp reads it itself, so it is not rewritten as a classifier's shard."""
+    if not source.endswith(".npz"):
+        return False
+    import numpy as np
+
+    try:
+        with np.load(source) as z:
+            return "text_train" in z.files
+    except (OSError, ValueError):
+        return False

@@ -76,8 +76,9 @@ def simulate(
         str,
         typer.Option(
             help="each agent's part of this dataset ('' = none; process backend): digits "
-            "(Dirichlet parts), kws or kws:SIZE (keyword spotting, whole voices per device) or "
-            "an .npz with groups (whole groups per device)"
+            "(Dirichlet parts), kws or kws:SIZE (keyword spotting, whole voices per device), "
+            "text or text:BYTES (standard-library packages per device, for a language model's "
+            "federated LoRA; no replayed workload) or an .npz with groups (whole groups per device)"
         ),
     ] = "digits",
     data_dir: Annotated[

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgefleet.datasets.core import Dataset, DatasetError
 
-__all__ = ["GroupedLocalData", "group_local_data", "is_grouped_source"]
+__all__ = ["GroupedLocalData", "group_local_data", "is_grouped_source", "is_text_source"]
 
 
 class GroupedLocalData:
@@ -41,8 +41,30 @@ class GroupedLocalData:
 
 
 def is_grouped_source(source: str) -> bool:
-    """``kws`` or an ``.npz`` path: local data dealt by group (``digits`` partitions itself)."""
-    return source == "kws" or source.startswith("kws:") or source.endswith(".npz")
+    """``kws``, ``text`` or an ``.npz`` path: local data dealt by group (``digits`` partitions
+    itself)."""
+    return (
+        source == "kws" or source.startswith("kws:") or source.endswith(".npz")
+        or is_text_source(source)
+    )  # fmt: skip
+
+
+def is_text_source(source: str) -> bool:
+    """``text`` (or ``text:BYTES``): each device holds standard-library packages by source, the
+    text a language model's federated LoRA run trains on (``edgefleet.datasets.text_shards``)."""
+    return source == "text" or source.startswith("text:")
+
+
+def _text_local_data(source: str, devices: int, out_dir: Path) -> GroupedLocalData:
+    """One text shard per device (whole packages each, its own modules held out)."""
+    from edgefleet.datasets.text_shards import save_text_shard, stdlib_package_shards
+
+    size = source.partition(":")[2]
+    if size and not size.isdigit():
+        raise DatasetError(f"{source}: use text or text:BYTES (text per device, e.g. text:60000)")
+    shards = stdlib_package_shards(devices, max_bytes=int(size or 150_000))
+    paths = [save_text_shard(s, out_dir / f"device-{i:04d}.npz") for i, s in enumerate(shards)]
+    return GroupedLocalData(paths, [list(s.sources) for s in shards], held_out=True)
 
 
 def _load(source: str, data_dir: Path | None) -> Dataset:
@@ -69,6 +91,8 @@ def group_local_data(
     """Write one shard per device under ``out_dir``; raises :class:`DatasetError` (one line)."""
     from edgefleet.fl.partition import group_shards, save_shard
 
+    if is_text_source(source):
+        return _text_local_data(source, devices, out_dir)
     data = _load(source, data_dir)
     if data.groups is None:
         raise DatasetError(

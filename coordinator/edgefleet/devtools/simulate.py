@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.catalog import get_profile
-from edgefleet.devtools.sim_data import group_local_data, is_grouped_source
+from edgefleet.devtools.sim_data import group_local_data, is_grouped_source, is_text_source
 from edgefleet.tokenfile import ENROLL_TOKEN_FILE_ENV
 
 ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
@@ -87,6 +87,8 @@ class SimulatedFleet:
                 local_data, count, state_root / "local-data", data_dir=data_dir
             )
             per_device = [str(p.resolve()) for p in grouped.paths]
+        if is_text_source(local_data):
+            workload_rate = 0.0  # text is a language model's to train on, not a classifier's
         env = _agent_env(enroll_token, token_file)
         agents = []
         for i in range(count):
