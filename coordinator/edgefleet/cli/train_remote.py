@@ -101,7 +101,7 @@ def _rounds(run: training_pb2.TrainingRun) -> list[dict[str, Any]]:
     the wire's."""
     record = _record(run)
     if is_lora(record) and len(record.get("rounds") or []) == len(run.rounds):
-        return list(record["rounds"])
+        return list(record.get("rounds") or [])
     return [_round_dict(r) for r in run.rounds]
 
 
