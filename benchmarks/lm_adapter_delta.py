@@ -40,9 +40,9 @@ RESULTS = Path(__file__).parent / "results" / "lm_adapter_delta.json"
 RECIPES = ("fp32", "fp16", "int8", "int4-g32", "int4-g64", "int4-g128")
 
 
-def _find_adapters(data_dir: Path, base_sha: str) -> tuple[Path, dict[str, Any]] | None:
-    """The newest federated ``final.npz`` under the LoRA benchmark's run dir for this base."""
-    runs = sorted((data_dir / "lora-run" / "fed").glob("run-*/final.npz"), reverse=True)
+def _find_adapters(runs: list[Path], base_sha: str) -> tuple[Path, dict[str, Any]] | None:
+    """The first federated ``final.npz`` of ``runs`` whose run (its ``progress.json``)
+    succeeded on this base."""
     for final in runs:
         try:
             doc = json.loads((final.parent / "progress.json").read_text())
@@ -121,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     base_sha = hashlib.sha256(save(state)).hexdigest()
     shards = stdlib_package_shards(4, max_bytes=150_000)
 
-    found = None if args.local_steps or args.adapters != "auto" else _find_adapters(
-        args.data_dir, base_sha
-    )  # fmt: skip
-    if args.adapters not in ("auto", ""):
+    runs = (
+        [Path(args.adapters)]
+        if args.adapters != "auto"
+        else sorted((args.data_dir / "lora-run" / "fed").glob("run-*/final.npz"), reverse=True)
+    )
+    found = None if args.local_steps else _find_adapters(runs, base_sha)
+    if found is None and args.adapters != "auto":
         adapters = fl_model.load_params(args.adapters)
         lora = LoRAConfig(args.rank, args.alpha, tuple(args.targets.split(",")))
         source: dict[str, Any] = {"kind": "file", "path": args.adapters}

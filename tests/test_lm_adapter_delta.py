@@ -17,7 +17,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from edgefleet.agent.desired import Desired
 from edgefleet.agent.generation import empty_cache
 from edgefleet.agent.reconcile import Reconciler
 from edgefleet.agent.runtimes.ort import OrtRuntime
-from edgefleet.bundle import MANIFEST_NAME, SIGNATURE_NAME, Bundle, public_key_hex
+from edgefleet.bundle import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Bundle,
+    MissingFileError,
+    public_key_hex,
+)
 from edgefleet.catalog import get_profile
 from edgefleet.coordinator.rollouts.lm_planning import select_lm_devices
 from edgefleet.coordinator.state.model import DeviceRecord
@@ -45,10 +51,10 @@ from edgefleet.modelops.lm_adapter_variant import (
     build_adapter_variants,
 )
 from edgefleet.modelops.lm_build import build_lm_recipes
-from edgefleet.modelops.lm_bundle import LM_WEIGHTS_FILE, register_lm_model
+from edgefleet.modelops.lm_bundle import LM_WEIGHTS_FILE, load_lm_graph, register_lm_model
 from edgefleet.modelops.lm_compress import build_lm_variants
 from edgefleet.v1 import artifact_pb2_grpc
-from edgefleet.variant_store import VariantStore
+from edgefleet.variant_store import ModelEntry, VariantStore
 from edgefleet.zoo import ByteLM
 from tests.conftest import CoordinatorProc, free_port
 from tests.fleetkit import ScriptedDevice
@@ -194,6 +200,32 @@ def test_targets_or_graphs_that_do_not_fit_are_refused_in_one_line(built: Built)
     assert "\n" not in str(e.value)
     with pytest.raises(AdapterVariantError, match="base model 'no-such-model'"):
         build_adapter_variants(built.store, "no-such-model", built.adapters, LORA, "x")
+    with pytest.raises(AdapterVariantError, match="has no variant 'int4-g64'"):
+        build_adapter_variants(
+            built.store, "tiny-lm", built.adapters, LORA, "x", recipes=["int4-g64"]
+        )
+    half = {k: v for k, v in built.adapters.items() if k != "blocks.0.qkv.lora_b.v"}
+    with pytest.raises(AdapterVariantError, match=r"blocks\.0\.qkv v: A or B missing"):
+        adapter_slices(half, LORA, config)
+    with pytest.raises(AdapterVariantError, match="not a byte-lm LoRA tensor name"):
+        adapter_slices({"head.weight": np.zeros((4, 4), np.float32)}, LORA, config)
+    with pytest.raises(AdapterVariantError, match="no adapters given"):
+        adapter_slices({}, LORA, config)
+    clf = built.store.put({"model": "clf", "task": "classification"}, {"model.onnx": b"x"})
+    built.store.add_model(ModelEntry("clf", {"arch": "mlp"}, "digits", clf))
+    with pytest.raises(AdapterVariantError, match="'clf' is not a language model"):
+        build_adapter_variants(built.store, "clf", built.adapters, LORA, "x")
+
+
+def test_an_lm_graph_whose_external_data_is_missing_or_short_is_refused(built: Built) -> None:
+    bundle = built.store.load(built.base["int4-g32"])
+    assert load_lm_graph(bundle).graph.node  # the whole graph, weights in memory
+    lacking = replace(bundle, files={"model.onnx": bundle.file("model.onnx")})
+    with pytest.raises(MissingFileError, match=r"model\.onnx\.data"):
+        load_lm_graph(lacking)
+    short = replace(bundle, files={**bundle.files, LM_WEIGHTS_FILE: b"\0" * 16})
+    with pytest.raises(ValueError, match=r"lies outside 'model\.onnx\.data'"):
+        load_lm_graph(short)
 
 
 # -- a real coordinator and a real agent -------------------------------------------------------
