@@ -17,10 +17,11 @@ start and seeds, one after the other on this machine (the load average is record
    by torch in the worker (``mlp-in-worker``): does the numpy MLP still earn its place?
 
 Reported per run: each round's wall time (the ServerApp's, first round apart: it pays the
-worker's torch import once) and the **device CPU per update**: the CPU of each device's whole
-process tree -- SuperNode, SuperExec, every ClientApp process it started and reaped, and its
-worker -- over the run divided by the updates, and over the rounds after the first (steady). Read from ``/proc`` (utime+stime of each live
-process plus what it reaped), so nothing is sampled and no ClientApp exit is missed.
+worker's torch import once) and the **training CPU per update**: the CPU of every ClientApp
+process the device's SuperExec started and reaped, plus its worker's, over the run divided by
+the updates, and over the rounds after the first (steady). Read from ``/proc`` (the SuperExec's
+children times), so nothing is sampled and no ClientApp exit is missed. The SuperNode's own
+polling CPU is reported apart (``node_overhead``): it grows with wall time, whatever trains.
 """
 
 from __future__ import annotations
@@ -40,31 +41,60 @@ ARCH = "ds-cnn-kws"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds of process group ``pgid``: every live member's own time plus its reaped
-    children's (a ClientApp process is reaped by the SuperExec, a member of the group)."""
-    total = 0
+def _proc_stats(pgid: int) -> list[tuple[str, list[int]]]:
+    """(command name, [utime, stime, cutime, cstime] in ticks) of each live member of a group."""
+    out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            head, tail = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
             continue  # exited meanwhile: its time is in its reaper's children times
-        if int(fields[2]) == pgid:  # fields: state ppid pgrp ... utime(11) stime cutime cstime
-            total += sum(int(v) for v in fields[11:15])
-    return total / _TICK
+        fields = tail.split()  # state ppid pgrp ... utime(11) stime cutime cstime
+        if int(fields[2]) == pgid:
+            out.append((head.split("(", 1)[1], [int(v) for v in fields[11:15]]))
+    return out
 
 
-def _device_cpu(fed: Any) -> list[float]:
-    """Each device's CPU so far: its SuperNode's group, plus its worker's group when it has one."""
+def node_cpu_seconds(pgid: int) -> tuple[float, float]:
+    """(ClientApp CPU, the node's own CPU) of a SuperNode's process group, in seconds.
+
+    ClientApp processes are started and reaped by the node's SuperExec: their CPU is the
+    SuperExec's children times, plus the own time of any not reaped yet. The SuperNode's and
+    SuperExec's own time (polling, gRPC) is the node's overhead, paid whatever trains.
+    """
+    apps = node = 0
+    for name, (utime, stime, cutime, cstime) in _proc_stats(pgid):
+        if name.startswith("flwr-clientapp"):
+            apps += utime + stime
+        elif name.startswith("flower-superexe"):
+            apps += cutime + cstime
+            node += utime + stime
+        else:
+            node += utime + stime
+    return apps / _TICK, node / _TICK
+
+
+def _device_cpu(fed: Any) -> list[tuple[float, float, float]]:
+    """Each device's (ClientApp, worker, node overhead) CPU seconds so far."""
     out = []
     for i, node in enumerate(fed.supernodes):
-        cpu = group_cpu_seconds(node.pid) if node.pid else 0.0
+        apps, own = node_cpu_seconds(node.pid) if node.pid else (0.0, 0.0)
+        worker = 0.0
         if i < len(fed.workers) and fed.workers[i].pid:
-            cpu += group_cpu_seconds(fed.workers[i].pid)
-        out.append(cpu)
+            worker = sum(sum(t[:2]) for _, t in _proc_stats(fed.workers[i].pid)) / _TICK
+        out.append((apps, worker, own))
     return out
+
+
+def _per_update(
+    a: list[tuple[float, float, float]], b: list[tuple[float, float, float]], updates: int
+) -> dict[str, float]:
+    apps, worker, node = (sum(y[k] - x[k] for x, y in zip(a, b, strict=True)) for k in range(3))
+    n = max(1, updates)
+    return {"clientapp": apps / n, "worker": worker / n, "training": (apps + worker) / n,
+            "node_overhead": node / n}  # fmt: skip
 
 
 def _measured(fed: Any, config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -73,7 +103,7 @@ def _measured(fed: Any, config: dict[str, Any], name: str) -> dict[str, Any]:
     progress = fed.run(config, name=name) / "progress.json"
     before = _device_cpu(fed)
     load_before = os.getloadavg()[0]
-    after_first: list[float] | None = None
+    after_first: list[tuple[float, float, float]] | None = None
     deadline = time.monotonic() + 3600
     doc: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -91,8 +121,6 @@ def _measured(fed: Any, config: dict[str, Any], name: str) -> dict[str, Any]:
     print(f"  {name}: {doc['rounds'][-1]['ended'] - doc['started']:.0f}s", file=sys.stderr,
           flush=True)  # fmt: skip
     assert after_first is not None
-    cpu = [b - a for a, b in zip(before, end, strict=True)]
-    steady = [b - a for a, b in zip(after_first, end, strict=True)]
     rounds = [float(r["seconds"]) for r in doc["rounds"]]
     updates = [len(r["participants"]) for r in doc["rounds"]]
     return {
@@ -101,9 +129,10 @@ def _measured(fed: Any, config: dict[str, Any], name: str) -> dict[str, Any]:
         "steady_round_s": statistics.median(rounds[1:]),
         "updates": sum(updates),
         "failed": sum(r["failed"] for r in doc["rounds"]),
-        "device_cpu_s": cpu,
-        "cpu_per_update_s": sum(cpu) / max(1, sum(updates)),
-        "steady_cpu_per_update_s": sum(steady) / max(1, sum(updates[1:])),
+        # CPU seconds per update: ClientApp processes, the worker, both, the node's own
+        "cpu_per_update_s": _per_update(before, end, sum(updates)),
+        "steady_cpu_per_update_s": _per_update(after_first, end, sum(updates[1:])),
+        "train_loss": [r["train_loss"] for r in doc["rounds"]],
         "final_test_acc": doc["rounds"][-1]["test_acc"],
         "load_average_1m": [load_before, os.getloadavg()[0]],
     }
@@ -166,17 +195,18 @@ def _digits(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def _print(title: str, rows: dict[str, Any]) -> None:
-    print(f"\n# {title}")
-    print(f"{'arm':<14} {'1st round s':>11} {'round s':>8} {'CPU s/update':>12} "
-          f"{'steady':>7} {'test acc':>9} {'load':>10}")  # fmt: skip
+    print(f"\n# {title}: CPU s per update (ClientApp processes + worker; steady = after round 1)")
+    print(f"{'arm':<14} {'1st round s':>11} {'round s':>8} {'CPU/update':>10} {'steady':>7} "
+          f"{'of it worker':>12} {'node s':>7} {'loss':>6} {'load':>10}")  # fmt: skip
     for arm, r in rows.items():
         if not isinstance(r, dict):
             continue
         load = "-".join(f"{v:.1f}" for v in r["load_average_1m"])
+        cpu, steady = r["cpu_per_update_s"], r["steady_cpu_per_update_s"]
         print(
             f"{arm:<14} {r['first_round_s']:>11.1f} {r['steady_round_s']:>8.1f} "
-            f"{r['cpu_per_update_s']:>12.2f} {r['steady_cpu_per_update_s']:>7.2f} "
-            f"{100 * r['final_test_acc']:>8.1f}% {load:>10}"
+            f"{cpu['training']:>10.2f} {steady['training']:>7.2f} {steady['worker']:>12.2f} "
+            f"{steady['node_overhead']:>7.2f} {r['train_loss'][-1]:>6.3f} {load:>10}"
         )
 
 

@@ -282,3 +282,23 @@ def test_the_agents_federation_runs_a_worker_for_its_shard_and_stops_it(tmp_path
     assert Path(member.worker.wait_ready(timeout=60.0).data_path) == shard
     member.stop()
     assert member.worker is None and not (member.dir / "train-worker.pid").exists()
+
+
+@pytest.mark.slow  # a real SuperLink, two SuperNodes and their workers: ~1 min on a loaded box
+def test_real_supernode_rounds_train_a_conv_net_in_each_devices_worker(tmp_path: Path) -> None:
+    from edgefleet.devtools.fl_local import LocalFederation, wait_progress
+
+    with LocalFederation(tmp_path / "fed", num_nodes=2, alpha=1.0, seed=1) as fed:
+        assert len(fed.workers) == 2
+        out = fed.run(
+            {"arch": "ds-cnn", "num-rounds": 2, "min-devices": 2, "lr": 0.05,
+             "local-epochs": 1, "final-evaluate": True, "round-timeout": 600.0},
+        )  # fmt: skip
+        doc = wait_progress(out, timeout=900)
+        assert doc["state"] == "succeeded", doc.get("reason")
+        for w in fed.workers:
+            with TrainWorkerClient(w.socket_path) as client:
+                health = client.health()
+            # every round and the final evaluation ran in the worker, torch imported once
+            assert (health.fits, health.evaluates) == (2, 1)
+            assert health.shard_cache_misses == 1
