@@ -3,8 +3,9 @@
 Fast: the coordinator's checks of a LoRA request, one field each, with no Flower and no store.
 Slow: ``train start LM`` with only a coordinator configured: the replica (no torch) submits the
 model's name, the ServerApp recovers the base from the coordinator's variant store, two real
-SuperNodes holding text shards train adapters for two rounds, the CLI prints held-out
-perplexity per round, and the ServerApp registers ``LM-ft-RUN``.
+agents holding text shards (``--local-data``, as ``edgefleet simulate --local-data text`` gives
+them) train adapters on their SuperNodes for two rounds, the CLI prints held-out perplexity per
+round, and the ServerApp registers ``LM-ft-RUN``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edgefleet.coordinator.errors import InvalidArgument
 from edgefleet.coordinator.fl import runs
 from edgefleet.coordinator.fl.runs import RunRequest
 from edgefleet.lora import LORA_TARGETS
-from tests.conftest import ADMIN_TOKEN, CoordinatorProc, free_port, wait_for
+from tests.conftest import ADMIN_TOKEN, ENROLL_TOKEN, AgentProc, CoordinatorProc, wait_for
 
 runner = CliRunner()
 TINY = {"vocab": 256, "dim": 32, "layers": 1, "heads": 2, "mlp_ratio": 2, "context": 32}
@@ -64,19 +65,20 @@ def test_lora_settings_on_a_classifier_are_refused() -> None:
                     "steps": 3}  # fmt: skip
 
 
-@pytest.mark.slow  # a coordinator, its SuperLink, 2 SuperNodes and 2 LoRA rounds
+@pytest.mark.slow  # a coordinator, its SuperLink, 2 agents' SuperNodes and 2 LoRA rounds
 @pytest.mark.timeout(900)
-def test_train_start_of_a_registered_lm_over_the_api(
+def test_train_start_of_a_registered_lm_over_the_api_on_agents_with_text(
     coordinator_factory: Callable[..., CoordinatorProc],
+    agent_factory: Callable[..., AgentProc],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Agents as ``edgefleet simulate --local-data text`` starts them: each holds one text
+    shard (``sim_data``), its federation hands it to its SuperNode as is."""
     import torch
 
-    from edgefleet.agent.fl.supernode import SuperNodeSupervisor, node_config_for
     from edgefleet.cli.train_cmds import train_app
-    from edgefleet.datasets.text_shards import save_text_shard, stdlib_package_shards
-    from edgefleet.fl.contract import FAST_POLL_ENV
+    from edgefleet.devtools.sim_data import group_local_data
     from edgefleet.modelops.lm_bundle import register_lm_model
     from edgefleet.modelops.lm_compress import build_lm_variants
     from edgefleet.variant_store import VariantStore
@@ -91,41 +93,38 @@ def test_train_start_of_a_registered_lm_over_the_api(
     coordinator = coordinator_factory("--superlink", "local", data_dir=data_dir)
     info = data_dir / "coordinator.json"
     wait_for(info.exists, 120, "coordinator.json")  # written as the SuperLink is up
-    superlink = json.loads(info.read_text())["superlink"]
-    nodes = []
-    try:
-        for i, shard in enumerate(stdlib_package_shards(2, max_bytes=60_000)):
-            path = save_text_shard(shard, tmp_path / "text" / f"{i}.npz")
-            config = node_config_for(f"dev-{i}", "rpi4", 4 << 30, str(path), battery=80)
-            node = SuperNodeSupervisor(
-                superlink, config, tmp_path / f"node-{i}", port=free_port(),
-                env=dict(FAST_POLL_ENV),
-            )  # fmt: skip
-            node.start()
-            nodes.append(node)
-        nowhere = tmp_path / "elsewhere"  # no data dir here: everything over the API
-        nowhere.mkdir()
-        monkeypatch.chdir(nowhere)
-        monkeypatch.delenv("EDGEFLEET_DATA_DIR", raising=False)
-        monkeypatch.setenv("EDGEFLEET_COORDINATOR", coordinator.address)
-        monkeypatch.setenv("EDGEFLEET_ADMIN_TOKEN", ADMIN_TOKEN)
-        monkeypatch.setenv("EDGEFLEET_INSECURE", "1")
-        res = runner.invoke(
-            train_app,
-            ["start", "tiny", "--rounds", "2", "--steps", "6", "--lora-rank", "4", "--lr",
-             "0.01", "--name", "r1", "--round-timeout", "600"],
-        )  # fmt: skip
-        assert res.exit_code == 0, res.output
-        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("round ")]
-        assert len(lines) == 2 and all("held-out perplexity" in ln for ln in lines), res.stdout
-        assert "held-out perplexity" in res.stdout.splitlines()[-2] + res.stdout.splitlines()[-1]
-        res = runner.invoke(train_app, ["status", "r1", "--json"])
-        doc = json.loads(res.stdout)
-        assert doc["state"] == "succeeded" and doc["model"] == "tiny"
-        assert doc["registered_model"] == "tiny-ft-r1", doc.get("register_error")
-        assert doc["perplexity"]["final"] < doc["perplexity"]["initial"]
-        assert "tiny-ft-r1" in [m.name for m in VariantStore(data_dir).models()]
-        assert list(nowhere.iterdir()) == []
-    finally:
-        for node in nodes:
-            node.stop(timeout=3.0)
+    text = group_local_data("text:60000", 2, tmp_path / "text")
+    agents = [
+        agent_factory(coordinator.address, "rpi4", f"dev-{i}", "--token", ENROLL_TOKEN,
+                      "--local-data", str(path))
+        for i, path in enumerate(text.paths)
+    ]  # fmt: skip
+    wait_for(
+        lambda: all((a.state_dir / "fl" / "supernode.pid").exists() for a in agents),
+        120,
+        "the agents' SuperNodes",
+    )
+    nowhere = tmp_path / "elsewhere"  # no data dir here: everything over the API
+    nowhere.mkdir()
+    monkeypatch.chdir(nowhere)
+    monkeypatch.delenv("EDGEFLEET_DATA_DIR", raising=False)
+    monkeypatch.setenv("EDGEFLEET_COORDINATOR", coordinator.address)
+    monkeypatch.setenv("EDGEFLEET_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("EDGEFLEET_INSECURE", "1")
+    res = runner.invoke(
+        train_app,
+        ["start", "tiny", "--rounds", "2", "--steps", "6", "--lora-rank", "4", "--lr", "0.01",
+         "--name", "r1", "--round-timeout", "600"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("round ")]
+    assert len(lines) == 2 and all("held-out perplexity" in ln for ln in lines), res.stdout
+    assert "held-out perplexity" in res.stdout.splitlines()[-2] + res.stdout.splitlines()[-1]
+    res = runner.invoke(train_app, ["status", "r1", "--json"])
+    doc = json.loads(res.stdout)
+    assert doc["state"] == "succeeded" and doc["model"] == "tiny"
+    assert doc["registered_model"] == "tiny-ft-r1", doc.get("register_error")
+    assert doc["perplexity"]["final"] < doc["perplexity"]["initial"]
+    assert len(doc["perplexity"]["per_device"]) == 2  # both agents trained and were scored
+    assert "tiny-ft-r1" in [m.name for m in VariantStore(data_dir).models()]
+    assert list(nowhere.iterdir()) == []
