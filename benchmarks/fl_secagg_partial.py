@@ -3,8 +3,9 @@
     python -m benchmarks.fl_secagg_partial [--rounds 3] [--json benchmarks/results/fl_secagg_partial.json]
 
 Real ``flower-superlink``/``flower-supernode`` processes on loopback, our ServerApp/ClientApp,
-4 devices holding digits shards (Dirichlet alpha 1.0), a small DS-CNN pre-trained on digits
-0-4 only (so the federation has something to learn). Two devices are memory-tight: their
+4 devices holding digits shards (Dirichlet alpha 1.0), a small DS-CNN pre-trained on 150
+digits (``--pretrain subset``; or on digits 0-4 only, ``biased``) so the federation
+fine-tunes a deployed model rather than train from scratch. Two devices are memory-tight: their
 budget (``ram-bytes``, all of it for training) lets the round's planner pick the head only
 (270 kB) and a sparse update (350 kB: biases, head, last pointwise convs) instead of full
 fine-tuning. Three runs from the same start and seeds:
@@ -39,8 +40,9 @@ ARCH_CONFIG = {"channels": [8, 16, 16], "strides": [1, 1], "num_classes": 10, "i
 LIGHT_BUDGETS = {2: 270_000, 3: 350_000}
 
 
-def _pretrain(out: Path, seed: int) -> Path:
-    """The run's start: the small DS-CNN trained on digits 0-4 (the others never seen)."""
+def _pretrain(out: Path, seed: int, how: str) -> Path:
+    """The run's start: the small DS-CNN trained on 150 digits of every class (``subset``) or
+    on digits 0-4 only (``biased``: the others never seen)."""
     import numpy as np
     import torch
     from torch import nn
@@ -51,7 +53,7 @@ def _pretrain(out: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     ds = load_dataset("digits")
-    keep = ds.y_train < 5
+    keep = ds.y_train < 5 if how == "biased" else np.arange(len(ds.y_train)) < 150
     x = torch.from_numpy(np.asarray(ds.x_train[keep], np.float32))
     y = torch.from_numpy(np.asarray(ds.y_train[keep], np.int64))
     model = build_model(
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=0.02, help="the devices' SGD step")
+    parser.add_argument("--pretrain", choices=("subset", "biased"), default="subset")
     parser.add_argument("--round-timeout", type=float, default=900.0)
     parser.add_argument(
         "--runs", default="plain-partial,secagg-partial,secagg-whole", help="which, in order"
@@ -121,14 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     light = {i: {Node.RAM_BYTES: b, Node.BUDGET_FRACTION: 1.0} for i, b in LIGHT_BUDGETS.items()}
     results: dict[str, Any] = {
         "devices": 4, "light_budgets": {f"sim-{i:03d}": b for i, b in LIGHT_BUDGETS.items()},
-        "arch": "ds-cnn", "arch_config": ARCH_CONFIG, "rounds": args.rounds, "runs": {},
+        "arch": "ds-cnn", "arch_config": ARCH_CONFIG, "rounds": args.rounds, "lr": args.lr,
+        "pretrain": args.pretrain, "runs": {},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fl-secagg-partial-") as tmp:
         root = Path(tmp)
-        init = _pretrain(root / "init.npz", args.seed)
+        init = _pretrain(root / "init.npz", args.seed, args.pretrain)
         base = {
             "arch": "ds-cnn", "arch-config": json.dumps(ARCH_CONFIG), "init-path": str(init),
-            "num-rounds": args.rounds, "min-devices": 4, "lr": 0.05, "batch-size": 16,
+            "num-rounds": args.rounds, "min-devices": 4, "lr": args.lr, "batch-size": 16,
             "local-epochs": 1, "final-evaluate": False, "round-timeout": args.round_timeout,
             "seed": args.seed,
         }  # fmt: skip
