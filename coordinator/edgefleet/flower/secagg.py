@@ -113,8 +113,9 @@ def secure_round(
 #: reconstruction threshold (n-1, at least 2) would survive no dropout
 MIN_DEVICES = 3
 
-#: below this a tensor's summed weight is zero: the smallest real one is a device's share of
-#: the round's examples (>= 1/max-weight of the total), far above SecAgg+'s quantization step
+#: below this a tensor's summed weight counts as zero: it is exactly 0 when nobody trained the
+#: tensor (zeros quantize without error), else at least one holder's share of the round's
+#: examples (1 of 100,000 is 1e-5), far above SecAgg+'s quantization step (16 / 2**22)
 _MIN_WEIGHT = 1e-6
 
 
