@@ -313,13 +313,22 @@ def _worker(context: Context) -> Any:
     try:
         health = client.health()
         data = str(context.node_config.get(Node.DATA_PATH, ""))
-        if Path(health.data_path) != Path(data).absolute():
+        if not _same_file(health.data_path, data):
             raise WorkerUnavailable(f"the worker trains on {health.data_path}, not {data}")
     except WorkerUnavailable as exc:
         client.close()
         _fell_back(context, str(exc))
         return None
     return client
+
+
+def _same_file(a: str, b: str) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: no shard to share
+        return False
 
 
 def _fell_back(context: Context, why: str) -> None:
