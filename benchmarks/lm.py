@@ -6,13 +6,22 @@
 Trains the zoo's ``byte-lm`` (2 layers, width 128, rotary positions, KV cache) on Python's own
 standard-library sources (PSF-2.0; whole modules held out) or a user's text file, cached per data
 dir, then builds fp32, fp16, weight-only int8 and int4 (groups 32/64/128, onnxruntime's
-MatMulNBits) from one KV-cache ONNX graph and measures each with onnxruntime, one thread, batch 1:
+MatMulNBits) and two int8-KV-cache variants (fp32+kv8, int4-g32+kv8) from one KV-cache ONNX
+graph and measures each with onnxruntime, one thread, batch 1:
 held-out perplexity (per byte), bytes on disk, prefill and decode tokens/s, and peak RSS over a
 fresh process's baseline at two context lengths (KV cache included; the cache's own bytes are
-listed). Then LM selection (``edgefleet.coordinator.lm_selection``) picks a variant and a context
+listed). An int8 cache's perplexity is measured one byte per step through the cache (a prefill
+never reads it back), and so is its float twin's (``perplexity_stepwise``) for the comparison;
+``transient_dequant_bytes`` is what one layer's dequantized float past plus its grown float
+copy take for K and V during a step at each context (the rewrite dequantizes per layer, so that
+is the transient, not the whole cache in float); ``peak_chunked_bytes`` is the peak at the longer
+context with the prompt fed in training-window chunks through the cache, as a device runs a long
+prompt (the one-shot prefill's activations, which grow with the square of the prompt, hide the
+cache's bytes). Then LM selection (``edgefleet.coordinator.lm_selection``) picks a variant and a context
 limit per catalog device from these facts (decode speed from each device's memory bandwidth,
 calibrated by the tokens/s measured here), and again for a SmolLM2-135M-shaped model whose facts
-are scaled from the measured bytes per weight, where the devices' budgets bind.
+are scaled from the measured bytes per weight, where the devices' budgets bind (once with every
+variant, once without the int8-cache ones: what the int8 cache changes).
 Prints a table and saves everything to ``benchmarks/results/lm.json``.
 """
 
@@ -64,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgefleet.datasets import DatasetError
     from edgefleet.datasets.text import load_text
-    from edgefleet.modelops.lm_compress import build_lm_variants
-    from edgefleet.modelops.lm_measure import measure_lm
+    from edgefleet.modelops.lm_compress import KV8_RECIPES, LM_RECIPES, build_lm_variants
+    from edgefleet.modelops.lm_measure import measure_lm, ort_perplexity, peak_memory, session
     from edgefleet.modelops.lm_train import LMTrainConfig, train_lm
 
     try:
@@ -87,15 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        variants = build_lm_variants(trained.model, Path(tmp))
+        variants = build_lm_variants(trained.model, Path(tmp), LM_RECIPES + KV8_RECIPES)
         print(f"built {len(variants)} variants in {time.perf_counter() - t:.0f} s")
+        recipes = {v.recipe for v in variants}
+        model = trained.model
         for v in variants:
             m = measure_lm(
                 v.path, corpus.test, context=config.context, eval_bytes=args.eval_bytes,
                 contexts=contexts,
             )  # fmt: skip
-            rows.append({"recipe": v.recipe, "bits": v.bits, "group": v.group,
-                         "bytes": v.bytes, **m.to_json()})  # fmt: skip
+            row = {"recipe": v.recipe, "bits": v.bits, "group": v.group,
+                   "kv_dtype": v.kv_dtype, "bytes": v.bytes, **m.to_json()}  # fmt: skip
+            longest = max(contexts)  # the prompt in training-window chunks, as a device runs it
+            row["peak_chunked_bytes"] = {str(longest): peak_memory(v.path, longest, config.context)}
+            if v.kv_dtype == "int8":
+                row["perplexity_stepwise"] = m.perplexity
+                one_layer = 2 * 2 * model.heads * model.head_dim * 4  # K and V, past + grown
+                row["transient_dequant_bytes"] = {str(c): one_layer * c for c in contexts}
+            elif f"{v.recipe}+kv8" in recipes:  # the float twin, through its cache as well
+                row["perplexity_stepwise"] = ort_perplexity(
+                    session(v.path), corpus.test, config.context, args.eval_bytes, chunk=1
+                )
+            rows.append(row)
     bw = host_bandwidth()
     _print_table(rows, contexts)
     result: dict[str, Any] = {
@@ -114,15 +136,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict[str, Any]], contexts: tuple[int, ...]) -> None:
-    head = f"{'variant':10} {'ppl':>7} {'bytes':>10} {'prefill t/s':>12} {'decode t/s':>11}"
+    head = f"{'variant':13} {'ppl':>7} {'step ppl':>8} {'bytes':>10} {'prefill t/s':>12} "
+    head += f"{'decode t/s':>11}"
     for c in contexts:
         head += f" {f'peak@{c}':>11} {f'kv@{c}':>9}"
+    head += f" {'chunked':>9}"
     print(head)
     for r in rows:
-        line = (f"{r['recipe']:10} {r['perplexity']:7.3f} {r['bytes']:10,} "
+        step = f"{r['perplexity_stepwise']:8.3f}" if "perplexity_stepwise" in r else f"{'':8}"
+        line = (f"{r['recipe']:13} {r['perplexity']:7.3f} {step} {r['bytes']:10,} "
                 f"{r['prefill_tok_s']:12,.0f} {r['decode_tok_s']:11,.0f}")  # fmt: skip
         for c in contexts:
             line += f" {r['peak_bytes'][str(c)] / MIB:9.1f}Mi {r['kv_bytes'][str(c)] / 1024:7.0f}Ki"
+        line += f" {next(iter(r['peak_chunked_bytes'].values())) / MIB:7.1f}Mi"
         print(line)
 
 
@@ -135,8 +161,13 @@ def _selection(
 
     facts = lms.facts_from_benchmark(rows, model, host_bw, max_context=context)
     scaled = lms.scale_facts(facts, lms.SMOLLM2_135M, model.dim)
+    float_kv = [f for f in scaled if f.kv_dtype != "int8"]  # what the devices got before kv8
     out: dict[str, Any] = {}
-    for label, variants in (("byte-lm", facts), ("smollm2-135m-shape", scaled)):
+    for label, variants in (
+        ("byte-lm", facts),
+        ("smollm2-135m-shape", scaled),
+        ("smollm2-135m-shape-float-kv", float_kv),
+    ):
         print(f"\nselection for {label} "
               f"(max context {variants[0].max_context}, decode floor "
               f"{lms.LMPolicy().min_decode_tok_s:g} tok/s):")  # fmt: skip

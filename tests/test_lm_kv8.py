@@ -101,17 +101,18 @@ def test_kv8_graph_matches_fp32_logits_and_greedy_tokens(built: Built) -> None:
     for i in range(tokens.shape[1]):
         out = s8.run(None, {"tokens": tokens[:, i : i + 1], **cache})
         names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
-        cache = {n: np.concatenate((cache[n], x), axis=3) for n, x in zip(names, out[1:], strict=True)}  # fmt: skip
+        cache = {n: np.concatenate((cache[n], x), axis=0) for n, x in zip(names, out[1:], strict=True)}  # fmt: skip
         got.append(out[0])
     diff = float(np.abs(np.concatenate(got, axis=1) - want).max())
     assert 0.0 < diff < LOGIT_TOLERANCE * float(want.max() - want.min())
 
 
 def _empty(layers: int, dtype: Any) -> dict[str, npt.NDArray[Any]]:
+    if dtype == np.int8:  # positions first
+        q = np.zeros((0, layers, 1, HEADS, HEAD_DIM), dtype)
+        s = np.zeros((0, layers, 1, HEADS, 1), np.float32)
+        return {"past_k": q, "past_k_scale": s, "past_v": q, "past_v_scale": s}
     z = np.zeros((layers, 1, HEADS, 0, HEAD_DIM), dtype)
-    if dtype == np.int8:
-        s = np.zeros((layers, 1, HEADS, 0, 1), np.float32)
-        return {"past_k": z, "past_k_scale": s, "past_v": z, "past_v_scale": s}
     return {"past_k": z, "past_v": z}
 
 
@@ -132,19 +133,26 @@ def test_agent_loop_carries_an_int8_cache_between_steps(built: Built, tmp_path: 
     rt.load(bundle)  # checks the graph's int8 I/O and runs a warm-up prefill
     assert rt.language_model is not None and rt.language_model.kv_dtype == "int8"
     seen: list[dict[str, npt.NDArray[Any]]] = []
+    views: list[npt.NDArray[Any]] = []
 
     def step(feeds: Mapping[str, npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]:
-        seen.append(dict(feeds))
+        seen.append({n: np.array(a) for n, a in feeds.items()})  # copies: what this step got
+        views.append(feeds["past_k"])
         return rt.lm_step(feeds)
 
     prompt = b"import os"
     out = list(generate(step, rt.language_model, GenerateParams(prompt, max_tokens=6)))
     assert len(out) == 6 and len(seen) == 6  # a prefill, then one step per later token
+    # grown in place: every decode step is fed a contiguous view of one buffer, and a position
+    # once written keeps its int8 values and scale (nothing is requantized)
+    assert all(v.flags.c_contiguous and np.shares_memory(v, views[-1]) for v in views[1:])
+    for n in ("past_k", "past_k_scale", "past_v", "past_v_scale"):
+        assert np.array_equal(seen[1][n], seen[-1][n][: len(prompt)])
     for i, feeds in enumerate(seen):
         positions = 0 if i == 0 else len(prompt) + i - 1
         k, ks = feeds["past_k"], feeds["past_k_scale"]
         assert k.dtype == np.int8 and feeds["past_v"].dtype == np.int8
-        assert ks.dtype == np.float32 and ks.shape == (LAYERS, 1, HEADS, positions, 1)
+        assert ks.dtype == np.float32 and ks.shape == (positions, LAYERS, 1, HEADS, 1)
         assert k.nbytes == LAYERS * HEADS * positions * HEAD_DIM
         cache = sum(feeds[n].nbytes for n in ("past_k", "past_k_scale", "past_v", "past_v_scale"))
         assert cache == per_position * positions
@@ -182,24 +190,68 @@ def test_kv8_recipes_parse_and_bad_ones_are_one_line() -> None:
         assert "\n" not in str(err.value)
 
 
-def test_a_graph_without_per_layer_cache_reads_is_refused() -> None:
+def _graph(reads: list[Any], cache: int = TensorProto.FLOAT, name: str = "past_k") -> Any:
+    """A stand-in graph whose past_k is read by ``reads`` (past_v passes through)."""
     f = TensorProto.FLOAT
     graph = helper.make_graph(
         [
-            helper.make_node("Identity", ["past_k"], ["present_k"]),
+            *reads,
             helper.make_node("Identity", ["past_v"], ["present_v"]),
             helper.make_node("Cast", ["tokens"], ["logits"], to=f),
         ],
         "g",
         [
             helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, 1]),
-            helper.make_tensor_value_info("past_k", f, [1, 1, 1, 0, 2]),
+            helper.make_tensor_value_info(name, cache, [1, 1, 1, 0, 2]),
             helper.make_tensor_value_info("past_v", f, [1, 1, 1, 0, 2]),
         ],
         [helper.make_tensor_value_info(n, f, None) for n in ("logits", "present_k", "present_v")],
+        [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")],
     )
-    with pytest.raises(KVGraphError, match="past_k is read by a Identity node"):
-        int8_kv_cache(helper.make_model(graph))
+    return helper.make_model(graph)
+
+
+def _reads(op: str, *inputs: str, **attrs: int) -> list[Any]:
+    node = helper.make_node(op, list(inputs), ["present_k"])
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+    return [node]
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        (_graph(_reads("Identity", "past_k")), "past_k is read by a Identity node"),
+        (
+            _graph(_reads("Identity", "cache"), name="cache"),
+            "inputs are ['tokens', 'cache', 'past_v']",
+        ),
+        (
+            _graph(_reads("Identity", "past_k"), TensorProto.FLOAT16),
+            "derived from the fp32 graph",
+        ),
+        (_graph(_reads("Shape", "past_k", start=0)), "past_k's shape is read as {'start': 0}"),
+        (
+            _graph(_reads("Gather", "past_k", "zero", axis=0)),
+            "layer 0 of past_k is not grown by a Concat(past, new)",
+        ),
+    ],
+)
+def test_a_graph_the_rewrite_does_not_know_is_refused_in_one_line(model: Any, says: str) -> None:
+    with pytest.raises(KVGraphError) as err:
+        int8_kv_cache(model)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_int8_cache_refuses_to_grow_past_its_context(built: Built) -> None:
+    from edgefleet.agent.generation import KVCache
+    from edgefleet.agent.runtimes import InferenceError
+
+    cache = KVCache(replace(_spec(built, "fp32+kv8"), context=4))
+    k = np.zeros((5, LAYERS, 1, HEADS, HEAD_DIM), np.int8)
+    s = np.zeros((5, LAYERS, 1, HEADS, 1), np.float32)
+    with pytest.raises(InferenceError, match="holds 4 positions; this step needs 5"):
+        cache.update([np.zeros(1), k, s, k, s])
+    assert cache.positions == 0
 
 
 def test_manifest_and_selection_give_the_int8_cache_a_longer_context(built: Built) -> None:

@@ -9,10 +9,12 @@ onnxruntime and numpy: no torch, no tokenizer (the models are byte-level).
 
 The cache is the manifest's ``language_model.kv_dtype``: a float32 or float16 graph takes
 ``past_k``/``past_v`` and returns the grown ``present_k``/``present_v``, which are fed back;
-an ``int8`` graph takes the cache as int8 plus one fp32 scale per (layer, batch, head,
-position) and returns only the step's new positions, quantized (``new_k``, ``new_k_scale``,
-...), which this loop appends: the device holds a quarter of the float cache's bytes (plus the
-scales) between steps, and old positions are never requantized.
+an ``int8`` graph takes the cache as int8 plus one fp32 scale per (position, layer, batch,
+head), positions first, and returns only the step's new positions, quantized (``new_k``,
+``new_k_scale``, ...). :class:`KVCache` writes them into buffers allocated once for the
+context and feeds the graph views of the filled part (contiguous, since positions come first):
+the device holds a quarter of the float cache's bytes (plus the scales), never copies the
+cache to grow it, and never requantizes an old position.
 
 Every request field is checked before anything runs and a bad one is refused in one line
 (:class:`InputError`, INVALID_ARGUMENT on the wire). Timing is measured here: time to first
@@ -32,12 +34,15 @@ import numpy.typing as npt
 
 from edgefleet.agent.runtimes import InferenceError, InputError
 
+_INT8_CACHE = ("past_k", "past_k_scale", "past_v", "past_v_scale")
+
 __all__ = [
     "LANGUAGE_MODEL_TASK",
     "MAX_STOP",
     "MAX_TOKENS",
     "GenerateParams",
     "GeneratedToken",
+    "KVCache",
     "NotLanguageModelError",
     "check_params",
     "empty_cache",
@@ -113,26 +118,74 @@ def lm_io(spec: LMSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return ("tokens", "past_k", "past_v"), ("logits", "present_k", "present_v")
 
 
+def _int8_shapes(spec: LMSpec, positions: int, batch: int) -> dict[str, tuple[int, ...]]:
+    vec = (positions, spec.layers, batch, spec.heads)
+    return {n: (*vec, 1 if n.endswith("_scale") else spec.head_dim) for n in _INT8_CACHE}
+
+
 def empty_cache(spec: LMSpec, batch: int = 1) -> Cache:
-    """The cache feeds of a prefill: zero past positions, in the graph's cache dtype."""
-    shape = (spec.layers, batch, spec.heads, 0, spec.head_dim)
+    """The cache feeds of a prefill: zero past positions, in the graph's cache dtype and layout
+    (float: ``(layers, batch, heads, past, head_dim)``; int8: positions first, plus scales)."""
     if spec.kv_dtype == "int8":
-        q = np.zeros(shape, np.int8)
-        s = np.zeros((*shape[:4], 1), np.float32)
-        return {"past_k": q, "past_k_scale": s, "past_v": q, "past_v_scale": s}
-    z = np.zeros(shape, np.float16 if spec.kv_dtype == "float16" else np.float32)
+        return {
+            n: np.zeros(shape, np.float32 if n.endswith("_scale") else np.int8)
+            for n, shape in _int8_shapes(spec, 0, batch).items()
+        }
+    z = np.zeros(
+        (spec.layers, batch, spec.heads, 0, spec.head_dim),
+        np.float16 if spec.kv_dtype == "float16" else np.float32,
+    )
     return {"past_k": z, "past_v": z}
 
 
 def grow_cache(spec: LMSpec, cache: Cache, outputs: Sequence[npt.NDArray[Any]]) -> Cache:
-    """The cache after a step: a float graph's grown caches as returned; an int8 graph's new
-    positions (and their scales) appended to ``cache`` on the position axis."""
+    """The cache after a step, as a new dict: a float graph's grown caches as returned; an int8
+    graph's new positions appended to ``cache`` (a copy; :class:`KVCache` appends in place)."""
     if spec.kv_dtype != "int8":
         return {"past_k": outputs[1], "past_v": outputs[2]}
-    names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
-    return {
-        n: np.concatenate((cache[n], x), axis=3) for n, x in zip(names, outputs[1:5], strict=True)
-    }
+    grown = zip(_INT8_CACHE, outputs[1:5], strict=True)
+    return {n: np.concatenate((cache[n], x), axis=0) for n, x in grown}
+
+
+class KVCache:
+    """The cache one generation carries between steps.
+
+    A float graph returns the whole grown cache each step, which is kept as is. An int8 graph
+    returns only the new positions: they are written into buffers for ``spec.context``
+    positions, allocated once (untouched pages cost no RAM until written), and the graph is fed
+    views of the first ``positions`` rows, so growing the cache copies nothing."""
+
+    def __init__(self, spec: LMSpec, batch: int = 1) -> None:
+        self.spec = spec
+        self.positions = 0
+        self._cache = empty_cache(spec, batch)
+        self._buffers: Cache = {}
+        if spec.kv_dtype == "int8":
+            self._buffers = {
+                n: np.zeros(shape, self._cache[n].dtype)
+                for n, shape in _int8_shapes(spec, spec.context, batch).items()
+            }
+
+    def feeds(self) -> Cache:
+        """The cache inputs of the next step."""
+        if self._buffers:
+            return {n: b[: self.positions] for n, b in self._buffers.items()}
+        return self._cache
+
+    def update(self, outputs: Sequence[npt.NDArray[Any]]) -> None:
+        """Take a step's outputs (logits first, then the cache as :func:`lm_io` names it)."""
+        if not self._buffers:
+            self._cache = {"past_k": outputs[1], "past_v": outputs[2]}
+            self.positions = int(outputs[1].shape[3])
+            return
+        end = self.positions + int(outputs[1].shape[0])
+        if end > self.spec.context:
+            raise InferenceError(
+                f"the int8 cache holds {self.spec.context} positions; this step needs {end}"
+            )
+        for n, x in zip(_INT8_CACHE, outputs[1:5], strict=True):
+            self._buffers[n][self.positions : end] = x
+        self.positions = end
 
 
 @dataclass(frozen=True)
@@ -222,11 +275,12 @@ def generate(
     them already), or when the cache holds ``spec.context`` positions.
     """
     rng = np.random.default_rng(p.seed)
-    cache = empty_cache(spec)
+    cache = KVCache(spec)
     start = time.perf_counter()
     tokens = np.frombuffer(p.prompt, dtype=np.uint8).astype(np.int64)[None, :]
-    outputs = step({"tokens": tokens, **cache})
-    logits, cache = outputs[0], grow_cache(spec, cache, outputs)
+    outputs = step({"tokens": tokens, **cache.feeds()})
+    logits = outputs[0]
+    cache.update(outputs)
     positions = tokens.shape[1]
     out = bytearray()
     first_at = 0.0
@@ -251,6 +305,7 @@ def generate(
         yield GeneratedToken(data, i)
         if cancelled():
             return
-        outputs = step({"tokens": np.array([[token]], dtype=np.int64), **cache})
-        logits, cache = outputs[0], grow_cache(spec, cache, outputs)
+        outputs = step({"tokens": np.array([[token]], dtype=np.int64), **cache.feeds()})
+        logits = outputs[0]
+        cache.update(outputs)
         positions += 1

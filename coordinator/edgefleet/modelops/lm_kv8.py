@@ -11,11 +11,16 @@ and never requantizes the old ones.
 
 The rewrite of the fp32 KV-cache graph (:func:`int8_kv_cache`):
 
-- inputs ``past_k``/``past_v`` become int8 and gain ``past_k_scale``/``past_v_scale``
-  ``(layers, batch, heads, past, 1)``;
+- inputs ``past_k``/``past_v`` become int8 ``(past, layers, batch, heads, head_dim)`` and gain
+  ``past_k_scale``/``past_v_scale`` ``(past, layers, batch, heads, 1)``. Positions first, unlike
+  the float graph's ``(layers, batch, heads, past, head_dim)``: then the first ``n`` positions
+  of a buffer allocated once for the whole context are one contiguous block, so a device
+  appends each step's positions in place and hands onnxruntime a view (no per-step copy of
+  the cache, no second cache while one is being grown);
 - each layer's slice of the cache (the export's ``Gather(past, layer)``) is dequantized where it
-  is read, ``Cast`` + ``Mul``, so at most one layer's float copy is live at a time, not the
-  whole cache's (onnxruntime frees a tensor after its last reader);
+  is read, ``Cast`` + ``Mul`` + ``Transpose`` to the layout the attention expects, so at most
+  one layer's float copy is live at a time, not the whole cache's (onnxruntime frees a tensor
+  after its last reader);
 - the outputs ``present_k``/``present_v`` (the whole grown cache, in float) are replaced by
   ``new_k``, ``new_k_scale``, ``new_v``, ``new_v_scale``: only the step's new positions, taken
   before each layer's ``Concat`` with its past and quantized in the graph.
@@ -83,7 +88,8 @@ def _dequantize_reads(graph: onnx.GraphProto, cache: str) -> dict[int, str]:
         if cache not in node.input:
             continue
         if node.op_type == "Shape":
-            continue  # the int8 input has the float one's shape
+            _past_length_from_axis0(node, cache)
+            continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         layer = _constant_int(graph, node.input[1]) if node.op_type == "Gather" else None
         if node.op_type != "Gather" or axis != 0 or layer is None:
@@ -92,15 +98,19 @@ def _dequantize_reads(graph: onnx.GraphProto, cache: str) -> dict[int, str]:
                 "the int8 cache rewrite expects one Gather per layer"
             )
         out = node.output[0]
-        q, f, s = f"{out}_q8", f"{out}_q8_float", f"{out}_q8_scale"
+        q, f, s, d = f"{out}_q8", f"{out}_q8_float", f"{out}_q8_scale", f"{out}_q8_deq"
         node.output[0] = q
+        del node.attribute[:]  # the layer axis is 1 in the positions-first layout
+        node.attribute.append(helper.make_attribute("axis", 1))
         added.append(
             (
                 i + 1,
                 [
-                    helper.make_node("Gather", [f"{cache}_scale", node.input[1]], [s], axis=0),
+                    helper.make_node("Gather", [f"{cache}_scale", node.input[1]], [s], axis=1),
                     helper.make_node("Cast", [q], [f], to=TensorProto.FLOAT),
-                    helper.make_node("Mul", [f, s], [out]),
+                    helper.make_node("Mul", [f, s], [d]),
+                    # (past, batch, heads, head_dim) -> the attention's (batch, heads, past, hd)
+                    helper.make_node("Transpose", [d], [out], perm=[1, 2, 0, 3]),
                 ],
             )
         )
@@ -109,6 +119,15 @@ def _dequantize_reads(graph: onnx.GraphProto, cache: str) -> dict[int, str]:
         for n in reversed(nodes):
             graph.node.insert(at, n)
     return layers
+
+
+def _past_length_from_axis0(node: onnx.NodeProto, cache: str) -> None:
+    """The export reads the past length as ``Shape(past, start=3, end=4)``: axis 0 now."""
+    bounds = {a.name: a.i for a in node.attribute}
+    if bounds != {"start": 3, "end": 4}:
+        raise KVGraphError(f"{cache}'s shape is read as {bounds}, not its past length alone")
+    for a in node.attribute:
+        a.i = 0 if a.name == "start" else 1
 
 
 def _new_positions(graph: onnx.GraphProto, slices: Mapping[int, str], cache: str) -> list[str]:
@@ -124,24 +143,26 @@ def _new_positions(graph: onnx.GraphProto, slices: Mapping[int, str], cache: str
 
 
 def _quantize(graph: onnx.GraphProto, per_layer: Sequence[str], name: str) -> None:
-    """Stack the layers' new positions and quantize them into outputs ``name`` and
-    ``name_scale``: symmetric int8 per (layer, batch, head, position)."""
-    axis0 = f"{name}_axis0"
+    """Stack the layers' new positions, positions first, and quantize them into outputs ``name``
+    and ``name_scale``: symmetric int8 per (position, layer, batch, head)."""
+    axis1 = f"{name}_axis1"
     last = f"{name}_axis_last"
     graph.initializer.extend(
         [
-            numpy_helper.from_array(np.array([0], np.int64), axis0),
+            numpy_helper.from_array(np.array([1], np.int64), axis1),
             numpy_helper.from_array(np.array([-1], np.int64), last),
             numpy_helper.from_array(np.array(127.0, np.float32), f"{name}_qmax"),
             numpy_helper.from_array(np.array(_TINY, np.float32), f"{name}_tiny"),
         ]
     )
-    ups = [f"{name}_l{i}" for i in range(len(per_layer))]
-    nodes = [
-        helper.make_node("Unsqueeze", [t, axis0], [u]) for t, u in zip(per_layer, ups, strict=True)
-    ]
+    nodes: list[onnx.NodeProto] = []
+    ups = []
+    for i, t in enumerate(per_layer):  # (batch, heads, new, hd) -> (new, 1, batch, heads, hd)
+        nodes.append(helper.make_node("Transpose", [t], [f"{name}_t{i}"], perm=[2, 0, 1, 3]))
+        nodes.append(helper.make_node("Unsqueeze", [f"{name}_t{i}", axis1], [f"{name}_l{i}"]))
+        ups.append(f"{name}_l{i}")
     nodes += [
-        helper.make_node("Concat", ups, [f"{name}_float"], axis=0),
+        helper.make_node("Concat", ups, [f"{name}_float"], axis=1),
         helper.make_node("Abs", [f"{name}_float"], [f"{name}_abs"]),
         helper.make_node("ReduceMax", [f"{name}_abs", last], [f"{name}_absmax"], keepdims=1),
         helper.make_node("Div", [f"{name}_absmax", f"{name}_qmax"], [f"{name}_raw_scale"]),
@@ -190,22 +211,25 @@ def int8_kv_cache(fp32: onnx.ModelProto) -> onnx.ModelProto:
             raise KVGraphError(f"{cache} has {dims[0]} layers but {len(slices)} are read")
     _quantize(g, new_k, "new_k")
     _quantize(g, new_v, "new_v")
-    scale_dims = [*dims[:4], 1]
-    new_dims = [dims[0], dims[1], dims[2], "new", 1]
+    layers, batch, heads, past, head_dim = dims
+    cache_dims = [past, layers, batch, heads, head_dim]
+    scale_dims = [past, layers, batch, heads, 1]
+    new_dims = ["new", layers, batch, heads, head_dim]
+    new_scale = ["new", layers, batch, heads, 1]
     inputs = [
         g.input[0],
-        helper.make_tensor_value_info("past_k", TensorProto.INT8, dims),
+        helper.make_tensor_value_info("past_k", TensorProto.INT8, cache_dims),
         helper.make_tensor_value_info("past_k_scale", TensorProto.FLOAT, scale_dims),
-        helper.make_tensor_value_info("past_v", TensorProto.INT8, dims),
+        helper.make_tensor_value_info("past_v", TensorProto.INT8, cache_dims),
         helper.make_tensor_value_info("past_v_scale", TensorProto.FLOAT, scale_dims),
     ]
     logits = next(o for o in g.output if o.name == "logits")
     outputs = [
         logits,
-        helper.make_tensor_value_info("new_k", TensorProto.INT8, [*new_dims[:4], dims[4]]),
-        helper.make_tensor_value_info("new_k_scale", TensorProto.FLOAT, new_dims),
-        helper.make_tensor_value_info("new_v", TensorProto.INT8, [*new_dims[:4], dims[4]]),
-        helper.make_tensor_value_info("new_v_scale", TensorProto.FLOAT, new_dims),
+        helper.make_tensor_value_info("new_k", TensorProto.INT8, new_dims),
+        helper.make_tensor_value_info("new_k_scale", TensorProto.FLOAT, new_scale),
+        helper.make_tensor_value_info("new_v", TensorProto.INT8, new_dims),
+        helper.make_tensor_value_info("new_v_scale", TensorProto.FLOAT, new_scale),
     ]
     for field, items in ((g.input, inputs), (g.output, outputs)):
         copies = [onnx.ValueInfoProto() for _ in items]
@@ -229,9 +253,9 @@ def is_kv8(sess: Any) -> bool:
 def empty_kv8(
     layers: int, heads: int, head_dim: int, batch: int = 1
 ) -> dict[str, npt.NDArray[Any]]:
-    """The cache feeds of a prefill: zero past positions."""
-    q = np.zeros((layers, batch, heads, 0, head_dim), np.int8)
-    s = np.zeros((layers, batch, heads, 0, 1), np.float32)
+    """The cache feeds of a prefill: zero past positions (positions-first layout)."""
+    q = np.zeros((0, layers, batch, heads, head_dim), np.int8)
+    s = np.zeros((0, layers, batch, heads, 1), np.float32)
     return {"past_k": q, "past_k_scale": s, "past_v": q, "past_v_scale": s}
 
 
@@ -239,7 +263,8 @@ def append_new(
     cache: Mapping[str, npt.NDArray[Any]], outputs: Sequence[npt.NDArray[Any]]
 ) -> dict[str, npt.NDArray[Any]]:
     """The cache after a step: ``outputs`` are the graph's (logits, new_k, new_k_scale, new_v,
-    new_v_scale); the new positions are appended on the position axis."""
+    new_v_scale); the new positions are appended on the position axis (the first). A copy:
+    what measurement needs; the agent appends into a buffer allocated once instead."""
     _, k, ks, v, vs = outputs
     grown = zip(("past_k", "past_k_scale", "past_v", "past_v_scale"), (k, ks, v, vs), strict=True)
-    return {n: np.concatenate((cache[n], x), axis=3) for n, x in grown}
+    return {n: np.concatenate((cache[n], x), axis=0) for n, x in grown}

@@ -65,6 +65,8 @@ def session(path: Path, threads: int = 1) -> Any:
 def _cache_shape(sess: Any) -> tuple[int, int, int, np.dtype[Any]]:
     inp = {i.name: i for i in sess.get_inputs()}["past_k"]
     layers, _, heads, _, head_dim = inp.shape
+    if is_kv8(sess):  # positions first: (past, layers, batch, heads, head_dim)
+        _, layers, _, heads, head_dim = inp.shape
     types = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}
     dtype = types.get(inp.type, np.float32)
     return int(layers), int(heads), int(head_dim), np.dtype(dtype)
@@ -148,8 +150,9 @@ def decode_tok_s(sess: Any, prompt: npt.NDArray[np.int64], new_tokens: int) -> f
     for _ in range(new_tokens):
         t = time.perf_counter()
         out = sess.run(None, {"tokens": token, **cache})
-        cache = _grow(cache, out)  # the int8 cache's append is part of a device's step
         steps.append(time.perf_counter() - t)
+        # not timed: a device writes an int8 step's new row in place (agent.generation.KVCache)
+        cache = _grow(cache, out)
         token[0, 0] = int(out[0][0, -1].argmax())
     # the median step: a shared host's preemptions land in a few steps, not in every one
     return 1.0 / float(np.median(steps))
@@ -164,34 +167,40 @@ def rss(key):
             return int(line.split()[1]) * 1024
     return 0
 import onnxruntime as ort
-path, context = sys.argv[1], int(sys.argv[2])
+path, context, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 base = rss("VmRSS:")
 opts = ort.SessionOptions(); opts.intra_op_num_threads = 1; opts.log_severity_level = 3
 s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 ins = {i.name: i for i in s.get_inputs()}
 inp = ins["past_k"]
 dt = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(inp.type, np.float32)
-z = np.zeros((inp.shape[0], 1, inp.shape[2], 0, inp.shape[4]), dtype=dt)
-feeds = {"past_k": z, "past_v": z}
-if "past_k_scale" in ins:  # int8 cache: scales in, only the new positions out (appended)
+if "past_k_scale" in ins:  # int8 cache, positions first: scales in, new positions out
+    z = np.zeros((0, inp.shape[1], 1, inp.shape[3], inp.shape[4]), dtype=dt)
     zs = np.zeros((*z.shape[:4], 1), np.float32)
-    feeds.update(past_k_scale=zs, past_v_scale=zs)
-toks = (np.arange(context - 1, dtype=np.int64) * 7 % 251)[None, :]
-out = s.run(None, {"tokens": toks, **feeds})
-if "past_k_scale" in ins:
-    names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
-    feeds = {n: np.concatenate((feeds[n], x), axis=3) for n, x in zip(names, out[1:])}
+    feeds = {"past_k": z, "past_k_scale": zs, "past_v": z, "past_v_scale": zs}
 else:
-    feeds = {"past_k": out[1], "past_v": out[2]}
+    z = np.zeros((inp.shape[0], 1, inp.shape[2], 0, inp.shape[4]), dtype=dt)
+    feeds = {"past_k": z, "past_v": z}
+toks = (np.arange(context - 1, dtype=np.int64) * 7 % 251)[None, :]
+step = chunk or toks.shape[1]
+for j in range(0, toks.shape[1], step):
+    out = s.run(None, {"tokens": toks[:, j : j + step], **feeds})
+    if "past_k_scale" in ins:
+        names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
+        feeds = {n: np.concatenate((feeds[n], x), axis=0) for n, x in zip(names, out[1:])}
+    else:
+        feeds = {"past_k": out[1], "past_v": out[2]}
 s.run(None, {"tokens": toks[:, -1:], **feeds})
 print(json.dumps({"peak": rss("VmHWM:") - base}))
 """
 
 
-def peak_memory(path: Path, context: int) -> int:
-    """Peak RSS of a fresh process serving ``path`` up to ``context`` bytes, over its baseline."""
+def peak_memory(path: Path, context: int, chunk: int = 0) -> int:
+    """Peak RSS of a fresh process serving ``path`` up to ``context`` bytes, over its baseline;
+    the prompt in one prefill, or in ``chunk``-byte steps through the cache (as a device with
+    a long prompt runs it: then the cache, not one prefill's activations, is what grows)."""
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(path), str(context)],
+        [sys.executable, "-c", _CHILD, str(path), str(context), str(chunk)],
         capture_output=True,
         text=True,
         timeout=300,
