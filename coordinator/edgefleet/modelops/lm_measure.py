@@ -174,10 +174,13 @@ s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 ins = {i.name: i for i in s.get_inputs()}
 inp = ins["past_k"]
 dt = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(inp.type, np.float32)
-if "past_k_scale" in ins:  # int8 cache, positions first: scales in, new positions out
-    z = np.zeros((0, inp.shape[1], 1, inp.shape[3], inp.shape[4]), dtype=dt)
+names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
+n = 0
+if "past_k_scale" in ins:  # int8, positions first: buffers for the context, views fed (as the
+    z = np.zeros((context, inp.shape[1], 1, inp.shape[3], inp.shape[4]), dtype=dt)  # agent)
     zs = np.zeros((*z.shape[:4], 1), np.float32)
-    feeds = {"past_k": z, "past_k_scale": zs, "past_v": z, "past_v_scale": zs}
+    bufs = {"past_k": z, "past_k_scale": zs, "past_v": z.copy(), "past_v_scale": zs.copy()}
+    feeds = {k: b[:0] for k, b in bufs.items()}
 else:
     z = np.zeros((inp.shape[0], 1, inp.shape[2], 0, inp.shape[4]), dtype=dt)
     feeds = {"past_k": z, "past_v": z}
@@ -186,8 +189,11 @@ step = chunk or toks.shape[1]
 for j in range(0, toks.shape[1], step):
     out = s.run(None, {"tokens": toks[:, j : j + step], **feeds})
     if "past_k_scale" in ins:
-        names = ("past_k", "past_k_scale", "past_v", "past_v_scale")
-        feeds = {n: np.concatenate((feeds[n], x), axis=0) for n, x in zip(names, out[1:])}
+        new = out[1].shape[0]
+        for k, x in zip(names, out[1:]):
+            bufs[k][n : n + new] = x
+        n += new
+        feeds = {k: b[:n] for k, b in bufs.items()}
     else:
         feeds = {"past_k": out[1], "past_v": out[2]}
 s.run(None, {"tokens": toks[:, -1:], **feeds})
