@@ -40,7 +40,7 @@ from edgefleet.bundle import (
     public_key_hex,
 )
 from edgefleet.catalog import get_profile
-from edgefleet.coordinator.rollouts.lm_planning import select_lm_devices
+from edgefleet.coordinator.rollouts.lm_planning import select_lm_device, select_lm_devices
 from edgefleet.coordinator.state.model import DeviceRecord
 from edgefleet.delta import build_delta
 from edgefleet.lora import LoRAConfig, adapter_arrays, add_lora, load_adapter_arrays, merge_lora
@@ -323,3 +323,6 @@ def test_rollout_plans_the_adapter_variant_of_the_precision_the_device_runs(buil
     (held,), _ = select_lm_devices([record(built.base["fp32"])], manifests)
     assert held[1].winner is not None and held[1].winner.facts.id == built.tuned["fp32"]
     assert "kept fp32 over int4-g32: the device runs its parent" in held[1].reason
+    # what `devices explain` says is what the rollout plans
+    explained = select_lm_device(record(built.base["fp32"]), manifests)
+    assert explained.winner is not None and explained.winner.facts.id == built.tuned["fp32"]

@@ -27,7 +27,7 @@ from edgefleet.coordinator.rollouts.document import PlannedDevice, SkippedDevice
 from edgefleet.coordinator.rollouts.planning import in_wave_order
 from edgefleet.coordinator.state.model import DeviceRecord
 
-__all__ = ["plan_lm_devices", "select_lm_devices"]
+__all__ = ["plan_lm_devices", "select_lm_device", "select_lm_devices"]
 
 
 def select_lm_devices(
@@ -40,16 +40,27 @@ def select_lm_devices(
     Raises ``ValueError``/``KeyError``/``TypeError`` for a malformed LM manifest."""
     chosen: list[tuple[DeviceRecord, LMSelection]] = []
     skipped: list[SkippedDevice] = []
-    parents = {i: str(m.get("parent", "")) for i, m in manifests if "adapter" in m}
     for record in records:
-        selection = explain_lm(record.profile, manifests, policy)
-        if parents:
-            selection = _keep_held_parent(record, selection, parents, policy or LMPolicy())
+        selection = select_lm_device(record, manifests, policy)
         if selection.winner is None:
             skipped.append(SkippedDevice(record.id, record.name, selection.reason))
         else:
             chosen.append((record, selection))
     return chosen, skipped
+
+
+def select_lm_device(
+    record: DeviceRecord,
+    manifests: Sequence[tuple[str, Mapping[str, Any]]],
+    policy: LMPolicy | None = None,
+) -> LMSelection:
+    """LM selection for one device, keeping the adapter variant of what it runs (what a
+    rollout plans and what ``devices explain`` says)."""
+    selection = explain_lm(record.profile, manifests, policy)
+    parents = {i: str(m.get("parent", "")) for i, m in manifests if "adapter" in m}
+    if not parents:
+        return selection
+    return _keep_held_parent(record, selection, parents, policy or LMPolicy())
 
 
 def _keep_held_parent(

@@ -22,7 +22,6 @@ from dataclasses import replace
 from typing import Any
 
 from edgefleet.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
-from edgefleet.coordinator.lm_explain import explain_lm
 from edgefleet.coordinator.lm_selection import LMSelection
 from edgefleet.coordinator.metrics import CoordinatorMetrics
 from edgefleet.coordinator.rollouts.document import (
@@ -40,7 +39,11 @@ from edgefleet.coordinator.rollouts.gates import (
     missing_evidence,
     rollback_cause,
 )
-from edgefleet.coordinator.rollouts.lm_planning import plan_lm_devices, select_lm_devices
+from edgefleet.coordinator.rollouts.lm_planning import (
+    plan_lm_devices,
+    select_lm_device,
+    select_lm_devices,
+)
 from edgefleet.coordinator.rollouts.planning import (
     Explanation,
     busy_rollout,
@@ -113,7 +116,7 @@ class RolloutManager:
         if record is None:
             raise NotFound(f"device {device_id} is not registered")
         try:
-            return explain_lm(record.profile, manifests)
+            return select_lm_device(record, manifests)
         except (ValueError, KeyError, TypeError) as exc:
             raise FailedPrecondition(f"model {model!r}: malformed LM manifest ({exc})") from exc
 
