@@ -22,6 +22,9 @@ model whose checkpoint path names the run); ``--rebuild`` re-runs the recipes MO
 were built with (read from their signed manifests) on it, and ``--deploy SELECTOR`` rolls it out
 through the coordinator's rollout machinery. Anything else (a custom ``nn.Module``, another
 width or dataset) is refused before the run starts rather than registered under a wrong spec.
+A registered *language model* (byte-lm) runs federated LoRA instead (``--lora-rank``,
+``--lora-alpha``, ``--lora-targets``, ``--steps``; ``train_validate``): adapters only on the
+wire, each round's line in held-out perplexity, the result registered as ``MODEL-ft-RUN``.
 
 ``train start`` is four steps, each its own module: validate (``train_validate``: refuse before
 anything starts) -> submit (``train_submit``) -> follow (``train_follow``) -> publish

@@ -12,7 +12,10 @@ run succeeded, rolls it out through AdminService as ``edgefleet deploy`` would: 
 last step over the API, so it needs to stay attached until the run ends (as the local ``train
 start`` does). Refused in one line before anything starts: ``--rebuild`` (it re-runs a
 registered model's recipes, and over the API MODEL is an architecture: build the result with
-``edgefleet models build MODEL-ft-NAME``, a job), registered models as MODEL.
+``edgefleet models build MODEL-ft-NAME``, a job), registered classifiers as MODEL. A
+registered language model is accepted: the coordinator runs federated LoRA of it (the
+``--lora-*`` settings travel in StartRunRequest; the ServerApp prepares the base and registers
+the result), and the round lines say held-out perplexity, read from the run's record.
 """
 
 from __future__ import annotations
