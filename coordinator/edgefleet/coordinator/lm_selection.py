@@ -16,9 +16,12 @@ keys and values of every layer for every position. So an LM variant has no singl
 
 The KV cache's bytes per position follow the variant's cache dtype: an int8 cache
 (``+kv8`` recipes, :mod:`edgefleet.modelops.lm_kv8`) holds one byte per element plus an fp32
-scale per head and layer, about a quarter of fp32's, so where RAM or decode speed binds it
-reaches a longer context with the same weights; the reason names the cache and, when the
-same weights with a float cache were judged too, the context that one stopped at.
+scale per head and layer, about a quarter of fp32's, so where RAM binds it reaches a longer
+context with the same weights; the reason names the cache and, when the same weights with a
+float cache were judged too, the context that one stopped at. Not where decode speed binds:
+the CPU runtime has no int8-attention kernel for this graph, which dequantizes each layer's
+cache to fp32 every step, so a decode step moves at least an fp32 cache's bytes
+(``KV8_DECODE_FACTOR``; measured: int8-cache decode runs at 0.84-0.95x the fp32 graph's).
 
 Policy among variants that reach the policy's minimum context: the lowest held-out perplexity;
 among those within ``perplexity_tolerance`` of it, the longest context limit, then the fastest
@@ -59,6 +62,9 @@ __all__ = [
 
 #: bytes of the fp32 scale an int8 cache keeps per (layer, head, position), for K and for V
 KV_SCALE_BYTES = 4
+#: what a decode step moves through an int8 cache, per byte it stores: the graph dequantizes
+#: every layer's cache to fp32 (4 bytes per element) each step
+KV8_DECODE_FACTOR = 4
 #: achieved / peak DRAM bandwidth when nothing was measured (llama.cpp-class decoders reach
 #: roughly half of the theoretical figure on phones and Pis)
 DEFAULT_EFFICIENCY = 0.5
@@ -93,9 +99,15 @@ class LMFacts:
     #: the cache's element type: float32, float16 or int8 (+ an fp32 scale per head vector)
     kv_dtype: str = "float32"
 
+    @property
+    def kv_decode_bytes_per_token(self) -> int:
+        """What a decode step moves per cached position (an int8 cache: dequantized to fp32)."""
+        factor = KV8_DECODE_FACTOR if self.kv_dtype == "int8" else 1
+        return self.kv_bytes_per_token * factor
+
     def bytes_per_token(self, context: int, batch: int = 1) -> int:
         """What one decode step reads: every weight, and the cache at ``context``."""
-        return self.weight_bytes + self.kv_bytes_per_token * context * batch
+        return self.weight_bytes + self.kv_decode_bytes_per_token * context * batch
 
 
 @dataclass(frozen=True)
@@ -181,7 +193,7 @@ def _limits(f: LMFacts, profile: DeviceProfile, runtime: str, policy: LMPolicy) 
     if bw is not None:
         readable = _efficiency(f, profile, bw) * bw / policy.min_decode_tok_s
         limits[BUDGET_DECODE] = math.floor(
-            (readable - f.weight_bytes) / max(1, f.kv_bytes_per_token * b)
+            (readable - f.weight_bytes) / max(1, f.kv_decode_bytes_per_token * b)
         )
     return limits
 
@@ -356,7 +368,9 @@ def facts_from_benchmark(
         c1 = min(peaks)
         kv_tok = kv[c1] // c1
         decode_ctx = 48  # the benchmark decodes 64 tokens after a 16-token prompt
-        eff = r["decode_tok_s"] * (r["bytes"] + kv_tok * decode_ctx) / host_bandwidth
+        kv_dtype = str(r.get("kv_dtype") or ("float16" if r["bits"] == 16 else "float32"))
+        moved = kv_tok * (KV8_DECODE_FACTOR if kv_dtype == "int8" else 1)
+        eff = r["decode_tok_s"] * (r["bytes"] + moved * decode_ctx) / host_bandwidth
         out.append(
             LMFacts(
                 id=f"byte-lm-{r['recipe']}",
@@ -370,7 +384,7 @@ def facts_from_benchmark(
                 perplexity=float(r["perplexity"]),
                 max_context=max_context,
                 decode_efficiency=min(1.0, eff),
-                kv_dtype=str(r.get("kv_dtype") or ("float16" if r["bits"] == 16 else "float32")),
+                kv_dtype=kv_dtype,
             )
         )
     return out
