@@ -179,3 +179,21 @@ def test_simulated_agents_get_text_by_source_and_keep_it_as_is(tmp_path: Path) -
         group_local_data("text", 7, tmp_path / "more")
     with pytest.raises(DatasetError, match="use text or text:BYTES"):
         group_local_data("text:lots", 2, tmp_path / "bad")
+
+
+def test_train_ls_and_status_read_a_lora_runs_record_in_perplexity(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps({"superlink": "h:1", "state": "submitted"}))
+    rounds = [{"round": 1, "participants": ["a"], "train_loss": 2.0, "seconds": 1.0,
+               "device_eval_loss": {"a": 2.0}}]  # fmt: skip
+    doc = {"state": "succeeded", "settings": {"arch": "byte-lm-lora", "num_rounds": 1},
+           "rounds": rounds, "final": {"device_eval_loss": {"a": 1.0}}}  # fmt: skip
+    (run / "progress.json").write_text(json.dumps(doc))
+    res = runner.invoke(train_app, ["ls", "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 0 and "ppl 2.718" in res.output, res.output
+    res = runner.invoke(train_app, ["status", "r1", "--runs-dir", str(tmp_path / "runs")])
+    assert "held-out perplexity 7.389 at the round's start" in res.output, res.output
+    res = runner.invoke(train_app, ["status", "r1", "--runs-dir", str(tmp_path / "runs"), "--json"])
+    curve = json.loads(res.output)["perplexity"]
+    assert curve["initial"] == pytest.approx(7.389056) and curve["final"] == pytest.approx(2.718282)

@@ -389,11 +389,14 @@ def ls(
     table = Table("NAME", "STATE", "STRATEGY", "ROUNDS", "TEST ACC", "SUPERLINK")
     for d in docs:
         acc = (d.get("final") or {}).get("test_acc")
+        score = "-" if acc is None else f"{100 * acc:.1f}%"
+        if is_lora(d):  # a language model: held-out perplexity, not accuracy
+            ppl = summarize(d)["perplexity"]["final"]
+            score = "-" if ppl is None else f"ppl {ppl:.3f}"
         total = d.get("settings", {}).get("num_rounds", "?")
         table.add_row(
             d["name"], d["state"], str(d.get("settings", {}).get("strategy", "")),
-            f"{len(d.get('rounds', []))}/{total}", "-" if acc is None else f"{100 * acc:.1f}%",
-            str(d.get("superlink", "")),
+            f"{len(d.get('rounds', []))}/{total}", score, str(d.get("superlink", "")),
         )  # fmt: skip
     out.print(table)
 
