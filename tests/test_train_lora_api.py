@@ -128,3 +128,5 @@ def test_train_start_of_a_registered_lm_over_the_api_on_agents_with_text(
     assert len(doc["perplexity"]["per_device"]) == 2  # both agents trained and were scored
     assert "tiny-ft-r1" in [m.name for m in VariantStore(data_dir).models()]
     assert list(nowhere.iterdir()) == []
+    for a in agents:  # SIGTERM: an agent stops its SuperNode and training worker on the way out
+        a.stop()
