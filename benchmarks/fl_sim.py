@@ -1,9 +1,13 @@
-"""Flower's Simulation Engine (Ray) with our ServerApp/ClientApp: 100 and 1,000 virtual devices.
+"""Flower's Simulation Engine (Ray) with our ServerApp/ClientApp: 1,000 virtual devices, the
+numpy MLP on digits and MLPerf Tiny's DS-CNN on keyword spotting, side by side in one run.
 
 Each configuration is one ``edgefleet train simulate`` run (:func:`edgefleet.devtools.fl_sim.
 run_simulation`) in a fresh child process, so Ray starts and stops with it and peak RSS is
 that run's alone: the heterogeneous default mix (phones, Pis, a Jetson, MCUs), 20 non-IID
-groups, 32 rows per device, HeteroFL, on the CPUs given to Ray (2 here).
+groups (digits: label-skewed parts; kws: one training voice each, raw audio, the MFCC computed
+on the device), 32 rows per device, on the CPUs given to Ray (2 here). The MLP runs HeteroFL
+from scratch; DS-CNN runs FedAvg from scratch (its MLPerf Tiny config has one width), each
+device's round planned under its profile's memory (the scope mix per round is recorded).
 
 Reported per configuration: s/round (the median of the rounds' own ``seconds``, from
 configure to aggregate, so Ray's start-up and the one-off facts query are not in it), the
@@ -11,8 +15,8 @@ first round apart (ClientApp actors warm up in it), the set-up and total run sec
 RSS of the whole process tree (driver + Ray's GCS, raylet, workers; sampled every 0.25 s
 with psutil) and the test accuracy after each round.
 
-Run: ``python benchmarks/fl_sim.py [--configs 100:0.1,1000:0.1,1000:1.0] [--rounds 4]``;
-results go to ``benchmarks/results/fl_sim.json``.
+Run: ``python benchmarks/fl_sim.py [--configs MODEL:DEVICES:FRACTION[:SELECT],...] [--rounds 4]
+[--data-dir DIR]``; results go to ``benchmarks/results/fl_sim.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -27,20 +32,35 @@ from queue import Empty
 from typing import Any
 
 
-def _one(devices: int, fraction: float, rounds: int, queue: Any) -> None:
-    from edgefleet.devtools.fl_sim import SimOptions, run_simulation
+def _one(opts: Any, queue: Any) -> None:
+    from edgefleet.devtools.fl_sim import run_simulation
+
+    def progress(r: dict[str, Any]) -> None:
+        print(
+            f"  {opts.model} round {r['round']}: {len(r['participants'])} trained, "
+            f"{r['failed']} failed, test acc {r['test_acc']:.3f}, {r['seconds']:.1f}s, "
+            f"scopes {r.get('scopes')}",
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory(prefix="fl-sim-") as tmp:
-        opts = SimOptions(devices=devices, rounds=rounds, fraction=fraction, local_epochs=5, lr=0.1)
-        doc = run_simulation(opts, Path(tmp))
+        doc = run_simulation(opts, Path(tmp), progress)
     queue.put(doc)
 
 
-def run(devices: int, fraction: float, rounds: int) -> dict[str, Any]:
+def run(
+    model: str, devices: int, fraction: float, rounds: int, select: str, data_dir: Path | None
+) -> dict[str, Any]:
     """One configuration in a child process; its summary row."""
+    from edgefleet.devtools.fl_sim import SimOptions
+
+    opts = SimOptions(
+        devices=devices, rounds=rounds, fraction=fraction, model=model, select=select,
+        data_dir=data_dir,
+    )  # fmt: skip
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_one, args=(devices, fraction, rounds, queue))
+    proc = ctx.Process(target=_one, args=(opts, queue))
     proc.start()
     doc = None
     while doc is None:
@@ -53,7 +73,11 @@ def run(devices: int, fraction: float, rounds: int) -> dict[str, Any]:
     rs = doc["rounds"]
     secs = [r["seconds"] for r in rs]
     selected = sum(1 for d in doc["devices"].values() if d["selected"])
+    actors = doc["simulation"].pop("actors")
     return {
+        "model": model,
+        "strategy": doc["settings"]["strategy"],
+        "select": select,
         "devices": devices,
         "fraction": fraction,
         "state": doc["state"],
@@ -63,20 +87,32 @@ def run(devices: int, fraction: float, rounds: int) -> dict[str, Any]:
         "s_per_round_median": statistics.median(secs[1:] or secs),
         "s_round_1": secs[0] if secs else None,
         "test_acc": [doc["initial"]["test_acc"], *[r["test_acc"] for r in rs]],
+        "scopes_per_round": [r.get("scopes") for r in rs],
+        "errors": sorted({e for r in rs for e in r.get("errors", [])})[:3],
+        # Ray keeps its ClientApp actors for the run: torch is imported once in each
+        "actor_processes": len(actors),
+        "actor_messages": [a["messages"] for a in actors],
+        "actor_torch_imports": [a["torch_imports"] for a in actors],
+        "load_average_1m_end": os.getloadavg()[0],
         **doc["simulation"],
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default="100:0.1,1000:0.1,1000:1.0", help="DEVICES:FRACTION,...")
+    ap.add_argument(
+        "--configs",
+        default="mlp:1000:0.1,ds-cnn-kws:1000:0.1",
+        help="MODEL:DEVICES:FRACTION[:SELECT],...",
+    )
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--data-dir", type=Path, default=None, help="where the kws set is cached")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fl_sim.json")
     args = ap.parse_args()
     rows = []
     for spec in args.configs.split(","):
-        n, _, frac = spec.partition(":")
-        row = run(int(n), float(frac or 0.1), args.rounds)
+        model, n, frac, *select = spec.split(":")
+        row = run(model, int(n), float(frac or 0.1), args.rounds, ":".join(select), args.data_dir)
         rows.append(row)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

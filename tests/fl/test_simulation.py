@@ -61,7 +61,7 @@ def test_a_virtual_node_answers_as_its_planned_device_through_the_agents_clienta
     tmp_path: Path,
 ) -> None:
     opts = SimOptions(devices=6, groups=2, mix="phone-budget:1,stm32h743:1", samples=20)
-    fleet = write_fleet(tmp_path, opts)
+    fleet, _ = write_fleet(tmp_path, opts)
     app = SimulatedClientApp(str(tmp_path / FLEET_FILE))
     for dev in fleet:
         query = Message(RecordDict(), dst_node_id=1000 + dev.partition, message_type="query")

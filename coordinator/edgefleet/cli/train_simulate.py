@@ -22,22 +22,23 @@ from rich.markup import escape
 
 from edgefleet.cli.common import JsonOpt, err_console, fail, one_line_errors, out, print_json
 from edgefleet.cli.completion import complete_profiles
+from edgefleet.cli.train_follow import round_line
 
 __all__ = ["simulate"]
 
 SIM_STRATEGIES = ("heterofl", "fedavg", "fedprox")
+#: the model families a simulation trains (``edgefleet.devtools.fl_sim_tasks.MODELS``, kept
+#: here too so ``--help`` needs no import of the simulation stack)
+SIM_MODELS = ("mlp", "resnet-8", "ds-cnn-kws")
 
 
 def _round_line(r: dict[str, Any], total: int) -> str:
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.1f}%"
-
-    loss = "-" if r.get("train_loss") is None else f"{r['train_loss']:.3f}"
-    return (
-        f"round {r['round']}/{total}: {len(r['participants'])} device(s) trained, "
-        f"{r.get('failed', 0)} failed, loss {loss}, client acc {pct(r.get('client_eval_acc'))}, "
-        f"test acc {pct(r.get('test_acc'))}, {r['seconds']:.1f}s"
-    )
+    """`train start`'s round line, with the devices per fine-tuning scope for a conv net."""
+    line = round_line(r, total)
+    scopes = r.get("scopes")
+    if scopes:
+        line += "; scopes " + ", ".join(f"{k} {v}" for k, v in scopes.items())
+    return line
 
 
 def _summary(doc: dict[str, Any]) -> dict[str, Any]:
@@ -50,13 +51,14 @@ def _summary(doc: dict[str, Any]) -> dict[str, Any]:
         row["devices"] += 1
         row["selected"] += int(bool(d.get("selected")))
     rounds = [
-        {k: v for k, v in r.items() if k not in ("participants", "device_eval_acc")}
+        {k: v for k, v in r.items() if k != "participants" and not k.startswith("device_")}
         | {"participants": len(r.get("participants", []))}
         for r in doc.get("rounds", [])
     ]
     return {
         "state": doc.get("state"),
         "reason": doc.get("reason"),
+        "model": doc.get("settings", {}).get("arch"),
         "strategy": doc.get("settings", {}).get("strategy"),
         "select": doc.get("settings", {}).get("select"),
         "profiles": dict(sorted(by_profile.items())),
@@ -77,13 +79,23 @@ def simulate(
         float,
         typer.Option("--fraction", help="share of the selected devices that train each round"),
     ] = 0.1,
-    strategy: Annotated[
+    model: Annotated[
         str,
         typer.Option(
-            click_type=click.Choice(SIM_STRATEGIES),
-            help="heterofl: each device trains the width its RAM fits",
+            "--model",
+            help="mlp or resnet-8 on digits, ds-cnn-kws on the kws set (one voice per device, "
+            "raw audio)",
         ),
-    ] = "heterofl",
+    ] = "mlp",
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            click_type=click.Choice(SIM_STRATEGIES),
+            help="heterofl: each device trains the width its RAM fits (default: heterofl; "
+            "fedavg for ds-cnn-kws)",
+            show_default=False,
+        ),
+    ] = None,
     select: Annotated[
         str,
         typer.Option(
@@ -108,8 +120,15 @@ def simulate(
         float, typer.Option("--alpha", help="label skew between groups (Dirichlet; small = strong)")
     ] = 0.5,
     samples: Annotated[int, typer.Option("--samples", help="local training rows per device")] = 32,
-    lr: Annotated[float, typer.Option("--lr")] = 0.1,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", min=1)] = 5,
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="default: 0.1 mlp, 0.05 conv nets", show_default=False),
+    ] = None,
+    local_epochs: Annotated[
+        int | None,
+        typer.Option("--local-epochs", help="default: 5 mlp, 2 conv nets", show_default=False),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", show_default=False)] = None,
     cpus: Annotated[int, typer.Option("--cpus", help="CPUs Ray may use (one actor each)")] = 2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     work_dir: Annotated[
@@ -121,6 +140,17 @@ def simulate(
             show_default=False,
         ),
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="where the kws set is cached (default: ~/.cache/edgefleet)",
+            show_default=False,
+        ),
+    ] = None,
+    kws_size: Annotated[
+        str, typer.Option("--kws-size", help="tiny, default or large (the kws set's size)")
+    ] = "default",
     verbose: Annotated[bool, typer.Option("--verbose", help="Flower's and Ray's logs")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -129,9 +159,10 @@ def simulate(
     from edgefleet.devtools.fl_sim import DEFAULT_MIX, SimOptions
 
     opts = SimOptions(
-        devices=devices, rounds=rounds, fraction=fraction, strategy=strategy, select=select,
-        mix=mix or DEFAULT_MIX, groups=groups, alpha=alpha, samples=samples, lr=lr,
-        local_epochs=local_epochs, cpus=cpus, seed=seed,
+        devices=devices, rounds=rounds, fraction=fraction, model=model, strategy=strategy,
+        select=select, mix=mix or DEFAULT_MIX, groups=groups, alpha=alpha, samples=samples,
+        lr=lr, local_epochs=local_epochs, batch_size=batch_size, cpus=cpus, seed=seed,
+        data_dir=data_dir, kws_size=kws_size,
     )  # fmt: skip
     try:
         opts.check()
@@ -154,7 +185,10 @@ def simulate(
         if not as_json:
             out.print(_round_line(r, rounds), highlight=False)
 
-    doc = run_simulation(opts, root, progress, verbose=verbose)
+    try:
+        doc = run_simulation(opts, root, progress, verbose=verbose)
+    except ValueError as exc:  # the task's data cannot serve the options (e.g. too few voices)
+        raise fail(str(exc), 2) from None
     summary = _summary(doc)
     if as_json:
         print_json(summary)

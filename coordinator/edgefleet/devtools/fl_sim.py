@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from edgefleet.agent.fl.supernode import node_config_for
 from edgefleet.catalog import UnknownProfileError, get_profile
+from edgefleet.devtools.fl_sim_tasks import MODELS, ScopeTable, task_defaults, write_task_data
 from edgefleet.fl.contract import Node
-from edgefleet.fl.partition import Shard, make_shards, save_shard
 from edgefleet.flower.run_settings import RunSettings
 
 __all__ = [
@@ -96,13 +96,19 @@ RAY_ENV = {
 
 @dataclass(frozen=True)
 class SimOptions:
-    """One simulated federated run (the ``edgefleet train simulate`` options)."""
+    """One simulated federated run (the ``edgefleet train simulate`` options).
+
+    ``strategy``, ``lr``, ``local_epochs`` and ``batch_size`` left ``None`` take the model
+    family's defaults (:func:`edgefleet.devtools.fl_sim_tasks.task_defaults`).
+    """
 
     devices: int = 100
     rounds: int = 3
     #: fraction of the selected devices that train each round
     fraction: float = 0.1
-    strategy: str = "heterofl"
+    #: the model family (a key of :data:`edgefleet.devtools.fl_sim_tasks.MODELS`)
+    model: str = "mlp"
+    strategy: str | None = None
     select: str = ""
     mix: str = DEFAULT_MIX
     groups: int = 20
@@ -112,15 +118,33 @@ class SimOptions:
     #: CPUs Ray may use; one ClientApp actor per CPU
     cpus: int = 2
     seed: int = 0
-    arch_config: str = ""
-    lr: float = 0.1
-    local_epochs: int = 5
-    batch_size: int = 16
+    lr: float | None = None
+    local_epochs: int | None = None
+    batch_size: int | None = None
     round_timeout: float = 600.0
     final_evaluate: bool = False
+    #: where the built-in kws set is cached (default: the user's cache dir), and its size
+    data_dir: Path | None = None
+    kws_size: str = "default"
+    #: kws: training voices DS-CNN is pre-trained on centrally before the run (no device
+    #: holds them); 0 starts from random weights
+    base_voices: int = 6
+
+    def resolved(self) -> SimOptions:
+        """These options with the model family's defaults filled in."""
+        d = task_defaults(self.model)
+        return replace(
+            self,
+            strategy=self.strategy or d.strategy,
+            lr=d.lr if self.lr is None else self.lr,
+            local_epochs=d.local_epochs if self.local_epochs is None else self.local_epochs,
+            batch_size=d.batch_size if self.batch_size is None else self.batch_size,
+        )
 
     def check(self) -> None:
         """Raise ``ValueError`` (one line) on an option out of range."""
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if not 1 <= self.devices <= MAX_DEVICES:
             raise ValueError(f"--devices must be 1..{MAX_DEVICES}, got {self.devices}")
         if self.rounds < 1:
@@ -133,24 +157,37 @@ class SimOptions:
             raise ValueError(f"--alpha must be > 0, got {self.alpha}")
         if self.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.base_voices < 0:
+            raise ValueError(f"--base-voices must be >= 0, got {self.base_voices}")
         cores = os.cpu_count() or 1
         if not 1 <= self.cpus <= cores:
             raise ValueError(f"--cpus must be 1..{cores} (this machine's cores)")
         parse_mix(self.mix)
-        self.settings(Path("."))  # the strategy, selector and codec checks of a real run
+        opts = self.resolved()
+        if opts.strategy == "heterofl" and MODELS[self.model] == "kws":
+            raise ValueError(
+                "--strategy heterofl slices the zoo's width-scalable configs; "
+                f"{self.model} (MLPerf Tiny's config) runs fedavg or fedprox"
+            )
+        if (opts.local_epochs or 0) < 1 or (opts.batch_size or 0) < 1 or not (opts.lr or 0) > 0:
+            raise ValueError("--lr must be > 0, --local-epochs and --batch-size >= 1")
+        opts.settings(Path("."))  # the strategy, selector and codec checks of a real run
 
-    def settings(self, root: Path) -> RunSettings:
-        """The ServerApp's run settings for a fleet written under ``root``."""
+    def settings(self, root: Path, task: Mapping[str, object] | None = None) -> RunSettings:
+        """The ServerApp's run settings for a fleet written under ``root`` (``task``: the
+        run config keys the written task fixes: arch, its config, the frontend)."""
+        opts = self.resolved()
         return RunSettings.from_run_config(
             {
-                "num-rounds": self.rounds, "strategy": self.strategy, "min-devices": 1,
-                "select": self.select, "arch": "mlp", "arch-config": self.arch_config,
+                "num-rounds": opts.rounds, "strategy": opts.strategy, "min-devices": 1,
+                "select": opts.select, "arch": opts.model,
                 "test-path": str(root / "test.npz"), "out-dir": str(root / "run"),
-                "lr": self.lr, "local-epochs": self.local_epochs,
-                "batch-size": self.batch_size, "fraction-train": self.fraction,
-                "round-timeout": self.round_timeout,
-                "node-wait-timeout": max(60.0, self.devices * 0.5),
-                "final-evaluate": self.final_evaluate, "seed": self.seed,
+                "lr": opts.lr, "local-epochs": opts.local_epochs,
+                "batch-size": opts.batch_size, "fraction-train": opts.fraction,
+                "round-timeout": opts.round_timeout,
+                "node-wait-timeout": max(60.0, opts.devices * 0.5),
+                "final-evaluate": opts.final_evaluate, "seed": opts.seed,
+                **(task or {}),
             }
         )  # fmt: skip
 
@@ -220,42 +257,26 @@ def plan_fleet(opts: SimOptions) -> list[VirtualDevice]:
     return fleet
 
 
-def _device_shard(group: Shard, samples: int, rng: np.random.Generator) -> Shard:
-    """A device's rows, drawn without replacement from its group's part."""
-    n_train = min(samples, len(group.y_train))
-    n_eval = min(max(1, samples // 4), len(group.y_eval))
-    tr = rng.choice(len(group.y_train), n_train, replace=False)
-    ev = rng.choice(len(group.y_eval), n_eval, replace=False)
-    return Shard(group.x_train[tr], group.y_train[tr], group.x_eval[ev], group.y_eval[ev])
-
-
-def write_fleet(root: Path, opts: SimOptions) -> list[VirtualDevice]:
-    """Shards, the server's test set and the node_config table under ``root``."""
-    from edgefleet.modelops.data import load_dataset
-
+def write_fleet(root: Path, opts: SimOptions) -> tuple[list[VirtualDevice], RunSettings]:
+    """The task's shards and test set, and the node_config table, under ``root``; the fleet
+    and the run's settings. Raises ``ValueError`` (one line) when the data cannot serve it."""
     fleet = plan_fleet(opts)
-    ds = load_dataset("digits")
-    root.mkdir(parents=True, exist_ok=True)
-    np.savez(root / "test.npz", x=ds.x_test, y=ds.y_test)
-    parts = make_shards(
-        ds.x_train, ds.y_train, opts.groups, alpha=opts.alpha, seed=opts.seed, noise=0.05
-    )
+    task = write_task_data(
+        root, opts.model, opts.groups, [d.group for d in fleet], samples=opts.samples,
+        alpha=opts.alpha, seed=opts.seed, data_dir=opts.data_dir, kws_size=opts.kws_size,
+        base_voices=opts.base_voices,
+    )  # fmt: skip
     table: dict[str, dict[str, object]] = {}
     for dev in fleet:
-        rng = np.random.default_rng([opts.seed, dev.partition, 11])
-        path = save_shard(
-            _device_shard(parts[dev.group], opts.samples, rng),
-            root / "data" / f"{dev.device}.npz",
-        )
         table[str(dev.partition)] = {
             **node_config_for(
-                dev.device, dev.profile, dev.ram, str(path), battery=dev.battery,
-                labels=dev.labels, partition_id=dev.partition,
+                dev.device, dev.profile, dev.ram, str(task.device_paths[dev.partition]),
+                battery=dev.battery, labels=dev.labels, partition_id=dev.partition,
             ),
             Node.NUM_PARTITIONS: opts.devices,
         }  # fmt: skip
     (root / FLEET_FILE).write_text(json.dumps(table))
-    return fleet
+    return fleet, opts.settings(root, task.run_config)
 
 
 @functools.lru_cache(maxsize=4)
@@ -265,47 +286,100 @@ def _fleet_table(path: str) -> dict[str, dict[str, object]]:
     return table
 
 
+#: this actor process's counts (Ray keeps actors alive across messages), see :func:`actor_stats`
+_ACTOR: dict[str, int] = {"messages": 0, "torch_imports": 0, "torch_import_message": 0}
+ACTORS_DIR = "actors"
+
+
 class SimulatedClientApp(ClientApp):
     """The agent's ClientApp, given the node_config an agent would have given its SuperNode.
 
     Ray pickles this object with every message, so it carries only the table's path; each
-    actor process reads the table once.
+    actor process reads the table once. Each actor also writes how many messages it handled
+    and whether one of them imported torch (``actors/<pid>.json`` beside the table): Ray keeps
+    its actors for the whole run, so a conv net's torch import is paid once per actor, not per
+    message as in a SuperNode's per-message ClientApp process -- this records that it is.
     """
 
-    def __init__(self, fleet_path: str) -> None:
+    def __init__(self, fleet_path: str = "") -> None:
         super().__init__()
         self.fleet_path = fleet_path
 
     def __call__(self, message: Message, context: Context) -> Message:
         from edgefleet.agent.fl.clientapp import app
 
+        fleet_path = self.fleet_path or str(context.run_config[SIM_FLEET])
         partition = str(context.node_config[Node.PARTITION_ID])
-        context.node_config.update(_fleet_table(self.fleet_path)[partition])  # type: ignore[arg-type]
-        return app(message, context)
+        context.node_config.update(_fleet_table(fleet_path)[partition])  # type: ignore[arg-type]
+        had_torch = "torch" in sys.modules
+        _ACTOR["messages"] += 1
+        try:
+            return app(message, context)
+        finally:
+            if not had_torch and "torch" in sys.modules:
+                _ACTOR["torch_imports"] += 1
+                _ACTOR["torch_import_message"] = _ACTOR["messages"]
+            stats = Path(fleet_path).parent / ACTORS_DIR / f"{os.getpid()}.json"
+            stats.parent.mkdir(exist_ok=True)
+            stats.write_text(json.dumps(_ACTOR))
+
+
+#: run config keys of a simulation submitted as a Flower App (``flwr run``): where the
+#: node_config table is, and how many virtual nodes to wait for
+SIM_FLEET = "sim-fleet"
+SIM_DEVICES = "sim-devices"
+#: the ClientApp of a submitted simulation (reads the table's path from the run config)
+client_app = SimulatedClientApp()
+
+
+def actor_stats(root: Path) -> list[dict[str, int]]:
+    """What each ClientApp actor process of the run under ``root`` recorded."""
+    out = []
+    for path in sorted((root / ACTORS_DIR).glob("*.json")):
+        try:
+            out.append({"pid": int(path.stem), **json.loads(path.read_text())})
+        except (OSError, ValueError):
+            continue  # written while the run was torn down
+    return out
+
+
+def _wait_for_nodes(grid: Grid, devices: int, timeout: float) -> None:
+    """The engine starts the ServerApp before it has registered every virtual node, and the
+    round loop asks the nodes online when it starts for their facts; so wait for all
+    ``devices`` first -- else a 1,000-device run would select among the first hundred."""
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < devices:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the engine registered fewer than {devices} virtual nodes")
+        time.sleep(0.05)
 
 
 def simulation_server_app(settings: RunSettings, devices: int) -> ServerApp:
     """Our ServerApp's round loop with ``settings`` given directly (the Python API of the
-    Simulation Engine has no run config to read them from).
-
-    The engine starts the ServerApp's thread before it has registered every virtual node, and
-    the round loop asks the nodes online when it starts for their facts; so this waits for
-    all ``devices`` first -- else a 1,000-device run would select among the first hundred.
-    """
+    Simulation Engine has no run config to read them from), once all nodes are registered."""
     from edgefleet.flower.serverapp import run_rounds
 
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        deadline = time.monotonic() + settings.node_wait_timeout
-        while len(list(grid.get_node_ids())) < devices:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the engine registered fewer than {devices} virtual nodes")
-            time.sleep(0.05)
+        _wait_for_nodes(grid, devices, settings.node_wait_timeout)
         run_rounds(grid, settings)
 
     return app
+
+
+#: the ServerApp of a submitted simulation: our round loop, its settings from the run config
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    from edgefleet.flower.serverapp import run_rounds
+
+    settings = RunSettings.from_run_config(dict(context.run_config))
+    _wait_for_nodes(grid, int(str(context.run_config[SIM_DEVICES])), settings.node_wait_timeout)
+    run_rounds(grid, settings)
 
 
 class TreeRss:
@@ -412,19 +486,21 @@ def run_simulation(
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     t0 = time.monotonic()
-    write_fleet(root, opts)
-    settings = opts.settings(root)
+    _, settings = write_fleet(root, opts)
+    annotate = _round_annotator(settings)
     progress = root / "run" / "progress.json"
     # one ClientApp actor per CPU; Ray itself is started here (Flower's backend then uses it)
     backend_config: dict[str, Any] = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     if not verbose:
-        flwr_log.setLevel(logging.ERROR)  # per-round strategy INFO lines and the API's
-        # deprecation notice; our own round lines say what happened
+        # per-round strategy INFO lines, the API's deprecation notice and a traceback per
+        # failed device update: the round records say what happened and why devices failed
+        flwr_log.setLevel(logging.CRITICAL)
     stop = threading.Event()
+    report = on_round or (lambda r: None)
     follower = threading.Thread(
-        target=_follow, args=(progress, on_round or (lambda r: None), stop), daemon=True
+        target=_follow, args=(progress, lambda r: report(annotate(r)), stop), daemon=True
     )
     t_setup = time.monotonic() - t0
     try:
@@ -450,10 +526,12 @@ def run_simulation(
         if ray.is_initialized():
             ray.shutdown()
     doc: dict[str, Any] = json.loads(progress.read_text())
-    rounds = doc.get("rounds", [])
+    rounds = [annotate(r) for r in doc.get("rounds", [])]
+    doc["rounds"] = rounds
     doc["simulation"] = {
         "devices": opts.devices,
         "cpus": opts.cpus,
+        "model": opts.model,
         "setup_seconds": round(t_setup, 3),
         "run_seconds": round(t_run, 3),
         # Ray's start, then until round 1 began: actors warming up, every node's facts query
@@ -463,5 +541,19 @@ def run_simulation(
         ),
         "peak_rss_bytes": rss.peak,
         "peak_rss_processes": rss.peak_processes,
+        # per ClientApp actor process: messages handled, and how often torch was imported
+        "actors": actor_stats(root),
     }
     return doc
+
+
+def _round_annotator(settings: RunSettings) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Adds ``scopes`` (devices per fine-tuning scope) to a conv net's round records."""
+    if settings.arch == "mlp":
+        return lambda r: r  # the numpy MLP has one scope: everything
+    table = ScopeTable(settings.arch, settings.arch_config, widths=(1.0, 0.5, 0.25))
+
+    def annotate(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "scopes": table.mix(r.get("device_trained_params") or {})}
+
+    return annotate
