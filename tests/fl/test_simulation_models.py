@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ from typer.testing import CliRunner
 from edgefleet.cli.main import app as cli
 from edgefleet.devtools.fl_sim import FLEET_FILE, SimOptions, SimulatedClientApp, write_fleet
 from edgefleet.fl.contract import Node
-
-sys.path.insert(0, str(Path(__file__).parent))
-from inline_grid import InlineGrid
+from tests.fl.inline_grid import InlineGrid
 
 needs_espeak = pytest.mark.skipif(
     subprocess.run(["which", "espeak-ng"], capture_output=True).returncode != 0,
@@ -169,3 +166,15 @@ def test_ds_cnn_on_ray_imports_torch_once_per_actor(kws_dir: Path, tmp_path: Pat
     assert 1 <= len(actors) <= 2  # one per CPU given to Ray
     assert sum(a["messages"] for a in actors) == 6 + 2 * 6  # facts, then two rounds
     assert all(a["torch_imports"] == 1 for a in actors if a["messages"] > 1)
+
+
+def test_waiting_for_a_submitted_run_ends_with_its_record_or_its_deadline(tmp_path: Path) -> None:
+    import os
+
+    from edgefleet.devtools.fl_sim_flwr import _wait_for_record
+
+    progress, log = tmp_path / "progress.json", tmp_path / "superlink.log"
+    with pytest.raises(TimeoutError, match="did not finish within 1s"):
+        _wait_for_record(progress, os.getpid(), log, deadline_s=1.0)  # never written
+    progress.write_text(json.dumps({"state": "failed", "reason": "boom"}))
+    _wait_for_record(progress, os.getpid(), log, deadline_s=60.0)  # returns: the run ended

@@ -151,6 +151,23 @@ def simulate(
     kws_size: Annotated[
         str, typer.Option("--kws-size", help="tiny, default or large (the kws set's size)")
     ] = "default",
+    base_voices: Annotated[
+        int,
+        typer.Option(
+            "--base-voices",
+            help="ds-cnn-kws: training voices it is pre-trained on before the run (no device "
+            "holds them; 0: from random weights)",
+        ),
+    ] = 6,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            click_type=click.Choice(("superlink", "python-api")),
+            help="superlink: `flwr run` against a simulation SuperLink (Flower's recommended "
+            "path); python-api: the deprecated run_simulation",
+        ),
+    ] = "superlink",
     verbose: Annotated[bool, typer.Option("--verbose", help="Flower's and Ray's logs")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -162,7 +179,7 @@ def simulate(
         devices=devices, rounds=rounds, fraction=fraction, model=model, strategy=strategy,
         select=select, mix=mix or DEFAULT_MIX, groups=groups, alpha=alpha, samples=samples,
         lr=lr, local_epochs=local_epochs, batch_size=batch_size, cpus=cpus, seed=seed,
-        data_dir=data_dir, kws_size=kws_size,
+        data_dir=data_dir, kws_size=kws_size, base_voices=base_voices, engine=engine,
     )  # fmt: skip
     try:
         opts.check()
@@ -189,6 +206,8 @@ def simulate(
         doc = run_simulation(opts, root, progress, verbose=verbose)
     except ValueError as exc:  # the task's data cannot serve the options (e.g. too few voices)
         raise fail(str(exc), 2) from None
+    except (RuntimeError, TimeoutError) as exc:  # the engine failed before the run ended
+        raise fail(f"simulated run failed: {exc}") from None
     summary = _summary(doc)
     if as_json:
         print_json(summary)

@@ -18,18 +18,26 @@ What is simulated, and how it reaches the unchanged apps:
   (the update codec's residual) between messages in simulation as a SuperNode does.
 * **The mix.** Profiles are dealt from the catalog by weight (phones, Pis, a Jetson, MCUs);
   devices of a battery-powered profile get a seeded battery level, mains devices report none.
-* **The data.** Non-IID by group, as real fleets are (a site, a user population): the
-  digits training split is cut into ``groups`` label-skewed parts
-  (:func:`edgefleet.fl.partition.make_shards`, Dirichlet ``alpha``, a little per-group sensor
-  noise) and each device draws its local train/held-out rows from its group's part. With
-  1,000 devices on 1,078 digits rows, devices of one group share rows: the point is the
-  system's behaviour at scale, not a dataset of that size.
+* **The data and the model.** Non-IID by group, as real fleets are: the numpy MLP or
+  ResNet-8 on label-skewed digits parts, or MLPerf Tiny's DS-CNN on the kws set with one
+  voice per group, the devices holding raw audio and computing the MFCC themselves
+  (:mod:`edgefleet.devtools.fl_sim_tasks`). A conv net's round is planned under each device's
+  memory by the agent's own code; each round records its scope mix.
 
-Why the ServerApp is wrapped: ``flwr.simulation.run_simulation`` takes no run config, so
+How the run reaches the engine (``engine``): by default as Flower 1.42 recommends, ``flwr
+run`` of a Flower App against a SuperLink in simulation mode
+(:mod:`edgefleet.devtools.fl_sim_flwr`), the settings travelling in the run config that
+:data:`server_app` and :data:`client_app` read; or through the deprecated
+``flwr.simulation.run_simulation`` (``python-api``), which takes no run config, so
 :func:`simulation_server_app` hands the run's :class:`RunSettings` straight to
 :func:`edgefleet.flower.serverapp.run_rounds` -- the whole body of our ServerApp's ``main``.
 Why this lives in ``devtools``: it joins the agent's ClientApp to the coordinator's ServerApp,
 and only dev tools may import both sides (the import contracts in ``pyproject.toml``).
+
+Size: over 500 lines because one simulated run's life reads best in one place -- its options
+and their checks, the fleet's plan, the two apps that turn a partition into a device, the
+process-tree memory sampler and the run itself; the task (data, model) and the SuperLink
+submission are modules of their own.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ MAX_DEVICES = 10_000
 #: battery-powered devices report a level in this range (percent)
 BATTERY_RANGE = (5.0, 100.0)
 FLEET_FILE = "fleet.json"
+ENGINES = ("superlink", "python-api")
 log = logging.getLogger(__name__)
 #: Ray's start-up deadlines, stretched for a loaded box: at its defaults the raylet aborted
 #: ("Timed out waiting for file .../metrics_agent_port") when its metrics agent took over
@@ -129,6 +138,11 @@ class SimOptions:
     #: kws: training voices DS-CNN is pre-trained on centrally before the run (no device
     #: holds them); 0 starts from random weights
     base_voices: int = 6
+    #: how the run reaches Flower's Simulation Engine: ``superlink`` (``flwr run`` of a Flower
+    #: App against ``flower-superlink --simulation``, Flower 1.42's recommended path:
+    #: :mod:`edgefleet.devtools.fl_sim_flwr`) or ``python-api`` (the deprecated
+    #: ``flwr.simulation.run_simulation``, kept to compare the two)
+    engine: str = "superlink"
 
     def resolved(self) -> SimOptions:
         """These options with the model family's defaults filled in."""
@@ -157,6 +171,8 @@ class SimOptions:
             raise ValueError(f"--alpha must be > 0, got {self.alpha}")
         if self.samples < 1:
             raise ValueError(f"--samples must be >= 1, got {self.samples}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.base_voices < 0:
             raise ValueError(f"--base-voices must be >= 0, got {self.base_voices}")
         cores = os.cpu_count() or 1
@@ -483,7 +499,8 @@ def run_simulation(
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
-    from flwr.simulation import run_simulation as flwr_run_simulation
+    if opts.engine == "python-api":
+        from flwr.simulation import run_simulation as flwr_run_simulation
 
     t0 = time.monotonic()
     _, settings = write_fleet(root, opts)
@@ -507,24 +524,35 @@ def run_simulation(
         with TreeRss() as rss:
             follower.start()
             t1, wall1 = time.monotonic(), time.time()
-            start_ray(opts.cpus, verbose)
-            t_ray = time.monotonic() - t1
-            flwr_run_simulation(
-                server_app=simulation_server_app(settings, opts.devices),
-                client_app=SimulatedClientApp(str(root / FLEET_FILE)),
-                num_supernodes=opts.devices,
-                backend_config=backend_config,
-            )
+            if opts.engine == "superlink":
+                from edgefleet.devtools.fl_sim_flwr import run_on_superlink
+
+                t_ray = None  # flwr-simulation starts Ray inside the run
+                deadline = settings.node_wait_timeout + 120.0 + opts.rounds * opts.round_timeout
+                run_on_superlink(
+                    root, settings, opts.devices, opts.cpus, root / FLEET_FILE,
+                    deadline_s=deadline, verbose=verbose,
+                )  # fmt: skip
+            else:
+                start_ray(opts.cpus, verbose)
+                t_ray = round(time.monotonic() - t1, 3)
+                flwr_run_simulation(
+                    server_app=simulation_server_app(settings, opts.devices),
+                    client_app=SimulatedClientApp(str(root / FLEET_FILE)),
+                    num_supernodes=opts.devices,
+                    backend_config=backend_config,
+                )
             t_run = time.monotonic() - t1
     finally:
         stop.set()
         if follower.is_alive():
             follower.join()
         flwr_log.setLevel(level)
-        import ray
+        if opts.engine == "python-api":
+            import ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+            if ray.is_initialized():
+                ray.shutdown()
     doc: dict[str, Any] = json.loads(progress.read_text())
     rounds = [annotate(r) for r in doc.get("rounds", [])]
     doc["rounds"] = rounds
@@ -534,8 +562,10 @@ def run_simulation(
         "model": opts.model,
         "setup_seconds": round(t_setup, 3),
         "run_seconds": round(t_run, 3),
-        # Ray's start, then until round 1 began: actors warming up, every node's facts query
-        "ray_start_seconds": round(t_ray, 3),
+        # Ray's start (python-api), then until round 1 began: the SuperLink and the FAB
+        # (superlink), actors warming up, every node's facts query
+        "engine": opts.engine,
+        "ray_start_seconds": t_ray,
         "before_round_1_seconds": (
             round(rounds[0]["ended"] - rounds[0]["seconds"] - wall1, 3) if rounds else None
         ),
