@@ -28,6 +28,11 @@ The rewrite of the fp32 KV-cache graph (:func:`int8_kv_cache`):
 The prompt's own positions attend to each other in float during prefill (they are quantized on
 the way out); every later token reads them back from int8. Weight-only quantization
 (``MatMulNBits``) is applied after this rewrite, so ``int4-g32+kv8`` is both.
+
+What it buys is RAM, not decode bandwidth: every step dequantizes each layer's cache to fp32
+before the attention's float MatMuls, so a step moves at least an fp32 cache's bytes (measured:
+decode at 0.76-0.95x the fp32 graph's). Reading int8 in the attention itself would need
+``MatMulInteger`` on the cache (with the query quantized per step) or the fused GQA above.
 """
 
 from __future__ import annotations
