@@ -398,6 +398,17 @@ def _server_main(grid: Grid, context: Context) -> None:
     run_rounds(grid, settings)
 
 
+def _process_name(cmdline: list[str]) -> str:
+    """A short name for a process of the run: the Flower or Ray program it runs."""
+    for part in cmdline[:4]:
+        base = os.path.basename(part)
+        if base.startswith(("flower-", "flwr-", "raylet", "gcs_server", "ray::")):
+            return base.split()[0]
+        if "ray" in part and part.endswith(".py"):
+            return base.removesuffix(".py")  # Ray's dashboard/agent/log-monitor helpers
+    return os.path.basename(cmdline[0]) if cmdline else "?"
+
+
 class TreeRss:
     """Peak resident memory of this process and all its descendants (Ray's GCS, raylet,
     workers), sampled every ``interval`` s in a thread: what the whole simulation costs."""
@@ -406,6 +417,8 @@ class TreeRss:
         self.interval = interval
         self.peak = 0
         self.peak_processes = 0
+        #: at the peak: RSS per process name (``raylet``, ``flower-superlink``, ...)
+        self.peak_by_name: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="tree-rss")
 
@@ -414,14 +427,18 @@ class TreeRss:
 
         me = psutil.Process()
         total, count = 0, 0
+        by_name: dict[str, int] = {}
         for proc in [me, *me.children(recursive=True)]:
             try:
-                total += proc.memory_info().rss
-                count += 1
+                rss = proc.memory_info().rss
+                name = _process_name(proc.cmdline()) if proc.pid != me.pid else "driver"
             except psutil.Error:
                 continue  # a worker that exited between listing and reading
+            total += rss
+            count += 1
+            by_name[name] = by_name.get(name, 0) + rss
         if total > self.peak:
-            self.peak, self.peak_processes = total, count
+            self.peak, self.peak_processes, self.peak_by_name = total, count, by_name
         return total
 
     def _loop(self) -> None:
@@ -571,6 +588,7 @@ def run_simulation(
         ),
         "peak_rss_bytes": rss.peak,
         "peak_rss_processes": rss.peak_processes,
+        "peak_rss_by_process": dict(sorted(rss.peak_by_name.items(), key=lambda kv: -kv[1])),
         # per ClientApp actor process: messages handled, and how often torch was imported
         "actors": actor_stats(root),
     }
