@@ -170,6 +170,15 @@ def test_a_bad_request_is_invalid_argument_in_one_line(
     assert worker.health().rejected == before + 1
 
 
+def test_bytes_that_are_no_request_are_invalid_argument_not_unknown(worker: Worker) -> None:
+    with grpc.insecure_channel(f"unix:{worker.socket}") as channel:
+        fit: Any = channel.unary_unary("/edgefleet.v1.TrainWorkerService/Fit")
+        with pytest.raises(grpc.RpcError) as info:
+            fit(b"\xff\xff\xff", timeout=60)
+    err: Any = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed request" in err.details()
+
+
 def test_a_missing_shard_and_a_budget_too_small_say_why(worker: Worker) -> None:
     moved = worker.shard.with_suffix(".moved")
     worker.shard.rename(moved)
