@@ -17,8 +17,10 @@ SRAM holds even DS-CNN's head-only plan in float32 torch (measured: 359 KB at ba
 Reported per configuration: s/round (the median of the rounds' own ``seconds``, from
 configure to aggregate, so Ray's start-up and the one-off facts query are not in it), the
 first round apart (ClientApp actors warm up in it), the set-up and total run seconds, peak
-RSS of the whole process tree (driver + Ray's GCS, raylet, workers; sampled every 0.25 s
-with psutil) and the test accuracy after each round.
+RSS of the whole process tree (driver + SuperLink + Ray's GCS, raylet, workers; sampled every
+0.25 s with psutil; per process name at the peak) and its peak PSS (shared pages such as
+Ray's object store split among the processes mapping them, not counted once each), torch
+imports per ClientApp actor, the scope mix per round and the test accuracy after each round.
 
 Run: ``python benchmarks/fl_sim.py [--configs MODEL:DEVICES:FRACTION[:ENGINE[:SELECT]],...]
 [--rounds 4] [--data-dir DIR]``; results go to ``benchmarks/results/fl_sim.json``.

@@ -217,7 +217,8 @@ def simulate(
         out.print(
             f"{summary['state']}: {selected} of {devices} devices selected; "
             f"{sim.get('run_seconds', 0):.1f}s on {cpus} CPU(s), peak RSS "
-            f"{sim.get('peak_rss_bytes', 0) / 2**20:.0f} MiB over "
+            f"{sim.get('peak_rss_bytes', 0) / 2**20:.0f} MiB (PSS "
+            f"{sim.get('peak_pss_bytes', 0) / 2**20:.0f} MiB) over "
             f"{sim.get('peak_rss_processes', 0)} processes",
             highlight=False,
         )
