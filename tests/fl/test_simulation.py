@@ -164,6 +164,7 @@ def test_cli_run_whose_selector_matches_no_device_fails_in_one_line(tmp_path: Pa
     assert res.exit_code == 1, res.output
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: only 0 device(s) match ram >= 100GiB (of 4 answering); --min-devices is 1"
+        "error: simulated run failed: only 0 device(s) match ram >= 100GiB (of 4 answering); "
+        "--min-devices is 1"
     ]
     assert "Traceback" not in res.output

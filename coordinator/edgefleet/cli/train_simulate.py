@@ -12,6 +12,7 @@ Flower's simulation runtime are heavy to import).
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -223,4 +224,6 @@ def simulate(
             highlight=False,
         )
     if summary["state"] != "succeeded":
-        raise fail(f"simulated run {summary['state']}: {summary.get('reason')}")
+        # the record's reason is "ExceptionType: message"; the type says nothing to an operator
+        reason = re.sub(r"^[A-Za-z]+Error: ", "", str(summary.get("reason")))
+        raise fail(f"simulated run {summary['state']}: {reason}")
