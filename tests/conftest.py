@@ -296,8 +296,10 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentProc]]:
         if a.proc is not None and a.proc.poll() is None:
             a.proc.kill()
             a.proc.wait()
-        # killed -9, the agent leaves its SuperNode running (a restarted agent adopts it)
+        # killed -9, the agent leaves its SuperNode and training worker running (a restarted
+        # agent adopts them)
         kill_flower_group(a.state_dir / "fl" / "supernode.pid")
+        kill_flower_group(a.state_dir / "fl" / "train-worker.pid")
 
 
 def kill_flower_group(pidfile: Path) -> None:
