@@ -62,11 +62,14 @@ TIGHT_BUDGET = 8 * 2**20
 @needs_espeak
 @pytest.mark.usefixtures("task")
 def test_ds_cnn_devices_train_on_their_voice_in_the_scope_their_memory_fits(
-    kws_dir: Path, tmp_path: Path
+    kws_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from edgefleet.devtools import fl_sim
     from edgefleet.devtools.fl_sim import _round_annotator
     from edgefleet.flower.serverapp import run_rounds
 
+    # the inline grid runs the ClientApp in this process: count this test's messages only
+    monkeypatch.setattr(fl_sim, "_ACTOR", dict.fromkeys(fl_sim._ACTOR, 0))
     opts = _opts(kws_dir)
     fleet, settings = write_fleet(tmp_path, opts)
     assert settings.arch == "ds-cnn-kws" and settings.strategy == "fedavg"

@@ -61,6 +61,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from edgefleet.agent.fl.supernode import node_config_for
 from edgefleet.catalog import UnknownProfileError, get_profile
+from edgefleet.devtools.fl_sim_flwr import SIM_DEVICES, SIM_FLEET, run_on_superlink
 from edgefleet.devtools.fl_sim_tasks import MODELS, ScopeTable, task_defaults, write_task_data
 from edgefleet.fl.contract import Node
 from edgefleet.flower.run_settings import RunSettings
@@ -340,10 +341,6 @@ class SimulatedClientApp(ClientApp):
             stats.write_text(json.dumps(_ACTOR))
 
 
-#: run config keys of a simulation submitted as a Flower App (``flwr run``): where the
-#: node_config table is, and how many virtual nodes to wait for
-SIM_FLEET = "sim-fleet"
-SIM_DEVICES = "sim-devices"
 #: the ClientApp of a submitted simulation (reads the table's path from the run config)
 client_app = SimulatedClientApp()
 
@@ -548,8 +545,6 @@ def run_simulation(
             follower.start()
             t1, wall1 = time.monotonic(), time.time()
             if opts.engine == "superlink":
-                from edgefleet.devtools.fl_sim_flwr import run_on_superlink
-
                 t_ray = None  # flwr-simulation starts Ray inside the run
                 deadline = settings.node_wait_timeout + 120.0 + opts.rounds * opts.round_timeout
                 run_on_superlink(

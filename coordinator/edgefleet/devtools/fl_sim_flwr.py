@@ -38,8 +38,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edgefleet.flower.run_settings import RunSettings
 
-__all__ = ["SIM_COMPONENTS", "run_on_superlink"]
+__all__ = ["SIM_COMPONENTS", "SIM_DEVICES", "SIM_FLEET", "run_on_superlink"]
 
+#: run config keys of a simulation submitted as a Flower App (``flwr run``): where the
+#: node_config table is, and how many virtual nodes to wait for
+SIM_FLEET = "sim-fleet"
+SIM_DEVICES = "sim-devices"
 SIM_COMPONENTS = {
     "serverapp": "edgefleet.devtools.fl_sim:server_app",
     "clientapp": "edgefleet.devtools.fl_sim:client_app",
@@ -93,7 +97,6 @@ def run_on_superlink(
     import json
 
     from edgefleet.coordinator.fl.superlink import flwr_env, free_port, wait_listening, write_app
-    from edgefleet.devtools.fl_sim import SIM_DEVICES, SIM_FLEET
     from edgefleet.fl.process import flower_bin, with_flower_path
 
     app = write_app(
