@@ -148,11 +148,27 @@ def test_a_budget_below_the_model_itself_is_refused_with_the_numbers(tmp_path: P
         fine_tune(params, _round_config(), _context(tmp_path, 1000))
 
 
-@pytest.mark.slow  # three measured plans: ~5 s of CPU
-def test_when_not_even_the_head_fits_at_batch_two_the_plans_say_why() -> None:
+@pytest.mark.slow  # seven measured plans: ~10 s of CPU
+def test_when_not_even_the_head_fits_at_batch_two_the_plans_say_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgefleet.agent import finetune
     from edgefleet.agent.fl.torch_train import plan_scope
 
     params = fl_model.initial_params(ARCH, override=json.dumps(CONFIG))
     weights = sum(v.nbytes for v in params.values())
     with pytest.raises(MemoryError, match=r"nothing fits: .*head fine-tuning at batch 2 needs"):
         plan_scope(ARCH, CONFIG, params, [1, 1, 8, 8], weights + 1, 2, sparse_layers=0)
+    # at a larger batch, the head at batch 2 is planned once before any halving: when it does
+    # not fit, the device stops there instead of re-planning every scope at 4 and 2
+    planned: list[tuple[str, int]] = []
+    real = finetune.plan_memory
+
+    def counting(model: Any, scope: str, batch: int, *args: Any) -> Any:
+        planned.append((scope, batch))
+        return real(model, scope, batch, *args)
+
+    monkeypatch.setattr(finetune, "plan_memory", counting)
+    with pytest.raises(MemoryError, match=r"nothing fits: head fine-tuning at batch 2 needs"):
+        plan_scope(ARCH, CONFIG, params, [1, 1, 8, 8], weights + 1, 8, sparse_layers=0)
+    assert planned == [("full", 8), ("tinytl", 8), ("head", 8), ("head", 2)]

@@ -138,7 +138,29 @@ def plan_scope(
                 plans.append(plan)
         if batch <= MIN_BATCH:
             raise MemoryError("nothing fits: " + "; ".join(p.describe() for p in plans[-4:]))
+        if batch == max(MIN_BATCH, batch_size):  # before halving: can the narrowest fit at all?
+            floor = _floor_plan(arch, config, params, input_shape, budget)
+            if floor is not None:
+                raise MemoryError(f"nothing fits: {floor.describe()}")
         batch = max(MIN_BATCH, batch // 2)
+
+
+def _floor_plan(
+    arch: str, config: dict[str, Any], params: Arrays, input_shape: list[int], budget: int
+) -> MemoryPlan | None:
+    """The narrowest scope at the smallest batch, when even that does not fit (else None).
+
+    Why: halving the batch and re-planning every scope costs a device one profiled dry run per
+    plan (~0.3 s each; a Cortex-M's agent spent ~7 s of CPU per round failing DS-CNN this
+    way). The head at :data:`MIN_BATCH` is the least memory any plan needs, so when it does not
+    fit, no smaller batch of a wider scope will: one dry run settles it.
+    """
+    from edgefleet.agent.finetune import SCOPE_ORDER, plan_memory
+
+    narrowest = SCOPE_ORDER[-1]
+    model = _scoped(arch, config, params, narrowest, 0).model
+    plan = plan_memory(model, narrowest, MIN_BATCH, input_shape, budget)
+    return None if plan.fits else plan
 
 
 #: full fine-tuning skips the measured plan when its tensors fit this many times over
