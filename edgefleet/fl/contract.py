@@ -77,6 +77,9 @@ class Node:
     SIM_DELAY: Final = "sim-delay"
     #: where this device keeps the base LM a LoRA run's adapters belong to (``LORA_ARCH``)
     LM_BASE_PATH: Final = "lm-base-path"
+    #: the device's cache of base LMs received by message (``<sha256>.safetensors``); a device
+    #: with one tells the query which run base it lacks, and gets it in its first train message
+    LM_BASE_DIR: Final = "lm-base-dir"
     #: the Unix socket of the device's long-lived training worker (``unix:`` path, no prefix;
     #: ``edgefleet.agent.fl.train_worker``): conv nets train there instead of paying torch's
     #: import in every per-message ClientApp process; unset or silent = in-process training
@@ -100,6 +103,11 @@ class Record:
     CONFIG: Final = "config"  # ConfigRecord: TrainConfig keys
     METRICS: Final = "metrics"  # MetricRecord: Metric keys
     FACTS: Final = "facts"  # ConfigRecord: the query reply, FACT_KEYS
+    #: ArrayRecord: a LoRA run's frozen base, in the first train message of a device that
+    #: lacks it; ConfigRecord of the same name in the query: the run's base sha256
+    LM_BASE: Final = "lm-base"
+    #: the query reply's key (in FACTS) for that base: ``held`` or ``missing``
+    LM_BASE_STATE: Final = "lm-base-state"
 
 
 class TrainConfig:

@@ -153,6 +153,7 @@ class FederationMember:
             proxy="agent" if self.profile.is_mcu else "",
             partition_id=self.local_data.partition if self.local_data is not None else None,
             train_worker=str(self.worker.socket_path) if self.worker is not None else "",
+            lm_base_dir=str(self.dir / "lm-bases"),  # LoRA bases received once, by message
         )
         node = SuperNodeSupervisor(
             target.superlink_address, config, self.dir, port=self._port(), tls=tls,

@@ -13,6 +13,11 @@ devices' ClientApps check (a device on another host holds the same file at its
 (adapter variants of the base's own variants, else merged; ``lm_lora.publish_lora_result``).
 A run whose config already names its base (the CLI's ``--local``/``--superlink`` path) is left
 as it is.
+
+A device on another host holds no file at ``base_path``: :class:`BaseSender` asks in the query
+(:func:`query_content`) and adds the base's tensors (record ``lm-base``) to the first train
+message of each device whose cache lacks it (``edgefleet.agent.fl.lm_base_cache`` verifies and
+keeps it), so the base travels once per device, never again for later rounds or runs.
 """
 
 from __future__ import annotations
@@ -21,18 +26,21 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from edgefleet.fl.contract import LORA_ARCH
+from edgefleet.fl.contract import LORA_ARCH, Record
 from edgefleet.fl.redis_secret import with_credentials
 from edgefleet.flower.run_settings import RunSettings
 
-__all__ = ["LORA_ARCH", "needs_preparing", "prepare", "register_lora"]
+__all__ = [
+    "LORA_ARCH", "BaseSender", "needs_preparing", "prepare", "query_content", "register_lora",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,55 @@ def prepare(settings: RunSettings) -> None:
     settings.arch_config = json.dumps({**run.arch_config, "model": entry.name}, sort_keys=True)
     settings.init_path = str(run.init_path)
     log.info("LoRA base of %s at %s (%s)", entry.name, run.base_path, run.base_sha256[:12])
+
+
+def query_content(settings: RunSettings) -> RecordDict:
+    """The query's content: for a LoRA run, the base's sha256, so each device with a base cache
+    says whether it holds it (``lm-base-state``); empty for any other run."""
+    digest = str(_spec(settings).get("base_sha256", "")) if settings.arch == LORA_ARCH else ""
+    if not digest:
+        return RecordDict()
+    return RecordDict({Record.LM_BASE: ConfigRecord({"sha256": digest})})
+
+
+class BaseSender:
+    """Adds the run's base to the messages of the devices that said they lack it, until each
+    has replied once without error (a device whose round failed gets it again next time)."""
+
+    def __init__(self, settings: RunSettings, lacking: Iterable[int]) -> None:
+        self.settings = settings
+        self.lacking = set(lacking)
+        self._record: ArrayRecord | None = None
+
+    def _base(self) -> ArrayRecord:
+        if self._record is None:
+            from safetensors.numpy import load_file
+
+            path = str(_spec(self.settings).get("base_path", ""))
+            try:
+                tensors = load_file(path)
+            except Exception as exc:  # OSError, safetensors' own error: one line for the run
+                raise ValueError(
+                    f"byte-lm-lora: cannot read the run's base at {path}: {exc}"
+                ) from None
+            self._record = ArrayRecord({k: Array(v) for k, v in sorted(tensors.items())})
+        return self._record
+
+    def attach(self, messages: Iterable[Message]) -> dict[int, int]:
+        """Put the base in the messages to lacking devices; ``{node id: base bytes}``."""
+        sent: dict[int, int] = {}
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node in self.lacking:  # its own content: Flower's strategies share one
+                content = RecordDict(dict(msg.content.items()))
+                content[Record.LM_BASE] = self._base()
+                msg.content = content
+                sent[node] = sum(len(a.data) for a in self._base().values())
+        return sent
+
+    def delivered(self, replies: Iterable[Message]) -> None:
+        """Devices that replied without error hold the base now."""
+        self.lacking -= {r.metadata.src_node_id for r in replies if not r.has_error()}
 
 
 def register_lora(

@@ -239,8 +239,12 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
 
     # Ask every node for its facts once per run (Flower knows node ids only).
     nodes = list(grid.get_node_ids())
-    queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    queries = [
+        Message(lora_run.query_content(settings), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in nodes
+    ]
     facts: dict[int, dict[str, Any]] = {}
+    lacking_base: list[int] = []  # a LoRA run: devices whose base cache lacks the run's base
     # as long as nodes may take to connect: a loaded device starts its ClientApp slowly
     for reply in exchange(
         grid, queries, max(60.0, settings.node_wait_timeout), settings.poll_interval
@@ -249,6 +253,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             continue
         raw = dict(reply.content.config_records.get(Record.FACTS, ConfigRecord()))
         facts[reply.metadata.src_node_id] = device_facts(raw)
+        if raw.get(Record.LM_BASE_STATE) == "missing":
+            lacking_base.append(reply.metadata.src_node_id)
     selected = [n for n in nodes if n in facts and selection.matches(facts[n])]
     widths: dict[int, float] = {}
     if settings.strategy in ("heterofl", "fedbuff"):
@@ -290,6 +296,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     initial_loss, initial_acc = test_score(params)
     rec.write(initial={"test_loss": initial_loss, "test_acc": initial_acc})
     view = SelectedGrid(grid, selected, settings.poll_interval)
+    base_sender = lora_run.BaseSender(settings, lacking_base)
     strategy = _strategy(settings, widths, len(selected))
     arrays = to_record(params)
     full_width = json.dumps(fl_model.arch_config(settings.arch, 1.0, settings.arch_config))
@@ -333,7 +340,9 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             rec.write()
             continue
         messages = list(strategy.configure_train(rnd, arrays, config, view))
+        base_sent = base_sender.attach(messages)  # once per device lacking a LoRA run's base
         replies = exchange(grid, messages, settings.round_timeout, settings.poll_interval)
+        base_sender.delivered(replies)
         ok = [r for r in replies if not r.has_error()]
         bytes_up, bytes_down = updates.wire_bytes(ok), updates.wire_bytes(messages)
         ok = updates.restore(messages, ok, codec)  # encoded deltas -> the models they stand for
@@ -374,6 +383,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             "codec_residual": weighted_metric(ok, Metric.CODEC_RESIDUAL, Metric.NUM_EXAMPLES),
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
+            # of bytes_down: the LoRA base sent to devices that lacked it (once per device)
+            "base_bytes": {facts[n]["device"]: b for n, b in base_sent.items()},
         }
         rec.doc["rounds"].append(round_doc)
         rec.write()
@@ -391,6 +402,9 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             }
         )
         messages = list(strategy.configure_evaluate(settings.num_rounds, arrays, config, view))
+        final["base_bytes"] = {
+            facts[n]["device"]: b for n, b in base_sender.attach(messages).items()
+        }
         replies = [
             r
             for r in exchange(grid, messages, settings.round_timeout, settings.poll_interval)

@@ -119,11 +119,18 @@ def _facts(context: Context) -> dict[str, Any]:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Report this device's facts (for participant selection)."""
+    """Report this device's facts (for participant selection; a LoRA base: .lm_base_cache)."""
     facts = _facts(context)
     record = ConfigRecord(
         {k: v if isinstance(v, int | float) else str(v) for k, v in facts.items()}
     )
+    asked = msg.content.config_records.get(Record.LM_BASE)
+    if asked is not None:
+        from edgefleet.agent.fl.lm_base_cache import held
+
+        state = held(str(asked.get("sha256", "")), context.node_config)
+        if state is not None:
+            record[Record.LM_BASE_STATE] = state
     return Message(RecordDict({Record.FACTS: record}), reply_to=msg)
 
 
@@ -167,8 +174,17 @@ def train(msg: Message, context: Context) -> Message:
     if LEGACY_FIT_CONFIG in msg.content.config_records:  # a SecAgg+ round (secure-agg)
         return Message(_train_legacy(msg.content, context), reply_to=msg)
     cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
-    arrays = next(iter(msg.content.array_records.values()))
-    return Message(fine_tune(_arrays(arrays), cfg, context), reply_to=msg)
+    return Message(fine_tune(_arrays(_model_record(msg, cfg, context)), cfg, context), reply_to=msg)
+
+
+def _model_record(msg: Message, cfg: ConfigRecord, context: Context) -> ArrayRecord:
+    """The message's model; a LoRA base sent beside it is verified and cached first."""
+    records = msg.content.array_records
+    if Record.LM_BASE in records:
+        from edgefleet.agent.fl.lm_base_cache import store_sent_base
+
+        store_sent_base(records[Record.LM_BASE], cfg, context.node_config)
+    return records[Record.ARRAYS] if Record.ARRAYS in records else next(iter(records.values()))
 
 
 #: the config record of Flower's legacy FitIns, which secaggplus_mod hands the handler
@@ -465,7 +481,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     from edgefleet.fl import mlp_numpy
 
     cfg = msg.content.config_records.get(Record.CONFIG, ConfigRecord())
-    params = _arrays(next(iter(msg.content.array_records.values())))
+    params = _arrays(_model_record(msg, cfg, context))
     if cfg.get(TrainConfig.ARCH) == LORA_ARCH:
         from edgefleet.agent.fl.lora_client import lora_evaluate
 

@@ -9,7 +9,9 @@ What the round's ``arch-config`` (JSON) holds: ``base`` (the ByteLM config), ``l
 alpha, targets), ``base_sha256`` (the base weights the adapters belong to), ``base_path``
 (where a loopback federation keeps them) and ``steps`` / ``eval_bytes``. A device that holds
 the base elsewhere names it in its node_config (``lm-base-path``); either way its hash must
-equal ``base_sha256``: adapters trained on another base would be noise.
+equal ``base_sha256``: adapters trained on another base would be noise. A device with a base
+cache (``lm-base-dir``, an agent's SuperNode) keeps bases received by message there
+(:mod:`.lm_base_cache`); it never reads the run's ``base_path``, a path on another host.
 
 Imported only inside the ClientApp's handlers (it imports torch), like ``torch_train``.
 """
@@ -20,7 +22,6 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
+from edgefleet.agent.fl.lm_base_cache import base_file
 from edgefleet.datasets.text_shards import TextShard, load_text_shard
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
 from edgefleet.fl.contract import LORA_ARCH, Metric, Node, Record, TrainConfig
@@ -55,7 +57,7 @@ def _spec(cfg: Mapping[str, object]) -> dict[str, Any]:
 
 def _base_model(spec: Mapping[str, Any], context: Context) -> ByteLM:
     """The device's frozen base, checked against the hash the adapters belong to."""
-    path = Path(str(context.node_config.get(Node.LM_BASE_PATH) or spec.get("base_path") or ""))
+    path = base_file(spec, context.node_config)
     if not path.is_file():
         raise LoRARunError(f"byte-lm-lora: no base LM at {str(path) or '(unset)'}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -68,6 +68,7 @@ def node_config_for(
     proxy: str = "",
     partition_id: int | None = None,
     train_worker: str = "",
+    lm_base_dir: str = "",
 ) -> dict[str, object]:
     """The ``node_config`` an agent gives its SuperNode (what our ServerApp selects on).
 
@@ -75,7 +76,8 @@ def node_config_for(
     ``status_path`` names a JSON file the agent rewrites with live facts (``battery``,
     ``health``); the ClientApp reads it when asked, so selection sees current values without
     restarting the SuperNode. ``train_worker`` is the socket of the device's training worker
-    (:mod:`edgefleet.agent.fl.train_worker`), when it runs one.
+    (:mod:`edgefleet.agent.fl.train_worker`), when it runs one. ``lm_base_dir`` is where the
+    device caches LoRA base LMs sent to it by message (:mod:`edgefleet.agent.fl.lm_base_cache`).
     """
     facts = NodeFacts(
         device_id, profile, int(ram_bytes), battery=battery, labels=dict(labels or {}),
@@ -88,4 +90,6 @@ def node_config_for(
         cfg[Node.PARTITION_ID] = int(partition_id)
     if train_worker:
         cfg[Node.TRAIN_WORKER] = train_worker
+    if lm_base_dir:
+        cfg[Node.LM_BASE_DIR] = lm_base_dir
     return cfg
