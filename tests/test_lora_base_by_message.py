@@ -140,3 +140,29 @@ def test_a_base_the_server_cannot_read_is_one_line(tmp_path: Path) -> None:
         sender.attach([msg])
     assert "\n" not in str(info.value)
     assert sender.attach([Message(RecordDict(), dst_node_id=8, message_type="train")]) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_base_travels_by_message_on_a_real_superlink_and_supernodes(tmp_path: Path) -> None:
+    """Flower's Deployment Engine: sim-001 has a base cache only and gets the base in round 1;
+    sim-000 reads the run's file (a loopback node); a second run sends no base at all."""
+    from edgefleet.devtools.fl_local import LocalFederation, wait_progress
+
+    run = prepare_lora_run(_tiny(), LoRAConfig(rank=2), tmp_path / "srv", steps=2, eval_bytes=512)
+    paths = [Path(str(c[Node.DATA_PATH])) for c in _devices(tmp_path, 2, 4000).values()]
+    cache = tmp_path / "cache-001"
+    config = {**run.run_config(), "num-rounds": 2, "min-devices": 2, "batch-size": 2}
+    with LocalFederation(
+        tmp_path / "fed", num_nodes=2, data_paths=paths, train_workers=False,
+        node_facts={1: {Node.LM_BASE_DIR: str(cache)}},
+    ) as fed:  # fmt: skip
+        first = wait_progress(fed.run(config), timeout=500)
+        second = wait_progress(fed.run(config, name="run2"), timeout=500)
+    assert first["state"] == second["state"] == "succeeded", (first.get("reason"), second)
+    sent = sum(len(Array(v).data) for v in load_file(str(run.base_path)).values())
+    assert [r["base_bytes"] for r in first["rounds"]] == [{"sim-001": sent}, {}]
+    assert sorted(first["rounds"][0]["device_eval_loss"]) == ["sim-000", "sim-001"]
+    assert (cache / f"{run.base_sha256}.safetensors").read_bytes() == run.base_path.read_bytes()
+    assert all(r["base_bytes"] == {} for r in second["rounds"])
+    assert second["final"]["base_bytes"] == {}
