@@ -1,10 +1,13 @@
 """Train and evaluate a zoo ``mlp`` in plain numpy.
 
-Why not torch: Flower starts a fresh ``flwr-clientapp`` process for every message, and
-``import torch`` alone costs ~1.7 s of that per round on the small devices we target (and
-the base agent install has no torch at all). An MLP's forward/backward is a few matrix
-products, so numpy trains the *same* network (same state-dict names and layouts as
-``edgefleet.zoo.MLP``: ``features.<i>.weight [out, in]``, ``.bias``, ``classifier.*``).
+Why it still exists: devices without torch (the base agent and ``agent-onnx`` installs) can
+still join an ``mlp`` federation, and the coordinator scores with it. Speed is no longer the
+reason: since each device with torch runs a long-lived training worker
+(:mod:`edgefleet.agent.fl.train_worker`), the same MLP trained there costs the same CPU per
+update (``benchmarks/fl_worker.py``: 1.40 vs 1.41 s), and ``mlp-in-worker`` sends it there. An
+MLP's forward/backward is a few matrix products, so numpy trains the *same* network (same
+state-dict names and layouts as ``edgefleet.zoo.MLP``: ``features.<i>.weight [out, in]``,
+``.bias``, ``classifier.*``).
 """
 
 from __future__ import annotations
