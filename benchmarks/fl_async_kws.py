@@ -46,46 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from benchmarks.fl_async import _run, _time_to
+from edgefleet.devtools.fl_sim_tasks import pretrain_ds_cnn
 
 ARCH = "ds-cnn-kws"
-
-
-def _pretrain(
-    x: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
-    arch_config: dict[str, Any],
-    *,
-    epochs: int,
-    lr: float,
-    seed: int,
-) -> dict[str, npt.NDArray[np.float32]]:
-    """The deployed model's stand-in: DS-CNN trained centrally on a few voices (seeded)."""
-    import torch
-    from torch import nn
-
-    from edgefleet.zoo import ArchitectureSpec, build_model
-
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    spec = ArchitectureSpec(name=ARCH, config=arch_config, input_shape=tuple(x.shape[1:]))
-    model = build_model(spec)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(yt), generator=gen)
-        for start in range(0, len(yt), 16):
-            idx = order[start : start + 16]
-            if len(idx) < 2:
-                continue
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()  # type: ignore[no-untyped-call]
-            opt.step()
-    return {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
 
 
 def _row(doc: dict[str, Any], targets: list[float], fedbuff: bool) -> dict[str, Any]:
@@ -165,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     num_classes = int(src.y.max()) + 1
     arch_config = dict(DSCNN.kws_config(1.0, num_classes, 1))
     on_base = np.isin(voices, base_names)
-    params = _pretrain(
+    params = pretrain_ds_cnn(
         data.x_train[on_base], data.y_train[on_base], arch_config, epochs=args.base_epochs,
         lr=0.05, seed=0,
     )  # fmt: skip

@@ -203,14 +203,14 @@ def _write_kws(
     if base_voices:
         base = src.train[np.isin(src.groups[src.train], names[:base_voices])]
         x = featurize(src.x[base].reshape(len(base), samples_per_clip), spec)
-        params = _pretrain(x, src.y[base], arch_config, seed=seed)
+        params = pretrain_ds_cnn(x, src.y[base], arch_config, seed=seed)
         from edgefleet.flower import model as fl_model
 
         run_config["init-path"] = str(fl_model.save_params(params, root / "init.npz"))
     return TaskData(paths, run_config, f"{groups} kws training voices (raw audio)")
 
 
-def _pretrain(
+def pretrain_ds_cnn(
     x: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
     arch_config: dict[str, Any],
@@ -220,7 +220,7 @@ def _pretrain(
     lr: float = 0.05,
 ) -> dict[str, npt.NDArray[np.float32]]:
     """DS-CNN trained centrally on a few voices (seeded): the model the fleet has deployed
-    and now fine-tunes, as in ``benchmarks/fl_async_kws.py`` -- from random weights a few
+    and now fine-tunes (``benchmarks/fl_async_kws.py`` starts from it too) -- from random weights a few
     rounds of a few local steps leave it at chance, which says nothing about the fleet."""
     import torch
     from torch import nn
