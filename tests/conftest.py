@@ -40,10 +40,24 @@ ADMIN_TOKEN = "test-admin-token"
 ENROLL_TOKEN = "test-enroll-token"
 
 
+# Ports this session has handed out: never handed out twice, so a server that a test
+# started (or a supervisor restarts) on its port can never answer for a later test's.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now and that no earlier test of this session was given.
+
+    Why: a port is free only until somebody binds it; a later test whose health probe found
+    an earlier test's server on a reused port took its SERVING for its own coordinator's.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -187,14 +201,31 @@ class CoordinatorProc:
                 env=_env(),
             )
         serving = health_pb2.HealthCheckResponse.SERVING
+        pid = self.proc.pid
         ca = self.data_dir / "tls" / "ca.pem" if self.tls else None
         wait_for(
-            # SERVING comes last, after metrics, the SuperLink and coordinator.json
-            lambda: self._check_alive() and health_status(self.address, ca=ca) == serving,
+            # SERVING comes last, after metrics, the SuperLink and coordinator.json; the file
+            # names the process, so SERVING from any other server on this port never counts
+            lambda: (
+                self._check_alive()
+                and self._info_pid() == pid
+                and health_status(self.address, ca=ca) == serving
+            ),
             60,
             f"coordinator on {self.address}; log:\n{self.log}",
         )
         return self
+
+    def _info_pid(self) -> int | None:
+        """The pid in this data dir's coordinator.json (None while it is missing or partial)."""
+        import json
+
+        try:
+            info = json.loads((self.data_dir / "coordinator.json").read_text())
+        except (OSError, ValueError):
+            return None
+        pid = info.get("pid") if isinstance(info, dict) else None
+        return pid if isinstance(pid, int) else None
 
     def _check_alive(self) -> bool:
         assert self.proc is not None
