@@ -60,6 +60,7 @@ from edgefleet.flower.strategies import (
     PartialClientSideFixedClipping,
     PartialFedAvg,
     PartialFedProx,
+    PartialServerSideFixedClipping,
     arrays_of,
     to_record,
 )
@@ -171,7 +172,7 @@ class _Recorder:
 def _strategy(
     settings: RunSettings, widths: Mapping[int, float], n_selected: int
 ) -> fl_strategy.Strategy:
-    """HeteroFL, or Flower's own FedAvg/FedProx optionally wrapped in Flower's DP strategies.
+    """HeteroFL, or Flower's FedAvg/FedProx taking partial replies, optionally DP-wrapped.
 
     Availability is the round loop's to check (it fails a round rather than wait), so no
     strategy waits for nodes: ``min_available_nodes`` and ``min_evaluate_nodes`` are 0 and the
@@ -189,22 +190,17 @@ def _strategy(
         "min_available_nodes": 0, "weighted_by_key": Metric.NUM_EXAMPLES,
         "arrayrecord_key": Record.ARRAYS, "configrecord_key": Record.CONFIG,
     }  # fmt: skip
-    # light-scope (partial) replies: plain runs, and client-side DP (the device clips its update
-    # with the untrained tensors' zero delta in; PartialClientSideFixedClipping scales the noise
-    # per tensor). Flower's server-side clipping zips each reply with the global model: whole.
-    partial = settings.dp in ("none", "client-fixed")
+    # light-scope (partial) replies in every mode: the base tells devices they are welcome;
+    # client-side DP devices clip with the untrained tensors' zero delta in, server-side DP
+    # clips each reply over the tensors it sent; both scale the noise per tensor's holders.
     base: fl_strategy.Strategy = (
-        (PartialFedProx if partial else fl_strategy.FedProx)(
-            proximal_mu=settings.proximal_mu, **common
-        )
+        PartialFedProx(proximal_mu=settings.proximal_mu, **common)
         if settings.strategy == "fedprox"
-        else (PartialFedAvg if partial else fl_strategy.FedAvg)(**common)
+        else PartialFedAvg(**common)
     )
     sampled = max(settings.min_devices, int(n_selected * settings.fraction_train))
     if settings.dp == "server-fixed":
-        return fl_strategy.DifferentialPrivacyServerSideFixedClipping(
-            base, settings.dp_noise, settings.dp_clip, sampled
-        )
+        return PartialServerSideFixedClipping(base, settings.dp_noise, settings.dp_clip, sampled)
     if settings.dp == "client-fixed":
         return PartialClientSideFixedClipping(base, settings.dp_noise, settings.dp_clip, sampled)
     return base

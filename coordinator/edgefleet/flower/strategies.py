@@ -27,6 +27,24 @@ Gaussian mechanism on the sum of all replies (sensitivity ``C``, untrained tenso
 post-processed per tensor -- the same guarantee as whole models with equal weights, given
 that who trained which tensor is public (it is: without SecAgg+ the server sees every reply).
 A tensor nobody trained is released unchanged, without noise (it reveals nothing new).
+
+**Server-side DP** (:class:`PartialServerSideFixedClipping`): the server is trusted with the
+replies and clips them itself; what is protected is the released global model. Flower's
+wrapper zips a reply with the global model tensor by tensor, so it needs whole models, and a
+light device's untrained copies would then be averaged in. Here each reply's update is its
+tensors minus the global model's same tensors (a tensor it did not send: delta 0), clipped to
+norm ``C`` over the tensors it sent -- the norm its whole model's update would have, since
+the others' delta is 0 -- and put back as global + clipped delta. The inner partial strategy
+averages each tensor over its ``k`` holders and the noise is ``z * C / k`` per tensor, the
+client-side class's rule, so the argument is the same: scaled by ``k``, each tensor is the
+holders' sum of clipped updates plus ``N(0, (z C)^2)``; all tensors together are the sum of
+every reply's zero-padded clipped update (one device changes it by at most ``C``) plus
+Gaussian noise ``z * C`` -- the Gaussian mechanism, then per-tensor post-processing. Public:
+who trained which tensor (``k``; a device's scope follows from its memory budget, not its
+data). As in Flower's calibration the weights are taken as equal (a mean weighted by example
+counts moves by the largest weight share times ``C``; Flower's accountant refuses unequal
+ones). A reply that sends whole models gets exactly Flower's clipping and, with ``k = n``
+holders everywhere, Flower's noise (``tests/fl/test_dp_partial.py``).
 """
 
 from __future__ import annotations
@@ -51,11 +69,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
     FedProx,
 )
+from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 from flwr.supercore import log
+from flwr.supercore.differential_privacy import get_norm
 
 from edgefleet.fl.contract import Metric, Record, TrainConfig
 from edgefleet.flower import heterofl
@@ -66,8 +87,11 @@ __all__ = [
     "PartialClientSideFixedClipping",
     "PartialFedAvg",
     "PartialFedProx",
+    "PartialServerSideFixedClipping",
     "arrays_of",
+    "clip_partial_reply",
     "holder_counts",
+    "noise_per_tensor",
     "to_record",
 ]
 
@@ -180,19 +204,86 @@ class PartialClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping)
             self._holders = None
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
-        holders = self._holders
-        if holders is None:  # not inside aggregate_train: Flower's own noise
+        if self._holders is None:  # not inside aggregate_train: Flower's own noise
             return super()._add_noise_to_aggregated_arrays(aggregated_arrays)
-        noisy: dict[str, Array] = {}
-        for key, array in aggregated_arrays.items():
-            value = np.array(array.numpy())
-            k = holders.get(key, 0)
-            if k > 0:
-                stdv = self.noise_multiplier * self.clipping_norm / k
-                value += np.random.normal(0, stdv, value.shape).astype(value.dtype)
-            noisy[key] = Array(np.ascontiguousarray(value))
-        log(INFO, "aggregate_train: DP noise z*C/k per tensor (k: its holders, %s)", holders)
-        return ArrayRecord(noisy)
+        zc = self.noise_multiplier * self.clipping_norm
+        return noise_per_tensor(aggregated_arrays, self._holders, zc)
+
+
+def noise_per_tensor(aggregated: ArrayRecord, holders: Mapping[str, int], zc: float) -> ArrayRecord:
+    """Gaussian noise ``zc / k`` on each tensor averaged over its ``k`` holders; a tensor no
+    reply held is released as it was (module docstring: why). Drawn in the record's order
+    with numpy's global generator, as Flower's own noise is, so equal seeds give equal draws."""
+    noisy: dict[str, Array] = {}
+    for key, array in aggregated.items():
+        value = np.array(array.numpy())
+        k = holders.get(key, 0)
+        if k > 0:
+            value += np.random.normal(0, zc / k, value.shape).astype(value.dtype)
+        noisy[key] = Array(np.ascontiguousarray(value))
+    log(INFO, "aggregate_train: DP noise z*C/k per tensor (k: its holders, %s)", dict(holders))
+    return ArrayRecord(noisy)
+
+
+def clip_partial_reply(record: ArrayRecord, current: Mapping[str, Any], clip: float) -> ArrayRecord:
+    """A reply as global + its update clipped to norm ``clip`` over the tensors it holds.
+
+    Flower's clipping (``compute_clip_model_update``: the same arithmetic, so whole replies
+    come out as Flower's wrapper makes them), but the global tensor each reply tensor is
+    compared with is found by name: Flower pairs them by position, which needs whole models.
+    An unchanged reply passes as it is (Flower divides by its zero norm). A tensor the model
+    does not have, or of another shape, is refused in one line.
+    """
+    unknown = [k for k in record if k not in current]
+    if unknown:
+        raise ValueError(f"a reply holds tensors the model does not have: {unknown[:3]}")
+    keys = list(record)
+    base = [np.asarray(current[k]) for k in keys]
+    mine = record.to_numpy_ndarrays()
+    for key, a, b in zip(keys, mine, base, strict=True):
+        if a.shape != b.shape:
+            raise ValueError(f"a reply's {key!r} is {a.shape}, the model's is {b.shape}")
+    update = [np.subtract(a, b) for a, b in zip(mine, base, strict=True)]
+    norm = get_norm(update)
+    if norm > 0:
+        for a in update:
+            a *= min(1, clip / norm)
+    return ArrayRecord({k: Array(b + a) for k, a, b in zip(keys, update, base, strict=True)})
+
+
+class PartialServerSideFixedClipping(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed-clipping DP wrapper over partial replies: each reply is
+    clipped over the tensors it sent and each tensor's noise is ``z * C / k`` over its ``k``
+    holders (module docstring: why). Wrap a partial strategy (:class:`PartialFedAvg`): its
+    ``configure_train`` tells devices that partial replies are welcome."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's wrapper (checks, accounting, inner aggregation), clipping and noise per
+        tensor name."""
+        replies_list = list(replies)
+        event = self._pop_pending_event(server_round)
+        strict = self.accountant is not None
+        if not validate_replies(replies_list, self.num_sampled_clients, strict=strict):
+            return None, None
+        self._validate_uniform_weights(replies_list)
+        current = {k: v.numpy() for k, v in self.current_arrays.items()}
+        for reply in replies_list:
+            for name, record in list(reply.content.array_records.items()):
+                reply.content[name] = clip_partial_reply(record, current, self.clipping_norm)
+        log(
+            INFO,
+            "aggregate_train: updates clipped to norm %.4f over their tensors",
+            self.clipping_norm,
+        )
+        holders = holder_counts(replies_list)
+        aggregated, metrics = self.strategy.aggregate_train(server_round, replies_list)
+        if aggregated:
+            zc = self.noise_multiplier * self.clipping_norm
+            aggregated = noise_per_tensor(aggregated, holders, zc)
+            self._compose_release(event)
+        return aggregated, metrics
 
 
 class HeteroFL(PartialFedAvg):
