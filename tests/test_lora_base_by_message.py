@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from edgefleet.agent.fl.lm_base_cache import BaseRejected, held, store_base
 from edgefleet.agent.fl.supernode import node_config_for
-from edgefleet.fl.contract import Node
+from edgefleet.fl.contract import LM_BASE_NEEDED, Node
 from edgefleet.flower.lora_run import BaseSender
 from edgefleet.flower.run_settings import RunSettings
 from edgefleet.flower.serverapp import run_rounds
@@ -103,6 +103,7 @@ def test_a_tampered_base_fails_that_device_in_one_line_and_writes_nothing(
     assert first["participants"] == ["sim-000"] and first["failed"] == 1
     (error,) = first["errors"]
     assert "BaseRejected: byte-lm-lora: the base sent is" in error and "not stored" in error
+    assert LM_BASE_NEEDED in error  # so the server sends it again (test_lora_base_cache.py)
     assert "\n" not in error
     cache = tmp_path / "cache-001"
     assert not cache.exists() or list(cache.iterdir()) == []

@@ -20,6 +20,7 @@ __all__ = [
     "DIGITS_SPLIT_SEED",
     "FACT_KEYS",
     "FAST_POLL_ENV",
+    "LM_BASE_NEEDED",
     "LORA_ARCH",
     "MAINS_BATTERY",
     "Metric",
@@ -50,6 +51,10 @@ MAINS_BATTERY: Final = 100.0
 #: The ``arch`` of a federated LoRA run of the byte-level LM: the run's global model is the
 #: adapters only, the frozen base stays on the devices (``edgefleet.agent.fl.lora_client``)
 LORA_ARCH: Final = "byte-lm-lora"
+
+#: the phrase a device's error carries when it lacks the run's LoRA base (the base sent did
+#: not match, or its cache has none): the ServerApp sends the base to that device again
+LM_BASE_NEEDED: Final = "lm-base-needed"
 
 
 class Node:
@@ -104,10 +109,15 @@ class Record:
     METRICS: Final = "metrics"  # MetricRecord: Metric keys
     FACTS: Final = "facts"  # ConfigRecord: the query reply, FACT_KEYS
     #: ArrayRecord: a LoRA run's frozen base, in the first train message of a device that
-    #: lacks it; ConfigRecord of the same name in the query: the run's base sha256
+    #: lacks it; ConfigRecord of the same name in the query: the run's base ``sha256`` and,
+    #: to size a round, ``weights`` (base + adapter parameters), ``adapters`` and ``base``
+    #: (the ByteLM config, JSON)
     LM_BASE: Final = "lm-base"
     #: the query reply's key (in FACTS) for that base: ``held`` or ``missing``
     LM_BASE_STATE: Final = "lm-base-state"
+    #: the query reply's key (in FACTS) when the device cannot fine-tune the run's LoRA in
+    #: its memory budget even at batch 1: why, in one line (absent: it can)
+    LM_LORA_UNFIT: Final = "lm-lora-unfit"
 
 
 class TrainConfig:

@@ -17,7 +17,9 @@ as it is.
 A device on another host holds no file at ``base_path``: :class:`BaseSender` asks in the query
 (:func:`query_content`) and adds the base's tensors (record ``lm-base``) to the first train
 message of each device whose cache lacks it (``edgefleet.agent.fl.lm_base_cache`` verifies and
-keeps it), so the base travels once per device, never again for later rounds or runs.
+keeps it), so the base travels once per device, never again for later rounds or runs. The
+query also sizes the model, so a device whose memory cannot train it says so and is left out
+of the run before any base is sent (``edgefleet.agent.fl.lora_fit``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from edgefleet.fl.contract import LORA_ARCH, Record
+from edgefleet.fl.contract import LM_BASE_NEEDED, LORA_ARCH, Record
 from edgefleet.fl.redis_secret import with_credentials
 from edgefleet.flower.run_settings import RunSettings
 
@@ -98,22 +101,52 @@ def prepare(settings: RunSettings) -> None:
     log.info("LoRA base of %s at %s (%s)", entry.name, run.base_path, run.base_sha256[:12])
 
 
+def _sizes(spec: Mapping[str, Any], init_path: str) -> dict[str, int | str]:
+    """``weights``/``adapters``/``base`` for the query, so each device can tell whether a
+    training step fits its budget (``edgefleet.agent.fl.lora_fit``); empty if unknown.
+
+    The base's parameter count comes from its safetensors header (8-byte length, JSON of
+    shapes): the base is not loaded to size it."""
+    try:
+        with open(str(spec.get("base_path", "")), "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        frozen = sum(int(np.prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
+        with np.load(init_path) as z:
+            adapters = sum(int(np.prod(z[k].shape)) for k in z.files)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        log.warning("byte-lm-lora: cannot size the run for the devices' memory check: %s", exc)
+        return {}
+    return {
+        "weights": frozen + adapters, "adapters": adapters,
+        "base": json.dumps(spec.get("base") or {}, sort_keys=True),
+    }  # fmt: skip
+
+
 def query_content(settings: RunSettings) -> RecordDict:
     """The query's content: for a LoRA run, the base's sha256, so each device with a base cache
-    says whether it holds it (``lm-base-state``); empty for any other run."""
-    digest = str(_spec(settings).get("base_sha256", "")) if settings.arch == LORA_ARCH else ""
+    says whether it holds it (``lm-base-state``), and the model's sizes, so a device that
+    cannot train it says so (``lm-lora-unfit``) before any base travels; empty for any other
+    run."""
+    spec = _spec(settings) if settings.arch == LORA_ARCH else {}
+    digest = str(spec.get("base_sha256", ""))
     if not digest:
         return RecordDict()
-    return RecordDict({Record.LM_BASE: ConfigRecord({"sha256": digest})})
+    asked = ConfigRecord({"sha256": digest, **_sizes(spec, settings.init_path)})
+    return RecordDict({Record.LM_BASE: asked})
 
 
 class BaseSender:
-    """Adds the run's base to the messages of the devices that said they lack it, until each
-    has replied once without error (a device whose round failed gets it again next time)."""
+    """Adds the run's base to the messages of the devices that said they lack it: once per
+    device and run. A device whose round then failed for another reason (its shard, its
+    memory, a lost reply) holds the base all the same and is not sent it again; only one whose
+    error says it still lacks it (``LM_BASE_NEEDED``: the base did not match, or never arrived)
+    gets it again next time."""
 
     def __init__(self, settings: RunSettings, lacking: Iterable[int]) -> None:
         self.settings = settings
         self.lacking = set(lacking)
+        self.sent: set[int] = set()  # devices sent the base this run
         self._record: ArrayRecord | None = None
 
     def _base(self) -> ArrayRecord:
@@ -140,11 +173,16 @@ class BaseSender:
                 content[Record.LM_BASE] = self._base()
                 msg.content = content
                 sent[node] = sum(len(a.data) for a in self._base().values())
+                self.lacking.discard(node)
+                self.sent.add(node)
         return sent
 
     def delivered(self, replies: Iterable[Message]) -> None:
-        """Devices that replied without error hold the base now."""
-        self.lacking -= {r.metadata.src_node_id for r in replies if not r.has_error()}
+        """Devices sent the base whose error says they still lack it get it again."""
+        for r in replies:
+            node = r.metadata.src_node_id
+            if node in self.sent and r.has_error() and LM_BASE_NEEDED in str(r.error.reason):
+                self.lacking.add(node)
 
 
 def register_lora(

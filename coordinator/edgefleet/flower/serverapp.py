@@ -241,6 +241,7 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
     ]
     facts: dict[int, dict[str, Any]] = {}
     lacking_base: list[int] = []  # a LoRA run: devices whose base cache lacks the run's base
+    left_out: dict[int, str] = {}  # devices that said they cannot take part, and why
     # as long as nodes may take to connect: a loaded device starts its ClientApp slowly
     for reply in exchange(
         grid, queries, max(60.0, settings.node_wait_timeout), settings.poll_interval
@@ -249,9 +250,15 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
             continue
         raw = dict(reply.content.config_records.get(Record.FACTS, ConfigRecord()))
         facts[reply.metadata.src_node_id] = device_facts(raw)
-        if raw.get(Record.LM_BASE_STATE) == "missing":
+        if Record.LM_LORA_UNFIT in raw:  # cannot train the run's LoRA: no base, no rounds
+            left_out[reply.metadata.src_node_id] = str(raw[Record.LM_LORA_UNFIT])
+        elif raw.get(Record.LM_BASE_STATE) == "missing":
             lacking_base.append(reply.metadata.src_node_id)
-    selected = [n for n in nodes if n in facts and selection.matches(facts[n])]
+    selected = [
+        n for n in nodes if n in facts and n not in left_out and selection.matches(facts[n])
+    ]
+    if left_out:
+        log.info("left out of the run: %s", {facts[n]["device"]: w for n, w in left_out.items()})
     widths: dict[int, float] = {}
     if settings.strategy in ("heterofl", "fedbuff"):
         for n in list(selected):
@@ -264,7 +271,8 @@ def _run(grid: Grid, settings: RunSettings, rec: _Recorder) -> dict[str, Any]:
         devices={
             str(n): {**f, "selected": n in selected, "width": widths.get(n, 1.0)}
             for n, f in facts.items()
-        }
+        },
+        left_out={facts[n]["device"]: why for n, why in left_out.items()},
     )
     if len(selected) < settings.min_devices:
         raise RuntimeError(

@@ -13,26 +13,43 @@ no metadata; tests/test_lora_base_by_message.py checks it), so the device hashes
 would write and compares before anything reaches the disk. A base that does not match is one
 error line and no file.
 
+Checking a held base is cheap: :func:`store_base` writes a stamp beside the verified file
+(``<sha256>.safetensors.stamp``: its digest, size, ``st_mtime_ns`` and ``st_ino``), and
+:func:`file_digest` believes the stamp while ``os.stat`` still says the same. What the hash
+guards against -- a torn or interrupted write, a file replaced or edited -- changes the size,
+the mtime or (an atomic replace) the inode, so the stamp sees it and the file is hashed again;
+hashing a 270 MB base on every query costs a Pi seconds of CPU each round. What a stamp cannot
+see is an edit that keeps size, mtime and inode (a deliberate ``touch -d`` back, bit rot): the
+cache guards against accidents, not against whoever can write the device's disk.
+
 numpy, hashlib and safetensors' numpy half only: the ``query`` handler imports this in every
 per-message ClientApp process, and torch must stay out of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from edgefleet.fl.contract import Node, TrainConfig
+from edgefleet.fl.contract import LM_BASE_NEEDED, Node, TrainConfig
 from edgefleet.fsutil import atomic_write
 
-__all__ = ["BaseRejected", "base_file", "held", "store_base", "store_sent_base"]
+__all__ = [
+    "BaseRejected", "base_digest", "base_file", "file_digest", "held", "store_base", "store_sent_base",
+]  # fmt: skip
 
 HELD, MISSING = "held", "missing"
+
+#: the run's context-state record of stamps for bases outside the cache (``lm-base-path``, a
+#: loopback run's ``base_path``): files that are not ours to write a stamp beside
+STAMP_STATE = "lm-base-stamps"
 
 
 class BaseRejected(ValueError):
@@ -52,6 +69,60 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stat(path: Path) -> dict[str, int]:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".stamp")
+
+
+def _load_stamp(path: Path, state: RecordDict | None) -> dict[str, Any] | None:
+    if state is None:
+        try:
+            text: object = _sidecar(path).read_text()
+        except OSError:
+            return None
+    else:
+        record = state.config_records.get(STAMP_STATE)
+        text = record.get(str(path)) if record is not None else None
+    try:
+        stamp = json.loads(str(text)) if text is not None else None
+    except ValueError:  # a torn stamp vouches for nothing: the file is hashed again
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def _save_stamp(path: Path, stamp: dict[str, Any], state: RecordDict | None) -> None:
+    text = json.dumps(stamp, sort_keys=True)
+    if state is None:
+        with contextlib.suppress(OSError):  # a read-only cache still answers, by hashing
+            atomic_write(_sidecar(path), text)
+        return
+    record = state.config_records.get(STAMP_STATE) or ConfigRecord()
+    record[str(path)] = text
+    state.config_records[STAMP_STATE] = record
+
+
+def file_digest(path: Path, state: RecordDict | None = None) -> str:
+    """The sha256 of ``path``, hashed only when no stamp vouches for the file as it is now.
+
+    The stamp lives beside the file (``state`` None: a cache file, ours to stamp) or in the
+    run's context ``state`` (a device's own file), which the SuperNode keeps between the run's
+    messages, so such a file is hashed once per run instead of every round. A file that
+    changes while it is hashed gets no stamp. Raises OSError when ``path`` cannot be read."""
+    now = _stat(path)
+    stamp = _load_stamp(path, state)
+    vouched = stamp is not None and all(stamp.get(k) == v for k, v in now.items())
+    if stamp is not None and vouched and isinstance(stamp.get("sha256"), str):
+        return str(stamp["sha256"])
+    digest = _sha256(path)
+    if _stat(path) == now:
+        _save_stamp(path, {**now, "sha256": digest}, state)
+    return digest
+
+
 def base_file(spec: Mapping[str, Any], node_config: Mapping[str, Any]) -> Path:
     """Where this device's base for ``spec`` is (it may not exist): its own ``lm-base-path``,
     else its cache's ``<sha256>.safetensors``, else the run's ``base_path`` (a loopback
@@ -65,17 +136,33 @@ def base_file(spec: Mapping[str, Any], node_config: Mapping[str, Any]) -> Path:
     return Path(str(spec.get("base_path", "") or ""))
 
 
-def held(digest: str, node_config: Mapping[str, Any]) -> str | None:
+def held(
+    digest: str, node_config: Mapping[str, Any], state: RecordDict | None = None
+) -> str | None:
     """The query's answer for the run's base ``digest``: ``held``/``missing``, or None for a
     device with no cache (it takes no base by message; its own paths decide at train time).
 
     A cache file that does not hash to its name (a torn or altered file) counts as missing,
-    so the server sends the base again and :func:`store_base` replaces it."""
-    cache = _cache_dir(node_config)
-    if cache is None or not digest:
+    so the server sends the base again and :func:`store_base` replaces it; a file its stamp
+    still vouches for is not read at all (:func:`base_digest`)."""
+    if _cache_dir(node_config) is None or not digest:
         return None
     path = base_file({"base_sha256": digest}, node_config)
-    return HELD if path.is_file() and _sha256(path) == digest else MISSING
+    try:
+        return (
+            HELD if path.is_file() and base_digest(path, node_config, state) == digest else MISSING
+        )
+    except OSError:  # unreadable: as good as missing, and store_base replaces it
+        return MISSING
+
+
+def base_digest(path: Path, node_config: Mapping[str, Any], state: RecordDict | None) -> str:
+    """:func:`file_digest` of a base file: stamped beside it when it is in the device's cache
+    (our file), in the run's context ``state`` otherwise (a file we must not write beside)."""
+    cache = _cache_dir(node_config)
+    if cache is not None and path.parent == cache:
+        return file_digest(path)
+    return file_digest(path, state) if state is not None else _sha256(path)
 
 
 def store_base(
@@ -94,11 +181,12 @@ def store_base(
     if got != digest:
         raise BaseRejected(
             f"byte-lm-lora: the base sent is {got[:12]}, the run's adapters belong to "
-            f"{digest[:12]}; not stored"
+            f"{digest[:12]}; not stored ({LM_BASE_NEEDED})"
         )
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{digest}.safetensors"
     atomic_write(path, data)
+    _save_stamp(path, {**_stat(path), "sha256": digest}, None)  # the bytes just hashed
     return path
 
 

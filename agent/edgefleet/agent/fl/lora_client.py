@@ -18,7 +18,6 @@ Imported only inside the ClientApp's handlers (it imports torch), like ``torch_t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -29,10 +28,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
-from edgefleet.agent.fl.lm_base_cache import base_file
+from edgefleet.agent.fl.lm_base_cache import base_digest, base_file
+from edgefleet.agent.fl.lora_fit import budget as lora_budget
+from edgefleet.agent.fl.lora_fit import lora_step_bytes
 from edgefleet.datasets.text_shards import TextShard, load_text_shard
-from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
-from edgefleet.fl.contract import LORA_ARCH, Metric, Node, Record, TrainConfig
+from edgefleet.fl.contract import LM_BASE_NEEDED, LORA_ARCH, Metric, Node, Record, TrainConfig
 from edgefleet.lora import LoRAConfig, adapter_arrays, add_lora, heldout_nll, load_adapter_arrays
 from edgefleet.zoo import ByteLM, load_state_dict_strict
 
@@ -56,11 +56,22 @@ def _spec(cfg: Mapping[str, object]) -> dict[str, Any]:
 
 
 def _base_model(spec: Mapping[str, Any], context: Context) -> ByteLM:
-    """The device's frozen base, checked against the hash the adapters belong to."""
+    """The device's frozen base, checked against the hash the adapters belong to.
+
+    Not hashed in full every round: :func:`~.lm_base_cache.base_digest` believes the file's
+    stamp (cache files: written when the received bytes were verified; a device's own file:
+    hashed once per run, the stamp kept in the run's context state) while its size, mtime and
+    inode are unchanged. A full hash here would buy nothing the stamp misses that matters: a
+    torn, rewritten or replaced file changes one of the three and is hashed again, and a
+    base that passed but loads wrong tensors still fails ``load_state_dict_strict``. The load
+    below reads every byte anyway; hashing them too doubled the round's I/O and added seconds
+    of CPU on a Pi (and ``read_bytes`` held a second copy of the base in RAM)."""
     path = base_file(spec, context.node_config)
     if not path.is_file():
-        raise LoRARunError(f"byte-lm-lora: no base LM at {str(path) or '(unset)'}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        raise LoRARunError(
+            f"byte-lm-lora: no base LM ({LM_BASE_NEEDED}) at {str(path) or '(unset)'}"
+        )
+    digest = base_digest(path, context.node_config, context.state)
     want = str(spec.get("base_sha256", ""))
     if want and digest != want:
         raise LoRARunError(
@@ -73,19 +84,13 @@ def _base_model(spec: Mapping[str, Any], context: Context) -> ByteLM:
 
 
 def lora_train_bytes(model: ByteLM, adapters: int, batch: int, context: int) -> int:
-    """fp32 bytes of one training step: frozen weights once, adapters with gradient and two
-    AdamW moments, and the activations autograd keeps (~12 ``dim``-wide tensors a block, the
-    4x MLP hidden, the attention map and the logits per position)."""
-    frozen = sum(p.numel() for p in model.parameters())
-    d, layers, heads = model.dim, model.n_layers, model.heads
-    per_position = layers * (12 * d + 2 * model.mlp_ratio * d + heads * context) + 2 * 256
-    return 4 * (frozen + 4 * adapters + batch * context * per_position)
-
-
-def _budget(context: Context) -> int:
-    ram = int(float(context.node_config.get(Node.RAM_BYTES, 0) or 0))
-    fraction = float(context.node_config.get(Node.BUDGET_FRACTION, DEFAULT_RAM_FRACTION))
-    return int(ram * fraction)
+    """:func:`~.lora_fit.lora_step_bytes` of ``model`` (its parameters, adapters included):
+    the query's fit check (:func:`~.lora_fit.unfit_reason`) uses the same formula."""
+    return lora_step_bytes(
+        sum(p.numel() for p in model.parameters()), adapters, dim=model.dim,
+        layers=model.n_layers, heads=model.heads, mlp_ratio=model.mlp_ratio, batch=batch,
+        context=context,
+    )  # fmt: skip
 
 
 def _prepare(
@@ -115,7 +120,7 @@ def lora_fine_tune(params: Arrays, cfg: ConfigRecord, context: Context) -> Recor
     batch = int(_num(cfg, TrainConfig.BATCH_SIZE, 8))
     lr = _num(cfg, TrainConfig.LR, 3e-3)
     n_adapter = sum(int(v.size) for v in params.values())
-    budget = _budget(context)
+    budget = lora_budget(context.node_config)
     while budget and batch > 1 and lora_train_bytes(model, n_adapter, batch, ctx) > budget:
         batch //= 2  # memory, not data, is the limit
     need = lora_train_bytes(model, n_adapter, batch, ctx)
