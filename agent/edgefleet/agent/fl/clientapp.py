@@ -126,17 +126,9 @@ def query(msg: Message, context: Context) -> Message:
     )
     asked = msg.content.config_records.get(Record.LM_BASE)
     if asked is not None:  # a LoRA run: can this device train it, does it hold the base?
-        from edgefleet.agent.fl.lora_fit import unfit_reason
+        from edgefleet.agent.fl.lora_fit import lora_facts
 
-        unfit = unfit_reason(asked, context.node_config)
-        if unfit is not None:  # left out of the run: whether it holds the base is moot
-            record[Record.LM_LORA_UNFIT] = unfit
-        else:
-            from edgefleet.agent.fl.lm_base_cache import held
-
-            state = held(str(asked.get("sha256", "")), context.node_config, context.state)
-            if state is not None:
-                record[Record.LM_BASE_STATE] = state
+        record.update(lora_facts(asked, context.node_config, context.state))
     return Message(RecordDict({Record.FACTS: record}), reply_to=msg)
 
 

@@ -8,8 +8,7 @@ with :func:`unfit_reason` against its own budget, the same formula and the same 
 train handler uses (:func:`lora_step_bytes`, :func:`budget`), so the query's verdict and the
 round's are one decision, made before anything heavy travels.
 
-numpy-free and torch-free: the ``query`` handler imports this in every per-message ClientApp
-process.
+torch-free: the ``query`` handler imports this in every per-message ClientApp process.
 """
 
 from __future__ import annotations
@@ -18,10 +17,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
-from edgefleet.fl.contract import Node
+from flwr.app import RecordDict
 
-__all__ = ["budget", "lora_step_bytes", "unfit_reason"]
+from edgefleet.agent.fl.lm_base_cache import held
+from edgefleet.fl.budget import DEFAULT_RAM_FRACTION
+from edgefleet.fl.contract import Node, Record
+
+__all__ = ["budget", "lora_facts", "lora_step_bytes", "unfit_reason"]
 
 
 def lora_step_bytes(
@@ -62,3 +64,16 @@ def unfit_reason(asked: Mapping[str, Any], node_config: Mapping[str, Any]) -> st
     if not limit or need <= limit:
         return None
     return f"LoRA fine-tuning needs {need} B at batch 1, budget is {limit} B"
+
+
+def lora_facts(
+    asked: Mapping[str, Any], node_config: Mapping[str, Any], state: RecordDict | None
+) -> dict[str, str]:
+    """The query reply's LoRA facts: ``lm-lora-unfit`` (why), else ``lm-base-state`` for a
+    device with a base cache (:func:`~.lm_base_cache.held`); a device left out of the run is
+    sent no base, so whether it holds one is not asked."""
+    unfit = unfit_reason(asked, node_config)
+    if unfit is not None:
+        return {Record.LM_LORA_UNFIT: unfit}
+    base = held(str(asked.get("sha256", "")), node_config, state)
+    return {Record.LM_BASE_STATE: base} if base is not None else {}
