@@ -231,8 +231,11 @@ def clip_partial_reply(record: ArrayRecord, current: Mapping[str, Any], clip: fl
     Flower's clipping (``compute_clip_model_update``: the same arithmetic, so whole replies
     come out as Flower's wrapper makes them), but the global tensor each reply tensor is
     compared with is found by name: Flower pairs them by position, which needs whole models.
-    An unchanged reply passes as it is (Flower divides by its zero norm). A tensor the model
-    does not have, or of another shape, is refused in one line.
+    Two departures from Flower's function: an unchanged reply passes as it is (Flower divides
+    by its zero norm), and a 0-d tensor (BatchNorm's ``num_batches_tracked``) is scaled with
+    the rest (numpy hands Flower's loop a scalar for it, which its in-place scaling rebinds
+    instead of changing, so Flower clips the other tensors and releases that delta in full).
+    A tensor the model does not have, or of another shape, is refused in one line.
     """
     unknown = [k for k in record if k not in current]
     if unknown:
@@ -243,12 +246,13 @@ def clip_partial_reply(record: ArrayRecord, current: Mapping[str, Any], clip: fl
     for key, a, b in zip(keys, mine, base, strict=True):
         if a.shape != b.shape:
             raise ValueError(f"a reply's {key!r} is {a.shape}, the model's is {b.shape}")
-    update = [np.subtract(a, b) for a, b in zip(mine, base, strict=True)]
+    update = [np.asarray(np.subtract(a, b)) for a, b in zip(mine, base, strict=True)]
     norm = get_norm(update)
     if norm > 0:
         for a in update:
             a *= min(1, clip / norm)
-    return ArrayRecord({k: Array(b + a) for k, a, b in zip(keys, update, base, strict=True)})
+    clipped = [np.asarray(b + a) for a, b in zip(update, base, strict=True)]
+    return ArrayRecord({k: Array(v) for k, v in zip(keys, clipped, strict=True)})
 
 
 class PartialServerSideFixedClipping(DifferentialPrivacyServerSideFixedClipping):
