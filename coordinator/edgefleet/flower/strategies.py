@@ -43,8 +43,10 @@ Gaussian noise ``z * C`` -- the Gaussian mechanism, then per-tensor post-process
 who trained which tensor (``k``; a device's scope follows from its memory budget, not its
 data). As in Flower's calibration the weights are taken as equal (a mean weighted by example
 counts moves by the largest weight share times ``C``; Flower's accountant refuses unequal
-ones). A reply that sends whole models gets exactly Flower's clipping and, with ``k = n``
-holders everywhere, Flower's noise (``tests/fl/test_dp_partial.py``).
+ones). Whole replies get Flower's clipping (but for :func:`clip_partial_reply`'s two fixes)
+and, with ``k = n`` holders everywhere, Flower's noise (``tests/fl/test_dp_partial.py``); ``k``
+counts the replies that came back, where Flower divides by the number sampled (too little
+noise for the mean when a device drops out).
 """
 
 from __future__ import annotations
