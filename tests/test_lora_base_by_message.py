@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from edgefleet.agent.fl.lm_base_cache import BaseRejected, held, store_base
 from edgefleet.agent.fl.supernode import node_config_for
-from edgefleet.fl.contract import LM_BASE_NEEDED, Node
+from edgefleet.fl.contract import FAST_POLL_ENV, LM_BASE_NEEDED, Node
 from edgefleet.flower.lora_run import BaseSender
 from edgefleet.flower.run_settings import RunSettings
 from edgefleet.flower.serverapp import run_rounds
@@ -147,16 +147,26 @@ def test_a_base_the_server_cannot_read_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_the_base_travels_by_message_on_a_real_superlink_and_supernodes(tmp_path: Path) -> None:
     """Flower's Deployment Engine: sim-001 has a base cache only and gets the base in round 1;
-    sim-000 reads the run's file (a loopback node); a second run sends no base at all."""
+    sim-000 reads the run's file (a loopback node); a second run sends no base at all.
+
+    A base of any size travels in pieces without our help: Flower 1.42 moves a message as
+    content-addressed objects, each Array split into ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``
+    chunks (5 MB) pushed and pulled one gRPC call each (its gRPC limit, 2 GB, bounds one
+    chunk, not the message). Here every Flower process chunks at 8 KB, so the base's tensors
+    cross SuperLink and SuperNode in several chunks each and the device reassembles and
+    verifies them as the run's file."""
     from edgefleet.devtools.fl_local import LocalFederation, wait_progress
 
+    chunk = 8192
     run = prepare_lora_run(_tiny(), LoRAConfig(rank=2), tmp_path / "srv", steps=2, eval_bytes=512)
+    assert max(v.numel() * 4 for v in load_file(str(run.base_path)).values()) > 3 * chunk
     paths = [Path(str(c[Node.DATA_PATH])) for c in _devices(tmp_path, 2, 4000).values()]
     cache = tmp_path / "cache-001"
     config = {**run.run_config(), "num-rounds": 2, "min-devices": 2, "batch-size": 2}
     with LocalFederation(
         tmp_path / "fed", num_nodes=2, data_paths=paths, train_workers=False,
         node_facts={1: {Node.LM_BASE_DIR: str(cache)}},
+        env={**FAST_POLL_ENV, "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE": str(chunk)},
     ) as fed:  # fmt: skip
         first = wait_progress(fed.run(config), timeout=500)
         second = wait_progress(fed.run(config, name="run2"), timeout=500)
