@@ -225,3 +225,21 @@ def test_the_query_handlers_lora_modules_import_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_run_the_server_cannot_size_leaves_the_verdict_to_the_round(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgefleet.agent.fl.lora_fit import unfit_reason
+
+    run = prepare_lora_run(_tiny(), LoRAConfig(rank=2), tmp_path / "srv")
+    run.base_path.write_bytes(b"\xff" * 4)  # no safetensors header to count the base from
+    asked = query_content(_settings(run, tmp_path / "out")).config_records[Record.LM_BASE]
+    assert dict(asked) == {"sha256": run.base_sha256}
+    assert "cannot size the run" in caplog.text
+    tight = {Node.RAM_BYTES: 1, Node.BUDGET_FRACTION: 1.0}
+    assert unfit_reason(asked, tight) is None  # unsized: the round's own check decides
+    assert unfit_reason({"weights": "x", "adapters": 1, "base": "{}"}, tight) is None
+    sized = {"weights": 10, "adapters": 1, "base": json.dumps(TINY)}
+    assert unfit_reason(sized, {}) is None  # no budget known: no verdict either
+    assert unfit_reason(sized, tight) is not None

@@ -42,7 +42,8 @@ from edgefleet.fl.contract import LM_BASE_NEEDED, Node, TrainConfig
 from edgefleet.fsutil import atomic_write
 
 __all__ = [
-    "BaseRejected", "base_digest", "base_file", "file_digest", "held", "store_base", "store_sent_base",
+    "BaseRejected", "base_digest", "base_file", "file_digest", "held", "store_base",
+    "store_sent_base",
 ]  # fmt: skip
 
 HELD, MISSING = "held", "missing"
