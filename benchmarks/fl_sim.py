@@ -8,11 +8,13 @@ groups (digits: label-skewed parts; kws: one training voice each, raw audio, the
 on the device), 32 rows per device, on the CPUs given to Ray (2 here). The MLP runs HeteroFL
 from scratch; DS-CNN runs FedAvg (its MLPerf Tiny config has one width) from the model
 pre-trained on 6 other training voices, each device's round planned under its profile's memory
-(the scope mix per round is recorded), selected with ``ram >= 2MiB``: no microcontroller's
-SRAM holds even DS-CNN's head-only plan in float32 torch (measured: 359 KB at batch 2 against a
-256 KB budget), and each tries every plan before failing. Each configuration names its engine:
-``superlink`` (``flwr run`` against ``flower-superlink --simulation``, the default) or
-``python-api`` (the deprecated ``run_simulation``).
+(the scope mix per round is recorded), selected with ``ram >= 2MiB``: no SRAM-only
+microcontroller holds even DS-CNN's head-only plan in float32 torch (measured: 373 KB at batch
+2 against at most 353 KB, a quarter of the largest one's 1.4 MB), while the ESP32-S3 modules
+with 8 MB PSRAM (a tenth of the default mix) plan head-only at batch 16 under their 2.1 MB
+budget: the light scope at fleet scale. Each configuration names its engine: ``superlink``
+(``flwr run`` against ``flower-superlink --simulation``, the default) or ``python-api`` (the
+deprecated ``run_simulation``).
 
 Reported per configuration: s/round (the median of the rounds' own ``seconds``, from
 configure to aggregate, so Ray's start-up and the one-off facts query are not in it), the
@@ -23,7 +25,9 @@ Ray's object store split among the processes mapping them, not counted once each
 imports per ClientApp actor, the scope mix per round and the test accuracy after each round.
 
 Run: ``python benchmarks/fl_sim.py [--configs MODEL:DEVICES:FRACTION[:ENGINE[:SELECT]],...]
-[--rounds 4] [--data-dir DIR]``; results go to ``benchmarks/results/fl_sim.json``.
+[--rounds 4] [--data-dir DIR]``; results go to ``benchmarks/results/fl_sim.json``, where a
+run replaces the row of the same configuration (model, devices, fraction, engine, select) and
+keeps the others, so one configuration can be re-run alone.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def run(
         devices=devices, rounds=rounds, fraction=fraction, model=model, select=select,
         data_dir=data_dir, engine=engine,
     )  # fmt: skip
+    load_start = os.getloadavg()[0]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_one, args=(opts, queue))
@@ -101,14 +106,53 @@ def run(
         "s_round_1": secs[0] if secs else None,
         "test_acc": [doc["initial"]["test_acc"], *[r["test_acc"] for r in rs]],
         "scopes_per_round": [r.get("scopes") for r in rs],
+        # device-rounds per scope over the run (a device sampled twice counts twice)
+        "scopes_total": _scope_total(rs),
+        "mix": opts.mix,
         "errors": sorted({e for r in rs for e in r.get("errors", [])})[:3],
         # Ray keeps its ClientApp actors for the run: torch is imported once in each
         "actor_processes": len(actors),
         "actor_messages": [a["messages"] for a in actors],
         "actor_torch_imports": [a["torch_imports"] for a in actors],
+        "load_average_1m_start": load_start,
         "load_average_1m_end": os.getloadavg()[0],
         **doc["simulation"],
     }
+
+
+def _scope_total(rounds: list[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for r in rounds:
+        for scope, n in (r.get("scopes") or {}).items():
+            total[scope] = total.get(scope, 0) + int(n)
+    return dict(sorted(total.items()))
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What names a configuration in the results file."""
+    return (row["model"], row["devices"], row["fraction"], row["engine"], row["select"])
+
+
+def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` rows with each of ``new`` in place of the row of its configuration (or
+    appended): re-running one configuration keeps the others' results."""
+    rows = list(old)
+    for row in new:
+        at = [i for i, r in enumerate(rows) if _key(r) == _key(row)]
+        if at:
+            rows[at[0]] = row
+        else:
+            rows.append(row)
+    return rows
+
+
+def _previous(path: Path, rounds: int) -> list[dict[str, Any]]:
+    """The rows already in ``path`` when they ran the same number of rounds (else none)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(doc.get("runs", [])) if doc.get("rounds") == rounds else []
 
 
 def main() -> None:
@@ -122,7 +166,8 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None, help="where the kws set is cached")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fl_sim.json")
     args = ap.parse_args()
-    rows = []
+    previous = _previous(args.out, args.rounds)
+    rows: list[dict[str, Any]] = []
     for spec in args.configs.split(","):
         model, n, frac, *rest = spec.split(":")
         engine = rest[0] if rest and rest[0] else "superlink"
@@ -131,7 +176,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rounds": args.rounds, "runs": rows}, indent=1))
+        runs = merge(previous, rows)
+        args.out.write_text(json.dumps({"rounds": args.rounds, "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

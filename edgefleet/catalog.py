@@ -2,10 +2,11 @@
 
 Numbers come from vendor datasheets of a representative board for each class
 (named in ``cpu``), so simulated fleets behave like the devices they stand for.
-Microcontrollers are simulated: RAM is their on-chip SRAM (and the largest contiguous
-region of it), storage their flash, and they run integer-only (int8) inference; their
-latency comes from the per-op cycle model of their core (``edgefleet.cycles``), which reads
-the core from ``cpu``.
+Microcontrollers are simulated: RAM is their on-chip SRAM plus any PSRAM on the module
+(and the largest contiguous region their serving arena may use), storage their flash, and
+they run integer-only (int8) inference; their latency comes from the per-op cycle model of
+their core (``edgefleet.cycles``), which reads the core from ``cpu``. The PSRAM is what
+on-device training may use (a quarter of RAM: ``edgefleet.fl.budget``), not the arena.
 """
 
 from __future__ import annotations
@@ -209,6 +210,30 @@ _CATALOG: tuple[DeviceProfile, ...] = (
         # SRAM0 64 KB (instruction bus only) + SRAM1 416 KB + SRAM2 32 KB: SRAM1 is the
         # largest data-addressable block (code placed in IRAM takes part of it on a real build)
         ram_bytes=512 * KIB,
+        sram_region_bytes=416 * KIB,
+        storage_bytes=8 * MIB,
+        precisions=("int8",),
+        runtimes=("mcu-sim", "tflm"),
+        battery_mah=1000,
+        link_kbps=2_000,
+        simulated=True,
+    ),
+    # The same chip on the module variant with octal PSRAM: between the MCUs (training
+    # budget <= 0.35 MB) and the Pis (>= 128 MB), the class whose DS-CNN round is a light
+    # scope -- at a quarter of its RAM (edgefleet.fl.budget), 2.1 MB holds head-only
+    # training at batch 16 but not full fine-tuning (~10 MB at batch 16).
+    DeviceProfile(
+        name="esp32-s3-n8r8",
+        device_class=DeviceClass.MCU,
+        arch="xtensa-lx7",
+        cpu="ESP32-S3 (2x Xtensa LX7 240 MHz, PIE; ESP32-S3-WROOM-1 N8R8, 8 MB octal PSRAM)",
+        cpu_cores=2,
+        cpu_mhz=240,
+        # 512 KB on-chip SRAM + 8 MB octal SPI PSRAM (module datasheet), the PSRAM mapped
+        # through the cache MMU into the data address space. The serving arena stays in SRAM1
+        # (as on the N8): the cycle model's latencies assume on-chip memory, and an arena in
+        # PSRAM runs behind the cache at the 80 MHz bus. PSRAM holds what training adds.
+        ram_bytes=512 * KIB + 8 * MIB,
         sram_region_bytes=416 * KIB,
         storage_bytes=8 * MIB,
         precisions=("int8",),

@@ -41,7 +41,8 @@ def test_mcus_have_sram_and_flash_budgets_and_int8_only() -> None:
         assert p.precisions == ("int8",)
         assert "mcu-sim" in p.runtimes and set(p.runtimes) <= {"mcu-sim", "tflm"}
         assert 0 < p.largest_ram_region <= p.ram_bytes  # an arena fits one contiguous region
-        assert 64 * KIB <= p.ram_bytes <= 2 * MIB  # on-chip SRAM
+        assert 64 * KIB <= p.largest_ram_region <= 2 * MIB  # the arena stays in on-chip SRAM
+        assert p.ram_bytes <= 2 * MIB or "PSRAM" in p.cpu  # more only with a module's PSRAM
         assert p.storage_bytes <= 16 * MIB  # flash
     assert get_profile("cortex-m4").ram_bytes < get_profile("cortex-m7").ram_bytes
 

@@ -16,8 +16,9 @@ What is simulated, and how it reaches the unchanged apps:
   device's facts, and the ServerApp selects on them exactly as on a fleet (``--select``, the
   RAM budget, HeteroFL widths). No state dir is needed: Flower keeps each node's context
   (the update codec's residual) between messages in simulation as a SuperNode does.
-* **The mix.** Profiles are dealt from the catalog by weight (phones, Pis, a Jetson, MCUs);
-  devices of a battery-powered profile get a seeded battery level, mains devices report none.
+* **The mix.** Profiles are dealt from the catalog by weight (phones, Pis, a Jetson, MCUs
+  with and without PSRAM: :data:`DEFAULT_MIX`); devices of a battery-powered profile get a
+  seeded battery level, mains devices report none.
 * **The data and the model.** Non-IID by group, as real fleets are: the numpy MLP or
   ResNet-8 on label-skewed digits parts, or MLPerf Tiny's DS-CNN on the kws set with one
   voice per group, the devices holding raw audio and computing the MFCC themselves
@@ -80,10 +81,13 @@ __all__ = [
     "write_fleet",
 ]
 
-#: A fleet as a product might see it: mostly phones and Pis, a quarter microcontrollers.
+#: A fleet as a product might see it: mostly phones and Pis, a quarter microcontrollers --
+#: a tenth of the fleet ESP32-S3 modules with 8 MB PSRAM, the class whose memory trains a
+#: conv net in a light scope: DS-CNN's round is full on phones and Pis, head-only on the PSRAM
+#: modules, and impossible on the SRAM-only MCUs (not even its head fits; they train the MLP).
 DEFAULT_MIX = (
     "phone-budget:30,phone-flagship:10,rpi4:15,rpi-zero2w:10,rpi3:5,jetson-nano:5,"
-    "esp32-s3:10,stm32h743:10,nucleo-l4r5zi:5"
+    "esp32-s3-n8r8:10,esp32-s3:5,stm32h743:5,nucleo-l4r5zi:5"
 )
 #: Past this, one Flower in-memory state and one progress record per run grow unwieldy; and
 #: a 2-core box needs minutes per round.
