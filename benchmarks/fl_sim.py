@@ -67,13 +67,14 @@ def run(
     select: str,
     data_dir: Path | None,
     engine: str = "superlink",
+    mix: str = "",
 ) -> dict[str, Any]:
-    """One configuration in a child process; its summary row."""
-    from edgefleet.devtools.fl_sim import SimOptions
+    """One configuration in a child process; its summary row (``mix`` empty: the default)."""
+    from edgefleet.devtools.fl_sim import DEFAULT_MIX, SimOptions
 
     opts = SimOptions(
         devices=devices, rounds=rounds, fraction=fraction, model=model, select=select,
-        data_dir=data_dir, engine=engine,
+        data_dir=data_dir, engine=engine, mix=mix or DEFAULT_MIX,
     )  # fmt: skip
     load_start = os.getloadavg()[0]
     ctx = mp.get_context("spawn")
@@ -164,6 +165,7 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--data-dir", type=Path, default=None, help="where the kws set is cached")
+    ap.add_argument("--mix", default="", help="the profile mix (default: the simulation's)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "fl_sim.json")
     args = ap.parse_args()
     previous = _previous(args.out, args.rounds)
@@ -172,7 +174,10 @@ def main() -> None:
         model, n, frac, *rest = spec.split(":")
         engine = rest[0] if rest and rest[0] else "superlink"
         select = ":".join(rest[1:])
-        row = run(model, int(n), float(frac or 0.1), args.rounds, select, args.data_dir, engine)
+        row = run(
+            model, int(n), float(frac or 0.1), args.rounds, select, args.data_dir, engine,
+            mix=args.mix,
+        )  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgefleet.catalog import get_profile
 from edgefleet.devtools.fl_sim import DEFAULT_MIX, SimOptions, parse_mix, plan_fleet
@@ -29,7 +30,11 @@ def _budget(profile: str) -> int:
     return int(get_profile(profile).ram_bytes * DEFAULT_RAM_FRACTION)
 
 
-def test_ds_cnn_plans_a_light_scope_on_the_psram_module_and_full_on_a_pi() -> None:
+def test_ds_cnn_plans_a_light_scope_on_the_psram_module_and_full_on_a_pi(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgefleet.agent import finetune
+    from edgefleet.agent.fl import torch_train
     from edgefleet.agent.fl.torch_train import plan_scope
     from edgefleet.devtools.fl_sim_tasks import ScopeTable
     from edgefleet.zoo import DSCNN, ArchitectureSpec, build_model
@@ -40,11 +45,32 @@ def test_ds_cnn_plans_a_light_scope_on_the_psram_module_and_full_on_a_pi() -> No
     shape = [1, 1, 49, 10]
     table = ScopeTable("ds-cnn-kws", json.dumps(cfg))
 
+    monkeypatch.setattr(torch_train, "_PLANS", {})  # this process planned nothing yet
+    dry_runs: list[str] = []
+    real_plan_memory = finetune.plan_memory
+
+    def counted(model: object, scope: str, *args: object) -> object:
+        dry_runs.append(scope)
+        return real_plan_memory(model, scope, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune, "plan_memory", counted)
     light = plan_scope("ds-cnn-kws", cfg, params, shape, _budget(PSRAM), 16)
     assert light.plan is not None and light.plan.fits
     trained = sum(p.numel() for p in light.model.parameters() if p.requires_grad)
     assert table.by_count[trained] in {"sparse", "tinytl", "head"}  # what a round reports
     assert light.batch_size == 16  # scope before batch: the round's batch is kept
+    assert "full" in dry_runs and dry_runs[-1] == light.scope  # wider scopes measured first
+
+    # the next round's weights differ, its shapes do not: the plan is reused, no dry run
+    dry_runs.clear()
+    again = {k: v + np.float32(0.01) for k, v in params.items()}
+    reused = plan_scope("ds-cnn-kws", cfg, again, shape, _budget(PSRAM), 16)
+    assert dry_runs == [] and (reused.scope, reused.plan) == (light.scope, light.plan)
+    assert float(next(iter(reused.model.state_dict().values())).flatten()[0]) == float(
+        next(iter(again.values())).flatten()[0]
+    )  # the model is this round's
+    other = plan_scope("ds-cnn-kws", cfg, params, shape, _budget(PSRAM) + 1, 16)
+    assert dry_runs and other.plan is not None and other.plan.budget == _budget(PSRAM) + 1
 
     pi = plan_scope("ds-cnn-kws", cfg, params, shape, _budget("rpi-zero2w"), 16)
     assert pi.scope == "full" and pi.batch_size == 16

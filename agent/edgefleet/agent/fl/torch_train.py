@@ -15,6 +15,7 @@ received, unchanged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,31 @@ def _scoped(arch: str, config: dict[str, Any], params: Arrays, scope: str, layer
     return Scoped(model, scope, 0, None, trained)
 
 
+#: light-scope plans this process made, by what they depend on: a plan's measured memory is
+#: a function of the tensors' shapes, the input shape, the budget and the batch -- not of the
+#: weights' values, which change every round. Why: the dry runs cost ~1 s of CPU per plan on
+#: DS-CNN, and a process that trains round after round (a device's train worker, a simulation's
+#: Ray actor serving many devices of one class) would pay them every round for the same plan:
+#: a simulated 1,000-device DS-CNN round took 21 s with ~10 head-only devices against 6.3 s
+#: with none (benchmarks/fl_sim.py).
+_PLANS: dict[tuple[Any, ...], tuple[str, int, int, MemoryPlan]] = {}
+_PLANS_KEPT = 64
+
+
+def _plan_key(
+    arch: str,
+    config: dict[str, Any],
+    params: Arrays,
+    input_shape: list[int],
+    budget: int,
+    batch_size: int,
+    sparse_layers: int,
+) -> tuple[Any, ...]:
+    shapes = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in params.items()))
+    conf = json.dumps(config, sort_keys=True, default=str)
+    return (arch, conf, shapes, tuple(input_shape), budget, batch_size, sparse_layers)
+
+
 def plan_scope(
     arch: str,
     config: dict[str, Any],
@@ -107,7 +133,9 @@ def plan_scope(
     Scope before batch: a smaller scope keeps the round's batch (and so its gradient noise)
     as the server configured it; the batch is halved only when not even the head fits.
     ``budget`` 0 means unknown (no limit): ``full``, unplanned; a budget that holds full
-    fine-tuning's tensors twice over takes ``full`` without dry runs (:func:`_ample`). Raises
+    fine-tuning's tensors twice over takes ``full`` without dry runs (:func:`_ample`), and a
+    plan this process made before for the same shapes, budget and batch is reused
+    (:data:`_PLANS`). Raises
     :class:`MemoryError`
     with every plan's numbers when nothing fits at :data:`MIN_BATCH`.
     """
@@ -123,6 +151,10 @@ def plan_scope(
     ample = _ample(full.model, batch_size, input_shape, budget)
     if ample is not None:
         return _with(full, batch_size, ample)
+    key = _plan_key(arch, config, params, input_shape, budget, batch_size, sparse_layers)
+    if key in _PLANS:
+        scope, layers, batch, plan = _PLANS[key]
+        return _with(_scoped(arch, config, params, scope, layers), batch, plan)
     plans: list[MemoryPlan] = []
     pointwise = pointwise_convs(full.model)
     batch = max(MIN_BATCH, batch_size)
@@ -134,6 +166,9 @@ def plan_scope(
                 candidate = _scoped(arch, config, params, scope, layers)
                 plan = plan_memory(candidate.model, scope, batch, input_shape, budget)
                 if plan.fits:
+                    if len(_PLANS) >= _PLANS_KEPT:
+                        _PLANS.pop(next(iter(_PLANS)))  # the oldest
+                    _PLANS[key] = (scope, layers, batch, plan)
                     return _with(candidate, batch, plan)
                 plans.append(plan)
         if batch <= MIN_BATCH:
