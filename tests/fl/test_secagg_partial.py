@@ -207,7 +207,7 @@ def _train_msg(arrays: Arrays, **config: Any) -> Message:
 
 @pytest.mark.usefixtures("task")
 def test_a_partial_reply_is_clipped_as_the_whole_model_and_stays_partial() -> None:
-    from edgefleet.agent.fl.clientapp import _clip_when_asked
+    from edgefleet.agent.fl.dp_clip import clip_when_asked
 
     received = {"conv.weight": np.ones((2, 2), np.float32), "head.bias": np.zeros(2, np.float32)}
     msg = _train_msg(received, clipping_norm=1.0, **{TrainConfig.PARTIAL_UPDATES: True})
@@ -217,7 +217,7 @@ def test_a_partial_reply_is_clipped_as_the_whole_model_and_stays_partial() -> No
         return Message(RecordDict({Record.ARRAYS: to_record(trained)}), reply_to=m)
 
     ctx = Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})
-    out = _clip_when_asked(msg, ctx, light)
+    out = clip_when_asked(msg, ctx, light)
     assert not out.has_error(), out.error
     sent = arrays_of(out.content.array_records[Record.ARRAYS])
     assert list(sent) == ["head.bias"]  # the untrained tensor does not travel

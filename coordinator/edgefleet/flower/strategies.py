@@ -18,7 +18,7 @@ light device did not train keep the other devices' mean (or the global value whe
 trained them) instead of being pulled back towards the old model by its unchanged copy.
 
 **Client-side DP** (:class:`PartialClientSideFixedClipping`): devices clip their update with
-the untrained tensors' zero delta in (the ClientApp's ``_clip_when_asked``), so partial replies
+the untrained tensors' zero delta in (:mod:`edgefleet.agent.fl.dp_clip`), so partial replies
 are clipped exactly as whole ones. Flower's noise, ``z * C / n`` on every tensor, is calibrated
 for a mean over all ``n`` replies (one device moves it by at most ``C / n``); a tensor averaged
 over its ``k`` holders moves by up to ``C / k``, so its noise is ``z * C / k``. Scaled back by
@@ -47,6 +47,18 @@ ones). Whole replies get Flower's clipping (but for :func:`clip_partial_reply`'s
 and, with ``k = n`` holders everywhere, Flower's noise (``tests/fl/test_dp_partial.py``); ``k``
 counts the replies that came back, where Flower divides by the number sampled (too little
 noise for the mean when a device drops out).
+
+**Counters are not released** (both DP modes; :mod:`edgefleet.fl.counters`): BatchNorm's
+integer ``num_batches_tracked`` (9 in DS-CNN and ResNet-8) counts batches, it is no weight.
+Left in, a full-scope device's ``B`` batches added ``3 * B`` to its update's norm (60 at
+``B = 20`` against ``C`` = 5-10: the clip shrank the real weight update to a fraction),
+Flower's client-side clipping released the 0-d counter unscaled, and it told the server how
+many batches the device ran. So a reply's counters are taken as the global model's (delta 0):
+devices reset them before clipping (client-fixed, :mod:`edgefleet.agent.fl.dp_clip`),
+:func:`clip_partial_reply` does so before computing the delta (server-fixed), and
+:func:`noise_per_tensor` adds them no noise; the release keeps the global counters. Nothing
+reads them: every BatchNorm in :mod:`edgefleet.zoo` has a ``momentum`` (torch's 0.1), and
+torch divides by the counter only when ``momentum`` is None.
 """
 
 from __future__ import annotations
@@ -81,6 +93,7 @@ from flwr.supercore import log
 from flwr.supercore.differential_privacy import get_norm
 
 from edgefleet.fl.contract import Metric, Record, TrainConfig
+from edgefleet.fl.counters import is_counter
 from edgefleet.flower import heterofl
 from edgefleet.flower import model as fl_model
 
@@ -93,6 +106,7 @@ __all__ = [
     "arrays_of",
     "clip_partial_reply",
     "holder_counts",
+    "keep_global_counters",
     "noise_per_tensor",
     "to_record",
 ]
@@ -193,17 +207,30 @@ class PartialClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping)
     is calibrated to the replies holding it (``z * C / k``; module docstring: why)."""
 
     _holders: dict[str, int] | None = None
+    #: the global model of the round in flight (its counters are what the release keeps)
+    _current: ArrayRecord | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's wrapper (``clipping_norm`` in the config), remembering the global model."""
+        self._current = arrays
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's wrapper (checks, inner aggregation, noise), per-tensor noise."""
+        """Flower's wrapper (checks, inner aggregation, noise), per-tensor noise, the global
+        counters kept (devices send them unchanged; one that did not is not released)."""
         replies = list(replies)
         self._holders = holder_counts(replies)
         try:
-            return super().aggregate_train(server_round, replies)
+            aggregated, metrics = super().aggregate_train(server_round, replies)
         finally:
             self._holders = None
+        if aggregated is not None and self._current is not None:
+            aggregated = keep_global_counters(aggregated, self._current)
+        return aggregated, metrics
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
         if self._holders is None:  # not inside aggregate_train: Flower's own noise
@@ -214,17 +241,28 @@ class PartialClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping)
 
 def noise_per_tensor(aggregated: ArrayRecord, holders: Mapping[str, int], zc: float) -> ArrayRecord:
     """Gaussian noise ``zc / k`` on each tensor averaged over its ``k`` holders; a tensor no
-    reply held is released as it was (module docstring: why). Drawn in the record's order
-    with numpy's global generator, as Flower's own noise is, so equal seeds give equal draws."""
+    reply held, and a counter, are released as they were (module docstring: why). Drawn in
+    the record's order with numpy's global generator, as Flower's own noise is, so equal seeds
+    give equal draws."""
     noisy: dict[str, Array] = {}
     for key, array in aggregated.items():
         value = np.array(array.numpy())
         k = holders.get(key, 0)
-        if k > 0:
+        if k > 0 and not is_counter(key, array):  # a counter is not released: no noise
             value += np.random.normal(0, zc / k, value.shape).astype(value.dtype)
         noisy[key] = Array(np.ascontiguousarray(value))
     log(INFO, "aggregate_train: DP noise z*C/k per tensor (k: its holders, %s)", dict(holders))
     return ArrayRecord(noisy)
+
+
+def keep_global_counters(aggregated: ArrayRecord, current: ArrayRecord) -> ArrayRecord:
+    """``aggregated`` with every counter the global model's: a mean of equal values can come
+    back off by a rounding step, and a reply that kept its own counter must not move it."""
+    out = ArrayRecord(dict(aggregated.items()))
+    for key, array in aggregated.items():
+        if is_counter(key, array) and key in current:
+            out[key] = current[key]
+    return out
 
 
 def clip_partial_reply(record: ArrayRecord, current: Mapping[str, Any], clip: float) -> ArrayRecord:
@@ -237,6 +275,8 @@ def clip_partial_reply(record: ArrayRecord, current: Mapping[str, Any], clip: fl
     by its zero norm), and a 0-d tensor (BatchNorm's ``num_batches_tracked``) is scaled with
     the rest (numpy hands Flower's loop a scalar for it, which its in-place scaling rebinds
     instead of changing, so Flower clips the other tensors and releases that delta in full).
+    A counter (:func:`edgefleet.fl.counters.is_counter`) is taken as the global value before
+    the delta is computed: it is no weight, so it neither counts in the norm nor is released.
     A tensor the model does not have, or of another shape, is refused in one line.
     """
     unknown = [k for k in record if k not in current]
@@ -244,10 +284,11 @@ def clip_partial_reply(record: ArrayRecord, current: Mapping[str, Any], clip: fl
         raise ValueError(f"a reply holds tensors the model does not have: {unknown[:3]}")
     keys = list(record)
     base = [np.asarray(current[k]) for k in keys]
-    mine = record.to_numpy_ndarrays()
-    for key, a, b in zip(keys, mine, base, strict=True):
+    sent = record.to_numpy_ndarrays()
+    for key, a, b in zip(keys, sent, base, strict=True):
         if a.shape != b.shape:
             raise ValueError(f"a reply's {key!r} is {a.shape}, the model's is {b.shape}")
+    mine = [b.copy() if is_counter(k, a) else a for k, a, b in zip(keys, sent, base, strict=True)]
     update = [np.asarray(np.subtract(a, b)) for a, b in zip(mine, base, strict=True)]
     norm = get_norm(update)
     if norm > 0:
@@ -288,6 +329,7 @@ class PartialServerSideFixedClipping(DifferentialPrivacyServerSideFixedClipping)
         if aggregated:
             zc = self.noise_multiplier * self.clipping_norm
             aggregated = noise_per_tensor(aggregated, holders, zc)
+            aggregated = keep_global_counters(aggregated, self.current_arrays)
             self._compose_release(event)
         return aggregated, metrics
 

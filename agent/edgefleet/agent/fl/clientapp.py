@@ -21,6 +21,10 @@ Why it looks the way it does:
   the agent's supervisor sets; the ``query`` handler reports them so the ServerApp can select
   participants (Flower itself only knows node ids). Those keys, the message records and their
   keys are the shared contract in :mod:`edgefleet.fl.contract`.
+* Under client-side DP (``clipping_norm`` in the config) the update is clipped here, before it
+  leaves (:mod:`.dp_clip`), and integer counters are not released: BatchNorm's
+  ``num_batches_tracked`` goes back as received (delta 0), so the batches a device ran neither
+  inflate its update's norm nor travel (:mod:`edgefleet.fl.counters`).
 """
 
 from __future__ import annotations
@@ -35,53 +39,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from edgefleet.agent.fl.dp_clip import clip_when_asked
 from edgefleet.fl.budget import DEFAULT_RAM_FRACTION, training_bytes, widest_activation
 from edgefleet.fl.contract import FACT_KEYS, LORA_ARCH, Metric, Node, Record, TrainConfig
 from edgefleet.fl.partition import Shard
 
 __all__ = ["app", "training_bytes", "widest_activation"]
-
-
-def _clip_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
-    """Flower's client-side fixed clipping mod, for the rounds whose config asks for it.
-
-    ``--dp client-fixed`` wraps the ServerApp's strategy in Flower's
-    ``DifferentialPrivacyClientSideFixedClipping``, which puts ``clipping_norm`` in every train
-    config; only then does Flower's ``fixedclipping_mod`` clip this device's update (so a
-    plain run neither imports nor pays for it).
-
-    A light-scope reply (``partial-updates``: the trained tensors only) goes through too: the
-    mod wants the tensors it sent back, so the untrained ones are put in as received, clipped
-    with the rest and taken out again. Their delta is zero, so the update's norm, its scaling
-    and the trained tensors are exactly what clipping the whole model gives, and the untrained
-    ones come out of the clip unchanged (received + 0).
-    """
-    config = msg.content.config_records.get(Record.CONFIG)
-    if msg.metadata.message_type != "train" or config is None or "clipping_norm" not in config:
-        return call_next(msg, context)  # type: ignore[no-any-return]
-    from flwr.clientapp.mod import fixedclipping_mod
-
-    received = next(iter(msg.content.array_records.values()), None)
-    trained: list[str] = []
-
-    def whole(inner: Message, ctx: Context) -> Message:
-        out: Message = call_next(inner, ctx)
-        if out.has_error() or received is None or len(out.content.array_records) != 1:
-            return out
-        key, reply = next(iter(out.content.array_records.items()))
-        trained[:] = list(reply.keys())
-        if trained != list(received.keys()):
-            out.content.array_records[key] = ArrayRecord(
-                {k: reply[k] if k in reply else received[k] for k in received}
-            )
-        return out
-
-    clipped = fixedclipping_mod(msg, context, whole)
-    if clipped.has_error() or received is None or trained == list(received.keys()):
-        return clipped
-    key, reply = next(iter(clipped.content.array_records.items()))
-    clipped.content.array_records[key] = ArrayRecord({k: reply[k] for k in trained})
-    return clipped
 
 
 def _secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
@@ -97,7 +60,7 @@ def _secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Messag
     return secaggplus_mod(msg, context, call_next)
 
 
-app = ClientApp(mods=[_secagg_when_asked, _clip_when_asked])
+app = ClientApp(mods=[_secagg_when_asked, clip_when_asked])
 
 #: Fraction of the device's RAM the agent lets one fine-tuning step use (the shared one).
 DEFAULT_BUDGET_FRACTION = DEFAULT_RAM_FRACTION
@@ -423,7 +386,7 @@ def reply_tensors(
 ) -> dict[str, np.ndarray[Any, Any]]:
     """What the reply carries, in the order received: only the trained tensors when the server
     takes partial updates, else the whole model with the untrained tensors as received (Flower's
-    DP wrappers and SecAgg+ work on whole models)."""
+    own DP wrappers and SecAgg+ work on whole models; ours take partial replies)."""
     if partial:
         return {k: trained[k] for k in received if k in trained}
     return {k: trained.get(k, v) for k, v in received.items()}
