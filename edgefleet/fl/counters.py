@@ -19,6 +19,13 @@ ClientApp and the server cast the state dict once, on the way in), so on the wir
 a float. A non-floating dtype still counts, for arrays that kept theirs. ``tests/fl`` checks
 that this rule finds exactly the zoo's non-floating state-dict entries.
 
+**Variances stay variances.** BatchNorm's ``running_var`` is a float the rounds average like a
+weight, so DP noises it; near zero (a channel that barely varies) noise can push an entry
+below ``-eps`` and the layer divides by the square root of a negative number: NaN in every
+later output (one benchmark run fell to 10 % for a round). :func:`floor_variances` sets such
+entries to 0 after the noise -- post-processing of the released model, so the guarantee is
+unchanged -- and :func:`edgefleet.flower.strategies.noise_per_tensor` applies it.
+
 numpy only: the ClientApp imports this in every per-message process.
 """
 
@@ -29,10 +36,19 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["COUNTER_NAMES", "counter_keys", "is_counter"]
+__all__ = [
+    "COUNTER_NAMES",
+    "VARIANCE_NAMES",
+    "counter_keys",
+    "floor_variances",
+    "is_counter",
+    "is_variance",
+]
 
 #: the last component of a state-dict key that holds an integer counter (torch's BatchNorm)
 COUNTER_NAMES: Final[frozenset[str]] = frozenset({"num_batches_tracked"})
+#: the last component of a state-dict key that holds a variance (torch's BatchNorm)
+VARIANCE_NAMES: Final[frozenset[str]] = frozenset({"running_var"})
 
 
 def is_counter(key: str, value: Any = None) -> bool:
@@ -47,3 +63,16 @@ def is_counter(key: str, value: Any = None) -> bool:
 def counter_keys(arrays: Iterable[tuple[str, Any]]) -> list[str]:
     """The counters among ``(key, array)`` pairs (a mapping's ``.items()``), in order."""
     return [k for k, v in arrays if is_counter(k, v)]
+
+
+def is_variance(key: str) -> bool:
+    """Whether ``key`` names a running variance (never negative in a valid model)."""
+    return key.rsplit(".", 1)[-1] in VARIANCE_NAMES
+
+
+def floor_variances(key: str, value: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``value`` with negative entries set to 0 when ``key`` is a variance, else as it is."""
+    if not is_variance(key):
+        return value
+    floored: np.ndarray[Any, Any] = np.maximum(value, 0).astype(value.dtype, copy=False)
+    return floored

@@ -22,7 +22,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from edgefleet.agent.fl.dp_clip import clip_when_asked
 from edgefleet.fl.contract import Metric, Record, TrainConfig
-from edgefleet.fl.counters import counter_keys, is_counter
+from edgefleet.fl.counters import counter_keys, is_counter, is_variance
 from edgefleet.flower.strategies import (
     PartialClientSideFixedClipping,
     PartialFedAvg,
@@ -154,6 +154,28 @@ def test_no_noise_on_counters_and_the_release_keeps_the_global_ones() -> None:
     merged = _round(_server(0.8, 3), [_trained(60.0), _trained(9.0), _trained(0, "head.bias")])
     assert float(np.std(merged["conv.weight"] - MODEL["conv.weight"] - STEP)) > 0.1  # noised
     np.testing.assert_array_equal(merged[COUNTER], MODEL[COUNTER])
+
+
+def test_noise_never_releases_a_negative_running_variance() -> None:
+    """A near-zero variance noised below ``-eps`` made BatchNorm divide by the root of a
+    negative number (NaN everywhere after it); weights and means may still go negative."""
+    tiny = np.full(4000, 1e-4, np.float32)
+    model = {"bn.running_var": tiny, "bn.running_mean": tiny.copy(), "conv.weight": tiny.copy()}
+    np.random.seed(5)
+    noisy = arrays_of(noise_per_tensor(to_record(model), {k: 1 for k in model}, zc=0.1))
+    assert float(noisy["bn.running_var"].min()) == 0.0
+    assert int((noisy["bn.running_var"] > 0).sum()) > 1000  # the rest keep their noised value
+    assert noisy["bn.running_var"].dtype == np.float32
+    assert float(noisy["bn.running_mean"].min()) < 0 and float(noisy["conv.weight"].min()) < 0
+    assert is_variance("layer1.0.bn1.running_var") and not is_variance("running_mean")
+
+    import torch
+
+    bn = torch.nn.BatchNorm1d(4000).eval()
+    bn.running_var = torch.from_numpy(noisy["bn.running_var"].copy())
+    assert torch.isfinite(bn(torch.randn(2, 4000))).all()
+    bn.running_var = torch.from_numpy(tiny - 0.05)  # what the noise gave before the floor
+    assert not torch.isfinite(bn(torch.randn(2, 4000))).all()
 
 
 # --- client-fixed -------------------------------------------------------------------------------

@@ -59,6 +59,8 @@ devices reset them before clipping (client-fixed, :mod:`edgefleet.agent.fl.dp_cl
 :func:`noise_per_tensor` adds them no noise; the release keeps the global counters. Nothing
 reads them: every BatchNorm in :mod:`edgefleet.zoo` has a ``momentum`` (torch's 0.1), and
 torch divides by the counter only when ``momentum`` is None.
+A BatchNorm ``running_var`` the noise pushed below 0 is released as 0 (post-processing, the
+guarantee unchanged): a negative variance made every later output NaN.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ from flwr.supercore import log
 from flwr.supercore.differential_privacy import get_norm
 
 from edgefleet.fl.contract import Metric, Record, TrainConfig
-from edgefleet.fl.counters import is_counter
+from edgefleet.fl.counters import floor_variances, is_counter
 from edgefleet.flower import heterofl
 from edgefleet.flower import model as fl_model
 
@@ -241,15 +243,17 @@ class PartialClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping)
 
 def noise_per_tensor(aggregated: ArrayRecord, holders: Mapping[str, int], zc: float) -> ArrayRecord:
     """Gaussian noise ``zc / k`` on each tensor averaged over its ``k`` holders; a tensor no
-    reply held, and a counter, are released as they were (module docstring: why). Drawn in
-    the record's order with numpy's global generator, as Flower's own noise is, so equal seeds
-    give equal draws."""
+    reply held, and a counter, are released as they were (module docstring: why); a running
+    variance noised below 0 is released as 0 (:func:`edgefleet.fl.counters.floor_variances`).
+    Drawn in the record's order with numpy's global generator, as Flower's own noise is, so
+    equal seeds give equal draws."""
     noisy: dict[str, Array] = {}
     for key, array in aggregated.items():
         value = np.array(array.numpy())
         k = holders.get(key, 0)
         if k > 0 and not is_counter(key, array):  # a counter is not released: no noise
             value += np.random.normal(0, zc / k, value.shape).astype(value.dtype)
+            value = floor_variances(key, value)
         noisy[key] = Array(np.ascontiguousarray(value))
     log(INFO, "aggregate_train: DP noise z*C/k per tensor (k: its holders, %s)", dict(holders))
     return ArrayRecord(noisy)
