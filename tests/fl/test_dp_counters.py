@@ -8,9 +8,7 @@ messages, Flower's own ``fixedclipping_mod`` and the strategies the ServerApp bu
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -230,27 +228,10 @@ def test_a_client_dp_round_releases_trained_weights_and_the_initial_counters(
     """Our round loop and the agent's ClientApp with its mods (in-process Grid): 4 kws devices,
     one on a light scope, ``--dp client-fixed``; the released model's counters are the initial
     ones though every full device ran batches."""
-    from edgefleet.devtools.fl_sim import FLEET_FILE, SimOptions, SimulatedClientApp, write_fleet
-    from edgefleet.fl.contract import Node
     from edgefleet.flower import model as fl_model
-    from edgefleet.flower.serverapp import run_rounds
-    from tests.fl.inline_grid import InlineGrid
+    from tests.fl.light_dp_round import run_light_dp_round
 
-    opts = SimOptions(devices=4, rounds=1, fraction=1.0, model="ds-cnn-kws", groups=2,
-                      base_voices=0, mix="phone-budget:1,rpi4:1", samples=8, local_epochs=1,
-                      data_dir=tmp_path / "kws", kws_size="tiny")  # fmt: skip
-    fleet, settings = write_fleet(tmp_path, opts)
-    table = json.loads((tmp_path / FLEET_FILE).read_text())
-    tight = fleet[0]  # 8 MB: under full fine-tuning's plan, over the light scopes'
-    table[str(tight.partition)][Node.BUDGET_FRACTION] = 8 * 2**20 / tight.ram
-    (tmp_path / FLEET_FILE).write_text(json.dumps(table))
-    settings = replace(settings, dp="client-fixed", dp_noise=0.1, dp_clip=5.0)
-    doc = run_rounds(InlineGrid(SimulatedClientApp(str(tmp_path / FLEET_FILE)), 4), settings)
-    assert doc["state"] == "succeeded", doc.get("reason")
-    (r,) = doc["rounds"]
-    assert r["failed"] == 0 and len(r["participants"]) == 4
-    trained = r["device_trained_params"]
-    assert trained[tight.device] < max(trained.values())  # a light scope and full ones
+    settings = run_light_dp_round(tmp_path, "client-fixed").settings
     start = fl_model.initial_params(settings.arch, override=settings.arch_config)
     final = fl_model.load_params(Path(settings.out_dir) / "final.npz")
     counters = counter_keys(start.items())

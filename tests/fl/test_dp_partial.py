@@ -6,10 +6,8 @@ as the round loop calls them; Flower's own wrapper is the reference for whole mo
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -239,28 +237,12 @@ def test_server_fixed_runs_take_partial_replies() -> None:
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_a_server_dp_round_takes_a_light_devices_partial_reply(tmp_path: Path) -> None:
     """Our round loop and the agent's ClientApp (in-process Grid): 4 kws devices, one whose
-    budget fits a light scope only, under ``--dp server-fixed``."""
-    from edgefleet.devtools.fl_sim import FLEET_FILE, SimOptions, SimulatedClientApp, write_fleet
-    from edgefleet.fl.contract import Node
+    budget fits a light scope only, under ``--dp server-fixed``: it trains a light scope ..."""
     from edgefleet.flower import model as fl_model
-    from edgefleet.flower.serverapp import run_rounds
-    from tests.fl.inline_grid import InlineGrid
+    from tests.fl.light_dp_round import run_light_dp_round
 
-    opts = SimOptions(devices=4, rounds=1, fraction=1.0, model="ds-cnn-kws", groups=2,
-                      base_voices=0, mix="phone-budget:1,rpi4:1", samples=8, local_epochs=1,
-                      data_dir=tmp_path / "kws", kws_size="tiny")  # fmt: skip
-    fleet, settings = write_fleet(tmp_path, opts)
-    table = json.loads((tmp_path / FLEET_FILE).read_text())
-    tight = fleet[0]  # 8 MB: under full fine-tuning's plan, over the light scopes'
-    table[str(tight.partition)][Node.BUDGET_FRACTION] = 8 * 2**20 / tight.ram
-    (tmp_path / FLEET_FILE).write_text(json.dumps(table))
-    settings = replace(settings, dp="server-fixed", dp_noise=0.1, dp_clip=5.0)
-    doc = run_rounds(InlineGrid(SimulatedClientApp(str(tmp_path / FLEET_FILE)), 4), settings)
-    assert doc["state"] == "succeeded", doc.get("reason")
-    (r,) = doc["rounds"]
-    assert r["failed"] == 0 and len(r["participants"]) == 4
-    trained = r["device_trained_params"]
-    assert trained[tight.device] < max(trained.values())  # it trained a light scope ...
+    done = run_light_dp_round(tmp_path, "server-fixed")
+    r, settings = done.round, done.settings
     whole = fl_model.initial_params(settings.arch, override=settings.arch_config)
     one = sum(len(Array(v).data) for v in whole.values())
     assert r["bytes_up"] < 4 * one - one // 2  # ... and sent those tensors only
