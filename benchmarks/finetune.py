@@ -24,6 +24,13 @@ plan's error, the peak relative to full, and accuracy on the device's held-out c
 and after ``--epochs`` epochs. Everything is seeded; allocations are deterministic, so two runs
 print the same memory figures.
 
+``--mcu PROFILE`` (default ``nucleo-l4r5zi``, the Cortex-M4 board; ``--mcu ""`` skips it) adds
+the microcontroller's row: the model's ``int8-static`` variant (built when the store lacks it)
+served by ``mcu-sim`` on that board, fine-tuned the only way it can be -- its last layer in
+float on the frozen int8 backbone's features (``edgefleet.agent.finetune_mcu``) -- on the same
+device's clips (MFCC in fixed point, as the board computes it), against the SRAM the serving
+arena and the frontend leave free; planned vs the census of what training held.
+
 ``--data-dir`` is a coordinator data dir: when it already holds ``--model`` (e.g. the demo's
 ``kws``), its base variant is used; otherwise the kws set is synthesized there and the DS-CNN
 trained (``--base-epochs``), as ``edgefleet models add kws --dataset kws --arch ds-cnn-kws``.
@@ -47,6 +54,8 @@ if TYPE_CHECKING:
 KIB = 1024
 SCOPES = ("full", "sparse", "tinytl", "head")
 PROFILE = "rpi4"
+MCU_PROFILE = "nucleo-l4r5zi"
+MCU_RECIPE = "int8-static"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,35 @@ class Row:
     plan: dict[str, int]
     measured_loop_bytes: int
     measured_call_bytes: int
+
+
+@dataclass(frozen=True)
+class McuRow:
+    profile: str
+    variant: str
+    sram_bytes: int
+    serving_bytes: int
+    budget_bytes: int
+    planned_bytes: int
+    measured_bytes: int
+    trained_params: int
+    steps: int
+    accuracy_before: float
+    accuracy_after: float
+
+
+def _mcu_variant(data_dir: Path, model: str, log: Callable[[str], None]) -> str:
+    """The model's int8-static variant, built when the store has none."""
+    from edgefleet.modelops.build import build_variants
+    from edgefleet.variant_store import VariantStore
+
+    store = VariantStore(data_dir)
+    for variant in store.model(model).variants:
+        if store.load(variant).manifest.get("recipe_label") == MCU_RECIPE:
+            return variant
+    log(f"building {model}'s {MCU_RECIPE} variant...")
+    (variant,) = build_variants(store, model, [MCU_RECIPE])
+    return variant
 
 
 def _allocator_peaks(call: Callable[[], FinetuneResult]) -> tuple[FinetuneResult, int, int]:
@@ -133,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mcu", default=MCU_PROFILE, help='the MCU row\'s board ("" skips it)')
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     args = parser.parse_args(argv)
 
@@ -142,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from edgefleet.agent.finetune import Prepared, device_features, prepare, train
+    from edgefleet.agent.finetune import (
+        Prepared,
+        default_budget,
+        device_features,
+        finetune,
+        prepare,
+        train,
+    )
     from edgefleet.agent.serving import Serving
     from edgefleet.catalog import get_profile
     from edgefleet.devtools.sim_data import group_local_data
@@ -161,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         local = group_local_data("kws", args.devices, Path(tmp) / "local", data_dir=data_dir)
         shard = load_shard(local.paths[args.device])
         voices = local.groups[args.device]
+        mcu_runtime = None
+        if args.mcu:
+            mcu_variant = _mcu_variant(data_dir, args.model, log)
+            mcu_serving = Serving(get_profile(args.mcu))
+            reason = mcu_serving.load(VariantStore(data_dir).load(mcu_variant), "mcu-sim")
+            if reason is not None or mcu_serving.runtime is None:
+                raise SystemExit(f"cannot load {mcu_variant[:12]} into mcu-sim: {reason}")
+            mcu_runtime = mcu_serving.runtime
     log(
         f"device {args.device}/{args.devices}: voices {', '.join(voices)} (never trained on); "
         f"{len(shard.y_train)} train / {len(shard.y_eval)} held-out raw 1 s clips "
@@ -202,6 +256,24 @@ def main(argv: list[str] | None = None) -> int:
                 measured_call_bytes=call_peak,
             )
         )
+    mcu_row = None
+    if mcu_runtime is not None:
+        log(f"fine-tuning: last layer on {args.mcu}/mcu-sim...")
+        budget = default_budget(mcu_runtime)
+        result = finetune(mcu_runtime, shard, "head", None, args.epochs, args.batch_size, args.lr)
+        mcu_row = McuRow(
+            profile=args.mcu,
+            variant=mcu_variant,
+            sram_bytes=mcu_runtime.profile.ram_bytes,
+            serving_bytes=mcu_runtime.memory().working,
+            budget_bytes=budget,
+            planned_bytes=result.plan.total,
+            measured_bytes=result.measured_peak_bytes,
+            trained_params=result.plan.grads // 4,
+            steps=result.steps,
+            accuracy_before=result.accuracy_before,
+            accuracy_after=result.accuracy_after,
+        )
     report: dict[str, Any] = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "variant": base,
@@ -210,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_clips": len(shard.y_train),
         "held_out_clips": len(shard.y_eval),
         "rows": [asdict(r) for r in rows],
+        "mcu": asdict(mcu_row) if mcu_row else None,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -241,6 +314,29 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     sparse = next(r for r in rows if r.scope == "sparse")
     print(f"\nsparse update trains the weights of: {', '.join(sparse.trained_layers)}")
+    if mcu_row is not None:
+        m = mcu_row
+        print(
+            f"\n{m.profile} (mcu-sim, {MCU_RECIPE} {m.variant[:12]}): last layer in float on the "
+            f"int8 backbone; SRAM {m.sram_bytes / KIB:,.0f} KiB, serving arena + frontend "
+            f"{m.serving_bytes / KIB:,.1f} KiB, training budget {m.budget_bytes / KIB:,.1f} KiB\n"
+        )
+        _table(
+            ["scope", "trained params", "steps", "acc before", "acc after", "gain",
+             "planned KiB", "measured KiB", "plan error", "budget used"],
+            [[
+                "last layer",
+                f"{m.trained_params:,}",
+                str(m.steps),
+                f"{m.accuracy_before:.3f}",
+                f"{m.accuracy_after:.3f}",
+                f"{m.accuracy_after - m.accuracy_before:+.3f}",
+                f"{m.planned_bytes / KIB:,.1f}",
+                f"{m.measured_bytes / KIB:,.1f}",
+                f"{(m.planned_bytes - m.measured_bytes) / m.measured_bytes:+.1%}",
+                f"{m.planned_bytes / m.budget_bytes:.1%}",
+            ]],
+        )  # fmt: skip
     return 0
 
 

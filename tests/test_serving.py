@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,42 @@ def test_finetune_refuses_what_cannot_fit_and_tinytl_peaks_lower(built: Built) -
     assert ort.runtime is not None
     with pytest.raises(FinetuneRefused, match="inference-only"):
         finetune(ort.runtime, shard)
+
+
+def test_mcu_sim_trains_its_last_layer_on_the_int8_backbone_within_its_sram(built: Built) -> None:
+    """An int8-static variant on a Cortex-M4's mcu-sim: only the last layer trains (in float,
+    from the dequantised int8 layer, so it starts where the served graph is), planned against
+    the SRAM the serving arena leaves; other scopes and a budget it exceeds are refused, and
+    the served graph keeps serving unchanged."""
+    from edgefleet.agent.finetune import default_budget
+    from edgefleet.modelops.build import build_variants
+
+    (variant,) = build_variants(VariantStore(built.data_dir), "digits", ["int8-static"])
+    mcu = Serving(get_profile("cortex-m4"))
+    assert mcu.load(VariantStore(built.data_dir).load(variant), "mcu-sim") is None
+    rt: Any = mcu.runtime
+    assert rt is not None and rt.name == "mcu-sim"
+    digits = load_local_data(LocalDataSpec("digits", 0, 3, seed=1))
+    # this device names the digits differently (label + 1): only a retrained last layer helps
+    shard = replace(digits, y_train=(digits.y_train + 1) % 10, y_eval=(digits.y_eval + 1) % 10)
+    served = rt.predict(shard.x_eval)
+    for scope in ("full", "tinytl"):
+        with pytest.raises(FinetuneRefused, match="mcu-sim trains the last layer only"):
+            finetune(rt, shard, scope)
+    with pytest.raises(FinetuneRefused, match="does not fit"):
+        finetune(rt, shard, "head", budget_bytes=1_000)
+    result = finetune(rt, shard, "auto", epochs=10, lr=0.02)
+    budget = default_budget(rt)
+    assert 0 < budget <= get_profile("cortex-m4").ram_bytes - rt.memory().working
+    assert result.scope == "head" and result.plan.total <= budget
+    assert result.measured_peak_bytes <= result.plan.total
+    # before training the float layer's predictions are the int8 graph's (up to rounding)
+    served_acc = float((served == shard.y_eval).mean())
+    print(f"mcu-sim last layer: served {served_acc:.3f}, {result.accuracy_before:.3f} -> "
+          f"{result.accuracy_after:.3f}; plan {result.plan.total} B of {budget} B")  # fmt: skip
+    assert abs(result.accuracy_before - served_acc) <= 0.05
+    assert served_acc < 0.2 and result.accuracy_after > 0.6  # it learned the device's labels
+    np.testing.assert_array_equal(rt.predict(shard.x_eval), served)  # the served copy is intact
 
 
 def test_battery_drains_with_work() -> None:
