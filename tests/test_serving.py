@@ -108,17 +108,27 @@ def test_finetune_refuses_what_cannot_fit_and_tinytl_peaks_lower(built: Built) -
         finetune(ort.runtime, shard)
 
 
-def test_mcu_sim_trains_its_last_layer_on_the_int8_backbone_within_its_sram(built: Built) -> None:
+def test_mcu_sim_trains_its_last_layer_on_the_int8_backbone_within_its_sram(
+    built: Built, tmp_path: Path
+) -> None:
     """An int8-static variant on a Cortex-M4's mcu-sim: only the last layer trains (in float,
     from the dequantised int8 layer, so it starts where the served graph is), planned against
     the SRAM the serving arena leaves; other scopes and a budget it exceeds are refused, and
     the served graph keeps serving unchanged."""
+    import shutil
+
     from edgefleet.agent.finetune import default_budget
     from edgefleet.modelops.build import build_variants
 
-    (variant,) = build_variants(VariantStore(built.data_dir), "digits", ["int8-static"])
+    # a copy of the module's store: a second variant there would change what the rollout
+    # tests' selection picks for their phone
+    data_dir = tmp_path / "coord"
+    coordinator_state = shutil.ignore_patterns("redis", "coordinator.lock", "*.token", "replica-id")
+    shutil.copytree(built.data_dir, data_dir, ignore=coordinator_state)
+    (variant,) = build_variants(VariantStore(data_dir), "digits", ["int8-static"])
+    assert VariantStore(built.data_dir).model("digits").variants == [built.base]
     mcu = Serving(get_profile("cortex-m4"))
-    assert mcu.load(VariantStore(built.data_dir).load(variant), "mcu-sim") is None
+    assert mcu.load(VariantStore(data_dir).load(variant), "mcu-sim") is None
     rt: Any = mcu.runtime
     assert rt is not None and rt.name == "mcu-sim"
     digits = load_local_data(LocalDataSpec("digits", 0, 3, seed=1))
