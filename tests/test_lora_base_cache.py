@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MessageType, RecordDict
 from safetensors.torch import load_file
@@ -36,12 +37,14 @@ from tests.test_lora_base_by_message import _FailingGrid, _fleet, _settings
 
 @pytest.fixture
 def hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every full hash of a file the cache makes, in order."""
+    """Every full hash of a file the cache holds, in order (not the store's check of the
+    temporary file it is writing)."""
     seen: list[Path] = []
     real = lm_base_cache._sha256
 
     def counting(path: Path) -> str:
-        seen.append(path)
+        if not path.name.endswith(".tmp"):
+            seen.append(path)
         return real(path)
 
     monkeypatch.setattr(lm_base_cache, "_sha256", counting)
@@ -243,3 +246,21 @@ def test_a_run_the_server_cannot_size_leaves_the_verdict_to_the_round(
     sized = {"weights": 10, "adapters": 1, "base": json.dumps(TINY)}
     assert unfit_reason(sized, {}) is None  # no budget known: no verdict either
     assert unfit_reason(sized, tight) is not None
+
+
+def test_a_received_base_is_written_from_the_messages_own_bytes() -> None:
+    """The store reads each tensor as a read-only view into the Array's bytes (no copy of a
+    base that can be hundreds of MB); other layouts are decoded as Flower does."""
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    array = Array(values)
+    view = lm_base_cache._view(array)
+    np.testing.assert_array_equal(view, values)
+    assert view.dtype == values.dtype and not view.flags.writeable
+    base: Any = view
+    while isinstance(base, np.ndarray):
+        base = base.base
+    assert base is array.data  # the message's bytes themselves
+    for other in (np.asfortranarray(values), np.asarray(7, np.int64), np.zeros((0, 3), np.float16)):
+        got = lm_base_cache._view(Array(other))
+        np.testing.assert_array_equal(got, other)
+        assert got.dtype == other.dtype and got.flags.c_contiguous

@@ -9,9 +9,15 @@ base's tensors to that device's first train message only, and this module writes
 
 The digest is the run's own file digest: safetensors serialises a set of tensors to the same
 bytes whatever order or library (torch or numpy) wrote them (header entries and data sorted,
-no metadata; tests/test_lora_base_by_message.py checks it), so the device hashes the bytes it
-would write and compares before anything reaches the disk. A base that does not match is one
-error line and no file.
+no metadata; tests/test_lora_base_by_message.py checks it), so the device writes the tensors
+to a temporary file, hashes it and gives it its name only when the digest matches. A base that
+does not match is one error line and no file.
+
+Memory: a base is the largest thing a device receives (~270 MB for a 135M-parameter model
+in 16-bit weights). The message already holds its bytes once; the tensors are read as
+views into those bytes (:func:`_view`, no copy) and safetensors writes them to the file from
+those pointers, so storing adds no copy of the base -- decoding every array
+(``Array.numpy()``) and serialising to one ``bytes`` object first held two more.
 
 Checking a held base is cheap: :func:`store_base` writes a stamp beside the verified file
 (``<sha256>.safetensors.stamp``: its digest, size, ``st_mtime_ns`` and ``st_ino``), and
@@ -30,16 +36,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from edgefleet.fl.contract import LM_BASE_NEEDED, Node, TrainConfig
-from edgefleet.fsutil import atomic_write
+from edgefleet.fsutil import atomic_write, fsync_dir
 
 __all__ = [
     "BaseRejected", "base_digest", "base_file", "file_digest", "held", "store_base",
@@ -171,24 +180,53 @@ def store_base(
 ) -> Path:
     """Verify the base tensors in ``record`` against the run's ``base_sha256`` and write them
     atomically into the device's cache; returns the file. Raises :class:`BaseRejected`."""
-    from safetensors.numpy import save
+    from safetensors.numpy import save_file
 
     digest = str(spec.get("base_sha256", ""))
     cache = _cache_dir(node_config)
     if cache is None or not digest:
         raise BaseRejected("byte-lm-lora: a base was sent, but this device has no base cache")
-    data = save({k: v.numpy() for k, v in record.items()})
-    got = hashlib.sha256(data).hexdigest()
-    if got != digest:
-        raise BaseRejected(
-            f"byte-lm-lora: the base sent is {got[:12]}, the run's adapters belong to "
-            f"{digest[:12]}; not stored ({LM_BASE_NEEDED})"
-        )
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{digest}.safetensors"
-    atomic_write(path, data)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        save_file({k: _view(v) for k, v in record.items()}, str(tmp))
+        got = _sha256(tmp)
+        if got != digest:
+            raise BaseRejected(
+                f"byte-lm-lora: the base sent is {got[:12]}, the run's adapters belong to "
+                f"{digest[:12]}; not stored ({LM_BASE_NEEDED})"
+            )
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(cache)
     _save_stamp(path, {**_stat(path), "sha256": digest}, None)  # the bytes just hashed
     return path
+
+
+def _view(array: Array) -> np.ndarray[Any, Any]:
+    """The tensor a Flower ``Array`` carries, as a read-only view into its bytes (npy format:
+    a header, then the C-order data), so a large base is not copied to be written out. An
+    array in another layout is decoded as Flower does (a copy)."""
+    buf = io.BytesIO(array.data)
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(buf)
+        readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+        reader = readers.get(version)
+        shape, fortran, dtype = reader(buf) if reader else ((), True, np.dtype(object))
+    except (ValueError, TypeError):
+        return np.ascontiguousarray(array.numpy())
+    if fortran or dtype.hasobject:
+        return np.ascontiguousarray(array.numpy())
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = np.frombuffer(array.data, dtype=dtype, count=count, offset=buf.tell())
+    return flat.reshape(shape)
 
 
 def store_sent_base(
