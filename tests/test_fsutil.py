@@ -1,4 +1,4 @@
-"""``edgefleet.fsutil.atomic_write``: the one crash-safe file replacement."""
+"""``edgefleet.fsutil``: the one crash-safe file replacement (``atomic_write``, ``atomic_replace``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.fsutil import atomic_write
+from edgefleet.fsutil import atomic_replace, atomic_write
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -39,3 +39,18 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(
         atomic_write(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["index.json"]
+
+
+def test_atomic_replace_takes_any_writer_and_a_refusal_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "base.safetensors"
+    atomic_write(target, "old")
+    with pytest.raises(ValueError, match="digest"), atomic_replace(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(target.name)
+        tmp.write_text("wrong")  # a writer that takes a file name, then its own check
+        raise ValueError("digest mismatch")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["base.safetensors"]
+    with atomic_replace(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["base.safetensors"]

@@ -39,7 +39,6 @@ import hashlib
 import io
 import json
 import os
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from edgefleet.fl.contract import LM_BASE_NEEDED, Node, TrainConfig
-from edgefleet.fsutil import atomic_write, fsync_dir
+from edgefleet.fsutil import atomic_replace, atomic_write
 
 __all__ = [
     "BaseRejected", "base_digest", "base_file", "file_digest", "held", "store_base",
@@ -188,8 +187,7 @@ def store_base(
         raise BaseRejected("byte-lm-lora: a base was sent, but this device has no base cache")
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{digest}.safetensors"
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+    with atomic_replace(path) as tmp:
         save_file({k: _view(v) for k, v in record.items()}, str(tmp))
         got = _sha256(tmp)
         if got != digest:
@@ -197,14 +195,6 @@ def store_base(
                 f"byte-lm-lora: the base sent is {got[:12]}, the run's adapters belong to "
                 f"{digest[:12]}; not stored ({LM_BASE_NEEDED})"
             )
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(cache)
     _save_stamp(path, {**_stat(path), "sha256": digest}, None)  # the bytes just hashed
     return path
 
