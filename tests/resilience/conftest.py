@@ -268,7 +268,9 @@ def netns_processes(
         if a.proc is not None and a.proc.poll() is None:
             a.proc.kill()
             a.proc.wait()
+        # killed -9, the agent leaves its SuperNode and training worker for adoption
         kill_flower_group(a.state_dir / "fl" / "supernode.pid")
+        kill_flower_group(a.state_dir / "fl" / "train-worker.pid")
     for c in coordinators:
         if c.proc is not None and c.proc.poll() is None:
             c.stop()
