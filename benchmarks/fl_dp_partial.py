@@ -73,9 +73,14 @@ def payload(arch: str) -> dict[str, Any]:
 
 def live_round(root: Path) -> dict[str, Any]:
     """One ``--dp server-fixed`` round of 4 kws devices, one memory-tight."""
-    from edgefleet.devtools.fl_sim import FLEET_FILE, SimOptions, SimulatedClientApp, write_fleet
+    from edgefleet.devtools.fl_sim import (
+        FLEET_FILE,
+        SimOptions,
+        SimulatedClientApp,
+        limit_training_budget,
+        write_fleet,
+    )
     from edgefleet.devtools.fl_sim_tasks import ScopeTable
-    from edgefleet.fl.contract import Node
     from edgefleet.flower import model as fl_model
     from edgefleet.flower.serverapp import run_rounds
     from tests.fl.inline_grid import InlineGrid
@@ -84,10 +89,7 @@ def live_round(root: Path) -> dict[str, Any]:
                       base_voices=0, mix="phone-budget:1,rpi4:1", samples=12, local_epochs=1,
                       data_dir=root / "kws", kws_size="tiny")  # fmt: skip
     fleet, settings = write_fleet(root, opts)
-    table = json.loads((root / FLEET_FILE).read_text())
-    tight = fleet[0]
-    table[str(tight.partition)][Node.BUDGET_FRACTION] = TIGHT_BUDGET / tight.ram
-    (root / FLEET_FILE).write_text(json.dumps(table))
+    limit_training_budget(root, fleet[0], TIGHT_BUDGET)
     settings = replace(settings, dp="server-fixed", dp_noise=0.1, dp_clip=5.0)
     grid = InlineGrid(SimulatedClientApp(str(root / FLEET_FILE)), opts.devices)
     t0 = time.monotonic()

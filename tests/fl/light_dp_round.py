@@ -7,13 +7,17 @@ plan but over the light scopes' -- so both modes see light-scope replies the sam
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgefleet.devtools.fl_sim import FLEET_FILE, SimOptions, SimulatedClientApp, write_fleet
-from edgefleet.fl.contract import Node
+from edgefleet.devtools.fl_sim import (
+    FLEET_FILE,
+    SimOptions,
+    SimulatedClientApp,
+    limit_training_budget,
+    write_fleet,
+)
 from edgefleet.flower.run_settings import RunSettings
 from edgefleet.flower.serverapp import run_rounds
 from tests.fl.inline_grid import InlineGrid
@@ -39,10 +43,8 @@ def run_light_dp_round(
                       base_voices=0, mix="phone-budget:1,rpi4:1", samples=8, local_epochs=1,
                       data_dir=tmp_path / "kws", kws_size="tiny")  # fmt: skip
     fleet, settings = write_fleet(tmp_path, opts)
-    table = json.loads((tmp_path / FLEET_FILE).read_text())
     tight = fleet[0]
-    table[str(tight.partition)][Node.BUDGET_FRACTION] = TIGHT_BUDGET / tight.ram
-    (tmp_path / FLEET_FILE).write_text(json.dumps(table))
+    limit_training_budget(tmp_path, tight, TIGHT_BUDGET)
     settings = replace(settings, dp=dp, dp_noise=noise, dp_clip=clip)
     doc = run_rounds(InlineGrid(SimulatedClientApp(str(tmp_path / FLEET_FILE)), 4), settings)
     assert doc["state"] == "succeeded", doc.get("reason")

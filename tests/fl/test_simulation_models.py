@@ -18,7 +18,13 @@ from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
 from edgefleet.cli.main import app as cli
-from edgefleet.devtools.fl_sim import FLEET_FILE, SimOptions, SimulatedClientApp, write_fleet
+from edgefleet.devtools.fl_sim import (
+    FLEET_FILE,
+    SimOptions,
+    SimulatedClientApp,
+    limit_training_budget,
+    write_fleet,
+)
 from edgefleet.fl.contract import Node
 from tests.fl.inline_grid import InlineGrid
 
@@ -83,8 +89,7 @@ def test_ds_cnn_devices_train_on_their_voice_in_the_scope_their_memory_fits(
         assert shard["x_train"].shape[1:] == (1, 1, 16000)
     # one device can spend only TIGHT_BUDGET on training
     tight = fleet[0]
-    table[str(tight.partition)][Node.BUDGET_FRACTION] = TIGHT_BUDGET / tight.ram
-    (tmp_path / FLEET_FILE).write_text(json.dumps(table))
+    limit_training_budget(tmp_path, tight, TIGHT_BUDGET)
 
     grid = InlineGrid(SimulatedClientApp(str(tmp_path / FLEET_FILE)), opts.devices)
     doc = run_rounds(grid, settings)

@@ -74,6 +74,7 @@ __all__ = [
     "SimulatedClientApp",
     "TreeRss",
     "VirtualDevice",
+    "limit_training_budget",
     "parse_mix",
     "plan_fleet",
     "run_simulation",
@@ -298,6 +299,17 @@ def write_fleet(root: Path, opts: SimOptions) -> tuple[list[VirtualDevice], RunS
         }  # fmt: skip
     (root / FLEET_FILE).write_text(json.dumps(table))
     return fleet, opts.settings(root, task.run_config)
+
+
+def limit_training_budget(root: Path, device: VirtualDevice, budget_bytes: int) -> None:
+    """Let ``device`` spend only ``budget_bytes`` of its RAM on training (its node_config's
+    budget fraction in the fleet table under ``root``): a memory-tight device among the
+    fleet, which plans a light fine-tuning scope where the others train in full."""
+    path = root / FLEET_FILE
+    table = json.loads(path.read_text())
+    table[str(device.partition)][Node.BUDGET_FRACTION] = budget_bytes / device.ram
+    path.write_text(json.dumps(table))
+    _fleet_table.cache_clear()
 
 
 @functools.lru_cache(maxsize=4)
